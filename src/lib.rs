@@ -1,0 +1,7 @@
+//! distraft: a Raft-replicated key-value store.
+//!
+//! The layout follows the architecture (see `docs/architecture.md`):
+//! - [`raft`]: the consensus core, pure and deterministic (no I/O, no clock);
+//! - [`proto`]: the gRPC wire contract generated from `proto/`.
+pub mod proto;
+pub mod raft;

@@ -1,0 +1,196 @@
+//! The vocabulary of the Raft core: log entries, hard state, snapshots, messages and the
+//! batch of work (`Ready`) the core hands to whoever drives it.
+
+use bytes::Bytes;
+
+/// A node's identity inside the cluster. The driver maps names ("server1") to ids.
+pub type NodeId = u64;
+/// A Raft term (§5.1). Starts at 0; the first election makes it 1.
+pub type Term = u64;
+/// A log position. Index 0 is the empty prefix; the first entry has index 1.
+pub type Index = u64;
+/// The driver's handle for a linearizable read, echoed back when it may be served.
+pub type ReadId = u64;
+
+/// One log entry. An empty `data` is the no-op a new leader appends at the start of its
+/// term (§8); the state machine skips it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub index: Index,
+    pub term: Term,
+    pub data: Bytes,
+}
+
+impl Entry {
+    /// Size used for batching and flow-control limits (payload plus a fixed header).
+    pub fn size(&self) -> usize {
+        self.data.len() + 16
+    }
+}
+
+/// What must survive a crash besides the log: the current term, the vote given in it
+/// (so that a node never votes twice in one term, §5.2), and the commit index (an
+/// optimisation: a restarted node can re-apply up to it without waiting for a leader).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    pub term: Term,
+    pub vote: Option<NodeId>,
+    pub commit: Index,
+}
+
+/// Describes a snapshot of the state machine: it holds the effect of every entry up to
+/// and including `index`, whose term was `term`, in a cluster of `voters`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    pub index: Index,
+    pub term: Term,
+    pub voters: Vec<NodeId>,
+}
+
+/// A message between two cores. `term` is the sender's term, except for pre-votes and
+/// pre-vote responses, where it is the term the pre-candidate would campaign in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub term: Term,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// Pre-vote (thesis §9.6): "would you vote for me in `term`?" without anyone
+    /// changing term, so that a node rejoining after a partition cannot depose a leader.
+    PreVote { last_index: Index, last_term: Term },
+    PreVoteResponse { granted: bool },
+    /// RequestVote (§5.2).
+    Vote { last_index: Index, last_term: Term },
+    VoteResponse { granted: bool },
+    /// AppendEntries (§5.3). `commit` is the leader's commit index.
+    Append { prev_index: Index, prev_term: Term, entries: Vec<Entry>, commit: Index },
+    /// Answer to `Append`, `Heartbeat` with a stale term, or `Snapshot`. On success
+    /// `index` is the last index now known to match the leader's log. On rejection
+    /// `index` is the rejected `prev_index` and `hint` helps the leader skip back fast:
+    /// `(term, first index of that term)` of the follower's conflicting entry, or
+    /// `(0, last_index + 1)` when the follower's log is too short.
+    AppendResponse { success: bool, index: Index, hint: Option<(Term, Index)> },
+    /// Leader liveness plus the commit index the follower may safely adopt, and the
+    /// read round (`read_seq`) it confirms for ReadIndex (thesis §6.4).
+    Heartbeat { commit: Index, read_seq: u64 },
+    HeartbeatResponse { read_seq: u64 },
+    /// InstallSnapshot (§7). The state machine image travels beside the message: the
+    /// transport attaches it when sending and delivers it with the message.
+    Snapshot { meta: SnapshotMeta },
+    /// A follower asks the leader for a read index on behalf of its client.
+    ReadIndex { id: ReadId },
+    /// The leader's answer: the read may be served once applied up to `index`;
+    /// `None` when the leader could not confirm its leadership.
+    ReadIndexResponse { id: ReadId, index: Option<Index> },
+}
+
+/// Why a proposal or read was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RaftError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("leadership changed before the request could be served")]
+    LeadershipLost,
+}
+
+/// A linearizable read that may now be served: answer it from the state machine once
+/// it has applied up to `index` (which `Ready::committed` guarantees).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub id: ReadId,
+    pub index: Index,
+}
+
+/// A batch of work from the core. The driver must carry it out in this order:
+///
+/// 1. persist: install `snapshot` (if any), then write `entries` (truncating any log
+///    suffix from the first entry's index on) and `hard_state`, and fsync;
+/// 2. send `messages` (never before step 1: they may promise what step 1 stores);
+/// 3. call [`crate::raft::RawNode::advance`] with this Ready;
+/// 4. apply `committed` to the state machine, in order;
+/// 5. answer `reads` (after step 4, so the state machine has caught up with them)
+///    and fail `failed_reads`.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub hard_state: Option<HardState>,
+    pub snapshot: Option<SnapshotMeta>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<Message>,
+    pub committed: Vec<Entry>,
+    pub reads: Vec<ReadState>,
+    pub failed_reads: Vec<(ReadId, RaftError)>,
+}
+
+impl Ready {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.hard_state.is_none()
+            && self.snapshot.is_none()
+            && self.entries.is_empty()
+            && self.messages.is_empty()
+            && self.committed.is_empty()
+            && self.reads.is_empty()
+            && self.failed_reads.is_empty()
+    }
+}
+
+/// The role a node plays in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    /// Collecting pre-votes; its term has not changed yet.
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// Tuning of one core, in ticks (the driver decides how long a tick is).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Every voting member, this node included.
+    pub voters: Vec<NodeId>,
+    /// A follower that hears no leader for a random number of ticks in
+    /// `[election_ticks_min, election_ticks_max)` starts a (pre-)election.
+    pub election_ticks_min: u64,
+    pub election_ticks_max: u64,
+    /// A leader sends heartbeats this often.
+    pub heartbeat_ticks: u64,
+    /// A leader that heard from no majority within this many ticks steps down
+    /// (check-quorum).
+    pub check_quorum_ticks: u64,
+    /// Per follower: at most this many AppendEntries in flight ...
+    pub max_inflight_msgs: usize,
+    /// ... each carrying at most this many bytes of entries (at least one entry).
+    pub max_msg_bytes: usize,
+}
+
+impl Config {
+    /// Defaults for tests and simulations: 10-tick elections, 2-tick heartbeats.
+    pub fn for_tests(id: NodeId, voters: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            voters,
+            election_ticks_min: 10,
+            election_ticks_max: 20,
+            heartbeat_ticks: 2,
+            check_quorum_ticks: 10,
+            max_inflight_msgs: 16,
+            max_msg_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// What a node recovered from storage at start.
+#[derive(Clone, Debug, Default)]
+pub struct Restored {
+    pub hard_state: HardState,
+    /// The newest snapshot, if any; the log continues after its index.
+    pub snapshot: Option<SnapshotMeta>,
+    /// The log entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+}
