@@ -3,5 +3,6 @@
 //! The layout follows the architecture (see `docs/architecture.md`):
 //! - [`raft`]: the consensus core, pure and deterministic (no I/O, no clock);
 //! - [`proto`]: the gRPC wire contract generated from `proto/`.
+pub mod linearizability;
 pub mod proto;
 pub mod raft;
