@@ -5,3 +5,4 @@
 //! - [`proto`]: the gRPC wire contract generated from `proto/`.
 pub mod proto;
 pub mod raft;
+pub mod storage;
