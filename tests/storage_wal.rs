@@ -78,6 +78,14 @@ fn reopen(root: &Path, segment_bytes: u64) -> (Storage, Recovered) {
 }
 
 #[test]
+fn storage_types_can_move_across_threads() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Storage>();
+    assert_send::<distraft::storage::SnapshotWriter>();
+    assert_send::<SnapshotFile>();
+}
+
+#[test]
 fn fresh_storage_is_empty() {
     let dir = TempDir::new().unwrap();
     let (storage, recovered) = reopen(dir.path(), 1 << 20);
@@ -346,6 +354,21 @@ fn missing_segments_are_reported() {
         }
         fs::write(victim, saved).unwrap();
     }
+    // Without any segment the hard state (term, vote) is gone: refuse, if a snapshot
+    // shows this node had state.
+    let moved = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(moved.path(), 200);
+    storage.append(None, &entries(1..=3, 1)).unwrap();
+    snapshot(&mut storage, 2, 1, b"image");
+    drop(storage);
+    for segment in files(&moved.path().join("log"), ".wal") {
+        fs::remove_file(segment).unwrap();
+    }
+    assert!(matches!(
+        Storage::open(options(moved.path(), 200)),
+        Err(StorageError::Corrupt { .. })
+    ));
+
     // A non-last segment cut short is corruption, not a torn tail.
     let len = fs::metadata(&segments[1]).unwrap().len();
     fs::File::options()

@@ -152,16 +152,6 @@ impl Storage {
             .map_or((0, 0), |s| (s.meta.index, s.meta.term));
 
         let mut replay = replay_wal(&opts.log_dir)?;
-        if replay.segments.is_empty() && replay.torn.is_none() && snapshot.is_some() {
-            return Err(StorageError::Corrupt {
-                path: opts.log_dir.clone(),
-                offset: 0,
-                reason: format!(
-                    "snapshot at index {snap_index} but no WAL segment: the hard state \
-                     (term, vote) is missing"
-                ),
-            });
-        }
         let fit = replay.terms.fit(snap_index, snap_term);
         if fit == SnapshotFit::Missing {
             let path = replay
@@ -179,6 +169,16 @@ impl Storage {
             });
         }
         repair_torn_tail(&opts.log_dir, &mut replay)?;
+        if replay.segments.is_empty() && snapshot.is_some() {
+            return Err(StorageError::Corrupt {
+                path: opts.log_dir.clone(),
+                offset: 0,
+                reason: format!(
+                    "snapshot at index {snap_index} but no WAL segment: the hard state \
+                     (term, vote) is missing"
+                ),
+            });
+        }
 
         let (active, active_len) = match replay.segments.last() {
             Some(last) => {
