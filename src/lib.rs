@@ -6,3 +6,4 @@
 pub mod linearizability;
 pub mod proto;
 pub mod raft;
+pub mod storage;
