@@ -7,3 +7,4 @@ pub mod config;
 pub mod kv;
 pub mod proto;
 pub mod raft;
+pub mod storage;
