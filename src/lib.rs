@@ -4,7 +4,9 @@
 //! - [`raft`]: the consensus core, pure and deterministic (no I/O, no clock);
 //! - [`proto`]: the gRPC wire contract generated from `proto/`.
 pub mod config;
+pub mod driver;
 pub mod kv;
 pub mod proto;
 pub mod raft;
+pub mod rpc;
 pub mod storage;
