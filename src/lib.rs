@@ -3,8 +3,10 @@
 //! The layout follows the architecture (see `docs/architecture.md`):
 //! - [`raft`]: the consensus core, pure and deterministic (no I/O, no clock);
 //! - [`proto`]: the gRPC wire contract generated from `proto/`.
+pub mod cli;
 pub mod config;
 pub mod driver;
+pub mod gateway;
 pub mod kv;
 pub mod proto;
 pub mod raft;

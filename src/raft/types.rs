@@ -61,31 +61,62 @@ pub struct Message {
 pub enum Body {
     /// Pre-vote (thesis §9.6): "would you vote for me in `term`?" without anyone
     /// changing term, so that a node rejoining after a partition cannot depose a leader.
-    PreVote { last_index: Index, last_term: Term },
-    PreVoteResponse { granted: bool },
+    PreVote {
+        last_index: Index,
+        last_term: Term,
+    },
+    PreVoteResponse {
+        granted: bool,
+    },
     /// RequestVote (§5.2).
-    Vote { last_index: Index, last_term: Term },
-    VoteResponse { granted: bool },
+    Vote {
+        last_index: Index,
+        last_term: Term,
+    },
+    VoteResponse {
+        granted: bool,
+    },
     /// AppendEntries (§5.3). `commit` is the leader's commit index.
-    Append { prev_index: Index, prev_term: Term, entries: Vec<Entry>, commit: Index },
+    Append {
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    },
     /// Answer to `Append`, `Heartbeat` with a stale term, or `Snapshot`. On success
     /// `index` is the last index now known to match the leader's log. On rejection
     /// `index` is the rejected `prev_index` and `hint` helps the leader skip back fast:
     /// `(term, first index of that term)` of the follower's conflicting entry, or
     /// `(0, last_index + 1)` when the follower's log is too short.
-    AppendResponse { success: bool, index: Index, hint: Option<(Term, Index)> },
+    AppendResponse {
+        success: bool,
+        index: Index,
+        hint: Option<(Term, Index)>,
+    },
     /// Leader liveness plus the commit index the follower may safely adopt, and the
     /// read round (`read_seq`) it confirms for ReadIndex (thesis §6.4).
-    Heartbeat { commit: Index, read_seq: u64 },
-    HeartbeatResponse { read_seq: u64 },
+    Heartbeat {
+        commit: Index,
+        read_seq: u64,
+    },
+    HeartbeatResponse {
+        read_seq: u64,
+    },
     /// InstallSnapshot (§7). The state machine image travels beside the message: the
     /// transport attaches it when sending and delivers it with the message.
-    Snapshot { meta: SnapshotMeta },
+    Snapshot {
+        meta: SnapshotMeta,
+    },
     /// A follower asks the leader for a read index on behalf of its client.
-    ReadIndex { id: ReadId },
+    ReadIndex {
+        id: ReadId,
+    },
     /// The leader's answer: the read may be served once applied up to `index`;
     /// `None` when the leader could not confirm its leadership.
-    ReadIndexResponse { id: ReadId, index: Option<Index> },
+    ReadIndexResponse {
+        id: ReadId,
+        index: Option<Index>,
+    },
 }
 
 /// Why a proposal or read was refused.
