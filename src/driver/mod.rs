@@ -240,6 +240,6 @@ fn channel() -> (DriverHandle, mpsc::Receiver<Event>) {
 }
 
 /// Where this node's log and snapshots live.
-pub(crate) fn storage_options(config: &Config) -> crate::storage::StorageOptions {
+pub fn storage_options(config: &Config) -> crate::storage::StorageOptions {
     crate::storage::StorageOptions::new(&config.log_dir, &config.data_dir)
 }
