@@ -5,5 +5,6 @@ pub mod v1 {
     tonic::include_proto!("distraft.v1");
 
     /// The encoded descriptors of the proto files, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("distraft_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("distraft_descriptor");
 }

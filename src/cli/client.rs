@@ -1,0 +1,92 @@
+//! `status`, `get`, `put`, `delete`: one HTTP call to a node's gateway, whose JSON answer
+//! is printed as it came. Redirects are followed, like `curl -L`.
+
+use anyhow::{bail, Context};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use std::time::Duration;
+
+/// Everything but RFC 3986's unreserved characters is escaped, so any key (spaces,
+/// slashes, unicode) travels as one path segment.
+const KEY_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The URL of `key` on the node at `base` (e.g. `http://127.0.0.1:5001`).
+pub fn key_url(base: &str, key: &str) -> String {
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        utf8_percent_encode(key, KEY_ESCAPES)
+    )
+}
+
+/// Long enough for any request timeout a node may be configured with.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .build()
+        .context("building the HTTP client")
+}
+
+pub async fn status(base: &str) -> anyhow::Result<()> {
+    let url = format!("{}/", base.trim_end_matches('/'));
+    print_answer(http_client()?.get(&url), &url).await
+}
+
+pub async fn get(base: &str, key: &str, stale: bool) -> anyhow::Result<()> {
+    let url = key_url(base, key);
+    let mut request = http_client()?.get(&url);
+    if stale {
+        request = request.query(&[("stale", "true")]);
+    }
+    print_answer(request, &url).await
+}
+
+pub async fn put(base: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    let url = key_url(base, key);
+    let request = http_client()?.post(&url).form(&[("value", value)]);
+    print_answer(request, &url).await
+}
+
+pub async fn delete(base: &str, key: &str) -> anyhow::Result<()> {
+    let url = key_url(base, key);
+    print_answer(http_client()?.delete(&url), &url).await
+}
+
+/// Sends the request and prints the node's answer; a non-2xx answer is printed too,
+/// then reported as an error so the exit status says it failed.
+async fn print_answer(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<()> {
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("no answer from {url}"))?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .with_context(|| format!("reading the answer from {url}"))?;
+    print!("{body}");
+    if !body.ends_with('\n') {
+        println!();
+    }
+    if !status.is_success() {
+        bail!("{url} answered {status}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_one_escaped_path_segment() {
+        assert_eq!(key_url("http://h:1/", "a b/c"), "http://h:1/a%20b%2Fc");
+        assert_eq!(key_url("http://h:1", "é-_.~"), "http://h:1/%C3%A9-_.~");
+        assert_eq!(key_url("http://h:1", "100%+"), "http://h:1/100%25%2B");
+    }
+}

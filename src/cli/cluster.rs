@@ -1,0 +1,322 @@
+//! `distraft cluster`: a local cluster in one command. Reads the example env file (the
+//! original `distraft-config.env` format), starts one `distraft` child process per
+//! member of its DISTRAFT_CLUSTER, waits for a leader, prints the curl lines to try, and
+//! stops every node on Ctrl-C (or SIGTERM), or as soon as one of them dies.
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use serde_json::Value;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+use tokio::{
+    process::{Child, Command},
+    signal::unix::{signal, SignalKind},
+};
+
+/// Options of `distraft cluster`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// The env file describing the cluster (`export DISTRAFT_...=...` lines).
+    #[arg(long, default_value = "distraft-config.env")]
+    pub config: PathBuf,
+    /// Where the nodes keep their data and output, one sub-directory per node.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// How long to wait for the cluster to elect a leader.
+    #[arg(long, default_value_t = 30)]
+    pub leader_timeout_secs: u64,
+}
+
+/// One member of DISTRAFT_CLUSTER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Member {
+    name: String,
+    peer_host: String,
+    peer_port: u16,
+    client_host: String,
+    client_port: u16,
+}
+
+impl Member {
+    fn http_url(&self) -> String {
+        format!("http://{}:{}", self.client_host, self.client_port)
+    }
+}
+
+/// How long each node gets to shut down cleanly before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let env = parse_env_file(&text);
+    let cluster = env
+        .get("DISTRAFT_CLUSTER")
+        .ok_or_else(|| anyhow!("{} sets no DISTRAFT_CLUSTER", args.config.display()))?;
+    let members = parse_cluster(cluster)?;
+    let exe = std::env::current_exe().context("finding the distraft binary")?;
+
+    let mut nodes = Vec::with_capacity(members.len());
+    for member in &members {
+        let child = spawn_node(&exe, &env, member, &args.data_dir)
+            .with_context(|| format!("starting node {}", member.name))?;
+        nodes.push((member.clone(), child));
+    }
+    let result = supervise(&mut nodes, &args).await;
+    stop_all(&mut nodes).await;
+    result
+}
+
+/// Waits for a leader, prints what to try, then waits for Ctrl-C or a dead node.
+async fn supervise(nodes: &mut [(Member, Child)], args: &ClusterArgs) -> anyhow::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let leader = tokio::select! {
+        leader = wait_for_leader(nodes, Duration::from_secs(args.leader_timeout_secs)) => leader?,
+        _ = interrupt.recv() => return Ok(()),
+        _ = terminate.recv() => return Ok(()),
+    };
+    print_instructions(nodes, &leader, &args.data_dir);
+    tokio::select! {
+        _ = interrupt.recv() => Ok(()),
+        _ = terminate.recv() => Ok(()),
+        dead = first_exit(nodes) => Err(dead),
+    }
+}
+
+/// Resolves when any node exits, naming it.
+async fn first_exit(nodes: &mut [(Member, Child)]) -> anyhow::Error {
+    let waits = nodes.iter_mut().map(|(member, child)| {
+        Box::pin(async move {
+            let status = child.wait().await;
+            anyhow!(
+                "node {} exited ({status:?}); see its output file",
+                member.name
+            )
+        })
+    });
+    futures::future::select_all(waits).await.0
+}
+
+/// Starts one node: the env file's variables (which win over the inherited
+/// environment, as `source distraft-config.env` would), then this member's name, ports
+/// and data paths. Output goes to `<data_dir>/<name>.out`.
+fn spawn_node(
+    exe: &Path,
+    env: &BTreeMap<String, String>,
+    member: &Member,
+    data_dir: &Path,
+) -> anyhow::Result<Child> {
+    let node_dir = data_dir.join(&member.name);
+    std::fs::create_dir_all(&node_dir)
+        .with_context(|| format!("creating {}", node_dir.display()))?;
+    let output_path = data_dir.join(format!("{}.out", member.name));
+    let output = std::fs::File::create(&output_path)
+        .with_context(|| format!("creating {}", output_path.display()))?;
+    let errors = output
+        .try_clone()
+        .with_context(|| format!("opening {}", output_path.display()))?;
+    let child = Command::new(exe)
+        .envs(env)
+        .env("DISTRAFT_NAME", &member.name)
+        .env("DISTRAFT_HOST", &member.peer_host)
+        .env("DISTRAFT_UDP_PORT", member.peer_port.to_string())
+        .env("DISTRAFT_CLIENT_HOST", &member.client_host)
+        .env("DISTRAFT_TCP_PORT", member.client_port.to_string())
+        .env("DISTRAFT_DATA_PATH", node_dir.join("data"))
+        .env("DISTRAFT_LOG_PATH", node_dir.join("log"))
+        .stdin(Stdio::null())
+        .stdout(output)
+        .stderr(errors)
+        // A backstop: if this process dies without stopping them, neither do they linger.
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("running {}", exe.display()))?;
+    Ok(child)
+}
+
+/// Polls every node's `GET /` until one says it leads; fails early if a node died.
+async fn wait_for_leader(
+    nodes: &mut [(Member, Child)],
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .context("building the HTTP client")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        for (member, child) in nodes.iter_mut() {
+            if let Some(status) = child.try_wait().context("checking a node")? {
+                bail!(
+                    "node {} exited during startup ({status}); see its output file",
+                    member.name
+                );
+            }
+            if let Some(leader) = leader_of(&client, member).await {
+                return Ok(leader);
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("no leader elected within {timeout:?}; see the nodes' output files");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The leader `member` knows of, if any.
+async fn leader_of(client: &reqwest::Client, member: &Member) -> Option<String> {
+    let status: Value = client
+        .get(format!("{}/", member.http_url()))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    match status.pointer("/status/leader")?.as_str()? {
+        "" => None,
+        leader => Some(leader.to_string()),
+    }
+}
+
+fn print_instructions(nodes: &[(Member, Child)], leader: &str, data_dir: &Path) {
+    let Some((first, _)) = nodes.first() else {
+        return;
+    };
+    let url = first.http_url();
+    println!("distraft: {} nodes up, leader is {leader}", nodes.len());
+    for (member, _) in nodes {
+        println!(
+            "  {:<10} http {}  grpc {}:{}  output {}",
+            member.name,
+            member.http_url(),
+            member.peer_host,
+            member.peer_port,
+            data_dir.join(format!("{}.out", member.name)).display()
+        );
+    }
+    println!();
+    println!("Try:");
+    println!("  curl {url}/");
+    println!("  curl -L -XPOST --data 'value=world' {url}/hello");
+    println!("  curl -L {url}/hello");
+    println!("  curl -L -XDELETE {url}/hello");
+    println!("  curl {url}/stop");
+    println!("  curl {url}/start");
+    println!();
+    println!("Ctrl-C stops every node.");
+}
+
+/// Asks every node to shut down (SIGTERM), then kills the ones still running after
+/// the grace period.
+async fn stop_all(nodes: &mut [(Member, Child)]) {
+    for (_, child) in nodes.iter() {
+        if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            // SAFETY: kill(2) has no memory effects; `pid` is our own child, not yet
+            // reaped (we hold its `Child`), so the id cannot have been reused.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+    for (member, child) in nodes.iter_mut() {
+        match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!(
+                    "node {} did not stop within {STOP_GRACE:?}; killing it",
+                    member.name
+                );
+                // Already exited or already killed are both fine here.
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// The variables of a shell env file: `export NAME=value` or `NAME=value` lines, with
+/// optional quotes; comments and anything else ignored.
+fn parse_env_file(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+            let (name, value) = line.split_once('=')?;
+            let valid_name =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            valid_name.then(|| (name.to_string(), unquote(value.trim()).to_string()))
+        })
+        .collect()
+}
+
+fn unquote(value: &str) -> &str {
+    for quote in ['"', '\''] {
+        if let Some(inner) = value
+            .strip_prefix(quote)
+            .and_then(|v| v.strip_suffix(quote))
+        {
+            return inner;
+        }
+    }
+    value
+}
+
+/// Parses DISTRAFT_CLUSTER: `name=peer_host:peer_port:client_host:client_port,...`.
+fn parse_cluster(spec: &str) -> anyhow::Result<Vec<Member>> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let malformed =
+                || anyhow!("DISTRAFT_CLUSTER: {entry:?} is not name=peer_host:peer_port:client_host:client_port");
+            let (name, addresses) = entry.split_once('=').ok_or_else(malformed)?;
+            let parts: Vec<&str> = addresses.split(':').collect();
+            let [peer_host, peer_port, client_host, client_port] = parts[..] else {
+                return Err(malformed());
+            };
+            Ok(Member {
+                name: name.to_string(),
+                peer_host: peer_host.to_string(),
+                peer_port: peer_port.parse().map_err(|_| malformed())?,
+                client_host: client_host.to_string(),
+                client_port: client_port.parse().map_err(|_| malformed())?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_lines() {
+        let env = parse_env_file(
+            "# comment\nexport DISTRAFT_NAME=a\nDISTRAFT_HOST=\"127.0.0.1\"\n  export X='y z'\nnot a line\n",
+        );
+        assert_eq!(env.get("DISTRAFT_NAME").map(String::as_str), Some("a"));
+        assert_eq!(
+            env.get("DISTRAFT_HOST").map(String::as_str),
+            Some("127.0.0.1")
+        );
+        assert_eq!(env.get("X").map(String::as_str), Some("y z"));
+        assert_eq!(env.len(), 3);
+    }
+
+    #[test]
+    fn cluster_spec() {
+        let members = parse_cluster("a=127.0.0.1:9001:127.0.0.1:5001, b=h:9002:h:5002").unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[1].name, "b");
+        assert_eq!(members[1].http_url(), "http://h:5002");
+        assert!(parse_cluster("a=1.2.3").is_err());
+        assert!(parse_cluster("a=h:x:h:5001").is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! Client subcommands of the `distraft` binary (running it with no subcommand starts a
+//! node instead, as `python server.py` did).
+//!
+//! `status`, `get`, `put` and `delete` talk to one node's HTTP gateway, exactly as `curl
+//! -L` would; `cluster` launches a local 3-node cluster from the example configuration.
+
+mod client;
+mod cluster;
+
+pub use client::key_url;
+
+use clap::{Args, Subcommand};
+
+/// A client subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show a node's status (`GET /`).
+    Status(Target),
+    /// Read a key (`GET /<key>`); linearizable unless --stale.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        /// The key to read.
+        key: String,
+        /// Serve the read from the node's own state machine: faster, maybe stale.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Set a key (`POST /<key>` with `value=<value>`); answers once committed.
+    Put {
+        #[command(flatten)]
+        target: Target,
+        /// The key to set.
+        key: String,
+        /// Its new value (non-empty).
+        value: String,
+    },
+    /// Remove a key (`DELETE /<key>`); answers once committed.
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        /// The key to remove.
+        key: String,
+    },
+    /// Start a local 3-node cluster from an env file, print the curl lines to try, and
+    /// stop every node on Ctrl-C.
+    Cluster(cluster::ClusterArgs),
+}
+
+/// The node a client subcommand talks to.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The node's HTTP URL (its DISTRAFT_CLIENT_HOST:DISTRAFT_TCP_PORT).
+    #[arg(long, env = "DISTRAFT_URL", default_value = "http://127.0.0.1:5001")]
+    pub url: String,
+}
+
+/// Runs a client subcommand.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Status(target) => client::status(&target.url).await,
+        Command::Get { target, key, stale } => client::get(&target.url, &key, stale).await,
+        Command::Put { target, key, value } => client::put(&target.url, &key, &value).await,
+        Command::Delete { target, key } => client::delete(&target.url, &key).await,
+        Command::Cluster(args) => cluster::run(args).await,
+    }
+}

@@ -1,0 +1,603 @@
+//! The HTTP/JSON gateway: the original distraft API (`curl -L` keeps working), served
+//! with warp on the client port and translated, route by route, into Kv/Admin gRPC calls
+//! to *this* node's gRPC server — which forwards to the leader itself, so any node
+//! answers directly.
+//!
+//! | route            | gRPC          | success                                  |
+//! |------------------|---------------|------------------------------------------|
+//! | `GET /`          | Admin.Status  | `{"ok": true, "status": {...}}`          |
+//! | `GET /stop`      | Admin.Stop    | `{"ok": true}`                           |
+//! | `GET /start`     | Admin.Start   | `{"ok": true}`                           |
+//! | `GET /<key>`     | Kv.Get        | `{"ok": true, "key": k, "value": v}`     |
+//! | `POST /<key>`    | Kv.Put        | `{"ok": true, "key": k, "value": v}`     |
+//! | `DELETE /<key>`  | Kv.Delete     | `{"ok": true, "key": k, "existed": b}`   |
+//!
+//! Every failure, including the ones warp itself makes (unknown route, wrong method),
+//! is `{"ok": false, "error": "..."}` with a fitting status code. All input is checked
+//! here before any gRPC call, so bad input never reaches the log.
+
+use crate::proto::v1::{
+    admin_client::AdminClient, kv_client::KvClient, DeleteRequest, GetRequest, PutRequest,
+    StartRequest, StatusRequest, StatusResponse, StopRequest,
+};
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::net::TcpListener;
+use tonic::{transport::Channel, Code};
+use warp::{
+    http::{header, uri::InvalidUri, HeaderMap, HeaderValue, Method, StatusCode},
+    reply::Response,
+    Filter, Rejection, Reply,
+};
+
+/// What the gateway needs from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Largest key accepted, in bytes once URL-decoded (DISTRAFT_MAX_KEY_BYTES).
+    pub max_key_bytes: usize,
+    /// Largest value accepted, in bytes once form-decoded (DISTRAFT_MAX_VALUE_BYTES).
+    pub max_value_bytes: usize,
+    /// How long a request may wait for the cluster (DISTRAFT_REQUEST_TIMEOUT); after
+    /// that it answers 503.
+    pub request_timeout: Duration,
+    /// Indent JSON answers (DISTRAFT_PRETTY_PRINT_RESPONSES).
+    pub pretty: bool,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 4096,
+            max_value_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(3),
+            pretty: false,
+        }
+    }
+}
+
+/// Header bytes (names and values) accepted per request. hyper closes requests whose
+/// head exceeds its own ~400 KiB buffer with a bare 431 before warp sees them; below
+/// that, this limit makes the rejection a JSON one like every other.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Extra time the gateway waits beyond the request timeout it hands to the gRPC
+/// server, so that the server's own, more precise answer normally arrives first.
+const DEADLINE_GRACE: Duration = Duration::from_millis(500);
+
+/// A channel to this node's own gRPC server, connected lazily and reconnected after
+/// failures by tonic; one HTTP/2 connection is shared by every gateway request. A
+/// wildcard listen address (0.0.0.0 / ::) is reached through loopback.
+pub fn local_channel(grpc_addr: SocketAddr) -> Result<Channel, InvalidUri> {
+    let ip = match grpc_addr.ip() {
+        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    let uri = format!("http://{}", SocketAddr::new(ip, grpc_addr.port()));
+    Ok(Channel::from_shared(uri)?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy())
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then finishes the
+/// requests in flight.
+pub async fn serve(
+    settings: GatewaySettings,
+    listener: TcpListener,
+    grpc: Channel,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(settings, grpc))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
+/// Every route of the gateway, with JSON errors and CORS headers.
+pub fn routes(
+    settings: GatewaySettings,
+    grpc: Channel,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let pretty = settings.pretty;
+    let gateway = Arc::new(Gateway {
+        kv: KvClient::new(grpc.clone()),
+        admin: AdminClient::new(grpc),
+        settings,
+    });
+    let with_gateway = warp::any().map(move || gateway.clone());
+
+    let status = warp::path::end()
+        .and(warp::get())
+        .and(with_gateway.clone())
+        .then(|gw: Arc<Gateway>| async move { gw.respond(gw.status().await) });
+    let stop = warp::path!("stop")
+        .and(warp::get())
+        .and(with_gateway.clone())
+        .then(|gw: Arc<Gateway>| async move { gw.respond(gw.stop().await) });
+    let start = warp::path!("start")
+        .and(warp::get())
+        .and(with_gateway.clone())
+        .then(|gw: Arc<Gateway>| async move { gw.respond(gw.start().await) });
+    // The path is matched before the method everywhere, so that an unknown path is a
+    // 404 and a known path with the wrong method a 405.
+    let key = warp::path::param::<String>().and(warp::path::end());
+    let get = key
+        .and(warp::get())
+        .and(warp::query::<GetOptions>())
+        .and(with_gateway.clone())
+        .then(
+            |raw: String, options: GetOptions, gw: Arc<Gateway>| async move {
+                gw.respond(gw.get(&raw, options.stale).await)
+            },
+        );
+    let put = key
+        .and(warp::post())
+        .and(warp::header::optional::<String>(
+            header::CONTENT_TYPE.as_str(),
+        ))
+        .and(warp::header::optional::<u64>(
+            header::CONTENT_LENGTH.as_str(),
+        ))
+        .and(warp::body::stream())
+        .and(with_gateway.clone())
+        .then(
+            |raw: String, content_type, content_length, body, gw: Arc<Gateway>| async move {
+                let result = gw.put(&raw, content_type, content_length, body).await;
+                gw.respond(result)
+            },
+        );
+    let delete = key
+        .and(warp::delete())
+        .and(with_gateway)
+        .then(|raw: String, gw: Arc<Gateway>| async move { gw.respond(gw.delete(&raw).await) });
+
+    let api = status.or(stop).unify().or(start).unify();
+    let api = api.or(get).unify().or(put).unify().or(delete).unify();
+    let cors = warp::cors()
+        .allow_any_origin()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_header(header::CONTENT_TYPE);
+    // The first recover turns route rejections into JSON *inside* the CORS wrapper, so
+    // that browsers can read those errors too; the second one catches what the CORS
+    // filter itself rejects.
+    check_request_size()
+        .and(api)
+        .recover(move |rejection| async move {
+            Ok::<_, Infallible>(rejection_response(rejection, pretty))
+        })
+        .unify()
+        .with(cors)
+        .recover(move |rejection| async move {
+            Ok::<_, Infallible>(rejection_response(rejection, pretty))
+        })
+}
+
+/// Query options of `GET /<key>`.
+#[derive(Debug, Deserialize)]
+struct GetOptions {
+    /// Serve from this node's state machine (may be stale) instead of a linearizable
+    /// read.
+    #[serde(default)]
+    stale: bool,
+}
+
+/// A failed request: its HTTP status and the message for `"error"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        let http = match status.code() {
+            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+                StatusCode::BAD_REQUEST
+            }
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            // Cancelled is what tonic reports when the deadline we set ran out.
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::ResourceExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let message = match status.message() {
+            "" => status.code().description().to_string(),
+            message => message.to_string(),
+        };
+        Self::new(http, message)
+    }
+}
+
+/// The shared state of every route: the settings and two clients over one channel.
+struct Gateway {
+    settings: GatewaySettings,
+    kv: KvClient<Channel>,
+    admin: AdminClient<Channel>,
+}
+
+impl Gateway {
+    async fn status(&self) -> Result<Value, ApiError> {
+        let status = self
+            .call(self.admin.clone().status(self.request(StatusRequest {})))
+            .await?;
+        Ok(json!({"ok": true, "status": status_json(status)}))
+    }
+
+    async fn stop(&self) -> Result<Value, ApiError> {
+        self.call(self.admin.clone().stop(self.request(StopRequest {})))
+            .await?;
+        Ok(json!({"ok": true}))
+    }
+
+    async fn start(&self) -> Result<Value, ApiError> {
+        self.call(self.admin.clone().start(self.request(StartRequest {})))
+            .await?;
+        Ok(json!({"ok": true}))
+    }
+
+    async fn get(&self, raw_key: &str, stale: bool) -> Result<Value, ApiError> {
+        let key = self.key(raw_key)?;
+        let request = self.request(GetRequest {
+            key: key.clone(),
+            stale,
+        });
+        let found = self.call(self.kv.clone().get(request)).await?;
+        if !found.found {
+            return Err(key_not_found(&key));
+        }
+        Ok(json!({"ok": true, "key": key, "value": found.value}))
+    }
+
+    async fn put<S, B>(
+        &self,
+        raw_key: &str,
+        content_type: Option<String>,
+        content_length: Option<u64>,
+        body: S,
+    ) -> Result<Value, ApiError>
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Unpin,
+        B: Buf,
+    {
+        let key = self.key(raw_key)?;
+        if !content_type.as_deref().is_some_and(is_form_content_type) {
+            return Err(ApiError::bad_request(
+                "expected a form body (Content-Type: application/x-www-form-urlencoded) with value=<value>",
+            ));
+        }
+        let body = read_body(body, content_length, self.max_body_bytes()).await?;
+        let value = form_value(&body)?;
+        if value.len() > self.settings.max_value_bytes {
+            return Err(ApiError::too_large(format!(
+                "value is {} bytes, more than the maximum of {}",
+                value.len(),
+                self.settings.max_value_bytes
+            )));
+        }
+        let request = self.request(PutRequest {
+            key: key.clone(),
+            value,
+        });
+        let put = self.call(self.kv.clone().put(request)).await?;
+        Ok(json!({"ok": true, "key": key, "value": put.value}))
+    }
+
+    async fn delete(&self, raw_key: &str) -> Result<Value, ApiError> {
+        let key = self.key(raw_key)?;
+        let request = self.request(DeleteRequest { key: key.clone() });
+        let deleted = self.call(self.kv.clone().delete(request)).await?;
+        Ok(json!({"ok": true, "key": key, "existed": deleted.existed}))
+    }
+
+    /// Decodes a key from its path segment and checks its size.
+    fn key(&self, raw: &str) -> Result<String, ApiError> {
+        let key = percent_decode_utf8(raw.as_bytes(), false)
+            .map_err(|e| ApiError::bad_request(format!("invalid key: {e}")))?;
+        if key.len() > self.settings.max_key_bytes {
+            return Err(ApiError::too_large(format!(
+                "key is {} bytes, more than the maximum of {}",
+                key.len(),
+                self.settings.max_key_bytes
+            )));
+        }
+        Ok(key)
+    }
+
+    /// The largest form body that may still decode to an acceptable value: every byte
+    /// of the value percent-encoded (3 bytes each), plus room for `value=` and a few
+    /// other fields.
+    fn max_body_bytes(&self) -> usize {
+        self.settings
+            .max_value_bytes
+            .saturating_mul(3)
+            .saturating_add(1024)
+    }
+
+    /// A gRPC request carrying the request timeout as its deadline.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.settings.request_timeout);
+        request
+    }
+
+    /// Awaits a gRPC call, bounded even if the server never answers.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.settings.request_timeout + DEADLINE_GRACE, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(status.into()),
+            Err(_elapsed) => Err(ApiError::unavailable(format!(
+                "no answer from the cluster within {:?}",
+                self.settings.request_timeout
+            ))),
+        }
+    }
+
+    fn respond(&self, result: Result<Value, ApiError>) -> Response {
+        match result {
+            Ok(body) => json_response(StatusCode::OK, &body, self.settings.pretty),
+            Err(error) => error_response(&error, self.settings.pretty),
+        }
+    }
+}
+
+fn key_not_found(key: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("key not found: {key}"))
+}
+
+/// The JSON `status` object of `GET /`: the original's fields and types, plus
+/// `snapshot_index` and `state_digest`.
+fn status_json(status: StatusResponse) -> Value {
+    let members: serde_json::Map<String, Value> = status
+        .members
+        .into_iter()
+        .map(|(name, m)| {
+            let addresses = json!([m.peer_host, m.peer_port, m.client_host, m.client_port]);
+            (name, addresses)
+        })
+        .collect();
+    json!({
+        "commit_index": status.commit_index,
+        "id": status.id,
+        "is_leader": status.is_leader,
+        "last_applied": status.last_applied,
+        "last_log_index": status.last_log_index,
+        "last_log_term": status.last_log_term,
+        "leader": status.leader,
+        "match_index": status.match_index,
+        "members": members,
+        "next_index": status.next_index,
+        "state": status.state,
+        "term": status.term,
+        "up": status.up,
+        "snapshot_index": status.snapshot_index,
+        "state_digest": status.state_digest,
+    })
+}
+
+/// Rejects requests whose URI or headers exceed what any valid request needs, with the
+/// status codes hyper would use, but as JSON.
+fn check_request_size() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and_then(|headers: HeaderMap| async move {
+            let bytes: usize = headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len())
+                .sum();
+            if bytes > MAX_HEADER_BYTES {
+                return Err(warp::reject::custom(ApiError::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    format!("request headers are {bytes} bytes, more than the maximum of {MAX_HEADER_BYTES}"),
+                )));
+            }
+            Ok(())
+        })
+        .untuple_one()
+}
+
+fn is_form_content_type(content_type: &str) -> bool {
+    content_type.split(';').next().is_some_and(|mime| {
+        mime.trim()
+            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    })
+}
+
+/// Reads a request body of at most `limit` bytes, refusing a larger declared length
+/// before reading anything and a chunked body as soon as it grows past the limit.
+async fn read_body<S, B>(
+    mut body: S,
+    content_length: Option<u64>,
+    limit: usize,
+) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let too_large = || ApiError::too_large(format!("request body is larger than {limit} bytes"));
+    if content_length.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+        if collected.len() + chunk.remaining() > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            collected.extend_from_slice(part);
+            let read = part.len();
+            chunk.advance(read);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+/// The first `value` field of an `application/x-www-form-urlencoded` body (as Flask's
+/// `request.form['value']`), which must be present, non-empty and valid UTF-8 once
+/// decoded.
+fn form_value(body: &[u8]) -> Result<String, ApiError> {
+    for pair in body.split(|&b| b == b'&') {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        let name = percent_decode_utf8(name, true)
+            .map_err(|e| ApiError::bad_request(format!("invalid form field name: {e}")))?;
+        if name != "value" {
+            continue;
+        }
+        let value = percent_decode_utf8(value, true)
+            .map_err(|e| ApiError::bad_request(format!("invalid value: {e}")))?;
+        if value.is_empty() {
+            return Err(ApiError::bad_request("value must not be empty"));
+        }
+        return Ok(value);
+    }
+    Err(ApiError::bad_request("missing form field: value"))
+}
+
+/// Why a URL- or form-encoded string could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum DecodeError {
+    #[error("'%' at byte {0} is not followed by two hex digits")]
+    BadEscape(usize),
+    #[error("not valid UTF-8 once decoded")]
+    NotUtf8,
+}
+
+/// Strict percent-decoding: unlike the lenient decoders (which keep a malformed `%zz`
+/// or replace invalid UTF-8), a malformed escape or invalid UTF-8 is an error, so a
+/// client never stores something other than what it meant. In form bodies `+` is a
+/// space; in paths it is a `+`.
+fn percent_decode_utf8(input: &[u8], plus_is_space: bool) -> Result<String, DecodeError> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'%' => {
+                let high = input.get(i + 1).and_then(|&b| hex_digit(b));
+                let low = input.get(i + 2).and_then(|&b| hex_digit(b));
+                let (Some(high), Some(low)) = (high, low) else {
+                    return Err(DecodeError::BadEscape(i));
+                };
+                out.push(high << 4 | low);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| DecodeError::NotUtf8)
+}
+
+fn hex_digit(byte: u8) -> Option<u8> {
+    char::from(byte)
+        .to_digit(16)
+        .and_then(|digit| u8::try_from(digit).ok())
+}
+
+/// Turns a rejection (ours, or one warp made by itself) into the JSON error answer.
+fn rejection_response(rejection: Rejection, pretty: bool) -> Response {
+    use warp::reject;
+    let error = if let Some(error) = rejection.find::<ApiError>() {
+        error.clone()
+    } else if rejection.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "no such route")
+    } else if rejection.find::<reject::MethodNotAllowed>().is_some() {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    } else if let Some(e) = rejection.find::<reject::InvalidQuery>() {
+        ApiError::bad_request(e.to_string())
+    } else if let Some(e) = rejection.find::<reject::InvalidHeader>() {
+        ApiError::bad_request(e.to_string())
+    } else if let Some(e) = rejection.find::<reject::PayloadTooLarge>() {
+        ApiError::too_large(e.to_string())
+    } else if let Some(e) = rejection.find::<reject::LengthRequired>() {
+        ApiError::new(StatusCode::LENGTH_REQUIRED, e.to_string())
+    } else if let Some(e) = rejection.find::<reject::UnsupportedMediaType>() {
+        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string())
+    } else if let Some(e) = rejection.find::<warp::filters::cors::CorsForbidden>() {
+        ApiError::new(StatusCode::FORBIDDEN, e.to_string())
+    } else {
+        tracing::error!(?rejection, "unhandled rejection");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{rejection:?}"))
+    };
+    error_response(&error, pretty)
+}
+
+fn error_response(error: &ApiError, pretty: bool) -> Response {
+    json_response(
+        error.status,
+        &json!({"ok": false, "error": error.message}),
+        pretty,
+    )
+}
+
+/// A JSON answer; keys come out sorted (as Flask's `jsonify` did), with a final newline
+/// for terminals.
+fn json_response(status: StatusCode, body: &Value, pretty: bool) -> Response {
+    let mut text = if pretty {
+        serde_json::to_string_pretty(body)
+    } else {
+        serde_json::to_string(body)
+    }
+    // A `Value` always encodes (its keys are strings); this is only a safe fallback.
+    .unwrap_or_else(|_| r#"{"ok": false, "error": "could not encode the answer"}"#.to_string());
+    text.push('\n');
+    let mut response = warp::reply::with_status(text, status).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
