@@ -105,16 +105,15 @@ async fn first_exit(nodes: &mut [(Member, Child)]) -> anyhow::Error {
 
 /// Starts one node: the env file's variables (which win over the inherited
 /// environment, as `source distraft-config.env` would), then this member's name, ports
-/// and data paths. Output goes to `<data_dir>/<name>.out`.
+/// and directories under `data_dir`. Output goes to `<data_dir>/<name>.out`.
 fn spawn_node(
     exe: &Path,
     env: &BTreeMap<String, String>,
     member: &Member,
     data_dir: &Path,
 ) -> anyhow::Result<Child> {
-    let node_dir = data_dir.join(&member.name);
-    std::fs::create_dir_all(&node_dir)
-        .with_context(|| format!("creating {}", node_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let output_path = data_dir.join(format!("{}.out", member.name));
     let output = std::fs::File::create(&output_path)
         .with_context(|| format!("creating {}", output_path.display()))?;
@@ -128,8 +127,9 @@ fn spawn_node(
         .env("DISTRAFT_UDP_PORT", member.peer_port.to_string())
         .env("DISTRAFT_CLIENT_HOST", &member.client_host)
         .env("DISTRAFT_TCP_PORT", member.client_port.to_string())
-        .env("DISTRAFT_DATA_PATH", node_dir.join("data"))
-        .env("DISTRAFT_LOG_PATH", node_dir.join("log"))
+        // Each node adds its own name to these directories.
+        .env("DISTRAFT_LOG_PATH", data_dir.join("log"))
+        .env("DISTRAFT_DATA_PATH", data_dir.join("data"))
         .stdin(Stdio::null())
         .stdout(output)
         .stderr(errors)
