@@ -4,6 +4,12 @@
 //! - [`raft`]: the consensus core, pure and deterministic (no I/O, no clock);
 //! - [`proto`]: the gRPC wire contract generated from `proto/`.
 pub mod cli;
+pub mod config;
+pub mod driver;
 pub mod gateway;
+pub mod kv;
+pub mod node;
 pub mod proto;
 pub mod raft;
+pub mod rpc;
+pub mod storage;

@@ -1,0 +1,729 @@
+//! Node configuration: the original `distraft-config.env` variables (same names, meanings
+//! and defaults), each also a command-line flag, plus a few new ones.
+//!
+//! Clap collects raw strings (flag > environment > default); [`Config::from_args`] then
+//! validates them, so that every mistake is reported as one line naming the variable and
+//! the offending value, whichever way it was given.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::raft::{self, NodeId};
+
+/// How often the driver ticks the Raft core, unless heartbeats are so short that a
+/// finer tick is needed (see [`Config::tick`]).
+const DEFAULT_TICK: Duration = Duration::from_millis(10);
+/// Per follower: AppendEntries batches in flight before the leader waits for answers.
+const MAX_INFLIGHT_MSGS: usize = 64;
+/// Bytes of entries per AppendEntries batch (a single larger entry still goes alone).
+const MAX_MSG_BYTES: usize = 1024 * 1024;
+
+/// The node's settings as given on the command line or in the environment.
+///
+/// Every field is a raw string so that [`Config::from_args`] can explain a bad value in
+/// terms of the variable users know from `distraft-config.env`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// This node's name; must be one of the names in the cluster list.
+    #[arg(long, env = "DISTRAFT_NAME", default_value = "default")]
+    pub name: String,
+    /// Address the Raft/gRPC server binds to.
+    #[arg(long, env = "DISTRAFT_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port of the gRPC server (Raft between nodes, Kv and Admin for clients).
+    #[arg(
+        long = "raft-port",
+        visible_alias = "udp-port",
+        env = "DISTRAFT_UDP_PORT",
+        default_value = "9000"
+    )]
+    pub raft_port: String,
+    /// Address the HTTP (curl/JSON) gateway binds to.
+    #[arg(long, env = "DISTRAFT_CLIENT_HOST", default_value = "127.0.0.1")]
+    pub client_host: String,
+    /// Port of the HTTP gateway.
+    #[arg(
+        long = "client-port",
+        visible_alias = "tcp-port",
+        env = "DISTRAFT_TCP_PORT",
+        default_value = "5000"
+    )]
+    pub client_port: String,
+    /// Every member, this node included:
+    /// `name=peer_host:peer_port:client_host:client_port,...`.
+    /// Unset: a single-node cluster of this node.
+    #[arg(long, env = "DISTRAFT_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Directory of the write-ahead log (a subdirectory per node name).
+    #[arg(long, env = "DISTRAFT_LOG_PATH", default_value = "/etc/distraft/")]
+    pub log_path: String,
+    /// Directory of the state-machine snapshots (a subdirectory per node name).
+    #[arg(long, env = "DISTRAFT_DATA_PATH", default_value = "/etc/distraft/")]
+    pub data_path: String,
+    /// Election timeouts are drawn from [election_timeout, election_timeout × ratio].
+    #[arg(long, env = "DISTRAFT_TIMEOUT_SPREAD_RATIO", default_value = "2.0")]
+    pub timeout_spread_ratio: String,
+    /// Seconds between a leader's heartbeats.
+    #[arg(long, env = "DISTRAFT_HEARTBEAT_TIMEOUT", default_value = "0.100")]
+    pub heartbeat_timeout: String,
+    /// A leader that hears from no majority for this many heartbeats steps down.
+    #[arg(long, env = "DISTRAFT_MISSED_HEARTBEATS", default_value = "5")]
+    pub missed_heartbeats: String,
+    /// Seconds without a leader before a follower starts an election (lower end).
+    #[arg(long, env = "DISTRAFT_ELECTION_TIMEOUT", default_value = "0.500")]
+    pub election_timeout: String,
+    /// Wipe this node's log and snapshots at start-up.
+    #[arg(long, env = "DISTRAFT_RESET_LOGS", default_value = "false")]
+    pub reset_logs: String,
+    /// Indented JSON in HTTP responses.
+    #[arg(long, env = "DISTRAFT_PRETTY_PRINT_RESPONSES", default_value = "false")]
+    pub pretty_print_responses: String,
+    /// Log every HTTP request.
+    #[arg(long, env = "DISTRAFT_WEB_SERVER_DEBUG", default_value = "false")]
+    pub web_server_debug: String,
+    /// DEBUG, INFO, WARNING or ERROR (or a tracing filter such as `distraft=debug`).
+    #[arg(long, env = "DISTRAFT_LOG_LEVEL", default_value = "INFO")]
+    pub log_level: String,
+    /// Accepted for compatibility with the original; gRPC always uses protobuf.
+    #[arg(long, env = "DISTRAFT_SERIALIZER", default_value = "json")]
+    pub serializer: String,
+    /// Seconds a client request may wait for a leader and a majority.
+    #[arg(long, env = "DISTRAFT_REQUEST_TIMEOUT", default_value = "3.0")]
+    pub request_timeout: String,
+    /// Largest accepted key, in bytes.
+    #[arg(long, env = "DISTRAFT_MAX_KEY_BYTES", default_value = "4096")]
+    pub max_key_bytes: String,
+    /// Largest accepted value, in bytes.
+    #[arg(long, env = "DISTRAFT_MAX_VALUE_BYTES", default_value = "1048576")]
+    pub max_value_bytes: String,
+    /// Take a snapshot once this many entries were applied since the last one.
+    #[arg(long, env = "DISTRAFT_SNAPSHOT_THRESHOLD", default_value = "10000")]
+    pub snapshot_threshold: String,
+}
+
+/// A configuration value that cannot be used. Displays as one line:
+/// `DISTRAFT_X: "value" problem`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {value:?} {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            var,
+            value: value.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// One cluster member as listed in `DISTRAFT_CLUSTER`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    pub name: String,
+    pub peer_host: String,
+    pub peer_port: u16,
+    pub client_host: String,
+    pub client_port: u16,
+}
+
+impl Member {
+    /// The URI of this member's gRPC server.
+    pub fn grpc_uri(&self) -> String {
+        format!("http://{}:{}", self.peer_host, self.peer_port)
+    }
+}
+
+/// The validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub id: NodeId,
+    pub host: String,
+    pub raft_port: u16,
+    pub client_host: String,
+    pub client_port: u16,
+    /// Sorted by name; a member's id is its position + 1, so every node that has the
+    /// same list derives the same ids.
+    pub members: Vec<Member>,
+    pub log_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub timeout_spread_ratio: f64,
+    pub heartbeat_timeout: Duration,
+    pub missed_heartbeats: u32,
+    pub election_timeout: Duration,
+    pub reset_logs: bool,
+    pub pretty_print_responses: bool,
+    pub web_server_debug: bool,
+    /// A `tracing_subscriber::EnvFilter` directive.
+    pub log_filter: String,
+    pub request_timeout: Duration,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub snapshot_threshold: u64,
+}
+
+impl Config {
+    /// Validates raw arguments.
+    pub fn from_args(args: &NodeArgs) -> Result<Config, ConfigError> {
+        // The original lower-cases names and addresses; so do we, so that the same
+        // env file names the same nodes.
+        let name = args.name.trim().to_lowercase();
+        if name.is_empty() {
+            return Err(ConfigError::new("DISTRAFT_NAME", &args.name, "is empty"));
+        }
+        let host = parse_host("DISTRAFT_HOST", &args.host)?;
+        let raft_port = parse_port("DISTRAFT_UDP_PORT", &args.raft_port)?;
+        let client_host = parse_host("DISTRAFT_CLIENT_HOST", &args.client_host)?;
+        let client_port = parse_port("DISTRAFT_TCP_PORT", &args.client_port)?;
+
+        let members = match &args.cluster {
+            Some(spec) => parse_cluster(spec)?,
+            None => vec![Member {
+                id: 1,
+                name: name.clone(),
+                peer_host: host.clone(),
+                peer_port: raft_port,
+                client_host: client_host.clone(),
+                client_port,
+            }],
+        };
+        let id = match members.iter().find(|m| m.name == name) {
+            Some(m) => m.id,
+            None => {
+                let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+                return Err(ConfigError::new(
+                    "DISTRAFT_NAME",
+                    &args.name,
+                    format!("is not in DISTRAFT_CLUSTER (members: {})", names.join(", ")),
+                ));
+            }
+        };
+
+        let timeout_spread_ratio =
+            parse_f64("DISTRAFT_TIMEOUT_SPREAD_RATIO", &args.timeout_spread_ratio)?;
+        if timeout_spread_ratio < 1.0 {
+            return Err(ConfigError::new(
+                "DISTRAFT_TIMEOUT_SPREAD_RATIO",
+                &args.timeout_spread_ratio,
+                "must be at least 1.0",
+            ));
+        }
+        let heartbeat_timeout =
+            parse_seconds("DISTRAFT_HEARTBEAT_TIMEOUT", &args.heartbeat_timeout)?;
+        let missed_heartbeats =
+            parse_positive("DISTRAFT_MISSED_HEARTBEATS", &args.missed_heartbeats)?;
+        let missed_heartbeats = u32::try_from(missed_heartbeats).map_err(|_| {
+            ConfigError::new(
+                "DISTRAFT_MISSED_HEARTBEATS",
+                &args.missed_heartbeats,
+                "is too large",
+            )
+        })?;
+        let election_timeout = parse_seconds("DISTRAFT_ELECTION_TIMEOUT", &args.election_timeout)?;
+        if election_timeout <= heartbeat_timeout {
+            return Err(ConfigError::new(
+                "DISTRAFT_ELECTION_TIMEOUT",
+                &args.election_timeout,
+                format!(
+                    "must be greater than DISTRAFT_HEARTBEAT_TIMEOUT ({})",
+                    args.heartbeat_timeout.trim()
+                ),
+            ));
+        }
+
+        let request_timeout = parse_seconds("DISTRAFT_REQUEST_TIMEOUT", &args.request_timeout)?;
+        let max_key_bytes = parse_positive("DISTRAFT_MAX_KEY_BYTES", &args.max_key_bytes)?;
+        let max_value_bytes = parse_positive("DISTRAFT_MAX_VALUE_BYTES", &args.max_value_bytes)?;
+        let snapshot_threshold =
+            parse_positive("DISTRAFT_SNAPSHOT_THRESHOLD", &args.snapshot_threshold)?;
+
+        Ok(Config {
+            id,
+            log_dir: PathBuf::from(args.log_path.trim()).join(&name),
+            data_dir: PathBuf::from(args.data_path.trim()).join(&name),
+            name,
+            host,
+            raft_port,
+            client_host,
+            client_port,
+            members,
+            timeout_spread_ratio,
+            heartbeat_timeout,
+            missed_heartbeats,
+            election_timeout,
+            reset_logs: parse_bool("DISTRAFT_RESET_LOGS", &args.reset_logs)?,
+            pretty_print_responses: parse_bool(
+                "DISTRAFT_PRETTY_PRINT_RESPONSES",
+                &args.pretty_print_responses,
+            )?,
+            web_server_debug: parse_bool("DISTRAFT_WEB_SERVER_DEBUG", &args.web_server_debug)?,
+            log_filter: parse_log_level(&args.log_level)?,
+            request_timeout,
+            max_key_bytes: usize::try_from(max_key_bytes).unwrap_or(usize::MAX),
+            max_value_bytes: usize::try_from(max_value_bytes).unwrap_or(usize::MAX),
+            snapshot_threshold,
+        })
+    }
+
+    /// This node's own entry in the member list.
+    pub fn me(&self) -> &Member {
+        // `from_args` guarantees the entry exists; ids are positions + 1.
+        &self.members[(self.id - 1) as usize]
+    }
+
+    /// The member with Raft id `id`.
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        let position = usize::try_from(id.checked_sub(1)?).ok()?;
+        self.members.get(position)
+    }
+
+    /// The member called `name`.
+    pub fn member_named(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// Every member but this node.
+    pub fn peers(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(move |m| m.id != self.id)
+    }
+
+    /// The length of one tick of the Raft core: 10 ms, or finer when heartbeats are
+    /// shorter than two ticks, so that every timeout is a whole number of ticks.
+    pub fn tick(&self) -> Duration {
+        let half_heartbeat = self.heartbeat_timeout / 2;
+        DEFAULT_TICK
+            .min(half_heartbeat)
+            .max(Duration::from_millis(1))
+    }
+
+    /// The Raft core's tuning, with the timeouts converted to ticks.
+    pub fn raft_config(&self) -> raft::Config {
+        let ticks = |d: Duration| -> u64 {
+            let n = (d.as_secs_f64() / self.tick().as_secs_f64()).round();
+            (n as u64).max(1)
+        };
+        let heartbeat_ticks = ticks(self.heartbeat_timeout);
+        let election_ticks_min = ticks(self.election_timeout).max(heartbeat_ticks + 1);
+        // The core draws from a half-open range; +1 so that timeout × ratio is included.
+        let election_ticks_max =
+            ((election_ticks_min as f64 * self.timeout_spread_ratio).floor() as u64 + 1)
+                .max(election_ticks_min + 1);
+        raft::Config {
+            id: self.id,
+            voters: self.members.iter().map(|m| m.id).collect(),
+            election_ticks_min,
+            election_ticks_max,
+            heartbeat_ticks,
+            check_quorum_ticks: heartbeat_ticks * u64::from(self.missed_heartbeats),
+            max_inflight_msgs: MAX_INFLIGHT_MSGS,
+            max_msg_bytes: MAX_MSG_BYTES,
+        }
+    }
+
+    /// The largest Kv request or Raft message (one entry) this node must accept.
+    pub fn max_message_bytes(&self) -> usize {
+        let largest_entry = self.max_key_bytes.saturating_add(self.max_value_bytes);
+        MAX_MSG_BYTES
+            .saturating_add(largest_entry)
+            .saturating_add(64 * 1024)
+    }
+}
+
+/// Parses `name=peer_host:peer_port:client_host:client_port,...` into members sorted by
+/// name, with ids assigned by position.
+fn parse_cluster(spec: &str) -> Result<Vec<Member>, ConfigError> {
+    const VAR: &str = "DISTRAFT_CLUSTER";
+    const SHAPE: &str = "is not name=peer_host:peer_port:client_host:client_port";
+    let mut members: Vec<Member> = Vec::new();
+    for item in spec
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        let (name, address) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::new(VAR, item, SHAPE))?;
+        let parts: Vec<&str> = address.split(':').map(str::trim).collect();
+        let name = name.trim().to_lowercase();
+        if name.is_empty() || parts.len() != 4 || parts.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::new(VAR, item, SHAPE));
+        }
+        let port = |s: &str| -> Result<u16, ConfigError> {
+            match s.parse::<u16>() {
+                Ok(p) if p > 0 => Ok(p),
+                _ => Err(ConfigError::new(
+                    VAR,
+                    item,
+                    format!("has an invalid port {s:?}"),
+                )),
+            }
+        };
+        if members.iter().any(|m| m.name == name) {
+            return Err(ConfigError::new(VAR, &name, "is listed twice"));
+        }
+        members.push(Member {
+            id: 0,
+            name,
+            peer_host: parts[0].to_lowercase(),
+            peer_port: port(parts[1])?,
+            client_host: parts[2].to_lowercase(),
+            client_port: port(parts[3])?,
+        });
+    }
+    if members.is_empty() {
+        return Err(ConfigError::new(VAR, spec, "lists no member"));
+    }
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    for (position, member) in members.iter_mut().enumerate() {
+        member.id = position as NodeId + 1;
+    }
+    Ok(members)
+}
+
+fn parse_host(var: &'static str, raw: &str) -> Result<String, ConfigError> {
+    let host = raw.trim().to_lowercase();
+    if host.is_empty() {
+        return Err(ConfigError::new(var, raw, "is empty"));
+    }
+    Ok(host)
+}
+
+fn parse_port(var: &'static str, raw: &str) -> Result<u16, ConfigError> {
+    match raw.trim().parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(ConfigError::new(var, raw, "is not a port number (1-65535)")),
+    }
+}
+
+fn parse_f64(var: &'static str, raw: &str) -> Result<f64, ConfigError> {
+    match raw.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err(ConfigError::new(var, raw, "is not a number")),
+    }
+}
+
+/// A positive duration in (possibly fractional) seconds, as the original's floats.
+fn parse_seconds(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    let seconds = parse_f64(var, raw)?;
+    if seconds <= 0.0 {
+        return Err(ConfigError::new(
+            var,
+            raw,
+            "must be a positive number of seconds",
+        ));
+    }
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| ConfigError::new(var, raw, "is not a usable number of seconds"))
+}
+
+fn parse_positive(var: &'static str, raw: &str) -> Result<u64, ConfigError> {
+    match raw.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ConfigError::new(var, raw, "is not a positive integer")),
+    }
+}
+
+/// The original wrote booleans as `True`/`False`; accept the usual spellings.
+fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
+    match raw.trim().to_lowercase().as_str() {
+        "true" | "t" | "1" | "yes" | "y" | "on" => Ok(true),
+        "false" | "f" | "0" | "no" | "n" | "off" => Ok(false),
+        _ => Err(ConfigError::new(
+            var,
+            raw,
+            "is not a boolean (true/false, 1/0, yes/no)",
+        )),
+    }
+}
+
+/// Maps the original's Python level names onto a tracing filter; anything else must be
+/// a valid tracing filter directive (for example `distraft=debug,tonic=info`).
+fn parse_log_level(raw: &str) -> Result<String, ConfigError> {
+    let level = match raw.trim().to_lowercase().as_str() {
+        "critical" | "fatal" | "error" => "error",
+        "warning" | "warn" => "warn",
+        "info" => "info",
+        "debug" => "debug",
+        "trace" => "trace",
+        _ => {
+            // Only `target=level` lists: a lone word would be taken as a target name.
+            let directive = raw.trim();
+            return match tracing_subscriber::EnvFilter::try_new(directive) {
+                Ok(_) if directive.contains('=') => Ok(directive.to_string()),
+                _ => Err(ConfigError::new(
+                    "DISTRAFT_LOG_LEVEL",
+                    raw,
+                    "is not a log level (DEBUG, INFO, WARNING, ERROR)",
+                )),
+            };
+        }
+    };
+    Ok(level.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    #[command(args_override_self = true)]
+    struct TestCli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    const CLUSTER: &str = "b=127.0.0.1:9002:127.0.0.1:5002,a=127.0.0.1:9001:127.0.0.1:5001,\
+                           c=127.0.0.1:9003:127.0.0.1:5003";
+
+    /// Arguments as given on the command line only (the environment of the test process
+    /// carries no DISTRAFT_ variable).
+    fn args(extra: &[&str]) -> NodeArgs {
+        let mut argv = vec!["distraft", "--name", "a", "--cluster", CLUSTER];
+        argv.extend_from_slice(extra);
+        TestCli::try_parse_from(argv).unwrap().node
+    }
+
+    fn error(extra: &[&str]) -> ConfigError {
+        Config::from_args(&args(extra)).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let node = TestCli::try_parse_from(["distraft"]).unwrap().node;
+        let config = Config::from_args(&node).unwrap();
+        assert_eq!(config.name, "default");
+        assert_eq!(
+            (config.host.as_str(), config.raft_port),
+            ("127.0.0.1", 9000)
+        );
+        assert_eq!(
+            (config.client_host.as_str(), config.client_port),
+            ("127.0.0.1", 5000)
+        );
+        assert_eq!(
+            config.members.len(),
+            1,
+            "no cluster given: a single-node cluster"
+        );
+        assert_eq!(config.id, 1);
+        assert_eq!(config.log_dir, PathBuf::from("/etc/distraft/default"));
+        assert_eq!(config.timeout_spread_ratio, 2.0);
+        assert_eq!(config.heartbeat_timeout, Duration::from_millis(100));
+        assert_eq!(config.missed_heartbeats, 5);
+        assert_eq!(config.election_timeout, Duration::from_millis(500));
+        assert!(!config.reset_logs && !config.pretty_print_responses && !config.web_server_debug);
+        assert_eq!(config.log_filter, "info");
+        assert_eq!(config.max_key_bytes, 4096);
+        assert_eq!(config.max_value_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn cluster_ids_follow_sorted_names() {
+        let config = Config::from_args(&args(&[])).unwrap();
+        let names: Vec<(&str, NodeId)> = config
+            .members
+            .iter()
+            .map(|m| (m.name.as_str(), m.id))
+            .collect();
+        assert_eq!(names, [("a", 1), ("b", 2), ("c", 3)]);
+        assert_eq!(config.id, 1);
+        assert_eq!(config.me().peer_port, 9001);
+        assert_eq!(config.member(3).unwrap().client_port, 5003);
+        assert!(config.member(0).is_none() && config.member(4).is_none());
+        assert_eq!(config.peers().map(|m| m.id).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(
+            config.member_named("b").unwrap().grpc_uri(),
+            "http://127.0.0.1:9002"
+        );
+    }
+
+    #[test]
+    fn names_are_case_insensitive_like_the_original() {
+        let config = Config::from_args(&args(&["--name", "B "])).unwrap();
+        assert_eq!((config.name.as_str(), config.id), ("b", 2));
+    }
+
+    #[test]
+    fn old_flag_names_still_work() {
+        let config =
+            Config::from_args(&args(&["--udp-port", "7000", "--tcp-port", "7001"])).unwrap();
+        assert_eq!((config.raft_port, config.client_port), (7000, 7001));
+    }
+
+    #[test]
+    fn timeouts_become_ticks() {
+        let raft = Config::from_args(&args(&[])).unwrap().raft_config();
+        assert_eq!(raft.heartbeat_ticks, 10);
+        assert_eq!(
+            (raft.election_ticks_min, raft.election_ticks_max),
+            (50, 101)
+        );
+        assert_eq!(raft.check_quorum_ticks, 50);
+        assert_eq!(raft.voters, [1, 2, 3]);
+
+        // Short heartbeats get a finer tick instead of rounding to nothing.
+        let config = Config::from_args(&args(&[
+            "--heartbeat-timeout",
+            "0.004",
+            "--election-timeout",
+            "0.02",
+            "--timeout-spread-ratio",
+            "1",
+            "--missed-heartbeats",
+            "3",
+        ]))
+        .unwrap();
+        assert_eq!(config.tick(), Duration::from_millis(2));
+        let raft = config.raft_config();
+        assert_eq!(raft.heartbeat_ticks, 2);
+        assert_eq!((raft.election_ticks_min, raft.election_ticks_max), (10, 11));
+        assert_eq!(raft.check_quorum_ticks, 6);
+    }
+
+    #[test]
+    fn booleans_and_log_levels() {
+        let config = Config::from_args(&args(&[
+            "--reset-logs",
+            "True",
+            "--pretty-print-responses",
+            "yes",
+            "--web-server-debug",
+            "0",
+            "--log-level",
+            "WARNING",
+        ]))
+        .unwrap();
+        assert!(config.reset_logs && config.pretty_print_responses && !config.web_server_debug);
+        assert_eq!(config.log_filter, "warn");
+        let config = Config::from_args(&args(&["--log-level", "distraft=debug"])).unwrap();
+        assert_eq!(config.log_filter, "distraft=debug");
+    }
+
+    #[test]
+    fn each_bad_value_is_one_line_naming_the_variable() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--cluster", "x=1.2.3"],
+                r#"DISTRAFT_CLUSTER: "x=1.2.3" is not name=peer_host:peer_port:client_host:client_port"#,
+            ),
+            (
+                &["--cluster", "a127.0.0.1:1:h:2"],
+                r#"DISTRAFT_CLUSTER: "a127.0.0.1:1:h:2" is not name=peer_host:peer_port:client_host:client_port"#,
+            ),
+            (
+                &["--cluster", "a=h:1:h:x"],
+                r#"DISTRAFT_CLUSTER: "a=h:1:h:x" has an invalid port "x""#,
+            ),
+            (
+                &["--cluster", " , "],
+                r#"DISTRAFT_CLUSTER: " , " lists no member"#,
+            ),
+            (
+                &["--cluster", "a=h:1:h:2,A=h:3:h:4"],
+                r#"DISTRAFT_CLUSTER: "a" is listed twice"#,
+            ),
+            (
+                &["--name", "d"],
+                r#"DISTRAFT_NAME: "d" is not in DISTRAFT_CLUSTER (members: a, b, c)"#,
+            ),
+            (&["--name", " "], r#"DISTRAFT_NAME: " " is empty"#),
+            (&["--host", ""], r#"DISTRAFT_HOST: "" is empty"#),
+            (
+                &["--raft-port", "0"],
+                r#"DISTRAFT_UDP_PORT: "0" is not a port number (1-65535)"#,
+            ),
+            (
+                &["--client-port", "70000"],
+                r#"DISTRAFT_TCP_PORT: "70000" is not a port number (1-65535)"#,
+            ),
+            (
+                &["--heartbeat-timeout", "abc"],
+                r#"DISTRAFT_HEARTBEAT_TIMEOUT: "abc" is not a number"#,
+            ),
+            (
+                &["--heartbeat-timeout=-1"],
+                r#"DISTRAFT_HEARTBEAT_TIMEOUT: "-1" must be a positive number of seconds"#,
+            ),
+            (
+                &["--election-timeout", "0"],
+                r#"DISTRAFT_ELECTION_TIMEOUT: "0" must be a positive number of seconds"#,
+            ),
+            (
+                &["--election-timeout", "0.05"],
+                r#"DISTRAFT_ELECTION_TIMEOUT: "0.05" must be greater than DISTRAFT_HEARTBEAT_TIMEOUT (0.100)"#,
+            ),
+            (
+                &["--election-timeout", "1e300"],
+                r#"DISTRAFT_ELECTION_TIMEOUT: "1e300" is not a usable number of seconds"#,
+            ),
+            (
+                &["--timeout-spread-ratio", "0.5"],
+                r#"DISTRAFT_TIMEOUT_SPREAD_RATIO: "0.5" must be at least 1.0"#,
+            ),
+            (
+                &["--timeout-spread-ratio", "NaN"],
+                r#"DISTRAFT_TIMEOUT_SPREAD_RATIO: "NaN" is not a number"#,
+            ),
+            (
+                &["--missed-heartbeats", "0"],
+                r#"DISTRAFT_MISSED_HEARTBEATS: "0" is not a positive integer"#,
+            ),
+            (
+                &["--missed-heartbeats", "99999999999"],
+                r#"DISTRAFT_MISSED_HEARTBEATS: "99999999999" is too large"#,
+            ),
+            (
+                &["--reset-logs", "maybe"],
+                r#"DISTRAFT_RESET_LOGS: "maybe" is not a boolean (true/false, 1/0, yes/no)"#,
+            ),
+            (
+                &["--pretty-print-responses", "2"],
+                r#"DISTRAFT_PRETTY_PRINT_RESPONSES: "2" is not a boolean (true/false, 1/0, yes/no)"#,
+            ),
+            (
+                &["--web-server-debug", ""],
+                r#"DISTRAFT_WEB_SERVER_DEBUG: "" is not a boolean (true/false, 1/0, yes/no)"#,
+            ),
+            (
+                &["--log-level", "loud!"],
+                r#"DISTRAFT_LOG_LEVEL: "loud!" is not a log level (DEBUG, INFO, WARNING, ERROR)"#,
+            ),
+            (
+                &["--request-timeout", "0"],
+                r#"DISTRAFT_REQUEST_TIMEOUT: "0" must be a positive number of seconds"#,
+            ),
+            (
+                &["--max-key-bytes=-4"],
+                r#"DISTRAFT_MAX_KEY_BYTES: "-4" is not a positive integer"#,
+            ),
+            (
+                &["--max-value-bytes", "1MiB"],
+                r#"DISTRAFT_MAX_VALUE_BYTES: "1MiB" is not a positive integer"#,
+            ),
+            (
+                &["--snapshot-threshold", "0"],
+                r#"DISTRAFT_SNAPSHOT_THRESHOLD: "0" is not a positive integer"#,
+            ),
+        ];
+        for (extra, expected) in cases {
+            let message = error(extra).to_string();
+            assert_eq!(&message, expected, "for {extra:?}");
+            assert!(!message.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn a_multiline_value_still_gives_one_line() {
+        assert!(!error(&["--raft-port", "1\n2"]).to_string().contains('\n'));
+    }
+}

@@ -1,0 +1,245 @@
+//! The node driver: the one place where I/O meets Raft.
+//!
+//! It owns a [`RawNode`](crate::raft::RawNode), its [`Storage`](crate::storage::Storage)
+//! and the [`Kv`](crate::kv::Kv) state machine, and runs them on a dedicated OS thread
+//! (see [`runner`]). Everything else — gRPC handlers, peer connections, the gateway —
+//! talks to it through a [`DriverHandle`], a cheap clone that posts [`Event`]s.
+//!
+//! Why a thread rather than a tokio task: every turn of the loop ends in an fsync
+//! (`Storage::append`) and the core itself is synchronous; on a thread, a slow disk
+//! never stalls the runtime's workers that carry the network traffic, and the time one
+//! fsync takes is exactly the window in which the next batch accumulates (group
+//! commit falls out of the design).
+
+mod runner;
+
+use std::sync::mpsc;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::kv::Applied;
+use crate::proto::v1::StatusResponse;
+use crate::raft::{Index, Message, NodeId, RaftError, SnapshotMeta};
+use crate::storage::{SnapshotFile, SnapshotWriter, StorageError};
+
+pub use runner::spawn;
+
+/// How many events may wait for the driver before new ones are refused. Raft messages
+/// beyond it are dropped (Raft tolerates loss), client requests fail as overloaded.
+const EVENT_QUEUE: usize = 16 * 1024;
+
+/// The driver's outgoing network: where the messages of a `Ready` go.
+pub trait Transport: Send + 'static {
+    /// Sends `msg` to peer `msg.to`, best effort: Raft retransmits what is lost.
+    fn send(&self, msg: Message);
+    /// Sends an InstallSnapshot with the image of `file`.
+    fn send_snapshot(&self, msg: Message, file: SnapshotFile);
+}
+
+/// The answer to a Raft request received over gRPC.
+#[derive(Debug)]
+pub enum RaftReply {
+    /// The core's reply, sent only after what it promises was persisted.
+    Answer(Message),
+    /// The core chose not to answer (for example a stale message).
+    Unanswered,
+}
+
+/// Where the answer to a Raft request goes. Dropped without an answer when the node is
+/// stopped or shutting down.
+pub type RaftReplySender = oneshot::Sender<RaftReply>;
+
+/// A client request that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Nothing was done; `leader` is where to go, when known.
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<NodeId> },
+    /// Nothing was done: the leadership changed and a different entry took the slot,
+    /// or a read could not be confirmed.
+    #[error("leadership changed before the request completed; it was not applied")]
+    LeadershipLost,
+    /// The write may or may not have been applied.
+    #[error("the outcome is unknown: the write may or may not have been applied")]
+    Indeterminate,
+    #[error("the node is stopped")]
+    Stopped,
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("the node is overloaded, try again")]
+    Overloaded,
+    /// The committed entry held no valid command (not retriable).
+    #[error("the command was rejected: {0}")]
+    Rejected(String),
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl From<RaftError> for RequestError {
+    fn from(err: RaftError) -> RequestError {
+        match err {
+            RaftError::NotLeader { leader } => RequestError::NotLeader { leader },
+            RaftError::LeadershipLost => RequestError::LeadershipLost,
+        }
+    }
+}
+
+/// A write that was committed and applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub index: Index,
+    pub applied: Applied,
+}
+
+/// What the driver can be asked to do. Built by [`DriverHandle`]'s methods.
+pub enum Event {
+    /// A message from a peer; `reply` when the peer waits for the answer (a request).
+    /// `snapshot` carries the received image of a `Body::Snapshot`.
+    Raft {
+        msg: Message,
+        reply: Option<RaftReplySender>,
+        snapshot: Option<SnapshotWriter>,
+    },
+    Propose {
+        data: Bytes,
+        reply: oneshot::Sender<Result<Committed, RequestError>>,
+    },
+    Read {
+        key: String,
+        stale: bool,
+        reply: oneshot::Sender<Result<Option<String>, RequestError>>,
+    },
+    Status {
+        reply: oneshot::Sender<StatusResponse>,
+    },
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
+    Start {
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    BeginSnapshot {
+        meta: SnapshotMeta,
+        reply: oneshot::Sender<Result<SnapshotWriter, RequestError>>,
+    },
+    Shutdown,
+}
+
+/// The driver's fatal failure (the node cannot go on safely).
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("loading the state machine from the snapshot: {0}")]
+    Snapshot(#[from] crate::kv::KvError),
+    #[error("the Raft core installed snapshot {0} that was never received")]
+    UnknownSnapshot(Index),
+    #[error("writing a snapshot image: {0}")]
+    Image(std::io::Error),
+    #[error("storage is closed while the node is up")]
+    NotOpen,
+    #[error("starting the driver thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A handle to post work to the driver; cheap to clone.
+#[derive(Clone)]
+pub struct DriverHandle {
+    events: mpsc::SyncSender<Event>,
+}
+
+impl DriverHandle {
+    fn post(&self, event: Event) -> Result<(), RequestError> {
+        self.events.try_send(event).map_err(|err| match err {
+            mpsc::TrySendError::Full(_) => RequestError::Overloaded,
+            mpsc::TrySendError::Disconnected(_) => RequestError::ShuttingDown,
+        })
+    }
+
+    /// Hands a peer's message to the core. Returns false when it was dropped.
+    pub fn step(
+        &self,
+        msg: Message,
+        reply: Option<RaftReplySender>,
+        snapshot: Option<SnapshotWriter>,
+    ) -> bool {
+        self.post(Event::Raft {
+            msg,
+            reply,
+            snapshot,
+        })
+        .is_ok()
+    }
+
+    /// Proposes a command and waits until it is applied (or known to have failed).
+    /// The caller bounds the wait; giving up makes the outcome indeterminate.
+    pub async fn propose(&self, data: Bytes) -> Result<Committed, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.post(Event::Propose { data, reply })?;
+        answer.await.unwrap_or(Err(RequestError::ShuttingDown))
+    }
+
+    /// Reads a key: linearizable (ReadIndex) unless `stale`.
+    pub async fn read(&self, key: String, stale: bool) -> Result<Option<String>, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.post(Event::Read { key, stale, reply })?;
+        answer.await.unwrap_or(Err(RequestError::ShuttingDown))
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.post(Event::Status { reply })?;
+        answer.await.map_err(|_| RequestError::ShuttingDown)
+    }
+
+    /// Leaves Raft as if crashed (idempotent).
+    pub async fn stop(&self) -> Result<(), RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.post(Event::Stop { reply })?;
+        answer.await.map_err(|_| RequestError::ShuttingDown)
+    }
+
+    /// Rejoins Raft from the persisted state (idempotent).
+    pub async fn start(&self) -> Result<(), RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.post(Event::Start { reply })?;
+        answer.await.unwrap_or(Err(RequestError::ShuttingDown))
+    }
+
+    /// A writer for a snapshot image arriving from the leader.
+    pub async fn begin_snapshot(&self, meta: SnapshotMeta) -> Result<SnapshotWriter, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.post(Event::BeginSnapshot { meta, reply })?;
+        answer.await.unwrap_or(Err(RequestError::ShuttingDown))
+    }
+
+    /// Asks the driver to fail what is pending and exit. Blocks only if the queue is
+    /// full, which it cannot stay for long as the driver keeps draining it.
+    pub fn shutdown(&self) {
+        let _ = self.events.send(Event::Shutdown);
+    }
+}
+
+/// The role names of the original's status (`GET /` shows them).
+pub(crate) fn role_name(role: crate::raft::Role) -> &'static str {
+    use crate::raft::Role;
+    match role {
+        Role::Follower => "Follower",
+        // The original had no pre-vote; a pre-candidate is campaigning.
+        Role::PreCandidate | Role::Candidate => "Candidate",
+        Role::Leader => "Leader",
+    }
+}
+
+/// Creates the event channel of a driver.
+fn channel() -> (DriverHandle, mpsc::Receiver<Event>) {
+    let (events, receiver) = mpsc::sync_channel(EVENT_QUEUE);
+    (DriverHandle { events }, receiver)
+}
+
+/// Where this node's log and snapshots live.
+pub fn storage_options(config: &Config) -> crate::storage::StorageOptions {
+    crate::storage::StorageOptions::new(&config.log_dir, &config.data_dir)
+}

@@ -1,0 +1,645 @@
+//! The driver's loop, on its own thread: wait for an event, drain every event that is
+//! pending, then carry out ONE `Ready` — one fsync, one round of sends, one round of
+//! applies for the whole batch.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use super::{
+    channel, role_name, storage_options, Committed, DriverError, DriverHandle, Event, RaftReply,
+    RaftReplySender, RequestError, Transport,
+};
+use crate::config::Config;
+use crate::kv::{Applied, Kv};
+use crate::proto::v1::{Member, StatusResponse};
+use crate::raft::{
+    Body, Entry, Index, Message, NodeId, RawNode, ReadId, Ready, Role, SnapshotMeta, Term,
+};
+use crate::storage::{SnapshotWriter, Storage};
+
+/// At most this many events are folded into one turn, so that a flood of requests
+/// cannot postpone ticks and fsyncs without bound.
+const MAX_EVENTS_PER_TURN: usize = 4096;
+/// How often abandoned requests (their callers gave up) are forgotten.
+const PURGE_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts the driver thread on the node's storage. Returns the handle to talk to it
+/// and a receiver that yields the driver's result when its thread ends.
+pub fn spawn(
+    config: Arc<Config>,
+    transport: impl Transport,
+) -> Result<(DriverHandle, oneshot::Receiver<Result<(), DriverError>>), DriverError> {
+    let (handle, events) = channel();
+    // Open before returning, so that a damaged data directory stops start-up at once.
+    let open = OpenNode::open(&config)?;
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("raft-driver".to_string())
+        .spawn(move || {
+            let mut driver = Driver::new(config, transport, open);
+            let result = driver.run(&events);
+            driver.fail_everything(RequestError::ShuttingDown);
+            if let Err(err) = &result {
+                error!("the driver stopped: {err}");
+            }
+            let _ = done_tx.send(result);
+        })
+        .map_err(DriverError::Thread)?;
+    Ok((handle, done_rx))
+}
+
+/// A core, its storage and state machine, as recovered from disk.
+struct OpenNode {
+    node: RawNode,
+    storage: Storage,
+    kv: Kv,
+    applied: Index,
+    applied_term: Term,
+}
+
+impl OpenNode {
+    fn open(config: &Config) -> Result<OpenNode, DriverError> {
+        let (storage, recovered) = Storage::open(storage_options(config))?;
+        let (kv, applied, applied_term) = match &recovered.snapshot {
+            Some(file) => (
+                Kv::read_image(file.open_data()?)?,
+                file.meta.index,
+                file.meta.term,
+            ),
+            None => (Kv::new(), 0, 0),
+        };
+        info!(
+            snapshot = applied,
+            entries = recovered.restored.entries.len(),
+            term = recovered.restored.hard_state.term,
+            "recovered from storage"
+        );
+        let node = RawNode::new(config.raft_config(), recovered.restored, rand::random());
+        Ok(OpenNode {
+            node,
+            storage,
+            kv,
+            applied,
+            applied_term,
+        })
+    }
+}
+
+/// A proposal waiting for its entry to be applied.
+struct PendingProposal {
+    term: Term,
+    reply: oneshot::Sender<Result<Committed, RequestError>>,
+}
+
+type ReadReply = oneshot::Sender<Result<Option<String>, RequestError>>;
+
+/// Which answer a peer's request waits for. Replies are matched to waiting requests
+/// per peer and kind, first come first served; every reply is self-describing (it
+/// carries its index, term or read round), so the pairing only has to preserve order.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ReplyKind {
+    Vote,
+    /// AppendEntries stream (appends and heartbeats) and InstallSnapshot.
+    Replication,
+}
+
+fn request_kind(body: &Body) -> Option<ReplyKind> {
+    match body {
+        Body::PreVote { .. } | Body::Vote { .. } => Some(ReplyKind::Vote),
+        Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. } => {
+            Some(ReplyKind::Replication)
+        }
+        _ => None,
+    }
+}
+
+fn response_kind(body: &Body) -> Option<ReplyKind> {
+    match body {
+        Body::PreVoteResponse { .. } | Body::VoteResponse { .. } => Some(ReplyKind::Vote),
+        Body::AppendResponse { .. } | Body::HeartbeatResponse { .. } => {
+            Some(ReplyKind::Replication)
+        }
+        _ => None,
+    }
+}
+
+struct Driver<T> {
+    config: Arc<Config>,
+    transport: T,
+    node: RawNode,
+    /// `None` only while stopped (closed so that Start reopens it as a restart would).
+    storage: Option<Storage>,
+    kv: Kv,
+    applied: Index,
+    applied_term: Term,
+    snapshot_index: Index,
+    up: bool,
+    proposals: BTreeMap<Index, PendingProposal>,
+    /// Linearizable reads handed to the core, by read id.
+    reads: HashMap<ReadId, (String, ReadReply)>,
+    /// Reads confirmed by the core at an index this node has not applied yet.
+    confirmed_reads: Vec<(Index, String, ReadReply)>,
+    next_read_id: ReadId,
+    /// Peers' requests stepped in this turn, waiting for the core's reply.
+    waiting_replies: HashMap<NodeId, VecDeque<(ReplyKind, RaftReplySender)>>,
+    /// Followers' ReadIndex requests: answered in a later turn, after a heartbeat round.
+    waiting_read_index: HashMap<(NodeId, ReadId), RaftReplySender>,
+    /// Snapshot images received in this turn, for the core to install (or not).
+    received_snapshots: Vec<SnapshotWriter>,
+}
+
+impl<T: Transport> Driver<T> {
+    fn new(config: Arc<Config>, transport: T, open: OpenNode) -> Driver<T> {
+        let snapshot_index = open.applied;
+        Driver {
+            config,
+            transport,
+            node: open.node,
+            storage: Some(open.storage),
+            kv: open.kv,
+            applied: open.applied,
+            applied_term: open.applied_term,
+            snapshot_index,
+            up: true,
+            proposals: BTreeMap::new(),
+            reads: HashMap::new(),
+            confirmed_reads: Vec::new(),
+            next_read_id: 1,
+            waiting_replies: HashMap::new(),
+            waiting_read_index: HashMap::new(),
+            received_snapshots: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, events: &Receiver<Event>) -> Result<(), DriverError> {
+        let tick = self.config.tick();
+        let mut next_tick = Instant::now() + tick;
+        let mut next_purge = Instant::now() + PURGE_EVERY;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match events.recv_timeout(wait) {
+                Ok(event) => Some(event),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            let mut shutdown = false;
+            for event in first
+                .into_iter()
+                .chain(events.try_iter().take(MAX_EVENTS_PER_TURN))
+            {
+                if matches!(event, Event::Shutdown) {
+                    shutdown = true;
+                    break;
+                }
+                self.handle(event)?;
+            }
+            if shutdown {
+                info!("driver shutting down");
+                return Ok(());
+            }
+
+            let now = Instant::now();
+            if now >= next_tick {
+                if self.up {
+                    self.node.tick();
+                }
+                // After a long turn (a slow fsync), resume the cadence instead of
+                // firing a burst of catch-up ticks.
+                next_tick = (next_tick + tick).max(now);
+            }
+            if now >= next_purge {
+                self.purge_abandoned();
+                next_purge = now + PURGE_EVERY;
+            }
+
+            if self.up && self.node.has_ready() {
+                let ready = self.node.ready();
+                self.process(ready)?;
+            }
+            // The core had its chance to install these in this turn's Ready.
+            self.received_snapshots.clear();
+            self.answer_unanswered();
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), DriverError> {
+        match event {
+            Event::Raft {
+                msg,
+                reply,
+                snapshot,
+            } => {
+                // Stopped: the node is as good as crashed; dropping `reply` tells the
+                // handler so.
+                if !self.up {
+                    return Ok(());
+                }
+                if let Some(reply) = reply {
+                    match &msg.body {
+                        Body::ReadIndex { id } => {
+                            self.waiting_read_index.insert((msg.from, *id), reply);
+                        }
+                        body => match request_kind(body) {
+                            Some(kind) => self
+                                .waiting_replies
+                                .entry(msg.from)
+                                .or_default()
+                                .push_back((kind, reply)),
+                            None => {
+                                let _ = reply.send(RaftReply::Unanswered);
+                            }
+                        },
+                    }
+                }
+                self.received_snapshots.extend(snapshot);
+                self.node.step(msg);
+            }
+            Event::Propose { data, reply } => {
+                if !self.up {
+                    let _ = reply.send(Err(RequestError::Stopped));
+                    return Ok(());
+                }
+                let term = self.node.term();
+                match self.node.propose(data) {
+                    Ok(index) => {
+                        // A proposal still waiting at this index was overwritten
+                        // before it was applied: it is lost for good.
+                        if let Some(old) = self
+                            .proposals
+                            .insert(index, PendingProposal { term, reply })
+                        {
+                            let _ = old.reply.send(Err(RequestError::LeadershipLost));
+                        }
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(err.into()));
+                    }
+                }
+            }
+            Event::Read { key, stale, reply } => {
+                if !self.up {
+                    let _ = reply.send(Err(RequestError::Stopped));
+                } else if stale {
+                    let _ = reply.send(Ok(self.kv.get(&key).map(str::to_string)));
+                } else {
+                    let id = self.next_read_id;
+                    self.next_read_id += 1;
+                    self.reads.insert(id, (key, reply));
+                    self.node.read_index(id);
+                }
+            }
+            Event::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Event::Stop { reply } => {
+                if self.up {
+                    info!("stopping: leaving Raft until started again");
+                    self.up = false;
+                    self.fail_everything(RequestError::Stopped);
+                    // Closed like a crash would; Start reopens it.
+                    self.storage = None;
+                }
+                let _ = reply.send(());
+            }
+            Event::Start { reply } => {
+                let result = if self.up { Ok(()) } else { self.restart() };
+                let _ = reply.send(result);
+            }
+            Event::BeginSnapshot { meta, reply } => {
+                let writer = match (&self.storage, self.up) {
+                    (Some(storage), true) => storage
+                        .begin_snapshot(meta)
+                        .map_err(|err| RequestError::Storage(err.to_string())),
+                    _ => Err(RequestError::Stopped),
+                };
+                let _ = reply.send(writer);
+            }
+            Event::Shutdown => {}
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the core from storage, exactly as a restart of the process would.
+    fn restart(&mut self) -> Result<(), RequestError> {
+        match OpenNode::open(&self.config) {
+            Ok(open) => {
+                self.node = open.node;
+                self.storage = Some(open.storage);
+                self.kv = open.kv;
+                self.applied = open.applied;
+                self.applied_term = open.applied_term;
+                self.snapshot_index = open.applied;
+                self.up = true;
+                info!("started: rejoining Raft from the persisted state");
+                Ok(())
+            }
+            Err(err) => {
+                error!("cannot start: {err}");
+                Err(RequestError::Storage(err.to_string()))
+            }
+        }
+    }
+
+    /// Carries out one Ready in the order its documentation prescribes.
+    fn process(&mut self, ready: Ready) -> Result<(), DriverError> {
+        let Ready {
+            hard_state,
+            snapshot,
+            entries,
+            messages,
+            committed,
+            reads,
+            failed_reads,
+        } = ready;
+        // 1. Persist: the snapshot, then entries and hard state, in one fsync.
+        if let Some(meta) = snapshot {
+            self.install_snapshot(meta)?;
+        }
+        if hard_state.is_some() || !entries.is_empty() {
+            self.storage()?.append(hard_state.as_ref(), &entries)?;
+        }
+
+        // 2. Send, now that everything the messages promise is durable.
+        for msg in messages {
+            self.dispatch(msg);
+        }
+
+        // 3.
+        self.node.advance();
+
+        // 4. Apply.
+        for entry in committed {
+            self.apply(entry);
+        }
+
+        // 5. Answer reads, now that the state machine has caught up with them.
+        for read in reads {
+            if let Some((key, reply)) = self.reads.remove(&read.id) {
+                self.confirmed_reads.push((read.index, key, reply));
+            }
+        }
+        self.serve_confirmed_reads();
+        for (id, err) in failed_reads {
+            if let Some((_, reply)) = self.reads.remove(&id) {
+                let _ = reply.send(Err(err.into()));
+            }
+        }
+
+        self.maybe_snapshot();
+        Ok(())
+    }
+}
+
+impl<T: Transport> Driver<T> {
+    /// The open storage; only a stopped node has none, and a stopped node is not driven.
+    fn storage(&mut self) -> Result<&mut Storage, DriverError> {
+        self.storage.as_mut().ok_or(DriverError::NotOpen)
+    }
+
+    /// Makes a snapshot received from the leader durable and loads the state machine
+    /// from it; the log now continues after it.
+    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), DriverError> {
+        let position = self
+            .received_snapshots
+            .iter()
+            .position(|writer| *writer.meta() == meta)
+            .ok_or(DriverError::UnknownSnapshot(meta.index))?;
+        let writer = self.received_snapshots.swap_remove(position);
+        let file = self.storage()?.finish_snapshot(writer)?;
+        self.kv = Kv::read_image(file.open_data()?)?;
+        self.applied = meta.index;
+        self.applied_term = meta.term;
+        self.snapshot_index = meta.index;
+        // Proposals the snapshot jumped over may or may not be in it.
+        let kept = self.proposals.split_off(&(meta.index + 1));
+        for (_, proposal) in std::mem::replace(&mut self.proposals, kept) {
+            let _ = proposal.reply.send(Err(RequestError::Indeterminate));
+        }
+        info!(
+            index = meta.index,
+            term = meta.term,
+            "installed a snapshot from the leader"
+        );
+        Ok(())
+    }
+
+    /// Routes one outgoing message: a reply to a waiting peer request, or a new message
+    /// for the transport.
+    fn dispatch(&mut self, msg: Message) {
+        if let Body::ReadIndexResponse { id, .. } = &msg.body {
+            if let Some(reply) = self.waiting_read_index.remove(&(msg.to, *id)) {
+                let _ = reply.send(RaftReply::Answer(msg));
+            }
+            return;
+        }
+        if let Some(kind) = response_kind(&msg.body) {
+            let waiting = self.waiting_replies.get_mut(&msg.to);
+            let slot = waiting.and_then(|queue| {
+                let position = queue.iter().position(|(k, _)| *k == kind)?;
+                queue.remove(position)
+            });
+            match slot {
+                Some((_, reply)) => {
+                    let _ = reply.send(RaftReply::Answer(msg));
+                }
+                None => debug!(to = msg.to, "dropping a reply whose request is gone"),
+            }
+            return;
+        }
+        if let Body::Snapshot { .. } = &msg.body {
+            match self.storage.as_ref().and_then(Storage::latest_snapshot) {
+                Some(file) => self.transport.send_snapshot(msg, file.clone()),
+                None => warn!(
+                    to = msg.to,
+                    "the core asked to send a snapshot, but none exists"
+                ),
+            }
+            return;
+        }
+        self.transport.send(msg);
+    }
+
+    /// Requests this turn did not answer get an explicit "no answer", so that their
+    /// callers (and the ordered AppendEntries streams) need not wait.
+    fn answer_unanswered(&mut self) {
+        for (_, queue) in self.waiting_replies.drain() {
+            for (_, reply) in queue {
+                let _ = reply.send(RaftReply::Unanswered);
+            }
+        }
+    }
+
+    fn apply(&mut self, entry: Entry) {
+        if entry.index <= self.applied {
+            // Already in the state machine (restored from a snapshot).
+            return;
+        }
+        let applied = self.kv.apply(&entry.data);
+        if let Applied::Rejected(reason) = &applied {
+            warn!(
+                index = entry.index,
+                "skipped an entry without a valid command: {reason}"
+            );
+        }
+        self.applied = entry.index;
+        self.applied_term = entry.term;
+        if let Some(proposal) = self.proposals.remove(&entry.index) {
+            let result = if proposal.term != entry.term {
+                Err(RequestError::LeadershipLost)
+            } else if let Applied::Rejected(reason) = applied {
+                Err(RequestError::Rejected(reason))
+            } else {
+                Ok(Committed {
+                    index: entry.index,
+                    applied,
+                })
+            };
+            let _ = proposal.reply.send(result);
+        }
+    }
+
+    /// Serves the confirmed reads whose index has been applied.
+    fn serve_confirmed_reads(&mut self) {
+        let applied = self.applied;
+        let (due, waiting) = std::mem::take(&mut self.confirmed_reads)
+            .into_iter()
+            .partition(|(index, _, _)| *index <= applied);
+        self.confirmed_reads = waiting;
+        for (_, key, reply) in due {
+            let _ = reply.send(Ok(self.kv.get(&key).map(str::to_string)));
+        }
+    }
+
+    /// Snapshots the state machine once enough entries were applied since the last one,
+    /// so that the log (and a restart's replay) stays bounded.
+    fn maybe_snapshot(&mut self) {
+        if self.applied - self.snapshot_index < self.config.snapshot_threshold {
+            return;
+        }
+        let meta = SnapshotMeta {
+            index: self.applied,
+            term: self.applied_term,
+            voters: self.config.members.iter().map(|m| m.id).collect(),
+        };
+        let started = Instant::now();
+        let result = self.write_snapshot(meta.clone());
+        match result {
+            Ok(()) => {
+                self.node.compact(meta.index);
+                info!(
+                    index = meta.index,
+                    keys = self.kv.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "took a snapshot"
+                );
+            }
+            // Not fatal: the log just grows until the next attempt.
+            Err(err) => error!(index = meta.index, "taking a snapshot failed: {err}"),
+        }
+        // Either way, the next attempt is a threshold away.
+        self.snapshot_index = meta.index;
+    }
+
+    fn write_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), DriverError> {
+        let mut writer = self.storage()?.begin_snapshot(meta)?;
+        self.kv
+            .write_image(&mut writer)
+            .map_err(DriverError::Image)?;
+        self.storage()?.finish_snapshot(writer)?;
+        Ok(())
+    }
+
+    /// Forgets requests whose callers gave up waiting.
+    fn purge_abandoned(&mut self) {
+        self.proposals.retain(|_, p| !p.reply.is_closed());
+        self.reads.retain(|_, (_, reply)| !reply.is_closed());
+        self.confirmed_reads
+            .retain(|(_, _, reply)| !reply.is_closed());
+        self.waiting_read_index
+            .retain(|_, reply| !reply.is_closed());
+    }
+
+    /// Fails every waiting client request and drops every waiting peer request.
+    fn fail_everything(&mut self, err: RequestError) {
+        // A proposal that was handed to the core may still commit.
+        let proposal_err = match err {
+            RequestError::Stopped | RequestError::ShuttingDown => RequestError::Indeterminate,
+            ref other => other.clone(),
+        };
+        for (_, proposal) in std::mem::take(&mut self.proposals) {
+            let _ = proposal.reply.send(Err(proposal_err.clone()));
+        }
+        for (_, (_, reply)) in self.reads.drain() {
+            let _ = reply.send(Err(err.clone()));
+        }
+        for (_, _, reply) in self.confirmed_reads.drain(..) {
+            let _ = reply.send(Err(err.clone()));
+        }
+        self.waiting_replies.clear();
+        self.waiting_read_index.clear();
+        self.received_snapshots.clear();
+    }
+
+    fn status(&self) -> StatusResponse {
+        let config = &self.config;
+        let name_of = |id: NodeId| {
+            config
+                .member(id)
+                .map(|m| m.name.clone())
+                .unwrap_or_default()
+        };
+        let members = config
+            .members
+            .iter()
+            .map(|m| {
+                let member = Member {
+                    peer_host: m.peer_host.clone(),
+                    peer_port: u32::from(m.peer_port),
+                    client_host: m.client_host.clone(),
+                    client_port: u32::from(m.client_port),
+                };
+                (m.name.clone(), member)
+            })
+            .collect();
+        let status = self.node.status();
+        let mut response = StatusResponse {
+            id: config.name.clone(),
+            state: role_name(status.role).to_string(),
+            term: status.term,
+            is_leader: status.role == Role::Leader,
+            leader: status.leader.map(name_of).unwrap_or_default(),
+            commit_index: status.commit,
+            last_applied: self.applied,
+            last_log_index: status.last_index,
+            last_log_term: status.last_term,
+            match_index: status
+                .progress
+                .iter()
+                .map(|(id, m, _)| (name_of(*id), *m))
+                .collect(),
+            next_index: status
+                .progress
+                .iter()
+                .map(|(id, _, n)| (name_of(*id), *n))
+                .collect(),
+            members,
+            up: self.up,
+            snapshot_index: status.snapshot_index,
+            state_digest: self.kv.digest_hex(),
+        };
+        if !self.up {
+            // As if crashed: no role, no leader, whatever the core last believed.
+            response.state = role_name(Role::Follower).to_string();
+            response.is_leader = false;
+            response.leader.clear();
+            response.match_index.clear();
+            response.next_index.clear();
+        }
+        response
+    }
+}

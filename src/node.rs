@@ -1,0 +1,164 @@
+//! Starting a node: storage and driver, the gRPC server on the raft port, the peer
+//! links, and the HTTP gateway on the client port; then waiting for SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::driver;
+use crate::gateway::{self, GatewaySettings};
+use crate::rpc::{self, Peers};
+use crate::storage::Storage;
+
+/// How long shutdown waits for each part to finish what is in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a node until SIGTERM/SIGINT (then shuts down cleanly and returns `Ok`) or a
+/// fatal failure (returns the error).
+pub async fn run_node(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let me = config.me();
+    if (me.peer_port, me.client_port) != (config.raft_port, config.client_port) {
+        warn!(
+            "DISTRAFT_CLUSTER lists {} with ports {}/{}, but this node listens on {}/{}: \
+             peers and clients following the cluster list will miss it",
+            config.name, me.peer_port, me.client_port, config.raft_port, config.client_port
+        );
+    }
+    if config.reset_logs {
+        Storage::reset(&driver::storage_options(&config))
+            .context("DISTRAFT_RESET_LOGS: wiping the log and data")?;
+        info!("reset: log and snapshots wiped");
+    }
+
+    // Bind first: a port in use is the most common start-up failure.
+    let raft_listener = bind(
+        &config.host,
+        config.raft_port,
+        "DISTRAFT_HOST:DISTRAFT_UDP_PORT",
+    )
+    .await?;
+    let client_listener = bind(
+        &config.client_host,
+        config.client_port,
+        "DISTRAFT_CLIENT_HOST:DISTRAFT_TCP_PORT",
+    )
+    .await?;
+    let grpc_addr = raft_listener.local_addr()?;
+
+    let (peers, peer_tasks) = Peers::new(config.clone()).context("creating the peer links")?;
+    let (driver, mut driver_done) =
+        driver::spawn(config.clone(), peers.clone()).with_context(|| {
+            format!(
+                "opening storage in {} and {}",
+                config.log_dir.display(),
+                config.data_dir.display()
+            )
+        })?;
+    peer_tasks.run(driver.clone());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut grpc = tokio::spawn(rpc::serve(
+        config.clone(),
+        driver.clone(),
+        peers,
+        raft_listener,
+        stopped(stop_rx.clone()),
+    ));
+    let settings = GatewaySettings {
+        max_key_bytes: config.max_key_bytes,
+        max_value_bytes: config.max_value_bytes,
+        request_timeout: config.request_timeout,
+        pretty: config.pretty_print_responses,
+    };
+    let channel = gateway::local_channel(grpc_addr).context("the gateway's channel to gRPC")?;
+    let mut http = tokio::spawn(gateway::serve(
+        settings,
+        client_listener,
+        channel,
+        stopped(stop_rx),
+    ));
+    info!(
+        name = %config.name,
+        id = config.id,
+        members = config.members.len(),
+        "serving gRPC on {grpc_addr} and HTTP on {}:{}",
+        config.client_host,
+        config.client_port
+    );
+
+    let failure = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            info!("signal received: shutting down");
+            None
+        }
+        result = &mut driver_done => Some(match result {
+            Ok(Ok(())) => anyhow::anyhow!("the driver stopped unexpectedly"),
+            Ok(Err(err)) => anyhow::Error::new(err).context("the Raft driver failed"),
+            Err(_) => anyhow::anyhow!("the Raft driver thread died"),
+        }),
+        result = &mut grpc => Some(match result {
+            Ok(Ok(())) => anyhow::anyhow!("the gRPC server stopped unexpectedly"),
+            Ok(Err(err)) => err.context("the gRPC server failed"),
+            Err(err) => anyhow::Error::new(err).context("the gRPC server task failed"),
+        }),
+        result = &mut http => Some(anyhow::anyhow!("the HTTP gateway stopped unexpectedly ({result:?})")),
+    };
+
+    // Stop taking requests, then let the driver fail whatever is still pending (its
+    // storage is synced at every turn, so nothing acknowledged is left unsynced), and
+    // give the servers a moment to send those answers.
+    let _ = stop_tx.send(true);
+    driver.shutdown();
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut driver_done)
+        .await
+        .is_err()
+    {
+        error!("the driver did not stop in time");
+    }
+    finish("gRPC server", &mut grpc).await;
+    finish("HTTP gateway", &mut http).await;
+    match failure {
+        Some(err) => Err(err),
+        None => {
+            info!("shut down cleanly");
+            Ok(())
+        }
+    }
+}
+
+/// Waits, bounded, for a server task to finish the requests in flight.
+async fn finish<T>(name: &str, task: &mut tokio::task::JoinHandle<T>) {
+    if !task.is_finished() && tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+        warn!("the {name} did not finish its requests in time");
+    }
+}
+
+async fn bind(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("{what}: cannot listen on {host}:{port}"))
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

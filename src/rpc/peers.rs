@@ -1,0 +1,488 @@
+//! Connections to the other members: the driver's [`Transport`].
+//!
+//! One lazily connected tonic [`Channel`] (one HTTP/2 connection, reconnected by tonic
+//! when it breaks) per peer carries everything: the long-lived AppendEntries stream,
+//! votes, ReadIndex, snapshots, and client requests forwarded to the leader. One task
+//! per peer takes the driver's messages in order and puts them on the right RPC;
+//! answers go back to the driver as messages. Raft tolerates loss, so whatever cannot
+//! be sent right now (peer down, back-off, full buffer) is dropped and retransmitted by
+//! the core later.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use super::convert;
+use crate::config::{Config, Member};
+use crate::driver::{DriverHandle, Transport};
+use crate::proto::v1::{self as pb, kv_client::KvClient, raft_client::RaftClient};
+use crate::raft::{Body, Message, NodeId};
+use crate::storage::SnapshotFile;
+
+/// AppendEntries requests buffered per stream before new ones are dropped.
+const STREAM_BUFFER: usize = 1024;
+/// Snapshot images travel in chunks of this size.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// First and largest pause before reopening a replication stream that failed.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Deadline of a unary Raft RPC (votes, ReadIndex): an answer later than an election
+/// timeout is of no use.
+pub fn raft_rpc_timeout(config: &Config) -> Duration {
+    config
+        .election_timeout
+        .clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// A replication stream whose oldest request has waited this long for its answer is
+/// considered dead and reopened (the peer may be paused or the network gone silent).
+fn replication_timeout(config: &Config) -> Duration {
+    (raft_rpc_timeout(config) * 4).max(Duration::from_secs(1))
+}
+
+/// Time allowed to send a snapshot: generous, as it scales with the image size.
+fn snapshot_timeout(data_len: u64) -> Duration {
+    Duration::from_secs(10) + Duration::from_secs(data_len / (1024 * 1024))
+}
+
+enum Outbound {
+    Message(Message),
+    Snapshot(Message, SnapshotFile),
+}
+
+/// The set of peer connections; cheap to clone.
+#[derive(Clone)]
+pub struct Peers {
+    links: Arc<HashMap<NodeId, PeerLink>>,
+}
+
+struct PeerLink {
+    outbox: mpsc::UnboundedSender<Outbound>,
+    channel: Channel,
+}
+
+/// The receiving ends of the peers' outboxes, to be run once the driver exists.
+pub struct PeerTasks {
+    config: Arc<Config>,
+    tasks: Vec<(Member, Channel, mpsc::UnboundedReceiver<Outbound>)>,
+}
+
+/// A channel to a member's gRPC server, connected on first use.
+fn connect_lazy(config: &Config, member: &Member) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(member.grpc_uri())?
+        .connect_timeout(raft_rpc_timeout(config))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(replication_timeout(config))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+impl Peers {
+    /// Creates the links (nothing connects yet). Must run inside a tokio runtime.
+    pub fn new(config: Arc<Config>) -> Result<(Peers, PeerTasks), tonic::transport::Error> {
+        let mut links = HashMap::new();
+        let mut tasks = Vec::new();
+        for member in config.peers() {
+            let channel = connect_lazy(&config, member)?;
+            let (outbox, inbox) = mpsc::unbounded_channel();
+            links.insert(
+                member.id,
+                PeerLink {
+                    outbox,
+                    channel: channel.clone(),
+                },
+            );
+            tasks.push((member.clone(), channel, inbox));
+        }
+        Ok((
+            Peers {
+                links: Arc::new(links),
+            },
+            PeerTasks { config, tasks },
+        ))
+    }
+
+    /// A Kv client for forwarding client requests to member `id`.
+    pub fn kv_client(&self, id: NodeId, max_message_bytes: usize) -> Option<KvClient<Channel>> {
+        let link = self.links.get(&id)?;
+        Some(
+            KvClient::new(link.channel.clone())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        )
+    }
+
+    fn post(&self, to: NodeId, outbound: Outbound) {
+        match self.links.get(&to) {
+            Some(link) => {
+                // Fails only when the peer task is gone (shutting down).
+                let _ = link.outbox.send(outbound);
+            }
+            None => warn!(to, "no link to this node"),
+        }
+    }
+}
+
+impl Transport for Peers {
+    fn send(&self, msg: Message) {
+        self.post(msg.to, Outbound::Message(msg));
+    }
+
+    fn send_snapshot(&self, msg: Message, file: SnapshotFile) {
+        self.post(msg.to, Outbound::Snapshot(msg, file));
+    }
+}
+
+impl PeerTasks {
+    /// Starts one task per peer, delivering answers to `driver`.
+    pub fn run(self, driver: DriverHandle) {
+        for (member, channel, inbox) in self.tasks {
+            let link = LinkTask::new(self.config.clone(), member, channel, driver.clone());
+            tokio::spawn(link.run(inbox));
+        }
+    }
+}
+
+/// One open AppendEntries stream to a peer.
+struct ReplicationStream {
+    requests: mpsc::Sender<pb::AppendEntriesRequest>,
+    /// When each unanswered request was sent, oldest first.
+    unanswered: Arc<Mutex<VecDeque<Instant>>>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for ReplicationStream {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Exponential back-off between attempts to (re)open a replication stream.
+struct Backoff {
+    next_attempt: Instant,
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next_attempt: Instant::now(),
+            delay: BACKOFF_MIN,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        Instant::now() >= self.next_attempt
+    }
+
+    fn failed(&mut self) {
+        self.next_attempt = Instant::now() + self.delay;
+        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+    }
+
+    fn succeeded(&mut self) {
+        self.delay = BACKOFF_MIN;
+    }
+}
+
+struct LinkTask {
+    config: Arc<Config>,
+    peer: Member,
+    client: RaftClient<Channel>,
+    driver: DriverHandle,
+    stream: Option<ReplicationStream>,
+    backoff: Backoff,
+    /// Set by a stream's reader when an answer arrived (resets the back-off).
+    answered: Arc<Mutex<bool>>,
+    snapshot: Option<JoinHandle<()>>,
+}
+
+impl LinkTask {
+    fn new(config: Arc<Config>, peer: Member, channel: Channel, driver: DriverHandle) -> LinkTask {
+        let max = config.max_message_bytes();
+        let client = RaftClient::new(channel)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        LinkTask {
+            config,
+            peer,
+            client,
+            driver,
+            stream: None,
+            backoff: Backoff::new(),
+            answered: Arc::new(Mutex::new(false)),
+            snapshot: None,
+        }
+    }
+
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Outbound>) {
+        let mut watchdog = tokio::time::interval(Duration::from_millis(100));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                outbound = inbox.recv() => match outbound {
+                    Some(Outbound::Message(msg)) => self.send(msg),
+                    Some(Outbound::Snapshot(msg, file)) => self.send_snapshot(msg, file),
+                    None => return,
+                },
+                _ = watchdog.tick() => self.check_stream(),
+            }
+        }
+    }
+
+    fn send(&mut self, msg: Message) {
+        match &msg.body {
+            Body::Append { .. } | Body::Heartbeat { .. } => self.replicate(msg),
+            Body::PreVote { .. } | Body::Vote { .. } => self.request_vote(msg),
+            Body::ReadIndex { id } => self.read_index(*id, msg),
+            _ => debug!(
+                to = self.peer.id,
+                "dropping a reply without a waiting request"
+            ),
+        }
+    }
+
+    /// Puts an append or heartbeat on the replication stream, opening it if needed.
+    fn replicate(&mut self, msg: Message) {
+        let Some(request) = convert::append_request(&self.config, msg) else {
+            return;
+        };
+        if self
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.reader.is_finished() || s.requests.is_closed())
+        {
+            self.stream = None;
+            self.backoff.failed();
+        }
+        if self.stream.is_none() {
+            if !self.backoff.ready() {
+                return;
+            }
+            self.stream = Some(self.open_stream());
+        }
+        let Some(stream) = &self.stream else { return };
+        match stream.requests.try_send(request) {
+            Ok(()) => lock(&stream.unanswered).push_back(Instant::now()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                debug!(
+                    to = self.peer.id,
+                    "replication stream full: dropping a message"
+                )
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.stream = None,
+        }
+    }
+
+    fn open_stream(&mut self) -> ReplicationStream {
+        let (requests, outgoing) = mpsc::channel(STREAM_BUFFER);
+        let unanswered = Arc::new(Mutex::new(VecDeque::new()));
+        let mut client = self.client.clone();
+        let (config, driver, peer) = (self.config.clone(), self.driver.clone(), self.peer.id);
+        let (pending, answered) = (unanswered.clone(), self.answered.clone());
+        let connect_timeout = raft_rpc_timeout(&config);
+        let reader = tokio::spawn(async move {
+            let call = client.append_entries(ReceiverStream::new(outgoing));
+            let mut responses = match tokio::time::timeout(connect_timeout, call).await {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => {
+                    debug!(to = peer, "opening the replication stream failed: {status}");
+                    return;
+                }
+                Err(_) => {
+                    debug!(to = peer, "opening the replication stream timed out");
+                    return;
+                }
+            };
+            loop {
+                match responses.message().await {
+                    Ok(Some(response)) => {
+                        lock(&pending).pop_front();
+                        *lock(&answered) = true;
+                        if let Some(msg) = convert::append_response_message(&config, peer, response)
+                        {
+                            driver.step(msg, None, None);
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        debug!(to = peer, "replication stream ended: {status}");
+                        return;
+                    }
+                }
+            }
+        });
+        ReplicationStream {
+            requests,
+            unanswered,
+            reader,
+        }
+    }
+
+    /// Drops a stream that stopped answering, so that the next message reopens it.
+    fn check_stream(&mut self) {
+        if std::mem::take(&mut *lock(&self.answered)) {
+            self.backoff.succeeded();
+        }
+        let Some(stream) = &self.stream else { return };
+        let oldest = lock(&stream.unanswered).front().copied();
+        let stalled = oldest.is_some_and(|sent| sent.elapsed() > replication_timeout(&self.config));
+        if stalled || stream.reader.is_finished() {
+            if stalled {
+                info!(to = self.peer.id, "replication stream stalled; reopening");
+            }
+            self.stream = None;
+            self.backoff.failed();
+        }
+    }
+
+    fn request_vote(&self, msg: Message) {
+        let Some(request) = convert::vote_request(&self.config, &msg) else {
+            return;
+        };
+        let pre_vote = request.pre_vote;
+        let mut client = self.client.clone();
+        let (config, driver, peer) = (self.config.clone(), self.driver.clone(), self.peer.id);
+        let deadline = raft_rpc_timeout(&config);
+        tokio::spawn(async move {
+            let mut request = tonic::Request::new(request);
+            request.set_timeout(deadline);
+            match tokio::time::timeout(deadline, client.request_vote(request)).await {
+                Ok(Ok(response)) => {
+                    let response = response.into_inner();
+                    if let Some(msg) =
+                        convert::vote_response_message(&config, peer, pre_vote, response)
+                    {
+                        driver.step(msg, None, None);
+                    }
+                }
+                Ok(Err(status)) => debug!(to = peer, "vote request failed: {status}"),
+                Err(_) => debug!(to = peer, "vote request timed out"),
+            }
+        });
+    }
+
+    fn read_index(&self, id: u64, msg: Message) {
+        let Some(request) = convert::read_index_request(&self.config, &msg) else {
+            return;
+        };
+        let mut client = self.client.clone();
+        let (config, driver, peer) = (self.config.clone(), self.driver.clone(), self.peer.id);
+        // The leader answers after a heartbeat round; allow for a slow one.
+        let deadline = replication_timeout(&config);
+        tokio::spawn(async move {
+            let mut request = tonic::Request::new(request);
+            request.set_timeout(deadline);
+            let response = match tokio::time::timeout(deadline, client.read_index(request)).await {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => {
+                    debug!(to = peer, "ReadIndex failed: {status}");
+                    pb::ReadIndexResponse::default()
+                }
+                Err(_) => pb::ReadIndexResponse::default(),
+            };
+            // A failed request is reported as a refusal, so the read fails at once
+            // instead of waiting for its client's deadline.
+            let msg = convert::read_index_response_message(&config, peer, id, response);
+            driver.step(msg, None, None);
+        });
+    }
+
+    /// Streams the snapshot image to the peer, one snapshot at a time per peer.
+    fn send_snapshot(&mut self, msg: Message, file: SnapshotFile) {
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|task| !task.is_finished())
+        {
+            debug!(to = self.peer.id, "a snapshot is already on its way");
+            return;
+        }
+        let mut client = self.client.clone();
+        let (config, driver, peer) = (self.config.clone(), self.driver.clone(), self.peer.id);
+        self.snapshot = Some(tokio::spawn(async move {
+            let index = file.meta.index;
+            let deadline = snapshot_timeout(file.data_len());
+            let first = pb::InstallSnapshotChunk {
+                from: config.name.clone(),
+                term: msg.term,
+                meta: Some(convert::meta_to_proto(&config, &file.meta)),
+                data: Vec::new(),
+            };
+            let (chunks, outgoing) = mpsc::channel(4);
+            let (read_failed_tx, read_failed) = tokio::sync::oneshot::channel::<String>();
+            tokio::task::spawn_blocking(move || {
+                if let Err(err) = read_chunks(&file, first, &chunks) {
+                    let _ = read_failed_tx.send(err);
+                }
+            });
+            let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
+            request.set_timeout(deadline);
+            info!(to = peer, index, "sending a snapshot");
+            tokio::select! {
+                result = tokio::time::timeout(deadline, client.install_snapshot(request)) => match result {
+                    Ok(Ok(response)) => {
+                        let response = response.into_inner();
+                        if let Some(msg) = convert::append_response_message(&config, peer, response) {
+                            driver.step(msg, None, None);
+                        }
+                    }
+                    Ok(Err(status)) => warn!(to = peer, index, "sending the snapshot failed: {status}"),
+                    Err(_) => warn!(to = peer, index, "sending the snapshot timed out"),
+                },
+                // Dropping the call aborts the stream, so a damaged image is never taken
+                // for a complete one.
+                Ok(err) = read_failed => warn!(to = peer, index, "reading the snapshot failed: {err}"),
+            }
+        }));
+    }
+}
+
+/// Reads the image into chunks; the first chunk carries the metadata.
+fn read_chunks(
+    file: &SnapshotFile,
+    first: pb::InstallSnapshotChunk,
+    chunks: &mpsc::Sender<pb::InstallSnapshotChunk>,
+) -> Result<(), String> {
+    let mut data = file.open_data().map_err(|err| err.to_string())?;
+    let mut header = Some(first);
+    loop {
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match data.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err.to_string()),
+            }
+        }
+        buf.truncate(filled);
+        let last = filled < SNAPSHOT_CHUNK;
+        let mut chunk = header.take().unwrap_or_default();
+        chunk.data = buf;
+        if chunks.blocking_send(chunk).is_err() {
+            // The call ended (failed or timed out); nobody wants the rest.
+            return Ok(());
+        }
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+/// Locks a mutex that only guards plain data (no invariant can be broken by a panic).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

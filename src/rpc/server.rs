@@ -1,0 +1,609 @@
+//! The gRPC services every node serves on its raft port: Raft (between nodes), Kv and
+//! Admin (for clients), plus reflection and health.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Server};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::debug;
+
+use super::convert;
+use super::peers::{raft_rpc_timeout, Peers};
+use crate::config::Config;
+use crate::driver::{DriverHandle, RaftReply, RequestError};
+use crate::kv::{Applied, Kv};
+use crate::proto::v1::{
+    self as pb, admin_server::AdminServer, kv_client::KvClient, kv_server::KvServer,
+    raft_server::RaftServer,
+};
+use crate::raft::{Body, Message};
+
+/// Marks a client request that a follower forwarded to the leader, so that it is
+/// never forwarded a second time (a leader that lost its post answers UNAVAILABLE and
+/// the first node retries with its fresher view).
+const FORWARDED: &str = "x-distraft-forwarded";
+/// Pause between attempts while the cluster has no leader, doubling up to the max.
+const RETRY_MIN: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_millis(100);
+
+/// Serves every service on `listener` until `shutdown` resolves.
+pub async fn serve(
+    config: Arc<Config>,
+    driver: DriverHandle,
+    peers: Peers,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let max = config.max_message_bytes();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    // grpcurl 1.8 still speaks the v1alpha protocol.
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<KvServer<KvService>>().await;
+    health_reporter
+        .set_serving::<AdminServer<AdminService>>()
+        .await;
+    health_reporter
+        .set_serving::<RaftServer<RaftService>>()
+        .await;
+
+    let raft = RaftService {
+        config: config.clone(),
+        driver: driver.clone(),
+    };
+    let kv = KvService {
+        config: config.clone(),
+        driver: driver.clone(),
+        peers,
+    };
+    let admin = AdminService { driver };
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            RaftServer::new(raft)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            KvServer::new(kv)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(AdminServer::new(admin))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+/// The gRPC status for a failed client request.
+fn status_of(err: RequestError) -> Status {
+    match err {
+        RequestError::NotLeader { .. } | RequestError::LeadershipLost => Status::unavailable(
+            format!("{err}; no leader could serve the request, try again"),
+        ),
+        RequestError::Indeterminate
+        | RequestError::Stopped
+        | RequestError::ShuttingDown
+        | RequestError::Overloaded => Status::unavailable(err.to_string()),
+        RequestError::Rejected(_) | RequestError::Storage(_) => Status::internal(err.to_string()),
+    }
+}
+
+/// How long a client request may take: the node's request timeout, or less when the
+/// client set a shorter deadline (`grpc-timeout`).
+struct Deadline {
+    at: Instant,
+    timeout: Duration,
+    /// The client's own deadline is the binding one.
+    client_bound: bool,
+}
+
+impl Deadline {
+    fn of<T>(request: &Request<T>, request_timeout: Duration) -> Deadline {
+        let client = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let (timeout, client_bound) = match client {
+            Some(client) if client < request_timeout => (client, true),
+            _ => (request_timeout, false),
+        };
+        Deadline {
+            at: Instant::now() + timeout,
+            timeout,
+            client_bound,
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// The answer once the deadline has passed; a write may still commit later.
+    fn expired(&self, write: bool) -> Status {
+        let outcome = if write {
+            "; the write may or may not have been applied"
+        } else {
+            ""
+        };
+        if self.client_bound {
+            Status::deadline_exceeded(format!("the client's deadline passed{outcome}"))
+        } else {
+            Status::unavailable(format!(
+                "no leader with a majority answered within {:.1?}{outcome}",
+                self.timeout
+            ))
+        }
+    }
+}
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit.
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+// --- Kv ------------------------------------------------------------------------------
+
+pub struct KvService {
+    config: Arc<Config>,
+    driver: DriverHandle,
+    peers: Peers,
+}
+
+impl KvService {
+    fn check_key(&self, key: &str) -> Result<(), Status> {
+        if key.is_empty() {
+            return Err(Status::invalid_argument("the key is empty"));
+        }
+        if key.len() > self.config.max_key_bytes {
+            return Err(Status::invalid_argument(format!(
+                "the key is {} bytes, more than the limit of {}",
+                key.len(),
+                self.config.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &str) -> Result<(), Status> {
+        if value.is_empty() {
+            return Err(Status::invalid_argument("the value is empty"));
+        }
+        if value.len() > self.config.max_value_bytes {
+            return Err(Status::invalid_argument(format!(
+                "the value is {} bytes, more than the limit of {}",
+                value.len(),
+                self.config.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `local` until it succeeds, fails for good, or the deadline passes. While
+    /// there is no leader it retries; when another node leads, a write is forwarded to
+    /// it once per attempt (never from a request that was itself forwarded).
+    async fn run<R, LocalFut, ForwardFut>(
+        &self,
+        deadline: &Deadline,
+        forwarded: bool,
+        write: bool,
+        mut local: impl FnMut() -> LocalFut,
+        mut forward: impl FnMut(KvClient<Channel>, Duration) -> ForwardFut,
+    ) -> Result<R, Status>
+    where
+        LocalFut: Future<Output = Result<R, RequestError>>,
+        ForwardFut: Future<Output = Result<R, Status>>,
+    {
+        let mut pause = RETRY_MIN;
+        loop {
+            let outcome = tokio::time::timeout_at(deadline.at, local())
+                .await
+                .map_err(|_| deadline.expired(write))?;
+            match outcome {
+                Ok(result) => return Ok(result),
+                Err(RequestError::NotLeader {
+                    leader: Some(leader),
+                }) if !forwarded && leader != self.config.id => {
+                    let max = self.config.max_message_bytes();
+                    if let Some(client) = self.peers.kv_client(leader, max) {
+                        match forward(client, deadline.remaining()).await {
+                            Ok(result) => return Ok(result),
+                            Err(_) if deadline.remaining().is_zero() => {
+                                return Err(deadline.expired(write))
+                            }
+                            // The leader is gone, stopped or deposed: look again.
+                            Err(status) if status.code() == Code::Unavailable => {
+                                debug!(leader, "forwarding to the leader failed: {status}");
+                            }
+                            Err(status) => return Err(status),
+                        }
+                    }
+                }
+                // The first node retries with its own, fresher view.
+                Err(err) if forwarded => return Err(status_of(err)),
+                Err(
+                    RequestError::NotLeader { .. }
+                    | RequestError::LeadershipLost
+                    | RequestError::Overloaded,
+                ) => {}
+                Err(err) => return Err(status_of(err)),
+            }
+            if deadline.remaining() <= pause {
+                return Err(deadline.expired(write));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+}
+
+/// A request forwarded to the leader, keeping what is left of the deadline.
+fn forwarded_request<T>(message: T, remaining: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(remaining);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let deadline = Deadline::of(&request, self.config.request_timeout);
+        let pb::GetRequest { key, stale } = request.into_inner();
+        self.check_key(&key)?;
+        // Linearizable reads are served here by ReadIndex (the core asks the leader to
+        // confirm the read index), which spreads read load over the replicas and never
+        // ships the value twice; so reads are not forwarded.
+        let value = self
+            .run(
+                &deadline,
+                false,
+                false,
+                || self.driver.read(key.clone(), stale),
+                |_, _| async { Err(Status::unavailable("reads are not forwarded")) },
+            )
+            .await?;
+        match value {
+            Some(value) => Ok(Response::new(pb::GetResponse {
+                key,
+                value,
+                found: true,
+            })),
+            None => Err(Status::not_found(format!("key {key:?} not found"))),
+        }
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let deadline = Deadline::of(&request, self.config.request_timeout);
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let pb::PutRequest { key, value } = request.into_inner();
+        self.check_key(&key)?;
+        self.check_value(&value)?;
+        let command = Kv::put_command(key.clone(), value.clone());
+        let response = self
+            .run(
+                &deadline,
+                forwarded,
+                true,
+                || async {
+                    let committed = self.driver.propose(command.clone()).await?;
+                    Ok(pb::PutResponse {
+                        key: key.clone(),
+                        value: value.clone(),
+                        index: committed.index,
+                    })
+                },
+                |mut client, remaining| {
+                    let request = pb::PutRequest {
+                        key: key.clone(),
+                        value: value.clone(),
+                    };
+                    async move {
+                        Ok(client
+                            .put(forwarded_request(request, remaining))
+                            .await?
+                            .into_inner())
+                    }
+                },
+            )
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let deadline = Deadline::of(&request, self.config.request_timeout);
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let pb::DeleteRequest { key } = request.into_inner();
+        self.check_key(&key)?;
+        let command = Kv::delete_command(key.clone());
+        let response = self
+            .run(
+                &deadline,
+                forwarded,
+                true,
+                || async {
+                    let committed = self.driver.propose(command.clone()).await?;
+                    let existed = matches!(committed.applied, Applied::Delete { existed: true });
+                    Ok(pb::DeleteResponse {
+                        key: key.clone(),
+                        existed,
+                        index: committed.index,
+                    })
+                },
+                |mut client, remaining| {
+                    let request = pb::DeleteRequest { key: key.clone() };
+                    async move {
+                        Ok(client
+                            .delete(forwarded_request(request, remaining))
+                            .await?
+                            .into_inner())
+                    }
+                },
+            )
+            .await?;
+        Ok(Response::new(response))
+    }
+}
+
+// --- Admin ---------------------------------------------------------------------------
+
+pub struct AdminService {
+    driver: DriverHandle,
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn stop(
+        &self,
+        _: Request<pb::StopRequest>,
+    ) -> Result<Response<pb::StopResponse>, Status> {
+        self.driver.stop().await.map_err(status_of)?;
+        Ok(Response::new(pb::StopResponse {}))
+    }
+
+    async fn start(
+        &self,
+        _: Request<pb::StartRequest>,
+    ) -> Result<Response<pb::StartResponse>, Status> {
+        self.driver.start().await.map_err(status_of)?;
+        Ok(Response::new(pb::StartResponse {}))
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(
+            self.driver.status().await.map_err(status_of)?,
+        ))
+    }
+}
+
+// --- Raft ----------------------------------------------------------------------------
+
+pub struct RaftService {
+    config: Arc<Config>,
+    driver: DriverHandle,
+}
+
+/// Why a Raft request got no answer from the driver.
+fn not_answered() -> Status {
+    Status::unavailable("the node is stopped or shutting down")
+}
+
+impl RaftService {
+    /// Steps a request and waits (bounded) for the core's reply to it.
+    async fn ask(&self, msg: Message, timeout: Duration) -> Result<Option<Message>, Status> {
+        let (reply, answer) = oneshot::channel();
+        if !self.driver.step(msg, Some(reply), None) {
+            return Err(Status::unavailable("the node is overloaded"));
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(RaftReply::Answer(msg))) => Ok(Some(msg)),
+            Ok(Ok(RaftReply::Unanswered)) => Ok(None),
+            Ok(Err(_)) => Err(not_answered()),
+            Err(_) => Err(Status::deadline_exceeded("no answer in time")),
+        }
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn request_vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
+        let msg = convert::vote_request_message(&self.config, request.into_inner())?;
+        let reply = self.ask(msg, raft_rpc_timeout(&self.config)).await?;
+        Ok(Response::new(convert::vote_response(&self.config, reply)))
+    }
+
+    type AppendEntriesStream = ResponseStream<pb::AppendEntriesResponse>;
+
+    /// Each request is stepped as it arrives; the answers are awaited and sent in the
+    /// order of the requests, so pipelined batches stay in order both ways.
+    async fn append_entries(
+        &self,
+        request: Request<Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::AppendEntriesStream>, Status> {
+        let mut requests = request.into_inner();
+        let (answers_tx, answers) =
+            mpsc::channel::<Result<oneshot::Receiver<RaftReply>, Status>>(1024);
+        let (config, driver) = (self.config.clone(), self.driver.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = match requests.message().await {
+                    Ok(Some(request)) => convert::append_request_message(&config, request),
+                    Ok(None) => return,
+                    Err(status) => Err(status),
+                };
+                let answer = next.and_then(|msg| {
+                    let (reply, answer) = oneshot::channel();
+                    if driver.step(msg, Some(reply), None) {
+                        Ok(answer)
+                    } else {
+                        Err(Status::unavailable("the node is overloaded"))
+                    }
+                });
+                let failed = answer.is_err();
+                if answers_tx.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let config = self.config.clone();
+        let responses = ReceiverStream::new(answers).then(move |answer| {
+            let config = config.clone();
+            async move {
+                match answer?.await {
+                    Ok(RaftReply::Answer(msg)) => Ok(convert::append_response(&config, Some(msg))),
+                    Ok(RaftReply::Unanswered) => Ok(convert::append_response(&config, None)),
+                    Err(_) => Err(not_answered()),
+                }
+            }
+        });
+        // The first error ends the stream: the leader reopens it after a back-off.
+        let responses = responses.scan(false, |failed, item| {
+            let emit = if *failed { None } else { Some(item) };
+            if emit.as_ref().is_some_and(Result::is_err) {
+                *failed = true;
+            }
+            futures::future::ready(emit)
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    /// Streams the image into a snapshot writer, then lets the core decide whether to
+    /// install it.
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::InstallSnapshotChunk>>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("InstallSnapshot without chunks"))?;
+        let from = convert::id_of(&self.config, &first.from)?;
+        let meta = first
+            .meta
+            .ok_or_else(|| Status::invalid_argument("the first chunk has no meta"))?;
+        let meta = convert::meta_from_proto(&self.config, meta)?;
+        let mut writer = self
+            .driver
+            .begin_snapshot(meta.clone())
+            .await
+            .map_err(status_of)?;
+        let mut data = first.data;
+        loop {
+            writer = tokio::task::spawn_blocking(move || {
+                std::io::Write::write_all(&mut writer, &data).map(|()| writer)
+            })
+            .await
+            .map_err(|err| Status::internal(err.to_string()))?
+            .map_err(|err| Status::internal(format!("writing the snapshot: {err}")))?;
+            // An aborted stream is an error here, so a partial image is never used.
+            match chunks.message().await? {
+                Some(chunk) => data = chunk.data,
+                None => break,
+            }
+        }
+        let msg = Message {
+            from,
+            to: self.config.id,
+            term: first.term,
+            body: Body::Snapshot { meta },
+        };
+        let (reply, answer) = oneshot::channel();
+        if !self.driver.step(msg, Some(reply), Some(writer)) {
+            return Err(Status::unavailable("the node is overloaded"));
+        }
+        match answer.await {
+            Ok(RaftReply::Answer(msg)) => Ok(Response::new(convert::append_response(
+                &self.config,
+                Some(msg),
+            ))),
+            Ok(RaftReply::Unanswered) => {
+                Ok(Response::new(convert::append_response(&self.config, None)))
+            }
+            Err(_) => Err(not_answered()),
+        }
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let deadline = Deadline::of(&request, self.config.request_timeout);
+        let msg = convert::read_index_request_message(&self.config, request.into_inner())?;
+        // Answered after a heartbeat round, in a later turn of the driver.
+        let reply = self.ask(msg, deadline.remaining()).await?;
+        Ok(Response::new(convert::read_index_response(reply)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(
+            parse_grpc_timeout("2999m"),
+            Some(Duration::from_millis(2999))
+        );
+        assert_eq!(parse_grpc_timeout("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        for bad in ["", "m", "10", "10x", "123456789S", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+}

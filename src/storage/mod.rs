@@ -1,0 +1,698 @@
+//! Durable storage for one node: a segmented write-ahead log (entries and hard state)
+//! and snapshot files. The on-disk format and the fsync rules are in
+//! `docs/storage.md`.
+//!
+//! The promise is the one Raft needs: when [`Storage::append`] or
+//! [`Storage::finish_snapshot`] returns `Ok`, what it recorded survives a crash; and
+//! [`Storage::open`] recovers exactly a prefix of what was written, refusing to start
+//! (with the file and offset) rather than silently dropping a record that could have
+//! been acknowledged.
+//!
+//! The Raft core keeps the live log in memory, so the WAL is write-only after
+//! recovery: no random reads, no index of record offsets.
+
+mod record;
+mod snapshot;
+mod terms;
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use crate::raft::{Entry, HardState, Index, Restored, SnapshotMeta, Term};
+use record::Record;
+use snapshot::{SNAPSHOT_SUFFIX, TEMP_SUFFIX};
+use terms::{LogTerms, SnapshotFit};
+
+pub use snapshot::{SnapshotFile, SnapshotWriter};
+
+const WAL_SUFFIX: &str = ".wal";
+/// Default size past which the log rolls to a new segment.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Where and how one node stores its state.
+#[derive(Clone, Debug)]
+pub struct StorageOptions {
+    /// This node's WAL directory (`DISTRAFT_LOG_PATH/<name>`).
+    pub log_dir: PathBuf,
+    /// This node's snapshot directory (`DISTRAFT_DATA_PATH/<name>`).
+    pub data_dir: PathBuf,
+    /// Roll to a new WAL segment once the current one is past this size.
+    pub segment_bytes: u64,
+}
+
+impl StorageOptions {
+    /// Options with the default segment size.
+    pub fn new(log_dir: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> StorageOptions {
+        StorageOptions {
+            log_dir: log_dir.into(),
+            data_dir: data_dir.into(),
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("I/O error on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Damage that is not a torn tail: the node must not start on this data.
+    #[error("corrupt storage: {} at offset {offset}: {reason}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// A request that would break the log's invariants (a caller bug); nothing was
+    /// written.
+    #[error("invalid storage request: {0}")]
+    Invalid(String),
+    /// An earlier write or fsync failed, so what is on disk is unknown (after a failed
+    /// fsync the kernel may have dropped the dirty pages): reopen to recover.
+    #[error("storage is unusable after an earlier I/O failure; restart to recover")]
+    Poisoned,
+}
+
+/// Wraps an I/O error with the path it happened on.
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What [`Storage::open`] recovered.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Hard state, snapshot meta and the log entries after the snapshot.
+    pub restored: Restored,
+    /// The newest snapshot file, if any (its meta is `restored.snapshot`).
+    pub snapshot: Option<SnapshotFile>,
+}
+
+/// One WAL file; its name is the index the log's next entry had when it was created.
+#[derive(Debug)]
+struct Segment {
+    first_index: Index,
+    path: PathBuf,
+}
+
+/// A node's WAL and snapshots. Single writer: one `Storage` per directory.
+pub struct Storage {
+    log_dir: PathBuf,
+    data_dir: PathBuf,
+    segment_bytes: u64,
+    /// Oldest first; the last one is `active`.
+    segments: Vec<Segment>,
+    active: File,
+    active_len: u64,
+    terms: LogTerms,
+    hard_state: HardState,
+    snapshot: Option<SnapshotFile>,
+    /// Reused encoding buffer: one `write` per `append`.
+    buf: Vec<u8>,
+    poisoned: bool,
+}
+
+impl Storage {
+    /// Deletes this node's WAL segments and snapshots (`DISTRAFT_RESET_LOGS=true`).
+    /// Only distraft's own files are removed, so a misconfigured path cannot wipe
+    /// anything else.
+    pub fn reset(opts: &StorageOptions) -> Result<(), StorageError> {
+        // Snapshots first: a crash half-way leaves a WAL without snapshot, which open()
+        // still checks for consistency.
+        remove_files(&opts.data_dir, |name| {
+            name.ends_with(SNAPSHOT_SUFFIX) || name.ends_with(TEMP_SUFFIX)
+        })?;
+        remove_files(&opts.log_dir, |name| name.ends_with(WAL_SUFFIX))?;
+        Ok(())
+    }
+
+    /// Opens the node's storage, creating the directories if missing, and recovers:
+    /// newest snapshot (fully verified), then WAL replay. A torn tail of the last
+    /// segment is cut off (with a warning); any other damage is an error naming the
+    /// file and offset.
+    pub fn open(opts: StorageOptions) -> Result<(Storage, Recovered), StorageError> {
+        create_dir_durably(&opts.log_dir)?;
+        create_dir_durably(&opts.data_dir)?;
+        remove_files(&opts.data_dir, |name| name.ends_with(TEMP_SUFFIX))?;
+
+        let snapshot = match list_numbered(&opts.data_dir, SNAPSHOT_SUFFIX)?.last() {
+            Some((_, path)) => Some(SnapshotFile::load(path)?),
+            None => None,
+        };
+        let (snap_index, snap_term) = snapshot
+            .as_ref()
+            .map_or((0, 0), |s| (s.meta.index, s.meta.term));
+
+        let mut replay = replay_wal(&opts.log_dir)?;
+        if replay.segments.is_empty() && replay.torn.is_none() && snapshot.is_some() {
+            return Err(StorageError::Corrupt {
+                path: opts.log_dir.clone(),
+                offset: 0,
+                reason: format!(
+                    "snapshot at index {snap_index} but no WAL segment: the hard state \
+                     (term, vote) is missing"
+                ),
+            });
+        }
+        let fit = replay.terms.fit(snap_index, snap_term);
+        if fit == SnapshotFit::Missing {
+            let path = replay
+                .segments
+                .first()
+                .map_or(opts.log_dir.clone(), |s| s.path.clone());
+            return Err(StorageError::Corrupt {
+                path,
+                offset: 0,
+                reason: format!(
+                    "the log starts after index {} but the newest snapshot ends at {snap_index}: \
+                     entries in between are missing",
+                    replay.terms.base()
+                ),
+            });
+        }
+        repair_torn_tail(&opts.log_dir, &mut replay)?;
+
+        let (active, active_len) = match replay.segments.last() {
+            Some(last) => {
+                let file = File::options()
+                    .append(true)
+                    .open(&last.path)
+                    .map_err(io_error(&last.path))?;
+                let len = file.metadata().map_err(io_error(&last.path))?.len();
+                (file, len)
+            }
+            None => {
+                let first_index = replay.terms.last() + 1;
+                let (segment, file, len) =
+                    create_segment(&opts.log_dir, first_index, &replay.hard_state)?;
+                replay.segments.push(segment);
+                (file, len)
+            }
+        };
+
+        // Entries up to the snapshot are in it; a log that disagrees with it is dropped.
+        let mut entries = replay.entries;
+        match fit {
+            SnapshotFit::Keep => {
+                let covered = snap_index.saturating_sub(replay.terms.base()) as usize;
+                entries.drain(..covered.min(entries.len()));
+            }
+            SnapshotFit::Reset | SnapshotFit::Missing => {
+                warn!(
+                    snapshot_index = snap_index,
+                    dropped = entries.len(),
+                    "the log does not match the newest snapshot: dropping it"
+                );
+                entries.clear();
+            }
+        }
+        let mut storage = Storage {
+            log_dir: opts.log_dir,
+            data_dir: opts.data_dir,
+            segment_bytes: opts.segment_bytes,
+            segments: replay.segments,
+            active,
+            active_len,
+            terms: replay.terms,
+            hard_state: replay.hard_state,
+            snapshot,
+            buf: Vec::new(),
+            poisoned: false,
+        };
+        // Finish whatever compaction a crash interrupted (the same rule as
+        // finish_snapshot), so the WAL is clean before anything new is appended.
+        storage.compact_log(snap_index, snap_term)?;
+        storage.remove_other_snapshots()?;
+
+        let recovered = Recovered {
+            restored: Restored {
+                hard_state: storage.hard_state,
+                snapshot: storage.snapshot.as_ref().map(|s| s.meta.clone()),
+                entries,
+            },
+            snapshot: storage.snapshot.clone(),
+        };
+        Ok((storage, recovered))
+    }
+
+    /// Durably records one `Ready`: if `entries` starts at or before the last index,
+    /// the log from there on is replaced; then the entries and the hard state. The call
+    /// is one checksummed record, so a crash keeps all of it or none (the replacement
+    /// is implicit in it, hence as crash-safe as the append). One write and one
+    /// `fdatasync` cover the whole call: everything the driver gathered while the
+    /// previous call ran shares it (group commit). Returns once durable.
+    pub fn append(
+        &mut self,
+        hard_state: Option<&HardState>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
+        self.check_usable()?;
+        if hard_state.is_none() && entries.is_empty() {
+            return Ok(());
+        }
+        // Validate against a copy, so that nothing changes if the request is refused.
+        let mut terms = self.terms.clone();
+        if let Some(first) = entries.first() {
+            if first.index <= terms.base() {
+                return Err(StorageError::Invalid(format!(
+                    "append at index {} which a snapshot already covers (up to {})",
+                    first.index,
+                    terms.base()
+                )));
+            }
+        }
+        for (n, entry) in entries.iter().enumerate() {
+            if n > 0 && entry.index != entries[n - 1].index + 1 {
+                return Err(StorageError::Invalid(format!(
+                    "entries not contiguous: {} follows {}",
+                    entry.index,
+                    entries[n - 1].index
+                )));
+            }
+            terms
+                .append(entry.index, entry.term)
+                .map_err(StorageError::Invalid)?;
+        }
+        self.buf.clear();
+        record::encode_batch(&mut self.buf, hard_state, entries).map_err(|size| {
+            StorageError::Invalid(format!("batch of {size} bytes is too large for one record"))
+        })?;
+
+        self.poison_on_error(|s| {
+            if s.active_len >= s.segment_bytes {
+                s.roll()?;
+            }
+            s.write_buf()
+        })?;
+        self.terms = terms;
+        if let Some(hs) = hard_state {
+            self.hard_state = *hs;
+        }
+        Ok(())
+    }
+
+    /// Starts writing a snapshot image to a temp file in the data directory.
+    pub fn begin_snapshot(&self, meta: SnapshotMeta) -> Result<SnapshotWriter, StorageError> {
+        self.check_usable()?;
+        self.check_not_stale(meta.index)?;
+        SnapshotWriter::create(&self.data_dir, meta)
+    }
+
+    /// Makes a snapshot durable (fsync file, rename into place, fsync directory), then
+    /// compacts the log: entries up to the snapshot are dropped (whole segments
+    /// deleted, the rest skipped on replay); if the log has no entry (index, term) —
+    /// a snapshot received from the leader — the whole log is dropped and continues at
+    /// `index + 1`. Older snapshot files are removed. Recovery applies the same rule,
+    /// so a crash at any point in between is safe.
+    pub fn finish_snapshot(
+        &mut self,
+        writer: SnapshotWriter,
+    ) -> Result<SnapshotFile, StorageError> {
+        self.check_usable()?;
+        let (index, term) = (writer.meta().index, writer.meta().term);
+        self.check_not_stale(index)?;
+        let file = writer.commit(&self.data_dir)?;
+        self.poison_on_error(|s| {
+            sync_dir(&s.data_dir)?;
+            s.snapshot = Some(file.clone());
+            s.compact_log(index, term)?;
+            s.remove_other_snapshots()
+        })?;
+        Ok(file)
+    }
+
+    pub fn latest_snapshot(&self) -> Option<&SnapshotFile> {
+        self.snapshot.as_ref()
+    }
+
+    /// The index of the last entry (the snapshot's index if the log after it is empty).
+    pub fn last_index(&self) -> Index {
+        self.terms.last()
+    }
+
+    /// The last hard state recorded.
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    fn check_usable(&self) -> Result<(), StorageError> {
+        if self.poisoned {
+            Err(StorageError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_not_stale(&self, index: Index) -> Result<(), StorageError> {
+        let current = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
+        if index < current {
+            return Err(StorageError::Invalid(format!(
+                "snapshot at {index} is older than the current one at {current}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `f`; if it fails with an I/O error, what is on disk is unknown, so the
+    /// storage refuses further use.
+    fn poison_on_error<T>(
+        &mut self,
+        f: impl FnOnce(&mut Storage) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let result = f(self);
+        if matches!(result, Err(StorageError::Io { .. })) {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    /// Writes `buf` to the active segment and fdatasyncs it.
+    fn write_buf(&mut self) -> Result<(), StorageError> {
+        let path = &self.segments[self.segments.len() - 1].path;
+        self.active.write_all(&self.buf).map_err(io_error(path))?;
+        self.active.sync_data().map_err(io_error(path))?;
+        self.active_len += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Starts a new segment named after the next index. Segment names must increase,
+    /// so while the log has not grown past the active segment's start (a rewrite of
+    /// its entries, or only hard-state records) the active segment keeps growing.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        let first_index = self.terms.last() + 1;
+        if first_index <= self.segments[self.segments.len() - 1].first_index {
+            return Ok(());
+        }
+        let (segment, file, len) = create_segment(&self.log_dir, first_index, &self.hard_state)?;
+        self.segments.push(segment);
+        self.active = file;
+        self.active_len = len;
+        Ok(())
+    }
+
+    /// Drops the log up to a durable snapshot at (index, term); see `finish_snapshot`.
+    fn compact_log(&mut self, index: Index, term: Term) -> Result<(), StorageError> {
+        let drop_all = match self.terms.fit(index, term) {
+            SnapshotFit::Keep => {
+                self.terms.compact(index);
+                false
+            }
+            SnapshotFit::Reset => {
+                self.buf.clear();
+                record::encode_reset(&mut self.buf, index);
+                self.write_buf()?;
+                self.terms.reset(index);
+                true
+            }
+            SnapshotFit::Missing => {
+                return Err(StorageError::Invalid(format!(
+                    "snapshot at {index} is older than the start of the log ({})",
+                    self.terms.base()
+                )))
+            }
+        };
+        // A segment holds no live entry above the next segment's name minus one (the
+        // log's last index when that one was created), and every segment starts with
+        // the hard state of its time, so this prefix is dead. The active segment stays.
+        let dead = if drop_all {
+            self.segments.len() - 1
+        } else {
+            self.segments[1..]
+                .iter()
+                .take_while(|next| next.first_index <= index + 1)
+                .count()
+        };
+        if dead > 0 {
+            for segment in self.segments.drain(..dead) {
+                fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
+            }
+            sync_dir(&self.log_dir)?;
+        }
+        Ok(())
+    }
+
+    fn remove_other_snapshots(&mut self) -> Result<(), StorageError> {
+        let keep = self.snapshot.as_ref().map(|s| s.path.clone());
+        let mut removed = false;
+        for (_, path) in list_numbered(&self.data_dir, SNAPSHOT_SUFFIX)? {
+            if Some(&path) != keep.as_ref() {
+                fs::remove_file(&path).map_err(io_error(&path))?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&self.data_dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The state of the WAL as read back.
+struct Replay {
+    /// Every segment that holds a valid header, oldest first.
+    segments: Vec<Segment>,
+    terms: LogTerms,
+    /// The entries `(terms.base(), terms.last()]`.
+    entries: Vec<Entry>,
+    hard_state: HardState,
+    torn: Option<TornTail>,
+}
+
+/// A crash cut the last write short.
+struct TornTail {
+    path: PathBuf,
+    /// Bytes to keep; `None` when even the segment header is incomplete (the segment
+    /// was being created), so the file goes.
+    valid_len: Option<u64>,
+    reason: String,
+}
+
+fn replay_wal(log_dir: &Path) -> Result<Replay, StorageError> {
+    let files = list_numbered(log_dir, WAL_SUFFIX)?;
+    let mut replay = Replay {
+        segments: Vec::new(),
+        terms: LogTerms::new(
+            files
+                .first()
+                .map_or(0, |(first, _)| first.saturating_sub(1)),
+        ),
+        entries: Vec::new(),
+        hard_state: HardState::default(),
+        torn: None,
+    };
+    for (n, (first_index, path)) in files.iter().enumerate() {
+        let is_last = n + 1 == files.len();
+        let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
+            path: path.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        let image = fs::read(path).map_err(io_error(path))?;
+        match record::decode_segment_header(&image) {
+            Ok(named) if named == *first_index => {}
+            Ok(named) => {
+                return Err(corrupt(0, format!("segment header names index {named}")));
+            }
+            Err(damage) if is_last && damage.torn => {
+                replay.torn = Some(TornTail {
+                    path: path.clone(),
+                    valid_len: None,
+                    reason: damage.reason,
+                });
+                break;
+            }
+            Err(damage) => return Err(corrupt(0, damage.reason)),
+        }
+        if n > 0 && *first_index != replay.terms.last() + 1 {
+            return Err(corrupt(
+                0,
+                format!(
+                    "segment starts at index {first_index} but the log before it ends at {}: \
+                     a segment is missing",
+                    replay.terms.last()
+                ),
+            ));
+        }
+        let mut offset = record::SEGMENT_HEADER_LEN;
+        loop {
+            match record::decode_record(&image, offset) {
+                Ok(None) => break,
+                Ok(Some((record, end))) => {
+                    apply_record(&mut replay, record).map_err(|reason| corrupt(offset, reason))?;
+                    offset = end;
+                }
+                Err(damage) if is_last && damage.torn => {
+                    replay.torn = Some(TornTail {
+                        path: path.clone(),
+                        valid_len: Some(offset as u64),
+                        reason: damage.reason,
+                    });
+                    break;
+                }
+                Err(damage) => return Err(corrupt(offset, damage.reason)),
+            }
+        }
+        replay.segments.push(Segment {
+            first_index: *first_index,
+            path: path.clone(),
+        });
+    }
+    Ok(replay)
+}
+
+fn apply_record(replay: &mut Replay, record: Record) -> Result<(), String> {
+    match record {
+        Record::Batch {
+            hard_state,
+            entries,
+        } => {
+            for entry in entries {
+                replay.terms.append(entry.index, entry.term)?;
+                let kept = entry.index - 1 - replay.terms.base();
+                replay.entries.truncate(kept as usize);
+                replay.entries.push(entry);
+            }
+            if let Some(hs) = hard_state {
+                replay.hard_state = hs;
+            }
+        }
+        Record::Reset { index } => {
+            replay.terms.reset(index);
+            replay.entries.clear();
+        }
+    }
+    Ok(())
+}
+
+fn repair_torn_tail(log_dir: &Path, replay: &mut Replay) -> Result<(), StorageError> {
+    let Some(torn) = replay.torn.take() else {
+        return Ok(());
+    };
+    match torn.valid_len {
+        Some(valid_len) => {
+            warn!(
+                segment = %torn.path.display(),
+                offset = valid_len,
+                reason = %torn.reason,
+                "WAL ends in a torn write (a crash during an append that was never \
+                 acknowledged): cutting it off"
+            );
+            let file = File::options()
+                .write(true)
+                .open(&torn.path)
+                .map_err(io_error(&torn.path))?;
+            file.set_len(valid_len).map_err(io_error(&torn.path))?;
+            file.sync_all().map_err(io_error(&torn.path))?;
+        }
+        None => {
+            warn!(
+                segment = %torn.path.display(),
+                reason = %torn.reason,
+                "WAL segment was being created when the node stopped: removing it"
+            );
+            fs::remove_file(&torn.path).map_err(io_error(&torn.path))?;
+            sync_dir(log_dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates a segment starting with the current hard state (so that deleting older
+/// segments never loses it) and makes it durable, directory entry included.
+fn create_segment(
+    log_dir: &Path,
+    first_index: Index,
+    hard_state: &HardState,
+) -> Result<(Segment, File, u64), StorageError> {
+    let path = log_dir.join(format!("{first_index:020}{WAL_SUFFIX}"));
+    let mut image = record::encode_segment_header(first_index).to_vec();
+    // A hard state alone is a few dozen bytes: it always fits a record.
+    let _ = record::encode_batch(&mut image, Some(hard_state), &[]);
+    let mut file = File::options()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    file.write_all(&image).map_err(io_error(&path))?;
+    file.sync_data().map_err(io_error(&path))?;
+    sync_dir(log_dir)?;
+    Ok((Segment { first_index, path }, file, image.len() as u64))
+}
+
+/// Files named `<20-digit number><suffix>` in `dir`, sorted by number. Other files
+/// are not ours and are left alone.
+fn list_numbered(dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let mut found = Vec::new();
+    for dirent in fs::read_dir(dir).map_err(io_error(dir))? {
+        let dirent = dirent.map_err(io_error(dir))?;
+        let name = dirent.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(suffix)) else {
+            continue;
+        };
+        if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(number) = stem.parse() {
+                found.push((number, dirent.path()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Removes the files in `dir` whose name satisfies `ours`; a missing dir is empty.
+fn remove_files(dir: &Path, ours: impl Fn(&str) -> bool) -> Result<(), StorageError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(dir)(e)),
+    };
+    let mut removed = false;
+    for dirent in entries {
+        let dirent = dirent.map_err(io_error(dir))?;
+        if dirent.file_name().to_str().is_some_and(&ours) {
+            let path = dirent.path();
+            fs::remove_file(&path).map_err(io_error(&path))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Makes file creations, renames and deletions in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// Creates `dir` and any missing parents, fsyncing each new directory's parent so the
+/// directories themselves survive a crash.
+fn create_dir_durably(dir: &Path) -> Result<(), StorageError> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
+}

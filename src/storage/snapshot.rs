@@ -1,0 +1,343 @@
+//! Snapshot files: `header | image | trailer`, written through a temp file that is
+//! fsynced and then renamed into place, so a snapshot file either is whole or does not
+//! exist under its final name.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::raft::{Index, SnapshotMeta};
+
+use super::{io_error, StorageError};
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"DRAFTSNP";
+const FORMAT_VERSION: u32 = 1;
+/// Bytes before the voter list: magic, version, index, term, voter count.
+const HEADER_FIXED_LEN: usize = 8 + 4 + 8 + 8 + 4;
+/// image length (8) + crc32c of the image (4) + crc32c of the preceding 12 bytes (4).
+const TRAILER_LEN: usize = 16;
+/// Bounds the voter list a header may claim, so a damaged count cannot make us
+/// allocate wildly before the header checksum is checked.
+const MAX_VOTERS: usize = 4096;
+const READ_CHUNK: usize = 1 << 20;
+
+pub(super) const SNAPSHOT_SUFFIX: &str = ".snap";
+pub(super) const TEMP_SUFFIX: &str = ".tmp";
+
+/// Final name of the snapshot at `index`.
+pub(super) fn snapshot_path(dir: &Path, index: Index) -> PathBuf {
+    dir.join(format!("{index:020}{SNAPSHOT_SUFFIX}"))
+}
+
+/// A complete, checksum-verified snapshot file.
+#[derive(Clone, Debug)]
+pub struct SnapshotFile {
+    pub meta: SnapshotMeta,
+    pub path: PathBuf,
+    data_offset: u64,
+    data_len: u64,
+    data_crc: u32,
+}
+
+impl SnapshotFile {
+    /// Reader over the state-machine image. It verifies the image checksum as it
+    /// reads: a mismatch (or a file cut short) surfaces as an `InvalidData` /
+    /// `UnexpectedEof` error from `read` at the end of the image.
+    pub fn open_data(&self) -> Result<impl Read + Send + 'static, StorageError> {
+        let mut file = File::open(&self.path).map_err(io_error(&self.path))?;
+        file.seek(SeekFrom::Start(self.data_offset))
+            .map_err(io_error(&self.path))?;
+        Ok(SnapshotReader {
+            inner: BufReader::with_capacity(READ_CHUNK, file).take(self.data_len),
+            remaining: self.data_len,
+            crc: 0,
+            expected_crc: self.data_crc,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Size in bytes of the image.
+    pub fn data_len(&self) -> u64 {
+        self.data_len
+    }
+
+    /// Opens and fully verifies the snapshot file at `path` (header, trailer and image
+    /// checksum), reading the image in bounded chunks.
+    pub(super) fn load(path: &Path) -> Result<SnapshotFile, StorageError> {
+        let corrupt = |offset: u64, reason: String| StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset,
+            reason,
+        };
+        let file = File::open(path).map_err(io_error(path))?;
+        let file_len = file.metadata().map_err(io_error(path))?.len();
+        let mut reader = BufReader::with_capacity(READ_CHUNK, file);
+
+        let mut fixed = [0u8; HEADER_FIXED_LEN];
+        reader
+            .read_exact(&mut fixed)
+            .map_err(|e| corrupt(0, format!("snapshot header unreadable: {e}")))?;
+        if &fixed[..8] != SNAPSHOT_MAGIC {
+            return Err(corrupt(0, "not a distraft snapshot (bad magic)".into()));
+        }
+        let version = u32_at(&fixed, 8);
+        if version != FORMAT_VERSION {
+            return Err(corrupt(
+                8,
+                format!("unsupported snapshot format version {version}"),
+            ));
+        }
+        let voter_count = u32_at(&fixed, 28) as usize;
+        if voter_count > MAX_VOTERS {
+            return Err(corrupt(
+                28,
+                format!("implausible voter count {voter_count}"),
+            ));
+        }
+        let mut rest = vec![0u8; voter_count * 8 + 4];
+        reader.read_exact(&mut rest).map_err(|e| {
+            corrupt(
+                HEADER_FIXED_LEN as u64,
+                format!("snapshot header unreadable: {e}"),
+            )
+        })?;
+        let (voter_bytes, crc_bytes) = rest.split_at(voter_count * 8);
+        let header_crc = crc32c::crc32c_append(crc32c::crc32c(&fixed), voter_bytes);
+        if header_crc.to_le_bytes() != crc_bytes {
+            return Err(corrupt(0, "snapshot header checksum mismatch".into()));
+        }
+        let meta = SnapshotMeta {
+            index: u64_at(&fixed, 12),
+            term: u64_at(&fixed, 20),
+            voters: voter_bytes.chunks_exact(8).map(|c| u64_at(c, 0)).collect(),
+        };
+        let data_offset = (HEADER_FIXED_LEN + rest.len()) as u64;
+        if path != snapshot_path(path.parent().unwrap_or(Path::new("")), meta.index) {
+            return Err(corrupt(
+                0,
+                format!("file name does not match its index {}", meta.index),
+            ));
+        }
+
+        let Some(data_len) = file_len.checked_sub(data_offset + TRAILER_LEN as u64) else {
+            return Err(corrupt(
+                file_len,
+                "snapshot file cut short before its trailer".into(),
+            ));
+        };
+        let mut image = (&mut reader).take(data_len);
+        let mut crc = 0u32;
+        let mut chunk = vec![0u8; READ_CHUNK];
+        loop {
+            let n = image.read(&mut chunk).map_err(io_error(path))?;
+            if n == 0 {
+                break;
+            }
+            crc = crc32c::crc32c_append(crc, &chunk[..n]);
+        }
+        let mut trailer = [0u8; TRAILER_LEN];
+        let trailer_offset = data_offset + data_len;
+        reader
+            .read_exact(&mut trailer)
+            .map_err(|e| corrupt(trailer_offset, format!("snapshot trailer unreadable: {e}")))?;
+        if crc32c::crc32c(&trailer[..12]).to_le_bytes() != trailer[12..] {
+            return Err(corrupt(
+                trailer_offset,
+                "snapshot trailer checksum mismatch".into(),
+            ));
+        }
+        if u64_at(&trailer, 0) != data_len {
+            return Err(corrupt(
+                trailer_offset,
+                format!(
+                    "image is {data_len} bytes, trailer says {}",
+                    u64_at(&trailer, 0)
+                ),
+            ));
+        }
+        let data_crc = u32_at(&trailer, 8);
+        if crc != data_crc {
+            return Err(corrupt(
+                data_offset,
+                "snapshot image checksum mismatch".into(),
+            ));
+        }
+        Ok(SnapshotFile {
+            meta,
+            path: path.to_path_buf(),
+            data_offset,
+            data_len,
+            data_crc,
+        })
+    }
+}
+
+fn u32_at(buf: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&buf[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+fn u64_at(buf: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&buf[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+struct SnapshotReader {
+    inner: io::Take<BufReader<File>>,
+    remaining: u64,
+    crc: u32,
+    expected_crc: u32,
+    path: PathBuf,
+}
+
+impl Read for SnapshotReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            if self.remaining > 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("snapshot {} is shorter than its image", self.path.display()),
+                ));
+            }
+            if self.crc != self.expected_crc {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("snapshot {}: image checksum mismatch", self.path.display()),
+                ));
+            }
+            return Ok(0);
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Streams a snapshot image to a temp file in the data directory; hand it to
+/// [`super::Storage::finish_snapshot`] to make it durable. Dropped unfinished, it
+/// deletes its temp file.
+pub struct SnapshotWriter {
+    meta: SnapshotMeta,
+    out: BufWriter<File>,
+    temp_path: PathBuf,
+    crc: u32,
+    len: u64,
+    data_offset: u64,
+    committed: bool,
+}
+
+impl SnapshotWriter {
+    pub(super) fn create(dir: &Path, meta: SnapshotMeta) -> Result<SnapshotWriter, StorageError> {
+        if meta.voters.len() > MAX_VOTERS {
+            return Err(StorageError::Invalid(format!(
+                "snapshot with {} voters (at most {MAX_VOTERS})",
+                meta.voters.len()
+            )));
+        }
+        // Unique per writer, so that concurrent writers never share a temp file.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let temp_path = dir.join(format!(
+            "{:020}.{}-{}{TEMP_SUFFIX}",
+            meta.index,
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&temp_path)
+            .map_err(io_error(&temp_path))?;
+        let header = encode_header(&meta);
+        let mut writer = SnapshotWriter {
+            meta,
+            out: BufWriter::with_capacity(READ_CHUNK, file),
+            temp_path,
+            crc: 0,
+            len: 0,
+            data_offset: header.len() as u64,
+            committed: false,
+        };
+        // On failure the writer is dropped, which removes the temp file.
+        writer
+            .out
+            .write_all(&header)
+            .map_err(io_error(&writer.temp_path))?;
+        Ok(writer)
+    }
+
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Writes the trailer, fsyncs and renames the file to its final name. The caller
+    /// fsyncs the directory.
+    pub(super) fn commit(mut self, dir: &Path) -> Result<SnapshotFile, StorageError> {
+        let mut trailer = [0u8; TRAILER_LEN];
+        trailer[..8].copy_from_slice(&self.len.to_le_bytes());
+        trailer[8..12].copy_from_slice(&self.crc.to_le_bytes());
+        let trailer_crc = crc32c::crc32c(&trailer[..12]);
+        trailer[12..].copy_from_slice(&trailer_crc.to_le_bytes());
+        let temp = io_error(&self.temp_path);
+        self.out.write_all(&trailer).map_err(temp)?;
+        self.out.flush().map_err(io_error(&self.temp_path))?;
+        self.out
+            .get_ref()
+            .sync_data()
+            .map_err(io_error(&self.temp_path))?;
+        let path = snapshot_path(dir, self.meta.index);
+        fs::rename(&self.temp_path, &path).map_err(io_error(&path))?;
+        self.committed = true;
+        Ok(SnapshotFile {
+            meta: self.meta.clone(),
+            path,
+            data_offset: self.data_offset,
+            data_len: self.len,
+            data_crc: self.crc,
+        })
+    }
+}
+
+impl Write for SnapshotWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        // Unfinished or failed: the temp file is garbage (the data dir is also swept
+        // of temp files at open, in case we never get here).
+        if !self.committed {
+            let _ = fs::remove_file(&self.temp_path);
+        }
+    }
+}
+
+fn encode_header(meta: &SnapshotMeta) -> Vec<u8> {
+    let mut header = Vec::with_capacity(HEADER_FIXED_LEN + meta.voters.len() * 8 + 4);
+    header.extend_from_slice(SNAPSHOT_MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&meta.index.to_le_bytes());
+    header.extend_from_slice(&meta.term.to_le_bytes());
+    header.extend_from_slice(&(meta.voters.len() as u32).to_le_bytes());
+    for voter in &meta.voters {
+        header.extend_from_slice(&voter.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&header);
+    header.extend_from_slice(&crc.to_le_bytes());
+    header
+}
