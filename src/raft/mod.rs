@@ -55,6 +55,8 @@
 mod log;
 mod node;
 mod progress;
+#[cfg(test)]
+mod tests;
 mod types;
 
 pub use node::{RawNode, Status};

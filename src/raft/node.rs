@@ -1,7 +1,19 @@
-//! The Raft state machine. (Being written: signatures are final.)
+//! The Raft state machine: roles, elections, replication, commit, ReadIndex and
+//! snapshots. See the module documentation of [`crate::raft`] for the contract.
+
+use std::collections::{BTreeMap, VecDeque};
+
 use bytes::Bytes;
 
+use super::log::RaftLog;
+use super::progress::{Mode, Progress};
 use super::types::*;
+
+/// A snapshot still unacknowledged after this many heartbeat intervals is sent again.
+const SNAPSHOT_RETRY_HEARTBEATS: u32 = 10;
+/// Heartbeat intervals in which a follower that is behind made no progress before we
+/// presume the in-flight AppendEntries lost and probe again.
+const STALLED_HEARTBEATS: u32 = 2;
 
 /// What a node reports about itself (for `GET /` and Admin.Status).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,66 +32,940 @@ pub struct Status {
     pub progress: Vec<(NodeId, Index, Index)>,
 }
 
+/// A read waiting at the leader for its heartbeat round to be confirmed.
+#[derive(Debug)]
+struct PendingRead {
+    id: ReadId,
+    /// Who asked: this node, or a follower that forwarded it.
+    from: NodeId,
+    /// The heartbeat round that must be acknowledged by a majority.
+    seq: u64,
+    /// The commit index at arrival; `None` until this leader has committed an entry
+    /// of its own term (before that its commit index may be behind, §6.4 step 1).
+    index: Option<Index>,
+}
+
 /// One Raft node's consensus state. See the module documentation for the contract.
 pub struct RawNode {
-    _config: Config,
+    cfg: Config,
+    term: Term,
+    vote: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    log: RaftLog,
+    rng: u64,
+
+    /// Ticks since we last heard from a leader (follower) or started campaigning.
+    election_elapsed: u64,
+    randomized_timeout: u64,
+    heartbeat_elapsed: u64,
+    /// Leader: ticks since the last check-quorum.
+    quorum_elapsed: u64,
+
+    /// Candidate / pre-candidate: the answers so far.
+    votes: BTreeMap<NodeId, bool>,
+    /// Leader: one per other voter.
+    progress: BTreeMap<NodeId, Progress>,
+
+    msgs: Vec<Message>,
+    /// The hard state last handed out in a Ready.
+    saved_hard_state: HardState,
+    /// A snapshot received from the leader, to hand out in the next Ready.
+    snapshot_to_install: Option<SnapshotMeta>,
+    /// The last log index handed out by `ready()`, persisted once `advance()` is called.
+    handed_out: Option<Index>,
+
+    /// Leader: the current ReadIndex round and whether a new one must start.
+    read_seq: u64,
+    read_round_needed: bool,
+    pending_reads: VecDeque<PendingRead>,
+    /// Follower: reads forwarded to the leader, awaiting its answer.
+    forwarded_reads: Vec<ReadId>,
+    /// Reads with a known index, waiting for the commit index to reach it.
+    waiting_reads: Vec<ReadState>,
+    ready_reads: Vec<ReadState>,
+    failed_reads: Vec<(ReadId, RaftError)>,
 }
 
 impl RawNode {
     /// Creates a node from what storage recovered; `seed` drives its randomness.
-    pub fn new(config: Config, restored: Restored, seed: u64) -> RawNode {
-        let _ = (restored, seed);
-        RawNode { _config: config }
+    pub fn new(cfg: Config, restored: Restored, seed: u64) -> RawNode {
+        let log = RaftLog::restore(
+            restored.snapshot.as_ref(),
+            restored.entries,
+            restored.hard_state.commit,
+        );
+        let mut node = RawNode {
+            term: restored.hard_state.term,
+            vote: restored.hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            saved_hard_state: HardState {
+                commit: log.commit,
+                ..restored.hard_state
+            },
+            log,
+            rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+            election_elapsed: 0,
+            randomized_timeout: 0,
+            heartbeat_elapsed: 0,
+            quorum_elapsed: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            msgs: Vec::new(),
+            snapshot_to_install: None,
+            handed_out: None,
+            read_seq: 0,
+            read_round_needed: false,
+            pending_reads: VecDeque::new(),
+            forwarded_reads: Vec::new(),
+            waiting_reads: Vec::new(),
+            ready_reads: Vec::new(),
+            failed_reads: Vec::new(),
+            cfg,
+        };
+        node.reset_election_timer();
+        node
     }
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.cfg.id,
+            role: self.role,
+            term: self.term,
+            vote: self.vote,
+            leader: self.leader,
+            commit: self.log.commit,
+            applied: self.log.applied,
+            last_index: self.log.last_index(),
+            last_term: self.log.last_term(),
+            snapshot_index: self.log.snapshot_index,
+            progress: self
+                .progress
+                .iter()
+                .map(|(&id, pr)| (id, pr.match_index, pr.next_index))
+                .collect(),
+        }
+    }
+
+    /// The snapshot the log starts after (index 0 when none).
+    pub fn snapshot_meta(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            index: self.log.snapshot_index,
+            term: self.log.snapshot_term,
+            voters: self.cfg.voters.clone(),
+        }
+    }
+
+    // ----- inputs ---------------------------------------------------------------------
+
+    /// One unit of logical time.
     pub fn tick(&mut self) {
-        todo!()
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => {
+                self.election_elapsed += 1;
+                if self.election_elapsed >= self.randomized_timeout {
+                    self.campaign_pre_vote();
+                }
+            }
+        }
     }
-    pub fn step(&mut self, msg: Message) {
-        let _ = msg;
-        todo!()
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+            self.check_stalled_followers();
+        }
+        self.quorum_elapsed += 1;
+        if self.quorum_elapsed >= self.cfg.check_quorum_ticks {
+            self.quorum_elapsed = 0;
+            // Check-quorum: a leader cut off from a majority steps down, so that it
+            // stops serving and its clients look elsewhere.
+            let active = 1 + self.progress.values().filter(|pr| pr.recent_active).count();
+            for pr in self.progress.values_mut() {
+                pr.recent_active = false;
+            }
+            if active < self.quorum() {
+                self.become_follower(self.term, None);
+            }
+        }
     }
+
+    /// Proposes a command. On the leader, returns the index its entry will have (with
+    /// the current term); anywhere else fails with the leader as a hint.
     pub fn propose(&mut self, data: Bytes) -> Result<Index, RaftError> {
-        let _ = data;
-        todo!()
+        if self.role != Role::Leader {
+            return Err(RaftError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        let index = self.log.last_index() + 1;
+        self.log.append(Entry {
+            index,
+            term: self.term,
+            data,
+        });
+        Ok(index)
     }
+
+    /// Asks for a linearizable read; it comes back in `Ready::reads` or
+    /// `Ready::failed_reads` under the same `id`.
     pub fn read_index(&mut self, id: ReadId) {
-        let _ = id;
-        todo!()
+        match (self.role, self.leader) {
+            (Role::Leader, _) => self.leader_read(id, self.cfg.id),
+            (Role::Follower, Some(leader)) => {
+                self.forwarded_reads.push(id);
+                self.send(leader, Body::ReadIndex { id });
+            }
+            _ => self.failed_reads.push((
+                id,
+                RaftError::NotLeader {
+                    leader: self.leader,
+                },
+            )),
+        }
     }
-    /// Whether `ready()` would return work.
-    pub fn has_ready(&self) -> bool {
-        todo!()
+
+    /// A message from a peer.
+    pub fn step(&mut self, m: Message) {
+        if m.to != self.cfg.id || m.from == self.cfg.id || !self.cfg.voters.contains(&m.from) {
+            return;
+        }
+        if m.term > self.term {
+            let is_vote = matches!(m.body, Body::Vote { .. } | Body::PreVote { .. });
+            if is_vote && self.in_lease() {
+                // Leader stickiness: while we hear from a live leader, ignore anyone
+                // trying to replace it.
+                return;
+            }
+            match m.body {
+                Body::PreVote { .. } | Body::PreVoteResponse { granted: true } => {}
+                Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. } => {
+                    self.become_follower(m.term, Some(m.from))
+                }
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < self.term {
+            match m.body {
+                // A stale leader learns our term and steps down; with pre-vote and
+                // check-quorum it would otherwise never find out.
+                Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. } => self.send(
+                    m.from,
+                    Body::AppendResponse {
+                        success: false,
+                        index: 0,
+                        hint: None,
+                    },
+                ),
+                Body::PreVote { .. } => self.send(m.from, Body::PreVoteResponse { granted: false }),
+                Body::ReadIndex { id } => {
+                    self.send(m.from, Body::ReadIndexResponse { id, index: None })
+                }
+                _ => {}
+            }
+            return;
+        }
+
+        match m.body {
+            Body::PreVote {
+                last_index,
+                last_term,
+            } => {
+                let granted = m.term > self.term && self.log.is_up_to_date(last_index, last_term);
+                let term = if granted { m.term } else { self.term };
+                self.msgs.push(Message {
+                    from: self.cfg.id,
+                    to: m.from,
+                    term,
+                    body: Body::PreVoteResponse { granted },
+                });
+            }
+            Body::Vote {
+                last_index,
+                last_term,
+            } => {
+                let granted = self.vote.is_none_or(|v| v == m.from)
+                    && self.log.is_up_to_date(last_index, last_term);
+                if granted {
+                    self.vote = Some(m.from);
+                    self.election_elapsed = 0;
+                }
+                self.send(m.from, Body::VoteResponse { granted });
+            }
+            Body::PreVoteResponse { granted } => {
+                if self.role == Role::PreCandidate && m.term == self.term + 1 {
+                    self.count_vote(m.from, granted);
+                }
+            }
+            Body::VoteResponse { granted } => {
+                if self.role == Role::Candidate {
+                    self.count_vote(m.from, granted);
+                }
+            }
+            Body::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                self.follow(m.from);
+                self.handle_append(m.from, prev_index, prev_term, entries, commit);
+            }
+            Body::Heartbeat { commit, read_seq } => {
+                self.follow(m.from);
+                self.log.commit_to(commit.min(self.log.last_index()));
+                self.send(m.from, Body::HeartbeatResponse { read_seq });
+            }
+            Body::Snapshot { meta } => {
+                self.follow(m.from);
+                self.handle_snapshot(m.from, meta);
+            }
+            Body::AppendResponse {
+                success,
+                index,
+                hint,
+            } => {
+                if self.role == Role::Leader {
+                    self.handle_append_response(m.from, success, index, hint);
+                }
+            }
+            Body::HeartbeatResponse { read_seq } => {
+                if self.role == Role::Leader {
+                    self.handle_heartbeat_response(m.from, read_seq);
+                }
+            }
+            Body::ReadIndex { id } => {
+                if self.role == Role::Leader {
+                    self.leader_read(id, m.from);
+                } else {
+                    self.send(m.from, Body::ReadIndexResponse { id, index: None });
+                }
+            }
+            Body::ReadIndexResponse { id, index } => {
+                if let Some(pos) = self.forwarded_reads.iter().position(|&r| r == id) {
+                    self.forwarded_reads.swap_remove(pos);
+                    match index {
+                        Some(index) => self.waiting_reads.push(ReadState { id, index }),
+                        None => self.failed_reads.push((
+                            id,
+                            RaftError::NotLeader {
+                                leader: self.leader,
+                            },
+                        )),
+                    }
+                }
+            }
+        }
     }
-    pub fn ready(&mut self) -> Ready {
-        todo!()
-    }
-    /// The last `Ready` was persisted (and its messages sent).
-    pub fn advance(&mut self) {
-        todo!()
-    }
+
     /// The state machine has a snapshot at `index` (≤ the last applied index): drop
     /// the log up to it.
     pub fn compact(&mut self, index: Index) {
-        let _ = index;
-        todo!()
+        self.log.compact(index);
     }
-    /// The snapshot the log starts after (index 0 when none).
-    pub fn snapshot_meta(&self) -> SnapshotMeta {
-        todo!()
+
+    // ----- output ---------------------------------------------------------------------
+
+    /// Whether `ready()` would return work.
+    pub fn has_ready(&self) -> bool {
+        !self.msgs.is_empty()
+            || self.hard_state_changed()
+            || self.snapshot_to_install.is_some()
+            || self.log.has_unstable()
+            || self.log.commit > self.log.applied
+            || !self.failed_reads.is_empty()
+            || !self.ready_reads.is_empty()
+            || self
+                .waiting_reads
+                .iter()
+                .any(|r| r.index <= self.log.commit)
+            || (self.role == Role::Leader
+                && (self.read_round_needed || self.progress.keys().any(|&p| self.wants_to_send(p))))
     }
-    pub fn id(&self) -> NodeId {
-        todo!()
+
+    /// Takes the next batch of work. See [`Ready`] for what to do with it, and call
+    /// [`RawNode::advance`] once it is persisted and sent.
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            if self.read_round_needed {
+                self.read_round_needed = false;
+                self.read_seq += 1;
+                self.broadcast_heartbeat();
+            }
+            let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+            for peer in peers {
+                self.send_appends(peer);
+            }
+        }
+        let snapshot = self.snapshot_to_install.take();
+        let entries = self.log.take_unstable();
+        let current = self.hard_state();
+        let saved = self.saved_hard_state;
+        let vote_changed = (current.term, current.vote) != (saved.term, saved.vote);
+        let commit_worth_saving =
+            current.commit != saved.commit && (!entries.is_empty() || snapshot.is_some());
+        let hard_state = (vote_changed || commit_worth_saving).then(|| {
+            self.saved_hard_state = current;
+            current
+        });
+        if !entries.is_empty() || snapshot.is_some() {
+            self.handed_out = Some(self.log.last_index());
+        }
+        let committed = self.log.take_committed();
+        let commit = self.log.commit;
+        let (now, later): (Vec<ReadState>, Vec<ReadState>) = self
+            .waiting_reads
+            .drain(..)
+            .partition(|r| r.index <= commit);
+        self.waiting_reads = later;
+        let mut reads = std::mem::take(&mut self.ready_reads);
+        reads.extend(now);
+        Ready {
+            hard_state,
+            snapshot,
+            entries,
+            messages: std::mem::take(&mut self.msgs),
+            committed,
+            reads,
+            failed_reads: std::mem::take(&mut self.failed_reads),
+        }
     }
-    pub fn term(&self) -> Term {
-        todo!()
+
+    /// The last `Ready` was persisted (and its messages sent). The leader may now count
+    /// its own log towards a majority.
+    pub fn advance(&mut self) {
+        if let Some(last) = self.handed_out.take() {
+            self.log.persisted = last.min(self.log.last_index());
+            if self.role == Role::Leader {
+                self.maybe_commit();
+            }
+        }
     }
-    pub fn role(&self) -> Role {
-        todo!()
+
+    // ----- elections ------------------------------------------------------------------
+
+    fn quorum(&self) -> usize {
+        self.cfg.voters.len() / 2 + 1
     }
-    pub fn leader(&self) -> Option<NodeId> {
-        todo!()
+
+    fn in_lease(&self) -> bool {
+        match self.role {
+            Role::Leader => true,
+            _ => self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks_min,
+        }
     }
-    pub fn status(&self) -> Status {
-        todo!()
+
+    fn next_random(&mut self) -> u64 {
+        // splitmix64: tiny, good enough, and keeps the core free of dependencies.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let span = self
+            .cfg
+            .election_ticks_max
+            .saturating_sub(self.cfg.election_ticks_min)
+            .max(1);
+        self.randomized_timeout = self.cfg.election_ticks_min + self.next_random() % span;
+    }
+
+    /// Starts an election with a pre-vote round (thesis §9.6): only if a majority would
+    /// vote for us do we bump the term, so a node that was cut off cannot disrupt.
+    fn campaign_pre_vote(&mut self) {
+        self.become_follower(self.term, None);
+        self.role = Role::PreCandidate;
+        self.votes.clear();
+        self.count_vote(self.cfg.id, true);
+        if self.role != Role::PreCandidate {
+            return; // a single-node cluster is already leader
+        }
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        for peer in self.peers() {
+            self.msgs.push(Message {
+                from: self.cfg.id,
+                to: peer,
+                term: self.term + 1,
+                body: Body::PreVote {
+                    last_index,
+                    last_term,
+                },
+            });
+        }
+    }
+
+    fn campaign(&mut self) {
+        self.term += 1;
+        self.vote = Some(self.cfg.id);
+        self.leader = None;
+        self.role = Role::Candidate;
+        self.reset_election_timer();
+        self.votes.clear();
+        self.count_vote(self.cfg.id, true);
+        if self.role != Role::Candidate {
+            return;
+        }
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        for peer in self.peers() {
+            self.send(
+                peer,
+                Body::Vote {
+                    last_index,
+                    last_term,
+                },
+            );
+        }
+    }
+
+    fn count_vote(&mut self, from: NodeId, granted: bool) {
+        self.votes.insert(from, granted);
+        let yes = self.votes.values().filter(|&&g| g).count();
+        let no = self.votes.len() - yes;
+        if yes >= self.quorum() {
+            match self.role {
+                Role::PreCandidate => self.campaign(),
+                Role::Candidate => self.become_leader(),
+                _ => {}
+            }
+        } else if no >= self.quorum() {
+            self.become_follower(self.term, None);
+        }
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+            // Answers to forwarded reads would come from an older term; give up on them.
+            for id in self.forwarded_reads.drain(..) {
+                self.failed_reads.push((id, RaftError::LeadershipLost));
+            }
+        }
+        if self.role == Role::Leader {
+            for read in self.pending_reads.drain(..) {
+                if read.from == self.cfg.id {
+                    self.failed_reads.push((read.id, RaftError::LeadershipLost));
+                }
+            }
+            self.progress.clear();
+            self.read_round_needed = false;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+        self.reset_election_timer();
+    }
+
+    fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        self.heartbeat_elapsed = 0;
+        self.quorum_elapsed = 0;
+        let next = self.log.last_index() + 1;
+        self.progress = self
+            .peers()
+            .into_iter()
+            .map(|p| (p, Progress::new(next)))
+            .collect();
+        // The no-op of §8: committing it commits everything before it and tells us
+        // our commit index is current, which ReadIndex needs.
+        self.log.append(Entry {
+            index: next,
+            term: self.term,
+            data: Bytes::new(),
+        });
+        // Reads forwarded while we were a follower: we are now the one to ask.
+        for id in std::mem::take(&mut self.forwarded_reads) {
+            self.leader_read(id, self.cfg.id);
+        }
+    }
+
+    /// A valid leader for our term spoke: follow it and restart the election timer.
+    fn follow(&mut self, leader: NodeId) {
+        if self.role != Role::Follower || self.leader != Some(leader) {
+            self.become_follower(self.term, Some(leader));
+        }
+        self.election_elapsed = 0;
+    }
+
+    // ----- replication: follower side --------------------------------------------------
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    ) {
+        if prev_index < self.log.commit {
+            // Everything up to our commit index matches any leader's log already.
+            let index = self.log.commit;
+            self.send(
+                from,
+                Body::AppendResponse {
+                    success: true,
+                    index,
+                    hint: None,
+                },
+            );
+            return;
+        }
+        if self.log.term(prev_index) != Some(prev_term) {
+            let hint = self.log.conflict_hint(prev_index);
+            self.send(
+                from,
+                Body::AppendResponse {
+                    success: false,
+                    index: prev_index,
+                    hint: Some(hint),
+                },
+            );
+            return;
+        }
+        let last_new = prev_index + entries.len() as Index;
+        self.log.append_from_leader(entries);
+        self.log.commit_to(commit.min(last_new));
+        self.send(
+            from,
+            Body::AppendResponse {
+                success: true,
+                index: last_new,
+                hint: None,
+            },
+        );
+    }
+
+    fn handle_snapshot(&mut self, from: NodeId, meta: SnapshotMeta) {
+        if meta.index <= self.log.commit {
+            let index = self.log.commit;
+            self.send(
+                from,
+                Body::AppendResponse {
+                    success: true,
+                    index,
+                    hint: None,
+                },
+            );
+            return;
+        }
+        if self.log.term(meta.index) == Some(meta.term) {
+            // We already have the snapshot's last entry: our log matches up to there.
+            self.log.commit_to(meta.index);
+        } else {
+            self.log.install_snapshot(&meta);
+            self.snapshot_to_install = Some(meta.clone());
+        }
+        self.send(
+            from,
+            Body::AppendResponse {
+                success: true,
+                index: meta.index,
+                hint: None,
+            },
+        );
+    }
+
+    // ----- replication: leader side ----------------------------------------------------
+
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        index: Index,
+        hint: Option<(Term, Index)>,
+    ) {
+        let last_index = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        if success {
+            if pr.on_success(index.min(last_index)) {
+                self.maybe_commit();
+            }
+            return;
+        }
+        // A rejection is stale if it is about an index we already know matches, or
+        // not the probe we are waiting for.
+        let stale = match pr.mode {
+            Mode::Replicate => index <= pr.match_index,
+            Mode::Probe => index + 1 != pr.next_index,
+            Mode::Snapshot => true,
+        };
+        if stale || index == 0 {
+            return;
+        }
+        let next = match hint {
+            Some((0, follower_next)) => follower_next,
+            Some((term, first_of_term)) => match self.log.last_index_of_term(term, index) {
+                Some(last_of_term) => last_of_term + 1,
+                None => first_of_term,
+            },
+            None => index,
+        };
+        let pr = self.progress.get_mut(&from).expect("checked above");
+        pr.become_probe(next.min(index));
+    }
+
+    fn handle_heartbeat_response(&mut self, from: NodeId, read_seq: u64) {
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        pr.read_acked = pr.read_acked.max(read_seq);
+        self.complete_reads();
+    }
+
+    /// Once per heartbeat interval: resend probes, and presume lost what a follower
+    /// that is behind has not acknowledged for a while.
+    fn check_stalled_followers(&mut self) {
+        let last_index = self.log.last_index();
+        for pr in self.progress.values_mut() {
+            let progressed = pr.match_index != pr.match_at_check;
+            pr.match_at_check = pr.match_index;
+            if progressed || pr.match_index >= last_index {
+                pr.stalled = 0;
+                continue;
+            }
+            pr.stalled += 1;
+            let limit = match pr.mode {
+                Mode::Probe => 1,
+                Mode::Replicate => STALLED_HEARTBEATS,
+                Mode::Snapshot => SNAPSHOT_RETRY_HEARTBEATS,
+            };
+            if pr.stalled >= limit {
+                let next = pr.match_index + 1;
+                pr.become_probe(next);
+            }
+        }
+    }
+
+    /// Whether `send_appends(peer)` would send anything.
+    fn wants_to_send(&self, peer: NodeId) -> bool {
+        let Some(pr) = self.progress.get(&peer) else {
+            return false;
+        };
+        match pr.mode {
+            Mode::Probe => !pr.probe_sent,
+            Mode::Replicate => {
+                (pr.next_index <= self.log.last_index()
+                    && pr.inflight.len() < self.cfg.max_inflight_msgs)
+                    || pr.sent_commit < self.log.commit.min(pr.match_index)
+            }
+            Mode::Snapshot => false,
+        }
+    }
+
+    /// Sends what `peer` is due: a probe, a window of pipelined batches, a snapshot,
+    /// or just the news that the commit index moved.
+    fn send_appends(&mut self, peer: NodeId) {
+        let commit = self.log.commit;
+        let last_index = self.log.last_index();
+        loop {
+            let Some(pr) = self.progress.get(&peer) else {
+                return;
+            };
+            let can_send = match pr.mode {
+                Mode::Probe => !pr.probe_sent,
+                Mode::Replicate => {
+                    pr.next_index <= last_index && pr.inflight.len() < self.cfg.max_inflight_msgs
+                }
+                Mode::Snapshot => false,
+            };
+            if !can_send {
+                break;
+            }
+            let prev_index = pr.next_index - 1;
+            let Some(prev_term) = self.log.term(prev_index) else {
+                // Compacted away: only a snapshot can bring this follower up to date.
+                let meta = self.snapshot_meta();
+                if let Some(pr) = self.progress.get_mut(&peer) {
+                    pr.become_snapshot(meta.index);
+                }
+                self.send(peer, Body::Snapshot { meta });
+                return;
+            };
+            let entries = self.log.entries_from(pr.next_index, self.cfg.max_msg_bytes);
+            let last = prev_index + entries.len() as Index;
+            let pr = self.progress.get_mut(&peer).expect("checked above");
+            pr.sent_commit = commit;
+            match pr.mode {
+                Mode::Probe => pr.probe_sent = true,
+                _ => {
+                    pr.inflight.push_back(last);
+                    pr.next_index = last + 1;
+                }
+            }
+            self.send(
+                peer,
+                Body::Append {
+                    prev_index,
+                    prev_term,
+                    entries,
+                    commit,
+                },
+            );
+        }
+        // Nothing new to send but the commit index moved: say so now rather than at the
+        // next heartbeat, so that followers apply (and serve reads) promptly.
+        if let Some(pr) = self.progress.get_mut(&peer) {
+            let commit_for_peer = commit.min(pr.match_index);
+            if pr.mode == Mode::Replicate && pr.sent_commit < commit_for_peer {
+                pr.sent_commit = commit_for_peer;
+                let read_seq = self.read_seq;
+                self.send(
+                    peer,
+                    Body::Heartbeat {
+                        commit: commit_for_peer,
+                        read_seq,
+                    },
+                );
+            }
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let commit = self.log.commit;
+        let read_seq = self.read_seq;
+        let peers: Vec<(NodeId, Index)> = self
+            .progress
+            .iter()
+            .map(|(&p, pr)| (p, pr.match_index))
+            .collect();
+        for (peer, match_index) in peers {
+            // Never tell a follower to commit past what we know it shares with us.
+            self.send(
+                peer,
+                Body::Heartbeat {
+                    commit: commit.min(match_index),
+                    read_seq,
+                },
+            );
+        }
+    }
+
+    /// The commit rule (§5.3, §5.4.2): the highest index stored on a majority, but only
+    /// if it is from the current term; older entries commit with it, never by counting.
+    fn maybe_commit(&mut self) {
+        let mut matched: Vec<Index> = self.progress.values().map(|pr| pr.match_index).collect();
+        matched.push(self.log.persisted);
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matched[self.quorum() - 1];
+        if candidate > self.log.commit && self.log.term(candidate) == Some(self.term) {
+            self.log.commit_to(candidate);
+            let commit = self.log.commit;
+            for read in self.pending_reads.iter_mut() {
+                read.index.get_or_insert(commit);
+            }
+            self.complete_reads();
+        }
+    }
+
+    // ----- ReadIndex --------------------------------------------------------------------
+
+    fn committed_in_term(&self) -> bool {
+        self.log.term(self.log.commit) == Some(self.term)
+    }
+
+    fn leader_read(&mut self, id: ReadId, from: NodeId) {
+        let index = self.committed_in_term().then_some(self.log.commit);
+        self.pending_reads.push_back(PendingRead {
+            id,
+            from,
+            seq: self.read_seq + 1,
+            index,
+        });
+        self.read_round_needed = true;
+        self.complete_reads();
+    }
+
+    /// Serves every pending read whose heartbeat round a majority has acknowledged
+    /// (the leader was still the leader when the round went out, after the read came).
+    fn complete_reads(&mut self) {
+        let mut acked: Vec<u64> = self.progress.values().map(|pr| pr.read_acked).collect();
+        acked.push(u64::MAX);
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = acked[self.quorum() - 1];
+        // A single-node cluster confirms its rounds by itself.
+        let confirmed = if self.cfg.voters.len() == 1 {
+            u64::MAX
+        } else {
+            confirmed
+        };
+        while let Some(read) = self.pending_reads.front() {
+            let Some(index) = read.index else { break };
+            if read.seq > confirmed {
+                break;
+            }
+            let read = self.pending_reads.pop_front().expect("front exists");
+            if read.from == self.cfg.id {
+                self.ready_reads.push(ReadState { id: read.id, index });
+            } else {
+                self.send(
+                    read.from,
+                    Body::ReadIndexResponse {
+                        id: read.id,
+                        index: Some(index),
+                    },
+                );
+            }
+        }
+    }
+
+    // ----- helpers ----------------------------------------------------------------------
+
+    fn peers(&self) -> Vec<NodeId> {
+        self.cfg
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != self.cfg.id)
+            .collect()
+    }
+
+    fn send(&mut self, to: NodeId, body: Body) {
+        self.msgs.push(Message {
+            from: self.cfg.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+
+    fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.commit,
+        }
+    }
+
+    fn hard_state_changed(&self) -> bool {
+        let s = self.saved_hard_state;
+        (self.term, self.vote) != (s.term, s.vote)
     }
 }
