@@ -68,7 +68,7 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
         driver.clone(),
         peers,
         raft_listener,
-        stopped(stop_rx.clone()),
+        stop_rx.clone(),
     ));
     let settings = GatewaySettings {
         max_key_bytes: config.max_key_bytes,
@@ -81,7 +81,7 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
         settings,
         client_listener,
         channel,
-        stopped(stop_rx),
+        rpc::server::stopped(stop_rx),
     ));
     info!(
         name = %config.name,
@@ -144,11 +144,6 @@ async fn bind(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> 
     TcpListener::bind((host, port))
         .await
         .with_context(|| format!("{what}: cannot listen on {host}:{port}"))
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -151,6 +151,8 @@ struct Driver<T> {
     waiting_read_index: HashMap<(NodeId, ReadId), RaftReplySender>,
     /// Snapshot images received in this turn, for the core to install (or not).
     received_snapshots: Vec<SnapshotWriter>,
+    /// Role, term and leader last logged.
+    last_role: Option<(Role, Term, Option<NodeId>)>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -173,6 +175,7 @@ impl<T: Transport> Driver<T> {
             waiting_replies: HashMap::new(),
             waiting_read_index: HashMap::new(),
             received_snapshots: Vec::new(),
+            last_role: None,
         }
     }
 
@@ -220,6 +223,7 @@ impl<T: Transport> Driver<T> {
             if self.up && self.node.has_ready() {
                 let ready = self.node.ready();
                 self.process(ready)?;
+                self.log_role_change();
             }
             // The core had its chance to install these in this turn's Ready.
             self.received_snapshots.clear();
@@ -322,6 +326,24 @@ impl<T: Transport> Driver<T> {
             Event::Shutdown => {}
         }
         Ok(())
+    }
+
+    /// Logs elections as this node sees them: its role, term and leader.
+    fn log_role_change(&mut self) {
+        let now = (self.node.role(), self.node.term(), self.node.leader());
+        if self.last_role == Some(now) {
+            return;
+        }
+        self.last_role = Some(now);
+        let (role, term, leader) = now;
+        let leader = leader
+            .and_then(|id| self.config.member(id))
+            .map(|m| m.name.as_str());
+        match role {
+            Role::Leader => info!(term, "became the leader"),
+            Role::Follower => info!(term, leader = leader.unwrap_or("unknown"), "following"),
+            Role::PreCandidate | Role::Candidate => debug!(term, ?role, "campaigning"),
+        }
     }
 
     /// Rebuilds the core from storage, exactly as a restart of the process would.

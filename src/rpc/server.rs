@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
@@ -35,13 +35,13 @@ const FORWARDED: &str = "x-distraft-forwarded";
 const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_millis(100);
 
-/// Serves every service on `listener` until `shutdown` resolves.
+/// Serves every service on `listener` until `stop` turns true.
 pub async fn serve(
     config: Arc<Config>,
     driver: DriverHandle,
     peers: Peers,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let max = config.max_message_bytes();
     let reflection = || {
@@ -64,6 +64,7 @@ pub async fn serve(
     let raft = RaftService {
         config: config.clone(),
         driver: driver.clone(),
+        stop: stop.clone(),
     };
     let kv = KvService {
         config: config.clone(),
@@ -89,10 +90,15 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
+            stopped(stop),
         )
         .await?;
     Ok(())
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// The gRPC status for a failed client request.
@@ -429,6 +435,9 @@ impl pb::admin_server::Admin for AdminService {
 pub struct RaftService {
     config: Arc<Config>,
     driver: DriverHandle,
+    /// Ends the long-lived AppendEntries streams at shutdown, which a graceful server
+    /// shutdown would otherwise wait for.
+    stop: watch::Receiver<bool>,
 }
 
 /// Why a Raft request got no answer from the driver.
@@ -477,9 +486,15 @@ impl pb::raft_server::Raft for RaftService {
         let (answers_tx, answers) =
             mpsc::channel::<Result<oneshot::Receiver<RaftReply>, Status>>(1024);
         let (config, driver) = (self.config.clone(), self.driver.clone());
+        let stop = self.stop.clone();
         tokio::spawn(async move {
+            let mut stopping = std::pin::pin!(stopped(stop));
             loop {
-                let next = match requests.message().await {
+                let next = tokio::select! {
+                    next = requests.message() => next,
+                    () = &mut stopping => return,
+                };
+                let next = match next {
                     Ok(Some(request)) => convert::append_request_message(&config, request),
                     Ok(None) => return,
                     Err(status) => Err(status),
