@@ -550,12 +550,11 @@ fn hex_digit(byte: u8) -> Option<u8> {
 /// Turns a rejection (ours, or one warp made by itself) into the JSON error answer.
 fn rejection_response(rejection: Rejection, pretty: bool) -> Response {
     use warp::reject;
+    // A combined rejection holds one reason per route tried. The routes whose path and
+    // method matched know best, so their reasons come first; a wrong method only
+    // matters when no route matched further, and an unknown path last of all.
     let error = if let Some(error) = rejection.find::<ApiError>() {
         error.clone()
-    } else if rejection.is_not_found() {
-        ApiError::new(StatusCode::NOT_FOUND, "no such route")
-    } else if rejection.find::<reject::MethodNotAllowed>().is_some() {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
     } else if let Some(e) = rejection.find::<reject::InvalidQuery>() {
         ApiError::bad_request(e.to_string())
     } else if let Some(e) = rejection.find::<reject::InvalidHeader>() {
@@ -568,6 +567,10 @@ fn rejection_response(rejection: Rejection, pretty: bool) -> Response {
         ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string())
     } else if let Some(e) = rejection.find::<warp::filters::cors::CorsForbidden>() {
         ApiError::new(StatusCode::FORBIDDEN, e.to_string())
+    } else if rejection.find::<reject::MethodNotAllowed>().is_some() {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    } else if rejection.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "no such route")
     } else {
         tracing::error!(?rejection, "unhandled rejection");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{rejection:?}"))
@@ -601,3 +604,6 @@ fn json_response(status: StatusCode, body: &Value, pretty: bool) -> Response {
     );
     response
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,382 @@
+//! Real `distraft` processes on loopback, driven only through HTTP and gRPC.
+//!
+//! A [`Cluster`] owns its child processes and kills every one of them when dropped,
+//! panicking test or not; a failing test prints the tail of each node's output.
+
+use distraft::proto::v1::{admin_client::AdminClient, kv_client::KvClient};
+use serde_json::Value;
+use std::{
+    collections::HashSet,
+    fs::{File, OpenOptions},
+    future::Future,
+    io::{Read, Seek, SeekFrom},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+use tempfile::TempDir;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tonic::transport::Channel;
+
+/// Timings for tests: fast elections, and a request timeout short enough that a
+/// majority loss answers 503 quickly.
+pub const HEARTBEAT: &str = "0.05";
+pub const ELECTION: &str = "0.25";
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a cluster may take to (re-)elect a leader or converge, on a busy 2-core
+/// machine.
+pub const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Clusters running at once across the test threads: more would starve the 2-core
+/// machine and turn timing into flakiness.
+static RUNNING_CLUSTERS: Semaphore = Semaphore::const_new(2);
+
+/// Ports handed out in this process, so that two clusters never pick the same one.
+static USED_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// `count` distinct free loopback ports.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let mut used = USED_PORTS.lock().unwrap();
+    let used = used.get_or_insert_with(HashSet::new);
+    // Hold every listener until all ports are chosen, so the OS cannot repeat one.
+    let mut listeners = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < count {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if used.insert(port) {
+            ports.push(port);
+        }
+        listeners.push(listener);
+    }
+    ports
+}
+
+/// One node of a test cluster.
+pub struct Node {
+    pub name: String,
+    pub raft_port: u16,
+    pub http_port: u16,
+    output: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn grpc_uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.raft_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    cluster_spec: String,
+    dir: TempDir,
+    http: reqwest::Client,
+    _permit: SemaphorePermit<'static>,
+}
+
+impl Cluster {
+    /// Starts `size` nodes and waits until they agree on a leader.
+    pub async fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, &[]).await
+    }
+
+    /// As [`Cluster::start`], with extra `DISTRAFT_*` variables for every node.
+    pub async fn start_with(size: usize, extra_env: &[(&str, &str)]) -> Cluster {
+        let permit = RUNNING_CLUSTERS.acquire().await.unwrap();
+        let ports = free_ports(size * 2);
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<Node> = (0..size)
+            .map(|i| Node {
+                name: format!("node{}", i + 1),
+                raft_port: ports[2 * i],
+                http_port: ports[2 * i + 1],
+                output: dir.path().join(format!("node{}.out", i + 1)),
+                child: None,
+            })
+            .collect();
+        let cluster_spec = nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "{}=127.0.0.1:{}:127.0.0.1:{}",
+                    n.name, n.raft_port, n.http_port
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            nodes,
+            cluster_spec,
+            dir,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap(),
+            _permit: permit,
+        };
+        for i in 0..size {
+            cluster.spawn(i, extra_env);
+        }
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        self.nodes[i].url()
+    }
+
+    fn spawn(&mut self, i: usize, extra_env: &[(&str, &str)]) {
+        let node = &self.nodes[i];
+        assert!(node.child.is_none(), "{} is already running", node.name);
+        let output = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.output)
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_distraft"));
+        // Nothing from the developer's own environment may leak into the nodes.
+        for (name, _) in std::env::vars() {
+            if name.starts_with("DISTRAFT_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .env("DISTRAFT_NAME", &node.name)
+            .env("DISTRAFT_HOST", "127.0.0.1")
+            .env("DISTRAFT_UDP_PORT", node.raft_port.to_string())
+            .env("DISTRAFT_CLIENT_HOST", "127.0.0.1")
+            .env("DISTRAFT_TCP_PORT", node.http_port.to_string())
+            .env("DISTRAFT_CLUSTER", &self.cluster_spec)
+            .env("DISTRAFT_LOG_PATH", self.dir.path().join("log"))
+            .env("DISTRAFT_DATA_PATH", self.dir.path().join("state"))
+            .env("DISTRAFT_HEARTBEAT_TIMEOUT", HEARTBEAT)
+            .env("DISTRAFT_ELECTION_TIMEOUT", ELECTION)
+            .env(
+                "DISTRAFT_REQUEST_TIMEOUT",
+                REQUEST_TIMEOUT.as_secs_f64().to_string(),
+            )
+            .env("DISTRAFT_LOG_LEVEL", "INFO")
+            .envs(extra_env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().unwrap())
+            .stderr(output);
+        let child = command.spawn().expect("spawning distraft");
+        self.nodes[i].child = Some(child);
+    }
+
+    /// `kill -9` of node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts node `i` again from its persisted state (same ports and directories).
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i, &[]);
+    }
+
+    /// Indexes of the running nodes.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect()
+    }
+
+    /// Waits until every running node answers and names the same leader, which says it
+    /// leads; returns the leader's index.
+    pub async fn wait_for_leader(&self) -> usize {
+        self.wait_for_leader_among(&self.running()).await
+    }
+
+    /// As [`Cluster::wait_for_leader`], asking only `members` (e.g. the ones still up).
+    pub async fn wait_for_leader_among(&self, members: &[usize]) -> usize {
+        let leader = eventually(CONVERGE, || async {
+            let mut leaders = Vec::new();
+            for &i in members {
+                leaders.push(self.status(i).await?["leader"].clone());
+            }
+            let first = leaders.first().ok_or("no members")?;
+            let name = first.as_str().filter(|name| !name.is_empty());
+            let name = name.ok_or_else(|| format!("no leader yet: {leaders:?}"))?;
+            if leaders.iter().any(|l| l != first) {
+                return Err(format!("leaders disagree: {leaders:?}"));
+            }
+            let leader = self.nodes.iter().position(|n| n.name == name);
+            let leader = leader.ok_or_else(|| format!("unknown leader {name}"))?;
+            match self.status(leader).await?["is_leader"] == true {
+                true => Ok(leader),
+                false => Err(format!("{name} does not know it leads")),
+            }
+        })
+        .await;
+        leader.unwrap_or_else(|e| {
+            panic!("no agreed leader among {members:?} within {CONVERGE:?}: {e}")
+        })
+    }
+
+    /// `GET /` of node `i`: the `status` object.
+    pub async fn status(&self, i: usize) -> Result<Value, String> {
+        let (code, body) = self
+            .request(self.http.get(format!("{}/", self.url(i))))
+            .await?;
+        if code != 200 {
+            return Err(format!("GET / on {}: {code} {body}", self.nodes[i].name));
+        }
+        Ok(body["status"].clone())
+    }
+
+    pub async fn get(&self, i: usize, key: &str) -> (u16, Value) {
+        self.answer(self.http.get(distraft::cli::key_url(&self.url(i), key)))
+            .await
+    }
+
+    pub async fn get_stale(&self, i: usize, key: &str) -> (u16, Value) {
+        let url = distraft::cli::key_url(&self.url(i), key);
+        self.answer(self.http.get(url).query(&[("stale", "true")]))
+            .await
+    }
+
+    pub async fn put(&self, i: usize, key: &str, value: &str) -> (u16, Value) {
+        let url = distraft::cli::key_url(&self.url(i), key);
+        self.answer(self.http.post(url).form(&[("value", value)]))
+            .await
+    }
+
+    pub async fn delete(&self, i: usize, key: &str) -> (u16, Value) {
+        self.answer(self.http.delete(distraft::cli::key_url(&self.url(i), key)))
+            .await
+    }
+
+    /// `GET` of an arbitrary path on node `i` (for `/stop`, `/start`, raw keys).
+    pub async fn get_path(&self, i: usize, path: &str) -> (u16, Value) {
+        self.answer(self.http.get(format!("{}{path}", self.url(i))))
+            .await
+    }
+
+    /// The HTTP client, for hand-made requests.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Puts, retrying while the cluster answers 503 (an election in progress).
+    pub async fn put_eventually(&self, i: usize, key: &str, value: &str) {
+        let done = eventually(CONVERGE, || async {
+            match self.put(i, key, value).await {
+                (200, _) => Ok(()),
+                answer => Err(format!("{answer:?}")),
+            }
+        })
+        .await;
+        if let Err(last) = done {
+            panic!("PUT {key} on node {i} kept failing: {last}");
+        }
+    }
+
+    /// Waits until node `i` serves `key` = `value` (linearizable read).
+    pub async fn assert_value_eventually(&self, i: usize, key: &str, value: &str) {
+        let done = eventually(CONVERGE, || async {
+            match self.get(i, key).await {
+                (200, body) if body["value"] == value => Ok(()),
+                answer => Err(format!("{answer:?}")),
+            }
+        })
+        .await;
+        if let Err(last) = done {
+            panic!("node {i} never served {key}={value}: last {last}");
+        }
+    }
+
+    /// Sends any request, returning the status and the JSON body (which every answer
+    /// must have).
+    pub async fn answer(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        match self.request(request).await {
+            Ok(answer) => answer,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    async fn request(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("no answer: {e}"))?;
+        let code = response.status().as_u16();
+        let text = response.text().await.map_err(|e| format!("reading: {e}"))?;
+        let body = serde_json::from_str(&text)
+            .map_err(|e| format!("answer {code} is not JSON ({e}): {text:?}"))?;
+        Ok((code, body))
+    }
+
+    pub async fn kv(&self, i: usize) -> KvClient<Channel> {
+        KvClient::connect(self.nodes[i].grpc_uri()).await.unwrap()
+    }
+
+    pub async fn admin(&self, i: usize) -> AdminClient<Channel> {
+        AdminClient::connect(self.nodes[i].grpc_uri())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!(
+                    "----- last output of {} ({}):\n{}",
+                    node.name,
+                    node.output.display(),
+                    tail(&node.output, 4000)
+                );
+            }
+        }
+    }
+}
+
+/// The last `bytes` of a file, for failure reports.
+fn tail(path: &Path, bytes: u64) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::from("(no output)");
+    };
+    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(length.saturating_sub(bytes)));
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    text
+}
+
+/// Polls `probe` every 50 ms until it succeeds or `within` has passed; the error is
+/// the last reason it gave.
+pub async fn eventually<T, F, Fut>(within: Duration, mut probe: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(value) => return Ok(value),
+            Err(reason) if Instant::now() >= deadline => return Err(reason),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Black-box integration tests: real `distraft` processes on loopback with ephemeral
+//! ports and temporary directories, driven only through HTTP and gRPC, as a user would.
+//!
+//! Run with `cargo test --test integration` (the README's test command runs them all).
+
+mod api;
+mod faults;
+mod harness;
+mod tools;

