@@ -800,3 +800,90 @@ mod model {
         }
     }
 }
+
+/// Restart through the core: a node that persisted every `Ready` to real storage comes
+/// back, after a reopen, with the same term, vote, log and snapshot, and keeps its vote.
+#[test]
+fn a_core_restarts_from_storage_with_term_vote_log_and_snapshot() {
+    use distraft::raft::{Body, Config, Message, RawNode, Role};
+
+    let dir = TempDir::new().unwrap();
+    let (mut storage, recovered) = reopen(dir.path(), 4096);
+    let config = || Config::for_tests(1, vec![1, 2, 3]);
+    let mut node = RawNode::new(config(), recovered.restored, 1);
+    let persist = |node: &mut RawNode, storage: &mut Storage| {
+        while node.has_ready() {
+            let rd = node.ready();
+            storage.append(rd.hard_state.as_ref(), &rd.entries).unwrap();
+            node.advance();
+        }
+    };
+    // Become leader of term 1 with node 2's vote, write 30 entries, have them commit.
+    while node.role() != Role::Candidate {
+        node.tick();
+        persist(&mut node, &mut storage);
+        let term = node.term() + 1;
+        node.step(Message {
+            from: 2,
+            to: 1,
+            term,
+            body: Body::PreVoteResponse { granted: true },
+        });
+        persist(&mut node, &mut storage);
+    }
+    node.step(Message {
+        from: 2,
+        to: 1,
+        term: node.term(),
+        body: Body::VoteResponse { granted: true },
+    });
+    assert_eq!(node.role(), Role::Leader);
+    for i in 0..30 {
+        node.propose(Bytes::from(format!("w{i}"))).unwrap();
+    }
+    persist(&mut node, &mut storage);
+    let last = node.status().last_index;
+    node.step(Message {
+        from: 2,
+        to: 1,
+        term: node.term(),
+        body: Body::AppendResponse {
+            success: true,
+            index: last,
+            hint: None,
+        },
+    });
+    persist(&mut node, &mut storage);
+    assert_eq!(node.status().commit, last);
+    // Snapshot at 20, as the driver does.
+    let file = snapshot(&mut storage, 20, 1, b"image");
+    node.compact(file.meta.index);
+    let before = node.status();
+    drop((node, storage));
+
+    let (_storage, recovered) = reopen(dir.path(), 4096);
+    assert_eq!(recovered.snapshot.as_ref().map(|s| s.meta.index), Some(20));
+    let mut restarted = RawNode::new(config(), recovered.restored, 2);
+    let after = restarted.status();
+    assert_eq!((after.term, after.vote), (before.term, Some(1)));
+    assert_eq!(
+        (after.last_index, after.last_term),
+        (before.last_index, before.last_term)
+    );
+    assert_eq!(after.snapshot_index, 20);
+    // The vote of this term is remembered: another candidate is refused.
+    restarted.step(Message {
+        from: 3,
+        to: 1,
+        term: after.term,
+        body: Body::Vote {
+            last_index: 99,
+            last_term: after.term,
+        },
+    });
+    let rd = restarted.ready();
+    assert!(rd
+        .messages
+        .iter()
+        .any(|m| m.body == Body::VoteResponse { granted: false }));
+}

@@ -122,7 +122,7 @@ pub enum Event {
     },
     BeginSnapshot {
         meta: SnapshotMeta,
-        reply: oneshot::Sender<Result<SnapshotWriter, RequestError>>,
+        reply: oneshot::Sender<Result<Option<SnapshotWriter>, RequestError>>,
     },
     Shutdown,
 }
@@ -209,7 +209,13 @@ impl DriverHandle {
     }
 
     /// A writer for a snapshot image arriving from the leader.
-    pub async fn begin_snapshot(&self, meta: SnapshotMeta) -> Result<SnapshotWriter, RequestError> {
+    /// Where to write an incoming snapshot image; `None` when this node's own snapshot
+    /// already covers it (the core then just answers how far it is, as Raft's
+    /// InstallSnapshot rule says, so the leader moves on instead of retrying forever).
+    pub async fn begin_snapshot(
+        &self,
+        meta: SnapshotMeta,
+    ) -> Result<Option<SnapshotWriter>, RequestError> {
         let (reply, answer) = oneshot::channel();
         self.post(Event::BeginSnapshot { meta, reply })?;
         answer.await.unwrap_or(Err(RequestError::ShuttingDown))

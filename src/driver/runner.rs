@@ -220,7 +220,9 @@ impl<T: Transport> Driver<T> {
                 next_purge = now + PURGE_EVERY;
             }
 
-            if self.up && self.node.has_ready() {
+            // Advancing can make more work (the leader's own persist may commit
+            // entries): carry it out now rather than at the next event or tick.
+            while self.up && self.node.has_ready() {
                 let ready = self.node.ready();
                 self.process(ready)?;
                 self.log_role_change();
@@ -316,8 +318,18 @@ impl<T: Transport> Driver<T> {
             }
             Event::BeginSnapshot { meta, reply } => {
                 let writer = match (&self.storage, self.up) {
+                    // No newer than our own snapshot: the core will not install it (its
+                    // commit index is at least that far, even right after a restart).
+                    (Some(storage), true)
+                        if storage
+                            .latest_snapshot()
+                            .is_some_and(|s| meta.index <= s.meta.index) =>
+                    {
+                        Ok(None)
+                    }
                     (Some(storage), true) => storage
                         .begin_snapshot(meta)
+                        .map(Some)
                         .map_err(|err| RequestError::Storage(err.to_string())),
                     _ => Err(RequestError::Stopped),
                 };

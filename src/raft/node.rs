@@ -752,14 +752,20 @@ impl RawNode {
                 continue;
             }
             pr.stalled += 1;
-            let limit = match pr.mode {
-                Mode::Probe => 1,
-                Mode::Replicate => STALLED_HEARTBEATS,
-                Mode::Snapshot => SNAPSHOT_RETRY_HEARTBEATS,
-            };
-            if pr.stalled >= limit {
-                let next = pr.match_index + 1;
-                pr.become_probe(next);
+            match pr.mode {
+                // Probe again from where we were: the match point is still unknown, and
+                // falling back to `match_index + 1` (0 + 1 for a new leader) would send
+                // a snapshot to a follower that may well have every entry.
+                Mode::Probe => pr.probe_sent = false,
+                Mode::Replicate if pr.stalled >= STALLED_HEARTBEATS => {
+                    let next = pr.match_index + 1;
+                    pr.become_probe(next);
+                }
+                Mode::Snapshot if pr.stalled >= SNAPSHOT_RETRY_HEARTBEATS => {
+                    let next = pr.match_index + 1;
+                    pr.become_probe(next);
+                }
+                _ => {}
             }
         }
     }

@@ -564,12 +564,17 @@ impl pb::raft_server::Raft for RaftService {
             .map_err(status_of)?;
         let mut data = first.data;
         loop {
-            writer = tokio::task::spawn_blocking(move || {
-                std::io::Write::write_all(&mut writer, &data).map(|()| writer)
-            })
-            .await
-            .map_err(|err| Status::internal(err.to_string()))?
-            .map_err(|err| Status::internal(format!("writing the snapshot: {err}")))?;
+            // A snapshot this node does not need is read to the end and not stored.
+            if let Some(mut w) = writer {
+                writer = Some(
+                    tokio::task::spawn_blocking(move || {
+                        std::io::Write::write_all(&mut w, &data).map(|()| w)
+                    })
+                    .await
+                    .map_err(|err| Status::internal(err.to_string()))?
+                    .map_err(|err| Status::internal(format!("writing the snapshot: {err}")))?,
+                );
+            }
             // An aborted stream is an error here, so a partial image is never used.
             match chunks.message().await? {
                 Some(chunk) => data = chunk.data,
@@ -583,7 +588,7 @@ impl pb::raft_server::Raft for RaftService {
             body: Body::Snapshot { meta },
         };
         let (reply, answer) = oneshot::channel();
-        if !self.driver.step(msg, Some(reply), Some(writer)) {
+        if !self.driver.step(msg, Some(reply), writer) {
             return Err(Status::unavailable("the node is overloaded"));
         }
         match answer.await {
