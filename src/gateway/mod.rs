@@ -196,6 +196,9 @@ struct GetOptions {
 struct ApiError {
     status: StatusCode,
     message: String,
+    /// Answer with `Connection: close`: part of the request body was left unread, so
+    /// the connection cannot carry another request.
+    close_connection: bool,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -205,6 +208,14 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            close_connection: false,
+        }
+    }
+
+    fn closing_connection(self) -> Self {
+        Self {
+            close_connection: true,
+            ..self
         }
     }
 
@@ -300,12 +311,18 @@ impl Gateway {
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
         B: Buf,
     {
-        let key = self.key(raw_key)?;
-        if !content_type.as_deref().is_some_and(is_form_content_type) {
-            return Err(ApiError::bad_request(
-                "expected a form body (Content-Type: application/x-www-form-urlencoded) with value=<value>",
-            ));
-        }
+        let checked = self.key(raw_key).and_then(|key| {
+            match content_type.as_deref().is_some_and(is_form_content_type) {
+                true => Ok(key),
+                false => Err(ApiError::bad_request(
+                    "expected a form body (Content-Type: application/x-www-form-urlencoded) with value=<value>",
+                )),
+            }
+        });
+        let key = match checked {
+            Ok(key) => key,
+            Err(error) => return Err(discard_body(body, error).await),
+        };
         let body = read_body(body, content_length, self.max_body_bytes()).await?;
         let value = form_value(&body)?;
         if value.len() > self.settings.max_value_bytes {
@@ -445,8 +462,9 @@ fn is_form_content_type(content_type: &str) -> bool {
     })
 }
 
-/// Reads a request body of at most `limit` bytes, refusing a larger declared length
-/// before reading anything and a chunked body as soon as it grows past the limit.
+/// Reads a request body of at most `limit` bytes. A larger one is refused: at once when
+/// its declared length is larger than we would ever discard, else once it is
+/// discarded (see [`discard_body`]).
 async fn read_body<S, B>(
     mut body: S,
     content_length: Option<u64>,
@@ -457,15 +475,19 @@ where
     B: Buf,
 {
     let too_large = || ApiError::too_large(format!("request body is larger than {limit} bytes"));
-    if content_length.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
+    match content_length {
+        Some(length) if length > (limit + MAX_DISCARD_BYTES) as u64 => {
+            return Err(too_large().closing_connection())
+        }
+        Some(length) if length > limit as u64 => return Err(discard_body(body, too_large()).await),
+        _ => {}
     }
     let mut collected = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let mut chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
         if collected.len() + chunk.remaining() > limit {
-            return Err(too_large());
+            return Err(discard_body(body, too_large()).await);
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -475,6 +497,40 @@ where
         }
     }
     Ok(collected.freeze())
+}
+
+/// At most this much of a rejected body is read and dropped, within this time; past
+/// that the connection is closed instead.
+const MAX_DISCARD_BYTES: usize = 16 * 1024 * 1024;
+const MAX_DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and drops the rest of a body before answering `error`: a client still sending
+/// it would otherwise meet a reset connection instead of our answer (the kernel resets
+/// a socket closed with unread data). Past the bounds, the answer closes the
+/// connection instead.
+async fn discard_body<S, B>(mut body: S, error: ApiError) -> ApiError
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let drained = tokio::time::timeout(MAX_DISCARD_TIME, async {
+        let mut discarded = 0;
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else {
+                return false;
+            };
+            discarded += chunk.remaining();
+            if discarded > MAX_DISCARD_BYTES {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    match drained {
+        Ok(true) => error,
+        Ok(false) | Err(_) => error.closing_connection(),
+    }
 }
 
 /// The first `value` field of an `application/x-www-form-urlencoded` body (as Flask's
@@ -579,11 +635,17 @@ fn rejection_response(rejection: Rejection, pretty: bool) -> Response {
 }
 
 fn error_response(error: &ApiError, pretty: bool) -> Response {
-    json_response(
+    let mut response = json_response(
         error.status,
         &json!({"ok": false, "error": error.message}),
         pretty,
-    )
+    );
+    if error.close_connection {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// A JSON answer; keys come out sorted (as Flask's `jsonify` did), with a final newline

@@ -338,6 +338,18 @@ async fn bad_input_is_rejected_before_reaching_the_cluster() {
     for (request, status, fragment) in bad_requests {
         assert_error(send(&routes, request).await, status, fragment);
     }
+    // A rejected body is read to its end, so the connection stays usable; one too
+    // large even to discard closes it.
+    let discarded = post_form("/k", &"v".repeat(2000)).reply(&routes).await;
+    assert_eq!(discarded.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(discarded.headers().get(header::CONNECTION), None);
+    let huge = post_form("/k", "value=v")
+        .header("content-length", (MAX_DISCARD_BYTES + 2000).to_string())
+        .reply(&routes)
+        .await;
+    assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let connection = huge.headers().get(header::CONNECTION);
+    assert_eq!(connection.map(|v| v.as_bytes()), Some(&b"close"[..]));
     for path in ["/%zz", "/%FF", "/12345678901234567"] {
         let answer = send(&routes, warp::test::request().path(path)).await;
         assert!(answer.0.is_client_error(), "GET {path}: {answer:?}");
