@@ -2,8 +2,11 @@
 //! nemesis that kills (`kill -9`), stops (Admin), pauses (SIGSTOP) and partitions nodes
 //! (symmetric, one-way, leader isolation, bridge) through a proxy on every link. Each
 //! run then heals everything and demands that
-//! - the whole history (every request's call, return and answer) is linearizable, as
-//!   decided by `distraft::linearizability`, and
+//! - the whole history (every request's call, return and answer, plus a read of every
+//!   key from every node after healing) is linearizable, as decided by
+//!   `distraft::linearizability`;
+//! - every request got an answer a correct node may give, and the final reads are
+//!   answered;
 //! - every node converges to the same state (same `last_applied` and `state_digest`
 //!   after a final write).
 //!
@@ -125,18 +128,11 @@ async fn run(seed: u64, settings: &Settings) -> String {
         logs.push(client.await.unwrap());
     }
 
-    let (applied, digest) = converge(&cluster, seed).await;
+    // Safety before liveness: the history is judged before any complaint about
+    // unanswered requests or diverging replicas.
     logs.push(final_reads(nodes.clone(), origin, settings.clients, CONVERGE).await);
-    let unexpected: Vec<&String> = logs.iter().flat_map(|l| &l.unexpected).collect();
-    if let Some(first) = unexpected.first() {
-        let count = unexpected.len();
-        fail(
-            &cluster,
-            &format!("{count} answers no correct node gives, first: {first}"),
-        );
-    }
-
     let figures = Figures::of(&logs[..logs.len() - 1], end);
+    let unexpected: Vec<String> = logs.iter().flat_map(|l| l.unexpected.clone()).collect();
     let history: Vec<Operation> = logs.into_iter().flat_map(|l| l.history).collect();
     let checked = Instant::now();
     let verdict = tokio::task::spawn_blocking(move || check(&history))
@@ -146,6 +142,15 @@ async fn run(seed: u64, settings: &Settings) -> String {
         Ok(stats) => stats,
         Err(e) => fail(&cluster, &format!("seed {seed}: {e}")),
     };
+    let check_time = checked.elapsed();
+    if let Some(first) = unexpected.first() {
+        let count = unexpected.len();
+        fail(
+            &cluster,
+            &format!("{count} answers no correct node gives, first: {first}"),
+        );
+    }
+    let (applied, digest) = converge(&cluster, seed).await;
 
     let summary = format!(
         "seed {seed}: {} ops, {} ok ({:.1}% available), {} unknown writes, longest without a \
@@ -159,7 +164,7 @@ async fn run(seed: u64, settings: &Settings) -> String {
         nemesis.injected,
         stats.ops,
         stats.keys,
-        checked.elapsed().as_secs_f64(),
+        check_time.as_secs_f64(),
         max_steps(&stats),
         settings.nodes,
     );
