@@ -38,7 +38,7 @@ use std::{
 };
 
 use distraft::{
-    linearizability::{check, CheckStats, KvOp, KvOutcome, Operation},
+    linearizability::{check, CheckError, CheckStats, KvOp, KvOutcome, Operation},
     proto::v1::{kv_client::KvClient, PutRequest},
 };
 
@@ -133,6 +133,7 @@ async fn run(seed: u64, settings: &Settings) -> String {
     logs.push(final_reads(nodes.clone(), origin, settings.clients, CONVERGE).await);
     let figures = Figures::of(&logs[..logs.len() - 1], end);
     let unexpected: Vec<String> = logs.iter().flat_map(|l| l.unexpected.clone()).collect();
+    let routes: Vec<String> = logs.iter().flat_map(|l| l.routes.clone()).collect();
     let history: Vec<Operation> = logs.into_iter().flat_map(|l| l.history).collect();
     let checked = Instant::now();
     let verdict = tokio::task::spawn_blocking(move || check(&history))
@@ -140,6 +141,17 @@ async fn run(seed: u64, settings: &Settings) -> String {
         .unwrap();
     let stats = match verdict {
         Ok(stats) => stats,
+        Err(CheckError::NotLinearizable(violation)) => {
+            let sent: Vec<String> = violation
+                .evidence
+                .iter()
+                .map(|(index, _)| format!("  #{index} went to {}", routes[*index]))
+                .collect();
+            fail(
+                &cluster,
+                &format!("seed {seed}: {violation}\n{}", sent.join("\n")),
+            )
+        }
         Err(e) => fail(&cluster, &format!("seed {seed}: {e}")),
     };
     let check_time = checked.elapsed();

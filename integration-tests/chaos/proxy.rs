@@ -198,3 +198,55 @@ async fn pump(
         }
     }
 }
+
+/// The proxy itself: forwarding, dropping (held, delivered on healing), rejecting.
+#[tokio::test]
+async fn proxies_forward_hold_and_refuse() {
+    use std::time::Duration;
+    use tokio::time::timeout;
+
+    // Node 1 is an echo server; node 0 is never dialled.
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.into_split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    let network = Network::start(&[1, echo_port]).await.unwrap();
+    let connect = || TcpStream::connect(("127.0.0.1", network.port(0, 1)));
+    let mut answer = [0; 4];
+    let quiet = Duration::from_millis(300);
+
+    let mut stream = connect().await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"ping");
+
+    // Node 1's replies never reach node 0: held back until healed.
+    network.apply(&[(1, 0)], Flow::Drop);
+    stream.write_all(b"held").await.unwrap();
+    let held = timeout(quiet, stream.read_exact(&mut answer)).await;
+    assert!(held.is_err(), "a dropped reply arrived");
+    network.heal();
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"held");
+
+    // Node 0's messages to node 1 are refused: the open connection closes, new ones too.
+    network.apply(&[(0, 1)], Flow::Reject);
+    let closed = timeout(quiet, stream.read(&mut answer)).await.unwrap();
+    assert_eq!(closed.unwrap_or(0), 0, "a rejected connection stayed open");
+    let mut refused = connect().await.unwrap();
+    let _ = refused.write_all(b"lost").await;
+    let closed = timeout(quiet, refused.read(&mut answer)).await.unwrap();
+    assert_eq!(closed.unwrap_or(0), 0, "a new connection got through");
+
+    network.heal();
+    let mut stream = connect().await.unwrap();
+    stream.write_all(b"back").await.unwrap();
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"back");
+}

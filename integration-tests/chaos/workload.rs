@@ -45,6 +45,8 @@ const BACKOFF: std::ops::Range<u64> = 10..100;
 #[derive(Default)]
 pub struct ClientLog {
     pub history: Vec<Operation>,
+    /// For each operation of `history`, the node and transport it went to.
+    pub routes: Vec<String>,
     /// Failures by kind ("grpc Unavailable", "http 503", "client timeout", ...): how
     /// many, and the first one's message.
     pub failures: BTreeMap<String, (usize, String)>,
@@ -151,6 +153,11 @@ impl Client {
         };
         let ret = clock(self.origin).max(call + 1);
         self.last_ret = ret;
+        let via = match via {
+            Via::Grpc => "gRPC",
+            Via::Http => "HTTP",
+        };
+        let route = format!("{} over {via}", self.nodes[node].name);
         let outcome = match answer {
             Answer::Outcome(outcome) => outcome,
             Answer::Failed(kind, message) => {
@@ -158,17 +165,13 @@ impl Client {
                 KvOutcome::Unknown
             }
             Answer::Unexpected(what) => {
-                let via = match via {
-                    Via::Grpc => "gRPC",
-                    Via::Http => "HTTP",
-                };
-                let node = &self.nodes[node].name;
                 self.log
                     .unexpected
-                    .push(format!("{op:?} to {node} over {via}: {what}"));
+                    .push(format!("{op:?} to {route}: {what}"));
                 KvOutcome::Unknown
             }
         };
+        self.log.routes.push(route);
         self.log.history.push(Operation {
             client: self.id,
             op,
@@ -322,6 +325,7 @@ pub async fn final_reads(
             }
         }
         log.history.append(&mut client.log.history);
+        log.routes.append(&mut client.log.routes);
         log.unexpected.append(&mut client.log.unexpected);
         merge_failures(&mut log.failures, client.log.failures);
     }
