@@ -23,7 +23,8 @@ pub struct ClusterArgs {
     /// The env file describing the cluster (`export DISTRAFT_...=...` lines).
     #[arg(long, default_value = "distraft-config.env")]
     pub config: PathBuf,
-    /// Where the nodes keep their data and output, one sub-directory per node.
+    /// Where the nodes keep their log (`log/<name>`), snapshots (`state/<name>`) and
+    /// output (`<name>.out`).
     #[arg(long, default_value = "data")]
     pub data_dir: PathBuf,
     /// How long to wait for the cluster to elect a leader.
@@ -58,6 +59,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         .get("DISTRAFT_CLUSTER")
         .ok_or_else(|| anyhow!("{} sets no DISTRAFT_CLUSTER", args.config.display()))?;
     let members = parse_cluster(cluster)?;
+    ensure_ports_free(&members)?;
     let exe = std::env::current_exe().context("finding the distraft binary")?;
 
     let mut nodes = Vec::with_capacity(members.len());
@@ -69,6 +71,26 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let result = supervise(&mut nodes, &args).await;
     stop_all(&mut nodes).await;
     result
+}
+
+/// Fails fast, naming the port, when another process (often a cluster started
+/// earlier) already listens on one of ours: otherwise its answers would pass for ours.
+fn ensure_ports_free(members: &[Member]) -> anyhow::Result<()> {
+    for member in members {
+        let ports = [
+            (&member.peer_host, member.peer_port, "gRPC"),
+            (&member.client_host, member.client_port, "HTTP"),
+        ];
+        for (host, port, what) in ports {
+            std::net::TcpListener::bind((host.as_str(), port)).with_context(|| {
+                format!(
+                    "{what} port {host}:{port} of {} is not free (is another cluster running?)",
+                    member.name
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Waits for a leader, prints what to try, then waits for Ctrl-C or a dead node.
@@ -129,7 +151,7 @@ fn spawn_node(
         .env("DISTRAFT_TCP_PORT", member.client_port.to_string())
         // Each node adds its own name to these directories.
         .env("DISTRAFT_LOG_PATH", data_dir.join("log"))
-        .env("DISTRAFT_DATA_PATH", data_dir.join("data"))
+        .env("DISTRAFT_DATA_PATH", data_dir.join("state"))
         .stdin(Stdio::null())
         .stdout(output)
         .stderr(errors)
