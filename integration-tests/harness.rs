@@ -353,7 +353,7 @@ impl Drop for Cluster {
 }
 
 /// The last `bytes` of a file, for failure reports.
-fn tail(path: &Path, bytes: u64) -> String {
+pub fn tail(path: &Path, bytes: u64) -> String {
     let Ok(mut file) = File::open(path) else {
         return String::from("(no output)");
     };

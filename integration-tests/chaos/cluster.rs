@@ -1,0 +1,263 @@
+//! The nodes under test: real `distraft` processes whose peers are reached through the
+//! [`Network`]'s proxies, and the process-level faults (kill, Admin stop, pause).
+//!
+//! Unlike the integration harness's cluster, every node gets its own `DISTRAFT_CLUSTER`
+//! (its peers at their proxies' ports) and the test keeps each child's pid to pause it.
+//! The test itself talks to every node directly, never through a proxy.
+
+use std::{
+    fs::OpenOptions,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use distraft::proto::v1::{
+    admin_client::AdminClient, StartRequest, StatusRequest, StatusResponse, StopRequest,
+};
+use tempfile::TempDir;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::harness::{free_ports, tail, ELECTION, HEARTBEAT, REQUEST_TIMEOUT};
+use crate::proxy::Network;
+
+/// A node takes a snapshot every this many applied entries: low, so that runs exercise
+/// snapshots, log compaction and InstallSnapshot to nodes that fell behind.
+const SNAPSHOT_THRESHOLD: &str = "200";
+/// Deadline of the test's own Admin calls; a paused node never answers.
+const ADMIN_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Where a client reaches a node.
+#[derive(Clone, Debug)]
+pub struct Address {
+    pub name: String,
+    pub raft_port: u16,
+    pub http_port: u16,
+}
+
+impl Address {
+    pub fn grpc_uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.raft_port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+}
+
+struct Process {
+    address: Address,
+    /// This node's `DISTRAFT_CLUSTER`: itself, and its peers behind their proxies.
+    cluster_spec: String,
+    output: PathBuf,
+    child: Option<Child>,
+    admin: AdminClient<Channel>,
+}
+
+pub struct ChaosCluster {
+    nodes: Vec<Process>,
+    network: Network,
+    dir: TempDir,
+}
+
+impl ChaosCluster {
+    /// Starts `size` nodes behind a fresh [`Network`] (without waiting for a leader).
+    pub async fn start(size: usize) -> ChaosCluster {
+        let ports = free_ports(size * 2);
+        let addresses: Vec<Address> = (0..size)
+            .map(|i| Address {
+                name: format!("node{}", i + 1),
+                raft_port: ports[2 * i],
+                http_port: ports[2 * i + 1],
+            })
+            .collect();
+        let raft_ports: Vec<u16> = addresses.iter().map(|a| a.raft_port).collect();
+        let network = Network::start(&raft_ports).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = (0..size)
+            .map(|me| {
+                let cluster_spec = addresses
+                    .iter()
+                    .enumerate()
+                    .map(|(peer, a)| {
+                        let port = match peer == me {
+                            true => a.raft_port,
+                            false => network.port(me, peer),
+                        };
+                        format!("{}=127.0.0.1:{port}:127.0.0.1:{}", a.name, a.http_port)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let admin = Endpoint::from_shared(addresses[me].grpc_uri())
+                    .unwrap()
+                    .connect_timeout(ADMIN_TIMEOUT)
+                    .timeout(ADMIN_TIMEOUT)
+                    .connect_lazy();
+                Process {
+                    output: dir.path().join(format!("{}.out", addresses[me].name)),
+                    address: addresses[me].clone(),
+                    cluster_spec,
+                    child: None,
+                    admin: AdminClient::new(admin),
+                }
+            })
+            .collect();
+        let mut cluster = ChaosCluster {
+            nodes,
+            network,
+            dir,
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn addresses(&self) -> Vec<Address> {
+        self.nodes.iter().map(|n| n.address.clone()).collect()
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].address.name
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        assert!(
+            node.child.is_none(),
+            "{} is already running",
+            node.address.name
+        );
+        let output = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.output)
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_distraft"));
+        // Nothing from the developer's environment (DISTRAFT_CHAOS_* included) leaks in.
+        for (name, _) in std::env::vars() {
+            if name.starts_with("DISTRAFT_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .env("DISTRAFT_NAME", &node.address.name)
+            .env("DISTRAFT_HOST", "127.0.0.1")
+            .env("DISTRAFT_UDP_PORT", node.address.raft_port.to_string())
+            .env("DISTRAFT_CLIENT_HOST", "127.0.0.1")
+            .env("DISTRAFT_TCP_PORT", node.address.http_port.to_string())
+            .env("DISTRAFT_CLUSTER", &node.cluster_spec)
+            .env("DISTRAFT_LOG_PATH", self.dir.path().join("log"))
+            .env("DISTRAFT_DATA_PATH", self.dir.path().join("state"))
+            .env("DISTRAFT_HEARTBEAT_TIMEOUT", HEARTBEAT)
+            .env("DISTRAFT_ELECTION_TIMEOUT", ELECTION)
+            .env(
+                "DISTRAFT_REQUEST_TIMEOUT",
+                REQUEST_TIMEOUT.as_secs_f64().to_string(),
+            )
+            .env("DISTRAFT_SNAPSHOT_THRESHOLD", SNAPSHOT_THRESHOLD)
+            .env("DISTRAFT_LOG_LEVEL", "INFO")
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().unwrap())
+            .stderr(output);
+        self.nodes[i].child = Some(command.spawn().expect("spawning distraft"));
+    }
+
+    /// `kill -9` of node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts node `i` again from what it persisted.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i);
+    }
+
+    /// SIGSTOP: the node freezes mid-whatever, its sockets stay open.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+    }
+
+    /// SIGCONT: the node resumes where it froze.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, signal: libc::c_int) {
+        let child = self.nodes[i].child.as_ref();
+        let pid = child.and_then(|c| i32::try_from(c.id()).ok());
+        let pid = pid.unwrap_or_else(|| panic!("{} is not running", self.name(i)));
+        // SAFETY: kill(2) has no memory effects; `pid` is our own child, not yet reaped
+        // (we hold its `Child`), so the id cannot have been reused.
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "signal {signal} to {}", self.name(i));
+    }
+
+    /// Admin.Stop: the node leaves Raft as if crashed, its process keeps running.
+    pub async fn admin_stop(&self, i: usize) -> Result<(), tonic::Status> {
+        let mut admin = self.nodes[i].admin.clone();
+        admin.stop(StopRequest {}).await.map(|_| ())
+    }
+
+    /// Admin.Start: the node rejoins Raft from its persisted state.
+    pub async fn admin_start(&self, i: usize) -> Result<(), tonic::Status> {
+        let mut admin = self.nodes[i].admin.clone();
+        admin.start(StartRequest {}).await.map(|_| ())
+    }
+
+    pub async fn status(&self, i: usize) -> Result<StatusResponse, tonic::Status> {
+        let mut admin = self.nodes[i].admin.clone();
+        Ok(admin.status(StatusRequest {}).await?.into_inner())
+    }
+
+    /// The node that says it leads in the highest term, if any answers so.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for i in 0..self.size() {
+            if let Ok(status) = self.status(i).await {
+                if status.is_leader && best.is_none_or(|(term, _)| status.term > term) {
+                    best = Some((status.term, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// The last lines each node wrote, for a failure report.
+    pub fn outputs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "----- last output of {} ({}):\n{}\n",
+                    n.address.name,
+                    n.output.display(),
+                    tail(&n.output, 3000)
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for ChaosCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                // SIGKILL ends a paused process too.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

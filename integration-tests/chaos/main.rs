@@ -1,0 +1,273 @@
+//! Chaos runs: real `distraft` processes on loopback, concurrent clients, and a seeded
+//! nemesis that kills (`kill -9`), stops (Admin), pauses (SIGSTOP) and partitions nodes
+//! (symmetric, one-way, leader isolation, bridge) through a proxy on every link. Each
+//! run then heals everything and demands that
+//! - the whole history (every request's call, return and answer, plus a read of every
+//!   key from every node after healing) is linearizable, as decided by
+//!   `distraft::linearizability`;
+//! - every request got an answer a correct node may give, and the final reads are
+//!   answered;
+//! - every node converges to the same state (same `last_applied` and `state_digest`
+//!   after a final write).
+//!
+//! `cargo test --test chaos` runs the CI schedule: seeds 1, 2 and 3, 45 s each.
+//! Environment variables change it (for long soaks, or to replay a seed):
+//! - `DISTRAFT_CHAOS_SECONDS`: the length of each run (default 45);
+//! - `DISTRAFT_CHAOS_SEED`: the first seed (default 1);
+//! - `DISTRAFT_CHAOS_RUNS`: how many runs, with consecutive seeds (default 3, or 1 when
+//!   a seed is given);
+//! - `DISTRAFT_CHAOS_NODES`: the cluster size (default 5);
+//! - `DISTRAFT_CHAOS_CLIENTS`: concurrent clients (default 8).
+//!
+//! Add `-- --nocapture` to watch the nemesis and read each run's figures.
+
+#[path = "../harness.rs"]
+// The integration tests' harness: this target uses its ports, timings and polling.
+#[allow(dead_code)]
+mod harness;
+
+mod cluster;
+mod nemesis;
+mod proxy;
+mod workload;
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use distraft::{
+    linearizability::{check, CheckError, CheckStats, KvOp, KvOutcome, Operation},
+    proto::v1::{kv_client::KvClient, PutRequest},
+};
+
+use cluster::ChaosCluster;
+use harness::{eventually, CONVERGE};
+use nemesis::Nemesis;
+use workload::{clock, final_reads, merge_failures, Client, ClientLog};
+
+struct Settings {
+    seconds: u64,
+    first_seed: u64,
+    runs: u64,
+    nodes: usize,
+    clients: u64,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let seed = env_number("DISTRAFT_CHAOS_SEED");
+        Settings {
+            seconds: env_number("DISTRAFT_CHAOS_SECONDS").unwrap_or(45),
+            first_seed: seed.unwrap_or(1),
+            runs: env_number("DISTRAFT_CHAOS_RUNS").unwrap_or(if seed.is_some() { 1 } else { 3 }),
+            nodes: env_number("DISTRAFT_CHAOS_NODES").map_or(5, |n| n as usize),
+            clients: env_number("DISTRAFT_CHAOS_CLIENTS").unwrap_or(8),
+        }
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse() {
+        Ok(number) => Some(number),
+        Err(e) => panic!("{name}={value:?}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn histories_under_faults_are_linearizable_and_replicas_converge() {
+    let settings = Settings::from_env();
+    assert!(settings.nodes >= 3, "chaos needs at least 3 nodes");
+    let mut summaries = Vec::new();
+    for seed in settings.first_seed..settings.first_seed + settings.runs {
+        summaries.push(run(seed, &settings).await);
+    }
+    println!("\n===== chaos: {} runs", summaries.len());
+    for summary in &summaries {
+        println!("{summary}");
+    }
+}
+
+/// One run: returns its one-line summary, panics with the evidence on failure.
+async fn run(seed: u64, settings: &Settings) -> String {
+    println!(
+        "===== chaos run: seed {seed}, {} s, {} nodes, {} clients",
+        settings.seconds, settings.nodes, settings.clients
+    );
+    let mut cluster = ChaosCluster::start(settings.nodes).await;
+    let leader = eventually(CONVERGE, || async {
+        cluster
+            .leader()
+            .await
+            .ok_or_else(|| "no leader".to_string())
+    })
+    .await;
+    if let Err(e) = leader {
+        fail(
+            &cluster,
+            &format!("the cluster never elected a leader: {e}"),
+        );
+    }
+
+    let origin = Instant::now();
+    let until = origin + Duration::from_secs(settings.seconds);
+    let nodes = Arc::new(cluster.addresses());
+    let clients: Vec<_> = (0..settings.clients)
+        .map(|id| {
+            let client = Client::new(id, nodes.clone(), origin);
+            tokio::spawn(client.run(seed * 1000 + id, until))
+        })
+        .collect();
+    let mut nemesis = Nemesis::new(seed, origin);
+    nemesis.run(&mut cluster, until).await;
+    let end = clock(origin);
+    let mut logs = Vec::new();
+    for client in clients {
+        logs.push(client.await.unwrap());
+    }
+
+    // Safety before liveness: the history is judged before any complaint about
+    // unanswered requests or diverging replicas.
+    logs.push(final_reads(nodes.clone(), origin, settings.clients, CONVERGE).await);
+    let figures = Figures::of(&logs[..logs.len() - 1], end);
+    let unexpected: Vec<String> = logs.iter().flat_map(|l| l.unexpected.clone()).collect();
+    let routes: Vec<String> = logs.iter().flat_map(|l| l.routes.clone()).collect();
+    let history: Vec<Operation> = logs.into_iter().flat_map(|l| l.history).collect();
+    let checked = Instant::now();
+    let verdict = tokio::task::spawn_blocking(move || check(&history))
+        .await
+        .unwrap();
+    let stats = match verdict {
+        Ok(stats) => stats,
+        Err(CheckError::NotLinearizable(violation)) => {
+            let sent: Vec<String> = violation
+                .evidence
+                .iter()
+                .map(|(index, _)| format!("  #{index} went to {}", routes[*index]))
+                .collect();
+            fail(
+                &cluster,
+                &format!("seed {seed}: {violation}\n{}", sent.join("\n")),
+            )
+        }
+        Err(e) => fail(&cluster, &format!("seed {seed}: {e}")),
+    };
+    let check_time = checked.elapsed();
+    if let Some(first) = unexpected.first() {
+        let count = unexpected.len();
+        fail(
+            &cluster,
+            &format!("{count} answers no correct node gives, first: {first}"),
+        );
+    }
+    let (applied, digest) = converge(&cluster, seed).await;
+
+    let summary = format!(
+        "seed {seed}: {} ops, {} ok ({:.1}% available), {} unknown writes, longest without a \
+         successful write {:.2} s; faults {:?}; checked {} ops on {} keys in {:.2} s (max {} \
+         steps/key): linearizable; {} nodes converged at index {applied}, digest {digest}",
+        figures.ops,
+        figures.ok,
+        100.0 * figures.ok as f64 / figures.ops.max(1) as f64,
+        stats.unknown,
+        figures.longest_without_write.as_secs_f64(),
+        nemesis.injected,
+        stats.ops,
+        stats.keys,
+        check_time.as_secs_f64(),
+        max_steps(&stats),
+        settings.nodes,
+    );
+    for (kind, (count, first)) in &figures.failures {
+        println!("  {count:5} × {kind}, first: {first}");
+    }
+    println!("{summary}");
+    summary
+}
+
+/// After healing: a final write, then every node up and at the same applied index with
+/// the same state digest. Returns that index and digest.
+async fn converge(cluster: &ChaosCluster, seed: u64) -> (u64, String) {
+    let nodes = cluster.addresses();
+    let written = eventually(CONVERGE, || async {
+        let mut kv = KvClient::connect(nodes[0].grpc_uri())
+            .await
+            .map_err(|e| e.to_string())?;
+        let put = PutRequest {
+            key: "chaos-final".into(),
+            value: format!("seed {seed}"),
+        };
+        let answer = kv.put(put).await.map_err(|s| s.to_string())?;
+        Ok(answer.into_inner().index)
+    })
+    .await;
+    let index = written.unwrap_or_else(|e| fail(cluster, &format!("no final write: {e}")));
+    let converged = eventually(CONVERGE, || async {
+        let mut states = Vec::new();
+        for i in 0..cluster.size() {
+            let status = cluster.status(i).await.map_err(|s| s.to_string())?;
+            if !status.up || status.last_applied < index {
+                return Err(format!("{} is behind: {status:?}", status.id));
+            }
+            states.push((status.id, status.last_applied, status.state_digest));
+        }
+        let (_, applied, digest) = states[0].clone();
+        match states.iter().all(|(_, a, d)| (*a, d) == (applied, &digest)) {
+            true => Ok((applied, digest)),
+            false => Err(format!("replicas differ: {states:?}")),
+        }
+    })
+    .await;
+    converged.unwrap_or_else(|e| fail(cluster, &format!("no convergence: {e}")))
+}
+
+/// Availability figures of the clients' requests (the final reads are not counted).
+struct Figures {
+    ops: usize,
+    ok: usize,
+    longest_without_write: Duration,
+    failures: BTreeMap<String, (usize, String)>,
+}
+
+impl Figures {
+    fn of(logs: &[ClientLog], end: u64) -> Figures {
+        let ops = logs.iter().flat_map(|l| &l.history);
+        let ok = ops
+            .clone()
+            .filter(|op| op.outcome != KvOutcome::Unknown)
+            .count();
+        let mut writes: Vec<u64> = ops
+            .clone()
+            .filter(|op| !matches!(op.op, KvOp::Get { .. }) && op.outcome != KvOutcome::Unknown)
+            .map(|op| op.ret)
+            .collect();
+        writes.sort_unstable();
+        let mut longest = 0;
+        let mut previous = 0;
+        for ret in writes.into_iter().chain([end]) {
+            longest = longest.max(ret.saturating_sub(previous));
+            previous = ret;
+        }
+        let mut failures = BTreeMap::new();
+        for log in logs {
+            merge_failures(&mut failures, log.failures.clone());
+        }
+        Figures {
+            ops: ops.count(),
+            ok,
+            longest_without_write: Duration::from_nanos(longest),
+            failures,
+        }
+    }
+}
+
+fn max_steps(stats: &CheckStats) -> u64 {
+    stats.per_key.iter().map(|k| k.steps).max().unwrap_or(0)
+}
+
+/// Fails the run with `reason` and every node's last output.
+fn fail(cluster: &ChaosCluster, reason: &str) -> ! {
+    panic!("{reason}\n{}", cluster.outputs())
+}
