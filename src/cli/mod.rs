@@ -2,7 +2,7 @@
 //! node instead, as `python server.py` did).
 //!
 //! `status`, `get`, `put` and `delete` talk to one node's HTTP gateway, exactly as `curl
-//! -L` would; `cluster` launches a local 3-node cluster from the example configuration.
+//! -L` would; `cluster` launches a local cluster (3 nodes with the example configuration).
 
 mod client;
 mod cluster;
@@ -42,8 +42,8 @@ pub enum Command {
         /// The key to remove.
         key: String,
     },
-    /// Start a local 3-node cluster from an env file, print the curl lines to try, and
-    /// stop every node on Ctrl-C.
+    /// Start a local cluster (3 nodes with the example env file): one process per member
+    /// of its DISTRAFT_CLUSTER; print the curl lines to try; stop every node on Ctrl-C.
     Cluster(cluster::ClusterArgs),
 }
 

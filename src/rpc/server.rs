@@ -615,6 +615,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shorter_deadline_binds_and_answers_before_the_client_gives_up() {
+        let own = Duration::from_secs(3);
+        let plain = Deadline::of(&Request::new(()), own);
+        assert_eq!((plain.timeout, plain.client_bound), (own, false));
+        assert_eq!(plain.expired(false).code(), Code::Unavailable);
+
+        let mut request = Request::new(());
+        request.set_timeout(Duration::from_millis(1000));
+        let client = Deadline::of(&request, own);
+        assert_eq!(
+            (client.timeout, client.client_bound),
+            (Duration::from_millis(950), true)
+        );
+        let status = client.expired(true);
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(status
+            .message()
+            .contains("may or may not have been applied"));
+
+        let mut request = Request::new(());
+        request.set_timeout(Duration::from_secs(10));
+        assert_eq!(Deadline::of(&request, own).timeout, own);
+    }
+
+    #[test]
     fn grpc_timeouts_parse() {
         assert_eq!(
             parse_grpc_timeout("2999m"),
