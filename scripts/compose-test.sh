@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# End-to-end tests of docker-compose.yml on real containers (issue 5):
+#   1. the original README walkthrough against the published ports;
+#   2. `docker kill` of the leader -> a new leader, writes continue; `docker start` -> the
+#      old leader catches up;
+#   3. `docker network disconnect` of the leader -> the majority elects a new leader, the
+#      isolated node serves no stale read and accepts no write; after `docker network
+#      connect` it converges;
+#   4. `docker-compose down` then `up` -> every key written is still there.
+#
+# Usage: scripts/compose-test.sh      (skips, exit 0, when no Docker engine is present)
+#
+# It builds its own image tag with docker/build.sh, runs under its own compose project
+# name with Docker-chosen host ports (so it never touches a user's cluster or ports), and
+# removes its containers, network, volumes and image at the end, even on failure.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+started=$SECONDS
+
+skip() {
+    echo "SKIP compose tests: $*"
+    exit 0
+}
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+step() { echo "==> [$((SECONDS - started))s] $*"; }
+
+command -v docker >/dev/null || skip "the docker command is not installed"
+docker info >/dev/null 2>&1 || skip "no Docker engine answers ('docker info' failed)"
+if docker compose version >/dev/null 2>&1; then
+    compose_cmd=(docker compose)
+elif command -v docker-compose >/dev/null; then
+    compose_cmd=(docker-compose)
+else
+    skip "neither 'docker compose' nor 'docker-compose' is installed"
+fi
+for tool in curl jq cargo; do
+    command -v "$tool" >/dev/null || fail "the compose tests need $tool"
+done
+
+project=distraft-compose-test-$$
+image=distraft:compose-test-$$
+network=${project}_default
+nodes=(server1 server2 server3 server4 server5)
+# Empty published ports: Docker picks free host ports (looked up with `docker port`).
+for n in 1 2 3 4 5; do
+    export "DISTRAFT_SERVER${n}_PORT=" "DISTRAFT_SERVER${n}_GRPC_PORT="
+done
+export DISTRAFT_IMAGE=$image
+
+compose() { "${compose_cmd[@]}" --project-name "$project" --file "$repo/docker-compose.yml" "$@"; }
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [ "$status" -ne 0 ]; then
+        echo "---- last logs of each node (the test failed) ----" >&2
+        compose logs --no-color --tail 30 >&2 2>&1 || true
+    fi
+    step "cleaning up project $project and image $image"
+    compose down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+    docker image rm "$image" >/dev/null 2>&1 || true
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- helpers ----------------------------------------------------------------------------
+
+# wait_until SECONDS WHAT COMMAND...: polls COMMAND every 0.2 s until it succeeds; fails
+# the test naming WHAT after SECONDS.
+wait_until() {
+    local seconds=$1 what=$2
+    shift 2
+    local begin=$SECONDS
+    until "$@"; do
+        [ $((SECONDS - begin)) -lt "$seconds" ] || fail "waited ${seconds}s for: $what"
+        sleep 0.2
+    done
+    echo "    after $((SECONDS - begin))s: $what" >&2
+}
+
+node_number() { echo "${1#server}"; }
+# The container of NODE (by compose's labels: `docker-compose ps` is slow to start).
+container() {
+    docker ps --all --quiet --filter "label=com.docker.compose.project=$project" \
+        --filter "label=com.docker.compose.service=$1"
+}
+
+declare -A container_id http_port
+# Looks up every node's container and published HTTP port; run after anything that
+# (re)creates or starts containers, since Docker may then pick new host ports.
+refresh_nodes() {
+    local node id port
+    for node in "${nodes[@]}"; do
+        id=$(container "$node")
+        [ -n "$id" ] || fail "no container for $node"
+        container_id[$node]=$id
+        port=$(docker port "$id" "500$(node_number "$node")/tcp") || fail "$node publishes no HTTP port"
+        port=${port%%$'\n'*} # one line per host address: 127.0.0.1:<port>
+        http_port[$node]=${port##*:}
+    done
+}
+
+url() { echo "http://127.0.0.1:${http_port[$1]}"; }
+# http NODE PATH [curl args...]: the JSON answer of NODE's published HTTP port.
+http() {
+    local node=$1 path=$2
+    shift 2
+    curl --silent --show-error --max-time 10 --location "$@" "$(url "$node")$path"
+}
+status_of() { http "$1" / | jq -c .status; }
+
+# The leader as NODE sees it, when NODE knows one.
+leader_seen_by() { http "$1" / 2>/dev/null | jq -er '.status.leader | select(. != "")'; }
+
+# agreed_leader NODE...: succeeds, printing the name, when every NODE reports the same
+# leader and that leader is among them and says it leads.
+agreed_leader() {
+    local node leader="" seen
+    for node in "$@"; do
+        seen=$(leader_seen_by "$node") || return 1
+        [ -z "$leader" ] || [ "$seen" = "$leader" ] || return 1
+        leader=$seen
+    done
+    printf '%s\n' "$@" | grep -qx "$leader" || return 1
+    [ "$(http "$leader" / | jq -r .status.is_leader)" = true ] || return 1
+    echo "$leader"
+}
+
+# wait_for_leader SECONDS NODE...: sets $leader once NODE... agree on one of them.
+wait_for_leader() {
+    local seconds=$1
+    shift
+    wait_until "$seconds" "one leader agreed on by $*" agreed_leader "$@" >/dev/null
+    leader=$(agreed_leader "$@") || fail "the leader changed again while looking it up"
+}
+
+declare -A expected
+# put NODE KEY VALUE: writes through NODE's published port (as the README does) and
+# remembers the value for the final check.
+put() {
+    local answer
+    answer=$(http "$1" "/$2" -X POST --data-urlencode "value=$3") || fail "POST /$2 on $1 got no answer"
+    [ "$(jq -cS . <<<"$answer")" = "$(jq -cSn --arg k "$2" --arg v "$3" '{ok: true, key: $k, value: $v}')" ] ||
+        fail "POST /$2 on $1 answered $answer"
+    expected[$2]=$3
+}
+# expect_value NODE KEY VALUE: a linearizable read of KEY through NODE answers VALUE.
+expect_value() {
+    local answer
+    answer=$(http "$1" "/$2") || fail "GET /$2 on $1 got no answer"
+    [ "$(jq -r .value <<<"$answer")" = "$3" ] || fail "GET /$2 on $1 answered $answer, expected the value $3"
+}
+# has_value NODE KEY VALUE [?stale=true]: NODE reads VALUE for KEY.
+has_value() { [ "$(http "$1" "/$2${4-}" 2>/dev/null | jq -r .value 2>/dev/null)" = "$3" ]; }
+# in_container NODE ARGS...: the distraft client inside NODE's container, speaking to
+# NODE's own HTTP port (DISTRAFT_URL) -- works while NODE is cut off from every network.
+in_container() {
+    local node=$1
+    shift
+    docker exec "${container_id[$node]}" distraft "$@"
+}
+isolated_has_value() { [ "$(in_container "$1" get --stale "$2" 2>/dev/null | jq -r .value)" = "$3" ]; }
+
+# Every node has applied the same log and holds the same state.
+converged() {
+    local node state first=""
+    for node in "$@"; do
+        state=$(status_of "$node" 2>/dev/null | jq -c '[.last_applied, .state_digest]') || return 1
+        [ -z "$first" ] || [ "$state" = "$first" ] || return 1
+        first=$state
+    done
+}
+
+all_healthy() {
+    local node
+    for node in "${nodes[@]}"; do
+        [ "$(docker inspect --format '{{.State.Health.Status}}' "${container_id[$node]}")" = healthy ] || return 1
+    done
+}
+
+others() {
+    local node
+    for node in "${nodes[@]}"; do [ "$node" = "$1" ] || echo "$node"; done
+}
+
+# --- the cluster --------------------------------------------------------------------------
+
+step "building image $image"
+"$repo/docker/build.sh" "$image" >/dev/null
+echo "    image size: $(docker image inspect --format '{{.Size}}' "$image") bytes"
+
+step "docker-compose up -d (project $project)"
+compose up -d || fail "docker-compose up failed"
+refresh_nodes
+step "waiting for the healthchecks and a leader"
+wait_until 60 "every container healthy (healthcheck: distraft status)" all_healthy
+wait_for_leader 30 "${nodes[@]}"
+echo "    leader: $leader"
+
+step "service names resolve inside the image (static glibc, no shell)"
+for node in "${nodes[@]}"; do
+    mapfile -t rest < <(others "$node")
+    other=${rest[0]}
+    in_container "$node" status --url "http://$other:500$(node_number "$other")" >/dev/null ||
+        fail "$node cannot reach $other by its service name"
+done
+
+# --- 1. the original README walkthrough --------------------------------------------------
+
+step "README walkthrough on the published ports"
+for node in "${nodes[@]}"; do
+    status=$(status_of "$node")
+    jq -e --arg id "$node" '.id == $id and .up == true and (.state == "Leader" or .state == "Follower")
+        and (.members | length == 5) and .members.server3 == ["server3", 9003, "server3", 5003]' \
+        <<<"$status" >/dev/null || fail "GET / on $node: $status"
+done
+put server1 greeting hello
+for node in "${nodes[@]}"; do
+    expect_value "$node" greeting hello
+done
+put server3 greeting "hello again"
+expect_value server5 greeting "hello again"
+missing=$(http server2 /never-written)
+jq -e '.ok == false' <<<"$missing" >/dev/null || fail "GET of a missing key answered $missing"
+mapfile -t followers < <(others "$leader")
+follower=${followers[0]}
+[ "$(http "$follower" /stop | jq -c .)" = '{"ok":true}' ] || fail "GET /stop on $follower"
+[ "$(status_of "$follower" | jq .up)" = false ] || fail "$follower still up after /stop"
+put "$leader" while-stopped "4 of 5"
+[ "$(http "$follower" /start | jq -c .)" = '{"ok":true}' ] || fail "GET /start on $follower"
+[ "$(status_of "$follower" | jq .up)" = true ] || fail "$follower not up after /start"
+wait_until 20 "$follower catching up after /start" has_value "$follower" while-stopped "4 of 5" "?stale=true"
+
+# --- 2. docker kill of the leader, then docker start ------------------------------------
+
+old_leader=$leader
+step "docker kill $old_leader (the leader)"
+docker kill "${container_id[$old_leader]}" >/dev/null
+mapfile -t survivors < <(others "$old_leader")
+wait_for_leader 30 "${survivors[@]}"
+echo "    new leader: $leader"
+for i in 1 2 3 4 5; do
+    put "${survivors[$((i % 4))]}" "after-kill-$i" "value-$i"
+done
+[ "$(docker inspect --format '{{.State.Running}}' "${container_id[$old_leader]}")" = false ] ||
+    fail "the restart policy restarted a container killed by hand"
+
+step "docker start $old_leader"
+docker start "${container_id[$old_leader]}" >/dev/null
+refresh_nodes
+wait_until 30 "$old_leader catching up after docker start" has_value "$old_leader" after-kill-5 value-5 "?stale=true"
+put "$old_leader" after-restart "written through the restarted node"
+wait_until 20 "all 5 nodes converging after the restart" converged "${nodes[@]}"
+
+# --- 3. a real partition: the leader loses its network ----------------------------------
+
+wait_for_leader 30 "${nodes[@]}"
+isolated=$leader
+put "$isolated" partition before
+step "docker network disconnect $isolated (the leader)"
+docker network disconnect "$network" "${container_id[$isolated]}"
+mapfile -t majority < <(others "$isolated")
+wait_for_leader 30 "${majority[@]}"
+echo "    majority's leader: $leader"
+put "${majority[0]}" partition after
+put "${majority[1]}" during-partition yes
+
+# The isolated node can no longer lead (check-quorum) and must refuse both a linearizable
+# read (it would be stale) and a write (no majority can commit it).
+not_leading() { [ "$(in_container "$isolated" status | jq -r .status.state)" != Leader ]; }
+wait_until 10 "$isolated stepping down once it hears no majority" not_leading
+if answer=$(in_container "$isolated" get partition 2>/dev/null); then
+    fail "the isolated $isolated served a read: $answer"
+fi
+grep -q before <<<"$answer" && fail "the isolated $isolated served the stale value: $answer"
+if answer=$(in_container "$isolated" put partition from-the-minority 2>/dev/null); then
+    fail "the isolated $isolated accepted a write: $answer"
+fi
+
+step "docker network connect $isolated"
+# Compose gave the container its service name as an alias on this network; it must come
+# back with it, or its peers could not resolve it.
+docker network connect --alias "$isolated" "$network" "${container_id[$isolated]}"
+refresh_nodes
+wait_until 30 "$isolated converging after the partition" isolated_has_value "$isolated" partition after
+wait_until 20 "all 5 nodes converging after the partition" converged "${nodes[@]}"
+wait_until 20 "$isolated serving linearizable reads again" has_value "$isolated" partition after
+for node in "${nodes[@]}"; do
+    expect_value "$node" partition after
+done
+
+# --- 4. down and up: the volumes keep everything ----------------------------------------
+
+step "docker-compose down, then up -d"
+compose down --timeout 10
+[ -z "$(compose ps -q)" ] || fail "containers left after docker-compose down"
+compose up -d || fail "docker-compose up (second time) failed"
+refresh_nodes
+wait_for_leader 30 "${nodes[@]}"
+for key in "${!expected[@]}"; do
+    for node in "${nodes[@]}"; do
+        expect_value "$node" "$key" "${expected[$key]}"
+    done
+done
+echo "    ${#expected[@]} keys read back from all 5 nodes"
+
+step "PASS: compose tests"
