@@ -39,14 +39,29 @@ pub struct FailoverArgs {
 }
 
 #[derive(Debug, Serialize)]
-struct FailoverReport {
-    target: Api,
-    survivors: Vec<String>,
-    killed_pid: i32,
+pub(super) struct FailoverReport {
+    pub target: Api,
+    pub survivors: Vec<String>,
+    pub killed_pid: i32,
     /// From the kill to the first acknowledgement of a write sent after it.
-    failover_ms: f64,
+    pub failover_ms: f64,
     /// Probe writes acknowledged before the kill.
-    acknowledged_before_kill: u64,
+    pub acknowledged_before_kill: u64,
+}
+
+/// How long to wait for a killed process to be gone (it takes microseconds normally).
+const EXIT_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether process `pid` has exited: no longer listed, or a zombie waiting to be
+/// reaped. Where there is no /proc, it is presumed gone.
+fn is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (command) state ...`; the command may contain spaces and parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
 }
 
 /// What a probe reports: when it was acknowledged, and whether it was sent after the
@@ -57,6 +72,20 @@ struct Ack {
 }
 
 pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
+    let report = execute(&args).await?;
+    println!(
+        "{:?}: first write acknowledged {:.0} ms after kill -9 of pid {}",
+        report.target, report.failover_ms, report.killed_pid
+    );
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Probes, kills and measures.
+pub(super) async fn execute(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
     if args.kill_pid <= 1 {
         bail!("--kill-pid {} is not a process to kill", args.kill_pid);
     }
@@ -67,6 +96,10 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         .iter()
         .map(|url| Connection::open(args.target.target, url, timeout))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if connections.is_empty() {
+        bail!("no survivor URL to probe");
+    }
+    // Set once the leader is gone; probes sent from then on count.
     let killed_at: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
     let (acks, mut acked) = mpsc::unbounded_channel::<Ack>();
     let value = "failover-probe".to_string();
@@ -97,25 +130,16 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         })
     };
 
-    let outcome = measure(&args, &killed_at, &mut acked).await;
+    let outcome = measure(args, &killed_at, &mut acked).await;
     prober.abort();
     let (failover, acknowledged_before_kill) = outcome?;
-    let report = FailoverReport {
+    Ok(FailoverReport {
         target: args.target.target,
         survivors: args.target.urls.clone(),
         killed_pid: args.kill_pid,
         failover_ms: failover.as_secs_f64() * 1000.0,
         acknowledged_before_kill,
-    };
-    println!(
-        "{:?}: first write acknowledged {:.0} ms after kill -9 of pid {}",
-        report.target, report.failover_ms, report.killed_pid
-    );
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    })
 }
 
 /// Warms up, kills, and waits for the first acknowledgement of a probe sent after the
@@ -155,7 +179,12 @@ async fn measure(
             std::io::Error::last_os_error()
         );
     }
-    // Set only after the kill: a probe that sees it was surely sent after the kill.
+    // SIGKILL is delivered asynchronously: count only probes sent once the process is
+    // gone, so that no write its last moments acknowledged can pass for a failover.
+    let gone_by = tokio::time::Instant::now() + EXIT_WAIT;
+    while !is_gone(args.kill_pid) && tokio::time::Instant::now() < gone_by {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let _ = killed_at.set(at);
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(args.max_wait);

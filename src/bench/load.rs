@@ -95,6 +95,21 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    let json = args.json.clone();
+    let report = execute(args).await?;
+    report.print();
+    if let Some(path) = &json {
+        let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if report.ok == 0 {
+        bail!("no operation succeeded");
+    }
+    Ok(())
+}
+
+/// Prefills if needed, runs the clients, and gathers their results.
+pub(super) async fn execute(args: LoadArgs) -> anyhow::Result<Report> {
     let urls = args.target.resolve_urls().await?;
     let value = bench_value(args.value_size);
     let form = Bytes::from(
@@ -150,16 +165,13 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         bar.finish_and_clear();
     }
 
-    let report = Report::new(&shared.args, urls, elapsed, &latency_us, errors);
-    report.print();
-    if let Some(path) = &shared.args.json {
-        let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-    }
-    if report.ok == 0 {
-        bail!("no operation succeeded");
-    }
-    Ok(())
+    Ok(Report::new(
+        &shared.args,
+        urls,
+        elapsed,
+        &latency_us,
+        errors,
+    ))
 }
 
 /// A value of `size` printable bytes (no form escaping needed, like a typical value).
@@ -293,31 +305,31 @@ async fn show_progress(bar: &ProgressBar, shared: &Shared, started: Instant) {
 
 /// The results of a run, as printed and as JSON.
 #[derive(Debug, Serialize)]
-struct Report {
-    target: Api,
-    urls: Vec<String>,
-    clients: u32,
-    read_percent: u8,
-    reads: ReadMode,
-    keys: u64,
-    value_size: u64,
-    elapsed_s: f64,
-    ok: u64,
-    errors: u64,
-    error_kinds: BTreeMap<String, u64>,
+pub(super) struct Report {
+    pub target: Api,
+    pub urls: Vec<String>,
+    pub clients: u32,
+    pub read_percent: u8,
+    pub reads: ReadMode,
+    pub keys: u64,
+    pub value_size: u64,
+    pub elapsed_s: f64,
+    pub ok: u64,
+    pub errors: u64,
+    pub error_kinds: BTreeMap<String, u64>,
     /// Successful operations per second.
-    throughput: f64,
-    latency_ms: Latency,
+    pub throughput: f64,
+    pub latency_ms: Latency,
 }
 
 #[derive(Debug, Serialize)]
-struct Latency {
-    mean: f64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p99_9: f64,
-    max: f64,
+pub(super) struct Latency {
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
 }
 
 impl Report {

@@ -114,3 +114,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
