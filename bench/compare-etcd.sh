@@ -136,9 +136,9 @@ leader_of() { # system -> the leader's URL
 
 # Waits (bounded) until a write through node i of the system is acknowledged.
 wait_writable() { # system i
-    local system=$1 i=$2 attempt
+    local system=$1 i=$2 _attempt
     local -n urls="${system^^}_URLS"
-    for attempt in $(seq 60); do
+    for _attempt in $(seq 60); do
         if "$DISTRAFT" bench --target "$(target_of "$system")" --urls "${urls[i - 1]}" \
             --clients 1 --ops 1 --key-prefix ready- --request-timeout 1 >/dev/null 2>&1; then
             return 0
