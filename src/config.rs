@@ -335,9 +335,9 @@ impl Config {
     }
 }
 
-/// Parses `name=peer_host:peer_port:client_host:client_port,...` into members sorted by
-/// name, with ids assigned by position.
-fn parse_cluster(spec: &str) -> Result<Vec<Member>, ConfigError> {
+/// Parses `name=peer_host:peer_port:client_host:client_port,...` (DISTRAFT_CLUSTER)
+/// into members sorted by name, with ids assigned by position.
+pub fn parse_cluster(spec: &str) -> Result<Vec<Member>, ConfigError> {
     const VAR: &str = "DISTRAFT_CLUSTER";
     const SHAPE: &str = "is not name=peer_host:peer_port:client_host:client_port";
     let mut members: Vec<Member> = Vec::new();

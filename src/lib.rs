@@ -9,6 +9,7 @@ pub mod config;
 pub mod driver;
 pub mod gateway;
 pub mod kv;
+pub mod linearizability;
 pub mod node;
 pub mod proto;
 pub mod raft;

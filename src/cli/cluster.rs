@@ -3,6 +3,7 @@
 //! member of its DISTRAFT_CLUSTER, waits for a leader, prints the curl lines to try, and
 //! stops every node on Ctrl-C (or SIGTERM), or as soon as one of them dies.
 
+use crate::config::{parse_cluster, Member};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use serde_json::Value;
@@ -32,20 +33,9 @@ pub struct ClusterArgs {
     pub leader_timeout_secs: u64,
 }
 
-/// One member of DISTRAFT_CLUSTER.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Member {
-    name: String,
-    peer_host: String,
-    peer_port: u16,
-    client_host: String,
-    client_port: u16,
-}
-
-impl Member {
-    fn http_url(&self) -> String {
-        format!("http://{}:{}", self.client_host, self.client_port)
-    }
+/// The URL of a member's HTTP gateway.
+fn http_url(member: &Member) -> String {
+    format!("http://{}:{}", member.client_host, member.client_port)
 }
 
 /// How long each node gets to shut down cleanly before it is killed.
@@ -194,7 +184,7 @@ async fn wait_for_leader(
 /// The leader `member` knows of, if any.
 async fn leader_of(client: &reqwest::Client, member: &Member) -> Option<String> {
     let status: Value = client
-        .get(format!("{}/", member.http_url()))
+        .get(format!("{}/", http_url(member)))
         .send()
         .await
         .ok()?
@@ -211,13 +201,13 @@ fn print_instructions(nodes: &[(Member, Child)], leader: &str, data_dir: &Path) 
     let Some((first, _)) = nodes.first() else {
         return;
     };
-    let url = first.http_url();
+    let url = http_url(first);
     println!("distraft: {} nodes up, leader is {leader}", nodes.len());
     for (member, _) in nodes {
         println!(
             "  {:<10} http {}  grpc {}:{}  output {}",
             member.name,
-            member.http_url(),
+            http_url(member),
             member.peer_host,
             member.peer_port,
             data_dir.join(format!("{}.out", member.name)).display()
@@ -290,30 +280,6 @@ fn unquote(value: &str) -> &str {
     value
 }
 
-/// Parses DISTRAFT_CLUSTER: `name=peer_host:peer_port:client_host:client_port,...`.
-fn parse_cluster(spec: &str) -> anyhow::Result<Vec<Member>> {
-    spec.split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .map(|entry| {
-            let malformed =
-                || anyhow!("DISTRAFT_CLUSTER: {entry:?} is not name=peer_host:peer_port:client_host:client_port");
-            let (name, addresses) = entry.split_once('=').ok_or_else(malformed)?;
-            let parts: Vec<&str> = addresses.split(':').collect();
-            let [peer_host, peer_port, client_host, client_port] = parts[..] else {
-                return Err(malformed());
-            };
-            Ok(Member {
-                name: name.to_string(),
-                peer_host: peer_host.to_string(),
-                peer_port: peer_port.parse().map_err(|_| malformed())?,
-                client_host: client_host.to_string(),
-                client_port: client_port.parse().map_err(|_| malformed())?,
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,15 +296,5 @@ mod tests {
         );
         assert_eq!(env.get("X").map(String::as_str), Some("y z"));
         assert_eq!(env.len(), 3);
-    }
-
-    #[test]
-    fn cluster_spec() {
-        let members = parse_cluster("a=127.0.0.1:9001:127.0.0.1:5001, b=h:9002:h:5002").unwrap();
-        assert_eq!(members.len(), 2);
-        assert_eq!(members[1].name, "b");
-        assert_eq!(members[1].http_url(), "http://h:5002");
-        assert!(parse_cluster("a=1.2.3").is_err());
-        assert!(parse_cluster("a=h:x:h:5001").is_err());
     }
 }

@@ -436,7 +436,13 @@ impl LinkTask {
                             driver.step(msg, None, None);
                         }
                     }
-                    Ok(Err(status)) => warn!(to = peer, index, "sending the snapshot failed: {status}"),
+                    // A peer that is down is routine; the core asks again later.
+                    Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                        debug!(to = peer, index, "snapshot not sent: {}", status.message())
+                    }
+                    Ok(Err(status)) => {
+                        warn!(to = peer, index, "sending the snapshot failed: {status}")
+                    }
                     Err(_) => warn!(to = peer, index, "sending the snapshot timed out"),
                 },
                 // Dropping the call aborts the stream, so a damaged image is never taken

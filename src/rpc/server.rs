@@ -34,6 +34,8 @@ const FORWARDED: &str = "x-distraft-forwarded";
 /// Pause between attempts while the cluster has no leader, doubling up to the max.
 const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_millis(100);
+/// How much earlier than the client's own deadline a request gives up (at most).
+const CLIENT_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 
 /// Serves every service on `listener` until `stop` turns true.
 pub async fn serve(
@@ -130,7 +132,10 @@ impl Deadline {
             .metadata()
             .get("grpc-timeout")
             .and_then(|value| value.to_str().ok())
-            .and_then(parse_grpc_timeout);
+            .and_then(parse_grpc_timeout)
+            // Answer a little before the client's deadline, so that our explanation
+            // reaches it rather than a bare cancellation.
+            .map(|client| client.saturating_sub((client / 10).min(CLIENT_DEADLINE_MARGIN)));
         let (timeout, client_bound) = match client {
             Some(client) if client < request_timeout => (client, true),
             _ => (request_timeout, false),
@@ -153,13 +158,14 @@ impl Deadline {
         } else {
             ""
         };
+        let message = format!(
+            "no leader with a majority answered within {:.1?}{outcome}",
+            self.timeout
+        );
         if self.client_bound {
-            Status::deadline_exceeded(format!("the client's deadline passed{outcome}"))
+            Status::deadline_exceeded(message)
         } else {
-            Status::unavailable(format!(
-                "no leader with a majority answered within {:.1?}{outcome}",
-                self.timeout
-            ))
+            Status::unavailable(message)
         }
     }
 }
@@ -607,6 +613,31 @@ impl pb::raft_server::Raft for RaftService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shorter_deadline_binds_and_answers_before_the_client_gives_up() {
+        let own = Duration::from_secs(3);
+        let plain = Deadline::of(&Request::new(()), own);
+        assert_eq!((plain.timeout, plain.client_bound), (own, false));
+        assert_eq!(plain.expired(false).code(), Code::Unavailable);
+
+        let mut request = Request::new(());
+        request.set_timeout(Duration::from_millis(1000));
+        let client = Deadline::of(&request, own);
+        assert_eq!(
+            (client.timeout, client.client_bound),
+            (Duration::from_millis(950), true)
+        );
+        let status = client.expired(true);
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(status
+            .message()
+            .contains("may or may not have been applied"));
+
+        let mut request = Request::new(());
+        request.set_timeout(Duration::from_secs(10));
+        assert_eq!(Deadline::of(&request, own).timeout, own);
+    }
 
     #[test]
     fn grpc_timeouts_parse() {

@@ -152,16 +152,6 @@ impl Storage {
             .map_or((0, 0), |s| (s.meta.index, s.meta.term));
 
         let mut replay = replay_wal(&opts.log_dir)?;
-        if replay.segments.is_empty() && replay.torn.is_none() && snapshot.is_some() {
-            return Err(StorageError::Corrupt {
-                path: opts.log_dir.clone(),
-                offset: 0,
-                reason: format!(
-                    "snapshot at index {snap_index} but no WAL segment: the hard state \
-                     (term, vote) is missing"
-                ),
-            });
-        }
         let fit = replay.terms.fit(snap_index, snap_term);
         if fit == SnapshotFit::Missing {
             let path = replay
@@ -179,6 +169,16 @@ impl Storage {
             });
         }
         repair_torn_tail(&opts.log_dir, &mut replay)?;
+        if replay.segments.is_empty() && snapshot.is_some() {
+            return Err(StorageError::Corrupt {
+                path: opts.log_dir.clone(),
+                offset: 0,
+                reason: format!(
+                    "snapshot at index {snap_index} but no WAL segment: the hard state \
+                     (term, vote) is missing"
+                ),
+            });
+        }
 
         let (active, active_len) = match replay.segments.last() {
             Some(last) => {
@@ -402,14 +402,14 @@ impl Storage {
     fn compact_log(&mut self, index: Index, term: Term) -> Result<(), StorageError> {
         let drop_all = match self.terms.fit(index, term) {
             SnapshotFit::Keep => {
-                self.terms.compact(index);
+                self.terms.compact(index, term);
                 false
             }
             SnapshotFit::Reset => {
                 self.buf.clear();
-                record::encode_reset(&mut self.buf, index);
+                record::encode_reset(&mut self.buf, index, term);
                 self.write_buf()?;
-                self.terms.reset(index);
+                self.terms.reset(index, term);
                 true
             }
             SnapshotFit::Missing => {
@@ -469,9 +469,8 @@ struct Replay {
 /// A crash cut the last write short.
 struct TornTail {
     path: PathBuf,
-    /// Bytes to keep; `None` when even the segment header is incomplete (the segment
-    /// was being created), so the file goes.
-    valid_len: Option<u64>,
+    /// Bytes of the segment that are intact.
+    valid_len: u64,
     reason: String,
 }
 
@@ -504,7 +503,7 @@ fn replay_wal(log_dir: &Path) -> Result<Replay, StorageError> {
             Err(damage) if is_last && damage.torn => {
                 replay.torn = Some(TornTail {
                     path: path.clone(),
-                    valid_len: None,
+                    valid_len: 0,
                     reason: damage.reason,
                 });
                 break;
@@ -532,13 +531,25 @@ fn replay_wal(log_dir: &Path) -> Result<Replay, StorageError> {
                 Err(damage) if is_last && damage.torn => {
                     replay.torn = Some(TornTail {
                         path: path.clone(),
-                        valid_len: Some(offset as u64),
+                        valid_len: offset as u64,
                         reason: damage.reason,
                     });
                     break;
                 }
                 Err(damage) => return Err(corrupt(offset, damage.reason)),
             }
+        }
+        // Every segment starts with a hard-state record, written with its header.
+        if offset == record::SEGMENT_HEADER_LEN && replay.torn.is_none() {
+            let reason = "segment holds no record".to_string();
+            if !is_last {
+                return Err(corrupt(offset, reason));
+            }
+            replay.torn = Some(TornTail {
+                path: path.clone(),
+                valid_len: offset as u64,
+                reason,
+            });
         }
         replay.segments.push(Segment {
             first_index: *first_index,
@@ -564,43 +575,46 @@ fn apply_record(replay: &mut Replay, record: Record) -> Result<(), String> {
                 replay.hard_state = hs;
             }
         }
-        Record::Reset { index } => {
-            replay.terms.reset(index);
+        Record::Reset { index, term } => {
+            replay.terms.reset(index, term);
             replay.entries.clear();
         }
     }
     Ok(())
 }
 
+/// Cuts a torn tail off. A segment left without its first record (the hard state)
+/// was being created by a roll that never completed: it is removed, so that every
+/// segment keeps starting with the hard state.
 fn repair_torn_tail(log_dir: &Path, replay: &mut Replay) -> Result<(), StorageError> {
     let Some(torn) = replay.torn.take() else {
         return Ok(());
     };
-    match torn.valid_len {
-        Some(valid_len) => {
-            warn!(
-                segment = %torn.path.display(),
-                offset = valid_len,
-                reason = %torn.reason,
-                "WAL ends in a torn write (a crash during an append that was never \
-                 acknowledged): cutting it off"
-            );
-            let file = File::options()
-                .write(true)
-                .open(&torn.path)
-                .map_err(io_error(&torn.path))?;
-            file.set_len(valid_len).map_err(io_error(&torn.path))?;
-            file.sync_all().map_err(io_error(&torn.path))?;
+    if torn.valid_len <= record::SEGMENT_HEADER_LEN as u64 {
+        warn!(
+            segment = %torn.path.display(),
+            reason = %torn.reason,
+            "WAL segment was being created when the node stopped: removing it"
+        );
+        if replay.segments.last().is_some_and(|s| s.path == torn.path) {
+            replay.segments.pop();
         }
-        None => {
-            warn!(
-                segment = %torn.path.display(),
-                reason = %torn.reason,
-                "WAL segment was being created when the node stopped: removing it"
-            );
-            fs::remove_file(&torn.path).map_err(io_error(&torn.path))?;
-            sync_dir(log_dir)?;
-        }
+        fs::remove_file(&torn.path).map_err(io_error(&torn.path))?;
+        sync_dir(log_dir)?;
+    } else {
+        warn!(
+            segment = %torn.path.display(),
+            offset = torn.valid_len,
+            reason = %torn.reason,
+            "WAL ends in a torn write (a crash during an append that was never \
+             acknowledged): cutting it off"
+        );
+        let file = File::options()
+            .write(true)
+            .open(&torn.path)
+            .map_err(io_error(&torn.path))?;
+        file.set_len(torn.valid_len).map_err(io_error(&torn.path))?;
+        file.sync_all().map_err(io_error(&torn.path))?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::raft::{Entry, HardState, Index};
+use crate::raft::{Entry, HardState, Index, Term};
 
 const SEGMENT_MAGIC: &[u8; 8] = b"DRAFTWAL";
 const FORMAT_VERSION: u32 = 1;
@@ -30,9 +30,10 @@ pub(super) enum Record {
         hard_state: Option<HardState>,
         entries: Vec<Entry>,
     },
-    /// Every entry is dropped; the log continues at `index + 1`. Written when a snapshot
-    /// at `index` does not match the log (e.g. one received from the leader).
-    Reset { index: Index },
+    /// Every entry is dropped; the log continues after a snapshot at (index, term).
+    /// Written when that snapshot does not match the log (e.g. one received from the
+    /// leader).
+    Reset { index: Index, term: Term },
 }
 
 /// Why bytes could not be read as a record, and whether the damage looks like a write
@@ -118,10 +119,11 @@ pub(super) fn encode_batch(
     end_frame(buf, start)
 }
 
-pub(super) fn encode_reset(buf: &mut Vec<u8>, index: Index) {
+pub(super) fn encode_reset(buf: &mut Vec<u8>, index: Index, term: Term) {
     let start = begin_frame(buf, KIND_RESET);
     buf.extend_from_slice(&index.to_le_bytes());
-    // Nine bytes of payload always fit the length field.
+    buf.extend_from_slice(&term.to_le_bytes());
+    // Seventeen bytes of payload always fit the length field.
     let _ = end_frame(buf, start);
 }
 
@@ -200,8 +202,9 @@ pub(super) fn decode_record(buf: &[u8], offset: usize) -> Result<Option<(Record,
     let (&kind, body) = payload.split_first().ok_or_else(|| malformed("empty"))?;
     let record = match kind {
         KIND_BATCH => decode_batch(body).ok_or_else(|| malformed("batch"))?,
-        KIND_RESET if body.len() == 8 => Record::Reset {
+        KIND_RESET if body.len() == 16 => Record::Reset {
             index: read_u64(body, 0),
+            term: read_u64(body, 8),
         },
         KIND_RESET => return Err(malformed("reset")),
         other => {
@@ -292,7 +295,7 @@ mod tests {
         encode_batch(&mut buf, Some(&hs), &entries).unwrap();
         encode_batch(&mut buf, None, &entries[..1]).unwrap();
         encode_batch(&mut buf, Some(&HardState::default()), &[]).unwrap();
-        encode_reset(&mut buf, 42);
+        encode_reset(&mut buf, 42, 5);
         let mut offset = 0;
         let mut records = Vec::new();
         while let Some((record, end)) = decode_record(&buf, offset).unwrap() {
@@ -314,7 +317,7 @@ mod tests {
                     hard_state: Some(HardState::default()),
                     entries: vec![]
                 },
-                Record::Reset { index: 42 }
+                Record::Reset { index: 42, term: 5 }
             ]
         );
     }

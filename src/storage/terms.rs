@@ -9,6 +9,8 @@ use crate::raft::{Index, Term};
 #[derive(Clone, Debug)]
 pub(super) struct LogTerms {
     base: Index,
+    /// The term of the entry at `base` when known (the snapshot's term).
+    base_term: Option<Term>,
     last: Index,
     /// `(first index, term)` of each run, in index order; the last run ends at `last`.
     runs: Vec<(Index, Term)>,
@@ -27,10 +29,11 @@ pub(super) enum SnapshotFit {
 }
 
 impl LogTerms {
-    /// An empty log that continues at `base + 1`.
+    /// An empty log that continues at `base + 1`; the term at `base` is unknown.
     pub(super) fn new(base: Index) -> LogTerms {
         LogTerms {
             base,
+            base_term: None,
             last: base,
             runs: Vec::new(),
         }
@@ -44,9 +47,13 @@ impl LogTerms {
         self.last
     }
 
-    /// The term of the entry at `index`, if the log holds it.
+    /// The term of the entry at `index`, if the log holds it (or it is the base and
+    /// its term is known).
     pub(super) fn term(&self, index: Index) -> Option<Term> {
-        if index <= self.base || index > self.last {
+        if index == self.base {
+            return self.base_term;
+        }
+        if index < self.base || index > self.last {
             return None;
         }
         let run = self.runs.partition_point(|&(first, _)| first <= index);
@@ -74,18 +81,22 @@ impl LogTerms {
         Ok(())
     }
 
-    /// Drops every entry; the log continues at `base + 1`.
-    pub(super) fn reset(&mut self, base: Index) {
-        *self = LogTerms::new(base);
+    /// Drops every entry; the log continues after a snapshot at (base, term).
+    pub(super) fn reset(&mut self, base: Index, term: Term) {
+        *self = LogTerms {
+            base_term: Some(term),
+            ..LogTerms::new(base)
+        };
     }
 
-    /// Forgets the entries up to `index` (now covered by a snapshot).
-    pub(super) fn compact(&mut self, index: Index) {
+    /// Forgets the entries up to a snapshot at (index, term).
+    pub(super) fn compact(&mut self, index: Index, term: Term) {
         if index >= self.last {
-            self.reset(index);
+            self.reset(index, term);
             return;
         }
         if index <= self.base {
+            self.base_term = Some(term);
             return;
         }
         // Keep the run containing index + 1 and those after it.
@@ -93,12 +104,15 @@ impl LogTerms {
         self.runs.drain(..first_kept);
         self.runs[0].0 = index + 1;
         self.base = index;
+        self.base_term = Some(term);
     }
 
     pub(super) fn fit(&self, index: Index, term: Term) -> SnapshotFit {
         match self.term(index) {
             Some(t) if t == term => SnapshotFit::Keep,
             Some(_) => SnapshotFit::Reset,
+            // The log was compacted to exactly this point (on replay the base's term is
+            // unknown: it is the snapshot the compaction was for).
             None if self.base == index => SnapshotFit::Keep,
             None if self.base > index => SnapshotFit::Missing,
             None => SnapshotFit::Reset,
@@ -143,13 +157,17 @@ mod tests {
     #[test]
     fn compaction_keeps_the_suffix() {
         let mut l = log(&[1, 1, 2, 2, 3]);
-        l.compact(3);
+        l.compact(3, 2);
         assert_eq!((l.base(), l.last()), (3, 5));
-        assert_eq!(l.term(3), None);
+        assert_eq!(l.term(2), None);
+        assert_eq!(l.term(3), Some(2));
         assert_eq!(l.term(4), Some(2));
         assert_eq!(l.term(5), Some(3));
-        l.compact(9);
-        assert_eq!((l.base(), l.last(), l.term(5)), (9, 9, None));
+        l.compact(9, 4);
+        assert_eq!(
+            (l.base(), l.last(), l.term(5), l.term(9)),
+            (9, 9, None, Some(4))
+        );
     }
 
     #[test]
@@ -160,9 +178,12 @@ mod tests {
         assert_eq!(l.fit(7, 2), SnapshotFit::Reset);
         assert_eq!(l.fit(0, 0), SnapshotFit::Keep);
         let mut l = l;
-        l.compact(2);
-        assert_eq!(l.fit(2, 9), SnapshotFit::Keep);
+        l.compact(2, 1);
+        assert_eq!(l.fit(2, 1), SnapshotFit::Keep);
+        assert_eq!(l.fit(2, 9), SnapshotFit::Reset);
         assert_eq!(l.fit(1, 1), SnapshotFit::Missing);
+        // After replay the base's term is unknown: trusted as the snapshot's.
+        assert_eq!(LogTerms::new(5).fit(5, 3), SnapshotFit::Keep);
     }
 
     #[test]

