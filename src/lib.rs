@@ -3,6 +3,7 @@
 //! The layout follows the architecture (see `docs/architecture.md`):
 //! - [`raft`]: the consensus core, pure and deterministic (no I/O, no clock);
 //! - [`proto`]: the gRPC wire contract generated from `proto/`.
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod driver;

@@ -45,6 +45,9 @@ pub enum Command {
     /// Start a local cluster (3 nodes with the example env file): one process per member
     /// of its DISTRAFT_CLUSTER; print the curl lines to try; stop every node on Ctrl-C.
     Cluster(cluster::ClusterArgs),
+    /// Load-test a cluster (distraft over HTTP or gRPC, or etcd's v2 API), measure
+    /// failover, or find the leader; see `distraft bench --help`.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// The node a client subcommand talks to.
@@ -63,5 +66,6 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Put { target, key, value } => client::put(&target.url, &key, &value).await,
         Command::Delete { target, key } => client::delete(&target.url, &key).await,
         Command::Cluster(args) => cluster::run(args).await,
+        Command::Bench(args) => crate::bench::run(*args).await,
     }
 }

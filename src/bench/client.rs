@@ -1,0 +1,242 @@
+//! One benchmark client's connection to one node, for each API the bench speaks.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::ValueEnum;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use super::{ReadMode, TargetArgs};
+use crate::cli::key_url;
+use crate::proto::v1::{admin_client::AdminClient, kv_client::KvClient, GetRequest, PutRequest};
+
+/// The API a benchmark speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Api {
+    /// distraft's HTTP gateway: `POST /<key>` (form `value=`), `GET /<key>`.
+    DistraftHttp,
+    /// distraft's gRPC Kv service: `Put`, `Get`.
+    DistraftGrpc,
+    /// etcd's v2 HTTP API: `PUT /v2/keys/<key>` (form `value=`),
+    /// `GET /v2/keys/<key>?quorum=true`.
+    EtcdV2,
+}
+
+/// Why one operation failed; its `Display` is the label errors are counted under.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("HTTP {0}")]
+    Http(u16),
+    #[error("gRPC {0:?}")]
+    Grpc(tonic::Code),
+    #[error("timeout")]
+    Timeout,
+    #[error("connection failed")]
+    Connect,
+    #[error("transport error")]
+    Transport,
+}
+
+impl From<reqwest::Error> for OpError {
+    fn from(err: reqwest::Error) -> OpError {
+        if err.is_timeout() {
+            OpError::Timeout
+        } else if err.is_connect() {
+            OpError::Connect
+        } else {
+            OpError::Transport
+        }
+    }
+}
+
+impl From<tonic::Status> for OpError {
+    fn from(status: tonic::Status) -> OpError {
+        match status.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => OpError::Timeout,
+            code => OpError::Grpc(code),
+        }
+    }
+}
+
+/// A client's way to one node. Cloning shares the underlying connection(s); build a
+/// new one with [`Connection::open`] for a connection of its own.
+#[derive(Clone)]
+pub enum Connection {
+    /// HTTP/1.1 with keep-alive; one idle connection kept, so a client that sends one
+    /// request at a time uses exactly one connection.
+    Http {
+        api: Api,
+        client: reqwest::Client,
+        base: String,
+    },
+    /// One HTTP/2 connection; concurrent calls are multiplexed on it.
+    Grpc {
+        kv: KvClient<Channel>,
+        timeout: Duration,
+    },
+}
+
+impl Connection {
+    /// A new connection (made lazily, on the first request) to the node at `url`.
+    pub fn open(api: Api, url: &str, timeout: Duration) -> anyhow::Result<Connection> {
+        let base = url.trim_end_matches('/').to_string();
+        match api {
+            Api::DistraftHttp | Api::EtcdV2 => {
+                let client = reqwest::Client::builder()
+                    .timeout(timeout)
+                    .tcp_nodelay(true)
+                    .pool_max_idle_per_host(1)
+                    .redirect(reqwest::redirect::Policy::limited(5))
+                    .build()
+                    .context("building the HTTP client")?;
+                Ok(Connection::Http { api, client, base })
+            }
+            Api::DistraftGrpc => {
+                let channel = Channel::from_shared(base.clone())
+                    .with_context(|| format!("{url:?} is not a valid gRPC URL"))?
+                    .tcp_nodelay(true)
+                    .connect_timeout(timeout)
+                    .connect_lazy();
+                Ok(Connection::Grpc {
+                    kv: KvClient::new(channel),
+                    timeout,
+                })
+            }
+        }
+    }
+
+    /// Sets `key` to `value`; succeeds once the node acknowledged the write.
+    /// `form` is `value` already form-encoded (`value=...`), built once by the caller.
+    pub async fn put(&mut self, key: &str, value: &str, form: &Bytes) -> Result<(), OpError> {
+        match self {
+            Connection::Http { api, client, base } => {
+                let request = match api {
+                    Api::EtcdV2 => client.put(key_url(&format!("{base}/v2/keys"), key)),
+                    _ => client.post(key_url(base, key)),
+                };
+                let response = request
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(form.clone())
+                    .send()
+                    .await?;
+                finish(response).await
+            }
+            Connection::Grpc { kv, timeout } => {
+                let mut request = tonic::Request::new(PutRequest {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                });
+                request.set_timeout(*timeout);
+                bounded(*timeout, kv.put(request)).await.map(drop)
+            }
+        }
+    }
+
+    /// Reads `key`, which must exist.
+    pub async fn get(&mut self, key: &str, mode: ReadMode) -> Result<(), OpError> {
+        let stale = mode == ReadMode::Stale;
+        match self {
+            Connection::Http { api, client, base } => {
+                let request = match (api, stale) {
+                    (Api::EtcdV2, false) => client
+                        .get(key_url(&format!("{base}/v2/keys"), key))
+                        .query(&[("quorum", "true")]),
+                    (Api::EtcdV2, true) => client.get(key_url(&format!("{base}/v2/keys"), key)),
+                    (_, false) => client.get(key_url(base, key)),
+                    (_, true) => client.get(key_url(base, key)).query(&[("stale", "true")]),
+                };
+                finish(request.send().await?).await
+            }
+            Connection::Grpc { kv, timeout } => {
+                let mut request = tonic::Request::new(GetRequest {
+                    key: key.to_string(),
+                    stale,
+                });
+                request.set_timeout(*timeout);
+                bounded(*timeout, kv.get(request)).await.map(drop)
+            }
+        }
+    }
+}
+
+/// Reads the whole answer (so that the connection can be reused) and checks its status.
+async fn finish(response: reqwest::Response) -> Result<(), OpError> {
+    let status = response.status();
+    response.bytes().await?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(OpError::Http(status.as_u16()))
+    }
+}
+
+/// Awaits a gRPC call, bounded even if the server ignores the deadline it was given.
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, OpError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status.into()),
+        Err(_elapsed) => Err(OpError::Timeout),
+    }
+}
+
+/// The URL (one of `target.urls`) of the node that leads, polling until one does or
+/// `wait` has passed.
+pub async fn find_leader(target: &TargetArgs, wait: Duration) -> anyhow::Result<String> {
+    let timeout = Duration::from_secs(1);
+    let http = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .context("building the HTTP client")?;
+    let deadline = Instant::now() + wait;
+    loop {
+        for url in &target.urls {
+            if is_leader(target.target, &http, url, timeout).await {
+                return Ok(url.clone());
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("none of {} leads (waited {wait:?})", target.urls.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether the node at `url` says it is the leader; false when it cannot be asked.
+async fn is_leader(api: Api, http: &reqwest::Client, url: &str, timeout: Duration) -> bool {
+    let base = url.trim_end_matches('/');
+    match api {
+        Api::DistraftHttp => json_at(http, &format!("{base}/"))
+            .await
+            .and_then(|status| status.pointer("/status/is_leader")?.as_bool())
+            .unwrap_or(false),
+        Api::EtcdV2 => json_at(http, &format!("{base}/v2/stats/self"))
+            .await
+            .is_some_and(|stats| stats["state"] == "StateLeader"),
+        Api::DistraftGrpc => {
+            let Ok(endpoint) = Channel::from_shared(base.to_string()) else {
+                return false;
+            };
+            let Ok(channel) = endpoint.connect_timeout(timeout).connect().await else {
+                return false;
+            };
+            let mut request = tonic::Request::new(crate::proto::v1::StatusRequest {});
+            request.set_timeout(timeout);
+            bounded(timeout, AdminClient::new(channel).status(request))
+                .await
+                .is_ok_and(|status| status.is_leader)
+        }
+    }
+}
+
+async fn json_at(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}

@@ -1,0 +1,336 @@
+//! The bench against fake servers on loopback that record every request, so that what
+//! goes on the wire for each API (method, path, query, form body) is checked, as are
+//! the counting of operations and errors, leader discovery and the failover clock.
+
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use warp::Filter;
+
+use super::{client, failover, load, BenchArgs, Mode};
+
+/// The requests a fake server saw, as `METHOD /path?query body`.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// How a fake server answers a request.
+type Answer = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
+
+/// A fake node on an ephemeral loopback port: records each request and answers with
+/// `answer(method, path)`.
+async fn fake_node(answer: Answer) -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let routes = warp::method()
+        .and(warp::path::full())
+        .and(raw_query)
+        .and(warp::body::bytes())
+        .map(
+            move |method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  body: Bytes| {
+                let query = if query.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{query}")
+                };
+                record.lock().unwrap().push(format!(
+                    "{method} {}{query} {}",
+                    path.as_str(),
+                    String::from_utf8_lossy(&body)
+                ));
+                let (status, body) = answer(method.as_str(), path.as_str());
+                warp::reply::with_status(body, warp::http::StatusCode::from_u16(status).unwrap())
+            },
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(warp::serve(routes).incoming(listener).run());
+    (url, seen)
+}
+
+fn always(status: u16) -> Answer {
+    Arc::new(move |_, _| (status, "{}".to_string()))
+}
+
+fn bench_args(args: &[&str]) -> BenchArgs {
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+    let argv = std::iter::once("bench").chain(args.iter().copied());
+    Cli::try_parse_from(argv).unwrap().bench
+}
+
+async fn load_report(args: &[&str]) -> load::Report {
+    let bench = bench_args(args);
+    assert!(bench.mode.is_none());
+    load::execute(bench.load).await.unwrap()
+}
+
+fn sorted(seen: &Seen) -> Vec<String> {
+    let mut requests = seen.lock().unwrap().clone();
+    requests.sort();
+    requests
+}
+
+#[tokio::test]
+async fn etcd_v2_writes_are_form_puts_to_distinct_keys() {
+    let (url, seen) = fake_node(always(201)).await;
+    let report = load_report(&[
+        "--target",
+        "etcd-v2",
+        "--urls",
+        &url,
+        "--ops",
+        "20",
+        "--clients",
+        "3",
+        "--value-size",
+        "5",
+    ])
+    .await;
+    assert_eq!((report.ok, report.errors), (20, 0));
+    let mut expected: Vec<String> = (0..20)
+        .map(|n| format!("PUT /v2/keys/bench-{n} value=abcde"))
+        .collect();
+    expected.sort();
+    assert_eq!(sorted(&seen), expected);
+    assert!(report.latency_ms.p50 > 0.0 && report.latency_ms.max >= report.latency_ms.p99);
+}
+
+#[tokio::test]
+async fn etcd_v2_linearizable_reads_ask_for_quorum_after_a_prefill() {
+    let (url, seen) = fake_node(always(200)).await;
+    let report = load_report(&[
+        "--target",
+        "etcd-v2",
+        "--urls",
+        &url,
+        "--ops",
+        "10",
+        "--read-percent",
+        "100",
+        "--keys",
+        "3",
+        "--value-size",
+        "2",
+        "--key-prefix",
+        "k",
+    ])
+    .await;
+    assert_eq!((report.ok, report.errors), (10, 0));
+    let requests = sorted(&seen);
+    assert_eq!(requests.len(), 13);
+    let reads: Vec<_> = requests.iter().filter(|r| r.starts_with("GET")).collect();
+    assert_eq!(reads.len(), 10);
+    for read in reads {
+        assert!(
+            read.starts_with("GET /v2/keys/k")
+                && read.ends_with("?quorum=true ")
+                && ["k0", "k1", "k2"].iter().any(|k| read.contains(k)),
+            "{read}"
+        );
+    }
+    let prefill: Vec<_> = requests.iter().filter(|r| r.starts_with("PUT")).collect();
+    assert_eq!(
+        prefill,
+        [
+            "PUT /v2/keys/k0 value=ab",
+            "PUT /v2/keys/k1 value=ab",
+            "PUT /v2/keys/k2 value=ab"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn distraft_http_writes_post_and_stale_reads_say_so() {
+    let (url, seen) = fake_node(always(200)).await;
+    let writes = load_report(&["--urls", &url, "--ops", "2", "--clients", "1"]).await;
+    assert_eq!(writes.ok, 2);
+    assert_eq!(
+        sorted(&seen),
+        [
+            "POST /bench-0 value=abcdefghijklmnop",
+            "POST /bench-1 value=abcdefghijklmnop"
+        ]
+    );
+    seen.lock().unwrap().clear();
+    let reads = load_report(&[
+        "--urls",
+        &url,
+        "--ops",
+        "4",
+        "--read-percent",
+        "100",
+        "--reads",
+        "stale",
+        "--keys",
+        "1",
+        "--no-prefill",
+    ])
+    .await;
+    assert_eq!(reads.ok, 4);
+    assert_eq!(sorted(&seen), vec!["GET /bench-0?stale=true "; 4]);
+}
+
+#[tokio::test]
+async fn failures_are_counted_by_kind_and_not_timed() {
+    let (url, _) = fake_node(always(503)).await;
+    let report = load_report(&["--urls", &url, "--ops", "7", "--clients", "2"]).await;
+    assert_eq!((report.ok, report.errors), (0, 7));
+    assert_eq!(report.error_kinds.get("HTTP 503"), Some(&7));
+
+    // Nobody listens on the port of a listener just closed.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let report = load_report(&["--urls", &url, "--ops", "3", "--request-timeout", "2"]).await;
+    assert_eq!(report.error_kinds.get("connection failed"), Some(&3));
+}
+
+#[tokio::test]
+async fn a_duration_run_stops_on_time() {
+    let (url, _) = fake_node(always(200)).await;
+    let began = Instant::now();
+    let report = load_report(&["--urls", &url, "--duration", "0.3", "--clients", "4"]).await;
+    assert!(report.ok > 0);
+    assert!(report.elapsed_s >= 0.3);
+    assert!(began.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn the_leader_is_found_among_the_nodes() {
+    let follower: Answer = Arc::new(|_, _| {
+        (
+            200,
+            r#"{"ok": true, "status": {"is_leader": false}}"#.to_string(),
+        )
+    });
+    let leader: Answer = Arc::new(|_, _| {
+        (
+            200,
+            r#"{"ok": true, "status": {"is_leader": true}}"#.to_string(),
+        )
+    });
+    let (a, _) = fake_node(follower).await;
+    let (b, _) = fake_node(leader).await;
+    let (c, etcd_seen) = fake_node(Arc::new(|_, path| match path {
+        "/v2/stats/self" => (200, r#"{"name": "e3", "state": "StateLeader"}"#.to_string()),
+        _ => (404, "{}".to_string()),
+    }))
+    .await;
+    let urls = format!("{a},{b}");
+    let Some(Mode::Leader { target }) = bench_args(&["leader", "--urls", &urls]).mode else {
+        panic!("not the leader mode");
+    };
+    assert_eq!(
+        client::find_leader(&target, Duration::from_secs(2))
+            .await
+            .unwrap(),
+        b
+    );
+
+    let urls = format!("{a},{c}");
+    let Some(Mode::Leader { target }) =
+        bench_args(&["leader", "--target", "etcd-v2", "--urls", &urls]).mode
+    else {
+        panic!("not the leader mode");
+    };
+    assert_eq!(
+        client::find_leader(&target, Duration::from_secs(2))
+            .await
+            .unwrap(),
+        c
+    );
+    assert!(sorted(&etcd_seen).contains(&"GET /v2/stats/self ".to_string()));
+
+    let only_follower = bench_args(&["leader", "--urls", &a]);
+    let Some(Mode::Leader { target }) = only_follower.mode else {
+        panic!("not the leader mode");
+    };
+    assert!(client::find_leader(&target, Duration::from_millis(200))
+        .await
+        .is_err());
+}
+
+/// A node that acknowledges writes while `victim` runs, refuses them for `outage`
+/// once it has died, then acknowledges them again.
+fn outage_after_death(victim: Child, outage: Duration) -> Answer {
+    let state = Mutex::new((victim, None::<Instant>));
+    Arc::new(move |_, _| {
+        let mut state = state.lock().unwrap();
+        let (victim, died) = &mut *state;
+        if died.is_none() && victim.try_wait().unwrap().is_some() {
+            *died = Some(Instant::now());
+        }
+        match died {
+            Some(at) if at.elapsed() < outage => (503, "{}".to_string()),
+            _ => (200, "{}".to_string()),
+        }
+    })
+}
+
+#[tokio::test]
+async fn failover_times_the_first_write_acknowledged_after_the_kill() {
+    let victim = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = victim.id().to_string();
+    let outage = Duration::from_millis(300);
+    let (url, _) = fake_node(outage_after_death(victim, outage)).await;
+    let bench = bench_args(&[
+        "failover",
+        "--urls",
+        &url,
+        "--kill-pid",
+        &pid,
+        "--warmup",
+        "0.2",
+        "--interval-ms",
+        "5",
+        "--max-wait",
+        "10",
+    ]);
+    let Some(Mode::Failover(args)) = bench.mode else {
+        panic!("not the failover mode");
+    };
+    let report = failover::execute(&args).await.unwrap();
+    assert!(report.acknowledged_before_kill > 0);
+    // The fake notices the death at its first request after the kill (≤ 5 ms later).
+    assert!(
+        report.failover_ms >= 300.0 && report.failover_ms < 3000.0,
+        "{}",
+        report.failover_ms
+    );
+}
+
+#[tokio::test]
+async fn failover_refuses_a_cluster_that_acknowledges_nothing() {
+    let victim = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = victim.id();
+    let (url, _) = fake_node(always(503)).await;
+    let pid_arg = pid.to_string();
+    let bench = bench_args(&[
+        "failover",
+        "--urls",
+        &url,
+        "--kill-pid",
+        &pid_arg,
+        "--warmup",
+        "0.1",
+    ]);
+    let Some(Mode::Failover(args)) = bench.mode else {
+        panic!("not the failover mode");
+    };
+    let err = failover::execute(&args).await.unwrap_err();
+    assert!(err.to_string().contains("warm-up"), "{err}");
+    // Nothing was killed.
+    let mut victim = victim;
+    assert!(victim.try_wait().unwrap().is_none());
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+}
