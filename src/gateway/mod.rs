@@ -243,14 +243,15 @@ impl From<tonic::Status> for ApiError {
             Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             // Cancelled is what tonic reports when the deadline we set ran out.
+            // Unknown is what tonic reports for a broken connection to the node: like
+            // a timeout, the request may or may not have happened; try again.
             Code::Unavailable
             | Code::DeadlineExceeded
             | Code::Cancelled
+            | Code::Unknown
             | Code::ResourceExhausted => StatusCode::SERVICE_UNAVAILABLE,
             Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-            Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Code::Ok | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match status.message() {
             "" => status.code().description().to_string(),

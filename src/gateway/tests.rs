@@ -463,6 +463,7 @@ fn grpc_codes_map_to_http() {
         (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
         (Code::DeadlineExceeded, StatusCode::SERVICE_UNAVAILABLE),
         (Code::Cancelled, StatusCode::SERVICE_UNAVAILABLE),
+        (Code::Unknown, StatusCode::SERVICE_UNAVAILABLE),
         (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
     ];
     for (code, http) in cases {
