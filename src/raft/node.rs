@@ -624,14 +624,7 @@ impl RawNode {
         if prev_index < self.log.commit {
             // Everything up to our commit index matches any leader's log already.
             let index = self.log.commit;
-            self.send(
-                from,
-                Body::AppendResponse {
-                    success: true,
-                    index,
-                    hint: None,
-                },
-            );
+            self.ack(from, index);
             return;
         }
         if self.log.term(prev_index) != Some(prev_term) {
@@ -649,27 +642,13 @@ impl RawNode {
         let last_new = prev_index + entries.len() as Index;
         self.log.append_from_leader(entries);
         self.log.commit_to(commit.min(last_new));
-        self.send(
-            from,
-            Body::AppendResponse {
-                success: true,
-                index: last_new,
-                hint: None,
-            },
-        );
+        self.ack(from, last_new);
     }
 
     fn handle_snapshot(&mut self, from: NodeId, meta: SnapshotMeta) {
         if meta.index <= self.log.commit {
             let index = self.log.commit;
-            self.send(
-                from,
-                Body::AppendResponse {
-                    success: true,
-                    index,
-                    hint: None,
-                },
-            );
+            self.ack(from, index);
             return;
         }
         if self.log.term(meta.index) == Some(meta.term) {
@@ -772,15 +751,20 @@ impl RawNode {
 
     /// Whether `send_appends(peer)` would send anything.
     fn wants_to_send(&self, peer: NodeId) -> bool {
-        let Some(pr) = self.progress.get(&peer) else {
-            return false;
-        };
+        self.progress.get(&peer).is_some_and(|pr| {
+            self.may_send_entries(pr)
+                || (pr.mode == Mode::Replicate
+                    && pr.sent_commit < self.log.commit.min(pr.match_index))
+        })
+    }
+
+    /// Whether the pacing of `pr` allows another AppendEntries (or snapshot) now.
+    fn may_send_entries(&self, pr: &Progress) -> bool {
         match pr.mode {
             Mode::Probe => !pr.probe_sent,
             Mode::Replicate => {
-                (pr.next_index <= self.log.last_index()
-                    && pr.inflight.len() < self.cfg.max_inflight_msgs)
-                    || pr.sent_commit < self.log.commit.min(pr.match_index)
+                pr.next_index <= self.log.last_index()
+                    && pr.inflight.len() < self.cfg.max_inflight_msgs
             }
             Mode::Snapshot => false,
         }
@@ -790,19 +774,11 @@ impl RawNode {
     /// or just the news that the commit index moved.
     fn send_appends(&mut self, peer: NodeId) {
         let commit = self.log.commit;
-        let last_index = self.log.last_index();
         loop {
             let Some(pr) = self.progress.get(&peer) else {
                 return;
             };
-            let can_send = match pr.mode {
-                Mode::Probe => !pr.probe_sent,
-                Mode::Replicate => {
-                    pr.next_index <= last_index && pr.inflight.len() < self.cfg.max_inflight_msgs
-                }
-                Mode::Snapshot => false,
-            };
-            if !can_send {
+            if !self.may_send_entries(pr) {
                 break;
             }
             let prev_index = pr.next_index - 1;
@@ -951,6 +927,16 @@ impl RawNode {
             .copied()
             .filter(|&v| v != self.cfg.id)
             .collect()
+    }
+
+    /// A successful AppendResponse: our log matches the sender's up to `index`.
+    fn ack(&mut self, to: NodeId, index: Index) {
+        let body = Body::AppendResponse {
+            success: true,
+            index,
+            hint: None,
+        };
+        self.send(to, body);
     }
 
     fn send(&mut self, to: NodeId, body: Body) {
