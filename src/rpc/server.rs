@@ -196,33 +196,27 @@ pub struct KvService {
     peers: Peers,
 }
 
+/// Refuses an empty key or value, or one over its configured limit.
+fn check_size(what: &str, text: &str, limit: usize) -> Result<(), Status> {
+    if text.is_empty() {
+        return Err(Status::invalid_argument(format!("the {what} is empty")));
+    }
+    if text.len() > limit {
+        return Err(Status::invalid_argument(format!(
+            "the {what} is {} bytes, more than the limit of {limit}",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
 impl KvService {
     fn check_key(&self, key: &str) -> Result<(), Status> {
-        if key.is_empty() {
-            return Err(Status::invalid_argument("the key is empty"));
-        }
-        if key.len() > self.config.max_key_bytes {
-            return Err(Status::invalid_argument(format!(
-                "the key is {} bytes, more than the limit of {}",
-                key.len(),
-                self.config.max_key_bytes
-            )));
-        }
-        Ok(())
+        check_size("key", key, self.config.max_key_bytes)
     }
 
     fn check_value(&self, value: &str) -> Result<(), Status> {
-        if value.is_empty() {
-            return Err(Status::invalid_argument("the value is empty"));
-        }
-        if value.len() > self.config.max_value_bytes {
-            return Err(Status::invalid_argument(format!(
-                "the value is {} bytes, more than the limit of {}",
-                value.len(),
-                self.config.max_value_bytes
-            )));
-        }
-        Ok(())
+        check_size("value", value, self.config.max_value_bytes)
     }
 
     /// Runs `local` until it succeeds, fails for good, or the deadline passes. While
