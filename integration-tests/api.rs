@@ -232,18 +232,30 @@ async fn bad_input_is_rejected_and_writes_nothing() {
             "{what}: {body}"
         );
     }
-    // Beyond hyper's own limits the answer is hyper's (no JSON body), but it is an
-    // answer, not a hang or a crash.
-    // (Raw HTTP: client libraries refuse to send such a URI at all.)
-    let huge_uri = raw_http(
-        cluster.nodes[0].http_port,
-        &format!(
-            "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
-            "k".repeat(70 * 1024)
-        ),
-    )
-    .await;
-    assert!(huge_uri.starts_with("HTTP/1.1 414"), "{huge_uri:.200}");
+    // Beyond hyper's own limits hyper answers by itself, before any route: those
+    // answers are JSON too. (Raw HTTP: client libraries refuse to send such requests.)
+    let port = cluster.nodes[0].http_port;
+    let huge_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "k".repeat(70 * 1024));
+    let huge_head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-filler: {}\r\n\r\n",
+        "f".repeat(600 * 1024)
+    );
+    let raw_cases = [
+        ("URI over 64 KiB", huge_uri, "414"),
+        ("head over hyper's buffer", huge_head, "431"),
+        ("malformed request", "NOT HTTP\r\n\r\n".to_string(), "400"),
+    ];
+    for (what, request, expected) in raw_cases {
+        let answer = raw_http(port, &request).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {expected} ")),
+            "{what}: {answer:.200}"
+        );
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let body: Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {answer:.300}"));
+        assert_eq!(body["ok"], false, "{what}: {body}");
+    }
 
     // Nothing above reached the log, and the node still serves.
     let after = cluster.status(leader).await.unwrap()["last_log_index"].clone();

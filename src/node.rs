@@ -11,8 +11,8 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::driver;
-use crate::gateway::{self, GatewaySettings};
-use crate::rpc::{self, Peers};
+use crate::gateway::{self, Backend, GatewaySettings};
+use crate::rpc::{self, ClientServices, Peers};
 use crate::storage::Storage;
 
 /// How long shutdown waits for each part to finish what is in flight.
@@ -63,10 +63,15 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
     peer_tasks.run(driver.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let services = ClientServices::new(config.clone(), driver.clone(), peers);
+    let backend = Backend {
+        kv: services.kv.clone(),
+        admin: services.admin.clone(),
+    };
     let mut grpc = tokio::spawn(rpc::serve(
         config.clone(),
         driver.clone(),
-        peers,
+        services,
         raft_listener,
         stop_rx.clone(),
     ));
@@ -76,11 +81,10 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
         request_timeout: config.request_timeout,
         pretty: config.pretty_print_responses,
     };
-    let channel = gateway::local_channel(grpc_addr).context("the gateway's channel to gRPC")?;
     let mut http = tokio::spawn(gateway::serve(
         settings,
         client_listener,
-        channel,
+        backend,
         rpc::server::stopped(stop_rx),
     ));
     info!(

@@ -1,7 +1,8 @@
 //! The HTTP/JSON gateway: the original distraft API (`curl -L` keeps working), served
-//! with warp on the client port and translated, route by route, into Kv/Admin gRPC calls
-//! to *this* node's gRPC server — which forwards to the leader itself, so any node
-//! answers directly.
+//! with warp on the client port and translated, route by route, into calls of *this*
+//! node's Kv/Admin gRPC services — made in process, not over the network (a loopback
+//! gRPC hop used to cost more CPU than the write itself) — which forward to the leader
+//! themselves, so any node answers directly.
 //!
 //! | route            | gRPC          | success                                  |
 //! |------------------|---------------|------------------------------------------|
@@ -16,25 +17,22 @@
 //! is `{"ok": false, "error": "..."}` with a fitting status code. All input is checked
 //! here before any gRPC call, so bad input never reaches the log.
 
+mod server;
+
+pub use server::serve;
+
 use crate::proto::v1::{
-    admin_client::AdminClient, kv_client::KvClient, DeleteRequest, GetRequest, PutRequest,
-    StartRequest, StatusRequest, StatusResponse, StopRequest,
+    admin_server::Admin, kv_server::Kv, DeleteRequest, GetRequest, PutRequest, StartRequest,
+    StatusRequest, StatusResponse, StopRequest,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::{
-    convert::Infallible,
-    future::Future,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
-use tokio::net::TcpListener;
-use tonic::{transport::Channel, Code};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+use tonic::Code;
 use warp::{
-    http::{header, uri::InvalidUri, HeaderMap, HeaderValue, Method, StatusCode},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     reply::Response,
     Filter, Rejection, Reply,
 };
@@ -64,56 +62,30 @@ impl Default for GatewaySettings {
     }
 }
 
-/// Header bytes (names and values) accepted per request. hyper closes requests whose
-/// head exceeds its own ~400 KiB buffer with a bare 431 before warp sees them; below
-/// that, this limit makes the rejection a JSON one like every other.
+/// Header bytes (names and values) accepted per request. A head larger than hyper's own
+/// ~400 KiB buffer is refused by hyper itself (made JSON by [`server`]); below that,
+/// this limit refuses it here, with a more precise message.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// Extra time the gateway waits beyond the request timeout it hands to the gRPC
-/// server, so that the server's own, more precise answer normally arrives first.
+/// Extra time the gateway waits beyond the request timeout it hands to the service,
+/// so that the service's own, more precise answer normally arrives first.
 const DEADLINE_GRACE: Duration = Duration::from_millis(500);
 
-/// A channel to this node's own gRPC server, connected lazily and reconnected after
-/// failures by tonic; one HTTP/2 connection is shared by every gateway request. A
-/// wildcard listen address (0.0.0.0 / ::) is reached through loopback.
-pub fn local_channel(grpc_addr: SocketAddr) -> Result<Channel, InvalidUri> {
-    let ip = match grpc_addr.ip() {
-        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        ip => ip,
-    };
-    let uri = format!("http://{}", SocketAddr::new(ip, grpc_addr.port()));
-    Ok(Channel::from_shared(uri)?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(1))
-        .connect_lazy())
-}
-
-/// Serves the gateway on `listener` until `shutdown` resolves, then finishes the
-/// requests in flight.
-pub async fn serve(
-    settings: GatewaySettings,
-    listener: TcpListener,
-    grpc: Channel,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    warp::serve(routes(settings, grpc))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+/// The services the gateway calls: the node's own Kv and Admin gRPC services, called in
+/// process (the same code, deadlines and status codes as over gRPC).
+#[derive(Clone)]
+pub struct Backend {
+    pub kv: Arc<dyn Kv>,
+    pub admin: Arc<dyn Admin>,
 }
 
 /// Every route of the gateway, with JSON errors and CORS headers.
 pub fn routes(
     settings: GatewaySettings,
-    grpc: Channel,
+    backend: Backend,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let pretty = settings.pretty;
-    let gateway = Arc::new(Gateway {
-        kv: KvClient::new(grpc.clone()),
-        admin: AdminClient::new(grpc),
-        settings,
-    });
+    let gateway = Arc::new(Gateway { backend, settings });
     let with_gateway = warp::any().map(move || gateway.clone());
 
     let status = warp::path::end()
@@ -242,9 +214,9 @@ impl From<tonic::Status> for ApiError {
             Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            // Cancelled is what tonic reports when the deadline we set ran out.
-            // Unknown is what tonic reports for a broken connection to the node: like
-            // a timeout, the request may or may not have happened; try again.
+            // Cancelled and Unknown are what a gRPC client sees when the deadline ran
+            // out or the connection broke: like a timeout, the request may or may not
+            // have happened; try again.
             Code::Unavailable
             | Code::DeadlineExceeded
             | Code::Cancelled
@@ -261,29 +233,28 @@ impl From<tonic::Status> for ApiError {
     }
 }
 
-/// The shared state of every route: the settings and two clients over one channel.
+/// The shared state of every route.
 struct Gateway {
     settings: GatewaySettings,
-    kv: KvClient<Channel>,
-    admin: AdminClient<Channel>,
+    backend: Backend,
 }
 
 impl Gateway {
     async fn status(&self) -> Result<Value, ApiError> {
         let status = self
-            .call(self.admin.clone().status(self.request(StatusRequest {})))
+            .call(self.backend.admin.status(self.request(StatusRequest {})))
             .await?;
         Ok(json!({"ok": true, "status": status_json(status)}))
     }
 
     async fn stop(&self) -> Result<Value, ApiError> {
-        self.call(self.admin.clone().stop(self.request(StopRequest {})))
+        self.call(self.backend.admin.stop(self.request(StopRequest {})))
             .await?;
         Ok(json!({"ok": true}))
     }
 
     async fn start(&self) -> Result<Value, ApiError> {
-        self.call(self.admin.clone().start(self.request(StartRequest {})))
+        self.call(self.backend.admin.start(self.request(StartRequest {})))
             .await?;
         Ok(json!({"ok": true}))
     }
@@ -294,7 +265,7 @@ impl Gateway {
             key: key.clone(),
             stale,
         });
-        let found = self.call(self.kv.clone().get(request)).await?;
+        let found = self.call(self.backend.kv.get(request)).await?;
         if !found.found {
             return Err(key_not_found(&key));
         }
@@ -337,14 +308,14 @@ impl Gateway {
             key: key.clone(),
             value,
         });
-        let put = self.call(self.kv.clone().put(request)).await?;
+        let put = self.call(self.backend.kv.put(request)).await?;
         Ok(json!({"ok": true, "key": key, "value": put.value}))
     }
 
     async fn delete(&self, raw_key: &str) -> Result<Value, ApiError> {
         let key = self.key(raw_key)?;
         let request = self.request(DeleteRequest { key: key.clone() });
-        let deleted = self.call(self.kv.clone().delete(request)).await?;
+        let deleted = self.call(self.backend.kv.delete(request)).await?;
         Ok(json!({"ok": true, "key": key, "existed": deleted.existed}))
     }
 
@@ -372,14 +343,15 @@ impl Gateway {
             .saturating_add(1024)
     }
 
-    /// A gRPC request carrying the request timeout as its deadline.
+    /// A request carrying the request timeout as its deadline (`grpc-timeout`, read by
+    /// the services as over the network).
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.settings.request_timeout);
         request
     }
 
-    /// Awaits a gRPC call, bounded even if the server never answers.
+    /// Awaits a service call, bounded even if it never answers.
     async fn call<T>(
         &self,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,

@@ -1,17 +1,17 @@
-//! The gateway against a fake in-memory Kv/Admin gRPC server: JSON shapes, input
-//! validation (which must never reach the server), status code mapping, CORS.
+//! The gateway against fake in-memory Kv/Admin services: JSON shapes, input validation
+//! (which must never reach the services), status code mapping, CORS, and hyper's own
+//! rejections over a real connection.
 
 use super::*;
 use crate::proto::v1::{
-    admin_server::{Admin, AdminServer},
-    kv_server::{Kv, KvServer},
     DeleteResponse, GetResponse, Member, PutResponse, StartResponse, StopResponse,
 };
 use std::{collections::HashMap, sync::Mutex, time::Instant};
-use tonic::{transport::server::TcpIncoming, Request, Status};
+use tonic::{Request, Status};
 
-/// An in-memory stand-in for a node's gRPC server. `Get` of the key `hang` never
-/// answers; `Put` of the key `unavailable` fails as a leaderless node would.
+/// An in-memory stand-in for a node's services. `Get` of the key `hang` never answers,
+/// of `broken` fails as a broken connection does; `Put` of the key `unavailable` fails
+/// as a leaderless node would.
 #[derive(Default)]
 struct FakeNode {
     data: Mutex<HashMap<String, String>>,
@@ -27,6 +27,9 @@ impl Kv for Arc<FakeNode> {
         let GetRequest { key, .. } = request.into_inner();
         if key == "hang" {
             std::future::pending::<()>().await;
+        }
+        if key == "broken" {
+            return Err(Status::unknown("connection reset"));
         }
         match self.data.lock().unwrap().get(&key) {
             Some(value) => Ok(tonic::Response::new(GetResponse {
@@ -116,25 +119,14 @@ impl Admin for Arc<FakeNode> {
     }
 }
 
-/// Starts a fake node on an ephemeral port and returns it with a channel to it.
-async fn fake_node() -> (Arc<FakeNode>, Channel) {
+/// A fake node and the gateway's backend calling it.
+fn fake_node() -> (Arc<FakeNode>, Backend) {
     let node = Arc::new(FakeNode::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tonic::transport::Server::builder()
-        .add_service(KvServer::new(node.clone()))
-        .add_service(AdminServer::new(node.clone()))
-        .serve_with_incoming(TcpIncoming::from(listener));
-    tokio::spawn(server);
-    (node, local_channel(addr).unwrap())
-}
-
-/// A channel to a port nobody listens on.
-async fn dead_channel() -> Channel {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    local_channel(addr).unwrap()
+    let backend = Backend {
+        kv: Arc::new(node.clone()),
+        admin: Arc::new(node.clone()),
+    };
+    (node, backend)
 }
 
 fn settings() -> GatewaySettings {
@@ -184,8 +176,8 @@ fn assert_error(answer: (StatusCode, Value), status: StatusCode, fragment: &str)
 
 #[tokio::test]
 async fn status_has_every_original_field_with_its_type() {
-    let (_, channel) = fake_node().await;
-    let routes = routes(settings(), channel);
+    let (_, backend) = fake_node();
+    let routes = routes(settings(), backend);
     let (code, body) = send(&routes, warp::test::request().path("/")).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(body["ok"], true);
@@ -216,8 +208,8 @@ async fn status_has_every_original_field_with_its_type() {
 
 #[tokio::test]
 async fn put_get_delete_round_trip_with_decoded_keys_and_values() {
-    let (node, channel) = fake_node().await;
-    let routes = routes(settings(), channel);
+    let (node, backend) = fake_node();
+    let routes = routes(settings(), backend);
     // A path keeps '+', a form body turns it into a space.
     let (code, body) = send(&routes, post_form("/a%20b+%C3%A9", "value=x+y%26z&other=1")).await;
     assert_eq!(code, StatusCode::OK, "{body}");
@@ -244,8 +236,8 @@ async fn put_get_delete_round_trip_with_decoded_keys_and_values() {
 
 #[tokio::test]
 async fn stop_and_start_answer_ok() {
-    let (_, channel) = fake_node().await;
-    let routes = routes(settings(), channel);
+    let (_, backend) = fake_node();
+    let routes = routes(settings(), backend);
     for path in ["/stop", "/start"] {
         let (code, body) = send(&routes, warp::test::request().path(path)).await;
         assert_eq!((code, body), (StatusCode::OK, json!({"ok": true})));
@@ -254,8 +246,8 @@ async fn stop_and_start_answer_ok() {
 
 #[tokio::test]
 async fn bad_input_is_rejected_before_reaching_the_cluster() {
-    let (node, channel) = fake_node().await;
-    let routes = routes(settings(), channel);
+    let (node, backend) = fake_node();
+    let routes = routes(settings(), backend);
     let bad_requests = [
         (
             post_form("/k", ""),
@@ -372,8 +364,8 @@ async fn bad_input_is_rejected_before_reaching_the_cluster() {
 
 #[tokio::test]
 async fn what_warp_rejects_by_itself_is_json_too() {
-    let (_, channel) = fake_node().await;
-    let routes = routes(settings(), channel);
+    let (_, backend) = fake_node();
+    let routes = routes(settings(), backend);
     let no_route = send(&routes, warp::test::request().path("/a/b")).await;
     assert_error(no_route, StatusCode::NOT_FOUND, "no such route");
     let wrong_method = send(&routes, warp::test::request().method("PUT").path("/k")).await;
@@ -395,8 +387,8 @@ async fn what_warp_rejects_by_itself_is_json_too() {
 
 #[tokio::test]
 async fn cluster_failures_map_to_503_within_the_timeout() {
-    let (_, channel) = fake_node().await;
-    let routes = routes(settings(), channel);
+    let (_, backend) = fake_node();
+    let routes = routes(settings(), backend);
     let no_leader = send(&routes, post_form("/unavailable", "value=v")).await;
     assert_error(no_leader, StatusCode::SERVICE_UNAVAILABLE, "no leader");
 
@@ -406,19 +398,18 @@ async fn cluster_failures_map_to_503_within_the_timeout() {
     let bound = settings().request_timeout + DEADLINE_GRACE + Duration::from_millis(500);
     assert!(started.elapsed() < bound, "took {:?}", started.elapsed());
 
-    let routes = super::routes(settings(), dead_channel().await);
-    let down = send(&routes, warp::test::request().path("/")).await;
-    assert_eq!(down.0, StatusCode::SERVICE_UNAVAILABLE, "{}", down.1);
+    let broken = send(&routes, warp::test::request().path("/broken")).await;
+    assert_error(broken, StatusCode::SERVICE_UNAVAILABLE, "connection");
 }
 
 #[tokio::test]
 async fn pretty_printing_and_cors() {
-    let (_, channel) = fake_node().await;
+    let (_, backend) = fake_node();
     let pretty = GatewaySettings {
         pretty: true,
         ..settings()
     };
-    let routes = routes(pretty, channel);
+    let routes = routes(pretty, backend);
     let response = warp::test::request()
         .path("/stop")
         .header("origin", "http://dashboard.example")

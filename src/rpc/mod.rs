@@ -15,4 +15,4 @@ pub mod peers;
 pub mod server;
 
 pub use peers::{PeerTasks, Peers};
-pub use server::serve;
+pub use server::{serve, ClientServices};

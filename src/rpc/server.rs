@@ -37,11 +37,32 @@ const RETRY_MAX: Duration = Duration::from_millis(100);
 /// How much earlier than the client's own deadline a request gives up (at most).
 const CLIENT_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 
+/// The client-facing services of a node, shared by the gRPC server and the HTTP
+/// gateway (which calls them in process).
+#[derive(Clone)]
+pub struct ClientServices {
+    pub kv: Arc<KvService>,
+    pub admin: Arc<AdminService>,
+}
+
+impl ClientServices {
+    pub fn new(config: Arc<Config>, driver: DriverHandle, peers: Peers) -> ClientServices {
+        ClientServices {
+            kv: Arc::new(KvService {
+                config,
+                driver: driver.clone(),
+                peers,
+            }),
+            admin: Arc::new(AdminService { driver }),
+        }
+    }
+}
+
 /// Serves every service on `listener` until `stop` turns true.
 pub async fn serve(
     config: Arc<Config>,
     driver: DriverHandle,
-    peers: Peers,
+    services: ClientServices,
     listener: TcpListener,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -64,16 +85,10 @@ pub async fn serve(
         .await;
 
     let raft = RaftService {
-        config: config.clone(),
-        driver: driver.clone(),
+        config,
+        driver,
         stop: stop.clone(),
     };
-    let kv = KvService {
-        config: config.clone(),
-        driver: driver.clone(),
-        peers,
-    };
-    let admin = AdminService { driver };
     Server::builder()
         .tcp_nodelay(true)
         .add_service(
@@ -82,11 +97,11 @@ pub async fn serve(
                 .max_encoding_message_size(max),
         )
         .add_service(
-            KvServer::new(kv)
+            KvServer::from_arc(services.kv)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .add_service(AdminServer::new(admin))
+        .add_service(AdminServer::from_arc(services.admin))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

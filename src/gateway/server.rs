@@ -1,0 +1,202 @@
+//! The gateway's HTTP/1.1 server: warp's routes on hyper connections we accept
+//! ourselves, so that hyper's own answers to requests it cannot parse are JSON too.
+
+use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use super::{routes, Backend, GatewaySettings};
+
+/// A client must send a whole request head within this time (slow-loris bound).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then finishes the
+/// requests in flight.
+pub async fn serve(
+    settings: GatewaySettings,
+    listener: TcpListener,
+    backend: Backend,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let service = warp::service(routes(settings, backend));
+    let connections = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors, or a connection reset while queued:
+                    // pause briefly rather than spin.
+                    debug!("accepting an HTTP connection failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Answers are small and written whole: send them at once.
+        let _ = stream.set_nodelay(true);
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(
+                TokioIo::new(JsonParseErrors::new(stream)),
+                TowerToHyperService::new(service.clone()),
+            );
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                debug!("HTTP connection: {err}");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+/// hyper answers a request it cannot parse (a URI over 64 KiB, a head over its
+/// buffer, malformed syntax) by itself, before any route runs, with an empty body —
+/// and offers no hook to change that answer. This wrapper around the connection
+/// recognises such an answer on its way out (a 400, 414 or 431 head with
+/// `content-length: 0`, which the routes never send: their errors are JSON) and
+/// writes the JSON error in its place. hyper closes the connection right after.
+struct JsonParseErrors<IO> {
+    inner: IO,
+    /// The replacement answer still to be written, from this offset.
+    replacing: Option<(Vec<u8>, usize)>,
+}
+
+impl<IO> JsonParseErrors<IO> {
+    fn new(inner: IO) -> Self {
+        Self {
+            inner,
+            replacing: None,
+        }
+    }
+}
+
+/// The JSON answer for one of hyper's own bodyless error heads, or `None` for any
+/// other write.
+fn json_for_automatic_error(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let (status_line, rest) = text.split_once("\r\n")?;
+    let message = match status_line.split(' ').nth(1)? {
+        "400" => "malformed HTTP request",
+        "414" => "the request URI is longer than the server accepts (64 KiB)",
+        "431" => "the request head (headers) is larger than the server accepts",
+        _ => return None,
+    };
+    let headers = rest.strip_suffix("\r\n\r\n")?;
+    let mut bodyless = false;
+    let mut kept = Vec::new();
+    for line in headers.split("\r\n") {
+        match line.split_once(':') {
+            Some((name, value)) if name.eq_ignore_ascii_case("content-length") => {
+                bodyless = value.trim() == "0";
+            }
+            _ => kept.push(line),
+        }
+    }
+    if !bodyless {
+        return None;
+    }
+    let body = format!("{}\n", json!({"ok": false, "error": message}));
+    let mut answer = format!("{status_line}\r\n");
+    for line in kept {
+        answer.push_str(line);
+        answer.push_str("\r\n");
+    }
+    answer.push_str(&format!(
+        "content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    Some(answer.into_bytes())
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for JsonParseErrors<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<IO> {
+    /// hyper hands over each answer in one buffer (this type does not claim vectored
+    /// writes, so hyper flattens head and body), so an automatic error head arrives
+    /// alone and whole. While its replacement is being written, hyper retries with
+    /// the same buffer and is told it was written once the replacement is.
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.replacing.is_none() {
+            match json_for_automatic_error(buf) {
+                Some(answer) => this.replacing = Some((answer, 0)),
+                None => return Pin::new(&mut this.inner).poll_write(cx, buf),
+            }
+        }
+        if let Some((answer, written)) = &mut this.replacing {
+            while *written < answer.len() {
+                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &answer[*written..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                *written += n;
+            }
+        }
+        this.replacing = None;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_for_automatic_error;
+
+    #[test]
+    fn only_bodyless_automatic_errors_are_replaced() {
+        let hyper_414 = b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let answer = json_for_automatic_error(hyper_414).expect("replaced");
+        let answer = String::from_utf8(answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
+        assert!(head.contains("date: x\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["ok"], false);
+
+        // Our own answers (with a body) and other statuses pass through.
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 40\r\n\r\n{\"ok\":false}";
+        assert!(json_for_automatic_error(ours).is_none());
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        assert!(json_for_automatic_error(ok).is_none());
+        assert!(json_for_automatic_error(b"\xff\xfe").is_none());
+    }
+}
