@@ -604,8 +604,14 @@ impl Sim {
             if !raw.has_ready() {
                 return;
             }
-            let rd = raw.ready();
-            // Crash before the persist completes: nothing of this Ready happened.
+            let mut rd = raw.ready();
+            // The leader's replication leaves first, in parallel with its persist.
+            let snapshot_image = self.nodes[&id].disk.snapshot.clone();
+            for msg in std::mem::take(&mut rd.replication) {
+                self.send_with_image(msg, &snapshot_image);
+            }
+            // Crash before the persist completes: of this Ready, only the leader's
+            // replication happened.
             if faults && self.rng.random_bool(0.001) {
                 self.log(format!("n{id} crashes before persisting"));
                 self.crash(id);
@@ -639,15 +645,7 @@ impl Sim {
                 .iter()
                 .any(|m| m.body == Body::VoteResponse { granted: true });
             for msg in rd.messages {
-                let snapshot = match &msg.body {
-                    Body::Snapshot { meta } => {
-                        let (m, kv) = snapshot_image.as_ref().expect("a snapshot to send exists");
-                        assert_eq!(m, meta, "core sends a snapshot storage does not have");
-                        Some(kv.clone())
-                    }
-                    _ => None,
-                };
-                self.send(msg, snapshot);
+                self.send_with_image(msg, &snapshot_image);
             }
             // Crash right after voting: the vote is out, only the disk remembers it.
             if faults && granted_a_vote && self.rng.random_bool(0.2) {
@@ -708,6 +706,19 @@ impl Sim {
                 self.on_read_failed(read_id);
             }
         }
+    }
+
+    /// Sends `msg`, attaching the sender's snapshot image when it is a snapshot.
+    fn send_with_image(&mut self, msg: Message, image: &Option<(SnapshotMeta, Kv)>) {
+        let snapshot = match &msg.body {
+            Body::Snapshot { meta } => {
+                let (m, kv) = image.as_ref().expect("a snapshot to send exists");
+                assert_eq!(m, meta, "core sends a snapshot storage does not have");
+                Some(kv.clone())
+            }
+            _ => None,
+        };
+        self.send(msg, snapshot);
     }
 
     fn send(&mut self, msg: Message, snapshot: Option<Kv>) {

@@ -385,11 +385,18 @@ impl<T: Transport> Driver<T> {
             hard_state,
             snapshot,
             entries,
+            replication,
             messages,
             committed,
             reads,
             failed_reads,
         } = ready;
+        // 0. The leader's appends go out first: the followers write them while we do
+        //    (Raft thesis §10.2.1; the core counts our copy only after `advance`).
+        for msg in replication {
+            self.dispatch(msg);
+        }
+
         // 1. Persist: the snapshot, then entries and hard state, in one fsync.
         if let Some(meta) = snapshot {
             self.install_snapshot(meta)?;
@@ -398,7 +405,7 @@ impl<T: Transport> Driver<T> {
             self.storage()?.append(hard_state.as_ref(), &entries)?;
         }
 
-        // 2. Send, now that everything the messages promise is durable.
+        // 2. Send the rest, now that everything those messages promise is durable.
         for msg in messages {
             self.dispatch(msg);
         }

@@ -439,15 +439,32 @@ impl RawNode {
         self.waiting_reads = later;
         let mut reads = std::mem::take(&mut self.ready_reads);
         reads.extend(now);
+        let (replication, messages) = std::mem::take(&mut self.msgs)
+            .into_iter()
+            .partition(|msg| self.is_replication(msg));
         Ready {
             hard_state,
             snapshot,
             entries,
-            messages: std::mem::take(&mut self.msgs),
+            replication,
+            messages,
             committed,
             reads,
             failed_reads: std::mem::take(&mut self.failed_reads),
         }
+    }
+
+    /// A message that may leave before the persist of its `Ready` (see
+    /// [`Ready::replication`]). A leader's term and vote were persisted before it could
+    /// win its election, so its replication depends on nothing unpersisted; every
+    /// answer to a peer (a vote, an append acknowledgement) does.
+    fn is_replication(&self, msg: &Message) -> bool {
+        self.role == Role::Leader
+            && msg.term == self.term
+            && matches!(
+                msg.body,
+                Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. }
+            )
     }
 
     /// The last `Ready` was persisted (and its messages sent). The leader may now count

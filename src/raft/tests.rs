@@ -35,6 +35,7 @@ fn drain(node: &mut RawNode) -> (Vec<Message>, Vec<Entry>, Vec<ReadState>) {
     let (mut msgs, mut committed, mut reads) = (Vec::new(), Vec::new(), Vec::new());
     while node.has_ready() {
         let rd = node.ready();
+        msgs.extend(rd.replication);
         msgs.extend(rd.messages);
         node.advance();
         committed.extend(rd.committed);
@@ -296,13 +297,13 @@ fn proposals_are_batched_into_one_append_per_follower() {
     let rd = c.node(1).ready();
     assert_eq!(rd.entries.len(), 50, "one persist for the whole batch");
     let appends: Vec<&Message> = rd
-        .messages
+        .replication
         .iter()
         .filter(|m| matches!(m.body, Body::Append { .. }))
         .collect();
     assert_eq!(appends.len(), 2, "one message per follower: {appends:?}");
     c.node(1).advance();
-    for m in rd.messages {
+    for m in rd.replication {
         c.node(m.to).step(m);
     }
     c.settle();
@@ -413,13 +414,14 @@ fn read_index_waits_for_a_heartbeat_round_and_is_refused_when_partitioned() {
     // Without any answer from the followers the read is not served.
     let rd = c.node(1).ready();
     assert!(rd.reads.is_empty());
+    assert!(rd.messages.is_empty());
     assert!(rd
-        .messages
+        .replication
         .iter()
         .all(|m| matches!(m.body, Body::Heartbeat { read_seq: 1, .. })));
     c.node(1).advance();
     // One follower confirms: with the leader that is a majority.
-    let m = rd.messages.into_iter().find(|m| m.to == 2).unwrap();
+    let m = rd.replication.into_iter().find(|m| m.to == 2).unwrap();
     c.node(2).step(m);
     let (answers, _, _) = drain(c.node(2));
     for a in answers {
@@ -486,4 +488,35 @@ fn a_lagging_follower_gets_a_snapshot_after_compaction() {
     assert!(got_snapshot);
     assert_eq!(c.nodes[&3].status().last_index, 21);
     assert_eq!(c.nodes[&3].status().snapshot_index, 15);
+}
+
+/// §10.2.1: the leader's appends leave before its own persist, so its own copy must
+/// not count until `advance`; a follower's acknowledgement must wait for the
+/// follower's persist.
+#[test]
+fn replication_may_leave_before_the_leaders_persist_but_acks_may_not() {
+    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
+    c.elect(1);
+    let index = c.node(1).propose(Bytes::from("w")).unwrap();
+    let rd = c.node(1).ready();
+    assert_eq!(rd.entries.len(), 1);
+    assert!(rd.messages.is_empty(), "{:?}", rd.messages);
+    let to_2 = rd.replication.into_iter().find(|m| m.to == 2).unwrap();
+    // The follower answers only after its persist: the answer is not replication.
+    c.node(2).step(to_2);
+    let follower = c.node(2).ready();
+    assert!(follower.replication.is_empty());
+    assert!(follower
+        .messages
+        .iter()
+        .any(|m| matches!(m.body, Body::AppendResponse { .. })));
+    c.node(2).advance();
+    // Before the leader's own advance, one follower plus the leader's unpersisted
+    // copy is no majority ...
+    let ack = follower.messages.into_iter().next().unwrap();
+    c.node(1).step(ack.clone());
+    assert!(c.nodes[&1].status().commit < index);
+    // ... but two durable copies are, once the leader's own persist is done.
+    c.node(1).advance();
+    assert_eq!(c.nodes[&1].status().commit, index);
 }

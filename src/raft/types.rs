@@ -150,6 +150,12 @@ pub struct Ready {
     pub hard_state: Option<HardState>,
     pub snapshot: Option<SnapshotMeta>,
     pub entries: Vec<Entry>,
+    /// The leader's replication (appends, heartbeats, snapshots) in its current term.
+    /// These may be sent *before* the persist, in parallel with it (Raft thesis
+    /// §10.2.1): they promise nothing this `Ready` persists, and the leader counts its
+    /// own log towards a majority only after `advance`.
+    pub replication: Vec<Message>,
+    /// Everything else: send only once the persist is durable.
     pub messages: Vec<Message>,
     pub committed: Vec<Entry>,
     pub reads: Vec<ReadState>,
@@ -162,6 +168,7 @@ impl Ready {
         self.hard_state.is_none()
             && self.snapshot.is_none()
             && self.entries.is_empty()
+            && self.replication.is_empty()
             && self.messages.is_empty()
             && self.committed.is_empty()
             && self.reads.is_empty()
