@@ -302,6 +302,12 @@ impl Sim {
         node.raw = None;
         node.restart_at = self.now + down_for;
         self.log(format!("n{id} crashes"));
+        // Its connections break: most peers notice at once.
+        for peer in self.voters() {
+            if self.rng.random_bool(0.8) {
+                self.connection_broke(id, peer);
+            }
+        }
         // Its clients learn nothing more: writes become indeterminate, reads are void.
         let abandoned: Vec<u64> = self
             .clients
@@ -439,8 +445,20 @@ impl Sim {
         })
     }
 
+    /// `to` sees its connection from `from` break.
+    fn connection_broke(&mut self, from: NodeId, to: NodeId) {
+        if let Some(raw) = self.nodes.get_mut(&to).and_then(|n| n.raw.as_mut()) {
+            raw.leader_disconnected(from);
+        }
+    }
+
     fn inject_faults(&mut self) {
         let n = self.sc.nodes;
+        // A connection breaks while both ends live (a stream reopened, a glitch).
+        if self.rng.random_bool(self.sc.partition_per_tick) {
+            let (from, to) = (self.rng.random_range(1..=n), self.rng.random_range(1..=n));
+            self.connection_broke(from, to);
+        }
         let max_faulty = ((n - 1) / 2) as usize;
         if self.now >= self.heal_partition_at && !self.blocked.is_empty() {
             self.blocked.clear();
@@ -528,6 +546,12 @@ impl Sim {
         self.log(format!(
             "partition kind {kind}: {a:?} | {b:?} for {heal_in}"
         ));
+        // Some cut connections are noticed at once (reset), others only by silence.
+        for &(from, to) in &blocked {
+            if self.rng.random_bool(0.5) {
+                self.connection_broke(from, to);
+            }
+        }
         self.blocked = blocked;
     }
 

@@ -16,7 +16,7 @@ mod runner;
 use std::sync::mpsc;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
 use crate::kv::Applied;
@@ -102,6 +102,11 @@ pub enum Event {
         reply: Option<RaftReplySender>,
         snapshot: Option<SnapshotWriter>,
     },
+    /// The connection carrying `from`'s appends broke (see
+    /// [`crate::raft::RawNode::leader_disconnected`]).
+    ConnectionLost {
+        from: NodeId,
+    },
     Propose {
         data: Bytes,
         reply: oneshot::Sender<Result<Committed, RequestError>>,
@@ -148,6 +153,8 @@ pub enum DriverError {
 #[derive(Clone)]
 pub struct DriverHandle {
     events: mpsc::SyncSender<Event>,
+    /// The leader this node knows of, updated after every turn.
+    leader: watch::Receiver<Option<NodeId>>,
 }
 
 impl DriverHandle {
@@ -171,6 +178,20 @@ impl DriverHandle {
             snapshot,
         })
         .is_ok()
+    }
+
+    /// Watches the leader this node knows of; `changed()` resolves at the next change
+    /// after this call.
+    pub fn leader_watch(&self) -> watch::Receiver<Option<NodeId>> {
+        let mut leader = self.leader.clone();
+        leader.mark_unchanged();
+        leader
+    }
+
+    /// The stream of appends from `from` ended without us asking: its process may have
+    /// died, so if it led, look for a new leader soon.
+    pub fn connection_lost(&self, from: NodeId) {
+        let _ = self.post(Event::ConnectionLost { from });
     }
 
     /// Proposes a command and waits until it is applied (or known to have failed).
@@ -240,9 +261,14 @@ pub(crate) fn role_name(role: crate::raft::Role) -> &'static str {
 }
 
 /// Creates the event channel of a driver.
-fn channel() -> (DriverHandle, mpsc::Receiver<Event>) {
+fn channel() -> (
+    DriverHandle,
+    mpsc::Receiver<Event>,
+    watch::Sender<Option<NodeId>>,
+) {
     let (events, receiver) = mpsc::sync_channel(EVENT_QUEUE);
-    (DriverHandle { events }, receiver)
+    let (leader_tx, leader) = watch::channel(None);
+    (DriverHandle { events, leader }, receiver, leader_tx)
 }
 
 /// Where this node's log and snapshots live.

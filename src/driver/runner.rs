@@ -7,7 +7,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use super::{
@@ -34,14 +34,14 @@ pub fn spawn(
     config: Arc<Config>,
     transport: impl Transport,
 ) -> Result<(DriverHandle, oneshot::Receiver<Result<(), DriverError>>), DriverError> {
-    let (handle, events) = channel();
+    let (handle, events, leader) = channel();
     // Open before returning, so that a damaged data directory stops start-up at once.
     let open = OpenNode::open(&config)?;
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("raft-driver".to_string())
         .spawn(move || {
-            let mut driver = Driver::new(config, transport, open);
+            let mut driver = Driver::new(config, transport, open, leader);
             let result = driver.run(&events);
             driver.fail_everything(RequestError::ShuttingDown);
             if let Err(err) = &result {
@@ -153,10 +153,17 @@ struct Driver<T> {
     received_snapshots: Vec<SnapshotWriter>,
     /// Role, term and leader last logged.
     last_role: Option<(Role, Term, Option<NodeId>)>,
+    /// The leader as published to waiting requests ([`DriverHandle::leader_watch`]).
+    leader: watch::Sender<Option<NodeId>>,
 }
 
 impl<T: Transport> Driver<T> {
-    fn new(config: Arc<Config>, transport: T, open: OpenNode) -> Driver<T> {
+    fn new(
+        config: Arc<Config>,
+        transport: T,
+        open: OpenNode,
+        leader: watch::Sender<Option<NodeId>>,
+    ) -> Driver<T> {
         let snapshot_index = open.applied;
         Driver {
             config,
@@ -176,6 +183,7 @@ impl<T: Transport> Driver<T> {
             waiting_read_index: HashMap::new(),
             received_snapshots: Vec::new(),
             last_role: None,
+            leader,
         }
     }
 
@@ -230,6 +238,7 @@ impl<T: Transport> Driver<T> {
             // The core had its chance to install these in this turn's Ready.
             self.received_snapshots.clear();
             self.answer_unanswered();
+            self.publish_leader();
         }
     }
 
@@ -264,6 +273,11 @@ impl<T: Transport> Driver<T> {
                 }
                 self.received_snapshots.extend(snapshot);
                 self.node.step(msg);
+            }
+            Event::ConnectionLost { from } => {
+                if self.up {
+                    self.node.leader_disconnected(from);
+                }
             }
             Event::Propose { data, reply } => {
                 if !self.up {
@@ -341,6 +355,17 @@ impl<T: Transport> Driver<T> {
     }
 
     /// Logs elections as this node sees them: its role, term and leader.
+    /// Tells waiting requests when a leader appears (or goes), so they retry at once
+    /// rather than after their back-off.
+    fn publish_leader(&self) {
+        let known = if self.up { self.node.leader() } else { None };
+        self.leader.send_if_modified(|leader| {
+            let changed = *leader != known;
+            *leader = known;
+            changed
+        });
+    }
+
     fn log_role_change(&mut self) {
         let now = (self.node.role(), self.node.term(), self.node.leader());
         if self.last_role == Some(now) {

@@ -245,6 +245,22 @@ impl RawNode {
         }
     }
 
+    /// The driver saw the connection from `from` break (its process died, or the link
+    /// did). If `from` is our leader, its lease no longer holds: we grant (pre-)votes
+    /// to others at once and campaign after a short random delay (up to one heartbeat
+    /// interval) instead of a whole election timeout, so a crashed leader is replaced
+    /// in about a heartbeat rather than an election timeout. Timing never decides
+    /// safety; a live leader's next heartbeat restores it, and pre-vote keeps a lone
+    /// suspicious follower from disrupting a leader the others still hear.
+    pub fn leader_disconnected(&mut self, from: NodeId) {
+        if self.role != Role::Follower || self.leader != Some(from) {
+            return;
+        }
+        self.leader = None;
+        self.election_elapsed = 0;
+        self.randomized_timeout = 1 + self.next_random() % self.cfg.heartbeat_ticks.max(1);
+    }
+
     /// A message from a peer.
     pub fn step(&mut self, m: Message) {
         if m.to != self.cfg.id || m.from == self.cfg.id || !self.cfg.voters.contains(&m.from) {

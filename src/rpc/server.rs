@@ -31,7 +31,8 @@ use crate::raft::{Body, Message};
 /// never forwarded a second time (a leader that lost its post answers UNAVAILABLE and
 /// the first node retries with its fresher view).
 const FORWARDED: &str = "x-distraft-forwarded";
-/// Pause between attempts while the cluster has no leader, doubling up to the max.
+/// Pause between attempts while the cluster has no leader, doubling up to the max;
+/// cut short when this node learns of a leader.
 const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_millis(100);
 /// How much earlier than the client's own deadline a request gives up (at most).
@@ -251,6 +252,9 @@ impl KvService {
     {
         let mut pause = RETRY_MIN;
         loop {
+            // Watched from before the attempt, so that a leader elected meanwhile
+            // cuts the pause short.
+            let mut leader = self.driver.leader_watch();
             let outcome = tokio::time::timeout_at(deadline.at, local())
                 .await
                 .map_err(|_| deadline.expired(write))?;
@@ -286,7 +290,10 @@ impl KvService {
             if deadline.remaining() <= pause {
                 return Err(deadline.expired(write));
             }
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = leader.changed() => {}
+            }
             pause = (pause * 2).min(RETRY_MAX);
         }
     }
@@ -504,16 +511,25 @@ impl pb::raft_server::Raft for RaftService {
         let stop = self.stop.clone();
         tokio::spawn(async move {
             let mut stopping = std::pin::pin!(stopped(stop));
+            // The sender, once known: if the stream breaks, it may have died.
+            let mut sender = None;
             loop {
                 let next = tokio::select! {
                     next = requests.message() => next,
                     () = &mut stopping => return,
                 };
+                let ended = !matches!(next, Ok(Some(_)));
+                if let (true, Some(from)) = (ended, sender) {
+                    driver.connection_lost(from);
+                }
                 let next = match next {
                     Ok(Some(request)) => convert::append_request_message(&config, request),
                     Ok(None) => return,
                     Err(status) => Err(status),
                 };
+                if let Ok(msg) = &next {
+                    sender = Some(msg.from);
+                }
                 let answer = next.and_then(|msg| {
                     let (reply, answer) = oneshot::channel();
                     if driver.step(msg, Some(reply), None) {
