@@ -111,6 +111,7 @@ start_etcd() { # i
         --initial-cluster-state new --enable-v2 --logger zap --log-level warn \
         >>"$WORK/etcd/e$i.out" 2>&1 &
     PID[etcd$i]=$!
+    disown # no "Killed" notice from bash when a failover trial kills it
 }
 
 start_distraft() { # i
@@ -121,6 +122,7 @@ start_distraft() { # i
         DISTRAFT_DATA_PATH="$WORK/distraft/state" DISTRAFT_LOG_LEVEL=WARNING \
         "$DISTRAFT" >>"$WORK/distraft/d$i.out" 2>&1 &
     PID[distraft$i]=$!
+    disown
 }
 
 # target_of system -> the bench's --target; urls_of system -> comma-separated URLs
@@ -239,8 +241,8 @@ failover() { # system -> one failover time per trial, in $OUT/failover-<system>.
         "$DISTRAFT" bench failover --target "$(target_of "$system")" --urls "$survivors" \
             --kill-pid "${PID[$system$killed]}" --request-timeout 5 \
             --json "$OUT/failover-$system-$trial.json" | sed "s/^/[$system trial $trial] /" >&2
-        # Reap it; the braces also silence bash's "Killed" notice.
-        { wait "${PID[$system$killed]}"; } 2>/dev/null || true
+        # Gone (bash reaps it) before its ports are reused.
+        for _ in $(seq 50); do kill -0 "${PID[$system$killed]}" 2>/dev/null || break; sleep 0.1; done
         json_number "$OUT/failover-$system-$trial.json" failover_ms >>"$OUT/failover-$system.txt"
         "start_$system" "$killed"
         wait_writable "$system" "$killed"

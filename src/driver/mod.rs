@@ -100,7 +100,9 @@ pub enum Event {
     Raft {
         msg: Message,
         reply: Option<RaftReplySender>,
-        snapshot: Option<SnapshotWriter>,
+        /// Boxed: rare and large, and every slot of the event queue is as large as
+        /// the largest event.
+        snapshot: Option<Box<SnapshotWriter>>,
     },
     /// The connection carrying `from`'s appends broke (see
     /// [`crate::raft::RawNode::leader_disconnected`]).
@@ -175,7 +177,7 @@ impl DriverHandle {
         self.post(Event::Raft {
             msg,
             reply,
-            snapshot,
+            snapshot: snapshot.map(Box::new),
         })
         .is_ok()
     }

@@ -271,7 +271,8 @@ impl<T: Transport> Driver<T> {
                         },
                     }
                 }
-                self.received_snapshots.extend(snapshot);
+                self.received_snapshots
+                    .extend(snapshot.map(|writer| *writer));
                 self.node.step(msg);
             }
             Event::ConnectionLost { from } => {
