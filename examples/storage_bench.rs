@@ -62,17 +62,10 @@ fn record_bytes(batch: usize) -> Result<usize> {
         dir.path().join("l"),
         dir.path().join("d"),
     ))?;
-    let wal = || -> Result<u64> {
-        let mut total = 0;
-        for f in std::fs::read_dir(dir.path().join("l"))? {
-            total += f?.metadata()?.len();
-        }
-        Ok(total)
-    };
-    let before = wal()?;
+    let before = storage.wal_end().1;
     let entries: Vec<Entry> = (1..=batch as u64).map(entry).collect();
     storage.append(Some(&HardState::default()), &entries)?;
-    Ok((wal()? - before) as usize)
+    Ok((storage.wal_end().1 - before) as usize)
 }
 
 /// write + fdatasync of `write_bytes` to an appended file, as often as possible.

@@ -16,7 +16,8 @@ mod snapshot;
 mod terms;
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
@@ -101,7 +102,17 @@ pub struct Recovered {
 struct Segment {
     first_index: Index,
     path: PathBuf,
+    /// Where its records end (the file may go on with zeros written ahead).
+    end: u64,
 }
+
+/// The active segment is filled with zeros this far ahead of its records, so that an
+/// append overwrites zeros instead of growing the file. An fdatasync that must also
+/// record a new file size costs a journal commit, and on a disk shared by several
+/// nodes (or processes) their syncs queue for each other's commits: measured here,
+/// three processes syncing 150-byte appends took about twice as long per sync as
+/// when overwriting zeros. Recovery reads zeros after the last record as the end.
+const ZERO_AHEAD_BYTES: u64 = 256 * 1024;
 
 /// A node's WAL and snapshots. Single writer: one `Storage` per directory.
 pub struct Storage {
@@ -112,6 +123,8 @@ pub struct Storage {
     segments: Vec<Segment>,
     active: File,
     active_len: u64,
+    /// The active file's length: zeros from `active_len` up to here.
+    zeroed_to: u64,
     terms: LogTerms,
     hard_state: HardState,
     snapshot: Option<SnapshotFile>,
@@ -180,21 +193,22 @@ impl Storage {
             });
         }
 
-        let (active, active_len) = match replay.segments.last() {
+        let (active, active_len, zeroed_to) = match replay.segments.last() {
             Some(last) => {
                 let file = File::options()
-                    .append(true)
+                    .write(true)
                     .open(&last.path)
                     .map_err(io_error(&last.path))?;
                 let len = file.metadata().map_err(io_error(&last.path))?.len();
-                (file, len)
+                (file, last.end, len)
             }
             None => {
                 let first_index = replay.terms.last() + 1;
-                let (segment, file, len) =
+                let (segment, file) =
                     create_segment(&opts.log_dir, first_index, &replay.hard_state)?;
+                let end = segment.end;
                 replay.segments.push(segment);
-                (file, len)
+                (file, end, end)
             }
         };
 
@@ -221,6 +235,7 @@ impl Storage {
             segments: replay.segments,
             active,
             active_len,
+            zeroed_to,
             terms: replay.terms,
             hard_state: replay.hard_state,
             snapshot,
@@ -338,6 +353,13 @@ impl Storage {
         self.terms.last()
     }
 
+    /// Where the WAL's records end: the active segment and its length in records (the
+    /// file itself goes on with zeros written ahead, see [`ZERO_AHEAD_BYTES`]).
+    pub fn wal_end(&self) -> (&Path, u64) {
+        let active = &self.segments[self.segments.len() - 1];
+        (&active.path, active.end)
+    }
+
     /// The last hard state recorded.
     pub fn hard_state(&self) -> HardState {
         self.hard_state
@@ -376,10 +398,21 @@ impl Storage {
 
     /// Writes `buf` to the active segment and fdatasyncs it.
     fn write_buf(&mut self) -> Result<(), StorageError> {
-        let path = &self.segments[self.segments.len() - 1].path;
-        self.active.write_all(&self.buf).map_err(io_error(path))?;
+        let segment = self.segments.len() - 1;
+        let path = &self.segments[segment].path;
+        let end = self.active_len + self.buf.len() as u64;
+        if end > self.zeroed_to {
+            // Zeros first, then the record over them; one fdatasync covers both.
+            let zero_to = end.max(self.zeroed_to + ZERO_AHEAD_BYTES);
+            write_zeros(&self.active, self.zeroed_to, zero_to).map_err(io_error(path))?;
+            self.zeroed_to = zero_to;
+        }
+        self.active
+            .write_all_at(&self.buf, self.active_len)
+            .map_err(io_error(path))?;
         self.active.sync_data().map_err(io_error(path))?;
-        self.active_len += self.buf.len() as u64;
+        self.active_len = end;
+        self.segments[segment].end = end;
         Ok(())
     }
 
@@ -391,10 +424,17 @@ impl Storage {
         if first_index <= self.segments[self.segments.len() - 1].first_index {
             return Ok(());
         }
-        let (segment, file, len) = create_segment(&self.log_dir, first_index, &self.hard_state)?;
+        // The finished segment's zeros are not needed; if this is lost in a crash,
+        // recovery reads them as its end all the same.
+        let finished = &self.segments[self.segments.len() - 1];
+        self.active
+            .set_len(self.active_len)
+            .map_err(io_error(&finished.path))?;
+        let (segment, file) = create_segment(&self.log_dir, first_index, &self.hard_state)?;
+        self.active_len = segment.end;
+        self.zeroed_to = segment.end;
         self.segments.push(segment);
         self.active = file;
-        self.active_len = len;
         Ok(())
     }
 
@@ -554,6 +594,7 @@ fn replay_wal(log_dir: &Path) -> Result<Replay, StorageError> {
         replay.segments.push(Segment {
             first_index: *first_index,
             path: path.clone(),
+            end: offset as u64,
         });
     }
     Ok(replay)
@@ -615,6 +656,21 @@ fn repair_torn_tail(log_dir: &Path, replay: &mut Replay) -> Result<(), StorageEr
             .map_err(io_error(&torn.path))?;
         file.set_len(torn.valid_len).map_err(io_error(&torn.path))?;
         file.sync_all().map_err(io_error(&torn.path))?;
+        if let Some(last) = replay.segments.last_mut().filter(|s| s.path == torn.path) {
+            last.end = torn.valid_len;
+        }
+    }
+    Ok(())
+}
+
+/// Writes zeros to `file` over `[from, to)`.
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
     }
     Ok(())
 }
@@ -625,20 +681,28 @@ fn create_segment(
     log_dir: &Path,
     first_index: Index,
     hard_state: &HardState,
-) -> Result<(Segment, File, u64), StorageError> {
+) -> Result<(Segment, File), StorageError> {
     let path = log_dir.join(format!("{first_index:020}{WAL_SUFFIX}"));
     let mut image = record::encode_segment_header(first_index).to_vec();
     // A hard state alone is a few dozen bytes: it always fits a record.
     let _ = record::encode_batch(&mut image, Some(hard_state), &[]);
-    let mut file = File::options()
-        .append(true)
+    let file = File::options()
+        .write(true)
         .create_new(true)
         .open(&path)
         .map_err(io_error(&path))?;
-    file.write_all(&image).map_err(io_error(&path))?;
+    file.write_all_at(&image, 0).map_err(io_error(&path))?;
     file.sync_data().map_err(io_error(&path))?;
     sync_dir(log_dir)?;
-    Ok((Segment { first_index, path }, file, image.len() as u64))
+    let end = image.len() as u64;
+    Ok((
+        Segment {
+            first_index,
+            path,
+            end,
+        },
+        file,
+    ))
 }
 
 /// Files named `<20-digit number><suffix>` in `dir`, sorted by number. Other files

@@ -156,7 +156,9 @@ fn end_frame(buf: &mut Vec<u8>, start: usize) -> Result<(), usize> {
 /// the data; otherwise the record and the offset just past it.
 pub(super) fn decode_record(buf: &[u8], offset: usize) -> Result<Option<(Record, usize)>, Damage> {
     let rest = &buf[offset..];
-    if rest.is_empty() {
+    // The end: nothing, or zeros written ahead of the records (a valid record header
+    // is never zeros: its checksum of zeros is not zero).
+    if rest.iter().take(RECORD_HEADER_LEN).all(|&b| b == 0) && all_zero(rest) {
         return Ok(None);
     }
     if rest.len() < RECORD_HEADER_LEN {
