@@ -164,7 +164,7 @@ impl ChaosCluster {
                 REQUEST_TIMEOUT.as_secs_f64().to_string(),
             )
             .env("DISTRAFT_SNAPSHOT_THRESHOLD", SNAPSHOT_THRESHOLD)
-            .env("DISTRAFT_LOG_LEVEL", "INFO")
+            .env("DISTRAFT_LOG_LEVEL", log_level())
             .stdin(Stdio::null())
             .stdout(output.try_clone().unwrap())
             .stderr(output);
@@ -248,6 +248,12 @@ impl ChaosCluster {
             })
             .collect()
     }
+}
+
+/// The nodes' `DISTRAFT_LOG_LEVEL`: `DISTRAFT_CHAOS_LOG_LEVEL` (e.g. `debug`, to study a
+/// run), INFO by default.
+fn log_level() -> String {
+    std::env::var("DISTRAFT_CHAOS_LOG_LEVEL").unwrap_or_else(|_| "INFO".into())
 }
 
 impl Drop for ChaosCluster {
