@@ -30,9 +30,11 @@ use crate::storage::SnapshotFile;
 const STREAM_BUFFER: usize = 1024;
 /// Snapshot images travel in chunks of this size.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
-/// First and largest pause before reopening a replication stream that failed.
+/// First and largest pause before reopening a replication stream that failed. The
+/// largest is what a healed peer may wait for its leader to try again: with 1 s, reads
+/// through a follower healed after a long partition failed for about 1 s more.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// Deadline of a unary Raft RPC (votes, ReadIndex): an answer later than an election
 /// timeout is of no use.
