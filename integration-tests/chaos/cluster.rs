@@ -16,6 +16,7 @@ use distraft::proto::v1::{
     admin_client::AdminClient, StartRequest, StatusRequest, StatusResponse, StopRequest,
 };
 use tempfile::TempDir;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::harness::{free_ports, tail, ELECTION, HEARTBEAT, REQUEST_TIMEOUT};
@@ -54,15 +55,21 @@ struct Process {
     admin: AdminClient<Channel>,
 }
 
+/// One cluster at a time across this target's tests: two would starve the 2-core
+/// machine and blur each other's timings.
+static ONE_AT_A_TIME: Semaphore = Semaphore::const_new(1);
+
 pub struct ChaosCluster {
     nodes: Vec<Process>,
     network: Network,
     dir: TempDir,
+    _permit: SemaphorePermit<'static>,
 }
 
 impl ChaosCluster {
     /// Starts `size` nodes behind a fresh [`Network`] (without waiting for a leader).
     pub async fn start(size: usize) -> ChaosCluster {
+        let permit = ONE_AT_A_TIME.acquire().await.unwrap();
         let ports = free_ports(size * 2);
         let addresses: Vec<Address> = (0..size)
             .map(|i| Address {
@@ -106,6 +113,7 @@ impl ChaosCluster {
             nodes,
             network,
             dir,
+            _permit: permit,
         };
         for i in 0..size {
             cluster.spawn(i);
@@ -164,7 +172,7 @@ impl ChaosCluster {
                 REQUEST_TIMEOUT.as_secs_f64().to_string(),
             )
             .env("DISTRAFT_SNAPSHOT_THRESHOLD", SNAPSHOT_THRESHOLD)
-            .env("DISTRAFT_LOG_LEVEL", "INFO")
+            .env("DISTRAFT_LOG_LEVEL", log_level())
             .stdin(Stdio::null())
             .stdout(output.try_clone().unwrap())
             .stderr(output);
@@ -177,6 +185,11 @@ impl ChaosCluster {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// Where node `i` writes its output.
+    pub fn output(&self, i: usize) -> &std::path::Path {
+        &self.nodes[i].output
     }
 
     /// Starts node `i` again from what it persisted.
@@ -248,6 +261,12 @@ impl ChaosCluster {
             })
             .collect()
     }
+}
+
+/// The nodes' `DISTRAFT_LOG_LEVEL`: `DISTRAFT_CHAOS_LOG_LEVEL` (e.g. `debug`, to study a
+/// run), INFO by default.
+fn log_level() -> String {
+    std::env::var("DISTRAFT_CHAOS_LOG_LEVEL").unwrap_or_else(|_| "INFO".into())
 }
 
 impl Drop for ChaosCluster {

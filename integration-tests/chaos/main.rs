@@ -27,6 +27,7 @@
 mod harness;
 
 mod cluster;
+mod heal;
 mod nemesis;
 mod proxy;
 mod workload;

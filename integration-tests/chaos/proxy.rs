@@ -9,7 +9,10 @@
 //!
 //! A blocked direction either *drops* (bytes are held back, as a silent network does:
 //! TCP keeps them and delivers them in order if the connection survives the partition)
-//! or *rejects* (connections are closed and new ones refused, as after a reset).
+//! or *rejects* (connections are closed and new ones refused, as after a reset), or
+//! *loses* (bytes vanish and new connections are refused; the connections open at the
+//! cut stay silent for good, even once healed, as when a container leaves its docker
+//! network and comes back with another address).
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -30,6 +33,9 @@ pub enum Flow {
     Drop,
     /// Connections are closed, new ones refused.
     Reject,
+    /// Bytes are discarded, new connections refused; an open connection never carries
+    /// a byte again (its peer's address is gone), until an end closes it.
+    Lose,
 }
 
 /// The two directions of one proxy.
@@ -74,6 +80,9 @@ impl Network {
         let mut ports = vec![vec![0; size]; size];
         let mut rules = Vec::with_capacity(size);
         let mut accepting = JoinSet::new();
+        // From the harness, never port 0: the OS could hand out a port the harness chose
+        // for a node that has not bound it yet.
+        let mut free = crate::harness::free_ports(size * (size - 1)).into_iter();
         for (from, row) in ports.iter_mut().enumerate() {
             let mut rule_row = Vec::with_capacity(size);
             for (to, port) in row.iter_mut().enumerate() {
@@ -82,8 +91,8 @@ impl Network {
                 if from == to {
                     continue;
                 }
-                let listener = TcpListener::bind("127.0.0.1:0").await?;
-                *port = listener.local_addr()?.port();
+                *port = free.next().expect("one port per ordered pair");
+                let listener = TcpListener::bind(("127.0.0.1", *port)).await?;
                 accepting.spawn(accept_loop(listener, raft_ports[to], receiver));
             }
             rules.push(rule_row);
@@ -132,7 +141,7 @@ async fn accept_loop(listener: TcpListener, upstream_port: u16, rules: watch::Re
         let Ok((inbound, _)) = listener.accept().await else {
             continue;
         };
-        if rules.borrow().requests == Flow::Reject {
+        if matches!(rules.borrow().requests, Flow::Reject | Flow::Lose) {
             // Refused: closed before a byte is read.
             continue;
         }
@@ -166,9 +175,13 @@ async fn pump(
     direction: Direction,
 ) {
     let mut buffer = vec![0; 64 * 1024];
+    // Once lost, a connection stays silent: bytes are read and discarded.
+    let mut lost = false;
     loop {
-        if rules.borrow_and_update().flow(direction) == Flow::Reject {
-            return;
+        match rules.borrow_and_update().flow(direction) {
+            Flow::Reject => return,
+            Flow::Lose => lost = true,
+            Flow::Open | Flow::Drop => {}
         }
         // An idle connection must notice a rejection too.
         let read = tokio::select! {
@@ -182,6 +195,9 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
+        if lost {
+            continue;
+        }
         // Bounded by the rule changing, or by its sender (the network) going away.
         let flow = match rules
             .wait_for(|rule| rule.flow(direction) != Flow::Drop)
@@ -190,8 +206,13 @@ async fn pump(
             Ok(rule) => rule.flow(direction),
             Err(_) => return,
         };
-        if flow == Flow::Reject {
-            return;
+        match flow {
+            Flow::Reject => return,
+            Flow::Lose => {
+                lost = true;
+                continue;
+            }
+            Flow::Open | Flow::Drop => {}
         }
         if to.write_all(&buffer[..read]).await.is_err() {
             return;
@@ -199,7 +220,8 @@ async fn pump(
     }
 }
 
-/// The proxy itself: forwarding, dropping (held, delivered on healing), rejecting.
+/// The proxy itself: forwarding, dropping (held, delivered on healing), rejecting,
+/// losing.
 #[tokio::test]
 async fn proxies_forward_hold_and_refuse() {
     use std::time::Duration;
@@ -249,4 +271,23 @@ async fn proxies_forward_hold_and_refuse() {
     stream.write_all(b"back").await.unwrap();
     stream.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"back");
+
+    // Lost both ways: bytes vanish, new connections are refused, and the open
+    // connection stays silent after healing while a new one works.
+    network.apply(&[(0, 1), (1, 0)], Flow::Lose);
+    stream.write_all(b"gone").await.unwrap();
+    let lost = timeout(quiet, stream.read_exact(&mut answer)).await;
+    assert!(lost.is_err(), "a lost message arrived");
+    let mut refused = connect().await.unwrap();
+    let _ = refused.write_all(b"lost").await;
+    let closed = timeout(quiet, refused.read(&mut answer)).await.unwrap();
+    assert_eq!(closed.unwrap_or(0), 0, "a new connection got through");
+    network.heal();
+    stream.write_all(b"dead").await.unwrap();
+    let dead = timeout(quiet, stream.read_exact(&mut answer)).await;
+    assert!(dead.is_err(), "a lost connection came back to life");
+    let mut fresh = connect().await.unwrap();
+    fresh.write_all(b"anew").await.unwrap();
+    fresh.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"anew");
 }

@@ -30,9 +30,11 @@ use crate::storage::SnapshotFile;
 const STREAM_BUFFER: usize = 1024;
 /// Snapshot images travel in chunks of this size.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
-/// First and largest pause before reopening a replication stream that failed.
+/// First and largest pause before reopening a replication stream that failed. The
+/// largest is what a healed peer may wait for its leader to try again: with 1 s, reads
+/// through a follower healed after a long partition failed for about 1 s more.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// Deadline of a unary Raft RPC (votes, ReadIndex): an answer later than an election
 /// timeout is of no use.
@@ -76,12 +78,18 @@ pub struct PeerTasks {
 }
 
 /// A channel to a member's gRPC server, connected on first use.
+///
+/// A partition can leave the connection dead for good (a docker network disconnect and
+/// reconnect changes the node's address): every RPC on it then waits out its deadline
+/// until the HTTP/2 keepalive closes it, and only then does tonic reconnect. So probe
+/// after a heartbeat interval of silence and give up after an RPC deadline: a healed
+/// node is heard from again within about an election timeout.
 fn connect_lazy(config: &Config, member: &Member) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(member.grpc_uri())?
         .connect_timeout(raft_rpc_timeout(config))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(replication_timeout(config))
+        .http2_keep_alive_interval(config.heartbeat_timeout)
+        .keep_alive_timeout(raft_rpc_timeout(config))
         .keep_alive_while_idle(true)
         .connect_lazy())
 }
