@@ -82,13 +82,14 @@ pub struct PeerTasks {
 /// A partition can leave the connection dead for good (a docker network disconnect and
 /// reconnect changes the node's address): every RPC on it then waits out its deadline
 /// until the HTTP/2 keepalive closes it, and only then does tonic reconnect. So probe
-/// after a heartbeat interval of silence and give up after an RPC deadline: a healed
-/// node is heard from again within about an election timeout.
+/// after a heartbeat interval of silence (at least 50 ms, so that tiny heartbeats do
+/// not turn into a ping storm) and give up after an RPC deadline: a healed node is
+/// heard from again within about an election timeout.
 fn connect_lazy(config: &Config, member: &Member) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(member.grpc_uri())?
         .connect_timeout(raft_rpc_timeout(config))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(config.heartbeat_timeout)
+        .http2_keep_alive_interval(config.heartbeat_timeout.max(Duration::from_millis(50)))
         .keep_alive_timeout(raft_rpc_timeout(config))
         .keep_alive_while_idle(true)
         .connect_lazy())
