@@ -201,7 +201,8 @@ impl DriverHandle {
     pub async fn propose(&self, data: Bytes) -> Result<Committed, RequestError> {
         let (reply, answer) = oneshot::channel();
         self.post(Event::Propose { data, reply })?;
-        answer.await.unwrap_or(Err(RequestError::ShuttingDown))
+        // A reply dropped unanswered: the proposal may have made it into the log.
+        answer.await.unwrap_or(Err(RequestError::Indeterminate))
     }
 
     /// Reads a key: linearizable (ReadIndex) unless `stale`.

@@ -119,9 +119,23 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
+/// Marks a failure that certainly left the cluster unchanged (the request never made
+/// it into the log), so that the node that forwarded it may try again. UNAVAILABLE
+/// alone does not say so: a write whose leader lost its post after proposing it may
+/// still commit, and sending it again could apply it twice (put a, put b, put a).
+const NOT_APPLIED: &str = "x-distraft-not-applied";
+
 /// The gRPC status for a failed client request.
 fn status_of(err: RequestError) -> Status {
-    match err {
+    let not_applied = matches!(
+        err,
+        RequestError::NotLeader { .. }
+            | RequestError::LeadershipLost
+            | RequestError::Stopped
+            | RequestError::ShuttingDown
+            | RequestError::Overloaded
+    );
+    let mut status = match err {
         RequestError::NotLeader { .. } | RequestError::LeadershipLost => Status::unavailable(
             format!("{err}; no leader could serve the request, try again"),
         ),
@@ -130,7 +144,32 @@ fn status_of(err: RequestError) -> Status {
         | RequestError::ShuttingDown
         | RequestError::Overloaded => Status::unavailable(err.to_string()),
         RequestError::Rejected(_) | RequestError::Storage(_) => Status::internal(err.to_string()),
+    };
+    if not_applied {
+        status.metadata_mut().insert(
+            NOT_APPLIED,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
     }
+    status
+}
+
+/// Whether a write forwarded to the leader certainly did not happen: the leader said
+/// so, or the request never left (the connection could not be made).
+fn certainly_not_applied(status: &Status) -> bool {
+    if status.metadata().contains_key(NOT_APPLIED) {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// How long a client request may take: the node's request timeout, or less when the
@@ -270,8 +309,12 @@ impl KvService {
                             Err(_) if deadline.remaining().is_zero() => {
                                 return Err(deadline.expired(write))
                             }
-                            // The leader is gone, stopped or deposed: look again.
-                            Err(status) if status.code() == Code::Unavailable => {
+                            // The leader is gone, stopped or deposed: look again, unless
+                            // the write may have happened (never apply it twice).
+                            Err(status)
+                                if status.code() == Code::Unavailable
+                                    && (!write || certainly_not_applied(&status)) =>
+                            {
                                 debug!(leader, "forwarding to the leader failed: {status}");
                             }
                             Err(status) => return Err(status),
@@ -667,6 +710,41 @@ mod tests {
         let mut request = Request::new(());
         request.set_timeout(Duration::from_secs(10));
         assert_eq!(Deadline::of(&request, own).timeout, own);
+    }
+
+    /// Only failures that certainly left the log unchanged let a forwarded write be
+    /// sent again: a write that may have committed must never be applied twice.
+    #[tokio::test]
+    async fn only_certain_failures_make_a_forwarded_write_retry() {
+        assert!(certainly_not_applied(&status_of(RequestError::NotLeader {
+            leader: None
+        })));
+        assert!(certainly_not_applied(&status_of(
+            RequestError::LeadershipLost
+        )));
+        assert!(!certainly_not_applied(&status_of(
+            RequestError::Indeterminate
+        )));
+        // A broken connection: the request may have arrived.
+        assert!(!certainly_not_applied(&Status::unavailable(
+            "transport error"
+        )));
+
+        // Nobody listens: the request never left.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let refused = KvClient::new(channel)
+            .put(pb::PutRequest {
+                key: "k".into(),
+                value: "v".into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(certainly_not_applied(&refused), "{refused:?}");
     }
 
     #[test]
