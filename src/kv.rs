@@ -128,14 +128,29 @@ impl Kv {
     /// straight from the map, so no second copy of the state is made.
     pub fn write_image(&self, out: impl Write) -> io::Result<()> {
         let mut out = BufWriter::with_capacity(256 * 1024, out);
+        self.encode_image(&mut out)?;
+        out.flush()
+    }
+
+    /// The snapshot image of [`Kv::write_image`], in memory: the state at this point,
+    /// to be written to disk by another thread while this one goes on applying. One
+    /// pass over the map into a buffer sized up front (no regrowth); it needs as much
+    /// memory again as the image for as long as it is kept.
+    pub fn image(&self) -> io::Result<Vec<u8>> {
+        let pairs: usize = self.map.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+        let mut image = Vec::with_capacity(IMAGE_MAGIC.len() + 8 + pairs + 8);
+        self.encode_image(&mut image)?;
+        Ok(image)
+    }
+
+    fn encode_image(&self, out: &mut impl Write) -> io::Result<()> {
         out.write_all(IMAGE_MAGIC)?;
         out.write_all(&(self.map.len() as u64).to_le_bytes())?;
         for (key, value) in &self.map {
-            write_field(&mut out, key)?;
-            write_field(&mut out, value)?;
+            write_field(out, key)?;
+            write_field(out, value)?;
         }
-        out.write_all(&self.digest.to_le_bytes())?;
-        out.flush()
+        out.write_all(&self.digest.to_le_bytes())
     }
 
     /// Loads a state machine from an image written by [`Kv::write_image`], checking its
@@ -299,6 +314,10 @@ mod tests {
         kv.write_image(&mut image).unwrap();
         let loaded = Kv::read_image(image.as_slice()).unwrap();
         assert_eq!(loaded, kv);
+        // The in-memory image is the same bytes, in a buffer of exactly its size.
+        let in_memory = kv.image().unwrap();
+        assert_eq!(in_memory, image);
+        assert_eq!(in_memory.capacity(), in_memory.len());
 
         let mut empty = Vec::new();
         Kv::new().write_image(&mut empty).unwrap();

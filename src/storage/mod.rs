@@ -18,6 +18,7 @@ mod terms;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::warn;
 
@@ -26,7 +27,7 @@ use record::Record;
 use snapshot::{SNAPSHOT_SUFFIX, TEMP_SUFFIX};
 use terms::{LogTerms, SnapshotFit};
 
-pub use snapshot::{SnapshotFile, SnapshotWriter};
+pub use snapshot::{SnapshotFile, SnapshotJob, SnapshotWriter};
 
 const WAL_SUFFIX: &str = ".wal";
 /// Default size past which the log rolls to a new segment.
@@ -41,6 +42,22 @@ pub struct StorageOptions {
     pub data_dir: PathBuf,
     /// Roll to a new WAL segment once the current one is past this size.
     pub segment_bytes: u64,
+    /// Run by every snapshot writer before it makes its file durable (tests only).
+    pub snapshot_hook: Option<SnapshotHook>,
+}
+
+/// A test hook: called with the snapshot's meta just before its file is fsynced and
+/// renamed; an error fails that snapshot. Lets tests hold a snapshot half-way
+/// (deterministically, without timing) or make it fail.
+#[derive(Clone)]
+pub struct SnapshotHook(pub Arc<SnapshotHookFn>);
+
+pub type SnapshotHookFn = dyn Fn(&SnapshotMeta) -> io::Result<()> + Send + Sync;
+
+impl std::fmt::Debug for SnapshotHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotHook")
+    }
 }
 
 impl StorageOptions {
@@ -50,6 +67,7 @@ impl StorageOptions {
             log_dir: log_dir.into(),
             data_dir: data_dir.into(),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            snapshot_hook: None,
         }
     }
 }
@@ -118,6 +136,7 @@ pub struct Storage {
     /// Reused encoding buffer: one `write` per `append`.
     buf: Vec<u8>,
     poisoned: bool,
+    snapshot_hook: Option<SnapshotHook>,
 }
 
 impl Storage {
@@ -226,6 +245,7 @@ impl Storage {
             snapshot,
             buf: Vec::new(),
             poisoned: false,
+            snapshot_hook: opts.snapshot_hook,
         };
         // Finish whatever compaction a crash interrupted (the same rule as
         // finish_snapshot), so the WAL is clean before anything new is appended.
@@ -303,7 +323,7 @@ impl Storage {
     pub fn begin_snapshot(&self, meta: SnapshotMeta) -> Result<SnapshotWriter, StorageError> {
         self.check_usable()?;
         self.check_not_stale(meta.index)?;
-        SnapshotWriter::create(&self.data_dir, meta)
+        SnapshotWriter::create(&self.data_dir, meta, self.snapshot_hook.clone())
     }
 
     /// Makes a snapshot durable (fsync file, rename into place, fsync directory), then
@@ -317,16 +337,44 @@ impl Storage {
         writer: SnapshotWriter,
     ) -> Result<SnapshotFile, StorageError> {
         self.check_usable()?;
-        let (index, term) = (writer.meta().index, writer.meta().term);
-        self.check_not_stale(index)?;
+        self.check_not_stale(writer.meta().index)?;
         let file = writer.commit(&self.data_dir)?;
         self.poison_on_error(|s| {
             sync_dir(&s.data_dir)?;
-            s.snapshot = Some(file.clone());
-            s.compact_log(index, term)?;
-            s.remove_other_snapshots()
+            s.install_snapshot(file.clone())
         })?;
         Ok(file)
+    }
+
+    /// Prepares a snapshot of this node's own state machine, to be written by
+    /// [`SnapshotJob::write`] on another thread while this storage keeps appending;
+    /// then hand the file to [`Storage::adopt_snapshot`]. Touches no file.
+    pub fn snapshot_job(&self, meta: SnapshotMeta) -> Result<SnapshotJob, StorageError> {
+        self.check_usable()?;
+        self.check_not_stale(meta.index)?;
+        Ok(SnapshotJob {
+            data_dir: self.data_dir.clone(),
+            meta,
+            hook: self.snapshot_hook.clone(),
+        })
+    }
+
+    /// Takes a snapshot file made durable by [`SnapshotJob::write`] as the current
+    /// snapshot and compacts the log up to it, as [`Storage::finish_snapshot`] does.
+    /// Returns false, and deletes the file, when a snapshot at least as new was
+    /// installed meanwhile (one received from the leader).
+    pub fn adopt_snapshot(&mut self, file: SnapshotFile) -> Result<bool, StorageError> {
+        self.check_usable()?;
+        if let Some(current) = &self.snapshot {
+            if file.meta.index <= current.meta.index {
+                if file.path != current.path {
+                    remove_if_present(&file.path)?;
+                }
+                return Ok(false);
+            }
+        }
+        self.poison_on_error(|s| s.install_snapshot(file))?;
+        Ok(true)
     }
 
     pub fn latest_snapshot(&self) -> Option<&SnapshotFile> {
@@ -396,6 +444,15 @@ impl Storage {
         self.active = file;
         self.active_len = len;
         Ok(())
+    }
+
+    /// Makes a durable snapshot file the current one: compacts the log up to it and
+    /// deletes the older snapshot files.
+    fn install_snapshot(&mut self, file: SnapshotFile) -> Result<(), StorageError> {
+        let (index, term) = (file.meta.index, file.meta.term);
+        self.snapshot = Some(file);
+        self.compact_log(index, term)?;
+        self.remove_other_snapshots()
     }
 
     /// Drops the log up to a durable snapshot at (index, term); see `finish_snapshot`.
@@ -681,6 +738,15 @@ fn remove_files(dir: &Path, ours: impl Fn(&str) -> bool) -> Result<(), StorageEr
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Deletes a file; one already gone is fine. The caller fsyncs the directory if it
+/// must be durable.
+fn remove_if_present(path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(path)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Makes file creations, renames and deletions in `dir` durable.
