@@ -318,7 +318,7 @@ fn snapshot_job_written_off_thread_compacts_only_once_adopted() {
     };
     let image = image_for(&meta, 3000);
     let job = storage.snapshot_job(meta).unwrap();
-    let writer = std::thread::spawn(move || job.write(&image));
+    let writer = std::thread::spawn(move || job.write(|out| out.write_all(&image)));
     // The log goes on while the image is written.
     storage.append(None, &entries(41..=50, 1)).unwrap();
     let file = writer.join().unwrap().unwrap();
@@ -349,7 +349,9 @@ fn snapshot_job_superseded_by_a_received_snapshot_is_discarded() {
         voters: vec![1],
     };
     let job = storage.snapshot_job(meta.clone()).unwrap();
-    let own = job.write(&image_for(&meta, 100)).unwrap();
+    let own = job
+        .write(|out| out.write_all(&image_for(&meta, 100)))
+        .unwrap();
     // Meanwhile the leader's snapshot at 20 was installed.
     let received = snapshot(&mut storage, 20, 2, b"from the leader");
     assert!(!storage.adopt_snapshot(own).unwrap());

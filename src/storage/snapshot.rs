@@ -328,14 +328,15 @@ impl SnapshotJob {
         &self.meta
     }
 
-    /// Writes `image` as the snapshot file and makes it durable: fsync, rename into
-    /// place, fsync of the directory. On failure the temp file is removed (or, after a
-    /// crash, swept at open); the log is untouched either way.
-    pub fn write(self, image: &[u8]) -> Result<SnapshotFile, StorageError> {
+    /// Writes the snapshot file, its image streamed by `image`, and makes it durable:
+    /// fsync, rename into place, fsync of the directory. On failure the temp file is
+    /// removed (or, after a crash, swept at open); the log is untouched either way.
+    pub fn write(
+        self,
+        image: impl FnOnce(&mut SnapshotWriter) -> io::Result<()>,
+    ) -> Result<SnapshotFile, StorageError> {
         let mut writer = SnapshotWriter::create(&self.data_dir, self.meta, self.hook)?;
-        writer
-            .write_all(image)
-            .map_err(io_error(&writer.temp_path))?;
+        image(&mut writer).map_err(io_error(&writer.temp_path))?;
         let file = writer.commit(&self.data_dir)?;
         sync_dir(&self.data_dir)?;
         Ok(file)
