@@ -667,6 +667,8 @@ impl<T: Transport> Driver<T> {
         written: Result<SnapshotFile, StorageError>,
     ) {
         let index = job.meta.index;
+        let write = job.started.elapsed();
+        let compacting = Instant::now();
         let adopted = written
             .map_err(DriverError::from)
             .and_then(|file| Ok(self.storage()?.adopt_snapshot(file)?));
@@ -677,7 +679,8 @@ impl<T: Transport> Driver<T> {
                     index,
                     keys = self.kv.len(),
                     capture_us = job.capture.as_micros() as u64,
-                    write_ms = job.started.elapsed().as_millis() as u64,
+                    write_ms = write.as_millis() as u64,
+                    compact_ms = compacting.elapsed().as_millis() as u64,
                     "took a snapshot"
                 );
             }
