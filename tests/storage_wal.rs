@@ -325,8 +325,14 @@ fn snapshot_job_written_off_thread_compacts_only_once_adopted() {
     // Durable but not adopted yet: a crash here recovers from it.
     assert!(storage.latest_snapshot().is_none());
     let segments = files(&dir.path().join("log"), ".wal").len();
-    assert!(storage.adopt_snapshot(file.clone()).unwrap());
+    let garbage = storage
+        .adopt_snapshot(file.clone())
+        .unwrap()
+        .expect("adopted");
     assert_eq!(storage.latest_snapshot().unwrap().meta.index, 30);
+    // The dead segments are deleted when the caller chooses (off the driver).
+    assert_eq!(files(&dir.path().join("log"), ".wal").len(), segments);
+    garbage.delete().unwrap();
     assert!(files(&dir.path().join("log"), ".wal").len() < segments);
     drop(storage);
     let (_, recovered) = reopen(dir.path(), 400);
@@ -336,6 +342,38 @@ fn snapshot_job_written_off_thread_compacts_only_once_adopted() {
         read_image(&recovered.snapshot.unwrap()).unwrap(),
         read_image(&file).unwrap()
     );
+}
+
+#[test]
+fn garbage_left_by_a_crash_is_deleted_at_recovery() {
+    let dir = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(dir.path(), 400);
+    for e in entries(1..=40, 1) {
+        storage.append(None, &[e]).unwrap();
+    }
+    let old = snapshot(&mut storage, 10, 1, b"old");
+    let meta = SnapshotMeta {
+        index: 30,
+        term: 1,
+        voters: vec![1],
+    };
+    let job = storage.snapshot_job(meta).unwrap();
+    let file = job.write(|out| out.write_all(b"new")).unwrap();
+    let segments = files(&dir.path().join("log"), ".wal").len();
+    // A crash before the deletions.
+    drop(
+        storage
+            .adopt_snapshot(file.clone())
+            .unwrap()
+            .expect("adopted"),
+    );
+    drop(storage);
+    assert!(old.path.exists());
+    let (_, recovered) = reopen(dir.path(), 400);
+    assert_eq!(recovered.restored.snapshot.unwrap().index, 30);
+    assert_eq!(recovered.restored.entries, entries(31..=40, 1));
+    assert_eq!(files(&dir.path().join("data"), ""), vec![file.path]);
+    assert!(files(&dir.path().join("log"), ".wal").len() < segments);
 }
 
 #[test]
@@ -354,7 +392,7 @@ fn snapshot_job_superseded_by_a_received_snapshot_is_discarded() {
         .unwrap();
     // Meanwhile the leader's snapshot at 20 was installed.
     let received = snapshot(&mut storage, 20, 2, b"from the leader");
-    assert!(!storage.adopt_snapshot(own).unwrap());
+    assert!(storage.adopt_snapshot(own).unwrap().is_none());
     assert_eq!(storage.latest_snapshot().unwrap().meta.index, 20);
     assert_eq!(files(&dir.path().join("data"), ""), vec![received.path]);
     assert_eq!(storage.last_index(), 20);

@@ -20,7 +20,9 @@ use crate::proto::v1::{Member, StatusResponse};
 use crate::raft::{
     Body, Entry, Index, Message, NodeId, RawNode, ReadId, Ready, Role, SnapshotMeta, Term,
 };
-use crate::storage::{SnapshotFile, SnapshotWriter, Storage, StorageError, StorageOptions};
+use crate::storage::{
+    Garbage, SnapshotFile, SnapshotWriter, Storage, StorageError, StorageOptions,
+};
 
 /// At most this many events are folded into one turn, so that a flood of requests
 /// cannot postpone ticks and fsyncs without bound.
@@ -183,6 +185,8 @@ struct Driver<T> {
     last_role: Option<(Role, Term, Option<NodeId>)>,
     /// At most one snapshot of our own is written at a time.
     snapshot_in_flight: Option<SnapshotInFlight>,
+    /// Deletes the files the last adopted snapshot made useless.
+    cleanup: Option<std::thread::JoinHandle<()>>,
     next_snapshot_id: u64,
 }
 
@@ -216,6 +220,7 @@ impl<T: Transport> Driver<T> {
             received_snapshots: Vec::new(),
             last_role: None,
             snapshot_in_flight: None,
+            cleanup: None,
             next_snapshot_id: 1,
         }
     }
@@ -673,8 +678,9 @@ impl<T: Transport> Driver<T> {
             .map_err(DriverError::from)
             .and_then(|file| Ok(self.storage()?.adopt_snapshot(file)?));
         match adopted {
-            Ok(true) => {
+            Ok(Some(garbage)) => {
                 self.node.compact(index);
+                self.delete_in_background(garbage);
                 info!(
                     index,
                     keys = self.kv.len(),
@@ -684,7 +690,7 @@ impl<T: Transport> Driver<T> {
                     "took a snapshot"
                 );
             }
-            Ok(false) => info!(
+            Ok(None) => info!(
                 index,
                 "dropped our snapshot: a newer one was installed meanwhile"
             ),
@@ -693,21 +699,47 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// Deletes an older snapshot and dead segments on a thread of their own: unlinking
+    /// a large file and fsyncing directories took 70-200 ms on the driver (200 MB).
+    fn delete_in_background(&mut self, garbage: Garbage) {
+        self.join_cleanup();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-cleanup".to_string())
+            .spawn(move || {
+                if let Err(err) = garbage.delete() {
+                    // Harmless: they are ignored, and deleted at the next open.
+                    warn!("deleting files a snapshot made useless: {err}");
+                }
+            });
+        match spawned {
+            Ok(cleanup) => self.cleanup = Some(cleanup),
+            Err(err) => warn!("no thread to delete old snapshot files: {err}"),
+        }
+    }
+
+    /// Waits for the deletions of `delete_in_background` (a few unlinks and fsyncs),
+    /// so that storage is never reopened while files in it are being deleted.
+    fn join_cleanup(&mut self) {
+        if let Some(cleanup) = self.cleanup.take() {
+            let _ = cleanup.join();
+        }
+    }
+
     /// Before Stop or shutdown: waits, bounded, for the snapshot being written and
     /// adopts it. Past the bound it is abandoned, which is safe: its thread ends on its
     /// own, and leaves either a temp file (deleted at open) or a complete snapshot of
     /// committed state (which recovery may use like any other).
     fn settle_snapshot(&mut self) {
-        let Some(job) = self.snapshot_in_flight.take() else {
-            return;
-        };
-        match job.result.recv_timeout(SNAPSHOT_SETTLE) {
-            Ok(written) => self.snapshot_written(job, written),
-            Err(_) => warn!(
-                index = job.meta.index,
-                "abandoning the snapshot still being written"
-            ),
+        if let Some(job) = self.snapshot_in_flight.take() {
+            match job.result.recv_timeout(SNAPSHOT_SETTLE) {
+                Ok(written) => self.snapshot_written(job, written),
+                Err(_) => warn!(
+                    index = job.meta.index,
+                    "abandoning the snapshot still being written"
+                ),
+            }
         }
+        self.join_cleanup();
     }
 
     /// Forgets requests whose callers gave up waiting.

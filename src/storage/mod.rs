@@ -249,8 +249,8 @@ impl Storage {
         };
         // Finish whatever compaction a crash interrupted (the same rule as
         // finish_snapshot), so the WAL is clean before anything new is appended.
-        storage.compact_log(snap_index, snap_term)?;
-        storage.remove_other_snapshots()?;
+        storage.compact_log(snap_index, snap_term)?.delete()?;
+        storage.other_snapshots()?.delete()?;
 
         let recovered = Recovered {
             restored: Restored {
@@ -341,7 +341,7 @@ impl Storage {
         let file = writer.commit(&self.data_dir)?;
         self.poison_on_error(|s| {
             sync_dir(&s.data_dir)?;
-            s.install_snapshot(file.clone())
+            s.install_snapshot(file.clone())?.delete()
         })?;
         Ok(file)
     }
@@ -360,21 +360,22 @@ impl Storage {
     }
 
     /// Takes a snapshot file made durable by [`SnapshotJob::write`] as the current
-    /// snapshot and compacts the log up to it, as [`Storage::finish_snapshot`] does.
-    /// Returns false, and deletes the file, when a snapshot at least as new was
-    /// installed meanwhile (one received from the leader).
-    pub fn adopt_snapshot(&mut self, file: SnapshotFile) -> Result<bool, StorageError> {
+    /// snapshot and compacts the log up to it, as [`Storage::finish_snapshot`] does,
+    /// except that the files this makes useless (older snapshots, dead segments) are
+    /// returned for the caller to delete off its hot path. `None`, and the file is
+    /// deleted, when a snapshot at least as new was installed meanwhile (one received
+    /// from the leader).
+    pub fn adopt_snapshot(&mut self, file: SnapshotFile) -> Result<Option<Garbage>, StorageError> {
         self.check_usable()?;
         if let Some(current) = &self.snapshot {
             if file.meta.index <= current.meta.index {
                 if file.path != current.path {
                     remove_if_present(&file.path)?;
                 }
-                return Ok(false);
+                return Ok(None);
             }
         }
-        self.poison_on_error(|s| s.install_snapshot(file))?;
-        Ok(true)
+        self.poison_on_error(|s| s.install_snapshot(file)).map(Some)
     }
 
     pub fn latest_snapshot(&self) -> Option<&SnapshotFile> {
@@ -446,17 +447,19 @@ impl Storage {
         Ok(())
     }
 
-    /// Makes a durable snapshot file the current one: compacts the log up to it and
-    /// deletes the older snapshot files.
-    fn install_snapshot(&mut self, file: SnapshotFile) -> Result<(), StorageError> {
+    /// Makes a durable snapshot file the current one and compacts the log up to it.
+    /// Returns the files this made useless: older snapshots and dead segments.
+    fn install_snapshot(&mut self, file: SnapshotFile) -> Result<Garbage, StorageError> {
         let (index, term) = (file.meta.index, file.meta.term);
         self.snapshot = Some(file);
-        self.compact_log(index, term)?;
-        self.remove_other_snapshots()
+        let mut garbage = self.compact_log(index, term)?;
+        garbage.files.extend(self.other_snapshots()?.files);
+        Ok(garbage)
     }
 
     /// Drops the log up to a durable snapshot at (index, term); see `finish_snapshot`.
-    fn compact_log(&mut self, index: Index, term: Term) -> Result<(), StorageError> {
+    /// Returns the segments that are now dead, to delete.
+    fn compact_log(&mut self, index: Index, term: Term) -> Result<Garbage, StorageError> {
         let drop_all = match self.terms.fit(index, term) {
             SnapshotFit::Keep => {
                 self.terms.compact(index, term);
@@ -487,26 +490,46 @@ impl Storage {
                 .take_while(|next| next.first_index <= index + 1)
                 .count()
         };
-        if dead > 0 {
-            for segment in self.segments.drain(..dead) {
-                fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
-            }
-            sync_dir(&self.log_dir)?;
-        }
-        Ok(())
+        Ok(Garbage {
+            files: self.segments.drain(..dead).map(|s| s.path).collect(),
+        })
     }
 
-    fn remove_other_snapshots(&mut self) -> Result<(), StorageError> {
-        let keep = self.snapshot.as_ref().map(|s| s.path.clone());
-        let mut removed = false;
-        for (_, path) in list_numbered(&self.data_dir, SNAPSHOT_SUFFIX)? {
-            if Some(&path) != keep.as_ref() {
-                fs::remove_file(&path).map_err(io_error(&path))?;
-                removed = true;
+    /// The snapshot files other than the current one.
+    fn other_snapshots(&self) -> Result<Garbage, StorageError> {
+        let keep = self.snapshot.as_ref().map(|s| &s.path);
+        let files = list_numbered(&self.data_dir, SNAPSHOT_SUFFIX)?
+            .into_iter()
+            .map(|(_, path)| path)
+            .filter(|path| Some(path) != keep)
+            .collect();
+        Ok(Garbage { files })
+    }
+}
+
+/// Files that no longer hold anything needed (older snapshots, compacted segments).
+/// Deleting them can wait and run on any thread: until it is done they are only
+/// ignored, and recovery deletes them too if a crash comes first.
+#[derive(Debug, Default)]
+#[must_use = "the files are left on disk until deleted"]
+pub struct Garbage {
+    files: Vec<PathBuf>,
+}
+
+impl Garbage {
+    /// Deletes the files (one already gone is fine), then makes that durable.
+    pub fn delete(self) -> Result<(), StorageError> {
+        let mut dirs = Vec::new();
+        for path in &self.files {
+            remove_if_present(path)?;
+            if let Some(dir) = path.parent() {
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
             }
         }
-        if removed {
-            sync_dir(&self.data_dir)?;
+        for dir in dirs {
+            sync_dir(dir)?;
         }
         Ok(())
     }
