@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::sync::Arc;
 
 use prost::Message as _;
 
@@ -38,11 +39,44 @@ pub enum KvError {
 
 /// The key-value state machine, with an order-independent digest of its contents kept
 /// up to date on every change, so that replicas can be compared cheaply.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+///
+/// Copy-on-write, so that a snapshot costs no copy: [`Kv::capture`] shares `base` with
+/// the snapshot thread, and while it is shared, changes go to `delta`; they are folded
+/// into `base` by the first change after the snapshot thread let go of it.
+#[derive(Debug, Default, Clone)]
 pub struct Kv {
-    map: BTreeMap<String, String>,
+    base: Arc<BTreeMap<String, String>>,
+    /// Changes not in `base` (`None`: deleted); empty unless `base` is shared.
+    delta: BTreeMap<String, Option<String>>,
+    len: usize,
     digest: u64,
 }
+
+/// The contents of a [`Kv`] at one point, shared with it: write it out with
+/// [`KvImage::write`] on any thread while the `Kv` goes on changing.
+#[derive(Debug, Clone)]
+pub struct KvImage {
+    map: Arc<BTreeMap<String, String>>,
+    digest: u64,
+}
+
+impl KvImage {
+    /// Streams the image as [`Kv::write_image`] does.
+    pub fn write(&self, out: impl Write) -> io::Result<()> {
+        write_image(&self.map, self.digest, out)
+    }
+}
+
+impl PartialEq for Kv {
+    fn eq(&self, other: &Kv) -> bool {
+        // Equal sizes, and every key this one has or had the same in the other.
+        self.len == other.len
+            && self.digest == other.digest
+            && (self.base.keys().chain(self.delta.keys())).all(|k| self.get(k) == other.get(k))
+    }
+}
+
+impl Eq for Kv {}
 
 impl Kv {
     pub fn new() -> Kv {
@@ -87,15 +121,18 @@ impl Kv {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.map.get(key).map(String::as_str)
+        match self.delta.get(key) {
+            Some(changed) => changed.as_deref(),
+            None => self.base.get(key).map(String::as_str),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
     }
 
     /// A digest of the contents (not of the history), as 16 hex digits.
@@ -104,38 +141,67 @@ impl Kv {
     }
 
     fn insert(&mut self, key: String, value: String) {
-        let added = pair_hash(&key, &value);
-        if let Some(old) = self.map.get(&key) {
-            self.digest = self.digest.wrapping_sub(pair_hash(&key, old));
+        match self.get(&key) {
+            Some(old) => self.digest = self.digest.wrapping_sub(pair_hash(&key, old)),
+            None => self.len += 1,
         }
-        self.digest = self.digest.wrapping_add(added);
-        self.map.insert(key, value);
+        self.digest = self.digest.wrapping_add(pair_hash(&key, &value));
+        match self.writable_base() {
+            Some(base) => base.insert(key, value),
+            None => self.delta.insert(key, Some(value)).flatten(),
+        };
     }
 
     fn remove(&mut self, key: &str) -> bool {
-        match self.map.remove(key) {
-            Some(old) => {
-                self.digest = self.digest.wrapping_sub(pair_hash(key, &old));
-                true
-            }
-            None => false,
+        let Some(old) = self.get(key) else {
+            return false;
+        };
+        self.digest = self.digest.wrapping_sub(pair_hash(key, old));
+        self.len -= 1;
+        if let Some(base) = self.writable_base() {
+            base.remove(key);
+        } else if self.base.contains_key(key) {
+            self.delta.insert(key.to_string(), None);
+        } else {
+            self.delta.remove(key);
+        }
+        true
+    }
+
+    /// `base`, up to date, if no snapshot shares it any more (else changes go to
+    /// `delta`). The fold costs one map operation per change made while it was shared.
+    fn writable_base(&mut self) -> Option<&mut BTreeMap<String, String>> {
+        let base = Arc::get_mut(&mut self.base)?;
+        for (key, change) in std::mem::take(&mut self.delta) {
+            match change {
+                Some(value) => base.insert(key, value),
+                None => base.remove(&key),
+            };
+        }
+        Some(base)
+    }
+
+    /// The contents now, for a snapshot: no copy, only the changes made while the
+    /// previous image was still shared are folded in first (one map operation each);
+    /// if that image is still held (abandoned), the map is copied once.
+    pub fn capture(&mut self) -> KvImage {
+        Arc::make_mut(&mut self.base);
+        let _ = self.writable_base();
+        KvImage {
+            map: self.base.clone(),
+            digest: self.digest,
         }
     }
 
     /// Streams the contents as a snapshot image:
     /// magic, count (u64), then per pair key length (u32), key, value length (u32),
-    /// value, and finally the digest (u64), all little-endian. Pairs are written
-    /// straight from the map, so no second copy of the state is made.
+    /// value, and finally the digest (u64), all little-endian.
     pub fn write_image(&self, out: impl Write) -> io::Result<()> {
-        let mut out = BufWriter::with_capacity(256 * 1024, out);
-        out.write_all(IMAGE_MAGIC)?;
-        out.write_all(&(self.map.len() as u64).to_le_bytes())?;
-        for (key, value) in &self.map {
-            write_field(&mut out, key)?;
-            write_field(&mut out, value)?;
+        if self.delta.is_empty() {
+            return write_image(&self.base, self.digest, out);
         }
-        out.write_all(&self.digest.to_le_bytes())?;
-        out.flush()
+        // Only while a snapshot shares `base` (not on the driver's path): merge a copy.
+        self.clone().capture().write(out)
     }
 
     /// Loads a state machine from an image written by [`Kv::write_image`], checking its
@@ -156,7 +222,7 @@ impl Kv {
             let value = read_field(&mut input)?;
             kv.insert(key, value);
         }
-        if kv.map.len() as u64 != count {
+        if kv.len() as u64 != count {
             return Err(KvError::Malformed("duplicate keys".to_string()));
         }
         let digest = read_u64(&mut input)?;
@@ -174,6 +240,18 @@ impl Kv {
         }
         Ok(kv)
     }
+}
+
+fn write_image(map: &BTreeMap<String, String>, digest: u64, out: impl Write) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(256 * 1024, out);
+    out.write_all(IMAGE_MAGIC)?;
+    out.write_all(&(map.len() as u64).to_le_bytes())?;
+    for (key, value) in map {
+        write_field(&mut out, key)?;
+        write_field(&mut out, value)?;
+    }
+    out.write_all(&digest.to_le_bytes())?;
+    out.flush()
 }
 
 fn write_field(out: &mut impl Write, field: &str) -> io::Result<()> {
@@ -303,6 +381,44 @@ mod tests {
         let mut empty = Vec::new();
         Kv::new().write_image(&mut empty).unwrap();
         assert_eq!(Kv::read_image(empty.as_slice()).unwrap(), Kv::new());
+    }
+
+    #[test]
+    fn a_captured_image_does_not_change_and_costs_no_copy() {
+        let mut kv = Kv::new();
+        for i in 0..100 {
+            put(&mut kv, &format!("k{i}"), "before");
+        }
+        let before = kv.clone();
+        let image = kv.capture();
+        assert!(Arc::ptr_eq(&image.map, &kv.base), "shared, not copied");
+        // Changes while the image is held: overwrite, delete, add, add then delete.
+        put(&mut kv, "k1", "after");
+        delete(&mut kv, "k2");
+        put(&mut kv, "new", "after");
+        put(&mut kv, "gone", "x");
+        delete(&mut kv, "gone");
+        let mut expected = before.clone();
+        put(&mut expected, "k1", "after");
+        delete(&mut expected, "k2");
+        put(&mut expected, "new", "after");
+        assert_eq!(kv, expected);
+        assert_eq!((kv.len(), kv.get("k2"), kv.get("gone")), (100, None, None));
+        assert_eq!(kv.digest_hex(), expected.digest_hex());
+        let mut held = Vec::new();
+        image.write(&mut held).unwrap();
+        assert_eq!(Kv::read_image(held.as_slice()).unwrap(), before);
+        let mut merged = Vec::new();
+        kv.write_image(&mut merged).unwrap();
+        assert_eq!(Kv::read_image(merged.as_slice()).unwrap(), expected);
+
+        // Released, the next change folds the others into the map itself.
+        drop(image);
+        put(&mut kv, "k3", "after");
+        put(&mut expected, "k3", "after");
+        assert!(kv.delta.is_empty());
+        assert_eq!(kv, expected);
+        assert_eq!(kv.capture().map.len(), 100);
     }
 
     #[test]

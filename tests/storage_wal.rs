@@ -12,9 +12,8 @@ use tempfile::TempDir;
 
 fn options(root: &Path, segment_bytes: u64) -> StorageOptions {
     StorageOptions {
-        log_dir: root.join("log"),
-        data_dir: root.join("data"),
         segment_bytes,
+        ..StorageOptions::new(root.join("log"), root.join("data"))
     }
 }
 
@@ -82,6 +81,7 @@ fn storage_types_can_move_across_threads() {
     fn assert_send<T: Send + 'static>() {}
     assert_send::<Storage>();
     assert_send::<distraft::storage::SnapshotWriter>();
+    assert_send::<distraft::storage::SnapshotJob>();
     assert_send::<SnapshotFile>();
 }
 
@@ -329,6 +329,128 @@ fn unfinished_snapshot_leaves_no_file() {
     assert_eq!(files(&dir.path().join("data"), ".tmp").len(), 1);
     drop(writer);
     assert!(files(&dir.path().join("data"), "").is_empty());
+}
+
+#[test]
+fn snapshot_job_written_off_thread_compacts_only_once_adopted() {
+    let dir = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(dir.path(), 400);
+    for e in entries(1..=40, 1) {
+        storage.append(None, &[e]).unwrap();
+    }
+    let meta = SnapshotMeta {
+        index: 30,
+        term: 1,
+        voters: vec![1],
+    };
+    let image = image_for(&meta, 3000);
+    let job = storage.snapshot_job(meta).unwrap();
+    let writer = std::thread::spawn(move || job.write(|out| out.write_all(&image)));
+    // The log goes on while the image is written.
+    storage.append(None, &entries(41..=50, 1)).unwrap();
+    let file = writer.join().unwrap().unwrap();
+    // Durable but not adopted yet: a crash here recovers from it.
+    assert!(storage.latest_snapshot().is_none());
+    let segments = files(&dir.path().join("log"), ".wal").len();
+    let garbage = storage
+        .adopt_snapshot(file.clone())
+        .unwrap()
+        .expect("adopted");
+    assert_eq!(storage.latest_snapshot().unwrap().meta.index, 30);
+    // The dead segments are deleted when the caller chooses (off the driver).
+    assert_eq!(files(&dir.path().join("log"), ".wal").len(), segments);
+    garbage.delete().unwrap();
+    assert!(files(&dir.path().join("log"), ".wal").len() < segments);
+    drop(storage);
+    let (_, recovered) = reopen(dir.path(), 400);
+    assert_eq!(recovered.restored.snapshot.unwrap().index, 30);
+    assert_eq!(recovered.restored.entries, entries(31..=50, 1));
+    assert_eq!(
+        read_image(&recovered.snapshot.unwrap()).unwrap(),
+        read_image(&file).unwrap()
+    );
+}
+
+#[test]
+fn garbage_left_by_a_crash_is_deleted_at_recovery() {
+    let dir = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(dir.path(), 400);
+    for e in entries(1..=40, 1) {
+        storage.append(None, &[e]).unwrap();
+    }
+    let old = snapshot(&mut storage, 10, 1, b"old");
+    let meta = SnapshotMeta {
+        index: 30,
+        term: 1,
+        voters: vec![1],
+    };
+    let job = storage.snapshot_job(meta).unwrap();
+    let file = job.write(|out| out.write_all(b"new")).unwrap();
+    let segments = files(&dir.path().join("log"), ".wal").len();
+    // A crash before the deletions.
+    drop(
+        storage
+            .adopt_snapshot(file.clone())
+            .unwrap()
+            .expect("adopted"),
+    );
+    drop(storage);
+    assert!(old.path.exists());
+    let (_, recovered) = reopen(dir.path(), 400);
+    assert_eq!(recovered.restored.snapshot.unwrap().index, 30);
+    assert_eq!(recovered.restored.entries, entries(31..=40, 1));
+    assert_eq!(files(&dir.path().join("data"), ""), vec![file.path]);
+    assert!(files(&dir.path().join("log"), ".wal").len() < segments);
+}
+
+#[test]
+fn snapshot_job_superseded_by_a_received_snapshot_is_discarded() {
+    let dir = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(dir.path(), 1 << 20);
+    storage.append(None, &entries(1..=10, 1)).unwrap();
+    let meta = SnapshotMeta {
+        index: 8,
+        term: 1,
+        voters: vec![1],
+    };
+    let job = storage.snapshot_job(meta.clone()).unwrap();
+    let own = job
+        .write(|out| out.write_all(&image_for(&meta, 100)))
+        .unwrap();
+    // Meanwhile the leader's snapshot at 20 was installed.
+    let received = snapshot(&mut storage, 20, 2, b"from the leader");
+    assert!(storage.adopt_snapshot(own).unwrap().is_none());
+    assert_eq!(storage.latest_snapshot().unwrap().meta.index, 20);
+    assert_eq!(files(&dir.path().join("data"), ""), vec![received.path]);
+    assert_eq!(storage.last_index(), 20);
+}
+
+#[test]
+fn snapshot_interrupted_by_a_crash_is_ignored_at_recovery() {
+    let dir = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(dir.path(), 1 << 20);
+    storage.append(None, &entries(1..=10, 1)).unwrap();
+    let old = snapshot(&mut storage, 5, 1, b"old image");
+    let mut writer = storage
+        .begin_snapshot(SnapshotMeta {
+            index: 9,
+            term: 1,
+            voters: vec![1],
+        })
+        .unwrap();
+    writer.write_all(&vec![1u8; 3 << 20]).unwrap();
+    // A crash: the writer never finishes nor cleans up.
+    std::mem::forget(writer);
+    drop(storage);
+    assert_eq!(files(&dir.path().join("data"), ".tmp").len(), 1);
+    let (_, recovered) = reopen(dir.path(), 1 << 20);
+    assert_eq!(recovered.restored.snapshot.unwrap().index, 5);
+    assert_eq!(recovered.restored.entries, entries(6..=10, 1));
+    assert_eq!(
+        read_image(&recovered.snapshot.unwrap()).unwrap(),
+        b"old image"
+    );
+    assert_eq!(files(&dir.path().join("data"), ""), vec![old.path]);
 }
 
 #[test]

@@ -12,6 +12,8 @@
 //! commit falls out of the design).
 
 mod runner;
+#[cfg(test)]
+mod tests;
 
 use std::sync::mpsc;
 
@@ -130,6 +132,11 @@ pub enum Event {
     BeginSnapshot {
         meta: SnapshotMeta,
         reply: oneshot::Sender<Result<Option<SnapshotWriter>, RequestError>>,
+    },
+    /// Posted by the driver's own snapshot thread when snapshot `id` is written (or
+    /// failed): the driver then collects the result and compacts.
+    SnapshotWritten {
+        id: u64,
     },
     Shutdown,
 }

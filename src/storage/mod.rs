@@ -19,6 +19,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::warn;
 
@@ -27,7 +28,7 @@ use record::Record;
 use snapshot::{SNAPSHOT_SUFFIX, TEMP_SUFFIX};
 use terms::{LogTerms, SnapshotFit};
 
-pub use snapshot::{SnapshotFile, SnapshotWriter};
+pub use snapshot::{SnapshotFile, SnapshotJob, SnapshotWriter};
 
 const WAL_SUFFIX: &str = ".wal";
 /// Default size past which the log rolls to a new segment.
@@ -42,6 +43,22 @@ pub struct StorageOptions {
     pub data_dir: PathBuf,
     /// Roll to a new WAL segment once the current one is past this size.
     pub segment_bytes: u64,
+    /// Run by every snapshot writer before it makes its file durable (tests only).
+    pub snapshot_hook: Option<SnapshotHook>,
+}
+
+/// A test hook: called with the snapshot's meta just before its file is fsynced and
+/// renamed; an error fails that snapshot. Lets tests hold a snapshot half-way
+/// (deterministically, without timing) or make it fail.
+#[derive(Clone)]
+pub struct SnapshotHook(pub Arc<SnapshotHookFn>);
+
+pub type SnapshotHookFn = dyn Fn(&SnapshotMeta) -> io::Result<()> + Send + Sync;
+
+impl std::fmt::Debug for SnapshotHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotHook")
+    }
 }
 
 impl StorageOptions {
@@ -51,6 +68,7 @@ impl StorageOptions {
             log_dir: log_dir.into(),
             data_dir: data_dir.into(),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            snapshot_hook: None,
         }
     }
 }
@@ -131,6 +149,7 @@ pub struct Storage {
     /// Reused encoding buffer: one `write` per `append`.
     buf: Vec<u8>,
     poisoned: bool,
+    snapshot_hook: Option<SnapshotHook>,
 }
 
 impl Storage {
@@ -241,11 +260,12 @@ impl Storage {
             snapshot,
             buf: Vec::new(),
             poisoned: false,
+            snapshot_hook: opts.snapshot_hook,
         };
         // Finish whatever compaction a crash interrupted (the same rule as
         // finish_snapshot), so the WAL is clean before anything new is appended.
-        storage.compact_log(snap_index, snap_term)?;
-        storage.remove_other_snapshots()?;
+        storage.compact_log(snap_index, snap_term)?.delete()?;
+        storage.other_snapshots()?.delete()?;
 
         let recovered = Recovered {
             restored: Restored {
@@ -318,7 +338,7 @@ impl Storage {
     pub fn begin_snapshot(&self, meta: SnapshotMeta) -> Result<SnapshotWriter, StorageError> {
         self.check_usable()?;
         self.check_not_stale(meta.index)?;
-        SnapshotWriter::create(&self.data_dir, meta)
+        SnapshotWriter::create(&self.data_dir, meta, self.snapshot_hook.clone())
     }
 
     /// Makes a snapshot durable (fsync file, rename into place, fsync directory), then
@@ -332,16 +352,45 @@ impl Storage {
         writer: SnapshotWriter,
     ) -> Result<SnapshotFile, StorageError> {
         self.check_usable()?;
-        let (index, term) = (writer.meta().index, writer.meta().term);
-        self.check_not_stale(index)?;
+        self.check_not_stale(writer.meta().index)?;
         let file = writer.commit(&self.data_dir)?;
         self.poison_on_error(|s| {
             sync_dir(&s.data_dir)?;
-            s.snapshot = Some(file.clone());
-            s.compact_log(index, term)?;
-            s.remove_other_snapshots()
+            s.install_snapshot(file.clone())?.delete()
         })?;
         Ok(file)
+    }
+
+    /// Prepares a snapshot of this node's own state machine, to be written by
+    /// [`SnapshotJob::write`] on another thread while this storage keeps appending;
+    /// then hand the file to [`Storage::adopt_snapshot`]. Touches no file.
+    pub fn snapshot_job(&self, meta: SnapshotMeta) -> Result<SnapshotJob, StorageError> {
+        self.check_usable()?;
+        self.check_not_stale(meta.index)?;
+        Ok(SnapshotJob {
+            data_dir: self.data_dir.clone(),
+            meta,
+            hook: self.snapshot_hook.clone(),
+        })
+    }
+
+    /// Takes a snapshot file made durable by [`SnapshotJob::write`] as the current
+    /// snapshot and compacts the log up to it, as [`Storage::finish_snapshot`] does,
+    /// except that the files this makes useless (older snapshots, dead segments) are
+    /// returned for the caller to delete off its hot path. `None`, and the file is
+    /// deleted, when a snapshot at least as new was installed meanwhile (one received
+    /// from the leader).
+    pub fn adopt_snapshot(&mut self, file: SnapshotFile) -> Result<Option<Garbage>, StorageError> {
+        self.check_usable()?;
+        if let Some(current) = &self.snapshot {
+            if file.meta.index <= current.meta.index {
+                if file.path != current.path {
+                    remove_if_present(&file.path)?;
+                }
+                return Ok(None);
+            }
+        }
+        self.poison_on_error(|s| s.install_snapshot(file)).map(Some)
     }
 
     pub fn latest_snapshot(&self) -> Option<&SnapshotFile> {
@@ -438,8 +487,19 @@ impl Storage {
         Ok(())
     }
 
+    /// Makes a durable snapshot file the current one and compacts the log up to it.
+    /// Returns the files this made useless: older snapshots and dead segments.
+    fn install_snapshot(&mut self, file: SnapshotFile) -> Result<Garbage, StorageError> {
+        let (index, term) = (file.meta.index, file.meta.term);
+        self.snapshot = Some(file);
+        let mut garbage = self.compact_log(index, term)?;
+        garbage.files.extend(self.other_snapshots()?.files);
+        Ok(garbage)
+    }
+
     /// Drops the log up to a durable snapshot at (index, term); see `finish_snapshot`.
-    fn compact_log(&mut self, index: Index, term: Term) -> Result<(), StorageError> {
+    /// Returns the segments that are now dead, to delete.
+    fn compact_log(&mut self, index: Index, term: Term) -> Result<Garbage, StorageError> {
         let drop_all = match self.terms.fit(index, term) {
             SnapshotFit::Keep => {
                 self.terms.compact(index, term);
@@ -470,26 +530,46 @@ impl Storage {
                 .take_while(|next| next.first_index <= index + 1)
                 .count()
         };
-        if dead > 0 {
-            for segment in self.segments.drain(..dead) {
-                fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
-            }
-            sync_dir(&self.log_dir)?;
-        }
-        Ok(())
+        Ok(Garbage {
+            files: self.segments.drain(..dead).map(|s| s.path).collect(),
+        })
     }
 
-    fn remove_other_snapshots(&mut self) -> Result<(), StorageError> {
-        let keep = self.snapshot.as_ref().map(|s| s.path.clone());
-        let mut removed = false;
-        for (_, path) in list_numbered(&self.data_dir, SNAPSHOT_SUFFIX)? {
-            if Some(&path) != keep.as_ref() {
-                fs::remove_file(&path).map_err(io_error(&path))?;
-                removed = true;
+    /// The snapshot files other than the current one.
+    fn other_snapshots(&self) -> Result<Garbage, StorageError> {
+        let keep = self.snapshot.as_ref().map(|s| &s.path);
+        let files = list_numbered(&self.data_dir, SNAPSHOT_SUFFIX)?
+            .into_iter()
+            .map(|(_, path)| path)
+            .filter(|path| Some(path) != keep)
+            .collect();
+        Ok(Garbage { files })
+    }
+}
+
+/// Files that no longer hold anything needed (older snapshots, compacted segments).
+/// Deleting them can wait and run on any thread: until it is done they are only
+/// ignored, and recovery deletes them too if a crash comes first.
+#[derive(Debug, Default)]
+#[must_use = "the files are left on disk until deleted"]
+pub struct Garbage {
+    files: Vec<PathBuf>,
+}
+
+impl Garbage {
+    /// Deletes the files (one already gone is fine), then makes that durable.
+    pub fn delete(self) -> Result<(), StorageError> {
+        let mut dirs = Vec::new();
+        for path in &self.files {
+            remove_if_present(path)?;
+            if let Some(dir) = path.parent() {
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
             }
         }
-        if removed {
-            sync_dir(&self.data_dir)?;
+        for dir in dirs {
+            sync_dir(dir)?;
         }
         Ok(())
     }
@@ -745,6 +825,15 @@ fn remove_files(dir: &Path, ours: impl Fn(&str) -> bool) -> Result<(), StorageEr
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Deletes a file; one already gone is fine. The caller fsyncs the directory if it
+/// must be durable.
+fn remove_if_present(path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(path)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Makes file creations, renames and deletions in `dir` durable.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::raft::{Index, SnapshotMeta};
 
-use super::{io_error, StorageError};
+use super::{io_error, sync_dir, SnapshotHook, StorageError};
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"DRAFTSNP";
 const FORMAT_VERSION: u32 = 1;
@@ -231,10 +231,15 @@ pub struct SnapshotWriter {
     len: u64,
     data_offset: u64,
     committed: bool,
+    hook: Option<SnapshotHook>,
 }
 
 impl SnapshotWriter {
-    pub(super) fn create(dir: &Path, meta: SnapshotMeta) -> Result<SnapshotWriter, StorageError> {
+    pub(super) fn create(
+        dir: &Path,
+        meta: SnapshotMeta,
+        hook: Option<SnapshotHook>,
+    ) -> Result<SnapshotWriter, StorageError> {
         if meta.voters.len() > MAX_VOTERS {
             return Err(StorageError::Invalid(format!(
                 "snapshot with {} voters (at most {MAX_VOTERS})",
@@ -263,6 +268,7 @@ impl SnapshotWriter {
             len: 0,
             data_offset: header.len() as u64,
             committed: false,
+            hook,
         };
         // On failure the writer is dropped, which removes the temp file.
         writer
@@ -279,6 +285,9 @@ impl SnapshotWriter {
     /// Writes the trailer, fsyncs and renames the file to its final name. The caller
     /// fsyncs the directory.
     pub(super) fn commit(mut self, dir: &Path) -> Result<SnapshotFile, StorageError> {
+        if let Some(SnapshotHook(hook)) = &self.hook {
+            hook(&self.meta).map_err(io_error(&self.temp_path))?;
+        }
         let mut trailer = [0u8; TRAILER_LEN];
         trailer[..8].copy_from_slice(&self.len.to_le_bytes());
         trailer[8..12].copy_from_slice(&self.crc.to_le_bytes());
@@ -301,6 +310,36 @@ impl SnapshotWriter {
             data_len: self.len,
             data_crc: self.crc,
         })
+    }
+}
+
+/// A snapshot of this node's own state to write off the driver thread (from
+/// [`super::Storage::snapshot_job`]). It only creates, writes and renames its own file,
+/// so it runs concurrently with the storage's appends; the log is compacted later, by
+/// [`super::Storage::adopt_snapshot`], once the file is durable.
+pub struct SnapshotJob {
+    pub(super) data_dir: PathBuf,
+    pub(super) meta: SnapshotMeta,
+    pub(super) hook: Option<SnapshotHook>,
+}
+
+impl SnapshotJob {
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Writes the snapshot file, its image streamed by `image`, and makes it durable:
+    /// fsync, rename into place, fsync of the directory. On failure the temp file is
+    /// removed (or, after a crash, swept at open); the log is untouched either way.
+    pub fn write(
+        self,
+        image: impl FnOnce(&mut SnapshotWriter) -> io::Result<()>,
+    ) -> Result<SnapshotFile, StorageError> {
+        let mut writer = SnapshotWriter::create(&self.data_dir, self.meta, self.hook)?;
+        image(&mut writer).map_err(io_error(&writer.temp_path))?;
+        let file = writer.commit(&self.data_dir)?;
+        sync_dir(&self.data_dir)?;
+        Ok(file)
     }
 }
 
