@@ -1,7 +1,9 @@
 //! The replicated state machine: a map from key to value, changed only by applying
 //! committed log entries, and saved to / loaded from snapshot images.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::sync::Arc;
 
@@ -45,18 +47,109 @@ pub enum KvError {
 /// into `base` by the first change after the snapshot thread let go of it.
 #[derive(Debug, Default, Clone)]
 pub struct Kv {
-    base: Arc<BTreeMap<String, String>>,
+    base: Arc<Pairs>,
     /// Changes not in `base` (`None`: deleted); empty unless `base` is shared.
     delta: BTreeMap<String, Option<String>>,
     len: usize,
     digest: u64,
 }
 
+/// A key and its value in one allocation, key first: for the short keys and values a
+/// store mostly holds, half the memory of a `(String, String)` pair (one heap block
+/// instead of two, each at least 32 bytes with glibc, and 24 bytes in the tree instead
+/// of 48). The state machine's pairs are most of a node's memory.
+#[derive(Clone, Debug)]
+struct Pair {
+    text: Box<str>,
+    key_len: usize,
+}
+
+impl Pair {
+    fn new(key: &str, value: &str) -> Pair {
+        let mut text = String::with_capacity(key.len() + value.len());
+        text.push_str(key);
+        text.push_str(value);
+        Pair {
+            text: text.into_boxed_str(),
+            key_len: key.len(),
+        }
+    }
+
+    fn key(&self) -> &str {
+        &self.text[..self.key_len]
+    }
+
+    fn value(&self) -> &str {
+        &self.text[self.key_len..]
+    }
+}
+
+/// Pairs are ordered, compared and looked up by key alone.
+impl Borrow<str> for Pair {
+    fn borrow(&self) -> &str {
+        self.key()
+    }
+}
+
+impl PartialEq for Pair {
+    fn eq(&self, other: &Pair) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Pair {}
+
+impl PartialOrd for Pair {
+    fn partial_cmp(&self, other: &Pair) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Pair {
+    fn cmp(&self, other: &Pair) -> Ordering {
+        self.key().cmp(other.key())
+    }
+}
+
+/// Key → value, ordered by key, stored as [`Pair`]s.
+#[derive(Clone, Debug, Default)]
+struct Pairs(BTreeSet<Pair>);
+
+impl Pairs {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(Pair::value)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.0.contains(key)
+    }
+
+    fn insert(&mut self, key: &str, value: &str) {
+        self.0.replace(Pair::new(key, value));
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(Pair::key)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|pair| (pair.key(), pair.value()))
+    }
+}
+
 /// The contents of a [`Kv`] at one point, shared with it: write it out with
 /// [`KvImage::write`] on any thread while the `Kv` goes on changing.
 #[derive(Debug, Clone)]
 pub struct KvImage {
-    map: Arc<BTreeMap<String, String>>,
+    map: Arc<Pairs>,
     digest: u64,
 }
 
@@ -72,7 +165,11 @@ impl PartialEq for Kv {
         // Equal sizes, and every key this one has or had the same in the other.
         self.len == other.len
             && self.digest == other.digest
-            && (self.base.keys().chain(self.delta.keys())).all(|k| self.get(k) == other.get(k))
+            && (self
+                .base
+                .keys()
+                .chain(self.delta.keys().map(String::as_str)))
+            .all(|k| self.get(k) == other.get(k))
     }
 }
 
@@ -123,7 +220,7 @@ impl Kv {
     pub fn get(&self, key: &str) -> Option<&str> {
         match self.delta.get(key) {
             Some(changed) => changed.as_deref(),
-            None => self.base.get(key).map(String::as_str),
+            None => self.base.get(key),
         }
     }
 
@@ -147,9 +244,11 @@ impl Kv {
         }
         self.digest = self.digest.wrapping_add(pair_hash(&key, &value));
         match self.writable_base() {
-            Some(base) => base.insert(key, value),
-            None => self.delta.insert(key, Some(value)).flatten(),
-        };
+            Some(base) => base.insert(&key, &value),
+            None => {
+                self.delta.insert(key, Some(value));
+            }
+        }
     }
 
     fn remove(&mut self, key: &str) -> bool {
@@ -170,13 +269,13 @@ impl Kv {
 
     /// `base`, up to date, if no snapshot shares it any more (else changes go to
     /// `delta`). The fold costs one map operation per change made while it was shared.
-    fn writable_base(&mut self) -> Option<&mut BTreeMap<String, String>> {
+    fn writable_base(&mut self) -> Option<&mut Pairs> {
         let base = Arc::get_mut(&mut self.base)?;
         for (key, change) in std::mem::take(&mut self.delta) {
             match change {
-                Some(value) => base.insert(key, value),
+                Some(value) => base.insert(&key, &value),
                 None => base.remove(&key),
-            };
+            }
         }
         Some(base)
     }
@@ -242,11 +341,11 @@ impl Kv {
     }
 }
 
-fn write_image(map: &BTreeMap<String, String>, digest: u64, out: impl Write) -> io::Result<()> {
+fn write_image(map: &Pairs, digest: u64, out: impl Write) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(256 * 1024, out);
     out.write_all(IMAGE_MAGIC)?;
     out.write_all(&(map.len() as u64).to_le_bytes())?;
-    for (key, value) in map {
+    for (key, value) in map.iter() {
         write_field(&mut out, key)?;
         write_field(&mut out, value)?;
     }
