@@ -520,3 +520,42 @@ fn replication_may_leave_before_the_leaders_persist_but_acks_may_not() {
     c.node(1).advance();
     assert_eq!(c.nodes[&1].status().commit, index);
 }
+
+/// A broken connection from the leader ends its lease and hastens an election, but
+/// changes nothing Raft's safety rests on: the follower's vote of this term holds.
+#[test]
+fn leader_disconnected_keeps_the_vote_and_only_shortens_the_wait() {
+    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
+    c.elect(1);
+    let term = c.nodes[&1].term();
+    assert_eq!(c.nodes[&2].status().leader, Some(1));
+    // Another node's disconnection is no news about the leader.
+    c.node(2).leader_disconnected(3);
+    assert_eq!(c.nodes[&2].status().leader, Some(1));
+
+    c.node(2).leader_disconnected(1);
+    assert_eq!(c.nodes[&2].status().leader, None);
+    // A rival for the same term is still refused: node 2 voted in this term.
+    c.node(2).step(Message {
+        from: 3,
+        to: 2,
+        term,
+        body: Body::Vote {
+            last_index: 100,
+            last_term: term,
+        },
+    });
+    let (answers, _, _) = drain(c.node(2));
+    assert!(
+        answers
+            .iter()
+            .all(|m| m.body != Body::VoteResponse { granted: true }),
+        "{answers:?}"
+    );
+    // It campaigns within a heartbeat interval instead of an election timeout.
+    let heartbeat = Config::for_tests(2, vec![1, 2, 3]).heartbeat_ticks;
+    for _ in 0..heartbeat {
+        c.node(2).tick();
+    }
+    assert_ne!(c.nodes[&2].role(), Role::Follower);
+}
