@@ -89,6 +89,12 @@ impl<IO> JsonParseErrors<IO> {
 /// The JSON answer for one of hyper's own bodyless error heads, or `None` for any
 /// other write.
 fn json_for_automatic_error(head: &[u8]) -> Option<Vec<u8>> {
+    // Such a head is a short status line, a date and a length: never look further
+    // into ordinary answers (a value can be a megabyte).
+    const MAX_AUTOMATIC_HEAD: usize = 256;
+    if head.len() > MAX_AUTOMATIC_HEAD || !head.starts_with(b"HTTP/1.1 4") {
+        return None;
+    }
     let text = std::str::from_utf8(head).ok()?;
     let (status_line, rest) = text.split_once("\r\n")?;
     let message = match status_line.split(' ').nth(1)? {
