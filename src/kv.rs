@@ -154,7 +154,9 @@ pub struct KvImage {
 }
 
 impl KvImage {
-    /// Streams the image as [`Kv::write_image`] does.
+    /// Streams the contents as a snapshot image:
+    /// magic, count (u64), then per pair key length (u32), key, value length (u32),
+    /// value, and finally the digest (u64), all little-endian.
     pub fn write(&self, out: impl Write) -> io::Result<()> {
         write_image(&self.map, self.digest, out)
     }
@@ -292,18 +294,7 @@ impl Kv {
         }
     }
 
-    /// Streams the contents as a snapshot image:
-    /// magic, count (u64), then per pair key length (u32), key, value length (u32),
-    /// value, and finally the digest (u64), all little-endian.
-    pub fn write_image(&self, out: impl Write) -> io::Result<()> {
-        if self.delta.is_empty() {
-            return write_image(&self.base, self.digest, out);
-        }
-        // Only while a snapshot shares `base` (not on the driver's path): merge a copy.
-        self.clone().capture().write(out)
-    }
-
-    /// Loads a state machine from an image written by [`Kv::write_image`], checking its
+    /// Loads a state machine from an image written by [`KvImage::write`], checking its
     /// shape and digest.
     pub fn read_image(input: impl Read) -> Result<Kv, KvError> {
         let mut input = BufReader::with_capacity(256 * 1024, input);
@@ -473,12 +464,12 @@ mod tests {
         }
         put(&mut kv, "", "empty key survives too");
         let mut image = Vec::new();
-        kv.write_image(&mut image).unwrap();
+        kv.capture().write(&mut image).unwrap();
         let loaded = Kv::read_image(image.as_slice()).unwrap();
         assert_eq!(loaded, kv);
 
         let mut empty = Vec::new();
-        Kv::new().write_image(&mut empty).unwrap();
+        Kv::new().capture().write(&mut empty).unwrap();
         assert_eq!(Kv::read_image(empty.as_slice()).unwrap(), Kv::new());
     }
 
@@ -508,7 +499,8 @@ mod tests {
         image.write(&mut held).unwrap();
         assert_eq!(Kv::read_image(held.as_slice()).unwrap(), before);
         let mut merged = Vec::new();
-        kv.write_image(&mut merged).unwrap();
+        // A copy made while the image is held captures the changes as well.
+        kv.clone().capture().write(&mut merged).unwrap();
         assert_eq!(Kv::read_image(merged.as_slice()).unwrap(), expected);
 
         // Released, the next change folds the others into the map itself.
@@ -526,7 +518,7 @@ mod tests {
         put(&mut kv, "alpha", "one");
         put(&mut kv, "beta", "two");
         let mut image = Vec::new();
-        kv.write_image(&mut image).unwrap();
+        kv.capture().write(&mut image).unwrap();
 
         // Every truncation fails.
         for cut in 0..image.len() {

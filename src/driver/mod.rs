@@ -150,8 +150,6 @@ pub enum DriverError {
     Snapshot(#[from] crate::kv::KvError),
     #[error("the Raft core installed snapshot {0} that was never received")]
     UnknownSnapshot(Index),
-    #[error("writing a snapshot image: {0}")]
-    Image(std::io::Error),
     #[error("storage is closed while the node is up")]
     NotOpen,
     #[error("starting the driver thread: {0}")]
