@@ -188,6 +188,11 @@ impl Cluster {
         self.spawn(i, &[]);
     }
 
+    /// As [`Cluster::restart`], with extra `DISTRAFT_*` variables for this start only.
+    pub fn restart_with(&mut self, i: usize, extra_env: &[(&str, &str)]) {
+        self.spawn(i, extra_env);
+    }
+
     /// Indexes of the running nodes.
     pub fn running(&self) -> Vec<usize> {
         (0..self.nodes.len())

@@ -72,7 +72,8 @@ pub struct NodeArgs {
     /// Seconds without a leader before a follower starts an election (lower end).
     #[arg(long, env = "DISTRAFT_ELECTION_TIMEOUT", default_value = "0.500")]
     pub election_timeout: String,
-    /// Wipe this node's log and snapshots at start-up.
+    /// Wipe this node's log and snapshots at start-up (the term and vote are kept, and
+    /// the node does not vote until it caught up past a leader change).
     #[arg(long, env = "DISTRAFT_RESET_LOGS", default_value = "false")]
     pub reset_logs: String,
     /// Indented JSON in HTTP responses.

@@ -31,9 +31,13 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
         );
     }
     if config.reset_logs {
-        Storage::reset(&driver::storage_options(&config))
+        let wiped = Storage::reset(&driver::storage_options(&config))
             .context("DISTRAFT_RESET_LOGS: wiping the log and data")?;
-        info!("reset: log and snapshots wiped");
+        if wiped {
+            info!("reset: log and snapshots wiped; term and vote kept");
+        } else {
+            info!("reset: no log or snapshot to wipe");
+        }
     }
 
     // Bind first: a port in use is the most common start-up failure.

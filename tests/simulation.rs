@@ -38,6 +38,9 @@ struct Scenario {
     duplicate: f64,
     max_delay: u64,
     crash_per_tick: f64,
+    /// The share of crashes after which the node comes back wiped, as by
+    /// `DISTRAFT_RESET_LOGS` (one wiped node at a time, as docs/storage.md asks).
+    wipe_per_crash: f64,
     partition_per_tick: f64,
     pause_per_tick: f64,
     /// Entries applied since the last snapshot before a node compacts its log.
@@ -61,6 +64,7 @@ impl Scenario {
             duplicate: 0.02,
             max_delay: 3,
             crash_per_tick: 0.004,
+            wipe_per_crash: 0.25,
             partition_per_tick: 0.01,
             pause_per_tick: 0.003,
             snapshot_every: 12,
@@ -78,9 +82,36 @@ struct Disk {
     snapshot: Option<(SnapshotMeta, Kv)>,
     /// Entries after the snapshot, contiguous.
     entries: Vec<Entry>,
+    /// The term of the last wipe (storage's `reset-term` record).
+    reset_term: Option<Term>,
 }
 
 impl Disk {
+    fn last_term(&self) -> Term {
+        self.entries
+            .last()
+            .map(|e| e.term)
+            .or(self.snapshot.as_ref().map(|(m, _)| m.term))
+            .unwrap_or(0)
+    }
+
+    /// Wiped and not yet caught up: the core withholds its vote.
+    fn wiped_and_behind(&self) -> bool {
+        self.reset_term.is_some_and(|t| self.last_term() <= t)
+    }
+
+    /// What `Storage::reset` does: log and snapshot gone; term and vote kept, and the
+    /// term of the wipe recorded. A disk with nothing on it is left as it is.
+    fn wipe(&mut self) {
+        if self.entries.is_empty() && self.snapshot.is_none() && self.reset_term.is_none() {
+            return;
+        }
+        self.reset_term = Some(self.hard_state.term);
+        self.entries.clear();
+        self.snapshot = None;
+        self.hard_state.commit = 0;
+    }
+
     fn snapshot_index(&self) -> Index {
         self.snapshot.as_ref().map_or(0, |(m, _)| m.index)
     }
@@ -270,6 +301,7 @@ impl Sim {
             hard_state: node.disk.hard_state,
             snapshot: node.disk.snapshot.as_ref().map(|(m, _)| m.clone()),
             entries: node.disk.entries.clone(),
+            reset_term: node.disk.reset_term,
         };
         let config = Config {
             max_msg_bytes: self.sc.max_msg_bytes,
@@ -298,10 +330,22 @@ impl Sim {
         } else {
             self.rng.random_range(5..60)
         };
+        // Sometimes the operator wipes it before it comes back: one node at a time.
+        let others_caught_up = self
+            .nodes
+            .iter()
+            .all(|(&other, n)| other == id || !n.disk.wiped_and_behind());
+        let wipe = others_caught_up && self.rng.random_bool(self.sc.wipe_per_crash);
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.raw = None;
         node.restart_at = self.now + down_for;
-        self.log(format!("n{id} crashes"));
+        if wipe {
+            node.disk.wipe();
+        }
+        self.log(format!(
+            "n{id} crashes{}",
+            if wipe { ", wiped" } else { "" }
+        ));
         // Its connections break: most peers notice at once.
         for peer in self.voters() {
             if self.rng.random_bool(0.8) {

@@ -281,15 +281,50 @@ fn reset_wipes_only_our_files() {
     let foreign = dir.path().join("log").join("notes.txt");
     fs::write(&foreign, "keep me").unwrap();
 
-    Storage::reset(&options(dir.path(), 1 << 20)).unwrap();
+    assert!(Storage::reset(&options(dir.path(), 1 << 20)).unwrap());
     assert!(foreign.exists());
     let (storage, recovered) = reopen(dir.path(), 1 << 20);
     assert_eq!(storage.last_index(), 0);
     assert!(recovered.restored.entries.is_empty());
     assert!(recovered.snapshot.is_none());
-    assert_eq!(recovered.restored.hard_state, HardState::default());
-    // Resetting directories that do not exist is fine.
-    Storage::reset(&options(&dir.path().join("nowhere"), 1 << 20)).unwrap();
+    // The term and vote survive the wipe, and the wipe is remembered.
+    assert_eq!(recovered.restored.hard_state, hs(1, Some(1), 0));
+    assert_eq!(recovered.restored.reset_term, Some(1));
+    // Resetting directories that do not exist (or hold no data) changes nothing.
+    let nowhere = dir.path().join("nowhere");
+    assert!(!Storage::reset(&options(&nowhere, 1 << 20)).unwrap());
+    let (_, recovered) = reopen(&nowhere, 1 << 20);
+    assert_eq!(recovered.restored.reset_term, None);
+}
+
+#[test]
+fn a_wipe_cut_short_by_a_crash_is_finished_by_the_next() {
+    let dir = TempDir::new().unwrap();
+    let (mut storage, _) = reopen(dir.path(), 1 << 10);
+    storage
+        .append(Some(&hs(4, Some(2), 0)), &entries(1..=40, 4))
+        .unwrap();
+    snapshot(&mut storage, 30, 4, b"image");
+    storage.append(None, &entries(41..=45, 4)).unwrap();
+    drop(storage);
+    // As if a wipe crashed once the snapshot was gone: the WAL no longer fits any
+    // snapshot, but a wipe reads only its term and vote.
+    for file in fs::read_dir(dir.path().join("data")).unwrap() {
+        fs::remove_file(file.unwrap().path()).unwrap();
+    }
+    assert!(Storage::reset(&options(dir.path(), 1 << 10)).unwrap());
+    let (mut storage, recovered) = reopen(dir.path(), 1 << 10);
+    assert_eq!(recovered.restored.hard_state, hs(4, Some(2), 0));
+    assert_eq!(recovered.restored.reset_term, Some(4));
+    // A later wipe records the later term.
+    storage
+        .append(Some(&hs(6, None, 0)), &entries(1..=3, 5))
+        .unwrap();
+    drop(storage);
+    assert!(Storage::reset(&options(dir.path(), 1 << 10)).unwrap());
+    let (_, recovered) = reopen(dir.path(), 1 << 10);
+    assert_eq!(recovered.restored.hard_state, hs(6, None, 0));
+    assert_eq!(recovered.restored.reset_term, Some(6));
 }
 
 #[test]

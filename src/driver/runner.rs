@@ -183,6 +183,8 @@ struct Driver<T> {
     received_snapshots: Vec<SnapshotWriter>,
     /// Role, term and leader last logged.
     last_role: Option<(Role, Term, Option<NodeId>)>,
+    /// Whether the core may vote, as last logged (false only after a wipe).
+    last_may_vote: bool,
     /// At most one snapshot of our own is written at a time.
     snapshot_in_flight: Option<SnapshotInFlight>,
     /// Deletes the files the last adopted snapshot made useless.
@@ -222,6 +224,7 @@ impl<T: Transport> Driver<T> {
             waiting_read_index: HashMap::new(),
             received_snapshots: Vec::new(),
             last_role: None,
+            last_may_vote: true,
             snapshot_in_flight: None,
             cleanup: None,
             next_snapshot_id: 1,
@@ -422,6 +425,25 @@ impl<T: Transport> Driver<T> {
     }
 
     fn log_role_change(&mut self) {
+        let may_vote = self.node.may_vote();
+        if may_vote != self.last_may_vote {
+            self.last_may_vote = may_vote;
+            if may_vote {
+                info!(
+                    term = self.node.term(),
+                    "caught up after the wipe (DISTRAFT_RESET_LOGS): voting again"
+                );
+            } else {
+                warn!(
+                    term = self.node.term(),
+                    "this node's log was wiped (DISTRAFT_RESET_LOGS): it neither votes nor \
+                     campaigns until a leader has sent it an entry of a later term. If a \
+                     majority of the members was wiped, no leader can be elected: to start \
+                     a new cluster, delete every member's data directories instead \
+                     (docs/storage.md, \"Wiping a node\")"
+                );
+            }
+        }
         let now = (self.node.role(), self.node.term(), self.node.leader());
         if self.last_role == Some(now) {
             return;
@@ -850,6 +872,7 @@ impl<T: Transport> Driver<T> {
             up: self.up,
             snapshot_index: status.snapshot_index,
             state_digest: self.kv.digest_hex(),
+            voting: status.may_vote,
         };
         if !self.up {
             // As if crashed: no role, no leader, whatever the core last believed.

@@ -405,6 +405,7 @@ fn status_json(status: StatusResponse) -> Value {
         "up": status.up,
         "snapshot_index": status.snapshot_index,
         "state_digest": status.state_digest,
+        "voting": status.voting,
     })
 }
 

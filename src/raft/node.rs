@@ -28,6 +28,8 @@ pub struct Status {
     pub last_index: Index,
     pub last_term: Term,
     pub snapshot_index: Index,
+    /// False while a wiped node withholds its vote (see [`RawNode::may_vote`]).
+    pub may_vote: bool,
     /// Leader only: `(peer, match_index, next_index)` for every other voter.
     pub progress: Vec<(NodeId, Index, Index)>,
 }
@@ -54,6 +56,8 @@ pub struct RawNode {
     leader: Option<NodeId>,
     log: RaftLog,
     rng: u64,
+    /// The term this node's log was wiped in, if it was (see [`RawNode::may_vote`]).
+    reset_term: Option<Term>,
 
     /// Ticks since we last heard from a leader (follower) or started campaigning.
     election_elapsed: u64,
@@ -106,6 +110,7 @@ impl RawNode {
             },
             log,
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+            reset_term: restored.reset_term,
             election_elapsed: 0,
             randomized_timeout: 0,
             heartbeat_elapsed: 0,
@@ -144,6 +149,28 @@ impl RawNode {
         self.leader
     }
 
+    /// Whether this node may grant (pre-)votes and campaign. Always, unless its log was
+    /// wiped (`DISTRAFT_RESET_LOGS`): the wipe kept its term and vote (so it cannot vote
+    /// twice in a term) but lost entries whose acknowledgements may have counted
+    /// towards a commit, and may still count, at a leader of a term up to the one it
+    /// was wiped in. With a vote and an empty log it could elect a leader that lacks
+    /// them. So it withholds its vote until its log holds an entry of a later term:
+    /// such an entry comes from a leader elected without this node's vote, which
+    /// therefore holds every entry those acknowledgements could have committed, and
+    /// by the Log Matching property so does our log up to it. Evaluated on the current
+    /// log, so a truncation back to older terms withholds the vote again. A
+    /// single-node cluster has no other copy to protect: the wipe is a fresh start.
+    /// (docs/storage.md, "Wiping a node")
+    pub fn may_vote(&self) -> bool {
+        if cfg!(feature = "plant-reset-node-votes") {
+            return true; // planted bug: a wiped node votes with its empty log
+        }
+        match self.reset_term {
+            Some(term) => self.cfg.voters.len() == 1 || self.log.last_term() > term,
+            None => true,
+        }
+    }
+
     pub fn status(&self) -> Status {
         Status {
             id: self.cfg.id,
@@ -156,6 +183,7 @@ impl RawNode {
             last_index: self.log.last_index(),
             last_term: self.log.last_term(),
             snapshot_index: self.log.snapshot_index,
+            may_vote: self.may_vote(),
             progress: self
                 .progress
                 .iter()
@@ -306,7 +334,9 @@ impl RawNode {
                 last_index,
                 last_term,
             } => {
-                let granted = m.term > self.term && self.log.is_up_to_date(last_index, last_term);
+                let granted = m.term > self.term
+                    && self.may_vote()
+                    && self.log.is_up_to_date(last_index, last_term);
                 let term = if granted { m.term } else { self.term };
                 self.msgs.push(Message {
                     from: self.cfg.id,
@@ -320,6 +350,7 @@ impl RawNode {
                 last_term,
             } => {
                 let granted = self.vote.is_none_or(|v| v == m.from)
+                    && self.may_vote()
                     && self.log.is_up_to_date(last_index, last_term);
                 if granted {
                     self.vote = Some(m.from);
@@ -348,8 +379,24 @@ impl RawNode {
             }
             Body::Heartbeat { commit, read_seq } => {
                 self.follow(m.from);
-                self.log.commit_to(commit.min(self.log.last_index()));
-                self.send(m.from, Body::HeartbeatResponse { read_seq });
+                let last_index = self.log.last_index();
+                if commit > last_index {
+                    // The leader sends a commit index up to what we acknowledged, so we
+                    // acknowledged entries we no longer hold: our log was wiped. Say so
+                    // (instead of confirming the read round), or, with no new writes to
+                    // send, the leader would never send them again.
+                    self.send(
+                        m.from,
+                        Body::AppendResponse {
+                            success: false,
+                            index: commit,
+                            hint: Some((0, last_index + 1)),
+                        },
+                    );
+                } else {
+                    self.log.commit_to(commit);
+                    self.send(m.from, Body::HeartbeatResponse { read_seq });
+                }
             }
             Body::Snapshot { meta } => {
                 self.follow(m.from);
@@ -529,6 +576,11 @@ impl RawNode {
     /// Starts an election with a pre-vote round (thesis §9.6): only if a majority would
     /// vote for us do we bump the term, so a node that was cut off cannot disrupt.
     fn campaign_pre_vote(&mut self) {
+        if !self.may_vote() {
+            // A wiped node that may not vote must not ask for votes either.
+            self.reset_election_timer();
+            return;
+        }
         self.become_follower(self.term, None);
         self.role = Role::PreCandidate;
         self.votes.clear();
@@ -720,6 +772,17 @@ impl RawNode {
                 self.maybe_commit();
             }
             return;
+        }
+        if let Some((0, follower_next)) = hint {
+            if follower_next <= pr.match_index {
+                // Its log ends below what it acknowledged: it lost entries (it was wiped,
+                // DISTRAFT_RESET_LOGS). Believe it, or we would never send them again.
+                // A lower match only delays commits, never hastens one; if this answer
+                // was merely old, the next probe's success restores the match.
+                pr.forget_match_beyond(follower_next.saturating_sub(1));
+                pr.become_probe(follower_next);
+                return;
+            }
         }
         // A rejection is stale if it is about an index we already know matches, or
         // not the probe we are waiting for.

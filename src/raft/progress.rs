@@ -81,6 +81,11 @@ impl Progress {
         self.next_index = self.match_index + 1;
     }
 
+    /// The follower's log ends at `last`: whatever it acknowledged beyond is gone.
+    pub fn forget_match_beyond(&mut self, last: Index) {
+        self.match_index = self.match_index.min(last);
+    }
+
     /// Back to probing from `next_index` (after a rejection or a presumed loss).
     pub fn become_probe(&mut self, next_index: Index) {
         self.mode = Mode::Probe;

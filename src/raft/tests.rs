@@ -25,6 +25,7 @@ fn node(id: NodeId, n: u64, term: Term, entries: Vec<Entry>) -> RawNode {
         },
         snapshot: None,
         entries,
+        reset_term: None,
     };
     RawNode::new(Config::for_tests(id, (1..=n).collect()), restored, id)
 }
@@ -558,4 +559,79 @@ fn leader_disconnected_keeps_the_vote_and_only_shortens_the_wait() {
         c.node(2).tick();
     }
     assert_ne!(c.nodes[&2].role(), Role::Follower);
+}
+
+#[test]
+fn a_wiped_node_withholds_its_vote_until_it_holds_an_entry_of_a_later_term() {
+    // Wiped in term 3 (DISTRAFT_RESET_LOGS): term and vote kept, log gone.
+    let restored = Restored {
+        hard_state: HardState {
+            term: 3,
+            vote: Some(2),
+            commit: 0,
+        },
+        reset_term: Some(3),
+        ..Default::default()
+    };
+    let mut n = RawNode::new(Config::for_tests(1, vec![1, 2, 3]), restored, 7);
+    let vote = |term| Message {
+        from: 3,
+        to: 1,
+        term,
+        body: Body::Vote {
+            last_index: 0,
+            last_term: 0,
+        },
+    };
+    let granted = |msgs: Vec<Message>| {
+        msgs.iter()
+            .any(|m| matches!(m.body, Body::VoteResponse { granted: true }))
+    };
+    assert!(!n.may_vote());
+    n.step(vote(4));
+    assert!(
+        !granted(drain(&mut n).0),
+        "an empty log must not elect anyone"
+    );
+    // It never campaigns either, however long it waits.
+    for _ in 0..100 {
+        n.tick();
+    }
+    assert_eq!(n.role(), Role::Follower);
+    assert!(drain(&mut n).0.is_empty());
+
+    // Entries of the wiped term do not lift the ban: they may come from the very
+    // leader that counted the lost acknowledgements.
+    let append = |term, prev_index, prev_term, entries: Vec<Entry>| Message {
+        from: 2,
+        to: 1,
+        term,
+        body: Body::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit: 0,
+        },
+    };
+    n.step(append(4, 0, 0, vec![entry(1, 3)]));
+    drain(&mut n);
+    assert!(!n.may_vote());
+    // An entry of a later term does.
+    n.step(append(4, 1, 3, vec![entry(2, 4)]));
+    drain(&mut n);
+    assert!(n.may_vote());
+    // (Past the leader's lease, so that votes are considered at all.)
+    for _ in 0..10 {
+        n.tick();
+    }
+    drain(&mut n);
+    n.step(vote(5));
+    assert!(!granted(drain(&mut n).0), "candidate's log is behind ours");
+    let mut up_to_date = vote(6);
+    up_to_date.body = Body::Vote {
+        last_index: 2,
+        last_term: 4,
+    };
+    n.step(up_to_date);
+    assert!(granted(drain(&mut n).0));
 }

@@ -231,4 +231,7 @@ pub struct Restored {
     pub snapshot: Option<SnapshotMeta>,
     /// The log entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
+    /// Set when this node's log was wiped (`DISTRAFT_RESET_LOGS`) while its term was
+    /// this: see [`crate::raft::RawNode::may_vote`].
+    pub reset_term: Option<Term>,
 }

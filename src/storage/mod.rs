@@ -12,6 +12,7 @@
 //! recovery: no random reads, no index of record offsets.
 
 mod record;
+mod reset;
 mod snapshot;
 mod terms;
 
@@ -153,17 +154,42 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Deletes this node's WAL segments and snapshots (`DISTRAFT_RESET_LOGS=true`).
-    /// Only distraft's own files are removed, so a misconfigured path cannot wipe
-    /// anything else.
-    pub fn reset(opts: &StorageOptions) -> Result<(), StorageError> {
-        // Snapshots first: a crash half-way leaves a WAL without snapshot, which open()
-        // still checks for consistency.
+    /// Wipes this node's log and snapshots (`DISTRAFT_RESET_LOGS=true`) but keeps its
+    /// term and vote, and records the term of the wipe: until its log holds an entry
+    /// of a later term the node neither votes nor campaigns (`RawNode::may_vote`;
+    /// docs/storage.md, "Wiping a node"). Only distraft's own files are removed, so a
+    /// misconfigured path cannot wipe anything else. Returns false when there was no
+    /// data to wipe (a new node), in which case nothing changes.
+    pub fn reset(opts: &StorageOptions) -> Result<bool, StorageError> {
+        // The term and vote to keep: the WAL's, or those of an earlier wipe if it had
+        // a later term (a wipe cut short by a crash, its WAL partly deleted). Only the
+        // WAL is read, not checked against the snapshot: a half-finished wipe leaves
+        // them mismatched. A damaged WAL is an error: its term and vote are unknown.
+        create_dir_durably(&opts.log_dir)?;
+        create_dir_durably(&opts.data_dir)?;
+        let earlier = reset::read(&opts.log_dir)?;
+        let replay = replay_wal(&opts.log_dir)?;
+        let has_snapshot = !list_numbered(&opts.data_dir, SNAPSHOT_SUFFIX)?.is_empty();
+        if replay.terms.last() == 0 && !has_snapshot && earlier.is_none() {
+            return Ok(false);
+        }
+        let from_wal = reset::ResetRecord {
+            term: replay.hard_state.term,
+            vote: replay.hard_state.vote,
+        };
+        let record = match earlier {
+            Some(earlier) if earlier.term > from_wal.term => earlier,
+            _ => from_wal,
+        };
+        // The record first: from here on a crash leaves the wipe in force.
+        reset::write(&opts.log_dir, &record)?;
+        // Snapshots next: a crash half-way leaves a WAL without snapshot, which open()
+        // refuses if they do not fit; a second wipe then finishes from the record.
         remove_files(&opts.data_dir, |name| {
             name.ends_with(SNAPSHOT_SUFFIX) || name.ends_with(TEMP_SUFFIX)
         })?;
         remove_files(&opts.log_dir, |name| name.ends_with(WAL_SUFFIX))?;
-        Ok(())
+        Ok(true)
     }
 
     /// Opens the node's storage, creating the directories if missing, and recovers:
@@ -174,6 +200,7 @@ impl Storage {
         create_dir_durably(&opts.log_dir)?;
         create_dir_durably(&opts.data_dir)?;
         remove_files(&opts.data_dir, |name| name.ends_with(TEMP_SUFFIX))?;
+        let wiped = reset::read(&opts.log_dir)?;
 
         let snapshot = match list_numbered(&opts.data_dir, SNAPSHOT_SUFFIX)?.last() {
             Some((_, path)) => Some(SnapshotFile::load(path)?),
@@ -222,6 +249,14 @@ impl Storage {
                 (file, last.end, len)
             }
             None => {
+                // A new WAL: after a wipe it starts from the term and vote it kept.
+                if let Some(record) = wiped {
+                    replay.hard_state = HardState {
+                        term: record.term,
+                        vote: record.vote,
+                        commit: 0,
+                    };
+                }
                 let first_index = replay.terms.last() + 1;
                 let (segment, file) =
                     create_segment(&opts.log_dir, first_index, &replay.hard_state)?;
@@ -272,6 +307,7 @@ impl Storage {
                 hard_state: storage.hard_state,
                 snapshot: storage.snapshot.as_ref().map(|s| s.meta.clone()),
                 entries,
+                reset_term: wiped.map(|record| record.term),
             },
             snapshot: storage.snapshot.clone(),
         };
