@@ -24,12 +24,14 @@ fi
 
 cargo test "$@"
 
-# With no arguments: everything, so also the docker-compose cluster on real containers
+# With no arguments: everything, so also the planted bugs (each must make its test
+# fail: scripts/plants.sh) and the docker-compose cluster on real containers
 # (it skips itself, saying so, where no Docker engine runs). It needs jq.
 if [[ $# -eq 0 ]]; then
   if ! command -v jq >/dev/null && command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]; then
     echo "test.sh: installing jq (Debian package)" >&2
     apt-get update -qq && apt-get install -y -qq jq >/dev/null
   fi
+  ./scripts/plants.sh
   ./scripts/compose-test.sh
 fi

@@ -9,7 +9,8 @@
 //! - [`config`]: the `DISTRAFT_*` settings and their flags; [`node`]: the wiring;
 //! - [`kv`]: the replicated state machine; [`proto`]: the generated wire contract;
 //! - [`cli`] and [`bench`]: client subcommands and the load generator;
-//! - [`linearizability`]: the history checker used by the simulator and chaos tests.
+//! - [`linearizability`]: the history checker used by the simulator and chaos tests;
+//! - [`plant`]: bugs planted on purpose (feature `plants`) to show the tests catch them.
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod gateway;
 pub mod kv;
 pub mod linearizability;
 pub mod node;
+pub mod plant;
 pub mod proto;
 pub mod raft;
 pub mod rpc;

@@ -17,13 +17,15 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use distraft::linearizability::{self, KvOp, KvOutcome, Operation};
 use distraft::raft::{
-    Body, Config, Entry, HardState, Index, Message, NodeId, RawNode, Restored, Role, SnapshotMeta,
-    Term,
+    Body, Config, Entry, HardState, Index, Message, NodeId, RawNode, Ready, Restored, Role,
+    SnapshotMeta, Term,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 type Kv = BTreeMap<String, String>;
+/// A snapshot as it travels: its metadata and the state machine image.
+type SnapshotImage = (SnapshotMeta, Kv);
 
 /// How hostile one configuration is.
 #[derive(Clone, Debug)]
@@ -43,6 +45,9 @@ struct Scenario {
     wipe_per_crash: f64,
     partition_per_tick: f64,
     pause_per_tick: f64,
+    /// The share of persists (fsyncs) that take 1-4 ticks, during which the node keeps
+    /// receiving messages: the window in which only the leader's replication is out.
+    slow_fsync: f64,
     /// Entries applied since the last snapshot before a node compacts its log.
     snapshot_every: u64,
     client_timeout: u64,
@@ -67,6 +72,7 @@ impl Scenario {
             wipe_per_crash: 0.25,
             partition_per_tick: 0.01,
             pause_per_tick: 0.003,
+            slow_fsync: 0.2,
             snapshot_every: 12,
             client_timeout: 80,
             max_msg_bytes: 64 * 1024,
@@ -163,7 +169,10 @@ struct Node {
     tick_skip: f64,
     /// Snapshot images delivered with `Body::Snapshot` messages, until the core says
     /// which (if any) to install.
-    received_snapshots: Vec<(SnapshotMeta, Kv)>,
+    received_snapshots: Vec<SnapshotImage>,
+    /// A Ready whose persist (fsync) is still running, the snapshot images received
+    /// before it was taken, and the tick the persist completes at.
+    persisting: Option<(Ready, Vec<SnapshotImage>, u64)>,
 }
 
 struct InFlight {
@@ -261,6 +270,7 @@ impl Sim {
                 paused_until: 0,
                 tick_skip: 0.0,
                 received_snapshots: Vec::new(),
+                persisting: None,
             };
             sim.nodes.insert(id, node);
         }
@@ -338,6 +348,8 @@ impl Sim {
         let wipe = others_caught_up && self.rng.random_bool(self.sc.wipe_per_crash);
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.raw = None;
+        // A persist still running is lost with the process.
+        node.persisting = None;
         node.restart_at = self.now + down_for;
         if wipe {
             node.disk.wipe();
@@ -666,13 +678,35 @@ impl Sim {
 
     fn process_ready(&mut self, id: NodeId, faults: bool) {
         loop {
-            let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) else {
+            let Some(node) = self.nodes.get_mut(&id).filter(|n| n.raw.is_some()) else {
                 return;
             };
+            // A persist still running: finish it when it is due, else wait for it.
+            if let Some((_, _, done_at)) = &node.persisting {
+                if *done_at > self.now {
+                    return;
+                }
+                let (rd, images, _) = node.persisting.take().expect("checked above");
+                // Sometimes the process dies before a slow fsync returns: of this Ready
+                // only the leader's replication happened, yet the node went on
+                // receiving answers to it meanwhile.
+                if faults && self.rng.random_bool(0.1) {
+                    self.log(format!("n{id} crashes during a slow persist"));
+                    self.crash(id);
+                    return;
+                }
+                if !self.finish_ready(id, rd, images, faults) {
+                    return;
+                }
+                continue;
+            }
+            let raw = node.raw.as_mut().expect("checked above");
             if !raw.has_ready() {
                 return;
             }
             let mut rd = raw.ready();
+            // The images this Ready may install; later ones wait for the next.
+            let images = std::mem::take(&mut node.received_snapshots);
             // The leader's replication leaves first, in parallel with its persist.
             let snapshot_image = self.nodes[&id].disk.snapshot.clone();
             for msg in std::mem::take(&mut rd.replication) {
@@ -685,18 +719,41 @@ impl Sim {
                 self.crash(id);
                 return;
             }
+            // A slow disk: the fsync takes a few ticks, while the node goes on
+            // receiving messages (answers to the replication above among them).
+            let writes = rd.hard_state.is_some() || !rd.entries.is_empty();
+            if faults && writes && self.rng.random_bool(self.sc.slow_fsync) {
+                let done_at = self.now + self.rng.random_range(1..=4);
+                let node = self.nodes.get_mut(&id).expect("node exists");
+                node.persisting = Some((rd, images, done_at));
+                return;
+            }
+            if !self.finish_ready(id, rd, images, faults) {
+                return;
+            }
+        }
+    }
+
+    /// Persists a Ready, sends its messages, advances and applies. False when the node
+    /// crashed on the way.
+    fn finish_ready(
+        &mut self,
+        id: NodeId,
+        rd: Ready,
+        mut images: Vec<SnapshotImage>,
+        faults: bool,
+    ) -> bool {
+        {
             let node = self.nodes.get_mut(&id).expect("node exists");
             if let Some(meta) = &rd.snapshot {
-                let pos = node.received_snapshots.iter().position(|(m, _)| m == meta);
-                let (_, kv) = node
-                    .received_snapshots
-                    .swap_remove(pos.expect("the snapshot to install was received"));
+                let pos = images.iter().position(|(m, _)| m == meta);
+                let (_, kv) =
+                    images.swap_remove(pos.expect("the snapshot to install was received"));
                 node.disk.install(meta.clone(), kv.clone());
                 node.kv = kv;
                 node.applied = meta.index;
                 node.applied_term = meta.term;
             }
-            node.received_snapshots.clear();
             node.disk.append(&rd.entries);
             if let Some(hs) = rd.hard_state {
                 node.disk.hard_state = hs;
@@ -705,7 +762,7 @@ impl Sim {
             if faults && self.rng.random_bool(0.001) {
                 self.log(format!("n{id} crashes after persisting"));
                 self.crash(id);
-                return;
+                return false;
             }
             let snapshot_image = node.disk.snapshot.clone();
             let granted_a_vote = rd
@@ -719,7 +776,7 @@ impl Sim {
             if faults && granted_a_vote && self.rng.random_bool(0.2) {
                 self.log(format!("n{id} crashes after voting"));
                 self.crash(id);
-                return;
+                return false;
             }
             let voters = self.voters();
             let node = self.nodes.get_mut(&id).expect("node exists");
@@ -774,6 +831,7 @@ impl Sim {
                 self.on_read_failed(read_id);
             }
         }
+        true
     }
 
     /// Sends `msg`, attaching the sender's snapshot image when it is a snapshot.
@@ -1089,19 +1147,29 @@ fn run_scenario(sc: Scenario) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
+    // Stop at the first failure (scripts/plants.sh only needs to know a plant is caught).
+    let fail_fast = std::env::var("DISTRAFT_SIM_FAIL_FAST").is_ok();
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let started = std::time::Instant::now();
     let results: Vec<(Vec<String>, usize)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let sc = sc.clone();
+                let failed = &failed;
                 s.spawn(move || {
                     let mut failures = Vec::new();
                     let mut ops = 0;
                     for seed in (t..seeds).step_by(threads as usize) {
+                        if fail_fast && failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
                         match run_seed(&sc, seed) {
                             Ok(n) => ops += n,
-                            Err(e) => failures.push(e),
+                            Err(e) => {
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                failures.push(e);
+                            }
                         }
                     }
                     (failures, ops)

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::log::RaftLog;
 use super::progress::{Mode, Progress};
 use super::types::*;
+use crate::plant::{self, Plant};
 
 /// A snapshot still unacknowledged after this many heartbeat intervals is sent again.
 const SNAPSHOT_RETRY_HEARTBEATS: u32 = 10;
@@ -162,8 +163,8 @@ impl RawNode {
     /// single-node cluster has no other copy to protect: the wipe is a fresh start.
     /// (docs/storage.md, "Wiping a node")
     pub fn may_vote(&self) -> bool {
-        if cfg!(feature = "plant-reset-node-votes") {
-            return true; // planted bug: a wiped node votes with its empty log
+        if plant::active(Plant::ResetNodeVotes) {
+            return true;
         }
         match self.reset_term {
             Some(term) => self.cfg.voters.len() == 1 || self.log.last_term() > term,
@@ -336,7 +337,8 @@ impl RawNode {
             } => {
                 let granted = m.term > self.term
                     && self.may_vote()
-                    && self.log.is_up_to_date(last_index, last_term);
+                    && (self.log.is_up_to_date(last_index, last_term)
+                        || plant::active(Plant::VoteWithoutLogCheck));
                 let term = if granted { m.term } else { self.term };
                 self.msgs.push(Message {
                     from: self.cfg.id,
@@ -351,7 +353,8 @@ impl RawNode {
             } => {
                 let granted = self.vote.is_none_or(|v| v == m.from)
                     && self.may_vote()
-                    && self.log.is_up_to_date(last_index, last_term);
+                    && (self.log.is_up_to_date(last_index, last_term)
+                        || plant::active(Plant::VoteWithoutLogCheck));
                 if granted {
                     self.vote = Some(m.from);
                     self.election_elapsed = 0;
@@ -488,6 +491,12 @@ impl RawNode {
             current.commit != saved.commit && (!entries.is_empty() || snapshot.is_some());
         let hard_state = (vote_changed || commit_worth_saving).then(|| {
             self.saved_hard_state = current;
+            if plant::active(Plant::VoteNotPersisted) {
+                return HardState {
+                    vote: None,
+                    ..current
+                };
+            }
             current
         });
         if !entries.is_empty() || snapshot.is_some() {
@@ -950,10 +959,16 @@ impl RawNode {
     /// if it is from the current term; older entries commit with it, never by counting.
     fn maybe_commit(&mut self) {
         let mut matched: Vec<Index> = self.progress.values().map(|pr| pr.match_index).collect();
-        matched.push(self.log.persisted);
+        matched.push(if plant::active(Plant::LeaderCountsUnpersisted) {
+            self.log.last_index()
+        } else {
+            self.log.persisted
+        });
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = matched[self.quorum() - 1];
-        if candidate > self.log.commit && self.log.term(candidate) == Some(self.term) {
+        let of_this_term = self.log.term(candidate) == Some(self.term)
+            || plant::active(Plant::CommitByCountingOldTerms);
+        if candidate > self.log.commit && of_this_term {
             self.log.commit_to(candidate);
             let commit = self.log.commit;
             for read in self.pending_reads.iter_mut() {
@@ -989,7 +1004,9 @@ impl RawNode {
         acked.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed = acked[self.quorum() - 1];
         // A single-node cluster confirms its rounds by itself.
-        let confirmed = if self.cfg.voters.len() == 1 {
+        let confirmed = if self.cfg.voters.len() == 1
+            || plant::active(Plant::ReadWithoutConfirmingLeadership)
+        {
             u64::MAX
         } else {
             confirmed

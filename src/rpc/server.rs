@@ -157,6 +157,9 @@ fn status_of(err: RequestError) -> Status {
 /// Whether a write forwarded to the leader certainly did not happen: the leader said
 /// so, or the request never left (the connection could not be made).
 fn certainly_not_applied(status: &Status) -> bool {
+    if crate::plant::active(crate::plant::Plant::RetryAmbiguousForward) {
+        return true;
+    }
     if status.metadata().contains_key(NOT_APPLIED) {
         return true;
     }

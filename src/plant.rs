@@ -1,0 +1,82 @@
+//! Planted bugs ("mutations"): each one breaks a rule that a named test must defend,
+//! to show that the test can fail. They are compiled only with the cargo feature
+//! `plants` (never in a normal build, where [`active`] is a constant `false` that the
+//! compiler removes), and one is chosen at run time with `DISTRAFT_PLANT=<name>`, so
+//! that one extra build serves them all. `scripts/plants.sh` runs each against its
+//! test and fails unless every one is caught.
+
+/// The bugs that can be planted; `DISTRAFT_PLANT` takes the names in
+/// [`Plant::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plant {
+    /// The leader commits an entry of an earlier term by counting its replicas
+    /// (Raft §5.4.2, Figure 8).
+    CommitByCountingOldTerms,
+    /// A vote (and pre-vote) is granted without checking that the candidate's log is
+    /// at least as up to date (§5.4.1).
+    VoteWithoutLogCheck,
+    /// A vote is not persisted before it is sent, so a quick restart can vote again in
+    /// the same term (§5.2).
+    VoteNotPersisted,
+    /// The leader serves a linearizable read without confirming with a majority that
+    /// it still leads (thesis §6.4).
+    ReadWithoutConfirmingLeadership,
+    /// The leader counts its own log towards a majority before it is persisted
+    /// (thesis §10.2.1 requires the persist first).
+    LeaderCountsUnpersisted,
+    /// A follower forwards a write to the leader again after a failure that may have
+    /// applied it (a write applied twice).
+    RetryAmbiguousForward,
+    /// A node wiped by `DISTRAFT_RESET_LOGS` votes at once with its empty log.
+    ResetNodeVotes,
+}
+
+impl Plant {
+    pub const ALL: [Plant; 7] = [
+        Plant::CommitByCountingOldTerms,
+        Plant::VoteWithoutLogCheck,
+        Plant::VoteNotPersisted,
+        Plant::ReadWithoutConfirmingLeadership,
+        Plant::LeaderCountsUnpersisted,
+        Plant::RetryAmbiguousForward,
+        Plant::ResetNodeVotes,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Plant::CommitByCountingOldTerms => "commit-by-counting-old-terms",
+            Plant::VoteWithoutLogCheck => "vote-without-log-check",
+            Plant::VoteNotPersisted => "vote-not-persisted",
+            Plant::ReadWithoutConfirmingLeadership => "read-without-confirming-leadership",
+            Plant::LeaderCountsUnpersisted => "leader-counts-unpersisted",
+            Plant::RetryAmbiguousForward => "retry-ambiguous-forward",
+            Plant::ResetNodeVotes => "reset-node-votes",
+        }
+    }
+}
+
+/// Whether `plant` is the bug planted in this process.
+#[inline]
+pub fn active(plant: Plant) -> bool {
+    #[cfg(feature = "plants")]
+    {
+        selected() == Some(plant)
+    }
+    #[cfg(not(feature = "plants"))]
+    {
+        let _ = plant;
+        false
+    }
+}
+
+#[cfg(feature = "plants")]
+fn selected() -> Option<Plant> {
+    static SELECTED: std::sync::OnceLock<Option<Plant>> = std::sync::OnceLock::new();
+    *SELECTED.get_or_init(|| {
+        let name = std::env::var("DISTRAFT_PLANT").ok()?;
+        let plant = Plant::ALL.into_iter().find(|p| p.name() == name);
+        // A typo must not pass for a plant that was not caught.
+        assert!(plant.is_some(), "DISTRAFT_PLANT={name:?} names no plant");
+        plant
+    })
+}
