@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::driver;
 use crate::gateway::{self, Backend, GatewaySettings};
 use crate::rpc::{self, ClientServices, Peers};
-use crate::storage::Storage;
+use crate::storage::{identity, Storage};
 
 /// How long shutdown waits for each part to finish what is in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -35,6 +35,9 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
             .context("DISTRAFT_RESET_LOGS: wiping the log and data")?;
         info!("reset: log and snapshots wiped");
     }
+    // Before anything else touches the data directory: refuse to start on another
+    // cluster's data (or adopt the configured identity on the first start).
+    identity::establish(&config, &config.data_dir)?;
 
     // Bind first: a port in use is the most common start-up failure.
     let raft_listener = bind(

@@ -12,6 +12,7 @@
 
 pub mod convert;
 pub mod peers;
+pub mod refusals;
 pub mod server;
 
 pub use peers::{PeerTasks, Peers};
