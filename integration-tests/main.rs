@@ -7,3 +7,4 @@ mod api;
 mod faults;
 mod harness;
 mod tools;
+mod wire;

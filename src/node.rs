@@ -30,14 +30,15 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
             config.name, me.peer_port, me.client_port, config.raft_port, config.client_port
         );
     }
+    // Before anything touches the data directory (the reset included): refuse to
+    // start on another cluster's data, or adopt the configured identity at the first
+    // start.
+    identity::establish(&config, &config.data_dir)?;
     if config.reset_logs {
         Storage::reset(&driver::storage_options(&config))
             .context("DISTRAFT_RESET_LOGS: wiping the log and data")?;
         info!("reset: log and snapshots wiped");
     }
-    // Before anything else touches the data directory: refuse to start on another
-    // cluster's data (or adopt the configured identity on the first start).
-    identity::establish(&config, &config.data_dir)?;
 
     // Bind first: a port in use is the most common start-up failure.
     let raft_listener = bind(

@@ -227,6 +227,9 @@ mod tests {
         establish(&config(ABC, ""), &data).unwrap();
         establish(&config(ABC, ""), &data).unwrap();
         assert!(data.join(IDENTITY_FILE).exists());
+        // DISTRAFT_RESET_LOGS wipes the log and snapshots, not the identity.
+        crate::storage::Storage::reset(&crate::storage::StorageOptions::new(&data, &data)).unwrap();
+        assert!(data.join(IDENTITY_FILE).exists());
 
         let err = establish(&config("a=h:1:h:2,b=h:3:h:9,d=h:7:h:8", ""), &data)
             .unwrap_err()
