@@ -10,6 +10,7 @@
 //! none). Replies to our own requests come back as the RPC's response and are stepped
 //! into the core as messages.
 
+pub mod codec;
 pub mod convert;
 pub mod peers;
 pub mod refusals;
