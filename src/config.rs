@@ -439,7 +439,10 @@ pub fn parse_cluster(spec: &str) -> Result<Vec<Member>, ConfigError> {
 }
 
 /// The cluster id every member derives alike, with no coordination: FNV-1a (64-bit)
-/// over the members sorted by name (name, peer and client addresses) and the token.
+/// over the members sorted by name (name and client address) and the token. Peer
+/// addresses are left out: they are each node's own view of how to reach the others
+/// (through a proxy, a NAT, another network), and may differ between members of one
+/// cluster; client addresses and names are the same everywhere.
 /// A fixed, documented function rather than std's hasher, whose output may change
 /// between Rust releases. Not a secret and not authentication (that is TLS's job): it
 /// catches a node talking to, or listed by, the wrong cluster. Never 0, which on the
@@ -452,8 +455,8 @@ pub fn cluster_id(members: &[Member], token: &str) -> u64 {
     let mut text = String::from("distraft-cluster-v1\n");
     for m in sorted {
         text.push_str(&format!(
-            "{}={}:{}:{}:{}\n",
-            m.name, m.peer_host, m.peer_port, m.client_host, m.client_port
+            "{}={}:{}\n",
+            m.name, m.client_host, m.client_port
         ));
     }
     text.push_str("token=");
@@ -618,8 +621,13 @@ mod tests {
         let other = "a=127.0.0.1:9001:127.0.0.1:5001,b=127.0.0.1:9002:127.0.0.1:5002";
         let two = Config::from_args(&args(&["--cluster", other])).unwrap();
         assert_ne!(a.cluster_id, two.cluster_id);
+        // Each node's own view of the peer addresses (proxies) does not matter.
+        let proxied = "b=127.0.0.1:7002:127.0.0.1:5002,a=127.0.0.1:9001:127.0.0.1:5001,\
+                       c=127.0.0.1:7003:127.0.0.1:5003";
+        let proxied = Config::from_args(&args(&["--cluster", proxied])).unwrap();
+        assert_eq!(a.cluster_id, proxied.cluster_id);
         // Pinned: the id is persisted, so its derivation must never change.
-        assert_eq!(format!("{:016x}", a.cluster_id), "1ceb3d19adfe3c62");
+        assert_eq!(format!("{:016x}", a.cluster_id), "210d878a050578b2");
     }
 
     #[test]
