@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .bytes(".distraft.v1.Entry.data")
+        // Undecodable bytes are the sender's fault: INVALID_ARGUMENT (src/rpc/codec.rs).
+        .codec_path("crate::rpc::codec::WireCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -193,6 +193,24 @@ impl Cluster {
         self.spawn(i, extra_env);
     }
 
+    /// Whether node `i`'s process is still alive (it was started and has not exited).
+    pub fn alive(&mut self, i: usize) -> bool {
+        match &mut self.nodes[i].child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The DISTRAFT_CLUSTER value every node was given.
+    pub fn cluster_spec(&self) -> &str {
+        &self.cluster_spec
+    }
+
+    /// The directory holding every node's log (`log/`) and data (`state/`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Indexes of the running nodes.
     pub fn running(&self) -> Vec<usize> {
         (0..self.nodes.len())

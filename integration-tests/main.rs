@@ -8,3 +8,4 @@ mod faults;
 mod harness;
 mod tools;
 mod wipe;
+mod wire;

@@ -19,6 +19,7 @@ plants=(
   "leader-counts-unpersisted|--lib raft::tests::replication_may_leave_before_the_leaders_persist_but_acks_may_not"
   "retry-ambiguous-forward|--lib rpc::server::tests::only_certain_failures_make_a_forwarded_write_retry"
   "reset-node-votes|--test simulation"
+  "skip-wire-validation|--lib rpc::convert"
 )
 
 echo "plants.sh: building with the plants feature" >&2

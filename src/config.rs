@@ -100,6 +100,21 @@ pub struct NodeArgs {
     /// Take a snapshot once this many entries were applied since the last one.
     #[arg(long, env = "DISTRAFT_SNAPSHOT_THRESHOLD", default_value = "10000")]
     pub snapshot_threshold: String,
+    /// Mixed into the cluster id (with the member list), so that two clusters with the
+    /// same member list still tell each other apart. Same on every member.
+    #[arg(
+        long = "cluster-token",
+        env = "DISTRAFT_CLUSTER_TOKEN",
+        default_value = ""
+    )]
+    pub cluster_token: String,
+    /// Largest snapshot image accepted from a leader, in bytes.
+    #[arg(
+        long = "max-snapshot-bytes",
+        env = "DISTRAFT_MAX_SNAPSHOT_BYTES",
+        default_value = "4294967296"
+    )]
+    pub max_snapshot_bytes: String,
 }
 
 /// A configuration value that cannot be used. Displays as one line:
@@ -167,6 +182,11 @@ pub struct Config {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub snapshot_threshold: u64,
+    /// The cluster's identity, derived from `members` and DISTRAFT_CLUSTER_TOKEN (see
+    /// [`cluster_id`]); persisted and checked at start by `storage::identity`.
+    pub cluster_id: u64,
+    /// Largest snapshot image accepted from a leader (DISTRAFT_MAX_SNAPSHOT_BYTES).
+    pub max_snapshot_bytes: u64,
 }
 
 impl Config {
@@ -243,6 +263,9 @@ impl Config {
         let max_value_bytes = parse_positive("DISTRAFT_MAX_VALUE_BYTES", &args.max_value_bytes)?;
         let snapshot_threshold =
             parse_positive("DISTRAFT_SNAPSHOT_THRESHOLD", &args.snapshot_threshold)?;
+        let max_snapshot_bytes =
+            parse_positive("DISTRAFT_MAX_SNAPSHOT_BYTES", &args.max_snapshot_bytes)?;
+        let cluster_id = cluster_id(&members, &args.cluster_token);
 
         Ok(Config {
             id,
@@ -269,6 +292,8 @@ impl Config {
             max_key_bytes: usize::try_from(max_key_bytes).unwrap_or(usize::MAX),
             max_value_bytes: usize::try_from(max_value_bytes).unwrap_or(usize::MAX),
             snapshot_threshold,
+            cluster_id,
+            max_snapshot_bytes,
         })
     }
 
@@ -380,11 +405,64 @@ pub fn parse_cluster(spec: &str) -> Result<Vec<Member>, ConfigError> {
     if members.is_empty() {
         return Err(ConfigError::new(VAR, spec, "lists no member"));
     }
+    // Answers are credited to the member that was called: two members behind one
+    // address would count one node's answers twice.
+    for (position, member) in members.iter().enumerate() {
+        for earlier in &members[..position] {
+            let shared = if (&member.peer_host, member.peer_port)
+                == (&earlier.peer_host, earlier.peer_port)
+            {
+                Some(("peer", &member.peer_host, member.peer_port))
+            } else if (&member.client_host, member.client_port)
+                == (&earlier.client_host, earlier.client_port)
+            {
+                Some(("client", &member.client_host, member.client_port))
+            } else {
+                None
+            };
+            if let Some((kind, host, port)) = shared {
+                return Err(ConfigError::new(
+                    VAR,
+                    &format!("{host}:{port}"),
+                    format!(
+                        "is the {kind} address of both {} and {}: every member needs its own",
+                        earlier.name, member.name
+                    ),
+                ));
+            }
+        }
+    }
     members.sort_by(|a, b| a.name.cmp(&b.name));
     for (position, member) in members.iter_mut().enumerate() {
         member.id = position as NodeId + 1;
     }
     Ok(members)
+}
+
+/// The cluster id every member derives alike, with no coordination: FNV-1a (64-bit)
+/// over the members sorted by name (name and client address) and the token. Peer
+/// addresses are left out: they are each node's own view of how to reach the others
+/// (through a proxy, a NAT, another network), and may differ between members of one
+/// cluster; client addresses and names are the same everywhere.
+/// A fixed, documented function rather than std's hasher, whose output may change
+/// between Rust releases. Not a secret and not authentication (that is TLS's job): it
+/// catches a node talking to, or listed by, the wrong cluster. Never 0, which on the
+/// wire means "none".
+pub fn cluster_id(members: &[Member], token: &str) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut sorted: Vec<&Member> = members.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut text = String::from("distraft-cluster-v1\n");
+    for m in sorted {
+        text.push_str(&format!("{}={}:{}\n", m.name, m.client_host, m.client_port));
+    }
+    text.push_str("token=");
+    text.push_str(token);
+    let hash = text.bytes().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    });
+    hash.max(1)
 }
 
 fn parse_host(var: &'static str, raw: &str) -> Result<String, ConfigError> {
@@ -529,6 +607,28 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_id_depends_on_members_and_token_only() {
+        let a = Config::from_args(&args(&[])).unwrap();
+        let b = Config::from_args(&args(&["--name", "b"])).unwrap();
+        assert_eq!(
+            a.cluster_id, b.cluster_id,
+            "every member derives the same id"
+        );
+        let token = Config::from_args(&args(&["--cluster-token", "t"])).unwrap();
+        assert_ne!(a.cluster_id, token.cluster_id);
+        let other = "a=127.0.0.1:9001:127.0.0.1:5001,b=127.0.0.1:9002:127.0.0.1:5002";
+        let two = Config::from_args(&args(&["--cluster", other])).unwrap();
+        assert_ne!(a.cluster_id, two.cluster_id);
+        // Each node's own view of the peer addresses (proxies) does not matter.
+        let proxied = "b=127.0.0.1:7002:127.0.0.1:5002,a=127.0.0.1:9001:127.0.0.1:5001,\
+                       c=127.0.0.1:7003:127.0.0.1:5003";
+        let proxied = Config::from_args(&args(&["--cluster", proxied])).unwrap();
+        assert_eq!(a.cluster_id, proxied.cluster_id);
+        // Pinned: the id is persisted, so its derivation must never change.
+        assert_eq!(format!("{:016x}", a.cluster_id), "210d878a050578b2");
+    }
+
+    #[test]
     fn cluster_ids_follow_sorted_names() {
         let config = Config::from_args(&args(&[])).unwrap();
         let names: Vec<(&str, NodeId)> = config
@@ -632,6 +732,14 @@ mod tests {
             (
                 &["--cluster", "a=h:1:h:2,A=h:3:h:4"],
                 r#"DISTRAFT_CLUSTER: "a" is listed twice"#,
+            ),
+            (
+                &["--cluster", "a=h:1:h:2,b=h:1:h:4"],
+                r#"DISTRAFT_CLUSTER: "h:1" is the peer address of both a and b: every member needs its own"#,
+            ),
+            (
+                &["--cluster", "a=h:1:h:2,b=h:3:h:2"],
+                r#"DISTRAFT_CLUSTER: "h:2" is the client address of both a and b: every member needs its own"#,
             ),
             (
                 &["--name", "d"],

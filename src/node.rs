@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::driver;
 use crate::gateway::{self, Backend, GatewaySettings};
 use crate::rpc::{self, ClientServices, Peers};
-use crate::storage::Storage;
+use crate::storage::{identity, Storage};
 
 /// How long shutdown waits for each part to finish what is in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -30,6 +30,10 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
             config.name, me.peer_port, me.client_port, config.raft_port, config.client_port
         );
     }
+    // Before anything touches the data directory (the reset included): refuse to
+    // start on another cluster's data, or adopt the configured identity at the first
+    // start.
+    identity::establish(&config, &config.data_dir)?;
     if config.reset_logs {
         let wiped = Storage::reset(&driver::storage_options(&config))
             .context("DISTRAFT_RESET_LOGS: wiping the log and data")?;

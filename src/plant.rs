@@ -29,10 +29,13 @@ pub enum Plant {
     RetryAmbiguousForward,
     /// A node wiped by `DISTRAFT_RESET_LOGS` votes at once with its empty log.
     ResetNodeVotes,
+    /// The Raft port stops checking that an AppendEntries' entries follow
+    /// `prev_log_index` one by one.
+    SkipWireValidation,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 7] = [
+    pub const ALL: [Plant; 8] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -40,6 +43,7 @@ impl Plant {
         Plant::LeaderCountsUnpersisted,
         Plant::RetryAmbiguousForward,
         Plant::ResetNodeVotes,
+        Plant::SkipWireValidation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +55,7 @@ impl Plant {
             Plant::LeaderCountsUnpersisted => "leader-counts-unpersisted",
             Plant::RetryAmbiguousForward => "retry-ambiguous-forward",
             Plant::ResetNodeVotes => "reset-node-votes",
+            Plant::SkipWireValidation => "skip-wire-validation",
         }
     }
 }

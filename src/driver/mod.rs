@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 use crate::config::Config;
 use crate::kv::Applied;
 use crate::proto::v1::StatusResponse;
-use crate::raft::{Index, Message, NodeId, RaftError, SnapshotMeta};
+use crate::raft::{Index, Message, NodeId, RaftError, SnapshotMeta, Term};
 use crate::storage::{SnapshotFile, SnapshotWriter, StorageError};
 
 pub use runner::spawn;
@@ -104,7 +104,7 @@ pub enum Event {
         reply: Option<RaftReplySender>,
         /// Boxed: rare and large, and every slot of the event queue is as large as
         /// the largest event.
-        snapshot: Option<Box<SnapshotWriter>>,
+        snapshot: Option<Box<ReceivedSnapshot>>,
     },
     /// The connection carrying `from`'s appends broke (see
     /// [`crate::raft::RawNode::leader_disconnected`]).
@@ -130,8 +130,10 @@ pub enum Event {
         reply: oneshot::Sender<Result<(), RequestError>>,
     },
     BeginSnapshot {
+        from: NodeId,
+        term: Term,
         meta: SnapshotMeta,
-        reply: oneshot::Sender<Result<Option<SnapshotWriter>, RequestError>>,
+        reply: oneshot::Sender<Result<SnapshotAdmission, RequestError>>,
     },
     /// Posted by the driver's own snapshot thread when snapshot `id` is written (or
     /// failed): the driver then collects the result and compacts.
@@ -177,7 +179,7 @@ impl DriverHandle {
         &self,
         msg: Message,
         reply: Option<RaftReplySender>,
-        snapshot: Option<SnapshotWriter>,
+        snapshot: Option<ReceivedSnapshot>,
     ) -> bool {
         self.post(Event::Raft {
             msg,
@@ -237,16 +239,21 @@ impl DriverHandle {
         answer.await.unwrap_or(Err(RequestError::ShuttingDown))
     }
 
-    /// A writer for a snapshot image arriving from the leader.
-    /// Where to write an incoming snapshot image; `None` when this node's own snapshot
-    /// already covers it (the core then just answers how far it is, as Raft's
-    /// InstallSnapshot rule says, so the leader moves on instead of retrying forever).
+    /// Whether, and where, to store a snapshot image that `from` sends in `term`
+    /// (see [`SnapshotAdmission`]). Asked before the first byte is stored.
     pub async fn begin_snapshot(
         &self,
+        from: NodeId,
+        term: Term,
         meta: SnapshotMeta,
-    ) -> Result<Option<SnapshotWriter>, RequestError> {
+    ) -> Result<SnapshotAdmission, RequestError> {
         let (reply, answer) = oneshot::channel();
-        self.post(Event::BeginSnapshot { meta, reply })?;
+        self.post(Event::BeginSnapshot {
+            from,
+            term,
+            meta,
+            reply,
+        })?;
         answer.await.unwrap_or(Err(RequestError::ShuttingDown))
     }
 
@@ -255,6 +262,28 @@ impl DriverHandle {
     pub fn shutdown(&self) {
         let _ = self.events.send(Event::Shutdown);
     }
+}
+
+/// The driver's answer to an incoming snapshot stream, before anything is stored.
+pub enum SnapshotAdmission {
+    /// Store the image here.
+    Write(SnapshotWriter),
+    /// This node's own snapshot already covers it: the core just answers how far it
+    /// is (Raft's InstallSnapshot rule), so the leader moves on instead of retrying.
+    NotNeeded,
+    /// The stream's term is older than ours: answer with our term (so a stale leader
+    /// steps down) and store nothing.
+    Stale { term: Term },
+    /// Another member leads this term: the stream is not from the leader.
+    NotLeader { leader: NodeId },
+}
+
+/// A snapshot image received in full: stored in a temp file, its length and checksum
+/// verified and the state machine parsed from it, before the core may install it (so
+/// that a bad image never replaces the old state).
+pub struct ReceivedSnapshot {
+    pub writer: SnapshotWriter,
+    pub kv: crate::kv::Kv,
 }
 
 /// The role names of the original's status (`GET /` shows them).

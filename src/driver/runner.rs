@@ -12,7 +12,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     channel, role_name, storage_options, Committed, DriverError, DriverHandle, Event, RaftReply,
-    RaftReplySender, RequestError, Transport,
+    RaftReplySender, ReceivedSnapshot, RequestError, SnapshotAdmission, Transport,
 };
 use crate::config::Config;
 use crate::kv::{Applied, Kv};
@@ -20,9 +20,7 @@ use crate::proto::v1::{Member, StatusResponse};
 use crate::raft::{
     Body, Entry, Index, Message, NodeId, RawNode, ReadId, Ready, Role, SnapshotMeta, Term,
 };
-use crate::storage::{
-    Garbage, SnapshotFile, SnapshotWriter, Storage, StorageError, StorageOptions,
-};
+use crate::storage::{Garbage, SnapshotFile, Storage, StorageError, StorageOptions};
 
 /// At most this many events are folded into one turn, so that a flood of requests
 /// cannot postpone ticks and fsyncs without bound.
@@ -180,7 +178,7 @@ struct Driver<T> {
     /// Followers' ReadIndex requests: answered in a later turn, after a heartbeat round.
     waiting_read_index: HashMap<(NodeId, ReadId), RaftReplySender>,
     /// Snapshot images received in this turn, for the core to install (or not).
-    received_snapshots: Vec<SnapshotWriter>,
+    received_snapshots: Vec<ReceivedSnapshot>,
     /// Role, term and leader last logged.
     last_role: Option<(Role, Term, Option<NodeId>)>,
     /// Whether the core may vote, as last logged (false only after a wipe).
@@ -318,7 +316,7 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 self.received_snapshots
-                    .extend(snapshot.map(|writer| *writer));
+                    .extend(snapshot.map(|received| *received));
                 self.node.step(msg);
             }
             Event::ConnectionLost { from } => {
@@ -378,8 +376,26 @@ impl<T: Transport> Driver<T> {
                 let result = if self.up { Ok(()) } else { self.restart() };
                 let _ = reply.send(result);
             }
-            Event::BeginSnapshot { meta, reply } => {
+            Event::BeginSnapshot {
+                from,
+                term,
+                meta,
+                reply,
+            } => {
+                let (our_term, leader) = (self.node.term(), self.node.leader());
                 let writer = match (&self.storage, self.up) {
+                    // Checked before a byte is stored: a stale leader (or anyone
+                    // replaying its term) cannot make us write.
+                    (Some(_), true) if term < our_term => {
+                        Ok(SnapshotAdmission::Stale { term: our_term })
+                    }
+                    (Some(_), true)
+                        if term == our_term && leader.is_some_and(|leader| leader != from) =>
+                    {
+                        Ok(SnapshotAdmission::NotLeader {
+                            leader: leader.unwrap_or_default(),
+                        })
+                    }
                     // No newer than our own snapshot: the core will not install it (its
                     // commit index is at least that far, even right after a restart).
                     (Some(storage), true)
@@ -387,11 +403,11 @@ impl<T: Transport> Driver<T> {
                             .latest_snapshot()
                             .is_some_and(|s| meta.index <= s.meta.index) =>
                     {
-                        Ok(None)
+                        Ok(SnapshotAdmission::NotNeeded)
                     }
                     (Some(storage), true) => storage
                         .begin_snapshot(meta)
-                        .map(Some)
+                        .map(SnapshotAdmission::Write)
                         .map_err(|err| RequestError::Storage(err.to_string())),
                     _ => Err(RequestError::Stopped),
                 };
@@ -550,11 +566,14 @@ impl<T: Transport> Driver<T> {
         let position = self
             .received_snapshots
             .iter()
-            .position(|writer| *writer.meta() == meta)
+            .position(|received| *received.writer.meta() == meta)
             .ok_or(DriverError::UnknownSnapshot(meta.index))?;
-        let writer = self.received_snapshots.swap_remove(position);
-        let file = self.storage()?.finish_snapshot(writer)?;
-        self.kv = Kv::read_image(file.open_data()?)?;
+        // The image was verified and parsed on arrival, so nothing below can fail on
+        // its contents; the old snapshot and log go only once the new file is durable
+        // (and a crash in between recovers one or the other, see finish_snapshot).
+        let ReceivedSnapshot { writer, kv } = self.received_snapshots.swap_remove(position);
+        self.storage()?.finish_snapshot(writer)?;
+        self.kv = kv;
         self.applied = meta.index;
         self.applied_term = meta.term;
         self.snapshot_index = meta.index;
@@ -873,6 +892,7 @@ impl<T: Transport> Driver<T> {
             snapshot_index: status.snapshot_index,
             state_digest: self.kv.digest_hex(),
             voting: status.may_vote,
+            cluster_id: format!("{:016x}", config.cluster_id),
         };
         if !self.up {
             // As if crashed: no role, no leader, whatever the core last believed.

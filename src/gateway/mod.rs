@@ -379,7 +379,7 @@ fn key_not_found(key: &str) -> ApiError {
 }
 
 /// The JSON `status` object of `GET /`: the original's fields and types, plus
-/// `snapshot_index` and `state_digest`.
+/// `snapshot_index`, `state_digest` and `cluster_id`.
 fn status_json(status: StatusResponse) -> Value {
     let members: serde_json::Map<String, Value> = status
         .members
@@ -406,6 +406,7 @@ fn status_json(status: StatusResponse) -> Value {
         "snapshot_index": status.snapshot_index,
         "state_digest": status.state_digest,
         "voting": status.voting,
+        "cluster_id": status.cluster_id,
     })
 }
 

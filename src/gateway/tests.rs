@@ -116,6 +116,7 @@ impl Admin for Arc<FakeNode> {
             snapshot_index: 0,
             state_digest: "00ff".into(),
             voting: true,
+            cluster_id: "0123456789abcdef".into(),
         }))
     }
 }
@@ -206,6 +207,7 @@ async fn status_has_every_original_field_with_its_type() {
     assert_eq!(status["snapshot_index"], 0);
     assert_eq!(status["state_digest"], "00ff");
     assert_eq!(status["voting"], true);
+    assert_eq!(status["cluster_id"], "0123456789abcdef");
 }
 
 #[tokio::test]

@@ -295,6 +295,10 @@ impl RawNode {
         if m.to != self.cfg.id || m.from == self.cfg.id || !self.cfg.voters.contains(&m.from) {
             return;
         }
+        // The RPC layer refuses such terms; a caller that did not is ignored here too.
+        if m.term > MAX_TERM {
+            return;
+        }
         if m.term > self.term {
             let is_vote = matches!(m.body, Body::Vote { .. } | Body::PreVote { .. });
             if is_vote && self.in_lease() {
@@ -585,8 +589,10 @@ impl RawNode {
     /// Starts an election with a pre-vote round (thesis §9.6): only if a majority would
     /// vote for us do we bump the term, so a node that was cut off cannot disrupt.
     fn campaign_pre_vote(&mut self) {
-        if !self.may_vote() {
-            // A wiped node that may not vote must not ask for votes either.
+        // A wiped node that may not vote must not ask for votes either; and only a
+        // term persisted before the ceiling existed can be at it: stay a follower
+        // rather than take a term past it.
+        if !self.may_vote() || self.term >= MAX_TERM {
             self.reset_election_timer();
             return;
         }
@@ -612,6 +618,9 @@ impl RawNode {
     }
 
     fn campaign(&mut self) {
+        // Terms from outside are at most MAX_TERM (checked where they enter, and in
+        // `step`), and pre-campaigns stop below it.
+        assert!(self.term < MAX_TERM, "campaigning past the term ceiling");
         self.term += 1;
         self.vote = Some(self.cfg.id);
         self.leader = None;
@@ -797,7 +806,7 @@ impl RawNode {
         // not the probe we are waiting for.
         let stale = match pr.mode {
             Mode::Replicate => index <= pr.match_index,
-            Mode::Probe => index + 1 != pr.next_index,
+            Mode::Probe => index.checked_add(1) != Some(pr.next_index),
             Mode::Snapshot => true,
         };
         if stale || index == 0 {
@@ -820,7 +829,8 @@ impl RawNode {
             return;
         };
         pr.recent_active = true;
-        pr.read_acked = pr.read_acked.max(read_seq);
+        // A follower cannot have seen a round we have not started.
+        pr.read_acked = pr.read_acked.max(read_seq.min(self.read_seq));
         self.complete_reads();
     }
 

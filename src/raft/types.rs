@@ -7,6 +7,11 @@ use bytes::Bytes;
 pub type NodeId = u64;
 /// A Raft term (§5.1). Starts at 0; the first election makes it 1.
 pub type Term = u64;
+/// The highest term a node ever takes on. Messages claiming a higher term are refused
+/// where they enter (the RPC layer), so no term counter can ever wrap; a node whose
+/// term reached it (only data from before the ceiling existed can) stops campaigning.
+/// At one election per millisecond it is 146 million years away.
+pub const MAX_TERM: Term = 1 << 62;
 /// A log position. Index 0 is the empty prefix; the first entry has index 1.
 pub type Index = u64;
 /// The driver's handle for a linearizable read, echoed back when it may be served.

@@ -10,8 +10,10 @@
 //! none). Replies to our own requests come back as the RPC's response and are stepped
 //! into the core as messages.
 
+pub mod codec;
 pub mod convert;
 pub mod peers;
+pub mod refusals;
 pub mod server;
 
 pub use peers::{PeerTasks, Peers};

@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
 use super::convert;
+use super::refusals::Refusals;
 use crate::config::{Config, Member};
 use crate::driver::{DriverHandle, Transport};
 use crate::proto::v1::{self as pb, kv_client::KvClient, raft_client::RaftClient};
@@ -51,7 +52,7 @@ fn replication_timeout(config: &Config) -> Duration {
 }
 
 /// Time allowed to send a snapshot: generous, as it scales with the image size.
-fn snapshot_timeout(data_len: u64) -> Duration {
+pub(crate) fn snapshot_timeout(data_len: u64) -> Duration {
     Duration::from_secs(10) + Duration::from_secs(data_len / (1024 * 1024))
 }
 
@@ -213,6 +214,8 @@ struct LinkTask {
     /// Set by a stream's reader when an answer arrived (resets the back-off).
     answered: Arc<Mutex<bool>>,
     snapshot: Option<JoinHandle<()>>,
+    /// Logs (rate-limited) answers that do not count: from another member or cluster.
+    refusals: Arc<Refusals>,
 }
 
 impl LinkTask {
@@ -230,6 +233,7 @@ impl LinkTask {
             backoff: Backoff::new(),
             answered: Arc::new(Mutex::new(false)),
             snapshot: None,
+            refusals: Arc::new(Refusals::default()),
         }
     }
 
@@ -298,6 +302,7 @@ impl LinkTask {
         let mut client = self.client.clone();
         let (config, driver, peer) = (self.config.clone(), self.driver.clone(), self.peer.id);
         let (pending, answered) = (unanswered.clone(), self.answered.clone());
+        let refusals = self.refusals.clone();
         let connect_timeout = raft_rpc_timeout(&config);
         let reader = tokio::spawn(async move {
             let call = client.append_entries(ReceiverStream::new(outgoing));
@@ -317,9 +322,15 @@ impl LinkTask {
                     Ok(Some(response)) => {
                         lock(&pending).pop_front();
                         *lock(&answered) = true;
-                        if let Some(msg) = convert::append_response_message(&config, peer, response)
-                        {
-                            driver.step(msg, None, None);
+                        let from = response.from.clone();
+                        match convert::append_response_message(&config, peer, response) {
+                            Ok(Some(msg)) => {
+                                driver.step(msg, None, None);
+                            }
+                            Ok(None) => {}
+                            Err(status) => {
+                                refusals.note(&config, &from, "an answer to AppendEntries", &status)
+                            }
                         }
                     }
                     Ok(None) => return,
@@ -361,6 +372,7 @@ impl LinkTask {
         let pre_vote = request.pre_vote;
         let mut client = self.client.clone();
         let (config, driver, peer) = (self.config.clone(), self.driver.clone(), self.peer.id);
+        let refusals = self.refusals.clone();
         let deadline = raft_rpc_timeout(&config);
         tokio::spawn(async move {
             let mut request = tonic::Request::new(request);
@@ -368,10 +380,15 @@ impl LinkTask {
             match tokio::time::timeout(deadline, client.request_vote(request)).await {
                 Ok(Ok(response)) => {
                     let response = response.into_inner();
-                    if let Some(msg) =
-                        convert::vote_response_message(&config, peer, pre_vote, response)
-                    {
-                        driver.step(msg, None, None);
+                    let from = response.from.clone();
+                    match convert::vote_response_message(&config, peer, pre_vote, response) {
+                        Ok(Some(msg)) => {
+                            driver.step(msg, None, None);
+                        }
+                        Ok(None) => {}
+                        Err(status) => {
+                            refusals.note(&config, &from, "an answer to RequestVote", &status)
+                        }
                     }
                 }
                 Ok(Err(status)) => debug!(to = peer, "vote request failed: {status}"),
@@ -386,22 +403,31 @@ impl LinkTask {
         };
         let mut client = self.client.clone();
         let (config, driver, peer) = (self.config.clone(), self.driver.clone(), self.peer.id);
+        let refusals = self.refusals.clone();
         // The leader answers after a heartbeat round; allow for a slow one.
         let deadline = replication_timeout(&config);
         tokio::spawn(async move {
             let mut request = tonic::Request::new(request);
             request.set_timeout(deadline);
-            let response = match tokio::time::timeout(deadline, client.read_index(request)).await {
-                Ok(Ok(response)) => response.into_inner(),
+            let answered = match tokio::time::timeout(deadline, client.read_index(request)).await {
+                Ok(Ok(response)) => {
+                    let response = response.into_inner();
+                    let from = response.from.clone();
+                    convert::read_index_response_message(&config, peer, id, response)
+                        .inspect_err(|status| {
+                            refusals.note(&config, &from, "an answer to ReadIndex", status)
+                        })
+                        .ok()
+                }
                 Ok(Err(status)) => {
                     debug!(to = peer, "ReadIndex failed: {status}");
-                    pb::ReadIndexResponse::default()
+                    None
                 }
-                Err(_) => pb::ReadIndexResponse::default(),
+                Err(_) => None,
             };
             // A failed request is reported as a refusal, so the read fails at once
             // instead of waiting for its client's deadline.
-            let msg = convert::read_index_response_message(&config, peer, id, response);
+            let msg = answered.unwrap_or_else(|| convert::read_index_failed(&config, peer, id));
             driver.step(msg, None, None);
         });
     }
@@ -418,6 +444,7 @@ impl LinkTask {
         }
         let mut client = self.client.clone();
         let (config, driver, peer) = (self.config.clone(), self.driver.clone(), self.peer.id);
+        let peer_name = self.peer.name.clone();
         self.snapshot = Some(tokio::spawn(async move {
             let index = file.meta.index;
             let deadline = snapshot_timeout(file.data_len());
@@ -426,6 +453,10 @@ impl LinkTask {
                 term: msg.term,
                 meta: Some(convert::meta_to_proto(&config, &file.meta)),
                 data: Vec::new(),
+                cluster_id: config.cluster_id,
+                to: peer_name.clone(),
+                image_bytes: file.data_len(),
+                image_crc32c: file.data_crc(),
             };
             let (chunks, outgoing) = mpsc::channel(4);
             let (read_failed_tx, read_failed) = tokio::sync::oneshot::channel::<String>();
@@ -441,8 +472,12 @@ impl LinkTask {
                 result = tokio::time::timeout(deadline, client.install_snapshot(request)) => match result {
                     Ok(Ok(response)) => {
                         let response = response.into_inner();
-                        if let Some(msg) = convert::append_response_message(&config, peer, response) {
-                            driver.step(msg, None, None);
+                        match convert::append_response_message(&config, peer, response) {
+                            Ok(Some(msg)) => {
+                                driver.step(msg, None, None);
+                            }
+                            Ok(None) => {}
+                            Err(status) => warn!(to = peer, index, "discarded the answer to a snapshot: {status}"),
                         }
                     }
                     // A peer that is down is routine; the core asks again later.

@@ -17,9 +17,10 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::debug;
 
 use super::convert;
-use super::peers::{raft_rpc_timeout, Peers};
+use super::peers::{raft_rpc_timeout, snapshot_timeout, Peers};
+use super::refusals::Refusals;
 use crate::config::Config;
-use crate::driver::{DriverHandle, RaftReply, RequestError};
+use crate::driver::{DriverHandle, RaftReply, ReceivedSnapshot, RequestError, SnapshotAdmission};
 use crate::kv::{Applied, Kv};
 use crate::proto::v1::{
     self as pb, admin_server::AdminServer, kv_client::KvClient, kv_server::KvServer,
@@ -89,6 +90,7 @@ pub async fn serve(
         config,
         driver,
         stop: stop.clone(),
+        refusals: Arc::new(Refusals::default()),
     };
     Server::builder()
         .tcp_nodelay(true)
@@ -506,6 +508,8 @@ pub struct RaftService {
     /// Ends the long-lived AppendEntries streams at shutdown, which a graceful server
     /// shutdown would otherwise wait for.
     stop: watch::Receiver<bool>,
+    /// Logs refused requests, rate-limited.
+    refusals: Arc<Refusals>,
 }
 
 /// Why a Raft request got no answer from the driver.
@@ -514,6 +518,12 @@ fn not_answered() -> Status {
 }
 
 impl RaftService {
+    /// Logs (rate-limited) a request refused with `status`, and passes the status on.
+    fn refuse(&self, from: &str, what: &'static str, status: Status) -> Status {
+        self.refusals.note(&self.config, from, what, &status);
+        status
+    }
+
     /// Steps a request and waits (bounded) for the core's reply to it.
     async fn ask(&self, msg: Message, timeout: Duration) -> Result<Option<Message>, Status> {
         let (reply, answer) = oneshot::channel();
@@ -537,7 +547,10 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
-        let msg = convert::vote_request_message(&self.config, request.into_inner())?;
+        let request = request.into_inner();
+        let from = request.from.clone();
+        let msg = convert::vote_request_message(&self.config, request)
+            .map_err(|status| self.refuse(&from, "a RequestVote", status))?;
         let reply = self.ask(msg, raft_rpc_timeout(&self.config)).await?;
         Ok(Response::new(convert::vote_response(&self.config, reply)))
     }
@@ -554,7 +567,7 @@ impl pb::raft_server::Raft for RaftService {
         let (answers_tx, answers) =
             mpsc::channel::<Result<oneshot::Receiver<RaftReply>, Status>>(1024);
         let (config, driver) = (self.config.clone(), self.driver.clone());
-        let stop = self.stop.clone();
+        let (stop, refusals) = (self.stop.clone(), self.refusals.clone());
         tokio::spawn(async move {
             let mut stopping = std::pin::pin!(stopped(stop));
             // The sender, once known: if the stream breaks, it may have died.
@@ -569,7 +582,12 @@ impl pb::raft_server::Raft for RaftService {
                     driver.connection_lost(from);
                 }
                 let next = match next {
-                    Ok(Some(request)) => convert::append_request_message(&config, request),
+                    Ok(Some(request)) => {
+                        let from = request.from.clone();
+                        convert::append_request_message(&config, request).inspect_err(|status| {
+                            refusals.note(&config, &from, "an AppendEntries", status)
+                        })
+                    }
                     Ok(None) => return,
                     Err(status) => Err(status),
                 };
@@ -612,8 +630,10 @@ impl pb::raft_server::Raft for RaftService {
         Ok(Response::new(Box::pin(responses)))
     }
 
-    /// Streams the image into a snapshot writer, then lets the core decide whether to
-    /// install it.
+    /// Checks the first chunk and asks the driver whether to store the image before
+    /// anything is written; streams the image (bounded in size and time) into a
+    /// snapshot writer; verifies its length and checksum and parses it; only then lets
+    /// the core decide whether to install it. A refused stream stores nothing.
     async fn install_snapshot(
         &self,
         request: Request<Streaming<pb::InstallSnapshotChunk>>,
@@ -623,43 +643,113 @@ impl pb::raft_server::Raft for RaftService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("InstallSnapshot without chunks"))?;
-        let from = convert::id_of(&self.config, &first.from)?;
-        let meta = first
-            .meta
-            .ok_or_else(|| Status::invalid_argument("the first chunk has no meta"))?;
-        let meta = convert::meta_from_proto(&self.config, meta)?;
-        let mut writer = self
+        let claimed_from = first.from.clone();
+        let refuse = |status| self.refuse(&claimed_from, "an InstallSnapshot", status);
+        let (from, term, meta) = convert::snapshot_request(&self.config, &first).map_err(refuse)?;
+        let admission = self
             .driver
-            .begin_snapshot(meta.clone())
+            .begin_snapshot(from, term, meta.clone())
             .await
             .map_err(status_of)?;
-        let mut data = first.data;
-        loop {
-            // A snapshot this node does not need is read to the end and not stored.
-            if let Some(mut w) = writer {
-                writer = Some(
-                    tokio::task::spawn_blocking(move || {
-                        std::io::Write::write_all(&mut w, &data).map(|()| w)
-                    })
-                    .await
-                    .map_err(|err| Status::internal(err.to_string()))?
-                    .map_err(|err| Status::internal(format!("writing the snapshot: {err}")))?,
-                );
+        let mut writer = match admission {
+            SnapshotAdmission::Write(writer) => Some(writer),
+            SnapshotAdmission::NotNeeded => None,
+            SnapshotAdmission::Stale { term } => {
+                // As the core answers a stale leader's append: our term, no success.
+                let reply = Message {
+                    from: self.config.id,
+                    to: from,
+                    term,
+                    body: Body::AppendResponse {
+                        success: false,
+                        index: 0,
+                        hint: None,
+                    },
+                };
+                return Ok(Response::new(convert::append_response(
+                    &self.config,
+                    Some(reply),
+                )));
             }
-            // An aborted stream is an error here, so a partial image is never used.
-            match chunks.message().await? {
-                Some(chunk) => data = chunk.data,
-                None => break,
+            SnapshotAdmission::NotLeader { leader } => {
+                return Err(refuse(Status::failed_precondition(format!(
+                    "{:?} is not the leader of term {term} (member {leader} is)",
+                    first.from
+                ))));
             }
+        };
+        let declared = first.image_bytes;
+        let receive = async {
+            let (mut received, mut crc) = (0u64, 0u32);
+            let mut data = first.data;
+            loop {
+                received = received.saturating_add(data.len() as u64);
+                if received > declared {
+                    return Err(Status::invalid_argument(format!(
+                        "the image is longer than the {declared} bytes declared"
+                    )));
+                }
+                crc = crc32c::crc32c_append(crc, &data);
+                // A snapshot this node does not need is read to the end and not stored.
+                if let Some(mut w) = writer.take() {
+                    writer = Some(
+                        tokio::task::spawn_blocking(move || {
+                            std::io::Write::write_all(&mut w, &data).map(|()| w)
+                        })
+                        .await
+                        .map_err(|err| Status::internal(err.to_string()))?
+                        .map_err(|err| Status::internal(format!("writing the snapshot: {err}")))?,
+                    );
+                }
+                // An aborted stream is an error here, so a partial image is never used.
+                match chunks.message().await? {
+                    Some(chunk) => data = chunk.data,
+                    None => break,
+                }
+            }
+            Ok((received, crc))
+        };
+        let (received, crc) = tokio::time::timeout(snapshot_timeout(declared), receive)
+            .await
+            .map_err(|_| Status::deadline_exceeded("the snapshot stream took too long"))?
+            .map_err(refuse)?;
+        if received != declared || crc != first.image_crc32c {
+            return Err(refuse(Status::invalid_argument(format!(
+                "the image is {received} bytes with crc32c {crc:08x}; \
+                 {declared} bytes with crc32c {:08x} were declared",
+                first.image_crc32c
+            ))));
         }
+        let received = match writer {
+            None => None,
+            Some(mut writer) => {
+                // Parsed before the core sees it: a bad image never replaces anything.
+                let parsed = tokio::task::spawn_blocking(move || {
+                    let kv = writer
+                        .read_back()
+                        .map_err(|err| Status::internal(err.to_string()))
+                        .and_then(|image| {
+                            Kv::read_image(image).map_err(|err| {
+                                Status::invalid_argument(format!(
+                                    "the snapshot image does not parse: {err}"
+                                ))
+                            })
+                        })?;
+                    Ok::<_, Status>(ReceivedSnapshot { writer, kv })
+                })
+                .await
+                .map_err(|err| Status::internal(err.to_string()))?;
+                Some(parsed.map_err(refuse)?)
+            }
+        };
         let msg = Message {
             from,
             to: self.config.id,
-            term: first.term,
+            term,
             body: Body::Snapshot { meta },
         };
         let (reply, answer) = oneshot::channel();
-        if !self.driver.step(msg, Some(reply), writer) {
+        if !self.driver.step(msg, Some(reply), received) {
             return Err(Status::unavailable("the node is overloaded"));
         }
         match answer.await {
@@ -679,10 +769,16 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         let deadline = Deadline::of(&request, self.config.request_timeout);
-        let msg = convert::read_index_request_message(&self.config, request.into_inner())?;
+        let request = request.into_inner();
+        let from = request.from.clone();
+        let msg = convert::read_index_request_message(&self.config, request)
+            .map_err(|status| self.refuse(&from, "a ReadIndex", status))?;
         // Answered after a heartbeat round, in a later turn of the driver.
         let reply = self.ask(msg, deadline.remaining()).await?;
-        Ok(Response::new(convert::read_index_response(reply)))
+        Ok(Response::new(convert::read_index_response(
+            &self.config,
+            reply,
+        )))
     }
 }
 

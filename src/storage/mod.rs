@@ -11,6 +11,7 @@
 //! The Raft core keeps the live log in memory, so the WAL is write-only after
 //! recovery: no random reads, no index of record offsets.
 
+pub mod identity;
 mod record;
 mod reset;
 mod snapshot;

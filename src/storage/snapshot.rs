@@ -62,6 +62,11 @@ impl SnapshotFile {
         self.data_len
     }
 
+    /// The crc32c of the image (sent along with it to a follower).
+    pub fn data_crc(&self) -> u32 {
+        self.data_crc
+    }
+
     /// Opens and fully verifies the snapshot file at `path` (header, trailer and image
     /// checksum), reading the image in bounded chunks.
     pub(super) fn load(path: &Path) -> Result<SnapshotFile, StorageError> {
@@ -280,6 +285,21 @@ impl SnapshotWriter {
 
     pub fn meta(&self) -> &SnapshotMeta {
         &self.meta
+    }
+
+    /// The length and crc32c of the image written so far.
+    pub fn image_len_and_crc(&self) -> (u64, u32) {
+        (self.len, self.crc)
+    }
+
+    /// Reads back the image written so far (flushed first), to check it before it is
+    /// made durable and replaces anything.
+    pub fn read_back(&mut self) -> Result<impl Read + Send + 'static, StorageError> {
+        self.out.flush().map_err(io_error(&self.temp_path))?;
+        let mut file = File::open(&self.temp_path).map_err(io_error(&self.temp_path))?;
+        file.seek(SeekFrom::Start(self.data_offset))
+            .map_err(io_error(&self.temp_path))?;
+        Ok(BufReader::with_capacity(READ_CHUNK, file).take(self.len))
     }
 
     /// Writes the trailer, fsyncs and renames the file to its final name. The caller

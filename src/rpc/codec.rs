@@ -1,0 +1,58 @@
+//! The protobuf codec of every gRPC service here: prost's, except that bytes that do
+//! not decode as the expected message are INVALID_ARGUMENT (bad input), not INTERNAL
+//! (tonic-prost's choice, which would read as a fault of this node).
+
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic::{Code, Status};
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+#[derive(Debug, Clone)]
+pub struct WireCodec<T, U>(ProstCodec<T, U>);
+
+impl<T, U> Default for WireCodec<T, U> {
+    fn default() -> Self {
+        WireCodec(ProstCodec::default())
+    }
+}
+
+impl<T, U> Codec for WireCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = WireDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        self.0.encoder()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        WireDecoder(self.0.decoder())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WireDecoder<U>(ProstDecoder<U>);
+
+impl<U: prost::Message + Default> Decoder for WireDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        self.0.decode(buf).map_err(|status| match status.code() {
+            // prost's decode errors; nothing else in decoding is INTERNAL.
+            Code::Internal => Status::invalid_argument(format!(
+                "the message does not decode: {}",
+                status.message()
+            )),
+            _ => status,
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
+    }
+}

@@ -1,0 +1,264 @@
+//! The cluster identity file: the cluster id and the member list a data directory was
+//! bootstrapped with (`<data dir>/cluster.id`).
+//!
+//! Written once, at the first start (which is also how a data directory from before
+//! this file existed adopts an id); every later start must configure the same member
+//! list and token, or the node refuses to start, saying what differs. A node started
+//! with another member list would count votes and acknowledgements from the wrong
+//! nodes, and talk to a cluster that is not its own.
+//!
+//! Format: one line of JSON, then `crc32c <8 hex digits>` over that line and its
+//! newline. Written through a temp file that is fsynced, renamed and the directory
+//! fsynced, so the file is whole or absent. `DISTRAFT_RESET_LOGS` leaves it alone.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{create_dir_durably, io_error, sync_dir, StorageError};
+use crate::config::{Config, Member};
+
+pub const IDENTITY_FILE: &str = "cluster.id";
+const FORMAT_VERSION: u32 = 1;
+/// Far above any real member list; a larger file is damage, not an identity.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The configuration names another cluster than the data directory holds.
+    #[error(
+        "DISTRAFT_CLUSTER does not match the member list {} was bootstrapped with: \
+         {difference}; start with the original DISTRAFT_CLUSTER and \
+         DISTRAFT_CLUSTER_TOKEN, or with a fresh data directory",
+        path.display()
+    )]
+    Mismatch { difference: String, path: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredMember {
+    name: String,
+    peer: String,
+    client: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredIdentity {
+    version: u32,
+    /// 16 hex digits.
+    cluster_id: String,
+    members: Vec<StoredMember>,
+}
+
+impl StoredIdentity {
+    fn of(config: &Config) -> StoredIdentity {
+        StoredIdentity {
+            version: FORMAT_VERSION,
+            cluster_id: format!("{:016x}", config.cluster_id),
+            members: config
+                .members
+                .iter()
+                .map(|m: &Member| StoredMember {
+                    name: m.name.clone(),
+                    peer: format!("{}:{}", m.peer_host, m.peer_port),
+                    client: format!("{}:{}", m.client_host, m.client_port),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Writes the identity file if `data_dir` has none, or checks that the configuration
+/// matches the one it holds.
+pub fn establish(config: &Config, data_dir: &Path) -> Result<(), IdentityError> {
+    let path = data_dir.join(IDENTITY_FILE);
+    let wanted = StoredIdentity::of(config);
+    match read(&path)? {
+        None => {
+            write(data_dir, &path, &wanted)?;
+            Ok(())
+        }
+        Some(stored) if stored == wanted => Ok(()),
+        Some(stored) => Err(IdentityError::Mismatch {
+            difference: difference(&stored, &wanted),
+            path,
+        }),
+    }
+}
+
+/// What differs between the stored identity and the configured one, in one line.
+fn difference(stored: &StoredIdentity, wanted: &StoredIdentity) -> String {
+    let by_name = |id: &StoredIdentity| -> BTreeMap<String, StoredMember> {
+        id.members
+            .iter()
+            .map(|m| (m.name.clone(), m.clone()))
+            .collect()
+    };
+    let (old, new) = (by_name(stored), by_name(wanted));
+    let mut parts = Vec::new();
+    for (name, member) in &new {
+        match old.get(name) {
+            None => parts.push(format!("added {name} ({} {})", member.peer, member.client)),
+            Some(was) if was != member => parts.push(format!(
+                "changed {name} (was {} {}, now {} {})",
+                was.peer, was.client, member.peer, member.client
+            )),
+            Some(_) => {}
+        }
+    }
+    for name in old.keys().filter(|name| !new.contains_key(*name)) {
+        parts.push(format!("removed {name}"));
+    }
+    if parts.is_empty() {
+        // Same members: the token differs.
+        parts.push(format!(
+            "same members but cluster id {} instead of {} (DISTRAFT_CLUSTER_TOKEN differs)",
+            wanted.cluster_id, stored.cluster_id
+        ));
+    }
+    parts.join("; ")
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset: 0,
+        reason: reason.into(),
+    }
+}
+
+fn encode(identity: &StoredIdentity) -> Vec<u8> {
+    // Serializing plain strings and numbers cannot fail.
+    let mut text = serde_json::to_string(identity).unwrap_or_default();
+    text.push('\n');
+    let crc = crc32c::crc32c(text.as_bytes());
+    text.push_str(&format!("crc32c {crc:08x}\n"));
+    text.into_bytes()
+}
+
+/// The stored identity; `None` when there is no file. Damage is an error.
+fn read(path: &Path) -> Result<Option<StoredIdentity>, StorageError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(io_error(path)(err)),
+    };
+    let len = file.metadata().map_err(io_error(path))?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(corrupt(path, format!("{len} bytes: not an identity file")));
+    }
+    let bytes = fs::read(path).map_err(io_error(path))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| corrupt(path, "not UTF-8"))?;
+    let (body, crc_line) = text
+        .strip_suffix('\n')
+        .and_then(|t| t.rsplit_once('\n'))
+        .ok_or_else(|| corrupt(path, "no checksum line"))?;
+    let body = format!("{body}\n");
+    let crc = crc_line
+        .strip_prefix("crc32c ")
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .ok_or_else(|| corrupt(path, "malformed checksum line"))?;
+    if crc32c::crc32c(body.as_bytes()) != crc {
+        return Err(corrupt(path, "checksum mismatch"));
+    }
+    let identity: StoredIdentity =
+        serde_json::from_str(&body).map_err(|err| corrupt(path, format!("unreadable: {err}")))?;
+    if identity.version != FORMAT_VERSION {
+        return Err(corrupt(
+            path,
+            format!("unsupported version {}", identity.version),
+        ));
+    }
+    Ok(Some(identity))
+}
+
+fn write(data_dir: &Path, path: &Path, identity: &StoredIdentity) -> Result<(), StorageError> {
+    create_dir_durably(data_dir)?;
+    // Not ".tmp": that suffix is swept by the storage at open, which may run
+    // concurrently in tests; this name is ours alone.
+    let temp = data_dir.join(format!("{IDENTITY_FILE}.new"));
+    let mut file = File::create(&temp).map_err(io_error(&temp))?;
+    file.write_all(&encode(identity)).map_err(io_error(&temp))?;
+    file.sync_all().map_err(io_error(&temp))?;
+    drop(file);
+    fs::rename(&temp, path).map_err(io_error(path))?;
+    sync_dir(data_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::NodeArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn config(cluster: &str, token: &str) -> Config {
+        let args = Cli::try_parse_from([
+            "x",
+            "--name",
+            "a",
+            "--cluster",
+            cluster,
+            "--cluster-token",
+            token,
+        ])
+        .unwrap()
+        .node;
+        Config::from_args(&args).unwrap()
+    }
+
+    const ABC: &str = "a=h:1:h:2,b=h:3:h:4,c=h:5:h:6";
+
+    #[test]
+    fn first_start_writes_later_starts_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a");
+        establish(&config(ABC, ""), &data).unwrap();
+        establish(&config(ABC, ""), &data).unwrap();
+        assert!(data.join(IDENTITY_FILE).exists());
+        // DISTRAFT_RESET_LOGS wipes the log and snapshots, not the identity.
+        crate::storage::Storage::reset(&crate::storage::StorageOptions::new(&data, &data)).unwrap();
+        assert!(data.join(IDENTITY_FILE).exists());
+
+        let err = establish(&config("a=h:1:h:2,b=h:3:h:9,d=h:7:h:8", ""), &data)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("added d (h:7 h:8)"), "{err}");
+        assert!(
+            err.contains("changed b (was h:3 h:4, now h:3 h:9)"),
+            "{err}"
+        );
+        assert!(err.contains("removed c"), "{err}");
+        assert!(err.contains("DISTRAFT_CLUSTER"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+
+        let err = establish(&config(ABC, "other"), &data)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DISTRAFT_CLUSTER_TOKEN differs"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        establish(&config(ABC, ""), dir.path()).unwrap();
+        let path = dir.path().join(IDENTITY_FILE);
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replacen("h:3", "h:7", 1)).unwrap();
+        let err = establish(&config(ABC, ""), dir.path()).unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        fs::write(&path, "garbage").unwrap();
+        assert!(establish(&config(ABC, ""), dir.path()).is_err());
+    }
+}
