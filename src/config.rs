@@ -96,9 +96,31 @@ pub struct NodeArgs {
     /// Largest accepted value, in bytes.
     #[arg(long, env = "DISTRAFT_MAX_VALUE_BYTES", default_value = "1048576")]
     pub max_value_bytes: String,
-    /// Take a snapshot once this many entries were applied since the last one.
+    /// Take a snapshot once this many entries were applied since the last one (if
+    /// the log also holds DISTRAFT_SNAPSHOT_LOG_RATIO x the state's size).
     #[arg(long, env = "DISTRAFT_SNAPSHOT_THRESHOLD", default_value = "10000")]
     pub snapshot_threshold: String,
+    /// Take a snapshot once the entries applied since the last one hold this many bytes
+    /// (if the log also holds DISTRAFT_SNAPSHOT_LOG_RATIO x the state's size).
+    #[arg(long, env = "DISTRAFT_SNAPSHOT_LOG_BYTES", default_value = "67108864")]
+    pub snapshot_log_bytes: String,
+    /// Never snapshot before the log since the last snapshot holds this many times the
+    /// state's size (the last snapshot's): snapshots then write at most 1/ratio byte
+    /// per byte of log, however large the state.
+    #[arg(long, env = "DISTRAFT_SNAPSHOT_LOG_RATIO", default_value = "1.0")]
+    pub snapshot_log_ratio: String,
+    /// Always snapshot once the log since the last snapshot holds this many bytes,
+    /// whatever the ratio: bounds the log on disk and the replay at start-up.
+    #[arg(
+        long,
+        env = "DISTRAFT_SNAPSHOT_LOG_MAX_BYTES",
+        default_value = "1073741824"
+    )]
+    pub snapshot_log_max_bytes: String,
+    /// Bytes of log entries kept in memory; older ones (applied, on disk) are read back
+    /// from the WAL when a slow follower needs them.
+    #[arg(long, env = "DISTRAFT_LOG_CACHE_BYTES", default_value = "67108864")]
+    pub log_cache_bytes: String,
 }
 
 /// A configuration value that cannot be used. Displays as one line:
@@ -166,6 +188,10 @@ pub struct Config {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub snapshot_threshold: u64,
+    pub snapshot_log_bytes: u64,
+    pub snapshot_log_ratio: f64,
+    pub snapshot_log_max_bytes: u64,
+    pub log_cache_bytes: usize,
 }
 
 impl Config {
@@ -242,6 +268,22 @@ impl Config {
         let max_value_bytes = parse_positive("DISTRAFT_MAX_VALUE_BYTES", &args.max_value_bytes)?;
         let snapshot_threshold =
             parse_positive("DISTRAFT_SNAPSHOT_THRESHOLD", &args.snapshot_threshold)?;
+        let snapshot_log_bytes =
+            parse_positive("DISTRAFT_SNAPSHOT_LOG_BYTES", &args.snapshot_log_bytes)?;
+        let snapshot_log_ratio =
+            parse_f64("DISTRAFT_SNAPSHOT_LOG_RATIO", &args.snapshot_log_ratio)?;
+        if snapshot_log_ratio < 0.0 {
+            return Err(ConfigError::new(
+                "DISTRAFT_SNAPSHOT_LOG_RATIO",
+                &args.snapshot_log_ratio,
+                "must not be negative",
+            ));
+        }
+        let snapshot_log_max_bytes = parse_positive(
+            "DISTRAFT_SNAPSHOT_LOG_MAX_BYTES",
+            &args.snapshot_log_max_bytes,
+        )?;
+        let log_cache_bytes = parse_positive("DISTRAFT_LOG_CACHE_BYTES", &args.log_cache_bytes)?;
 
         Ok(Config {
             id,
@@ -268,6 +310,10 @@ impl Config {
             max_key_bytes: usize::try_from(max_key_bytes).unwrap_or(usize::MAX),
             max_value_bytes: usize::try_from(max_value_bytes).unwrap_or(usize::MAX),
             snapshot_threshold,
+            snapshot_log_bytes,
+            snapshot_log_ratio,
+            snapshot_log_max_bytes,
+            log_cache_bytes: usize::try_from(log_cache_bytes).unwrap_or(usize::MAX),
         })
     }
 
@@ -323,6 +369,7 @@ impl Config {
             check_quorum_ticks: heartbeat_ticks * u64::from(self.missed_heartbeats),
             max_inflight_msgs: MAX_INFLIGHT_MSGS,
             max_msg_bytes: MAX_MSG_BYTES,
+            max_cached_bytes: self.log_cache_bytes,
         }
     }
 

@@ -17,8 +17,8 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use distraft::linearizability::{self, KvOp, KvOutcome, Operation};
 use distraft::raft::{
-    Body, Config, Entry, HardState, Index, Message, NodeId, RawNode, Restored, Role, SnapshotMeta,
-    Term,
+    Body, Config, Entry, HardState, Index, LogReader, Message, NodeId, RawNode, Restored, Role,
+    SnapshotMeta, Term,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -47,6 +47,9 @@ struct Scenario {
     /// is where commit-rule and back-off bugs show.
     max_msg_bytes: usize,
     max_inflight_msgs: usize,
+    /// Payload bytes each core keeps in memory: small values evict nearly every
+    /// applied entry, so that leaders read entries back from the disk all the time.
+    max_cached_bytes: usize,
 }
 
 impl Scenario {
@@ -67,6 +70,7 @@ impl Scenario {
             client_timeout: 80,
             max_msg_bytes: 64 * 1024,
             max_inflight_msgs: 16,
+            max_cached_bytes: usize::MAX,
         }
     }
 }
@@ -116,6 +120,28 @@ impl Disk {
         };
         self.entries.retain(|e| e.index > keep_after);
         self.snapshot = Some((meta, kv));
+    }
+}
+
+/// A core reads back the entries it evicted from its disk, as a node does from its WAL.
+impl LogReader for Disk {
+    fn read_entries(&mut self, from: Index, to: Index, max_bytes: usize) -> Option<Vec<Entry>> {
+        let first = self.snapshot_index() + 1;
+        assert!(
+            from >= first && to < first + self.entries.len() as Index,
+            "a core asks for entries {from}..={to}, the disk holds {first}..{}",
+            first + self.entries.len() as Index
+        );
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for entry in &self.entries[(from - first) as usize..=(to - first) as usize] {
+            bytes += entry.size();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Some(out)
     }
 }
 
@@ -244,6 +270,7 @@ impl Sim {
         sim.sc.max_delay = [1, 3, 8][sim.rng.random_range(0..3)];
         sim.sc.max_msg_bytes = [1, 64, 64 * 1024][sim.rng.random_range(0..3)];
         sim.sc.max_inflight_msgs = [1, 4, 16][sim.rng.random_range(0..3)];
+        sim.sc.max_cached_bytes = [1, 100, usize::MAX][sim.rng.random_range(0..3)];
         for &id in &voters {
             let skip = sim.rng.random_range(0.0..0.4);
             sim.nodes.get_mut(&id).expect("node exists").tick_skip = skip;
@@ -274,6 +301,7 @@ impl Sim {
         let config = Config {
             max_msg_bytes: self.sc.max_msg_bytes,
             max_inflight_msgs: self.sc.max_inflight_msgs,
+            max_cached_bytes: self.sc.max_cached_bytes,
             ..Config::for_tests(id, voters)
         };
         node.raw = Some(RawNode::new(config, restored, seed));
@@ -622,13 +650,18 @@ impl Sim {
 
     fn process_ready(&mut self, id: NodeId, faults: bool) {
         loop {
-            let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) else {
+            let Some(Node {
+                raw: Some(raw),
+                disk,
+                ..
+            }) = self.nodes.get_mut(&id)
+            else {
                 return;
             };
             if !raw.has_ready() {
                 return;
             }
-            let mut rd = raw.ready();
+            let mut rd = raw.ready_with(disk);
             // The leader's replication leaves first, in parallel with its persist.
             let snapshot_image = self.nodes[&id].disk.snapshot.clone();
             for msg in std::mem::take(&mut rd.replication) {
