@@ -106,7 +106,7 @@ pub struct NodeArgs {
     pub snapshot_log_bytes: String,
     /// Never snapshot before the log since the last snapshot holds this many times the
     /// state's size (the last snapshot's): snapshots then write at most 1/ratio byte
-    /// per byte of log, however large the state.
+    /// per byte of log however large the state (1 + 1/ratio while it grows).
     #[arg(long, env = "DISTRAFT_SNAPSHOT_LOG_RATIO", default_value = "1.0")]
     pub snapshot_log_ratio: String,
     /// Always snapshot once the log since the last snapshot holds this many bytes,

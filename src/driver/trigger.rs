@@ -5,9 +5,10 @@
 //! size either lets the log (and memory, and a restart's replay) grow without bound
 //! under large values, or rewrites a large state over and over under small ones. The
 //! rule here: a snapshot is due when the log since the last one holds at least
-//! `ratio` times the state's size (so snapshots write at most 1/ratio byte per byte of
-//! log, whatever the state's size) and either `entries` entries or `log_bytes` bytes;
-//! or, whatever the ratio, once it holds `max_log_bytes`.
+//! `ratio` times the state's size as of the last snapshot (so snapshots write at most
+//! 1/ratio byte per byte of log whatever the state's size, 1 + 1/ratio while the state
+//! grows) and either `entries` entries or `log_bytes` bytes; or, whatever the ratio,
+//! once it holds `max_log_bytes`.
 
 use crate::config::Config;
 
