@@ -1,10 +1,10 @@
 //! The in-memory Raft log: a compacted prefix (the snapshot) followed by entries, plus
 //! the commit/apply/persist cursors. Storage keeps the durable copy.
 //!
-//! The payloads are a bounded cache: the index and term of every entry since the
-//! snapshot stay in memory (the consistency check, conflict hints and elections need
-//! them), but once the payloads held pass `max_cached_bytes`, the oldest ones that are
-//! applied and persisted are dropped. A leader that must send dropped entries to a
+//! The payloads are a bounded cache: the term of every entry since the snapshot stays
+//! known (the consistency check, conflict hints and elections need it), but once the
+//! payloads held pass `max_cached_bytes`, the oldest entries that are applied and
+//! persisted are dropped, only runs of their terms kept. A leader that must send dropped entries to a
 //! slow follower reads them back through a [`LogReader`] (the WAL in a node).
 
 use std::collections::VecDeque;
@@ -18,11 +18,15 @@ pub(crate) struct RaftLog {
     /// The last index and term covered by the snapshot (0, 0 when there is none).
     pub snapshot_index: Index,
     pub snapshot_term: Term,
-    /// `entries[i].index == snapshot_index + 1 + i`. Those before `cached_from` have
-    /// had their payload dropped (`data` is empty): only their index and term count.
+    /// The entries whose payload is in memory: `entries[i].index == cached_from + i`.
     entries: VecDeque<Entry>,
-    /// The first entry whose payload is still in memory.
+    /// The first entry whose payload is still in memory; the ones between the
+    /// snapshot and it were evicted.
     cached_from: Index,
+    /// The terms of the evicted entries `(snapshot_index, cached_from)`, as runs:
+    /// `(first index, term)` of each, in index order (terms change rarely, so this
+    /// stays small however many entries were evicted).
+    evicted_terms: VecDeque<(Index, Term)>,
     /// The payload bytes (by [`Entry::size`]) of the entries from `cached_from` on.
     cached_bytes: usize,
     /// Highest index known to be committed (§5.3).
@@ -50,6 +54,7 @@ impl RaftLog {
             snapshot_term,
             entries,
             cached_from: snapshot_index + 1,
+            evicted_terms: VecDeque::new(),
             cached_bytes,
             commit: commit.clamp(snapshot_index, last),
             applied: snapshot_index,
@@ -59,11 +64,14 @@ impl RaftLog {
     }
 
     pub fn last_index(&self) -> Index {
-        self.snapshot_index + self.entries.len() as Index
+        self.cached_from - 1 + self.entries.len() as Index
     }
 
     pub fn last_term(&self) -> Term {
-        self.entries.back().map_or(self.snapshot_term, |e| e.term)
+        match self.entries.back() {
+            Some(e) => e.term,
+            None => self.term(self.last_index()).unwrap_or(self.snapshot_term),
+        }
     }
 
     /// The term of the entry at `index`, if the log still knows it.
@@ -71,14 +79,21 @@ impl RaftLog {
         if index == self.snapshot_index {
             return Some(self.snapshot_term);
         }
-        self.entry(index).map(|e| e.term)
-    }
-
-    fn entry(&self, index: Index) -> Option<&Entry> {
-        if index <= self.snapshot_index {
+        if index < self.snapshot_index {
             return None;
         }
-        self.entries.get((index - self.snapshot_index - 1) as usize)
+        if index >= self.cached_from {
+            return self
+                .entries
+                .get((index - self.cached_from) as usize)
+                .map(|e| e.term);
+        }
+        let run = self
+            .evicted_terms
+            .partition_point(|&(first, _)| first <= index);
+        self.evicted_terms
+            .get(run.wrapping_sub(1))
+            .map(|&(_, term)| term)
     }
 
     /// Entries from `from` on, at most `max_bytes` of them but always at least one
@@ -92,7 +107,7 @@ impl RaftLog {
         );
         let mut out = Vec::new();
         let mut bytes = 0;
-        let start = from.saturating_sub(self.snapshot_index + 1) as usize;
+        let start = (from - self.cached_from) as usize;
         for e in self.entries.iter().skip(start) {
             bytes += e.size();
             if !out.is_empty() && bytes > max_bytes {
@@ -119,11 +134,12 @@ impl RaftLog {
             // Planted bug: send the evicted entries as memory holds them, without their
             // payloads. Followers then apply empty commands in their place.
             return Some(
-                self.entries
-                    .iter()
-                    .skip((from - self.snapshot_index - 1) as usize)
-                    .take((self.cached_from - from) as usize)
-                    .cloned()
+                (from..self.cached_from)
+                    .map(|index| Entry {
+                        index,
+                        term: self.term(index).unwrap_or(0),
+                        data: Bytes::new(),
+                    })
                     .collect(),
             );
         }
@@ -154,12 +170,17 @@ impl RaftLog {
     pub fn evict(&mut self, max_bytes: usize) {
         let evictable = self.applied.min(self.persisted);
         while self.cached_bytes > max_bytes && self.cached_from <= evictable {
-            let position = (self.cached_from - self.snapshot_index - 1) as usize;
-            let Some(entry) = self.entries.get_mut(position) else {
+            let Some(entry) = self.entries.pop_front() else {
                 break;
             };
             self.cached_bytes -= entry.size();
-            entry.data = Bytes::new();
+            if self
+                .evicted_terms
+                .back()
+                .is_none_or(|&(_, term)| term != entry.term)
+            {
+                self.evicted_terms.push_back((entry.index, entry.term));
+            }
             self.cached_from += 1;
         }
     }
@@ -215,7 +236,7 @@ impl RaftLog {
     fn truncate_from(&mut self, index: Index) {
         // Only uncommitted entries conflict, and only applied ones are evicted.
         assert!(index >= self.cached_from, "truncating evicted entries");
-        let keep = (index - self.snapshot_index - 1) as usize;
+        let keep = (index - self.cached_from) as usize;
         let dropped: usize = self.entries.iter().skip(keep).map(Entry::size).sum();
         self.cached_bytes -= dropped;
         self.entries.truncate(keep);
@@ -288,7 +309,7 @@ impl RaftLog {
         let out: Vec<Entry> = self
             .entries
             .iter()
-            .skip((self.applied - self.snapshot_index) as usize)
+            .skip((self.applied + 1 - self.cached_from) as usize)
             .take((self.commit - self.applied) as usize)
             .cloned()
             .collect();
@@ -299,6 +320,7 @@ impl RaftLog {
     /// Replaces the whole log with a snapshot received from the leader.
     pub fn install_snapshot(&mut self, meta: &SnapshotMeta) {
         self.entries.clear();
+        self.evicted_terms.clear();
         self.cached_from = meta.index + 1;
         self.cached_bytes = 0;
         self.snapshot_index = meta.index;
@@ -315,13 +337,30 @@ impl RaftLog {
             return;
         }
         let Some(term) = self.term(index) else { return };
-        let drop = (index - self.snapshot_index) as usize;
-        for entry in self.entries.drain(..drop) {
-            if entry.index >= self.cached_from {
+        if index >= self.cached_from {
+            let drop = (index + 1 - self.cached_from) as usize;
+            for entry in self.entries.drain(..drop) {
                 self.cached_bytes -= entry.size();
             }
+            self.cached_from = index + 1;
+            self.evicted_terms.clear();
+        } else {
+            // Runs that end at or before `index` go; the one holding `index + 1` now
+            // starts there.
+            while self
+                .evicted_terms
+                .get(1)
+                .is_some_and(|&(first, _)| first <= index + 1)
+            {
+                self.evicted_terms.pop_front();
+            }
+            if let Some(front) = self.evicted_terms.front_mut() {
+                front.0 = front.0.max(index + 1);
+            }
+            if index + 1 == self.cached_from {
+                self.evicted_terms.clear();
+            }
         }
-        self.cached_from = self.cached_from.max(index + 1);
         self.snapshot_index = index;
         self.snapshot_term = term;
     }
@@ -480,6 +519,50 @@ mod tests {
             voters: vec![1],
         });
         assert_eq!((log.cached_from, log.cached_bytes()), (21, 0));
+    }
+
+    #[test]
+    fn evicted_entries_keep_only_runs_of_terms() {
+        let terms = [1, 1, 2, 2, 2, 3, 3, 4];
+        let all: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &term)| Entry {
+                term,
+                ..big(i as Index + 1)
+            })
+            .collect();
+        let mut log = RaftLog::restore(None, all, 8);
+        log.take_committed();
+        log.evict(100);
+        assert_eq!(log.cached_from, 8);
+        assert_eq!(log.evicted_terms, [(1, 1), (3, 2), (6, 3)]);
+        for (i, &term) in terms.iter().enumerate() {
+            assert_eq!(log.term(i as Index + 1), Some(term), "index {}", i + 1);
+        }
+        assert_eq!((log.last_index(), log.last_term()), (8, 4));
+        assert_eq!(log.last_index_of_term(2, 8), Some(5));
+        // Compaction into the middle of a run, then right before the next one.
+        log.compact(4);
+        assert_eq!(log.evicted_terms, [(5, 2), (6, 3)]);
+        assert_eq!(
+            (log.term(4), log.term(5), log.term(3)),
+            (Some(2), Some(2), None)
+        );
+        log.compact(5);
+        assert_eq!(log.evicted_terms, [(6, 3)]);
+        log.compact(7);
+        assert!(log.evicted_terms.is_empty());
+        assert_eq!(
+            (log.term(7), log.term(8), log.cached_from),
+            (Some(3), Some(4), 8)
+        );
+        // Everything evicted: the last term comes from the runs.
+        log.evict(0);
+        assert_eq!(
+            (log.last_index(), log.last_term(), log.cached_bytes()),
+            (8, 4, 0)
+        );
     }
 
     #[test]
