@@ -233,3 +233,40 @@ async fn concurrent_writers_lose_nothing() {
     );
     assert_replicas_converge(&cluster).await;
 }
+
+/// A follower that was down while the leader wrote far more than its log cache holds
+/// (DISTRAFT_LOG_CACHE_BYTES) catches up from entries the leader reads back from its
+/// WAL, not from a snapshot (there is none: the thresholds are out of reach).
+#[tokio::test]
+async fn a_follower_catches_up_from_the_leaders_wal_after_eviction() {
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            ("DISTRAFT_LOG_CACHE_BYTES", "4096"),
+            ("DISTRAFT_SNAPSHOT_THRESHOLD", "1000000"),
+            ("DISTRAFT_SNAPSHOT_LOG_BYTES", "1000000000"),
+        ],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    // 150 KiB of log: the leader keeps about 4 of these entries in memory.
+    let value = |i: usize| format!("{i:04}-{}", "x".repeat(1000));
+    for i in 0..150 {
+        cluster
+            .put_eventually(leader, &format!("key{i}"), &value(i))
+            .await;
+    }
+    cluster.restart(follower);
+    cluster.wait_for_leader().await;
+    // The first and the last write, applied by the follower itself.
+    assert_caught_up(&cluster, follower, "key0", &value(0)).await;
+    assert_caught_up(&cluster, follower, "key149", &value(149)).await;
+    assert_replicas_converge(&cluster).await;
+    let status = cluster.status(follower).await.unwrap();
+    assert_eq!(
+        status["snapshot_index"], 0,
+        "caught up by a snapshot: {status}"
+    );
+}

@@ -20,6 +20,7 @@ plants=(
   "retry-ambiguous-forward|--lib rpc::server::tests::only_certain_failures_make_a_forwarded_write_retry"
   "reset-node-votes|--test simulation"
   "skip-wire-validation|--lib rpc::convert"
+  "skip-read-back|--test simulation"
 )
 
 echo "plants.sh: building with the plants feature" >&2

@@ -97,7 +97,8 @@ pub struct NodeArgs {
     /// Largest accepted value, in bytes.
     #[arg(long, env = "DISTRAFT_MAX_VALUE_BYTES", default_value = "1048576")]
     pub max_value_bytes: String,
-    /// Take a snapshot once this many entries were applied since the last one.
+    /// Take a snapshot once this many entries were applied since the last one (if
+    /// the log also holds DISTRAFT_SNAPSHOT_LOG_RATIO x the state's size).
     #[arg(long, env = "DISTRAFT_SNAPSHOT_THRESHOLD", default_value = "10000")]
     pub snapshot_threshold: String,
     /// Mixed into the cluster id (with the member list), so that two clusters with the
@@ -115,6 +116,27 @@ pub struct NodeArgs {
         default_value = "4294967296"
     )]
     pub max_snapshot_bytes: String,
+    /// Take a snapshot once the entries applied since the last one hold this many bytes
+    /// (if the log also holds DISTRAFT_SNAPSHOT_LOG_RATIO x the state's size).
+    #[arg(long, env = "DISTRAFT_SNAPSHOT_LOG_BYTES", default_value = "67108864")]
+    pub snapshot_log_bytes: String,
+    /// Never snapshot before the log since the last snapshot holds this many times the
+    /// state's size (the last snapshot's): snapshots then write at most 1/ratio byte
+    /// per byte of log however large the state (1 + 1/ratio while it grows).
+    #[arg(long, env = "DISTRAFT_SNAPSHOT_LOG_RATIO", default_value = "1.0")]
+    pub snapshot_log_ratio: String,
+    /// Always snapshot once the log since the last snapshot holds this many bytes,
+    /// whatever the ratio: bounds the log on disk and the replay at start-up.
+    #[arg(
+        long,
+        env = "DISTRAFT_SNAPSHOT_LOG_MAX_BYTES",
+        default_value = "1073741824"
+    )]
+    pub snapshot_log_max_bytes: String,
+    /// Bytes of log entries kept in memory; older ones (applied, on disk) are read back
+    /// from the WAL when a slow follower needs them.
+    #[arg(long, env = "DISTRAFT_LOG_CACHE_BYTES", default_value = "67108864")]
+    pub log_cache_bytes: String,
 }
 
 /// A configuration value that cannot be used. Displays as one line:
@@ -187,6 +209,10 @@ pub struct Config {
     pub cluster_id: u64,
     /// Largest snapshot image accepted from a leader (DISTRAFT_MAX_SNAPSHOT_BYTES).
     pub max_snapshot_bytes: u64,
+    pub snapshot_log_bytes: u64,
+    pub snapshot_log_ratio: f64,
+    pub snapshot_log_max_bytes: u64,
+    pub log_cache_bytes: usize,
 }
 
 impl Config {
@@ -266,6 +292,22 @@ impl Config {
         let max_snapshot_bytes =
             parse_positive("DISTRAFT_MAX_SNAPSHOT_BYTES", &args.max_snapshot_bytes)?;
         let cluster_id = cluster_id(&members, &args.cluster_token);
+        let snapshot_log_bytes =
+            parse_positive("DISTRAFT_SNAPSHOT_LOG_BYTES", &args.snapshot_log_bytes)?;
+        let snapshot_log_ratio =
+            parse_f64("DISTRAFT_SNAPSHOT_LOG_RATIO", &args.snapshot_log_ratio)?;
+        if snapshot_log_ratio < 0.0 {
+            return Err(ConfigError::new(
+                "DISTRAFT_SNAPSHOT_LOG_RATIO",
+                &args.snapshot_log_ratio,
+                "must not be negative",
+            ));
+        }
+        let snapshot_log_max_bytes = parse_positive(
+            "DISTRAFT_SNAPSHOT_LOG_MAX_BYTES",
+            &args.snapshot_log_max_bytes,
+        )?;
+        let log_cache_bytes = parse_positive("DISTRAFT_LOG_CACHE_BYTES", &args.log_cache_bytes)?;
 
         Ok(Config {
             id,
@@ -294,6 +336,10 @@ impl Config {
             snapshot_threshold,
             cluster_id,
             max_snapshot_bytes,
+            snapshot_log_bytes,
+            snapshot_log_ratio,
+            snapshot_log_max_bytes,
+            log_cache_bytes: usize::try_from(log_cache_bytes).unwrap_or(usize::MAX),
         })
     }
 
@@ -349,6 +395,7 @@ impl Config {
             check_quorum_ticks: heartbeat_ticks * u64::from(self.missed_heartbeats),
             max_inflight_msgs: MAX_INFLIGHT_MSGS,
             max_msg_bytes: MAX_MSG_BYTES,
+            max_cached_bytes: self.log_cache_bytes,
         }
     }
 

@@ -32,10 +32,13 @@ pub enum Plant {
     /// The Raft port stops checking that an AppendEntries' entries follow
     /// `prev_log_index` one by one.
     SkipWireValidation,
+    /// A leader sends log entries evicted from its cache without reading them back
+    /// from the WAL (their payloads empty).
+    SkipReadBack,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 8] = [
+    pub const ALL: [Plant; 9] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -44,6 +47,7 @@ impl Plant {
         Plant::RetryAmbiguousForward,
         Plant::ResetNodeVotes,
         Plant::SkipWireValidation,
+        Plant::SkipReadBack,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +60,7 @@ impl Plant {
             Plant::RetryAmbiguousForward => "retry-ambiguous-forward",
             Plant::ResetNodeVotes => "reset-node-votes",
             Plant::SkipWireValidation => "skip-wire-validation",
+            Plant::SkipReadBack => "skip-read-back",
         }
     }
 }

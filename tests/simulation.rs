@@ -17,8 +17,8 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use distraft::linearizability::{self, KvOp, KvOutcome, Operation};
 use distraft::raft::{
-    Body, Config, Entry, HardState, Index, Message, NodeId, RawNode, Ready, Restored, Role,
-    SnapshotMeta, Term,
+    Body, Config, Entry, HardState, Index, LogReader, Message, NodeId, RawNode, Ready, Restored,
+    Role, SnapshotMeta, Term,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -55,6 +55,9 @@ struct Scenario {
     /// is where commit-rule and back-off bugs show.
     max_msg_bytes: usize,
     max_inflight_msgs: usize,
+    /// Payload bytes each core keeps in memory: small values evict nearly every
+    /// applied entry, so that leaders read entries back from the disk all the time.
+    max_cached_bytes: usize,
 }
 
 impl Scenario {
@@ -77,6 +80,7 @@ impl Scenario {
             client_timeout: 80,
             max_msg_bytes: 64 * 1024,
             max_inflight_msgs: 16,
+            max_cached_bytes: usize::MAX,
         }
     }
 }
@@ -153,6 +157,28 @@ impl Disk {
         };
         self.entries.retain(|e| e.index > keep_after);
         self.snapshot = Some((meta, kv));
+    }
+}
+
+/// A core reads back the entries it evicted from its disk, as a node does from its WAL.
+impl LogReader for Disk {
+    fn read_entries(&mut self, from: Index, to: Index, max_bytes: usize) -> Option<Vec<Entry>> {
+        let first = self.snapshot_index() + 1;
+        assert!(
+            from >= first && to < first + self.entries.len() as Index,
+            "a core asks for entries {from}..={to}, the disk holds {first}..{}",
+            first + self.entries.len() as Index
+        );
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for entry in &self.entries[(from - first) as usize..=(to - first) as usize] {
+            bytes += entry.size();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Some(out)
     }
 }
 
@@ -285,6 +311,7 @@ impl Sim {
         sim.sc.max_delay = [1, 3, 8][sim.rng.random_range(0..3)];
         sim.sc.max_msg_bytes = [1, 64, 64 * 1024][sim.rng.random_range(0..3)];
         sim.sc.max_inflight_msgs = [1, 4, 16][sim.rng.random_range(0..3)];
+        sim.sc.max_cached_bytes = [1, 100, usize::MAX][sim.rng.random_range(0..3)];
         for &id in &voters {
             let skip = sim.rng.random_range(0.0..0.4);
             sim.nodes.get_mut(&id).expect("node exists").tick_skip = skip;
@@ -316,6 +343,7 @@ impl Sim {
         let config = Config {
             max_msg_bytes: self.sc.max_msg_bytes,
             max_inflight_msgs: self.sc.max_inflight_msgs,
+            max_cached_bytes: self.sc.max_cached_bytes,
             ..Config::for_tests(id, voters)
         };
         node.raw = Some(RawNode::new(config, restored, seed));
@@ -700,13 +728,20 @@ impl Sim {
                 }
                 continue;
             }
-            let raw = node.raw.as_mut().expect("checked above");
+            let Node {
+                raw,
+                disk,
+                received_snapshots,
+                ..
+            } = node;
+            let raw = raw.as_mut().expect("checked above");
             if !raw.has_ready() {
                 return;
             }
-            let mut rd = raw.ready();
+            // Evicted entries the leader must send are read back from its disk.
+            let mut rd = raw.ready_with(disk);
             // The images this Ready may install; later ones wait for the next.
-            let images = std::mem::take(&mut node.received_snapshots);
+            let images = std::mem::take(received_snapshots);
             // The leader's replication leaves first, in parallel with its persist.
             let snapshot_image = self.nodes[&id].disk.snapshot.clone();
             for msg in std::mem::take(&mut rd.replication) {

@@ -14,6 +14,7 @@
 mod runner;
 #[cfg(test)]
 mod tests;
+mod trigger;
 
 use std::sync::mpsc;
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
+use super::trigger::{SinceSnapshot, SnapshotTrigger};
 use super::{
     channel, role_name, storage_options, Committed, DriverError, DriverHandle, Event, RaftReply,
     RaftReplySender, ReceivedSnapshot, RequestError, SnapshotAdmission, Transport,
@@ -18,7 +19,8 @@ use crate::config::Config;
 use crate::kv::{Applied, Kv};
 use crate::proto::v1::{Member, StatusResponse};
 use crate::raft::{
-    Body, Entry, Index, Message, NodeId, RawNode, ReadId, Ready, Role, SnapshotMeta, Term,
+    Body, Entry, Index, LogReader, Message, NodeId, RawNode, ReadId, Ready, Role, SnapshotMeta,
+    Term,
 };
 use crate::storage::{Garbage, SnapshotFile, Storage, StorageError, StorageOptions};
 
@@ -76,6 +78,8 @@ struct OpenNode {
     kv: Kv,
     applied: Index,
     applied_term: Term,
+    /// The size of the snapshot's image (0 without one).
+    state_bytes: u64,
 }
 
 impl OpenNode {
@@ -95,6 +99,10 @@ impl OpenNode {
             term = recovered.restored.hard_state.term,
             "recovered from storage"
         );
+        let state_bytes = recovered
+            .snapshot
+            .as_ref()
+            .map_or(0, SnapshotFile::data_len);
         let node = RawNode::new(config.raft_config(), recovered.restored, rand::random());
         Ok(OpenNode {
             node,
@@ -102,6 +110,7 @@ impl OpenNode {
             kv,
             applied,
             applied_term,
+            state_bytes,
         })
     }
 }
@@ -148,6 +157,8 @@ fn response_kind(body: &Body) -> Option<ReplyKind> {
 struct SnapshotInFlight {
     id: u64,
     meta: SnapshotMeta,
+    /// The bytes of log applied since the previous snapshot, which this one covers.
+    log_bytes: u64,
     capture: Duration,
     started: Instant,
     result: Receiver<Result<SnapshotFile, StorageError>>,
@@ -166,6 +177,9 @@ struct Driver<T> {
     applied: Index,
     applied_term: Term,
     snapshot_index: Index,
+    /// When to snapshot, and what was applied since the last snapshot.
+    trigger: SnapshotTrigger,
+    since_snapshot: SinceSnapshot,
     up: bool,
     proposals: BTreeMap<Index, PendingProposal>,
     /// Linearizable reads handed to the core, by read id.
@@ -202,6 +216,7 @@ impl<T: Transport> Driver<T> {
         leader: watch::Sender<Option<NodeId>>,
     ) -> Driver<T> {
         let snapshot_index = open.applied;
+        let trigger = SnapshotTrigger::from_config(&config);
         Driver {
             config,
             storage_options,
@@ -213,6 +228,11 @@ impl<T: Transport> Driver<T> {
             applied: open.applied,
             applied_term: open.applied_term,
             snapshot_index,
+            trigger,
+            since_snapshot: SinceSnapshot {
+                state_bytes: open.state_bytes,
+                ..SinceSnapshot::default()
+            },
             up: true,
             proposals: BTreeMap::new(),
             reads: HashMap::new(),
@@ -275,7 +295,7 @@ impl<T: Transport> Driver<T> {
             // Advancing can make more work (the leader's own persist may commit
             // entries): carry it out now rather than at the next event or tick.
             while self.up && self.node.has_ready() {
-                let ready = self.node.ready();
+                let ready = self.next_ready()?;
                 self.process(ready)?;
                 self.log_role_change();
             }
@@ -486,6 +506,10 @@ impl<T: Transport> Driver<T> {
                 self.applied = open.applied;
                 self.applied_term = open.applied_term;
                 self.snapshot_index = open.applied;
+                self.since_snapshot = SinceSnapshot {
+                    state_bytes: open.state_bytes,
+                    ..SinceSnapshot::default()
+                };
                 self.up = true;
                 info!("started: rejoining Raft from the persisted state");
                 Ok(())
@@ -494,6 +518,25 @@ impl<T: Transport> Driver<T> {
                 error!("cannot start: {err}");
                 Err(RequestError::Storage(err.to_string()))
             }
+        }
+    }
+
+    /// The core's next Ready. Entries it evicted from memory and must send to a slow
+    /// follower are read back from the WAL; a failed read stops the node like any
+    /// other storage error.
+    fn next_ready(&mut self) -> Result<Ready, DriverError> {
+        let storage = self.storage.as_ref().ok_or(DriverError::NotOpen)?;
+        let mut wal = WalReader {
+            storage,
+            failure: None,
+        };
+        let ready = self.node.ready_with(&mut wal);
+        match wal.failure {
+            Some(err) => {
+                error!("reading log entries back from the WAL failed: {err}");
+                Err(err.into())
+            }
+            None => Ok(ready),
         }
     }
 
@@ -572,11 +615,15 @@ impl<T: Transport> Driver<T> {
         // its contents; the old snapshot and log go only once the new file is durable
         // (and a crash in between recovers one or the other, see finish_snapshot).
         let ReceivedSnapshot { writer, kv } = self.received_snapshots.swap_remove(position);
-        self.storage()?.finish_snapshot(writer)?;
+        let file = self.storage()?.finish_snapshot(writer)?;
         self.kv = kv;
         self.applied = meta.index;
         self.applied_term = meta.term;
         self.snapshot_index = meta.index;
+        self.since_snapshot = SinceSnapshot {
+            state_bytes: file.data_len(),
+            ..SinceSnapshot::default()
+        };
         // Proposals the snapshot jumped over may or may not be in it.
         let kept = self.proposals.split_off(&(meta.index + 1));
         for (_, proposal) in std::mem::replace(&mut self.proposals, kept) {
@@ -641,6 +688,8 @@ impl<T: Transport> Driver<T> {
             // Already in the state machine (restored from a snapshot).
             return;
         }
+        self.since_snapshot.entries += 1;
+        self.since_snapshot.log_bytes += entry.size() as u64;
         let applied = self.kv.apply(&entry.data);
         if let Applied::Rejected(reason) = &applied {
             warn!(
@@ -677,14 +726,13 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// Snapshots the state machine once enough entries were applied since the last one,
-    /// so that the log (and a restart's replay) stays bounded. Only the capture of the
-    /// state happens here; the snapshot thread writes it, and the log is compacted when
-    /// it reports back (`snapshot_written`).
+    /// Snapshots the state machine once enough was applied since the last one (by
+    /// entries or bytes, see [`SnapshotTrigger`]), so that the log (and a restart's
+    /// replay) stays bounded. Only the capture of the state happens here; the snapshot
+    /// thread writes it, and the log is compacted when it reports back
+    /// (`snapshot_written`).
     fn maybe_snapshot(&mut self) {
-        if self.snapshot_in_flight.is_some()
-            || self.applied - self.snapshot_index < self.config.snapshot_threshold
-        {
+        if self.snapshot_in_flight.is_some() || !self.trigger.is_due(&self.since_snapshot) {
             return;
         }
         let meta = SnapshotMeta {
@@ -694,7 +742,10 @@ impl<T: Transport> Driver<T> {
         };
         // Whatever happens, the next attempt is a threshold away.
         self.snapshot_index = meta.index;
-        match self.start_snapshot(meta.clone()) {
+        let log_bytes = self.since_snapshot.log_bytes;
+        self.since_snapshot.entries = 0;
+        self.since_snapshot.log_bytes = 0;
+        match self.start_snapshot(meta.clone(), log_bytes) {
             Ok(job) => self.snapshot_in_flight = Some(job),
             // Not fatal: the log just grows until the next attempt.
             Err(err) => error!(index = meta.index, "taking a snapshot failed: {err}"),
@@ -703,7 +754,11 @@ impl<T: Transport> Driver<T> {
 
     /// Captures the state machine at the applied index and hands it to a new snapshot
     /// thread, which writes and fsyncs it while this loop goes on.
-    fn start_snapshot(&mut self, meta: SnapshotMeta) -> Result<SnapshotInFlight, DriverError> {
+    fn start_snapshot(
+        &mut self,
+        meta: SnapshotMeta,
+        log_bytes: u64,
+    ) -> Result<SnapshotInFlight, DriverError> {
         let job = self.storage()?.snapshot_job(meta.clone())?;
         // The only part on the driver, and no copy of the state (`Kv::capture` shares
         // it): measured under 1 µs at 200 MB, where copying it into a buffer took
@@ -731,6 +786,7 @@ impl<T: Transport> Driver<T> {
         Ok(SnapshotInFlight {
             id,
             meta,
+            log_bytes,
             capture,
             started: Instant::now(),
             result,
@@ -746,16 +802,20 @@ impl<T: Transport> Driver<T> {
         let index = job.meta.index;
         let write = job.started.elapsed();
         let compacting = Instant::now();
-        let adopted = written
-            .map_err(DriverError::from)
-            .and_then(|file| Ok(self.storage()?.adopt_snapshot(file)?));
+        let adopted = written.map_err(DriverError::from).and_then(|file| {
+            let bytes = file.data_len();
+            Ok(self.storage()?.adopt_snapshot(file)?.map(|g| (g, bytes)))
+        });
         match adopted {
-            Ok(Some(garbage)) => {
+            Ok(Some((garbage, bytes))) => {
                 self.node.compact(index);
                 self.delete_in_background(garbage);
+                self.since_snapshot.state_bytes = bytes;
                 info!(
                     index,
                     keys = self.kv.len(),
+                    bytes,
+                    log_bytes = job.log_bytes,
                     capture_us = job.capture.as_micros() as u64,
                     write_ms = write.as_millis() as u64,
                     compact_ms = compacting.elapsed().as_millis() as u64,
@@ -903,5 +963,27 @@ impl<T: Transport> Driver<T> {
             response.next_index.clear();
         }
         response
+    }
+}
+
+/// The core's way back to the entries it evicted from memory: the WAL. A failure is
+/// kept for the driver, which stops (the core just sends nothing meanwhile).
+struct WalReader<'a> {
+    storage: &'a Storage,
+    failure: Option<StorageError>,
+}
+
+impl LogReader for WalReader<'_> {
+    fn read_entries(&mut self, from: Index, to: Index, max_bytes: usize) -> Option<Vec<Entry>> {
+        if self.failure.is_some() {
+            return None;
+        }
+        match self.storage.read_entries(from, to, max_bytes) {
+            Ok(entries) => Some(entries),
+            Err(err) => {
+                self.failure = Some(err);
+                None
+            }
+        }
     }
 }

@@ -31,6 +31,8 @@ pub struct Status {
     pub snapshot_index: Index,
     /// False while a wiped node withholds its vote (see [`RawNode::may_vote`]).
     pub may_vote: bool,
+    /// Payload bytes of log entries held in memory (see [`Config::max_cached_bytes`]).
+    pub cached_bytes: usize,
     /// Leader only: `(peer, match_index, next_index)` for every other voter.
     pub progress: Vec<(NodeId, Index, Index)>,
 }
@@ -185,6 +187,7 @@ impl RawNode {
             last_term: self.log.last_term(),
             snapshot_index: self.log.snapshot_index,
             may_vote: self.may_vote(),
+            cached_bytes: self.log.cached_bytes(),
             progress: self
                 .progress
                 .iter()
@@ -473,8 +476,15 @@ impl RawNode {
     }
 
     /// Takes the next batch of work. See [`Ready`] for what to do with it, and call
-    /// [`RawNode::advance`] once it is persisted and sent.
+    /// [`RawNode::advance`] once it is persisted and sent. For a core whose cache holds
+    /// every entry; otherwise use [`RawNode::ready_with`].
     pub fn ready(&mut self) -> Ready {
+        self.ready_with(&mut NothingEvicted)
+    }
+
+    /// [`RawNode::ready`], reading entries evicted from the cache back through `log`
+    /// when a follower needs them.
+    pub fn ready_with(&mut self, log: &mut dyn LogReader) -> Ready {
         if self.role == Role::Leader {
             if self.read_round_needed {
                 self.read_round_needed = false;
@@ -483,7 +493,7 @@ impl RawNode {
             }
             let peers: Vec<NodeId> = self.progress.keys().copied().collect();
             for peer in peers {
-                self.send_appends(peer);
+                self.send_appends(peer, log);
             }
         }
         let snapshot = self.snapshot_to_install.take();
@@ -552,6 +562,7 @@ impl RawNode {
                 self.maybe_commit();
             }
         }
+        self.log.evict(self.cfg.max_cached_bytes);
     }
 
     // ----- elections ------------------------------------------------------------------
@@ -887,7 +898,7 @@ impl RawNode {
 
     /// Sends what `peer` is due: a probe, a window of pipelined batches, a snapshot,
     /// or just the news that the commit index moved.
-    fn send_appends(&mut self, peer: NodeId) {
+    fn send_appends(&mut self, peer: NodeId, log: &mut dyn LogReader) {
         let commit = self.log.commit;
         loop {
             let Some(pr) = self.progress.get(&peer) else {
@@ -906,7 +917,13 @@ impl RawNode {
                 self.send(peer, Body::Snapshot { meta });
                 return;
             };
-            let entries = self.log.entries_from(pr.next_index, self.cfg.max_msg_bytes);
+            let Some(entries) =
+                self.log
+                    .entries_to_send(pr.next_index, self.cfg.max_msg_bytes, log)
+            else {
+                // Not readable now: the owner of `log` knows why; try again later.
+                return;
+            };
             let last = prev_index + entries.len() as Index;
             let pr = self.progress.get_mut(&peer).expect("checked above");
             pr.sent_commit = commit;

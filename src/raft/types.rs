@@ -210,6 +210,9 @@ pub struct Config {
     pub max_inflight_msgs: usize,
     /// ... each carrying at most this many bytes of entries (at least one entry).
     pub max_msg_bytes: usize,
+    /// Payload bytes of log entries kept in memory; the oldest applied and persisted
+    /// ones beyond this are dropped and read back through a [`LogReader`] when needed.
+    pub max_cached_bytes: usize,
 }
 
 impl Config {
@@ -224,7 +227,31 @@ impl Config {
             check_quorum_ticks: 10,
             max_inflight_msgs: 16,
             max_msg_bytes: 64 * 1024,
+            max_cached_bytes: usize::MAX,
         }
+    }
+}
+
+/// Where the core reads back the log entries it dropped from memory (see
+/// [`Config::max_cached_bytes`]): the WAL in a node, the simulated disk in the
+/// simulator. Called synchronously from [`crate::raft::RawNode::ready_with`], only for
+/// entries that are persisted and applied.
+pub trait LogReader {
+    /// The entries from `from` up to `to` (inclusive), in order and starting at `from`,
+    /// stopping once they hold more than `max_bytes` (by [`Entry::size`]) but with at
+    /// least one. `None` if they cannot be read now: the core then sends nothing this
+    /// time, and the reader's owner deals with the cause (a node stops, as on any
+    /// storage error).
+    fn read_entries(&mut self, from: Index, to: Index, max_bytes: usize) -> Option<Vec<Entry>>;
+}
+
+/// For cores whose cache holds every entry ([`Config::max_cached_bytes`] unbounded):
+/// being asked for an entry is a bug.
+pub struct NothingEvicted;
+
+impl LogReader for NothingEvicted {
+    fn read_entries(&mut self, from: Index, to: Index, _: usize) -> Option<Vec<Entry>> {
+        panic!("entries {from}..={to} were evicted, but ready() was given no LogReader")
     }
 }
 

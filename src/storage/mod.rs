@@ -8,8 +8,9 @@
 //! (with the file and offset) rather than silently dropping a record that could have
 //! been acknowledged.
 //!
-//! The Raft core keeps the live log in memory, so the WAL is write-only after
-//! recovery: no random reads, no index of record offsets.
+//! The Raft core keeps only a bounded cache of entry payloads in memory; the older
+//! entries a slow follower still needs are read back with [`Storage::read_entries`],
+//! through an index of where each batch record lies ([`RecordSpan`]).
 
 pub mod identity;
 mod record;
@@ -126,6 +127,61 @@ struct Segment {
     end: u64,
 }
 
+/// Where one batch record's entries lie: enough to read them back. The entries
+/// `first..=last` of the record are live (a later record may have replaced the rest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RecordSpan {
+    first: Index,
+    last: Index,
+    /// The `first_index` (name) of the segment holding the record.
+    segment: Index,
+    /// The record's offset in that segment, and its length with the header.
+    offset: u64,
+    len: u64,
+}
+
+/// The records holding the log's live entries, in index order, without overlaps.
+#[derive(Clone, Debug, Default)]
+struct RecordIndex {
+    spans: std::collections::VecDeque<RecordSpan>,
+}
+
+impl RecordIndex {
+    /// A record holding entries `first..=last` was written: it replaces the entries from
+    /// `first` on.
+    fn add(&mut self, span: RecordSpan) {
+        while let Some(back) = self.spans.back_mut() {
+            if back.first >= span.first {
+                self.spans.pop_back();
+            } else {
+                back.last = back.last.min(span.first - 1);
+                break;
+            }
+        }
+        self.spans.push_back(span);
+    }
+
+    /// Entries up to `index` are compacted away.
+    fn compact(&mut self, index: Index) {
+        while self.spans.front().is_some_and(|s| s.last <= index) {
+            self.spans.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.spans.clear();
+    }
+
+    /// The position of the span holding `index`, if any.
+    fn find(&self, index: Index) -> Option<usize> {
+        let position = self.spans.partition_point(|s| s.last < index);
+        self.spans
+            .get(position)
+            .filter(|s| s.first <= index)
+            .map(|_| position)
+    }
+}
+
 /// The active segment is filled with zeros this far ahead of its records, so that an
 /// append overwrites zeros instead of growing the file. An fdatasync that must also
 /// record a new file size costs a journal commit, and on a disk shared by several
@@ -146,6 +202,8 @@ pub struct Storage {
     /// The active file's length: zeros from `active_len` up to here.
     zeroed_to: u64,
     terms: LogTerms,
+    /// Where the live entries' records are, for [`Storage::read_entries`].
+    records: RecordIndex,
     hard_state: HardState,
     snapshot: Option<SnapshotFile>,
     /// Reused encoding buffer: one `write` per `append`.
@@ -292,6 +350,7 @@ impl Storage {
             active_len,
             zeroed_to,
             terms: replay.terms,
+            records: replay.records,
             hard_state: replay.hard_state,
             snapshot,
             buf: Vec::new(),
@@ -364,6 +423,16 @@ impl Storage {
             }
             s.write_buf()
         })?;
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            let len = self.buf.len() as u64;
+            self.records.add(RecordSpan {
+                first: first.index,
+                last: last.index,
+                segment: self.segments[self.segments.len() - 1].first_index,
+                offset: self.active_len - len,
+                len,
+            });
+        }
         self.terms = terms;
         if let Some(hs) = hard_state {
             self.hard_state = *hs;
@@ -428,6 +497,79 @@ impl Storage {
             }
         }
         self.poison_on_error(|s| s.install_snapshot(file)).map(Some)
+    }
+
+    /// Reads back the entries from `from` up to `to` (inclusive), stopping once they
+    /// hold more than `max_bytes` (by [`Entry::size`]) but with at least one. Each
+    /// record read is one bounded `pread` of its known length, checksum verified, and
+    /// every entry is checked against the index and term the log has for it: anything
+    /// else is [`StorageError::Corrupt`].
+    pub fn read_entries(
+        &self,
+        from: Index,
+        to: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.check_usable()?;
+        if from <= self.terms.base() || to > self.terms.last() || from > to {
+            return Err(StorageError::Invalid(format!(
+                "read of entries {from}..={to} outside the log ({}..={})",
+                self.terms.base() + 1,
+                self.terms.last()
+            )));
+        }
+        let mut out: Vec<Entry> = Vec::new();
+        let mut bytes = 0;
+        let mut next = from;
+        let mut position = self.records.find(from);
+        while next <= to {
+            let span = position
+                .and_then(|p| self.records.spans.get(p))
+                .filter(|s| s.first <= next && next <= s.last)
+                .copied()
+                .ok_or_else(|| {
+                    StorageError::Invalid(format!("no WAL record is known to hold entry {next}"))
+                })?;
+            let segment = self
+                .segments
+                .iter()
+                .find(|s| s.first_index == span.segment)
+                .ok_or_else(|| {
+                    StorageError::Invalid(format!(
+                        "entry {next} is in segment {} which is gone",
+                        span.segment
+                    ))
+                })?;
+            let corrupt = |reason: String| StorageError::Corrupt {
+                path: segment.path.clone(),
+                offset: span.offset,
+                reason,
+            };
+            for entry in read_batch(&segment.path, span.offset, span.len)? {
+                if entry.index < next || entry.index > span.last.min(to) {
+                    continue;
+                }
+                if entry.index != next || self.terms.term(next) != Some(entry.term) {
+                    return Err(corrupt(format!(
+                        "read back entry {}/{} where entry {next}/{:?} was expected",
+                        entry.index,
+                        entry.term,
+                        self.terms.term(next)
+                    )));
+                }
+                bytes += entry.size();
+                if !out.is_empty() && bytes > max_bytes {
+                    return Ok(out);
+                }
+                out.push(entry);
+                next += 1;
+            }
+            if next <= span.last.min(to) {
+                return Err(corrupt(format!("the record lacks entry {next}")));
+            }
+            position = position.map(|p| p + 1);
+        }
+        Ok(out)
     }
 
     pub fn latest_snapshot(&self) -> Option<&SnapshotFile> {
@@ -540,6 +682,7 @@ impl Storage {
         let drop_all = match self.terms.fit(index, term) {
             SnapshotFit::Keep => {
                 self.terms.compact(index, term);
+                self.records.compact(index);
                 false
             }
             SnapshotFit::Reset => {
@@ -547,6 +690,7 @@ impl Storage {
                 record::encode_reset(&mut self.buf, index, term);
                 self.write_buf()?;
                 self.terms.reset(index, term);
+                self.records.clear();
                 true
             }
             SnapshotFit::Missing => {
@@ -617,6 +761,7 @@ struct Replay {
     /// Every segment that holds a valid header, oldest first.
     segments: Vec<Segment>,
     terms: LogTerms,
+    records: RecordIndex,
     /// The entries `(terms.base(), terms.last()]`.
     entries: Vec<Entry>,
     hard_state: HardState,
@@ -640,6 +785,7 @@ fn replay_wal(log_dir: &Path) -> Result<Replay, StorageError> {
                 .first()
                 .map_or(0, |(first, _)| first.saturating_sub(1)),
         ),
+        records: RecordIndex::default(),
         entries: Vec::new(),
         hard_state: HardState::default(),
         torn: None,
@@ -682,7 +828,15 @@ fn replay_wal(log_dir: &Path) -> Result<Replay, StorageError> {
             match record::decode_record(&image, offset) {
                 Ok(None) => break,
                 Ok(Some((record, end))) => {
-                    apply_record(&mut replay, record).map_err(|reason| corrupt(offset, reason))?;
+                    let span = RecordSpan {
+                        first: 0,
+                        last: 0,
+                        segment: *first_index,
+                        offset: offset as u64,
+                        len: (end - offset) as u64,
+                    };
+                    apply_record(&mut replay, record, span)
+                        .map_err(|reason| corrupt(offset, reason))?;
                     offset = end;
                 }
                 Err(damage) if is_last && damage.torn => {
@@ -717,12 +871,20 @@ fn replay_wal(log_dir: &Path) -> Result<Replay, StorageError> {
     Ok(replay)
 }
 
-fn apply_record(replay: &mut Replay, record: Record) -> Result<(), String> {
+/// Replays one record; `span` says where it lies (its entries' range is filled in).
+fn apply_record(replay: &mut Replay, record: Record, span: RecordSpan) -> Result<(), String> {
     match record {
         Record::Batch {
             hard_state,
             entries,
         } => {
+            if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+                replay.records.add(RecordSpan {
+                    first: first.index,
+                    last: last.index,
+                    ..span
+                });
+            }
             for entry in entries {
                 replay.terms.append(entry.index, entry.term)?;
                 let kept = entry.index - 1 - replay.terms.base();
@@ -735,6 +897,7 @@ fn apply_record(replay: &mut Replay, record: Record) -> Result<(), String> {
         }
         Record::Reset { index, term } => {
             replay.terms.reset(index, term);
+            replay.records.clear();
             replay.entries.clear();
         }
     }
@@ -778,6 +941,28 @@ fn repair_torn_tail(log_dir: &Path, replay: &mut Replay) -> Result<(), StorageEr
         }
     }
     Ok(())
+}
+
+/// Reads the batch record of `len` bytes at `offset` of the segment at `path` and
+/// returns its entries, its checksums verified.
+fn read_batch(path: &Path, offset: u64, len: u64) -> Result<Vec<Entry>, StorageError> {
+    let corrupt = |reason: String| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        reason,
+    };
+    let len = usize::try_from(len).map_err(|_| corrupt(format!("record of {len} bytes")))?;
+    let file = File::open(path).map_err(io_error(path))?;
+    let mut image = vec![0u8; len];
+    file.read_exact_at(&mut image, offset)
+        .map_err(io_error(path))?;
+    match record::decode_record(&image, 0) {
+        Ok(Some((Record::Batch { entries, .. }, end))) if end == len => Ok(entries),
+        Ok(Some(_)) | Ok(None) => Err(corrupt(
+            "the record there is not the batch that was written".into(),
+        )),
+        Err(damage) => Err(corrupt(damage.reason)),
+    }
 }
 
 /// Writes zeros to `file` over `[from, to)`.
