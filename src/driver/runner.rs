@@ -62,9 +62,7 @@ pub(super) fn spawn_with_storage(
             let mut driver = Driver::new(config, transport, open, options, wake, leader);
             let result = driver.run(&events);
             driver.fail_everything(RequestError::ShuttingDown);
-            if let Err(err) = &result {
-                error!("the driver stopped: {err}");
-            }
+            // Not logged here: the receiver reports the error, once (see `node.rs`).
             let _ = done_tx.send(result);
         })
         .map_err(DriverError::Thread)?;

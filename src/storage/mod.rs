@@ -11,6 +11,7 @@
 //! The Raft core keeps the live log in memory, so the WAL is write-only after
 //! recovery: no random reads, no index of record offsets.
 
+mod lock;
 mod record;
 mod snapshot;
 mod terms;
@@ -28,6 +29,7 @@ use record::Record;
 use snapshot::{SNAPSHOT_SUFFIX, TEMP_SUFFIX};
 use terms::{LogTerms, SnapshotFit};
 
+pub use lock::{DirLock, LockError, LOCK_FILE};
 pub use snapshot::{SnapshotFile, SnapshotJob, SnapshotWriter};
 
 const WAL_SUFFIX: &str = ".wal";
