@@ -37,3 +37,57 @@ async fn a_second_process_on_a_data_directory_in_use_is_refused() {
         cluster.assert_value_eventually(i, "after", "2").await;
     }
 }
+
+#[tokio::test]
+async fn writes_past_the_quota_are_refused_and_deletes_make_room() {
+    // Room for 3 pairs of "key-N" (5 bytes) and 100-byte values, not 4.
+    let cluster = Cluster::start_with(3, &[("DISTRAFT_QUOTA_BYTES", "400")]).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let value = "v".repeat(100);
+    for n in 0..3 {
+        assert_eq!(
+            cluster.put(leader, &format!("key-{n}"), &value).await.0,
+            200
+        );
+    }
+    // Through the leader and through a follower (forwarded): 507, nothing written.
+    for i in [leader, follower] {
+        let (code, body) = cluster.put(i, "key-3", &value).await;
+        assert_eq!(code, 507, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("quota exceeded"),
+            "{body}"
+        );
+    }
+    assert_eq!(cluster.get(leader, "key-3").await.0, 404);
+    // A put that does not grow the state is fine.
+    assert_eq!(cluster.put(follower, "key-0", "short").await.0, 200);
+    let status = cluster.status(leader).await.unwrap();
+    assert_eq!(status["state_bytes"], 3 * 5 + 2 * 100 + 5, "{status}");
+
+    // gRPC says RESOURCE_EXHAUSTED.
+    let mut kv = cluster.kv(follower).await;
+    let refused = kv
+        .put(distraft::proto::v1::PutRequest {
+            key: "key-3".into(),
+            value: value.repeat(2),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+
+    // Deletes still work and make room.
+    assert_eq!(cluster.delete(follower, "key-1").await.0, 200);
+    assert_eq!(cluster.put(follower, "key-3", &value).await.0, 200);
+    for i in 0..3 {
+        cluster.assert_value_eventually(i, "key-3", &value).await;
+    }
+}

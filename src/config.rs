@@ -99,6 +99,10 @@ pub struct NodeArgs {
     /// Take a snapshot once this many entries were applied since the last one.
     #[arg(long, env = "DISTRAFT_SNAPSHOT_THRESHOLD", default_value = "10000")]
     pub snapshot_threshold: String,
+    /// Largest state (the sum of key and value bytes) writes may build; a write past it
+    /// is refused (HTTP 507), deletes still work. Default 2 GiB, as etcd's quota.
+    #[arg(long, env = "DISTRAFT_QUOTA_BYTES", default_value = "2147483648")]
+    pub quota_bytes: String,
 }
 
 /// A configuration value that cannot be used. Displays as one line:
@@ -166,6 +170,8 @@ pub struct Config {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub snapshot_threshold: u64,
+    /// Writes that would take the state's key and value bytes past this are refused.
+    pub quota_bytes: u64,
 }
 
 impl Config {
@@ -242,6 +248,7 @@ impl Config {
         let max_value_bytes = parse_positive("DISTRAFT_MAX_VALUE_BYTES", &args.max_value_bytes)?;
         let snapshot_threshold =
             parse_positive("DISTRAFT_SNAPSHOT_THRESHOLD", &args.snapshot_threshold)?;
+        let quota_bytes = parse_positive("DISTRAFT_QUOTA_BYTES", &args.quota_bytes)?;
 
         Ok(Config {
             id,
@@ -268,6 +275,7 @@ impl Config {
             max_key_bytes: usize::try_from(max_key_bytes).unwrap_or(usize::MAX),
             max_value_bytes: usize::try_from(max_value_bytes).unwrap_or(usize::MAX),
             snapshot_threshold,
+            quota_bytes,
         })
     }
 
@@ -525,6 +533,7 @@ mod tests {
         assert_eq!(config.log_filter, "info");
         assert_eq!(config.max_key_bytes, 4096);
         assert_eq!(config.max_value_bytes, 1 << 20);
+        assert_eq!(config.quota_bytes, 2 << 30);
     }
 
     #[test]

@@ -115,6 +115,8 @@ impl Admin for Arc<FakeNode> {
             up: true,
             snapshot_index: 0,
             state_digest: "00ff".into(),
+            state_bytes: 42,
+            alarm: String::new(),
         }))
     }
 }
@@ -204,6 +206,8 @@ async fn status_has_every_original_field_with_its_type() {
     );
     assert_eq!(status["snapshot_index"], 0);
     assert_eq!(status["state_digest"], "00ff");
+    assert_eq!(status["state_bytes"], 42);
+    assert_eq!(status["alarm"], "");
 }
 
 #[tokio::test]
@@ -455,6 +459,7 @@ fn grpc_codes_map_to_http() {
         (Code::DeadlineExceeded, StatusCode::SERVICE_UNAVAILABLE),
         (Code::Cancelled, StatusCode::SERVICE_UNAVAILABLE),
         (Code::Unknown, StatusCode::SERVICE_UNAVAILABLE),
+        (Code::ResourceExhausted, StatusCode::INSUFFICIENT_STORAGE),
         (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
     ];
     for (code, http) in cases {

@@ -336,7 +336,7 @@ impl SnapshotJob {
         image: impl FnOnce(&mut SnapshotWriter) -> io::Result<()>,
     ) -> Result<SnapshotFile, StorageError> {
         let mut writer = SnapshotWriter::create(&self.data_dir, self.meta, self.hook)?;
-        image(&mut writer).map_err(io_error(&writer.temp_path))?;
+        image(&mut writer).map_err(super::write_error(&writer.temp_path))?;
         let file = writer.commit(&self.data_dir)?;
         sync_dir(&self.data_dir)?;
         Ok(file)
