@@ -114,7 +114,8 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
             driver_ended = true;
             match result {
             Ok(Ok(())) => anyhow::anyhow!("the driver stopped unexpectedly"),
-            Ok(Err(err)) => anyhow::Error::new(err).context("the Raft driver failed"),
+            // Its message already ends in the cause: not chained again.
+            Ok(Err(err)) => anyhow::anyhow!("the Raft driver failed: {err}"),
             Err(_) => anyhow::anyhow!("the Raft driver thread died"),
         }}),
         result = &mut grpc => Some(match result {

@@ -383,15 +383,15 @@ impl<T: Transport> Driver<T> {
                 }
             }
             Event::Read { key, stale, reply } => {
-                let left_raft_for_space = self.no_space.as_ref().filter(|a| a.left_raft);
-                if let (false, Some(alarm)) = (self.up, left_raft_for_space) {
+                let left_raft_for_space = self.no_space.as_ref().is_some_and(|a| a.left_raft);
+                if !self.up && left_raft_for_space {
                     // Out of Raft for lack of space, but the state machine holds what
                     // was applied: stale reads are served from it, linearizable ones
-                    // are sent to the leader.
+                    // are sent elsewhere.
                     let answer = match stale {
                         true => Ok(self.kv.get(&key).map(str::to_string)),
                         false => Err(RequestError::NotLeader {
-                            leader: alarm.leader.filter(|&id| id != self.config.id),
+                            leader: self.read_elsewhere(),
                         }),
                     };
                     let _ = reply.send(answer);
@@ -561,6 +561,22 @@ impl<T: Transport> Driver<T> {
         self.fail_everything(RequestError::Stopped);
         self.settle_snapshot();
         self.storage = None;
+    }
+
+    /// Where a node out of Raft sends a linearizable read: the leader it knew, else
+    /// any other member in turn (a follower serves linearizable reads too, by
+    /// ReadIndex), so that a retried read tries them all.
+    fn read_elsewhere(&mut self) -> Option<NodeId> {
+        let me = self.config.id;
+        if let Some(leader) = self.no_space.as_ref().and_then(|a| a.leader) {
+            if leader != me {
+                return Some(leader);
+            }
+        }
+        let peers: Vec<NodeId> = self.config.peers().map(|m| m.id).collect();
+        let turn = self.next_read_id as usize;
+        self.next_read_id += 1;
+        peers.get(turn.checked_rem(peers.len())?).copied()
     }
 
     /// Raises the NOSPACE alarm for a snapshot that found the disk full; the node stays

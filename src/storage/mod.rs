@@ -559,13 +559,15 @@ impl Storage {
             .and_then(|()| self.active.write_all_at(&self.buf, self.active_len))
             .map_err(write_error(path))?;
         // Never `NoSpace`: whatever an fsync failed with, it is not retried.
-        #[cfg(not(feature = "plant-fsync-error-recoverable"))]
-        let sync_error = io_error;
-        #[cfg(feature = "plant-fsync-error-recoverable")]
-        let sync_error = write_error;
-        fault(WalStep::Sync)
-            .and_then(|()| self.active.sync_data())
-            .map_err(sync_error(path))?;
+        let synced = fault(WalStep::Sync).and_then(|()| self.active.sync_data());
+        if cfg!(feature = "plant-fsync-error-recoverable") {
+            synced.map_err(|source| StorageError::NoSpace {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        } else {
+            synced.map_err(io_error(path))?;
+        }
         self.active_len = end;
         self.segments[segment].end = end;
         Ok(())
