@@ -32,8 +32,27 @@ async fn a_second_process_on_a_data_directory_in_use_is_refused() {
         log_dir.display()
     );
 
-    // The first keeps its data and keeps serving, writes included.
-    assert_eq!(cluster.get_stale(node, "before").await.1["value"], "1");
+    // Still held while the node is stopped (Admin.Stop closes its storage), and
+    // after it starts again.
+    assert_eq!(cluster.get_path(node, "/stop").await.0, 200);
+    let second = cluster.run_second_process(node, Duration::from_secs(10));
+    assert!(
+        second.status.code().is_some_and(|code| code != 0),
+        "refused while stopped: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(cluster.get_path(node, "/start").await.0, 200);
+
+    // The first keeps its data (its own state machine has it again once it has
+    // re-learned the commit index) and keeps serving, writes included.
+    let kept = eventually(CONVERGE, || async {
+        match cluster.get_stale(node, "before").await {
+            (200, body) if body["value"] == "1" => Ok(()),
+            answer => Err(format!("{answer:?}")),
+        }
+    })
+    .await;
+    kept.unwrap_or_else(|last| panic!("the first process lost its data: {last}"));
     cluster.put_eventually(node, "after", "2").await;
     for i in 0..3 {
         cluster.assert_value_eventually(i, "before", "1").await;
