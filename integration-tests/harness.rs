@@ -61,6 +61,8 @@ pub struct Node {
     pub http_port: u16,
     output: PathBuf,
     child: Option<Child>,
+    /// `DISTRAFT_*` variables for this node only (see [`Cluster::start_with_node_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -93,6 +95,16 @@ impl Cluster {
 
     /// As [`Cluster::start`], with extra `DISTRAFT_*` variables for every node.
     pub async fn start_with(size: usize, extra_env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with_node_env(size, extra_env, |_, _| Vec::new()).await
+    }
+
+    /// As [`Cluster::start_with`], plus variables of each node's own, given by
+    /// `node_env(i, cluster_dir)` (e.g. its own data directory); kept across restarts.
+    pub async fn start_with_node_env(
+        size: usize,
+        extra_env: &[(&str, &str)],
+        node_env: impl Fn(usize, &Path) -> Vec<(String, String)>,
+    ) -> Cluster {
         let permit = RUNNING_CLUSTERS.acquire().await.unwrap();
         let ports = free_ports(size * 2);
         let dir = tempfile::tempdir().unwrap();
@@ -103,6 +115,7 @@ impl Cluster {
                 http_port: ports[2 * i + 1],
                 output: dir.path().join(format!("node{}.out", i + 1)),
                 child: None,
+                env: node_env(i, dir.path()),
             })
             .collect();
         let cluster_spec = nodes
@@ -144,6 +157,25 @@ impl Cluster {
             .append(true)
             .open(&node.output)
             .unwrap();
+        let mut command = self.node_command(i, node.raft_port, node.http_port, extra_env);
+        command
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().unwrap())
+            .stderr(output);
+        let child = command.spawn().expect("spawning distraft");
+        self.nodes[i].child = Some(child);
+    }
+
+    /// The command that runs node `i` (its name, cluster and directories) listening on
+    /// the given ports.
+    fn node_command(
+        &self,
+        i: usize,
+        raft_port: u16,
+        http_port: u16,
+        extra_env: &[(&str, &str)],
+    ) -> Command {
+        let node = &self.nodes[i];
         let mut command = Command::new(env!("CARGO_BIN_EXE_distraft"));
         // Nothing from the developer's own environment may leak into the nodes.
         for (name, _) in std::env::vars() {
@@ -154,9 +186,9 @@ impl Cluster {
         command
             .env("DISTRAFT_NAME", &node.name)
             .env("DISTRAFT_HOST", "127.0.0.1")
-            .env("DISTRAFT_UDP_PORT", node.raft_port.to_string())
+            .env("DISTRAFT_UDP_PORT", raft_port.to_string())
             .env("DISTRAFT_CLIENT_HOST", "127.0.0.1")
-            .env("DISTRAFT_TCP_PORT", node.http_port.to_string())
+            .env("DISTRAFT_TCP_PORT", http_port.to_string())
             .env("DISTRAFT_CLUSTER", &self.cluster_spec)
             .env("DISTRAFT_LOG_PATH", self.dir.path().join("log"))
             .env("DISTRAFT_DATA_PATH", self.dir.path().join("state"))
@@ -168,11 +200,42 @@ impl Cluster {
             )
             .env("DISTRAFT_LOG_LEVEL", "INFO")
             .envs(extra_env.iter().copied())
+            .envs(node.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Runs a second process as node `i` (same name and directories, other ports)
+    /// while node `i` may still be running, and returns how it ended; killed if it
+    /// has not exited within `within`.
+    pub fn run_second_process(&self, i: usize, within: Duration) -> std::process::Output {
+        let ports = free_ports(2);
+        let mut child = self
+            .node_command(i, ports[0], ports[1], &[])
             .stdin(Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output);
-        let child = command.spawn().expect("spawning distraft");
-        self.nodes[i].child = Some(child);
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning distraft");
+        let deadline = Instant::now() + within;
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    }
+
+    /// The PID of node `i`'s process, if running.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
+    /// Node `i`'s WAL and snapshot directories.
+    pub fn node_dirs(&self, i: usize) -> (PathBuf, PathBuf) {
+        let name = &self.nodes[i].name;
+        (
+            self.dir.path().join("log").join(name),
+            self.dir.path().join("state").join(name),
+        )
     }
 
     /// `kill -9` of node `i`.

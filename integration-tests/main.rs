@@ -6,6 +6,7 @@
 mod api;
 mod faults;
 mod harness;
+mod storage;
 mod tools;
 mod wipe;
 mod wire;

@@ -21,11 +21,15 @@ plants=(
   "reset-node-votes|--test simulation"
   "skip-wire-validation|--lib rpc::convert"
   "skip-read-back|--test simulation"
+  "no-dir-lock|--test integration second_process"
+  "no-quota|--test integration quota"
+  "nospace-fatal|--lib driver::"
+  "fsync-error-recoverable|--lib driver::"
 )
 
 echo "plants.sh: building with the plants feature" >&2
-cargo test --features plants --no-run --lib --test simulation >/dev/null 2>&1 \
-  || { echo "plants.sh: build failed" >&2; cargo test --features plants --no-run --lib --test simulation; exit 1; }
+cargo test --features plants --no-run --lib --test simulation --test integration >/dev/null 2>&1 \
+  || { echo "plants.sh: build failed" >&2; cargo test --features plants --no-run --lib --test simulation --test integration; exit 1; }
 
 caught=0 missed=0
 for spec in "${plants[@]}"; do

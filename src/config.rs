@@ -137,6 +137,10 @@ pub struct NodeArgs {
     /// from the WAL when a slow follower needs them.
     #[arg(long, env = "DISTRAFT_LOG_CACHE_BYTES", default_value = "67108864")]
     pub log_cache_bytes: String,
+    /// Largest state (the sum of key and value bytes) writes may build; a write past it
+    /// is refused (HTTP 507), deletes still work. Default 2 GiB, as etcd's quota.
+    #[arg(long, env = "DISTRAFT_QUOTA_BYTES", default_value = "2147483648")]
+    pub quota_bytes: String,
 }
 
 /// A configuration value that cannot be used. Displays as one line:
@@ -213,6 +217,8 @@ pub struct Config {
     pub snapshot_log_ratio: f64,
     pub snapshot_log_max_bytes: u64,
     pub log_cache_bytes: usize,
+    /// Writes that would take the state's key and value bytes past this are refused.
+    pub quota_bytes: u64,
 }
 
 impl Config {
@@ -308,6 +314,7 @@ impl Config {
             &args.snapshot_log_max_bytes,
         )?;
         let log_cache_bytes = parse_positive("DISTRAFT_LOG_CACHE_BYTES", &args.log_cache_bytes)?;
+        let quota_bytes = parse_positive("DISTRAFT_QUOTA_BYTES", &args.quota_bytes)?;
 
         Ok(Config {
             id,
@@ -340,6 +347,7 @@ impl Config {
             snapshot_log_ratio,
             snapshot_log_max_bytes,
             log_cache_bytes: usize::try_from(log_cache_bytes).unwrap_or(usize::MAX),
+            quota_bytes,
         })
     }
 
@@ -651,6 +659,7 @@ mod tests {
         assert_eq!(config.log_filter, "info");
         assert_eq!(config.max_key_bytes, 4096);
         assert_eq!(config.max_value_bytes, 1 << 20);
+        assert_eq!(config.quota_bytes, 2 << 30);
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Kv {
     /// Changes not in `base` (`None`: deleted); empty unless `base` is shared.
     delta: BTreeMap<String, Option<String>>,
     len: usize,
+    /// The sum of key and value bytes: what the quota limits (`state_bytes`).
+    bytes: u64,
     digest: u64,
 }
 
@@ -234,12 +236,29 @@ impl Kv {
         self.len == 0
     }
 
+    /// The size of the state as the quota counts it: the sum of key and value bytes
+    /// (not the memory or the snapshot file, which add a few bytes per pair).
+    pub fn state_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// What [`Kv::state_bytes`] would be after putting a value of `value_bytes` at
+    /// `key` (replacing the value it has, if any).
+    pub fn bytes_after_put(&self, key: &str, value_bytes: usize) -> u64 {
+        let old = match self.get(key) {
+            Some(old) => (key.len() + old.len()) as u64,
+            None => 0,
+        };
+        self.bytes - old + (key.len() + value_bytes) as u64
+    }
+
     /// A digest of the contents (not of the history), as 16 hex digits.
     pub fn digest_hex(&self) -> String {
         format!("{:016x}", self.digest)
     }
 
     fn insert(&mut self, key: String, value: String) {
+        self.bytes = self.bytes_after_put(&key, value.len());
         match self.get(&key) {
             Some(old) => self.digest = self.digest.wrapping_sub(pair_hash(&key, old)),
             None => self.len += 1,
@@ -257,7 +276,9 @@ impl Kv {
         let Some(old) = self.get(key) else {
             return false;
         };
+        let old_bytes = (key.len() + old.len()) as u64;
         self.digest = self.digest.wrapping_sub(pair_hash(key, old));
+        self.bytes -= old_bytes;
         self.len -= 1;
         if let Some(base) = self.writable_base() {
             base.remove(key);
@@ -416,6 +437,30 @@ mod tests {
         assert_eq!(delete(&mut kv, "a"), Applied::Delete { existed: false });
         assert_eq!(kv.get("a"), None);
         assert!(kv.is_empty());
+    }
+
+    #[test]
+    fn state_bytes_count_keys_and_values() {
+        let mut kv = Kv::new();
+        assert_eq!(kv.state_bytes(), 0);
+        put(&mut kv, "ab", "123");
+        assert_eq!(kv.state_bytes(), 5);
+        assert_eq!(
+            kv.bytes_after_put("ab", 1),
+            3,
+            "a replaced value no longer counts"
+        );
+        assert_eq!(kv.bytes_after_put("c", 4), 10);
+        put(&mut kv, "ab", "1");
+        put(&mut kv, "c", "4444");
+        assert_eq!(kv.state_bytes(), 8);
+        delete(&mut kv, "ab");
+        delete(&mut kv, "missing");
+        assert_eq!(kv.state_bytes(), 5);
+        // A snapshot image restores the count.
+        let mut image = Vec::new();
+        kv.capture().write(&mut image).unwrap();
+        assert_eq!(Kv::read_image(&image[..]).unwrap().state_bytes(), 5);
     }
 
     #[test]

@@ -31,8 +31,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Some(command) => runtime.block_on(cli::run(command)),
+    let (result, node) = match cli.command {
+        Some(command) => (runtime.block_on(cli::run(command)), false),
         None => {
             let config = match Config::from_args(&cli.node) {
                 Ok(config) => config,
@@ -42,15 +42,19 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config);
-            runtime.block_on(node::run_node(config))
+            (runtime.block_on(node::run_node(config)), true)
         }
     };
     // Leftover background work (peer links, idle connections) must not delay the exit.
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+        // One line that says what failed and why (a node's log goes to stderr too).
+        Err(err) if node => {
             tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }

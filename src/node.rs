@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::driver;
 use crate::gateway::{self, Backend, GatewaySettings};
+use crate::plant::{self, Plant};
 use crate::rpc::{self, ClientServices, Peers};
 use crate::storage::{identity, Storage};
 
@@ -30,6 +31,16 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
             config.name, me.peer_port, me.client_port, config.raft_port, config.client_port
         );
     }
+    // Before anything in them is read or wiped: one process per data directory.
+    // Held until this function returns, across Admin.Stop/Start (which reopen storage
+    // in this process).
+    let _dir_lock = match plant::active(Plant::NoDirLock) {
+        true => None,
+        false => Some(crate::storage::DirLock::acquire(&[
+            &config.log_dir,
+            &config.data_dir,
+        ])?),
+    };
     // Before anything touches the data directory (the reset included): refuse to
     // start on another cluster's data, or adopt the configured identity at the first
     // start.
@@ -104,17 +115,23 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
         config.client_port
     );
 
+    // A oneshot receiver must not be polled again once it has answered (tokio
+    // panics "called after complete"), so remember whether the driver already ended.
+    let mut driver_ended = false;
     let failure = tokio::select! {
         signal = shutdown_signal() => {
             signal?;
             info!("signal received: shutting down");
             None
         }
-        result = &mut driver_done => Some(match result {
+        result = &mut driver_done => Some({
+            driver_ended = true;
+            match result {
             Ok(Ok(())) => anyhow::anyhow!("the driver stopped unexpectedly"),
-            Ok(Err(err)) => anyhow::Error::new(err).context("the Raft driver failed"),
+            // Its message already ends in the cause: not chained again.
+            Ok(Err(err)) => anyhow::anyhow!("the Raft driver failed: {err}"),
             Err(_) => anyhow::anyhow!("the Raft driver thread died"),
-        }),
+        }}),
         result = &mut grpc => Some(match result {
             Ok(Ok(())) => anyhow::anyhow!("the gRPC server stopped unexpectedly"),
             Ok(Err(err)) => err.context("the gRPC server failed"),
@@ -128,9 +145,10 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
     // give the servers a moment to send those answers.
     let _ = stop_tx.send(true);
     driver.shutdown();
-    if tokio::time::timeout(SHUTDOWN_GRACE, &mut driver_done)
-        .await
-        .is_err()
+    if !driver_ended
+        && tokio::time::timeout(SHUTDOWN_GRACE, &mut driver_done)
+            .await
+            .is_err()
     {
         error!("the driver did not stop in time");
     }

@@ -35,10 +35,18 @@ pub enum Plant {
     /// A leader sends log entries evicted from its cache without reading them back
     /// from the WAL (their payloads empty).
     SkipReadBack,
+    /// The data directory lock is not taken: a second process may open it.
+    NoDirLock,
+    /// The leader does not check DISTRAFT_QUOTA_BYTES.
+    NoQuota,
+    /// A full disk met by the WAL is fatal, as before the NOSPACE alarm.
+    NospaceFatal,
+    /// A failed WAL fsync is taken for a full disk and "recovered" from.
+    FsyncErrorRecoverable,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 9] = [
+    pub const ALL: [Plant; 13] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -48,6 +56,10 @@ impl Plant {
         Plant::ResetNodeVotes,
         Plant::SkipWireValidation,
         Plant::SkipReadBack,
+        Plant::NoDirLock,
+        Plant::NoQuota,
+        Plant::NospaceFatal,
+        Plant::FsyncErrorRecoverable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +73,10 @@ impl Plant {
             Plant::ResetNodeVotes => "reset-node-votes",
             Plant::SkipWireValidation => "skip-wire-validation",
             Plant::SkipReadBack => "skip-read-back",
+            Plant::NoDirLock => "no-dir-lock",
+            Plant::NoQuota => "no-quota",
+            Plant::NospaceFatal => "nospace-fatal",
+            Plant::FsyncErrorRecoverable => "fsync-error-recoverable",
         }
     }
 }

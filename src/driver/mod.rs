@@ -78,6 +78,27 @@ pub enum RequestError {
     Rejected(String),
     #[error("storage failure: {0}")]
     Storage(String),
+    /// Nothing was done: the write would take the state past DISTRAFT_QUOTA_BYTES.
+    #[error(
+        "quota exceeded: the write would take the state to {would_be} bytes, \
+         more than the quota of {quota}; delete keys to make room"
+    )]
+    QuotaExceeded { would_be: u64, quota: u64 },
+    /// Nothing was done: this node's disk is full (the NOSPACE alarm), so it takes no
+    /// write until space is freed.
+    #[error("no space left on this node's disk: writes are refused until space is freed")]
+    NoSpace,
+}
+
+/// What a proposed write does to the state's size, for the quota check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteKind {
+    Put {
+        key: String,
+        value_bytes: usize,
+    },
+    /// Never refused by the quota: it is how room is made.
+    Delete,
 }
 
 impl From<RaftError> for RequestError {
@@ -114,6 +135,7 @@ pub enum Event {
     },
     Propose {
         data: Bytes,
+        kind: WriteKind,
         reply: oneshot::Sender<Result<Committed, RequestError>>,
     },
     Read {
@@ -206,9 +228,9 @@ impl DriverHandle {
 
     /// Proposes a command and waits until it is applied (or known to have failed).
     /// The caller bounds the wait; giving up makes the outcome indeterminate.
-    pub async fn propose(&self, data: Bytes) -> Result<Committed, RequestError> {
+    pub async fn propose(&self, data: Bytes, kind: WriteKind) -> Result<Committed, RequestError> {
         let (reply, answer) = oneshot::channel();
-        self.post(Event::Propose { data, reply })?;
+        self.post(Event::Propose { data, kind, reply })?;
         // A reply dropped unanswered: the proposal may have made it into the log.
         answer.await.unwrap_or(Err(RequestError::Indeterminate))
     }

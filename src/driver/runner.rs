@@ -13,10 +13,11 @@ use tracing::{debug, error, info, warn};
 use super::trigger::{SinceSnapshot, SnapshotTrigger};
 use super::{
     channel, role_name, storage_options, Committed, DriverError, DriverHandle, Event, RaftReply,
-    RaftReplySender, ReceivedSnapshot, RequestError, SnapshotAdmission, Transport,
+    RaftReplySender, ReceivedSnapshot, RequestError, SnapshotAdmission, Transport, WriteKind,
 };
 use crate::config::Config;
 use crate::kv::{Applied, Kv};
+use crate::plant::{self, Plant};
 use crate::proto::v1::{Member, StatusResponse};
 use crate::raft::{
     Body, Entry, Index, LogReader, Message, NodeId, RawNode, ReadId, Ready, Role, SnapshotMeta,
@@ -32,6 +33,11 @@ const PURGE_EVERY: Duration = Duration::from_secs(1);
 /// How long Stop and shutdown wait for a snapshot being written before abandoning it
 /// (well within the node's 5 s shutdown grace).
 const SNAPSHOT_SETTLE: Duration = Duration::from_secs(2);
+/// How often a node with the NOSPACE alarm looks whether space is back.
+const SPACE_POLL: Duration = Duration::from_secs(1);
+/// Space a node wants free, besides room for a few of the largest entries, before it
+/// takes writes again: a WAL segment's zeros ahead several times over.
+const RESUME_FREE_BYTES: u64 = 1 << 20;
 
 /// Starts the driver thread on the node's storage. Returns the handle to talk to it
 /// and a receiver that yields the driver's result when its thread ends.
@@ -62,9 +68,7 @@ pub(super) fn spawn_with_storage(
             let mut driver = Driver::new(config, transport, open, options, wake, leader);
             let result = driver.run(&events);
             driver.fail_everything(RequestError::ShuttingDown);
-            if let Err(err) = &result {
-                error!("the driver stopped: {err}");
-            }
+            // Not logged here: the receiver reports the error, once (see `node.rs`).
             let _ = done_tx.send(result);
         })
         .map_err(DriverError::Thread)?;
@@ -153,6 +157,16 @@ fn response_kind(body: &Body) -> Option<ReplyKind> {
     }
 }
 
+/// The NOSPACE alarm: a write to this node's disk failed for lack of space.
+struct NoSpaceAlarm {
+    /// The WAL was full: the node left Raft (as Admin.Stop does, as if crashed) and
+    /// rejoins by itself once space is back. A full disk met by a snapshot alone
+    /// keeps the node in Raft (only its own writes are refused).
+    left_raft: bool,
+    /// The leader when the node left Raft, where linearizable reads go meanwhile.
+    leader: Option<NodeId>,
+}
+
 /// A snapshot being written by the snapshot thread.
 struct SnapshotInFlight {
     id: u64,
@@ -204,6 +218,8 @@ struct Driver<T> {
     next_snapshot_id: u64,
     /// The leader as published to waiting requests ([`DriverHandle::leader_watch`]).
     leader: watch::Sender<Option<NodeId>>,
+    /// Raised while this node's disk is full.
+    no_space: Option<NoSpaceAlarm>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -247,6 +263,7 @@ impl<T: Transport> Driver<T> {
             cleanup: None,
             next_snapshot_id: 1,
             leader,
+            no_space: None,
         }
     }
 
@@ -254,6 +271,7 @@ impl<T: Transport> Driver<T> {
         let tick = self.config.tick();
         let mut next_tick = Instant::now() + tick;
         let mut next_purge = Instant::now() + PURGE_EVERY;
+        let mut next_space_check = Instant::now() + SPACE_POLL;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let first = match events.recv_timeout(wait) {
@@ -291,13 +309,25 @@ impl<T: Transport> Driver<T> {
                 self.purge_abandoned();
                 next_purge = now + PURGE_EVERY;
             }
+            if now >= next_space_check {
+                self.check_space()?;
+                next_space_check = now + SPACE_POLL;
+            }
 
             // Advancing can make more work (the leader's own persist may commit
             // entries): carry it out now rather than at the next event or tick.
             while self.up && self.node.has_ready() {
                 let ready = self.next_ready()?;
-                self.process(ready)?;
-                self.log_role_change();
+                match self.process(ready) {
+                    Ok(()) => self.log_role_change(),
+                    // A full disk met by the WAL: not fatal (see `leave_raft_for_space`).
+                    Err(DriverError::Storage(err @ StorageError::NoSpace { .. }))
+                        if !plant::active(Plant::NospaceFatal) =>
+                    {
+                        self.leave_raft_for_space(&err);
+                    }
+                    Err(err) => return Err(err),
+                }
             }
             // The core had its chance to install these in this turn's Ready.
             self.received_snapshots.clear();
@@ -344,9 +374,17 @@ impl<T: Transport> Driver<T> {
                     self.node.leader_disconnected(from);
                 }
             }
-            Event::Propose { data, reply } => {
+            Event::Propose { data, kind, reply } => {
+                if self.no_space.is_some() {
+                    let _ = reply.send(Err(RequestError::NoSpace));
+                    return Ok(());
+                }
                 if !self.up {
                     let _ = reply.send(Err(RequestError::Stopped));
+                    return Ok(());
+                }
+                if let Err(err) = self.check_quota(&kind) {
+                    let _ = reply.send(Err(err));
                     return Ok(());
                 }
                 let term = self.node.term();
@@ -367,7 +405,19 @@ impl<T: Transport> Driver<T> {
                 }
             }
             Event::Read { key, stale, reply } => {
-                if !self.up {
+                let left_raft_for_space = self.no_space.as_ref().is_some_and(|a| a.left_raft);
+                if !self.up && left_raft_for_space {
+                    // Out of Raft for lack of space, but the state machine holds what
+                    // was applied: stale reads are served from it, linearizable ones
+                    // are sent elsewhere.
+                    let answer = match stale {
+                        true => Ok(self.kv.get(&key).map(str::to_string)),
+                        false => Err(RequestError::NotLeader {
+                            leader: self.read_elsewhere(),
+                        }),
+                    };
+                    let _ = reply.send(answer);
+                } else if !self.up {
                     let _ = reply.send(Err(RequestError::Stopped));
                 } else if stale {
                     let _ = reply.send(Ok(self.kv.get(&key).map(str::to_string)));
@@ -382,6 +432,10 @@ impl<T: Transport> Driver<T> {
                 let _ = reply.send(self.status());
             }
             Event::Stop { reply } => {
+                // Stopped by the operator: stays stopped when space comes back.
+                if let Some(alarm) = &mut self.no_space {
+                    alarm.left_raft = false;
+                }
                 if self.up {
                     info!("stopping: leaving Raft until started again");
                     self.up = false;
@@ -496,21 +550,34 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// Refuses a put that would take the state past the quota. Checked where the
+    /// leader accepts proposals (followers forward theirs), against the applied
+    /// state: writes proposed but not yet applied are not counted, so the state may
+    /// pass the quota by at most what is in flight when it is reached.
+    fn check_quota(&self, kind: &WriteKind) -> Result<(), RequestError> {
+        let WriteKind::Put { key, value_bytes } = kind else {
+            return Ok(());
+        };
+        if self.node.role() != Role::Leader || plant::active(Plant::NoQuota) {
+            return Ok(());
+        }
+        let quota = self.config.quota_bytes;
+        let would_be = self.kv.bytes_after_put(key, *value_bytes);
+        // A put that does not grow the state is fine even past the quota (which a
+        // lowered DISTRAFT_QUOTA_BYTES can leave behind).
+        if would_be > quota && would_be > self.kv.state_bytes() {
+            return Err(RequestError::QuotaExceeded { would_be, quota });
+        }
+        Ok(())
+    }
+
     /// Rebuilds the core from storage, exactly as a restart of the process would.
     fn restart(&mut self) -> Result<(), RequestError> {
         match OpenNode::open(&self.config, self.storage_options.clone()) {
             Ok(open) => {
-                self.node = open.node;
-                self.storage = Some(open.storage);
-                self.kv = open.kv;
-                self.applied = open.applied;
-                self.applied_term = open.applied_term;
-                self.snapshot_index = open.applied;
-                self.since_snapshot = SinceSnapshot {
-                    state_bytes: open.state_bytes,
-                    ..SinceSnapshot::default()
-                };
-                self.up = true;
+                self.rejoin(open);
+                // Whatever the disk was short of, the next write will say again.
+                self.no_space = None;
                 info!("started: rejoining Raft from the persisted state");
                 Ok(())
             }
@@ -538,6 +605,109 @@ impl<T: Transport> Driver<T> {
             }
             None => Ok(ready),
         }
+    }
+
+    /// Takes the core, storage and state machine just recovered from disk, and goes
+    /// back into Raft.
+    fn rejoin(&mut self, open: OpenNode) {
+        self.node = open.node;
+        self.storage = Some(open.storage);
+        self.kv = open.kv;
+        self.applied = open.applied;
+        self.applied_term = open.applied_term;
+        self.snapshot_index = open.applied;
+        self.since_snapshot = SinceSnapshot {
+            state_bytes: open.state_bytes,
+            ..SinceSnapshot::default()
+        };
+        self.up = true;
+    }
+
+    /// The WAL could not be written for lack of space. Going on is not possible (what
+    /// is on disk past the last fsync is unknown until reopened), and neither is it
+    /// necessary to exit: nothing acknowledged is lost, as no fsync failed. So the
+    /// node leaves Raft exactly as Admin.Stop does (as if it crashed, which Raft always
+    /// tolerates), raises the NOSPACE alarm, keeps serving reads and status, and
+    /// rejoins from disk once space is back (`check_space`).
+    fn leave_raft_for_space(&mut self, err: &StorageError) {
+        error!(
+            "{err}: leaving Raft and refusing writes until space is freed (NOSPACE alarm); \
+             reads and status are still served"
+        );
+        self.no_space = Some(NoSpaceAlarm {
+            left_raft: true,
+            leader: self.node.leader(),
+        });
+        self.up = false;
+        // Proposals may still commit through the others: they become indeterminate.
+        self.fail_everything(RequestError::Stopped);
+        self.settle_snapshot();
+        self.storage = None;
+    }
+
+    /// Where a node out of Raft sends a linearizable read: the leader it knew, else
+    /// any other member in turn (a follower serves linearizable reads too, by
+    /// ReadIndex), so that a retried read tries them all.
+    fn read_elsewhere(&mut self) -> Option<NodeId> {
+        let me = self.config.id;
+        if let Some(leader) = self.no_space.as_ref().and_then(|a| a.leader) {
+            if leader != me {
+                return Some(leader);
+            }
+        }
+        let peers: Vec<NodeId> = self.config.peers().map(|m| m.id).collect();
+        let turn = self.next_read_id as usize;
+        self.next_read_id += 1;
+        peers.get(turn.checked_rem(peers.len())?).copied()
+    }
+
+    /// Raises the NOSPACE alarm for a snapshot that found the disk full; the node stays
+    /// in Raft, keeps its older snapshot and log, and tries again at the next threshold.
+    fn raise_snapshot_no_space(&mut self) {
+        if self.no_space.is_none() {
+            error!("the disk is full: NOSPACE alarm raised, writes refused until space is freed");
+            self.no_space = Some(NoSpaceAlarm {
+                left_raft: false,
+                leader: None,
+            });
+        }
+    }
+
+    /// While the NOSPACE alarm is raised: once both directories have room again,
+    /// reopens storage from disk (repairing a torn tail) and rejoins Raft if the alarm
+    /// took the node out of it, then clears the alarm.
+    fn check_space(&mut self) -> Result<(), DriverError> {
+        let Some(alarm) = &self.no_space else {
+            return Ok(());
+        };
+        let largest_entry =
+            (self.config.max_key_bytes as u64).saturating_add(self.config.max_value_bytes as u64);
+        let wanted = largest_entry
+            .saturating_mul(4)
+            .saturating_add(RESUME_FREE_BYTES);
+        match self.storage_options.has_free_space(wanted) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(err) => {
+                warn!("checking free space: {err}");
+                return Ok(());
+            }
+        }
+        if alarm.left_raft && !self.up {
+            match OpenNode::open(&self.config, self.storage_options.clone()) {
+                Ok(open) => self.rejoin(open),
+                Err(DriverError::Storage(err)) if err.is_out_of_space() => {
+                    warn!("space is back but reopening storage found none: {err}");
+                    return Ok(());
+                }
+                Err(err) => return Err(err),
+            }
+            info!("space is back: NOSPACE alarm cleared, rejoining Raft from the persisted state");
+        } else {
+            info!("space is back: NOSPACE alarm cleared");
+        }
+        self.no_space = None;
+        Ok(())
     }
 
     /// Carries out one Ready in the order its documentation prescribes.
@@ -827,7 +997,12 @@ impl<T: Transport> Driver<T> {
                 "dropped our snapshot: a newer one was installed meanwhile"
             ),
             // Not fatal, nothing lost: the log is kept, the next threshold retries.
-            Err(err) => error!(index, "taking a snapshot failed: {err}"),
+            Err(err) => {
+                error!(index, "taking a snapshot failed: {err}");
+                if matches!(&err, DriverError::Storage(err) if err.is_out_of_space()) {
+                    self.raise_snapshot_no_space();
+                }
+            }
         }
     }
 
@@ -953,6 +1128,11 @@ impl<T: Transport> Driver<T> {
             state_digest: self.kv.digest_hex(),
             voting: status.may_vote,
             cluster_id: format!("{:016x}", config.cluster_id),
+            state_bytes: self.kv.state_bytes(),
+            alarm: match self.no_space {
+                Some(_) => "NOSPACE".to_string(),
+                None => String::new(),
+            },
         };
         if !self.up {
             // As if crashed: no role, no leader, whatever the core last believed.

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -11,12 +11,12 @@ use clap::Parser;
 use tempfile::TempDir;
 
 use super::runner::spawn_with_storage;
-use super::{storage_options, DriverError, DriverHandle, Transport};
+use super::{storage_options, DriverError, DriverHandle, RequestError, Transport, WriteKind};
 use crate::config::{Config, NodeArgs};
 use crate::kv::Kv;
 use crate::proto::v1::StatusResponse;
 use crate::raft::{Index, Message, SnapshotMeta};
-use crate::storage::{SnapshotFile, SnapshotHook};
+use crate::storage::{SnapshotFile, SnapshotHook, StorageError, WalFault, WalStep};
 
 /// Far longer than any answer of a driver that is not blocked.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -61,8 +61,17 @@ fn config(dir: &Path, snapshot_threshold: u64) -> Arc<Config> {
 type Done = tokio::sync::oneshot::Receiver<Result<(), DriverError>>;
 
 async fn start(config: &Arc<Config>, hook: Option<SnapshotHook>) -> (DriverHandle, Done) {
+    start_with_wal_fault(config, hook, None).await
+}
+
+async fn start_with_wal_fault(
+    config: &Arc<Config>,
+    hook: Option<SnapshotHook>,
+    wal_fault: Option<WalFault>,
+) -> (DriverHandle, Done) {
     let mut options = storage_options(config);
     options.snapshot_hook = hook;
+    options.wal_fault = wal_fault;
     let (handle, done) = spawn_with_storage(config.clone(), NoPeers, options).unwrap();
     wait_for(&handle, "leadership", |s| s.is_leader).await;
     (handle, done)
@@ -90,8 +99,35 @@ async fn wait_for(
 }
 
 async fn put(handle: &DriverHandle, i: usize) {
-    let command = Kv::put_command(format!("key {i}"), format!("value {i}"));
-    within("a write", handle.propose(command)).await.unwrap();
+    try_put(handle, format!("key {i}"), format!("value {i}"))
+        .await
+        .unwrap();
+}
+
+async fn try_put(handle: &DriverHandle, key: String, value: String) -> Result<(), RequestError> {
+    let kind = WriteKind::Put {
+        key: key.clone(),
+        value_bytes: value.len(),
+    };
+    let command = Kv::put_command(key, value);
+    within("a write", handle.propose(command, kind))
+        .await
+        .map(|_| ())
+}
+
+/// A WAL fault layer: while `full` is set, the disk is full (ENOSPC where the WAL
+/// grows); while `broken` is set, every fsync fails with EIO.
+fn wal_fault(full: &Arc<AtomicBool>, broken: &Arc<AtomicBool>) -> WalFault {
+    let (full, broken) = (full.clone(), broken.clone());
+    WalFault(Arc::new(move |step| match step {
+        WalStep::Reserve if full.load(Ordering::SeqCst) => {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        WalStep::Sync if broken.load(Ordering::SeqCst) => {
+            Err(std::io::Error::from_raw_os_error(libc::EIO))
+        }
+        _ => Ok(()),
+    }))
 }
 
 async fn assert_all_keys(handle: &DriverHandle, count: usize) {
@@ -228,5 +264,86 @@ async fn shutdown_abandons_a_stuck_snapshot_safely() {
     drop(gate.release);
     put(&handle, 15).await;
     assert_all_keys(&handle, 16).await;
+    shut_down(handle, done).await;
+}
+
+#[tokio::test]
+async fn an_fsync_error_stops_the_driver_naming_the_file_and_loses_nothing() {
+    let dir = TempDir::new().unwrap();
+    let config = config(dir.path(), 1000);
+    let (full, broken) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+    let fault = wal_fault(&full, &broken);
+    let (handle, done) = start_with_wal_fault(&config, None, Some(fault)).await;
+    for i in 0..10 {
+        put(&handle, i).await;
+    }
+    broken.store(true, Ordering::SeqCst);
+    // Never acknowledged: the fsync behind it failed.
+    assert!(try_put(&handle, "lost".into(), "?".into()).await.is_err());
+    // Fail-stop: the driver ends with the error, naming the WAL file and the cause.
+    let err = within("the driver's end", done).await.unwrap().unwrap_err();
+    match &err {
+        DriverError::Storage(StorageError::Io { path, source }) => {
+            assert!(path.to_string_lossy().ends_with(".wal"), "{err}");
+            assert_eq!(source.raw_os_error(), Some(libc::EIO), "{err}");
+        }
+        other => panic!("expected the WAL's I/O error, got {other}"),
+    }
+    assert!(err.to_string().contains(".wal"), "{err}");
+    // Gone for good: nothing more is accepted.
+    assert!(try_put(&handle, "after".into(), "?".into()).await.is_err());
+
+    // Recovery keeps every acknowledged write.
+    let (handle, done) = start(&config, None).await;
+    assert_all_keys(&handle, 10).await;
+    shut_down(handle, done).await;
+}
+
+#[tokio::test]
+async fn a_full_disk_raises_the_alarm_keeps_reads_and_resumes_when_space_is_back() {
+    let dir = TempDir::new().unwrap();
+    let config = config(dir.path(), 1000);
+    let (full, broken) = (Arc::new(AtomicBool::new(false)), Arc::default());
+    let fault = wal_fault(&full, &broken);
+    let (handle, done) = start_with_wal_fault(&config, None, Some(fault)).await;
+    for i in 0..10 {
+        put(&handle, i).await;
+    }
+    full.store(true, Ordering::SeqCst);
+    // Larger than the zeros written ahead: the WAL must grow, and cannot.
+    let big = "x".repeat(400 * 1024);
+    let refused = try_put(&handle, "big".into(), big.clone()).await;
+    assert_eq!(refused, Err(RequestError::Indeterminate));
+    let status = wait_for(&handle, "the alarm", |s| s.alarm == "NOSPACE").await;
+    assert!(
+        !status.up,
+        "out of Raft while the WAL cannot be written: {status:?}"
+    );
+
+    // Writes are refused; stale reads are served; linearizable ones go to a leader
+    // (this single node was it, so there is none to go to).
+    let refused = try_put(&handle, "key 0".into(), "new".into()).await;
+    assert_eq!(refused, Err(RequestError::NoSpace));
+    let stale = within("a stale read", handle.read("key 3".into(), true)).await;
+    assert_eq!(stale, Ok(Some("value 3".to_string())));
+    let linearizable = within("a read", handle.read("key 3".into(), false)).await;
+    assert_eq!(linearizable, Err(RequestError::NotLeader { leader: None }));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = within("status", handle.status()).await.unwrap();
+    assert_eq!(status.alarm, "NOSPACE", "no space yet: still alarmed");
+
+    // Space is back: the node clears the alarm and rejoins by itself.
+    full.store(false, Ordering::SeqCst);
+    wait_for(&handle, "the alarm cleared", |s| {
+        s.alarm.is_empty() && s.up && s.is_leader
+    })
+    .await;
+    assert_all_keys(&handle, 10).await;
+    put(&handle, 10).await;
+    try_put(&handle, "big".into(), big).await.unwrap();
+    shut_down(handle, done).await;
+
+    let (handle, done) = start(&config, None).await;
+    assert_all_keys(&handle, 11).await;
     shut_down(handle, done).await;
 }

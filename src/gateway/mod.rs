@@ -217,11 +217,11 @@ impl From<tonic::Status> for ApiError {
             // Cancelled and Unknown are what a gRPC client sees when the deadline ran
             // out or the connection broke: like a timeout, the request may or may not
             // have happened; try again.
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::ResourceExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            // The quota, or this node's full disk: nothing was written.
+            Code::ResourceExhausted => StatusCode::INSUFFICIENT_STORAGE,
             Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
             Code::Ok | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -379,7 +379,7 @@ fn key_not_found(key: &str) -> ApiError {
 }
 
 /// The JSON `status` object of `GET /`: the original's fields and types, plus
-/// `snapshot_index`, `state_digest` and `cluster_id`.
+/// `snapshot_index`, `state_digest`, `cluster_id`, `voting`, `state_bytes` and `alarm`.
 fn status_json(status: StatusResponse) -> Value {
     let members: serde_json::Map<String, Value> = status
         .members
@@ -407,6 +407,8 @@ fn status_json(status: StatusResponse) -> Value {
         "state_digest": status.state_digest,
         "voting": status.voting,
         "cluster_id": status.cluster_id,
+        "state_bytes": status.state_bytes,
+        "alarm": status.alarm,
     })
 }
 

@@ -117,6 +117,8 @@ impl Admin for Arc<FakeNode> {
             state_digest: "00ff".into(),
             voting: true,
             cluster_id: "0123456789abcdef".into(),
+            state_bytes: 42,
+            alarm: String::new(),
         }))
     }
 }
@@ -208,6 +210,8 @@ async fn status_has_every_original_field_with_its_type() {
     assert_eq!(status["state_digest"], "00ff");
     assert_eq!(status["voting"], true);
     assert_eq!(status["cluster_id"], "0123456789abcdef");
+    assert_eq!(status["state_bytes"], 42);
+    assert_eq!(status["alarm"], "");
 }
 
 #[tokio::test]
@@ -459,6 +463,7 @@ fn grpc_codes_map_to_http() {
         (Code::DeadlineExceeded, StatusCode::SERVICE_UNAVAILABLE),
         (Code::Cancelled, StatusCode::SERVICE_UNAVAILABLE),
         (Code::Unknown, StatusCode::SERVICE_UNAVAILABLE),
+        (Code::ResourceExhausted, StatusCode::INSUFFICIENT_STORAGE),
         (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
     ];
     for (code, http) in cases {

@@ -20,7 +20,9 @@ use super::convert;
 use super::peers::{raft_rpc_timeout, snapshot_timeout, Peers};
 use super::refusals::Refusals;
 use crate::config::Config;
-use crate::driver::{DriverHandle, RaftReply, ReceivedSnapshot, RequestError, SnapshotAdmission};
+use crate::driver::{
+    DriverHandle, RaftReply, ReceivedSnapshot, RequestError, SnapshotAdmission, WriteKind,
+};
 use crate::kv::{Applied, Kv};
 use crate::proto::v1::{
     self as pb, admin_server::AdminServer, kv_client::KvClient, kv_server::KvServer,
@@ -136,6 +138,8 @@ fn status_of(err: RequestError) -> Status {
             | RequestError::Stopped
             | RequestError::ShuttingDown
             | RequestError::Overloaded
+            | RequestError::QuotaExceeded { .. }
+            | RequestError::NoSpace
     );
     let mut status = match err {
         RequestError::NotLeader { .. } | RequestError::LeadershipLost => Status::unavailable(
@@ -146,6 +150,10 @@ fn status_of(err: RequestError) -> Status {
         | RequestError::ShuttingDown
         | RequestError::Overloaded => Status::unavailable(err.to_string()),
         RequestError::Rejected(_) | RequestError::Storage(_) => Status::internal(err.to_string()),
+        // HTTP 507 at the gateway.
+        RequestError::QuotaExceeded { .. } | RequestError::NoSpace => {
+            Status::resource_exhausted(err.to_string())
+        }
     };
     if not_applied {
         status.metadata_mut().insert(
@@ -364,18 +372,32 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let deadline = Deadline::of(&request, self.config.request_timeout);
+        let forwarded = request.metadata().contains_key(FORWARDED);
         let pb::GetRequest { key, stale } = request.into_inner();
         self.check_key(&key)?;
         // Linearizable reads are served here by ReadIndex (the core asks the leader to
         // confirm the read index), which spreads read load over the replicas and never
-        // ships the value twice; so reads are not forwarded.
+        // ships the value twice. They are forwarded to the leader only when this node
+        // cannot take part (out of Raft for lack of space: the NOSPACE alarm).
         let value = self
             .run(
                 &deadline,
-                false,
+                forwarded,
                 false,
                 || self.driver.read(key.clone(), stale),
-                |_, _| async { Err(Status::unavailable("reads are not forwarded")) },
+                |mut client, remaining| {
+                    let request = pb::GetRequest {
+                        key: key.clone(),
+                        stale,
+                    };
+                    async move {
+                        match client.get(forwarded_request(request, remaining)).await {
+                            Ok(found) => Ok(Some(found.into_inner().value)),
+                            Err(status) if status.code() == Code::NotFound => Ok(None),
+                            Err(status) => Err(status),
+                        }
+                    }
+                },
             )
             .await?;
         match value {
@@ -404,7 +426,11 @@ impl pb::kv_server::Kv for KvService {
                 forwarded,
                 true,
                 || async {
-                    let committed = self.driver.propose(command.clone()).await?;
+                    let kind = WriteKind::Put {
+                        key: key.clone(),
+                        value_bytes: value.len(),
+                    };
+                    let committed = self.driver.propose(command.clone(), kind).await?;
                     Ok(pb::PutResponse {
                         key: key.clone(),
                         value: value.clone(),
@@ -443,7 +469,10 @@ impl pb::kv_server::Kv for KvService {
                 forwarded,
                 true,
                 || async {
-                    let committed = self.driver.propose(command.clone()).await?;
+                    let committed = self
+                        .driver
+                        .propose(command.clone(), WriteKind::Delete)
+                        .await?;
                     let existed = matches!(committed.applied, Applied::Delete { existed: true });
                     Ok(pb::DeleteResponse {
                         key: key.clone(),

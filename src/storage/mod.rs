@@ -13,6 +13,7 @@
 //! through an index of where each batch record lies ([`RecordSpan`]).
 
 pub mod identity;
+mod lock;
 mod record;
 mod reset;
 mod snapshot;
@@ -26,11 +27,13 @@ use std::sync::Arc;
 
 use tracing::warn;
 
+use crate::plant::{self, Plant};
 use crate::raft::{Entry, HardState, Index, Restored, SnapshotMeta, Term};
 use record::Record;
 use snapshot::{SNAPSHOT_SUFFIX, TEMP_SUFFIX};
 use terms::{LogTerms, SnapshotFit};
 
+pub use lock::{DirLock, LockError, LOCK_FILE};
 pub use snapshot::{SnapshotFile, SnapshotJob, SnapshotWriter};
 
 const WAL_SUFFIX: &str = ".wal";
@@ -48,6 +51,33 @@ pub struct StorageOptions {
     pub segment_bytes: u64,
     /// Run by every snapshot writer before it makes its file durable (tests only).
     pub snapshot_hook: Option<SnapshotHook>,
+    /// Run before every write and fsync of the WAL (tests only): injects faults.
+    pub wal_fault: Option<WalFault>,
+}
+
+/// A test hook: called before each step of a WAL append with that step; an error
+/// takes the place of the step's own result (the step is not carried out). Lets tests
+/// fill the disk or fail an fsync at a chosen moment.
+#[derive(Clone)]
+pub struct WalFault(pub Arc<WalFaultFn>);
+
+pub type WalFaultFn = dyn Fn(WalStep) -> io::Result<()> + Send + Sync;
+
+/// The steps of a WAL append, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalStep {
+    /// Zeros written ahead of the records: where the file grows.
+    Reserve,
+    /// The record, over zeros already written.
+    Write,
+    /// The fdatasync.
+    Sync,
+}
+
+impl std::fmt::Debug for WalFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WalFault")
+    }
 }
 
 /// A test hook: called with the snapshot's meta just before its file is fsynced and
@@ -72,7 +102,24 @@ impl StorageOptions {
             data_dir: data_dir.into(),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             snapshot_hook: None,
+            wal_fault: None,
         }
+    }
+
+    /// Whether both directories have at least `bytes` available to this process (and
+    /// no injected fault says the disk is full, see [`WalFault`]).
+    pub fn has_free_space(&self, bytes: u64) -> Result<bool, StorageError> {
+        if let Some(WalFault(fault)) = &self.wal_fault {
+            if fault(WalStep::Reserve).is_err() {
+                return Ok(false);
+            }
+        }
+        for dir in [&self.log_dir, &self.data_dir] {
+            if fs4::available_space(dir).map_err(io_error(dir))? < bytes {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -91,6 +138,15 @@ pub enum StorageError {
         offset: u64,
         reason: String,
     },
+    /// A write (never an fsync) failed for lack of space (ENOSPC): nothing was lost,
+    /// as no fsync failed, but the storage is unusable until reopened once space is
+    /// back (what is on disk past the last fsync is unknown until then).
+    #[error("no space left on the device of {}: {source}", path.display())]
+    NoSpace {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// A request that would break the log's invariants (a caller bug); nothing was
     /// written.
     #[error("invalid storage request: {0}")]
@@ -106,6 +162,38 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
     move |source| StorageError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// Wraps the error of a write (not of an fsync): a full disk is `NoSpace`.
+fn write_error(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| match source.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => StorageError::NoSpace {
+            path: path.to_path_buf(),
+            source,
+        },
+        _ => StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+impl StorageError {
+    /// Whether this is a full disk (or a disk quota) rather than a broken one. For a
+    /// snapshot file any step may say so, even its fsync: a failed snapshot is thrown
+    /// away and a later one written anew, so no failed fsync is ever trusted.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            StorageError::NoSpace { .. } => true,
+            StorageError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            StorageError::Corrupt { .. } | StorageError::Invalid(_) | StorageError::Poisoned => {
+                false
+            }
+        }
     }
 }
 
@@ -210,6 +298,7 @@ pub struct Storage {
     buf: Vec<u8>,
     poisoned: bool,
     snapshot_hook: Option<SnapshotHook>,
+    wal_fault: Option<WalFault>,
 }
 
 impl Storage {
@@ -356,6 +445,7 @@ impl Storage {
             buf: Vec::new(),
             poisoned: false,
             snapshot_hook: opts.snapshot_hook,
+            wal_fault: opts.wal_fault,
         };
         // Finish whatever compaction a crash interrupted (the same rule as
         // finish_snapshot), so the WAL is clean before anything new is appended.
@@ -618,7 +708,10 @@ impl Storage {
         f: impl FnOnce(&mut Storage) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         let result = f(self);
-        if matches!(result, Err(StorageError::Io { .. })) {
+        if matches!(
+            result,
+            Err(StorageError::Io { .. } | StorageError::NoSpace { .. })
+        ) {
             self.poisoned = true;
         }
         result
@@ -629,16 +722,32 @@ impl Storage {
         let segment = self.segments.len() - 1;
         let path = &self.segments[segment].path;
         let end = self.active_len + self.buf.len() as u64;
+        let fault = |step| match &self.wal_fault {
+            Some(WalFault(fault)) => fault(step),
+            None => Ok(()),
+        };
         if end > self.zeroed_to {
-            // Zeros first, then the record over them; one fdatasync covers both.
+            // Zeros first, then the record over them; one fdatasync covers both. The
+            // zeros allocate the blocks, so a full disk shows here, before the record.
             let zero_to = end.max(self.zeroed_to + ZERO_AHEAD_BYTES);
-            write_zeros(&self.active, self.zeroed_to, zero_to).map_err(io_error(path))?;
+            fault(WalStep::Reserve)
+                .and_then(|()| write_zeros(&self.active, self.zeroed_to, zero_to))
+                .map_err(write_error(path))?;
             self.zeroed_to = zero_to;
         }
-        self.active
-            .write_all_at(&self.buf, self.active_len)
-            .map_err(io_error(path))?;
-        self.active.sync_data().map_err(io_error(path))?;
+        fault(WalStep::Write)
+            .and_then(|()| self.active.write_all_at(&self.buf, self.active_len))
+            .map_err(write_error(path))?;
+        // Never `NoSpace`: whatever an fsync failed with, it is not retried.
+        let synced = fault(WalStep::Sync).and_then(|()| self.active.sync_data());
+        if plant::active(Plant::FsyncErrorRecoverable) {
+            synced.map_err(|source| StorageError::NoSpace {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        } else {
+            synced.map_err(io_error(path))?;
+        }
         self.active_len = end;
         self.segments[segment].end = end;
         Ok(())
@@ -797,6 +906,15 @@ fn replay_wal(log_dir: &Path) -> Result<Replay, StorageError> {
             offset: offset as u64,
             reason,
         };
+        if is_last {
+            // Only the last segment can hold writes never fsynced (a process that died,
+            // or a full disk, between a write and its fsync): make them durable before
+            // trusting what the page cache gives back. Earlier segments were fsynced
+            // before the next one was created.
+            File::open(path)
+                .and_then(|file| file.sync_all())
+                .map_err(io_error(path))?;
+        }
         let image = fs::read(path).map_err(io_error(path))?;
         match record::decode_segment_header(&image) {
             Ok(named) if named == *first_index => {}
@@ -993,7 +1111,7 @@ fn create_segment(
         .create_new(true)
         .open(&path)
         .map_err(io_error(&path))?;
-    file.write_all_at(&image, 0).map_err(io_error(&path))?;
+    file.write_all_at(&image, 0).map_err(write_error(&path))?;
     file.sync_data().map_err(io_error(&path))?;
     sync_dir(log_dir)?;
     let end = image.len() as u64;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::raft::{Index, SnapshotMeta};
 
-use super::{io_error, sync_dir, SnapshotHook, StorageError};
+use super::{io_error, sync_dir, write_error, SnapshotHook, StorageError};
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"DRAFTSNP";
 const FORMAT_VERSION: u32 = 1;
@@ -279,7 +279,7 @@ impl SnapshotWriter {
         writer
             .out
             .write_all(&header)
-            .map_err(io_error(&writer.temp_path))?;
+            .map_err(write_error(&writer.temp_path))?;
         Ok(writer)
     }
 
@@ -313,9 +313,10 @@ impl SnapshotWriter {
         trailer[8..12].copy_from_slice(&self.crc.to_le_bytes());
         let trailer_crc = crc32c::crc32c(&trailer[..12]);
         trailer[12..].copy_from_slice(&trailer_crc.to_le_bytes());
-        let temp = io_error(&self.temp_path);
+        // Writes: a full disk is `NoSpace` (the driver's alarm), not a broken one.
+        let temp = write_error(&self.temp_path);
         self.out.write_all(&trailer).map_err(temp)?;
-        self.out.flush().map_err(io_error(&self.temp_path))?;
+        self.out.flush().map_err(write_error(&self.temp_path))?;
         self.out
             .get_ref()
             .sync_data()
@@ -356,7 +357,7 @@ impl SnapshotJob {
         image: impl FnOnce(&mut SnapshotWriter) -> io::Result<()>,
     ) -> Result<SnapshotFile, StorageError> {
         let mut writer = SnapshotWriter::create(&self.data_dir, self.meta, self.hook)?;
-        image(&mut writer).map_err(io_error(&writer.temp_path))?;
+        image(&mut writer).map_err(write_error(&writer.temp_path))?;
         let file = writer.commit(&self.data_dir)?;
         sync_dir(&self.data_dir)?;
         Ok(file)
