@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::access::{Access, AccessArgs};
+use crate::limits::{LimitArgs, Limits};
 use crate::raft::{self, NodeId};
 
 /// How often the driver ticks the Raft core, unless heartbeats are so short that a
@@ -99,6 +101,12 @@ pub struct NodeArgs {
     /// Take a snapshot once this many entries were applied since the last one.
     #[arg(long, env = "DISTRAFT_SNAPSHOT_THRESHOLD", default_value = "10000")]
     pub snapshot_threshold: String,
+    /// API token, CORS origins, allowed Host names.
+    #[command(flatten)]
+    pub access: AccessArgs,
+    /// Bounds at the edges (connections, body read time, forwarded writes).
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// A configuration value that cannot be used. Displays as one line:
@@ -112,7 +120,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(var: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
+    pub(crate) fn new(var: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
         ConfigError {
             var,
             value: value.to_string(),
@@ -166,6 +174,10 @@ pub struct Config {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub snapshot_threshold: u64,
+    /// Who may use the client API (token, CORS, Host).
+    pub access: Access,
+    /// Bounds at the edges.
+    pub limits: Limits,
 }
 
 impl Config {
@@ -242,6 +254,8 @@ impl Config {
         let max_value_bytes = parse_positive("DISTRAFT_MAX_VALUE_BYTES", &args.max_value_bytes)?;
         let snapshot_threshold =
             parse_positive("DISTRAFT_SNAPSHOT_THRESHOLD", &args.snapshot_threshold)?;
+        let access = Access::from_args(&args.access, &members, &[&host, &client_host])?;
+        let limits = Limits::from_args(&args.limits)?;
 
         Ok(Config {
             id,
@@ -268,6 +282,8 @@ impl Config {
             max_key_bytes: usize::try_from(max_key_bytes).unwrap_or(usize::MAX),
             max_value_bytes: usize::try_from(max_value_bytes).unwrap_or(usize::MAX),
             snapshot_threshold,
+            access,
+            limits,
         })
     }
 
@@ -409,7 +425,7 @@ fn parse_f64(var: &'static str, raw: &str) -> Result<f64, ConfigError> {
 }
 
 /// A positive duration in (possibly fractional) seconds, as the original's floats.
-fn parse_seconds(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_seconds(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
     let seconds = parse_f64(var, raw)?;
     if seconds <= 0.0 {
         return Err(ConfigError::new(
@@ -424,7 +440,7 @@ fn parse_seconds(var: &'static str, raw: &str) -> Result<Duration, ConfigError> 
         .ok_or_else(|| ConfigError::new(var, raw, "is not a usable number of seconds"))
 }
 
-fn parse_positive(var: &'static str, raw: &str) -> Result<u64, ConfigError> {
+pub(crate) fn parse_positive(var: &'static str, raw: &str) -> Result<u64, ConfigError> {
     match raw.trim().parse::<u64>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(ConfigError::new(var, raw, "is not a positive integer")),

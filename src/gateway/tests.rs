@@ -135,6 +135,7 @@ fn settings() -> GatewaySettings {
         max_value_bytes: 32,
         request_timeout: Duration::from_millis(300),
         pretty: false,
+        ..GatewaySettings::default()
     }
 }
 
