@@ -336,8 +336,12 @@ impl Gateway {
             Ok(key) => key,
             Err(error) => return Err(discard_body(body, error).await),
         };
+        let body_read_timeout = match cfg!(feature = "plant-no-edge-limits") {
+            true => Duration::from_secs(3600),
+            false => self.settings.body_read_timeout,
+        };
         let body = tokio::time::timeout(
-            self.settings.body_read_timeout,
+            body_read_timeout,
             read_body(body, content_length, self.max_body_bytes()),
         )
         .await

