@@ -1,6 +1,6 @@
 //! Who may change things, and the bounds at the edges, on real nodes: the API token on
 //! every HTTP route and gRPC method, CORS preflights, the Host allowlist, the HTTP
-//! connection cap and the body-read timeout.
+//! connection cap, the body-read timeout and the cap on writes forwarded to the leader.
 //!
 //! Planted bugs these tests catch (see Cargo.toml):
 //! `cargo test --features plant-open-api --test integration access` and
@@ -98,6 +98,8 @@ async fn the_api_token_guards_every_route_but_status() {
         &[
             ("DISTRAFT_API_TOKEN", TOKEN),
             ("DISTRAFT_CORS_ORIGINS", VIEWER),
+            // One write forwarded at a time, so that a burst meets the cap.
+            ("DISTRAFT_MAX_FORWARDED_REQUESTS", "1"),
         ],
     )
     .await;
@@ -146,6 +148,25 @@ async fn the_api_token_guards_every_route_but_status() {
         send(&cluster, read, Credentials::Right).await.1["value"],
         "yes"
     );
+
+    // A burst of writes through the follower: past the forwarding cap, a quick 503
+    // that says so; the others succeed.
+    let burst = (0..50).map(|i| {
+        let put = http
+            .post(format!("{base}/burst{i}"))
+            .form(&[("value", "b")]);
+        send(&cluster, put, Credentials::Right)
+    });
+    let answers = futures::future::join_all(burst).await;
+    let refused = answers
+        .iter()
+        .filter(|(code, body)| {
+            *code == 503 && body["error"].as_str().unwrap_or("").contains("forwarded")
+        })
+        .count();
+    let written = answers.iter().filter(|(code, _)| *code == 200).count();
+    assert!(refused > 0 && written > 0, "{answers:?}");
+    assert_eq!(refused + written, answers.len(), "{answers:?}");
 
     // Stop and start a follower: only with the token.
     let mut up = true;
