@@ -4,7 +4,8 @@
 //!
 //! Planted bugs these tests catch (see Cargo.toml):
 //! `cargo test --features plant-open-api --test integration access` and
-//! `cargo test --features plant-no-edge-limits --test integration access`.
+//! `cargo test --features plant-no-connection-cap --test integration access`,
+//! `cargo test --features plant-no-body-timeout --test integration access`.
 
 use std::time::{Duration, Instant};
 

@@ -336,7 +336,7 @@ impl Gateway {
             Ok(key) => key,
             Err(error) => return Err(discard_body(body, error).await),
         };
-        let body_read_timeout = match cfg!(feature = "plant-no-edge-limits") {
+        let body_read_timeout = match cfg!(feature = "plant-no-body-timeout") {
             true => Duration::from_secs(3600),
             false => self.settings.body_read_timeout,
         };

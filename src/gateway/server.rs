@@ -35,7 +35,7 @@ pub async fn serve(
     backend: Backend,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let open = match cfg!(feature = "plant-no-edge-limits") {
+    let open = match cfg!(feature = "plant-no-connection-cap") {
         true => Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
         false => Arc::new(Semaphore::new(settings.max_connections)),
     };

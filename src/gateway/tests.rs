@@ -489,3 +489,49 @@ fn strict_percent_decoding() {
         Err(DecodeError::NotUtf8)
     );
 }
+
+/// Every origin `DISTRAFT_CORS_ORIGINS` accepts is one warp can use (its parser panics
+/// on others), and exactly those get the CORS headers.
+#[tokio::test]
+async fn configured_cors_origins_are_usable() {
+    let origins = "http://viewer.example:8080, https://[::1]:3000, http://10.0.0.1, https://a-b.c/";
+    let args = crate::access::AccessArgs {
+        api_token: None,
+        api_token_file: None,
+        cors_origins: origins.to_string(),
+        allowed_hosts: None,
+    };
+    let settings = GatewaySettings {
+        access: Access::from_args(&args, &[], &[]).unwrap(),
+        ..settings()
+    };
+    let (_, backend) = fake_node();
+    let routes = routes(settings, backend);
+    let preflight = |origin: &'static str| {
+        warp::test::request()
+            .method("OPTIONS")
+            .path("/k")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization")
+            .reply(&routes)
+    };
+    for allowed in [
+        "http://viewer.example:8080",
+        "https://[::1]:3000",
+        "http://10.0.0.1",
+        "https://a-b.c",
+    ] {
+        let answer = preflight(allowed).await;
+        assert_eq!(answer.status(), StatusCode::OK, "{allowed}");
+        assert_eq!(
+            answer.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            allowed
+        );
+    }
+    let refused = preflight("http://viewer.example").await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(!refused
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+}
