@@ -3,6 +3,7 @@
 //!
 //! Run with `cargo test --test integration` (the README's test command runs them all).
 
+mod access;
 mod api;
 mod faults;
 mod harness;

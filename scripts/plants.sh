@@ -25,6 +25,9 @@ plants=(
   "no-quota|--test integration quota"
   "nospace-fatal|--lib driver::"
   "fsync-error-recoverable|--lib driver::"
+  "open-api|--test integration access"
+  "no-connection-cap|--test integration access"
+  "no-body-timeout|--test integration access"
 )
 
 echo "plants.sh: building with the plants feature" >&2

@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::access::{Access, AccessArgs};
+use crate::limits::{LimitArgs, Limits};
 use crate::raft::{self, NodeId};
 
 /// How often the driver ticks the Raft core, unless heartbeats are so short that a
@@ -141,6 +143,12 @@ pub struct NodeArgs {
     /// is refused (HTTP 507), deletes still work. Default 2 GiB, as etcd's quota.
     #[arg(long, env = "DISTRAFT_QUOTA_BYTES", default_value = "2147483648")]
     pub quota_bytes: String,
+    /// API token, CORS origins, allowed Host names.
+    #[command(flatten)]
+    pub access: AccessArgs,
+    /// Bounds at the edges (connections, body read time, forwarded writes).
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// A configuration value that cannot be used. Displays as one line:
@@ -154,7 +162,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(var: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
+    pub(crate) fn new(var: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
         ConfigError {
             var,
             value: value.to_string(),
@@ -219,6 +227,10 @@ pub struct Config {
     pub log_cache_bytes: usize,
     /// Writes that would take the state's key and value bytes past this are refused.
     pub quota_bytes: u64,
+    /// Who may use the client API (token, CORS, Host).
+    pub access: Access,
+    /// Bounds at the edges.
+    pub limits: Limits,
 }
 
 impl Config {
@@ -315,6 +327,8 @@ impl Config {
         )?;
         let log_cache_bytes = parse_positive("DISTRAFT_LOG_CACHE_BYTES", &args.log_cache_bytes)?;
         let quota_bytes = parse_positive("DISTRAFT_QUOTA_BYTES", &args.quota_bytes)?;
+        let access = Access::from_args(&args.access, &members, &[&host, &client_host])?;
+        let limits = Limits::from_args(&args.limits)?;
 
         Ok(Config {
             id,
@@ -348,6 +362,8 @@ impl Config {
             snapshot_log_max_bytes,
             log_cache_bytes: usize::try_from(log_cache_bytes).unwrap_or(usize::MAX),
             quota_bytes,
+            access,
+            limits,
         })
     }
 
@@ -543,7 +559,7 @@ fn parse_f64(var: &'static str, raw: &str) -> Result<f64, ConfigError> {
 }
 
 /// A positive duration in (possibly fractional) seconds, as the original's floats.
-fn parse_seconds(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_seconds(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
     let seconds = parse_f64(var, raw)?;
     if seconds <= 0.0 {
         return Err(ConfigError::new(
@@ -558,7 +574,7 @@ fn parse_seconds(var: &'static str, raw: &str) -> Result<Duration, ConfigError> 
         .ok_or_else(|| ConfigError::new(var, raw, "is not a usable number of seconds"))
 }
 
-fn parse_positive(var: &'static str, raw: &str) -> Result<u64, ConfigError> {
+pub(crate) fn parse_positive(var: &'static str, raw: &str) -> Result<u64, ConfigError> {
     match raw.trim().parse::<u64>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(ConfigError::new(var, raw, "is not a positive integer")),

@@ -7,16 +7,19 @@
 //! - [`rpc`]: the tonic server (Raft, Admin, Kv) and the links to peers;
 //! - [`gateway`]: the original curl/JSON API, translated into Kv/Admin calls;
 //! - [`config`]: the `DISTRAFT_*` settings and their flags; [`node`]: the wiring;
+//! - [`access`]: API token, CORS origins, Host allowlist; [`limits`]: edge bounds;
 //! - [`kv`]: the replicated state machine; [`proto`]: the generated wire contract;
 //! - [`cli`] and [`bench`]: client subcommands and the load generator;
 //! - [`linearizability`]: the history checker used by the simulator and chaos tests;
 //! - [`plant`]: bugs planted on purpose (feature `plants`) to show the tests catch them.
+pub mod access;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod gateway;
 pub mod kv;
+pub mod limits;
 pub mod linearizability;
 pub mod node;
 pub mod plant;

@@ -99,6 +99,9 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
         max_value_bytes: config.max_value_bytes,
         request_timeout: config.request_timeout,
         pretty: config.pretty_print_responses,
+        access: config.access.clone(),
+        body_read_timeout: config.limits.body_read_timeout,
+        max_connections: config.limits.max_http_connections,
     };
     let mut http = tokio::spawn(gateway::serve(
         settings,

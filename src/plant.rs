@@ -43,10 +43,16 @@ pub enum Plant {
     NospaceFatal,
     /// A failed WAL fsync is taken for a full disk and "recovered" from.
     FsyncErrorRecoverable,
+    /// The API token, CORS origins and Host allowlist are not enforced.
+    OpenApi,
+    /// The gateway accepts every HTTP connection, past DISTRAFT_MAX_HTTP_CONNECTIONS.
+    NoConnectionCap,
+    /// The gateway waits for a request body forever.
+    NoBodyTimeout,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 13] = [
+    pub const ALL: [Plant; 16] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -60,6 +66,9 @@ impl Plant {
         Plant::NoQuota,
         Plant::NospaceFatal,
         Plant::FsyncErrorRecoverable,
+        Plant::OpenApi,
+        Plant::NoConnectionCap,
+        Plant::NoBodyTimeout,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +86,9 @@ impl Plant {
             Plant::NoQuota => "no-quota",
             Plant::NospaceFatal => "nospace-fatal",
             Plant::FsyncErrorRecoverable => "fsync-error-recoverable",
+            Plant::OpenApi => "open-api",
+            Plant::NoConnectionCap => "no-connection-cap",
+            Plant::NoBodyTimeout => "no-body-timeout",
         }
     }
 }

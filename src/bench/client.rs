@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::ValueEnum;
 use serde_json::Value;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use super::{ReadMode, TargetArgs};
@@ -76,16 +77,40 @@ pub enum Connection {
     Grpc {
         kv: KvClient<Channel>,
         timeout: Duration,
+        /// `Bearer <token>` for the `authorization` metadata, if a token was given.
+        authorization: Option<MetadataValue<Ascii>>,
     },
 }
 
+/// `Bearer <token>`, refused early if it cannot be a header value.
+fn bearer(token: &str) -> anyhow::Result<String> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("the API token must be visible ASCII characters without spaces");
+    }
+    Ok(format!("Bearer {token}"))
+}
+
 impl Connection {
-    /// A new connection (made lazily, on the first request) to the node at `url`.
-    pub fn open(api: Api, url: &str, timeout: Duration) -> anyhow::Result<Connection> {
+    /// A new connection (made lazily, on the first request) to the node at `url`,
+    /// sending the API `token` with every request if given.
+    pub fn open(
+        api: Api,
+        url: &str,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> anyhow::Result<Connection> {
         let base = url.trim_end_matches('/').to_string();
+        let bearer = token.map(bearer).transpose()?;
         match api {
             Api::DistraftHttp | Api::EtcdV2 => {
+                let mut headers = reqwest::header::HeaderMap::new();
+                if let Some(bearer) = &bearer {
+                    let mut value = reqwest::header::HeaderValue::from_str(bearer)?;
+                    value.set_sensitive(true);
+                    headers.insert(reqwest::header::AUTHORIZATION, value);
+                }
                 let client = reqwest::Client::builder()
+                    .default_headers(headers)
                     .timeout(timeout)
                     .tcp_nodelay(true)
                     .pool_max_idle_per_host(1)
@@ -100,9 +125,11 @@ impl Connection {
                     .tcp_nodelay(true)
                     .connect_timeout(timeout)
                     .connect_lazy();
+                let authorization = bearer.map(|b| b.parse()).transpose()?;
                 Ok(Connection::Grpc {
                     kv: KvClient::new(channel),
                     timeout,
+                    authorization,
                 })
             }
         }
@@ -127,12 +154,21 @@ impl Connection {
                     .await?;
                 finish(response).await
             }
-            Connection::Grpc { kv, timeout } => {
+            Connection::Grpc {
+                kv,
+                timeout,
+                authorization,
+            } => {
                 let mut request = tonic::Request::new(PutRequest {
                     key: key.to_string(),
                     value: value.to_string(),
                 });
                 request.set_timeout(*timeout);
+                if let Some(authorization) = authorization {
+                    request
+                        .metadata_mut()
+                        .insert("authorization", authorization.clone());
+                }
                 bounded(*timeout, kv.put(request)).await.map(drop)
             }
         }
@@ -153,12 +189,21 @@ impl Connection {
                 };
                 finish(request.send().await?).await
             }
-            Connection::Grpc { kv, timeout } => {
+            Connection::Grpc {
+                kv,
+                timeout,
+                authorization,
+            } => {
                 let mut request = tonic::Request::new(GetRequest {
                     key: key.to_string(),
                     stale,
                 });
                 request.set_timeout(*timeout);
+                if let Some(authorization) = authorization {
+                    request
+                        .metadata_mut()
+                        .insert("authorization", authorization.clone());
+                }
                 bounded(*timeout, kv.get(request)).await.map(drop)
             }
         }

@@ -94,7 +94,14 @@ pub(super) async fn execute(args: &FailoverArgs) -> anyhow::Result<FailoverRepor
         .target
         .urls
         .iter()
-        .map(|url| Connection::open(args.target.target, url, timeout))
+        .map(|url| {
+            Connection::open(
+                args.target.target,
+                url,
+                timeout,
+                args.target.token.as_deref(),
+            )
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if connections.is_empty() {
         bail!("no survivor URL to probe");

@@ -189,7 +189,14 @@ fn open_connections(args: &LoadArgs, urls: &[String]) -> anyhow::Result<Vec<Conn
     let shared_grpc = match args.target.target {
         Api::DistraftGrpc => Some(
             urls.iter()
-                .map(|url| Connection::open(args.target.target, url, timeout))
+                .map(|url| {
+                    Connection::open(
+                        args.target.target,
+                        url,
+                        timeout,
+                        args.target.token.as_deref(),
+                    )
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?,
         ),
         _ => None,
@@ -199,7 +206,12 @@ fn open_connections(args: &LoadArgs, urls: &[String]) -> anyhow::Result<Vec<Conn
             let node = client % urls.len();
             match &shared_grpc {
                 Some(channels) => Ok(channels[node].clone()),
-                None => Connection::open(args.target.target, &urls[node], timeout),
+                None => Connection::open(
+                    args.target.target,
+                    &urls[node],
+                    timeout,
+                    args.target.token.as_deref(),
+                ),
             }
         })
         .collect()

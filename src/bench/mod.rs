@@ -64,6 +64,9 @@ pub struct TargetArgs {
     /// Seconds a single request may take before it counts as an error.
     #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
     pub request_timeout: f64,
+    /// The cluster's API token (DISTRAFT_API_TOKEN), sent as `Authorization: Bearer`.
+    #[arg(long, env = "DISTRAFT_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl TargetArgs {

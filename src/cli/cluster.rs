@@ -31,6 +31,11 @@ pub struct ClusterArgs {
     /// How long to wait for the cluster to elect a leader.
     #[arg(long, default_value_t = 30)]
     pub leader_timeout_secs: u64,
+    /// Require this API token on every key route, /stop and /start (the nodes read it
+    /// from `<data-dir>/api-token`, readable by this user only, not from their
+    /// environment).
+    #[arg(long, env = "DISTRAFT_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 /// The URL of a member's HTTP gateway.
@@ -51,6 +56,15 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let members = parse_cluster(cluster)?;
     ensure_ports_free(&members)?;
     let exe = std::env::current_exe().context("finding the distraft binary")?;
+    let mut env = env;
+    if let Some(token) = &args.api_token {
+        let path = write_token_file(&args.data_dir, token)?;
+        env.remove("DISTRAFT_API_TOKEN");
+        env.insert(
+            "DISTRAFT_API_TOKEN_FILE".to_string(),
+            path.display().to_string(),
+        );
+    }
 
     let mut nodes = Vec::with_capacity(members.len());
     for member in &members {
@@ -61,6 +75,26 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let result = supervise(&mut nodes, &args).await;
     stop_all(&mut nodes).await;
     result
+}
+
+/// Writes the API token to `<data_dir>/api-token`, readable by this user only.
+fn write_token_file(data_dir: &Path, token: &str) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join("api-token");
+    // Replaced, not rewritten in place: an existing file may have looser permissions.
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(token.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))
 }
 
 /// Fails fast, naming the port, when another process (often a cluster started
@@ -93,7 +127,7 @@ async fn supervise(nodes: &mut [(Member, Child)], args: &ClusterArgs) -> anyhow:
         _ = interrupt.recv() => return Ok(()),
         _ = terminate.recv() => return Ok(()),
     };
-    print_instructions(nodes, &leader, &args.data_dir);
+    print_instructions(nodes, &leader, args);
     tokio::select! {
         _ = interrupt.recv() => Ok(()),
         _ = terminate.recv() => Ok(()),
@@ -132,7 +166,12 @@ fn spawn_node(
     let errors = output
         .try_clone()
         .with_context(|| format!("opening {}", output_path.display()))?;
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if env.contains_key("DISTRAFT_API_TOKEN_FILE") {
+        // An inherited token would clash with the file (and sit in /proc).
+        command.env_remove("DISTRAFT_API_TOKEN");
+    }
+    let child = command
         .envs(env)
         .env("DISTRAFT_NAME", &member.name)
         .env("DISTRAFT_HOST", &member.peer_host)
@@ -197,7 +236,8 @@ async fn leader_of(client: &reqwest::Client, member: &Member) -> Option<String> 
     }
 }
 
-fn print_instructions(nodes: &[(Member, Child)], leader: &str, data_dir: &Path) {
+fn print_instructions(nodes: &[(Member, Child)], leader: &str, args: &ClusterArgs) {
+    let data_dir = &args.data_dir;
     let Some((first, _)) = nodes.first() else {
         return;
     };
@@ -214,13 +254,21 @@ fn print_instructions(nodes: &[(Member, Child)], leader: &str, data_dir: &Path) 
         );
     }
     println!();
+    // The token itself is not printed: it sits in the token file.
+    let auth = match args.api_token {
+        Some(_) => format!(
+            " -H \"Authorization: Bearer $(cat {})\"",
+            data_dir.join("api-token").display()
+        ),
+        None => String::new(),
+    };
     println!("Try:");
     println!("  curl {url}/");
-    println!("  curl -L -XPOST --data 'value=world' {url}/hello");
-    println!("  curl -L {url}/hello");
-    println!("  curl -L -XDELETE {url}/hello");
-    println!("  curl {url}/stop");
-    println!("  curl {url}/start");
+    println!("  curl -L{auth} -XPOST --data 'value=world' {url}/hello");
+    println!("  curl -L{auth} {url}/hello");
+    println!("  curl -L{auth} -XDELETE {url}/hello");
+    println!("  curl{auth} {url}/stop");
+    println!("  curl{auth} {url}/start");
     println!();
     println!("Ctrl-C stops every node.");
 }

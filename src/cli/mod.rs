@@ -56,15 +56,18 @@ pub struct Target {
     /// The node's HTTP URL (its DISTRAFT_CLIENT_HOST:DISTRAFT_TCP_PORT).
     #[arg(long, env = "DISTRAFT_URL", default_value = "http://127.0.0.1:5001")]
     pub url: String,
+    /// The cluster's API token (DISTRAFT_API_TOKEN), sent as `Authorization: Bearer`.
+    #[arg(long, env = "DISTRAFT_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Runs a client subcommand.
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Status(target) => client::status(&target.url).await,
-        Command::Get { target, key, stale } => client::get(&target.url, &key, stale).await,
-        Command::Put { target, key, value } => client::put(&target.url, &key, &value).await,
-        Command::Delete { target, key } => client::delete(&target.url, &key).await,
+        Command::Status(target) => client::status(&target).await,
+        Command::Get { target, key, stale } => client::get(&target, &key, stale).await,
+        Command::Put { target, key, value } => client::put(&target, &key, &value).await,
+        Command::Delete { target, key } => client::delete(&target, &key).await,
         Command::Cluster(args) => cluster::run(args).await,
         Command::Bench(args) => crate::bench::run(*args).await,
     }

@@ -16,11 +16,17 @@
 //! Every failure, including the ones warp itself makes (unknown route, wrong method),
 //! is `{"ok": false, "error": "..."}` with a fitting status code. All input is checked
 //! here before any gRPC call, so bad input never reaches the log.
+//!
+//! Access (see [`crate::access`] and docs/security.md): the `Host` header must be an
+//! allowed name (else 421), every route but `GET /` needs the API token when one is set
+//! (401 without, 403 with a wrong one), and CORS answers only the allowed origins.
 
 mod server;
 
 pub use server::serve;
 
+use crate::access::{Access, CorsOrigins, Denied};
+use crate::limits::Limits;
 use crate::proto::v1::{
     admin_server::Admin, kv_server::Kv, DeleteRequest, GetRequest, PutRequest, StartRequest,
     StatusRequest, StatusResponse, StopRequest,
@@ -49,6 +55,12 @@ pub struct GatewaySettings {
     pub request_timeout: Duration,
     /// Indent JSON answers (DISTRAFT_PRETTY_PRINT_RESPONSES).
     pub pretty: bool,
+    /// API token, CORS origins, allowed Host names.
+    pub access: Access,
+    /// How long a client may take to send a request body (DISTRAFT_BODY_READ_TIMEOUT).
+    pub body_read_timeout: Duration,
+    /// Open connections accepted at once (DISTRAFT_MAX_HTTP_CONNECTIONS).
+    pub max_connections: usize,
 }
 
 impl Default for GatewaySettings {
@@ -58,6 +70,9 @@ impl Default for GatewaySettings {
             max_value_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(3),
             pretty: false,
+            access: Access::default(),
+            body_read_timeout: Limits::default().body_read_timeout,
+            max_connections: Limits::default().max_http_connections,
         }
     }
 }
@@ -85,6 +100,11 @@ pub fn routes(
     backend: Backend,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let pretty = settings.pretty;
+    let access = Arc::new(settings.access.clone());
+    let cors = cors(&access.cors);
+    let allowed_host = allowed_host(access.clone());
+    let authorized = authorized(access.clone());
+    let credentials = credentials(access);
     let gateway = Arc::new(Gateway { backend, settings });
     let with_gateway = warp::any().map(move || gateway.clone());
 
@@ -94,10 +114,12 @@ pub fn routes(
         .then(|gw: Arc<Gateway>| async move { gw.respond(gw.status().await) });
     let stop = warp::path!("stop")
         .and(warp::get())
+        .and(authorized.clone())
         .and(with_gateway.clone())
         .then(|gw: Arc<Gateway>| async move { gw.respond(gw.stop().await) });
     let start = warp::path!("start")
         .and(warp::get())
+        .and(authorized.clone())
         .and(with_gateway.clone())
         .then(|gw: Arc<Gateway>| async move { gw.respond(gw.start().await) });
     // The path is matched before the method everywhere, so that an unknown path is a
@@ -105,6 +127,7 @@ pub fn routes(
     let key = warp::path::param::<String>().and(warp::path::end());
     let get = key
         .and(warp::get())
+        .and(authorized.clone())
         .and(warp::query::<GetOptions>())
         .and(with_gateway.clone())
         .then(
@@ -112,8 +135,11 @@ pub fn routes(
                 gw.respond(gw.get(&raw, options.stale).await)
             },
         );
+    // The body of a refused write is read and dropped (see `discard_body`), so the
+    // token is checked inside the handler.
     let put = key
         .and(warp::post())
+        .and(credentials)
         .and(warp::header::optional::<String>(
             header::CONTENT_TYPE.as_str(),
         ))
@@ -123,26 +149,32 @@ pub fn routes(
         .and(warp::body::stream())
         .and(with_gateway.clone())
         .then(
-            |raw: String, content_type, content_length, body, gw: Arc<Gateway>| async move {
-                let result = gw.put(&raw, content_type, content_length, body).await;
+            |raw: String,
+             authorized: Result<(), ApiError>,
+             content_type,
+             content_length,
+             body,
+             gw: Arc<Gateway>| async move {
+                let result = gw
+                    .put(&raw, authorized, content_type, content_length, body)
+                    .await;
                 gw.respond(result)
             },
         );
     let delete = key
         .and(warp::delete())
+        .and(authorized)
         .and(with_gateway)
         .then(|raw: String, gw: Arc<Gateway>| async move { gw.respond(gw.delete(&raw).await) });
 
     let api = status.or(stop).unify().or(start).unify();
     let api = api.or(get).unify().or(put).unify().or(delete).unify();
-    let cors = warp::cors()
-        .allow_any_origin()
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_header(header::CONTENT_TYPE);
     // The first recover turns route rejections into JSON *inside* the CORS wrapper, so
     // that browsers can read those errors too; the second one catches what the CORS
-    // filter itself rejects.
+    // filter itself rejects (a disallowed origin: no CORS headers). A preflight from an
+    // allowed origin is answered by the CORS filter itself, on every route.
     check_request_size()
+        .and(allowed_host)
         .and(api)
         .recover(move |rejection| async move {
             Ok::<_, Infallible>(rejection_response(rejection, pretty))
@@ -202,6 +234,14 @@ impl ApiError {
     fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
+
+    fn denied(denied: Denied) -> Self {
+        let status = match denied {
+            Denied::Missing => StatusCode::UNAUTHORIZED,
+            Denied::Wrong => StatusCode::FORBIDDEN,
+        };
+        Self::new(status, denied.message())
+    }
 }
 
 impl From<tonic::Status> for ApiError {
@@ -221,7 +261,15 @@ impl From<tonic::Status> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             // The quota, or this node's full disk: nothing was written.
-            Code::ResourceExhausted => StatusCode::INSUFFICIENT_STORAGE,
+            Code::ResourceExhausted
+                if status
+                    .metadata()
+                    .contains_key(crate::rpc::INSUFFICIENT_STORAGE) =>
+            {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            // Load: the forwarding cap or load shedding; nothing was written, try again.
+            Code::ResourceExhausted => StatusCode::SERVICE_UNAVAILABLE,
             Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
             Code::Ok | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -275,6 +323,7 @@ impl Gateway {
     async fn put<S, B>(
         &self,
         raw_key: &str,
+        authorized: Result<(), ApiError>,
         content_type: Option<String>,
         content_length: Option<u64>,
         body: S,
@@ -283,7 +332,7 @@ impl Gateway {
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
         B: Buf,
     {
-        let checked = self.key(raw_key).and_then(|key| {
+        let checked = authorized.and_then(|()| self.key(raw_key)).and_then(|key| {
             match content_type.as_deref().is_some_and(is_form_content_type) {
                 true => Ok(key),
                 false => Err(ApiError::bad_request(
@@ -295,7 +344,25 @@ impl Gateway {
             Ok(key) => key,
             Err(error) => return Err(discard_body(body, error).await),
         };
-        let body = read_body(body, content_length, self.max_body_bytes()).await?;
+        let body_read_timeout = match crate::plant::active(crate::plant::Plant::NoBodyTimeout) {
+            true => Duration::from_secs(3600),
+            false => self.settings.body_read_timeout,
+        };
+        let body = tokio::time::timeout(
+            body_read_timeout,
+            read_body(body, content_length, self.max_body_bytes()),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:?}",
+                    self.settings.body_read_timeout
+                ),
+            )
+            .closing_connection()
+        })??;
         let value = form_value(&body)?;
         if value.len() > self.settings.max_value_bytes {
             return Err(ApiError::too_large(format!(
@@ -344,10 +411,15 @@ impl Gateway {
     }
 
     /// A request carrying the request timeout as its deadline (`grpc-timeout`, read by
-    /// the services as over the network).
+    /// the services as over the network), and the API token: the gateway checked the
+    /// client's already, and the services check it again, as for any gRPC client.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.settings.request_timeout);
+        let bearer = self.settings.access.bearer().and_then(|b| b.parse().ok());
+        if let Some(bearer) = bearer {
+            request.metadata_mut().insert("authorization", bearer);
+        }
         request
     }
 
@@ -410,6 +482,61 @@ fn status_json(status: StatusResponse) -> Value {
         "state_bytes": status.state_bytes,
         "alarm": status.alarm,
     })
+}
+
+/// CORS for the allowed origins: the methods and headers the API uses.
+fn cors(origins: &CorsOrigins) -> warp::cors::Builder {
+    let cors = warp::cors()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
+    match origins {
+        CorsOrigins::Any => cors.allow_any_origin(),
+        // Checked at start-up to be `scheme://host[:port]`, which warp parses.
+        CorsOrigins::List(origins) => cors.allow_origins(origins.iter().map(String::as_str)),
+    }
+}
+
+/// Refuses a request whose `Host` (or absolute URI) names a host this node does not
+/// answer to: a page whose DNS name was rebound to this node's address.
+fn allowed_host(access: Arc<Access>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::host::optional()
+        .and_then(move |authority: Option<warp::host::Authority>| {
+            let allowed = access.hosts.allows(authority.as_ref().map(|a| a.as_str()));
+            async move {
+                match allowed {
+                    true => Ok(()),
+                    false => Err(warp::reject::custom(ApiError::new(
+                        StatusCode::MISDIRECTED_REQUEST,
+                        format!(
+                            "this node does not answer to the host name {:?} (see DISTRAFT_ALLOWED_HOSTS)",
+                            authority.map(|a| a.host().to_string()).unwrap_or_default()
+                        ),
+                    ))),
+                }
+            }
+        })
+        .untuple_one()
+}
+
+/// The outcome of checking a request's API token.
+fn credentials(
+    access: Arc<Access>,
+) -> impl Filter<Extract = (Result<(), ApiError>,), Error = Infallible> + Clone {
+    warp::header::headers_cloned().map(move |headers: HeaderMap| {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        access.authorize(authorization).map_err(ApiError::denied)
+    })
+}
+
+/// Refuses a request without the API token, when one is set.
+fn authorized(access: Arc<Access>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    credentials(access)
+        .and_then(
+            |checked: Result<(), ApiError>| async move { checked.map_err(warp::reject::custom) },
+        )
+        .untuple_one()
 }
 
 /// Rejects requests whose URI or headers exceed what any valid request needs, with the

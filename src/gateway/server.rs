@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -11,14 +12,20 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tracing::debug;
 
 use super::{routes, Backend, GatewaySettings};
 
 /// A client must send a whole request head within this time (slow-loris bound).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections past the cap being answered 503 at once; beyond this many, further ones
+/// are closed without an answer (so that a flood costs no more than a few tasks).
+const MAX_REFUSING: usize = 64;
+/// How long a refused connection may take to receive its 503.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then finishes the
 /// requests in flight.
@@ -28,6 +35,12 @@ pub async fn serve(
     backend: Backend,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let open = match crate::plant::active(crate::plant::Plant::NoConnectionCap) {
+        true => Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+        false => Arc::new(Semaphore::new(settings.max_connections)),
+    };
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let max_connections = settings.max_connections;
     let service = warp::service(routes(settings, backend));
     let connections = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
@@ -45,6 +58,16 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // At the cap, a quick answer rather than a wait in the kernel's queue.
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse_connection(stream, max_connections).await;
+                    drop(refusal);
+                });
+            }
+            continue;
+        };
         // Answers are small and written whole: send them at once.
         let _ = stream.set_nodelay(true);
         let connection = hyper::server::conn::http1::Builder::new()
@@ -59,10 +82,39 @@ pub async fn serve(
             if let Err(err) = connection.await {
                 debug!("HTTP connection: {err}");
             }
+            drop(permit);
         });
     }
     drop(listener);
     connections.shutdown().await;
+}
+
+/// Answers a connection past the cap with a 503 JSON error and closes it. The request
+/// (if the client sent one already) is read and dropped first, bounded, so that the
+/// kernel does not reset the connection over unread data before the answer arrives.
+async fn refuse_connection(mut stream: TcpStream, max_connections: usize) {
+    let body = format!(
+        "{}\n",
+        json!({"ok": false, "error": format!(
+            "too many open connections (at most {max_connections}); try again later"
+        )})
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        // Give a client that writes its request right after connecting the chance to
+        // do so, so that our close does not turn into a reset.
+        let mut request = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut request)).await;
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        while stream.read(&mut request).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
 }
 
 /// hyper answers a request it cannot parse (a URI over 64 KiB, a head over its

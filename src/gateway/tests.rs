@@ -139,6 +139,7 @@ fn settings() -> GatewaySettings {
         max_value_bytes: 32,
         request_timeout: Duration::from_millis(300),
         pretty: false,
+        ..GatewaySettings::default()
     }
 }
 
@@ -463,7 +464,8 @@ fn grpc_codes_map_to_http() {
         (Code::DeadlineExceeded, StatusCode::SERVICE_UNAVAILABLE),
         (Code::Cancelled, StatusCode::SERVICE_UNAVAILABLE),
         (Code::Unknown, StatusCode::SERVICE_UNAVAILABLE),
-        (Code::ResourceExhausted, StatusCode::INSUFFICIENT_STORAGE),
+        // Load (the forwarding cap, load shedding): try again soon.
+        (Code::ResourceExhausted, StatusCode::SERVICE_UNAVAILABLE),
         (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
     ];
     for (code, http) in cases {
@@ -473,6 +475,16 @@ fn grpc_codes_map_to_http() {
             "{code:?}"
         );
     }
+    // The quota or a full disk: marked as storage by the Kv service.
+    let mut storage = Status::resource_exhausted("quota exceeded");
+    storage.metadata_mut().insert(
+        crate::rpc::INSUFFICIENT_STORAGE,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    assert_eq!(
+        ApiError::from(storage).status,
+        StatusCode::INSUFFICIENT_STORAGE
+    );
     assert_eq!(
         ApiError::from(Status::new(Code::Unavailable, "")).message,
         "The service is currently unavailable"
@@ -496,4 +508,50 @@ fn strict_percent_decoding() {
         percent_decode_utf8(b"%c3%28", false),
         Err(DecodeError::NotUtf8)
     );
+}
+
+/// Every origin `DISTRAFT_CORS_ORIGINS` accepts is one warp can use (its parser panics
+/// on others), and exactly those get the CORS headers.
+#[tokio::test]
+async fn configured_cors_origins_are_usable() {
+    let origins = "http://viewer.example:8080, https://[::1]:3000, http://10.0.0.1, https://a-b.c/";
+    let args = crate::access::AccessArgs {
+        api_token: None,
+        api_token_file: None,
+        cors_origins: origins.to_string(),
+        allowed_hosts: None,
+    };
+    let settings = GatewaySettings {
+        access: Access::from_args(&args, &[], &[]).unwrap(),
+        ..settings()
+    };
+    let (_, backend) = fake_node();
+    let routes = routes(settings, backend);
+    let preflight = |origin: &'static str| {
+        warp::test::request()
+            .method("OPTIONS")
+            .path("/k")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization")
+            .reply(&routes)
+    };
+    for allowed in [
+        "http://viewer.example:8080",
+        "https://[::1]:3000",
+        "http://10.0.0.1",
+        "https://a-b.c",
+    ] {
+        let answer = preflight(allowed).await;
+        assert_eq!(answer.status(), StatusCode::OK, "{allowed}");
+        assert_eq!(
+            answer.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            allowed
+        );
+    }
+    let refused = preflight("http://viewer.example").await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(!refused
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
 }

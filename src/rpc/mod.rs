@@ -17,4 +17,4 @@ pub mod refusals;
 pub mod server;
 
 pub use peers::{PeerTasks, Peers};
-pub use server::{serve, ClientServices};
+pub use server::{serve, ClientServices, INSUFFICIENT_STORAGE};

@@ -29,6 +29,13 @@ use crate::storage::SnapshotFile;
 
 /// AppendEntries requests buffered per stream before new ones are dropped.
 const STREAM_BUFFER: usize = 1024;
+/// Messages from the driver waiting for a peer's task; past it new ones are dropped
+/// (Raft retransmits), so a slow or stuck peer never holds the driver or unbounded
+/// memory. The core's own window (64 batches of at most 1 MiB per follower) bounds
+/// what a full outbox can hold.
+pub const PEER_OUTBOX: usize = 1024;
+/// A peer's dropped messages are logged at most this often.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// Snapshot images travel in chunks of this size.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// First and largest pause before reopening a replication stream that failed. The
@@ -68,14 +75,24 @@ pub struct Peers {
 }
 
 struct PeerLink {
-    outbox: mpsc::UnboundedSender<Outbound>,
+    outbox: mpsc::Sender<Outbound>,
     channel: Channel,
+    dropped: Mutex<DroppedMessages>,
+}
+
+/// Messages dropped because a peer's outbox was full.
+#[derive(Default)]
+struct DroppedMessages {
+    total: u64,
+    /// Dropped since the last log line, and when that was.
+    unlogged: u64,
+    logged_at: Option<Instant>,
 }
 
 /// The receiving ends of the peers' outboxes, to be run once the driver exists.
 pub struct PeerTasks {
     config: Arc<Config>,
-    tasks: Vec<(Member, Channel, mpsc::UnboundedReceiver<Outbound>)>,
+    tasks: Vec<(Member, Channel, mpsc::Receiver<Outbound>)>,
 }
 
 /// A channel to a member's gRPC server, connected on first use.
@@ -103,12 +120,13 @@ impl Peers {
         let mut tasks = Vec::new();
         for member in config.peers() {
             let channel = connect_lazy(&config, member)?;
-            let (outbox, inbox) = mpsc::unbounded_channel();
+            let (outbox, inbox) = mpsc::channel(PEER_OUTBOX);
             links.insert(
                 member.id,
                 PeerLink {
                     outbox,
                     channel: channel.clone(),
+                    dropped: Mutex::new(DroppedMessages::default()),
                 },
             );
             tasks.push((member.clone(), channel, inbox));
@@ -131,14 +149,42 @@ impl Peers {
         )
     }
 
+    /// Never blocks the driver: a message that does not fit is dropped and counted.
     fn post(&self, to: NodeId, outbound: Outbound) {
-        match self.links.get(&to) {
-            Some(link) => {
-                // Fails only when the peer task is gone (shutting down).
-                let _ = link.outbox.send(outbound);
+        let Some(link) = self.links.get(&to) else {
+            warn!(to, "no link to this node");
+            return;
+        };
+        match link.outbox.try_send(outbound) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let mut dropped = lock(&link.dropped);
+                dropped.total += 1;
+                dropped.unlogged += 1;
+                let due = dropped
+                    .logged_at
+                    .is_none_or(|at| at.elapsed() >= DROP_LOG_INTERVAL);
+                if due {
+                    warn!(
+                        to,
+                        dropped = dropped.unlogged,
+                        total = dropped.total,
+                        "the outbox to this peer is full ({PEER_OUTBOX} messages): dropping messages"
+                    );
+                    dropped.unlogged = 0;
+                    dropped.logged_at = Some(Instant::now());
+                }
             }
-            None => warn!(to, "no link to this node"),
+            // The peer task is gone (shutting down).
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Messages to member `id` dropped so far because its outbox was full.
+    pub fn dropped_messages(&self, id: NodeId) -> u64 {
+        self.links
+            .get(&id)
+            .map_or(0, |link| lock(&link.dropped).total)
     }
 }
 
@@ -237,7 +283,7 @@ impl LinkTask {
         }
     }
 
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Outbound>) {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Outbound>) {
         let mut watchdog = tokio::time::interval(Duration::from_millis(100));
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -535,4 +581,52 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    /// A peer that takes nothing (its task never runs) fills its outbox; further
+    /// messages are dropped and counted at once, without blocking the sender.
+    #[tokio::test]
+    async fn a_full_peer_outbox_drops_messages_without_blocking() {
+        let args = Args::parse_from([
+            "distraft",
+            "--name",
+            "a",
+            "--cluster",
+            "a=127.0.0.1:1:127.0.0.1:2,b=127.0.0.1:3:127.0.0.1:4",
+        ]);
+        let config = Arc::new(Config::from_args(&args.node).unwrap());
+        let (peers, _tasks_never_run) = Peers::new(config).unwrap();
+        let heartbeat = Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: Body::Heartbeat {
+                commit: 0,
+                read_seq: 0,
+            },
+        };
+        let started = Instant::now();
+        for _ in 0..PEER_OUTBOX + 10 {
+            peers.send(heartbeat.clone());
+        }
+        assert_eq!(peers.dropped_messages(2), 10);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(peers.dropped_messages(7), 0);
+    }
 }

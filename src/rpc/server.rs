@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
@@ -24,6 +24,9 @@ use crate::driver::{
     DriverHandle, RaftReply, ReceivedSnapshot, RequestError, SnapshotAdmission, WriteKind,
 };
 use crate::kv::{Applied, Kv};
+use crate::limits::{
+    GRPC_MAX_ADMIN_MESSAGE_BYTES, GRPC_MAX_CONCURRENT_STREAMS, GRPC_MAX_REQUESTS_PER_CONNECTION,
+};
 use crate::proto::v1::{
     self as pb, admin_server::AdminServer, kv_client::KvClient, kv_server::KvServer,
     raft_server::RaftServer,
@@ -34,6 +37,8 @@ use crate::raft::{Body, Message};
 /// never forwarded a second time (a leader that lost its post answers UNAVAILABLE and
 /// the first node retries with its fresher view).
 const FORWARDED: &str = "x-distraft-forwarded";
+/// The gRPC metadata carrying the API token: `Bearer <token>`.
+const AUTHORIZATION: &str = "authorization";
 /// Pause between attempts while the cluster has no leader, doubling up to the max;
 /// cut short when this node learns of a leader.
 const RETRY_MIN: Duration = Duration::from_millis(10);
@@ -51,13 +56,15 @@ pub struct ClientServices {
 
 impl ClientServices {
     pub fn new(config: Arc<Config>, driver: DriverHandle, peers: Peers) -> ClientServices {
+        let forwarding = Arc::new(Semaphore::new(config.limits.max_forwarded_requests));
         ClientServices {
             kv: Arc::new(KvService {
-                config,
+                config: config.clone(),
                 driver: driver.clone(),
                 peers,
+                forwarding,
             }),
-            admin: Arc::new(AdminService { driver }),
+            admin: Arc::new(AdminService { config, driver }),
         }
     }
 }
@@ -94,8 +101,13 @@ pub async fn serve(
         stop: stop.clone(),
         refusals: Arc::new(Refusals::default()),
     };
+    // At the caps, a request is refused at once (RESOURCE_EXHAUSTED) rather than
+    // queued behind the others.
     Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(GRPC_MAX_CONCURRENT_STREAMS)
+        .concurrency_limit_per_connection(GRPC_MAX_REQUESTS_PER_CONNECTION)
+        .load_shed(true)
         .add_service(
             RaftServer::new(raft)
                 .max_decoding_message_size(max)
@@ -106,7 +118,10 @@ pub async fn serve(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .add_service(AdminServer::from_arc(services.admin))
+        .add_service(
+            AdminServer::from_arc(services.admin)
+                .max_decoding_message_size(GRPC_MAX_ADMIN_MESSAGE_BYTES),
+        )
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -129,6 +144,11 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
 /// still commit, and sending it again could apply it twice (put a, put b, put a).
 const NOT_APPLIED: &str = "x-distraft-not-applied";
 
+/// Marks a RESOURCE_EXHAUSTED that is about storage (the quota, a full disk: HTTP 507
+/// at the gateway) rather than load (the forwarding cap, load shedding: HTTP 503, try
+/// again soon).
+pub const INSUFFICIENT_STORAGE: &str = "x-distraft-insufficient-storage";
+
 /// The gRPC status for a failed client request.
 fn status_of(err: RequestError) -> Status {
     let not_applied = matches!(
@@ -140,6 +160,10 @@ fn status_of(err: RequestError) -> Status {
             | RequestError::Overloaded
             | RequestError::QuotaExceeded { .. }
             | RequestError::NoSpace
+    );
+    let storage = matches!(
+        err,
+        RequestError::QuotaExceeded { .. } | RequestError::NoSpace
     );
     let mut status = match err {
         RequestError::NotLeader { .. } | RequestError::LeadershipLost => Status::unavailable(
@@ -158,6 +182,12 @@ fn status_of(err: RequestError) -> Status {
     if not_applied {
         status.metadata_mut().insert(
             NOT_APPLIED,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    if storage {
+        status.metadata_mut().insert(
+            INSUFFICIENT_STORAGE,
             tonic::metadata::MetadataValue::from_static("1"),
         );
     }
@@ -262,6 +292,20 @@ pub struct KvService {
     config: Arc<Config>,
     driver: DriverHandle,
     peers: Peers,
+    /// One permit per write being forwarded to the leader (DISTRAFT_MAX_FORWARDED_REQUESTS).
+    forwarding: Arc<Semaphore>,
+}
+
+/// Refuses a protected request without the node's API token (if one is set).
+fn authorize<T>(config: &Config, request: &Request<T>) -> Result<(), Status> {
+    let authorization = request
+        .metadata()
+        .get(AUTHORIZATION)
+        .map(|value| value.as_bytes());
+    config
+        .access
+        .authorize(authorization)
+        .map_err(|denied| denied.status())
 }
 
 /// Refuses an empty key or value, or one over its configured limit.
@@ -317,6 +361,14 @@ impl KvService {
                 }) if !forwarded && leader != self.config.id => {
                     let max = self.config.max_message_bytes();
                     if let Some(client) = self.peers.kv_client(leader, max) {
+                        // Bounded: past the cap the write is refused at once (it was
+                        // not sent, so the client may safely retry).
+                        let Ok(_permit) = self.forwarding.try_acquire() else {
+                            return Err(Status::resource_exhausted(format!(
+                                "too many writes are being forwarded to the leader (at most {}); try again",
+                                self.config.limits.max_forwarded_requests
+                            )));
+                        };
                         match forward(client, deadline.remaining()).await {
                             Ok(result) => return Ok(result),
                             Err(_) if deadline.remaining().is_zero() => {
@@ -355,13 +407,18 @@ impl KvService {
     }
 }
 
-/// A request forwarded to the leader, keeping what is left of the deadline.
-fn forwarded_request<T>(message: T, remaining: Duration) -> Request<T> {
+/// A request forwarded to the leader, keeping what is left of the deadline, with this
+/// node's API token (the client's request was authorized here).
+fn forwarded_request<T>(config: &Config, message: T, remaining: Duration) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(remaining);
     request
         .metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    let bearer = config.access.bearer().and_then(|b| b.parse().ok());
+    if let Some(bearer) = bearer {
+        request.metadata_mut().insert(AUTHORIZATION, bearer);
+    }
     request
 }
 
@@ -371,6 +428,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        authorize(&self.config, &request)?;
         let deadline = Deadline::of(&request, self.config.request_timeout);
         let forwarded = request.metadata().contains_key(FORWARDED);
         let pb::GetRequest { key, stale } = request.into_inner();
@@ -390,8 +448,9 @@ impl pb::kv_server::Kv for KvService {
                         key: key.clone(),
                         stale,
                     };
+                    let request = forwarded_request(&self.config, request, remaining);
                     async move {
-                        match client.get(forwarded_request(request, remaining)).await {
+                        match client.get(request).await {
                             Ok(found) => Ok(Some(found.into_inner().value)),
                             Err(status) if status.code() == Code::NotFound => Ok(None),
                             Err(status) => Err(status),
@@ -414,6 +473,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        authorize(&self.config, &request)?;
         let deadline = Deadline::of(&request, self.config.request_timeout);
         let forwarded = request.metadata().contains_key(FORWARDED);
         let pb::PutRequest { key, value } = request.into_inner();
@@ -442,12 +502,8 @@ impl pb::kv_server::Kv for KvService {
                         key: key.clone(),
                         value: value.clone(),
                     };
-                    async move {
-                        Ok(client
-                            .put(forwarded_request(request, remaining))
-                            .await?
-                            .into_inner())
-                    }
+                    let request = forwarded_request(&self.config, request, remaining);
+                    async move { Ok(client.put(request).await?.into_inner()) }
                 },
             )
             .await?;
@@ -458,6 +514,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        authorize(&self.config, &request)?;
         let deadline = Deadline::of(&request, self.config.request_timeout);
         let forwarded = request.metadata().contains_key(FORWARDED);
         let pb::DeleteRequest { key } = request.into_inner();
@@ -482,12 +539,8 @@ impl pb::kv_server::Kv for KvService {
                 },
                 |mut client, remaining| {
                     let request = pb::DeleteRequest { key: key.clone() };
-                    async move {
-                        Ok(client
-                            .delete(forwarded_request(request, remaining))
-                            .await?
-                            .into_inner())
-                    }
+                    let request = forwarded_request(&self.config, request, remaining);
+                    async move { Ok(client.delete(request).await?.into_inner()) }
                 },
             )
             .await?;
@@ -497,7 +550,10 @@ impl pb::kv_server::Kv for KvService {
 
 // --- Admin ---------------------------------------------------------------------------
 
+/// Stop and Start need the API token (if set); Status stays open, as `GET /` does
+/// (it names the members and the leader, nothing secret, and viewers poll it).
 pub struct AdminService {
+    config: Arc<Config>,
     driver: DriverHandle,
 }
 
@@ -505,16 +561,18 @@ pub struct AdminService {
 impl pb::admin_server::Admin for AdminService {
     async fn stop(
         &self,
-        _: Request<pb::StopRequest>,
+        request: Request<pb::StopRequest>,
     ) -> Result<Response<pb::StopResponse>, Status> {
+        authorize(&self.config, &request)?;
         self.driver.stop().await.map_err(status_of)?;
         Ok(Response::new(pb::StopResponse {}))
     }
 
     async fn start(
         &self,
-        _: Request<pb::StartRequest>,
+        request: Request<pb::StartRequest>,
     ) -> Result<Response<pb::StartResponse>, Status> {
+        authorize(&self.config, &request)?;
         self.driver.start().await.map_err(status_of)?;
         Ok(Response::new(pb::StartResponse {}))
     }
