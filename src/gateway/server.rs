@@ -8,23 +8,27 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use super::{routes, Backend, GatewaySettings};
+use crate::tls;
 
 /// A client must send a whole request head within this time (slow-loris bound).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then finishes the
-/// requests in flight.
+/// requests in flight. With `tls`, every connection is HTTPS (no client certificate
+/// asked: see docs/security.md).
 pub async fn serve(
     settings: GatewaySettings,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     backend: Backend,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -47,22 +51,48 @@ pub async fn serve(
         };
         // Answers are small and written whole: send them at once.
         let _ = stream.set_nodelay(true);
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(
-                TokioIo::new(JsonParseErrors::new(stream)),
-                TowerToHyperService::new(service.clone()),
-            );
-        let connection = connections.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                debug!("HTTP connection: {err}");
+        let service = TowerToHyperService::new(service.clone());
+        let watcher = connections.watcher();
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(stream, service, watcher));
             }
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's own task (bounded), never
+                // in the accept loop.
+                let handshake = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Ok(stream)) => serve_connection(stream, service, watcher).await,
+                        Ok(Err(err)) => debug!("HTTPS handshake failed: {err}"),
+                        Err(_elapsed) => debug!("HTTPS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     connections.shutdown().await;
+}
+
+/// Serves the HTTP/1.1 requests of one connection (plain or TLS) until it closes or a
+/// graceful shutdown finishes it.
+async fn serve_connection<IO, S>(stream: IO, service: S, watcher: Watcher)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(JsonParseErrors::new(stream)), service);
+    if let Err(err) = watcher.watch(connection).await {
+        debug!("HTTP connection: {err}");
+    }
 }
 
 /// hyper answers a request it cannot parse (a URI over 64 KiB, a head over its

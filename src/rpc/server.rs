@@ -85,12 +85,17 @@ pub async fn serve(
         .set_serving::<RaftServer<RaftService>>()
         .await;
 
+    let mut server = Server::builder();
+    if let Some(tls) = &config.tls {
+        // Mutual TLS: every client, peer or not, must present a certificate the CA signed.
+        server = server.tls_config(tls.grpc_server())?;
+    }
     let raft = RaftService {
         config,
         driver,
         stop: stop.clone(),
     };
-    Server::builder()
+    server
         .tcp_nodelay(true)
         .add_service(
             RaftServer::new(raft)
