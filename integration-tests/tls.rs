@@ -142,6 +142,39 @@ async fn mutual_tls_cluster_serves_https_and_grpc_with_client_certificates() {
         String::from_utf8_lossy(&cli.stderr)
     );
     assert!(said.contains("\"secret\""), "{said}");
+
+    // distraft bench over HTTPS (--cacert) and over mutual-TLS gRPC (--cert/--key).
+    let grpc_url = cluster.nodes[follower].grpc_uri();
+    let bench_runs: [&[&str]; 2] = [
+        &["--target", "distraft-http", "--urls", &url, "--cacert", ca],
+        &[
+            "--target",
+            "distraft-grpc",
+            "--urls",
+            &grpc_url,
+            "--cacert",
+            ca,
+            "--cert",
+            client_cert,
+            "--key",
+            client_key,
+        ],
+    ];
+    for target in bench_runs {
+        let bench = Command::new(env!("CARGO_BIN_EXE_distraft"))
+            .arg("bench")
+            .args(target)
+            .args(["--ops", "40", "--keys", "10"])
+            .output()
+            .expect("running distraft bench");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&bench.stdout),
+            String::from_utf8_lossy(&bench.stderr)
+        );
+        // Its prefill writes every key and stops at the first error.
+        assert!(bench.status.success(), "bench {target:?}: {said}");
+    }
 }
 
 #[tokio::test]

@@ -6,7 +6,9 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::ValueEnum;
 use serde_json::Value;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::ClientTls;
 
 use super::{ReadMode, TargetArgs};
 use crate::cli::key_url;
@@ -80,12 +82,19 @@ pub enum Connection {
 }
 
 impl Connection {
-    /// A new connection (made lazily, on the first request) to the node at `url`.
-    pub fn open(api: Api, url: &str, timeout: Duration) -> anyhow::Result<Connection> {
+    /// A new connection (made lazily, on the first request) to the node at `url`;
+    /// `tls` serves https:// URLs.
+    pub fn open(
+        api: Api,
+        url: &str,
+        timeout: Duration,
+        tls: &ClientTls,
+    ) -> anyhow::Result<Connection> {
         let base = url.trim_end_matches('/').to_string();
         match api {
             Api::DistraftHttp | Api::EtcdV2 => {
-                let client = reqwest::Client::builder()
+                let client = tls
+                    .reqwest(reqwest::Client::builder())
                     .timeout(timeout)
                     .tcp_nodelay(true)
                     .pool_max_idle_per_host(1)
@@ -95,8 +104,7 @@ impl Connection {
                 Ok(Connection::Http { api, client, base })
             }
             Api::DistraftGrpc => {
-                let channel = Channel::from_shared(base.clone())
-                    .with_context(|| format!("{url:?} is not a valid gRPC URL"))?
+                let channel = grpc_endpoint(&base, tls)?
                     .tcp_nodelay(true)
                     .connect_timeout(timeout)
                     .connect_lazy();
@@ -192,14 +200,16 @@ async fn bounded<T>(
 /// `wait` has passed.
 pub async fn find_leader(target: &TargetArgs, wait: Duration) -> anyhow::Result<String> {
     let timeout = Duration::from_secs(1);
-    let http = reqwest::Client::builder()
+    let tls = target.tls.load()?;
+    let http = tls
+        .reqwest(reqwest::Client::builder())
         .timeout(timeout)
         .build()
         .context("building the HTTP client")?;
     let deadline = Instant::now() + wait;
     loop {
         for url in &target.urls {
-            if is_leader(target.target, &http, url, timeout).await {
+            if is_leader(target.target, &http, &tls, url, timeout).await {
                 return Ok(url.clone());
             }
         }
@@ -211,7 +221,13 @@ pub async fn find_leader(target: &TargetArgs, wait: Duration) -> anyhow::Result<
 }
 
 /// Whether the node at `url` says it is the leader; false when it cannot be asked.
-async fn is_leader(api: Api, http: &reqwest::Client, url: &str, timeout: Duration) -> bool {
+async fn is_leader(
+    api: Api,
+    http: &reqwest::Client,
+    tls: &ClientTls,
+    url: &str,
+    timeout: Duration,
+) -> bool {
     let base = url.trim_end_matches('/');
     match api {
         Api::DistraftHttp => json_at(http, &format!("{base}/"))
@@ -222,7 +238,7 @@ async fn is_leader(api: Api, http: &reqwest::Client, url: &str, timeout: Duratio
             .await
             .is_some_and(|stats| stats["state"] == "StateLeader"),
         Api::DistraftGrpc => {
-            let Ok(endpoint) = Channel::from_shared(base.to_string()) else {
+            let Ok(endpoint) = grpc_endpoint(base, tls) else {
                 return false;
             };
             let Ok(channel) = endpoint.connect_timeout(timeout).connect().await else {
@@ -234,6 +250,18 @@ async fn is_leader(api: Api, http: &reqwest::Client, url: &str, timeout: Duratio
                 .await
                 .is_ok_and(|status| status.is_leader)
         }
+    }
+}
+
+/// A gRPC endpoint for `url`, with client TLS (used for https:// URLs) if given.
+fn grpc_endpoint(url: &str, tls: &ClientTls) -> anyhow::Result<Endpoint> {
+    let endpoint = Channel::from_shared(url.to_string())
+        .with_context(|| format!("{url:?} is not a valid gRPC URL"))?;
+    match tls.tonic() {
+        Some(config) => endpoint
+            .tls_config(config)
+            .context("configuring TLS for the gRPC client"),
+        None => Ok(endpoint),
     }
 }
 

@@ -90,11 +90,12 @@ pub(super) async fn execute(args: &FailoverArgs) -> anyhow::Result<FailoverRepor
         bail!("--kill-pid {} is not a process to kill", args.kill_pid);
     }
     let timeout = args.target.request_timeout();
+    let tls = args.target.tls.load()?;
     let connections = args
         .target
         .urls
         .iter()
-        .map(|url| Connection::open(args.target.target, url, timeout))
+        .map(|url| Connection::open(args.target.target, url, timeout, &tls))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if connections.is_empty() {
         bail!("no survivor URL to probe");

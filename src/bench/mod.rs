@@ -64,6 +64,10 @@ pub struct TargetArgs {
     /// Seconds a single request may take before it counts as an error.
     #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
     pub request_timeout: f64,
+    /// For https:// URLs (a distraft cluster with TLS): --cacert, and for the gRPC
+    /// port --cert/--key too.
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
 }
 
 impl TargetArgs {

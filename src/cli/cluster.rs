@@ -2,8 +2,14 @@
 //! original `distraft-config.env` format), starts one `distraft` child process per
 //! member of its DISTRAFT_CLUSTER, waits for a leader, prints the curl lines to try, and
 //! stops every node on Ctrl-C (or SIGTERM), or as soon as one of them dies.
+//!
+//! With `--tls`, the nodes run with mutual TLS: the certificates in `--certs-dir`
+//! (`distraft certs` makes them), or, if there are none, new ones made there for the
+//! cluster's hosts.
 
 use crate::config::{parse_cluster, Member};
+use crate::tls::dev_certs::{self, DevCerts, LOCAL_HOSTS};
+use crate::tls::ClientTlsArgs;
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use serde_json::Value;
@@ -31,11 +37,19 @@ pub struct ClusterArgs {
     /// How long to wait for the cluster to elect a leader.
     #[arg(long, default_value_t = 30)]
     pub leader_timeout_secs: u64,
+    /// Mutual TLS between the nodes and HTTPS on their gateways.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: the certificates (ca.pem, node.pem, node-key.pem, client.pem,
+    /// client-key.pem); made there if missing. Default: <data-dir>/certs.
+    #[arg(long, requires = "tls")]
+    pub certs_dir: Option<PathBuf>,
 }
 
-/// The URL of a member's HTTP gateway.
-fn http_url(member: &Member) -> String {
-    format!("http://{}:{}", member.client_host, member.client_port)
+/// The URL of a member's HTTP gateway (HTTPS with TLS).
+fn http_url(member: &Member, tls: Option<&DevCerts>) -> String {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{}:{}", member.client_host, member.client_port)
 }
 
 /// How long each node gets to shut down cleanly before it is killed.
@@ -51,16 +65,47 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let members = parse_cluster(cluster)?;
     ensure_ports_free(&members)?;
     let exe = std::env::current_exe().context("finding the distraft binary")?;
+    let certs = match args.tls {
+        true => Some(certificates(&args, &members)?),
+        false => None,
+    };
 
     let mut nodes = Vec::with_capacity(members.len());
     for member in &members {
-        let child = spawn_node(&exe, &env, member, &args.data_dir)
+        let child = spawn_node(&exe, &env, member, &args.data_dir, certs.as_ref())
             .with_context(|| format!("starting node {}", member.name))?;
         nodes.push((member.clone(), child));
     }
-    let result = supervise(&mut nodes, &args).await;
+    let result = supervise(&mut nodes, &args, certs.as_ref()).await;
     stop_all(&mut nodes).await;
     result
+}
+
+/// The certificates in the certs directory, made there first if missing (for the
+/// local names and every host of the cluster).
+fn certificates(args: &ClusterArgs, members: &[Member]) -> anyhow::Result<DevCerts> {
+    let dir = match &args.certs_dir {
+        Some(dir) => dir.clone(),
+        None => args.data_dir.join("certs"),
+    };
+    let existing = DevCerts::in_dir(&dir);
+    if existing.exist() {
+        return Ok(existing);
+    }
+    let mut hosts: Vec<String> = LOCAL_HOSTS.map(String::from).to_vec();
+    for member in members {
+        for host in [&member.peer_host, &member.client_host] {
+            if !hosts.contains(host) {
+                hosts.push(host.clone());
+            }
+        }
+    }
+    let certs = dev_certs::generate(&dir, &hosts, false)?;
+    println!(
+        "distraft: made a development CA and certificates in {}",
+        dir.display()
+    );
+    Ok(certs)
 }
 
 /// Fails fast, naming the port, when another process (often a cluster started
@@ -84,16 +129,20 @@ fn ensure_ports_free(members: &[Member]) -> anyhow::Result<()> {
 }
 
 /// Waits for a leader, prints what to try, then waits for Ctrl-C or a dead node.
-async fn supervise(nodes: &mut [(Member, Child)], args: &ClusterArgs) -> anyhow::Result<()> {
+async fn supervise(
+    nodes: &mut [(Member, Child)],
+    args: &ClusterArgs,
+    certs: Option<&DevCerts>,
+) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let leader = tokio::select! {
-        leader = wait_for_leader(nodes, Duration::from_secs(args.leader_timeout_secs)) => leader?,
+        leader = wait_for_leader(nodes, Duration::from_secs(args.leader_timeout_secs), certs) => leader?,
         _ = interrupt.recv() => return Ok(()),
         _ = terminate.recv() => return Ok(()),
     };
-    print_instructions(nodes, &leader, &args.data_dir);
+    print_instructions(nodes, &leader, &args.data_dir, certs);
     tokio::select! {
         _ = interrupt.recv() => Ok(()),
         _ = terminate.recv() => Ok(()),
@@ -123,6 +172,7 @@ fn spawn_node(
     env: &BTreeMap<String, String>,
     member: &Member,
     data_dir: &Path,
+    certs: Option<&DevCerts>,
 ) -> anyhow::Result<Child> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -132,7 +182,14 @@ fn spawn_node(
     let errors = output
         .try_clone()
         .with_context(|| format!("opening {}", output_path.display()))?;
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if let Some(certs) = certs {
+        command
+            .env("DISTRAFT_TLS_CERT", &certs.node_cert)
+            .env("DISTRAFT_TLS_KEY", &certs.node_key)
+            .env("DISTRAFT_TLS_CA", &certs.ca);
+    }
+    let child = command
         .envs(env)
         .env("DISTRAFT_NAME", &member.name)
         .env("DISTRAFT_HOST", &member.peer_host)
@@ -156,9 +213,15 @@ fn spawn_node(
 async fn wait_for_leader(
     nodes: &mut [(Member, Child)],
     timeout: Duration,
+    certs: Option<&DevCerts>,
 ) -> anyhow::Result<String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
+    let tls = ClientTlsArgs {
+        cacert: certs.map(|certs| certs.ca.clone()),
+        ..ClientTlsArgs::default()
+    };
+    let client = tls
+        .load()?
+        .reqwest(reqwest::Client::builder().timeout(Duration::from_secs(1)))
         .build()
         .context("building the HTTP client")?;
     let deadline = Instant::now() + timeout;
@@ -170,7 +233,7 @@ async fn wait_for_leader(
                     member.name
                 );
             }
-            if let Some(leader) = leader_of(&client, member).await {
+            if let Some(leader) = leader_of(&client, &http_url(member, certs)).await {
                 return Ok(leader);
             }
         }
@@ -182,9 +245,9 @@ async fn wait_for_leader(
 }
 
 /// The leader `member` knows of, if any.
-async fn leader_of(client: &reqwest::Client, member: &Member) -> Option<String> {
+async fn leader_of(client: &reqwest::Client, url: &str) -> Option<String> {
     let status: Value = client
-        .get(format!("{}/", http_url(member)))
+        .get(format!("{url}/"))
         .send()
         .await
         .ok()?
@@ -197,17 +260,27 @@ async fn leader_of(client: &reqwest::Client, member: &Member) -> Option<String> 
     }
 }
 
-fn print_instructions(nodes: &[(Member, Child)], leader: &str, data_dir: &Path) {
+fn print_instructions(
+    nodes: &[(Member, Child)],
+    leader: &str,
+    data_dir: &Path,
+    certs: Option<&DevCerts>,
+) {
     let Some((first, _)) = nodes.first() else {
         return;
     };
-    let url = http_url(first);
+    let url = http_url(first, certs);
+    // With TLS, curl must trust the development CA.
+    let curl = match certs {
+        Some(certs) => format!("curl --cacert {}", certs.ca.display()),
+        None => "curl".to_string(),
+    };
     println!("distraft: {} nodes up, leader is {leader}", nodes.len());
     for (member, _) in nodes {
         println!(
             "  {:<10} http {}  grpc {}:{}  output {}",
             member.name,
-            http_url(member),
+            http_url(member, certs),
             member.peer_host,
             member.peer_port,
             data_dir.join(format!("{}.out", member.name)).display()
@@ -215,12 +288,22 @@ fn print_instructions(nodes: &[(Member, Child)], leader: &str, data_dir: &Path) 
     }
     println!();
     println!("Try:");
-    println!("  curl {url}/");
-    println!("  curl -L -XPOST --data 'value=world' {url}/hello");
-    println!("  curl -L {url}/hello");
-    println!("  curl -L -XDELETE {url}/hello");
-    println!("  curl {url}/stop");
-    println!("  curl {url}/start");
+    println!("  {curl} {url}/");
+    println!("  {curl} -L -XPOST --data 'value=world' {url}/hello");
+    println!("  {curl} -L {url}/hello");
+    println!("  {curl} -L -XDELETE {url}/hello");
+    println!("  {curl} {url}/stop");
+    println!("  {curl} {url}/start");
+    if let Some(certs) = certs {
+        println!(
+            "  grpcurl -cacert {} -cert {} -key {} {}:{} list",
+            certs.ca.display(),
+            certs.client_cert.display(),
+            certs.client_key.display(),
+            first.peer_host,
+            first.peer_port
+        );
+    }
     println!();
     println!("Ctrl-C stops every node.");
 }

@@ -239,11 +239,21 @@ pub struct ClientTlsArgs {
     pub cacert: Option<PathBuf>,
     /// PEM client certificate to present (with --key); the gRPC port of a node with
     /// TLS requires one, the HTTPS gateway does not.
-    #[arg(long = "cert", id = "tls_client_cert", requires_all = ["tls_client_key", "cacert"])]
+    #[arg(
+        long = "cert",
+        id = "tls_client_cert",
+        value_name = "CERT",
+        requires_all = ["tls_client_key", "cacert"]
+    )]
     pub cert: Option<PathBuf>,
     /// PEM private key of --cert.
     // Its own id: `get`, `put` and `delete` have a positional `key` already.
-    #[arg(long = "key", id = "tls_client_key", requires = "tls_client_cert")]
+    #[arg(
+        long = "key",
+        id = "tls_client_key",
+        value_name = "KEY",
+        requires = "tls_client_cert"
+    )]
     pub key: Option<PathBuf>,
 }
 
