@@ -264,6 +264,20 @@ pub struct ClientTls {
     loaded: Option<Arc<LoadedClientTls>>,
 }
 
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        match &self.loaded {
+            Some(loaded) => write!(
+                f,
+                "ClientTls {{ ca, client certificate: {} }}",
+                loaded.identity.is_some()
+            ),
+            None => f.write_str("ClientTls(none)"),
+        }
+    }
+}
+
 struct LoadedClientTls {
     ca_pem: Vec<u8>,
     identity: Option<(Vec<u8>, Vec<u8>)>,
