@@ -4,6 +4,8 @@
 //! panicking test or not; a failing test prints the tail of each node's output.
 
 use distraft::proto::v1::{admin_client::AdminClient, kv_client::KvClient};
+use distraft::tls::dev_certs::{self, DevCerts};
+use distraft::tls::ClientTlsArgs;
 use serde_json::Value;
 use std::{
     collections::HashSet,
@@ -18,7 +20,7 @@ use std::{
 };
 use tempfile::TempDir;
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 /// Timings for tests: fast elections, and a request timeout short enough that a
 /// majority loss answers 503 quickly.
@@ -63,15 +65,25 @@ pub struct Node {
     child: Option<Child>,
     /// `DISTRAFT_*` variables for this node only (see [`Cluster::start_with_node_env`]).
     env: Vec<(String, String)>,
+    /// Serves HTTPS and mutual-TLS gRPC.
+    tls: bool,
 }
 
 impl Node {
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.http_port)
     }
 
     pub fn grpc_uri(&self) -> String {
-        format!("http://127.0.0.1:{}", self.raft_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.raft_port)
     }
 
     pub fn is_running(&self) -> bool {
@@ -84,6 +96,8 @@ pub struct Cluster {
     cluster_spec: String,
     dir: TempDir,
     http: reqwest::Client,
+    /// The certificates of a cluster started with [`Cluster::start_tls`].
+    pub certs: Option<DevCerts>,
     _permit: SemaphorePermit<'static>,
 }
 
@@ -95,7 +109,7 @@ impl Cluster {
 
     /// As [`Cluster::start`], with extra `DISTRAFT_*` variables for every node.
     pub async fn start_with(size: usize, extra_env: &[(&str, &str)]) -> Cluster {
-        Cluster::start_with_node_env(size, extra_env, |_, _| Vec::new()).await
+        Cluster::launch(size, extra_env, false, |_, _| Vec::new()).await
     }
 
     /// As [`Cluster::start_with`], plus variables of each node's own, given by
@@ -105,9 +119,35 @@ impl Cluster {
         extra_env: &[(&str, &str)],
         node_env: impl Fn(usize, &Path) -> Vec<(String, String)>,
     ) -> Cluster {
+        Cluster::launch(size, extra_env, false, node_env).await
+    }
+
+    /// As [`Cluster::start`], with mutual TLS: a development CA and certificates (made
+    /// by `distraft certs`' own code) in the cluster's directory, DISTRAFT_TLS_* set on
+    /// every node, and this harness's HTTP and gRPC clients using them.
+    pub async fn start_tls(size: usize) -> Cluster {
+        Cluster::launch(size, &[], true, |_, _| Vec::new()).await
+    }
+
+    async fn launch(
+        size: usize,
+        extra_env: &[(&str, &str)],
+        tls: bool,
+        node_env: impl Fn(usize, &Path) -> Vec<(String, String)>,
+    ) -> Cluster {
         let permit = RUNNING_CLUSTERS.acquire().await.unwrap();
         let ports = free_ports(size * 2);
         let dir = tempfile::tempdir().unwrap();
+        let certs = tls.then(|| {
+            let hosts = dev_certs::LOCAL_HOSTS.map(String::from);
+            dev_certs::generate(&dir.path().join("certs"), &hosts, false).unwrap()
+        });
+        let client_tls = ClientTlsArgs {
+            cacert: certs.as_ref().map(|c| c.ca.clone()),
+            cert: certs.as_ref().map(|c| c.client_cert.clone()),
+            key: certs.as_ref().map(|c| c.client_key.clone()),
+        };
+        let client_tls = client_tls.load().unwrap();
         let nodes: Vec<Node> = (0..size)
             .map(|i| Node {
                 name: format!("node{}", i + 1),
@@ -116,6 +156,7 @@ impl Cluster {
                 output: dir.path().join(format!("node{}.out", i + 1)),
                 child: None,
                 env: node_env(i, dir.path()),
+                tls,
             })
             .collect();
         let cluster_spec = nodes
@@ -132,10 +173,11 @@ impl Cluster {
             nodes,
             cluster_spec,
             dir,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
+            http: client_tls
+                .reqwest(reqwest::Client::builder().timeout(Duration::from_secs(15)))
                 .build()
                 .unwrap(),
+            certs,
             _permit: permit,
         };
         for i in 0..size {
@@ -200,7 +242,14 @@ impl Cluster {
             )
             .env("DISTRAFT_LOG_LEVEL", "INFO")
             .envs(extra_env.iter().copied())
-            .envs(node.env.iter().map(|(k, v)| (k, v)));
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.certs.iter().flat_map(|certs| {
+                [
+                    ("DISTRAFT_TLS_CERT", &certs.node_cert),
+                    ("DISTRAFT_TLS_KEY", &certs.node_key),
+                    ("DISTRAFT_TLS_CA", &certs.ca),
+                ]
+            }));
         command
     }
 
@@ -407,13 +456,26 @@ impl Cluster {
     }
 
     pub async fn kv(&self, i: usize) -> KvClient<Channel> {
-        KvClient::connect(self.nodes[i].grpc_uri()).await.unwrap()
+        KvClient::new(self.channel(i).await)
     }
 
     pub async fn admin(&self, i: usize) -> AdminClient<Channel> {
-        AdminClient::connect(self.nodes[i].grpc_uri())
-            .await
-            .unwrap()
+        AdminClient::new(self.channel(i).await)
+    }
+
+    /// A gRPC connection to node `i`, with the client certificate on a TLS cluster.
+    async fn channel(&self, i: usize) -> Channel {
+        let mut endpoint = Endpoint::from_shared(self.nodes[i].grpc_uri()).unwrap();
+        if let Some(certs) = &self.certs {
+            let client = ClientTlsArgs {
+                cacert: Some(certs.ca.clone()),
+                cert: Some(certs.client_cert.clone()),
+                key: Some(certs.client_key.clone()),
+            };
+            let tls = client.load().unwrap().tonic().unwrap();
+            endpoint = endpoint.tls_config(tls).unwrap();
+        }
+        endpoint.connect().await.unwrap()
     }
 }
 

@@ -8,6 +8,7 @@ mod api;
 mod faults;
 mod harness;
 mod storage;
+mod tls;
 mod tools;
 mod wipe;
 mod wire;

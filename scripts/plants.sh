@@ -28,6 +28,7 @@ plants=(
   "open-api|--test integration access"
   "no-connection-cap|--test integration access"
   "no-body-timeout|--test integration access"
+  "tls-optional-client-cert|--test integration tls::mutual_tls"
 )
 
 echo "plants.sh: building with the plants feature" >&2

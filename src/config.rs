@@ -5,12 +5,14 @@
 //! validates them, so that every mistake is reported as one line naming the variable and
 //! the offending value, whichever way it was given.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::{Access, AccessArgs};
 use crate::limits::{LimitArgs, Limits};
 use crate::raft::{self, NodeId};
+use crate::tls::NodeTls;
 
 /// How often the driver ticks the Raft core, unless heartbeats are so short that a
 /// finer tick is needed (see [`Config::tick`]).
@@ -149,6 +151,26 @@ pub struct NodeArgs {
     /// Bounds at the edges (connections, body read time, forwarded writes).
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Mutual TLS: all three or none.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// The TLS files of a node (see `src/tls/mod.rs`): all three set, or none (plaintext).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// PEM certificate (chain) of this node: served on the gRPC port and the HTTPS
+    /// gateway, and presented to peers. Its SANs must name the host this node has in
+    /// DISTRAFT_CLUSTER, and it must allow server and client authentication.
+    #[arg(long = "tls-cert", env = "DISTRAFT_TLS_CERT")]
+    pub cert: Option<String>,
+    /// PEM private key of DISTRAFT_TLS_CERT.
+    #[arg(long = "tls-key", env = "DISTRAFT_TLS_KEY")]
+    pub key: Option<String>,
+    /// PEM certificate of the CA: peers and gRPC clients must present a certificate it
+    /// signed, and peers' servers must have one.
+    #[arg(long = "tls-ca", env = "DISTRAFT_TLS_CA")]
+    pub ca: Option<String>,
 }
 
 /// A configuration value that cannot be used. Displays as one line:
@@ -231,6 +253,8 @@ pub struct Config {
     pub access: Access,
     /// Bounds at the edges.
     pub limits: Limits,
+    /// Mutual TLS on the gRPC port and HTTPS on the gateway; `None`: plaintext.
+    pub tls: Option<Arc<NodeTls>>,
 }
 
 impl Config {
@@ -364,7 +388,18 @@ impl Config {
             quota_bytes,
             access,
             limits,
+            tls: parse_tls(&args.tls)?,
         })
+    }
+
+    /// The URI this node dials `member`'s gRPC server at: https:// when TLS is on (tonic
+    /// then checks the member's certificate against its host in DISTRAFT_CLUSTER).
+    pub fn peer_uri(&self, member: &Member) -> String {
+        let uri = member.grpc_uri();
+        match &self.tls {
+            Some(_) => uri.replacen("http://", "https://", 1),
+            None => uri,
+        }
     }
 
     /// This node's own entry in the member list.
@@ -582,6 +617,42 @@ pub(crate) fn parse_positive(var: &'static str, raw: &str) -> Result<u64, Config
 }
 
 /// The original wrote booleans as `True`/`False`; accept the usual spellings.
+/// The TLS files: all three or none (an empty value counts as unset), each loaded and
+/// checked now so that a bad file is reported at start-up.
+fn parse_tls(args: &TlsArgs) -> Result<Option<Arc<NodeTls>>, ConfigError> {
+    fn given(value: &Option<String>) -> Option<&Path> {
+        value
+            .as_deref()
+            .map(str::trim)
+            .filter(|value| !value.is_empty())
+            .map(Path::new)
+    }
+    match (given(&args.cert), given(&args.key), given(&args.ca)) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => match NodeTls::load(cert, key, ca) {
+            Ok(tls) => Ok(Some(Arc::new(tls))),
+            Err(err) => Err(ConfigError::new(
+                err.file.var(),
+                &err.path.to_string_lossy(),
+                err.problem,
+            )),
+        },
+        (cert, key, ca) => {
+            let (var, value) = match (cert, key, ca) {
+                (None, _, _) => ("DISTRAFT_TLS_CERT", args.cert.as_deref()),
+                (_, None, _) => ("DISTRAFT_TLS_KEY", args.key.as_deref()),
+                _ => ("DISTRAFT_TLS_CA", args.ca.as_deref()),
+            };
+            Err(ConfigError::new(
+                var,
+                value.unwrap_or(""),
+                "is not set: DISTRAFT_TLS_CERT, DISTRAFT_TLS_KEY and DISTRAFT_TLS_CA go together \
+                 (set all three for TLS, none for plaintext)",
+            ))
+        }
+    }
+}
+
 fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
     match raw.trim().to_lowercase().as_str() {
         "true" | "t" | "1" | "yes" | "y" | "on" => Ok(true),
@@ -645,6 +716,30 @@ mod tests {
 
     fn error(extra: &[&str]) -> ConfigError {
         Config::from_args(&args(extra)).unwrap_err()
+    }
+
+    #[test]
+    fn tls_files_go_together() {
+        let err = error(&["--tls-cert", "node.pem"]);
+        assert_eq!(err.var, "DISTRAFT_TLS_KEY", "{err}");
+        let err = error(&["--tls-cert", "node.pem", "--tls-key", "key.pem"]);
+        assert_eq!(err.var, "DISTRAFT_TLS_CA", "{err}");
+        let err = error(&["--tls-ca", "ca.pem"]);
+        assert_eq!(err.var, "DISTRAFT_TLS_CERT", "{err}");
+        // All three, but unreadable: one line naming the first file.
+        let err = error(&[
+            "--tls-cert",
+            "/nonexistent/n.pem",
+            "--tls-key",
+            "k",
+            "--tls-ca",
+            "c",
+        ]);
+        assert_eq!(err.var, "DISTRAFT_TLS_CERT", "{err}");
+        // Empty values are unset: plaintext.
+        let config = Config::from_args(&args(&["--tls-cert", "", "--tls-key", " "])).unwrap();
+        assert!(config.tls.is_none());
+        assert_eq!(config.peer_uri(config.me()), "http://127.0.0.1:9001");
     }
 
     #[test]

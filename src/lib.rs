@@ -8,6 +8,7 @@
 //! - [`gateway`]: the original curl/JSON API, translated into Kv/Admin calls;
 //! - [`config`]: the `DISTRAFT_*` settings and their flags; [`node`]: the wiring;
 //! - [`access`]: API token, CORS origins, Host allowlist; [`limits`]: edge bounds;
+//! - [`tls`]: optional mutual TLS (certificates, tonic and gateway configurations);
 //! - [`kv`]: the replicated state machine; [`proto`]: the generated wire contract;
 //! - [`cli`] and [`bench`]: client subcommands and the load generator;
 //! - [`linearizability`]: the history checker used by the simulator and chaos tests;
@@ -27,3 +28,4 @@ pub mod proto;
 pub mod raft;
 pub mod rpc;
 pub mod storage;
+pub mod tls;

@@ -76,3 +76,15 @@ fn init_logging(config: &Config) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks its definitions (e.g. two arguments with one name) only when a
+    /// command is parsed: check every subcommand here, not in front of a user.
+    #[test]
+    fn command_line_definitions_are_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -106,6 +106,7 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
     let mut http = tokio::spawn(gateway::serve(
         settings,
         client_listener,
+        config.tls.as_ref().map(|tls| tls.gateway_acceptor()),
         backend,
         rpc::server::stopped(stop_rx),
     ));
@@ -113,7 +114,9 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
         name = %config.name,
         id = config.id,
         members = config.members.len(),
-        "serving gRPC on {grpc_addr} and HTTP on {}:{}",
+        tls = config.tls.is_some(),
+        "serving gRPC on {grpc_addr} and {} on {}:{}",
+        if config.tls.is_some() { "HTTPS" } else { "HTTP" },
         config.client_host,
         config.client_port
     );

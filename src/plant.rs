@@ -49,10 +49,12 @@ pub enum Plant {
     NoConnectionCap,
     /// The gateway waits for a request body forever.
     NoBodyTimeout,
+    /// The gRPC port lets in TLS clients without a certificate.
+    TlsOptionalClientCert,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 16] = [
+    pub const ALL: [Plant; 17] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -69,6 +71,7 @@ impl Plant {
         Plant::OpenApi,
         Plant::NoConnectionCap,
         Plant::NoBodyTimeout,
+        Plant::TlsOptionalClientCert,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +92,7 @@ impl Plant {
             Plant::OpenApi => "open-api",
             Plant::NoConnectionCap => "no-connection-cap",
             Plant::NoBodyTimeout => "no-body-timeout",
+            Plant::TlsOptionalClientCert => "tls-optional-client-cert",
         }
     }
 }

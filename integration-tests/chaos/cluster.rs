@@ -4,6 +4,9 @@
 //! Unlike the integration harness's cluster, every node gets its own `DISTRAFT_CLUSTER`
 //! (its peers at their proxies' ports) and the test keeps each child's pid to pause it.
 //! The test itself talks to every node directly, never through a proxy.
+//!
+//! [`ChaosCluster::start_tls`] runs the nodes with mutual TLS; the proxies forward TCP,
+//! so the handshakes pass through them (and are cut, lost or delayed like any bytes).
 
 use std::{
     fs::OpenOptions,
@@ -15,6 +18,8 @@ use std::{
 use distraft::proto::v1::{
     admin_client::AdminClient, StartRequest, StatusRequest, StatusResponse, StopRequest,
 };
+use distraft::tls::dev_certs::{self, DevCerts};
+use distraft::tls::{ClientTls, ClientTlsArgs};
 use tempfile::TempDir;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::transport::{Channel, Endpoint};
@@ -34,15 +39,38 @@ pub struct Address {
     pub name: String,
     pub raft_port: u16,
     pub http_port: u16,
+    /// The client certificate and CA of a cluster with TLS (none: plaintext).
+    pub tls: ClientTls,
 }
 
 impl Address {
+    fn scheme(&self) -> &'static str {
+        match self.tls.tonic() {
+            Some(_) => "https",
+            None => "http",
+        }
+    }
+
     pub fn grpc_uri(&self) -> String {
-        format!("http://127.0.0.1:{}", self.raft_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.raft_port)
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.http_port)
+    }
+
+    /// The node's gRPC endpoint, with the client certificate on a TLS cluster.
+    pub fn endpoint(&self) -> Endpoint {
+        let endpoint = Endpoint::from_shared(self.grpc_uri()).unwrap();
+        match self.tls.tonic() {
+            Some(tls) => endpoint.tls_config(tls).unwrap(),
+            None => endpoint,
+        }
+    }
+
+    /// An HTTP client builder that trusts the cluster's CA, if it has one.
+    pub fn http_client(&self) -> reqwest::ClientBuilder {
+        self.tls.reqwest(reqwest::Client::builder())
     }
 }
 
@@ -63,24 +91,46 @@ pub struct ChaosCluster {
     nodes: Vec<Process>,
     network: Network,
     dir: TempDir,
+    certs: Option<DevCerts>,
     _permit: SemaphorePermit<'static>,
 }
 
 impl ChaosCluster {
     /// Starts `size` nodes behind a fresh [`Network`] (without waiting for a leader).
     pub async fn start(size: usize) -> ChaosCluster {
+        ChaosCluster::launch(size, false).await
+    }
+
+    /// As [`ChaosCluster::start`], with mutual TLS between the nodes (through the
+    /// proxies) and towards the test's clients.
+    pub async fn start_tls(size: usize) -> ChaosCluster {
+        ChaosCluster::launch(size, true).await
+    }
+
+    async fn launch(size: usize, tls: bool) -> ChaosCluster {
         let permit = ONE_AT_A_TIME.acquire().await.unwrap();
         let ports = free_ports(size * 2);
+        let dir = tempfile::tempdir().unwrap();
+        let certs = tls.then(|| {
+            let hosts = dev_certs::LOCAL_HOSTS.map(String::from);
+            dev_certs::generate(&dir.path().join("certs"), &hosts, false).unwrap()
+        });
+        let client_tls = ClientTlsArgs {
+            cacert: certs.as_ref().map(|c| c.ca.clone()),
+            cert: certs.as_ref().map(|c| c.client_cert.clone()),
+            key: certs.as_ref().map(|c| c.client_key.clone()),
+        };
+        let client_tls = client_tls.load().unwrap();
         let addresses: Vec<Address> = (0..size)
             .map(|i| Address {
                 name: format!("node{}", i + 1),
                 raft_port: ports[2 * i],
                 http_port: ports[2 * i + 1],
+                tls: client_tls.clone(),
             })
             .collect();
         let raft_ports: Vec<u16> = addresses.iter().map(|a| a.raft_port).collect();
         let network = Network::start(&raft_ports).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
         let nodes = (0..size)
             .map(|me| {
                 let cluster_spec = addresses
@@ -95,8 +145,8 @@ impl ChaosCluster {
                     })
                     .collect::<Vec<_>>()
                     .join(",");
-                let admin = Endpoint::from_shared(addresses[me].grpc_uri())
-                    .unwrap()
+                let admin = addresses[me]
+                    .endpoint()
                     .connect_timeout(ADMIN_TIMEOUT)
                     .timeout(ADMIN_TIMEOUT)
                     .connect_lazy();
@@ -113,6 +163,7 @@ impl ChaosCluster {
             nodes,
             network,
             dir,
+            certs,
             _permit: permit,
         };
         for i in 0..size {
@@ -173,6 +224,13 @@ impl ChaosCluster {
             )
             .env("DISTRAFT_SNAPSHOT_THRESHOLD", SNAPSHOT_THRESHOLD)
             .env("DISTRAFT_LOG_LEVEL", log_level())
+            .envs(self.certs.iter().flat_map(|certs| {
+                [
+                    ("DISTRAFT_TLS_CERT", &certs.node_cert),
+                    ("DISTRAFT_TLS_KEY", &certs.node_key),
+                    ("DISTRAFT_TLS_CA", &certs.ca),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(output.try_clone().unwrap())
             .stderr(output);

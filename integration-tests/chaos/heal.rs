@@ -11,9 +11,9 @@
 use std::time::{Duration, Instant};
 
 use distraft::proto::v1::{kv_client::KvClient, GetRequest, PutRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::cluster::ChaosCluster;
+use crate::cluster::{Address, ChaosCluster};
 use crate::harness::{eventually, CONVERGE};
 use crate::proxy::Flow;
 
@@ -33,9 +33,9 @@ const CUTS: [Duration; 4] = [
 /// hide a faster one.
 const PROBE_DEADLINE: Duration = Duration::from_millis(300);
 
-fn kv(uri: String) -> KvClient<Channel> {
-    let channel = Endpoint::from_shared(uri)
-        .unwrap()
+fn kv(node: &Address) -> KvClient<Channel> {
+    let channel = node
+        .endpoint()
         .connect_timeout(PROBE_DEADLINE)
         .connect_lazy();
     KvClient::new(channel)
@@ -109,8 +109,8 @@ async fn a_healed_follower_serves_reads_promptly() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.outputs()));
         let follower = (leader + 1) % nodes.len();
-        let mut reads = kv(nodes[follower].grpc_uri());
-        let mut writes = kv(nodes[leader].grpc_uri());
+        let mut reads = kv(&nodes[follower]);
+        let mut writes = kv(&nodes[leader]);
         let key = format!("heal-{trial}");
 
         // Warm: the follower serves reads, its peer connections are up.

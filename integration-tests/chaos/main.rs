@@ -19,6 +19,10 @@
 //! - `DISTRAFT_CHAOS_NODES`: the cluster size (default 5);
 //! - `DISTRAFT_CHAOS_CLIENTS`: concurrent clients (default 8).
 //!
+//! A second test repeats one short run with mutual TLS on every link (peers through
+//! the proxies, and the clients): seed `DISTRAFT_CHAOS_TLS_SEED` (default 4) for
+//! `DISTRAFT_CHAOS_TLS_SECONDS` (default 20).
+//!
 //! Add `-- --nocapture` to watch the nemesis and read each run's figures.
 
 #[path = "../harness.rs"]
@@ -83,7 +87,7 @@ async fn histories_under_faults_are_linearizable_and_replicas_converge() {
     assert!(settings.nodes >= 3, "chaos needs at least 3 nodes");
     let mut summaries = Vec::new();
     for seed in settings.first_seed..settings.first_seed + settings.runs {
-        summaries.push(run(seed, &settings).await);
+        summaries.push(run(seed, &settings, false).await);
     }
     println!("\n===== chaos: {} runs", summaries.len());
     for summary in &summaries {
@@ -91,13 +95,35 @@ async fn histories_under_faults_are_linearizable_and_replicas_converge() {
     }
 }
 
-/// One run: returns its one-line summary, panics with the evidence on failure.
-async fn run(seed: u64, settings: &Settings) -> String {
+/// The same checks with mutual TLS on: handshakes go through the faulty proxies too,
+/// and reconnecting after a partition or a restart means a new handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_mutual_tls_histories_under_faults_are_linearizable_and_replicas_converge() {
+    let settings = Settings {
+        seconds: env_number("DISTRAFT_CHAOS_TLS_SECONDS").unwrap_or(20),
+        ..Settings::from_env()
+    };
+    let seed = env_number("DISTRAFT_CHAOS_TLS_SEED").unwrap_or(4);
     println!(
-        "===== chaos run: seed {seed}, {} s, {} nodes, {} clients",
-        settings.seconds, settings.nodes, settings.clients
+        "\n===== chaos with TLS: {}",
+        run(seed, &settings, true).await
     );
-    let mut cluster = ChaosCluster::start(settings.nodes).await;
+}
+
+/// One run (with mutual TLS if `tls`): returns its one-line summary, panics with the
+/// evidence on failure.
+async fn run(seed: u64, settings: &Settings, tls: bool) -> String {
+    println!(
+        "===== chaos run: seed {seed}, {} s, {} nodes, {} clients{}",
+        settings.seconds,
+        settings.nodes,
+        settings.clients,
+        if tls { ", mutual TLS" } else { "" }
+    );
+    let mut cluster = match tls {
+        true => ChaosCluster::start_tls(settings.nodes).await,
+        false => ChaosCluster::start(settings.nodes).await,
+    };
     let leader = eventually(CONVERGE, || async {
         cluster
             .leader()
@@ -193,9 +219,8 @@ async fn run(seed: u64, settings: &Settings) -> String {
 async fn converge(cluster: &ChaosCluster, seed: u64) -> (u64, String) {
     let nodes = cluster.addresses();
     let written = eventually(CONVERGE, || async {
-        let mut kv = KvClient::connect(nodes[0].grpc_uri())
-            .await
-            .map_err(|e| e.to_string())?;
+        let channel = nodes[0].endpoint().connect().await;
+        let mut kv = KvClient::new(channel.map_err(|e| e.to_string())?);
         let put = PutRequest {
             key: "chaos-final".into(),
             value: format!("seed {seed}"),

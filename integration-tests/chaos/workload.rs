@@ -22,10 +22,7 @@ use distraft::{
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use serde_json::Value;
-use tonic::{
-    transport::{Channel, Endpoint},
-    Code,
-};
+use tonic::{transport::Channel, Code};
 
 use crate::cluster::Address;
 
@@ -92,15 +89,18 @@ impl Client {
         let grpc = nodes
             .iter()
             .map(|node| {
-                let channel = Endpoint::from_shared(node.grpc_uri())
-                    .unwrap()
+                let channel = node
+                    .endpoint()
                     .connect_timeout(REQUEST_DEADLINE)
                     .tcp_nodelay(true)
                     .connect_lazy();
                 KvClient::new(channel)
             })
             .collect();
-        let http = reqwest::Client::builder()
+        // Every node shares one CA: any address's TLS settings serve them all.
+        let http = nodes
+            .first()
+            .map_or_else(reqwest::Client::builder, |node| node.http_client())
             .timeout(CLIENT_TIMEOUT)
             .build()
             .unwrap();

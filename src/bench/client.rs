@@ -7,7 +7,9 @@ use bytes::Bytes;
 use clap::ValueEnum;
 use serde_json::Value;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::ClientTls;
 
 use super::{ReadMode, TargetArgs};
 use crate::cli::key_url;
@@ -92,12 +94,14 @@ fn bearer(token: &str) -> anyhow::Result<String> {
 
 impl Connection {
     /// A new connection (made lazily, on the first request) to the node at `url`,
-    /// sending the API `token` with every request if given.
+    /// sending the API `token` with every request if given; `tls` serves https://
+    /// URLs.
     pub fn open(
         api: Api,
         url: &str,
         timeout: Duration,
         token: Option<&str>,
+        tls: &ClientTls,
     ) -> anyhow::Result<Connection> {
         let base = url.trim_end_matches('/').to_string();
         let bearer = token.map(bearer).transpose()?;
@@ -109,7 +113,8 @@ impl Connection {
                     value.set_sensitive(true);
                     headers.insert(reqwest::header::AUTHORIZATION, value);
                 }
-                let client = reqwest::Client::builder()
+                let client = tls
+                    .reqwest(reqwest::Client::builder())
                     .default_headers(headers)
                     .timeout(timeout)
                     .tcp_nodelay(true)
@@ -120,8 +125,7 @@ impl Connection {
                 Ok(Connection::Http { api, client, base })
             }
             Api::DistraftGrpc => {
-                let channel = Channel::from_shared(base.clone())
-                    .with_context(|| format!("{url:?} is not a valid gRPC URL"))?
+                let channel = grpc_endpoint(&base, tls)?
                     .tcp_nodelay(true)
                     .connect_timeout(timeout)
                     .connect_lazy();
@@ -237,14 +241,16 @@ async fn bounded<T>(
 /// `wait` has passed.
 pub async fn find_leader(target: &TargetArgs, wait: Duration) -> anyhow::Result<String> {
     let timeout = Duration::from_secs(1);
-    let http = reqwest::Client::builder()
+    let tls = target.tls.load()?;
+    let http = tls
+        .reqwest(reqwest::Client::builder())
         .timeout(timeout)
         .build()
         .context("building the HTTP client")?;
     let deadline = Instant::now() + wait;
     loop {
         for url in &target.urls {
-            if is_leader(target.target, &http, url, timeout).await {
+            if is_leader(target.target, &http, &tls, url, timeout).await {
                 return Ok(url.clone());
             }
         }
@@ -256,7 +262,13 @@ pub async fn find_leader(target: &TargetArgs, wait: Duration) -> anyhow::Result<
 }
 
 /// Whether the node at `url` says it is the leader; false when it cannot be asked.
-async fn is_leader(api: Api, http: &reqwest::Client, url: &str, timeout: Duration) -> bool {
+async fn is_leader(
+    api: Api,
+    http: &reqwest::Client,
+    tls: &ClientTls,
+    url: &str,
+    timeout: Duration,
+) -> bool {
     let base = url.trim_end_matches('/');
     match api {
         Api::DistraftHttp => json_at(http, &format!("{base}/"))
@@ -267,7 +279,7 @@ async fn is_leader(api: Api, http: &reqwest::Client, url: &str, timeout: Duratio
             .await
             .is_some_and(|stats| stats["state"] == "StateLeader"),
         Api::DistraftGrpc => {
-            let Ok(endpoint) = Channel::from_shared(base.to_string()) else {
+            let Ok(endpoint) = grpc_endpoint(base, tls) else {
                 return false;
             };
             let Ok(channel) = endpoint.connect_timeout(timeout).connect().await else {
@@ -279,6 +291,18 @@ async fn is_leader(api: Api, http: &reqwest::Client, url: &str, timeout: Duratio
                 .await
                 .is_ok_and(|status| status.is_leader)
         }
+    }
+}
+
+/// A gRPC endpoint for `url`, with client TLS (used for https:// URLs) if given.
+fn grpc_endpoint(url: &str, tls: &ClientTls) -> anyhow::Result<Endpoint> {
+    let endpoint = Channel::from_shared(url.to_string())
+        .with_context(|| format!("{url:?} is not a valid gRPC URL"))?;
+    match tls.tonic() {
+        Some(config) => endpoint
+            .tls_config(config)
+            .context("configuring TLS for the gRPC client"),
+        None => Ok(endpoint),
     }
 }
 

@@ -90,6 +90,7 @@ pub(super) async fn execute(args: &FailoverArgs) -> anyhow::Result<FailoverRepor
         bail!("--kill-pid {} is not a process to kill", args.kill_pid);
     }
     let timeout = args.target.request_timeout();
+    let tls = args.target.tls.load()?;
     let connections = args
         .target
         .urls
@@ -100,6 +101,7 @@ pub(super) async fn execute(args: &FailoverArgs) -> anyhow::Result<FailoverRepor
                 url,
                 timeout,
                 args.target.token.as_deref(),
+                &tls,
             )
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

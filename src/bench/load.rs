@@ -185,6 +185,7 @@ fn bench_value(size: u64) -> String {
 /// One connection per client, spread round-robin over the nodes.
 fn open_connections(args: &LoadArgs, urls: &[String]) -> anyhow::Result<Vec<Connection>> {
     let timeout = args.target.request_timeout();
+    let tls = args.target.tls.load()?;
     // gRPC multiplexes: clients on the same node share its one HTTP/2 connection.
     let shared_grpc = match args.target.target {
         Api::DistraftGrpc => Some(
@@ -195,6 +196,7 @@ fn open_connections(args: &LoadArgs, urls: &[String]) -> anyhow::Result<Vec<Conn
                         url,
                         timeout,
                         args.target.token.as_deref(),
+                        &tls,
                     )
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?,
@@ -211,6 +213,7 @@ fn open_connections(args: &LoadArgs, urls: &[String]) -> anyhow::Result<Vec<Conn
                     &urls[node],
                     timeout,
                     args.target.token.as_deref(),
+                    &tls,
                 ),
             }
         })

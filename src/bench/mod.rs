@@ -67,6 +67,10 @@ pub struct TargetArgs {
     /// The cluster's API token (DISTRAFT_API_TOKEN), sent as `Authorization: Bearer`.
     #[arg(long, env = "DISTRAFT_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For https:// URLs (a distraft cluster with TLS): --cacert, and for the gRPC
+    /// port --cert/--key too.
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
 }
 
 impl TargetArgs {

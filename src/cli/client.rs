@@ -27,7 +27,8 @@ pub fn key_url(base: &str, key: &str) -> String {
 /// Long enough for any request timeout a node may be configured with.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A client sending the target's API token, if any, with every request.
+/// A client for `target`: sending its API token, if any, with every request; with
+/// --cacert (and --cert/--key), https:// URLs work.
 fn http_client(target: &Target) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = &target.token {
@@ -36,8 +37,8 @@ fn http_client(target: &Target) -> anyhow::Result<reqwest::Client> {
         bearer.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, bearer);
     }
-    reqwest::Client::builder()
-        .timeout(HTTP_TIMEOUT)
+    let tls = target.tls.load()?;
+    tls.reqwest(reqwest::Client::builder().timeout(HTTP_TIMEOUT))
         .default_headers(headers)
         .build()
         .context("building the HTTP client")

@@ -2,8 +2,14 @@
 //! original `distraft-config.env` format), starts one `distraft` child process per
 //! member of its DISTRAFT_CLUSTER, waits for a leader, prints the curl lines to try, and
 //! stops every node on Ctrl-C (or SIGTERM), or as soon as one of them dies.
+//!
+//! With `--tls`, the nodes run with mutual TLS: the certificates in `--certs-dir`
+//! (`distraft certs` makes them), or, if there are none, new ones made there for the
+//! cluster's hosts.
 
 use crate::config::{parse_cluster, Member};
+use crate::tls::dev_certs::{self, DevCerts, LOCAL_HOSTS};
+use crate::tls::ClientTlsArgs;
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use serde_json::Value;
@@ -36,11 +42,19 @@ pub struct ClusterArgs {
     /// environment).
     #[arg(long, env = "DISTRAFT_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Mutual TLS between the nodes and HTTPS on their gateways.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: the certificates (ca.pem, node.pem, node-key.pem, client.pem,
+    /// client-key.pem); made there if missing. Default: <data-dir>/certs.
+    #[arg(long, requires = "tls")]
+    pub certs_dir: Option<PathBuf>,
 }
 
-/// The URL of a member's HTTP gateway.
-fn http_url(member: &Member) -> String {
-    format!("http://{}:{}", member.client_host, member.client_port)
+/// The URL of a member's HTTP gateway (HTTPS with TLS).
+fn http_url(member: &Member, tls: Option<&DevCerts>) -> String {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{}:{}", member.client_host, member.client_port)
 }
 
 /// How long each node gets to shut down cleanly before it is killed.
@@ -65,14 +79,18 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             path.display().to_string(),
         );
     }
+    let certs = match args.tls {
+        true => Some(certificates(&args, &members)?),
+        false => None,
+    };
 
     let mut nodes = Vec::with_capacity(members.len());
     for member in &members {
-        let child = spawn_node(&exe, &env, member, &args.data_dir)
+        let child = spawn_node(&exe, &env, member, &args.data_dir, certs.as_ref())
             .with_context(|| format!("starting node {}", member.name))?;
         nodes.push((member.clone(), child));
     }
-    let result = supervise(&mut nodes, &args).await;
+    let result = supervise(&mut nodes, &args, certs.as_ref()).await;
     stop_all(&mut nodes).await;
     result
 }
@@ -97,6 +115,33 @@ fn write_token_file(data_dir: &Path, token: &str) -> anyhow::Result<PathBuf> {
     std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))
 }
 
+/// The certificates in the certs directory, made there first if missing (for the
+/// local names and every host of the cluster).
+fn certificates(args: &ClusterArgs, members: &[Member]) -> anyhow::Result<DevCerts> {
+    let dir = match &args.certs_dir {
+        Some(dir) => dir.clone(),
+        None => args.data_dir.join("certs"),
+    };
+    let existing = DevCerts::in_dir(&dir);
+    if existing.exist() {
+        return Ok(existing);
+    }
+    let mut hosts: Vec<String> = LOCAL_HOSTS.map(String::from).to_vec();
+    for member in members {
+        for host in [&member.peer_host, &member.client_host] {
+            if !hosts.contains(host) {
+                hosts.push(host.clone());
+            }
+        }
+    }
+    let certs = dev_certs::generate(&dir, &hosts, false)?;
+    println!(
+        "distraft: made a development CA and certificates in {}",
+        dir.display()
+    );
+    Ok(certs)
+}
+
 /// Fails fast, naming the port, when another process (often a cluster started
 /// earlier) already listens on one of ours: otherwise its answers would pass for ours.
 fn ensure_ports_free(members: &[Member]) -> anyhow::Result<()> {
@@ -118,16 +163,20 @@ fn ensure_ports_free(members: &[Member]) -> anyhow::Result<()> {
 }
 
 /// Waits for a leader, prints what to try, then waits for Ctrl-C or a dead node.
-async fn supervise(nodes: &mut [(Member, Child)], args: &ClusterArgs) -> anyhow::Result<()> {
+async fn supervise(
+    nodes: &mut [(Member, Child)],
+    args: &ClusterArgs,
+    certs: Option<&DevCerts>,
+) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let leader = tokio::select! {
-        leader = wait_for_leader(nodes, Duration::from_secs(args.leader_timeout_secs)) => leader?,
+        leader = wait_for_leader(nodes, Duration::from_secs(args.leader_timeout_secs), certs) => leader?,
         _ = interrupt.recv() => return Ok(()),
         _ = terminate.recv() => return Ok(()),
     };
-    print_instructions(nodes, &leader, args);
+    print_instructions(nodes, &leader, args, certs);
     tokio::select! {
         _ = interrupt.recv() => Ok(()),
         _ = terminate.recv() => Ok(()),
@@ -157,6 +206,7 @@ fn spawn_node(
     env: &BTreeMap<String, String>,
     member: &Member,
     data_dir: &Path,
+    certs: Option<&DevCerts>,
 ) -> anyhow::Result<Child> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -170,6 +220,12 @@ fn spawn_node(
     if env.contains_key("DISTRAFT_API_TOKEN_FILE") {
         // An inherited token would clash with the file (and sit in /proc).
         command.env_remove("DISTRAFT_API_TOKEN");
+    }
+    if let Some(certs) = certs {
+        command
+            .env("DISTRAFT_TLS_CERT", &certs.node_cert)
+            .env("DISTRAFT_TLS_KEY", &certs.node_key)
+            .env("DISTRAFT_TLS_CA", &certs.ca);
     }
     let child = command
         .envs(env)
@@ -195,9 +251,15 @@ fn spawn_node(
 async fn wait_for_leader(
     nodes: &mut [(Member, Child)],
     timeout: Duration,
+    certs: Option<&DevCerts>,
 ) -> anyhow::Result<String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
+    let tls = ClientTlsArgs {
+        cacert: certs.map(|certs| certs.ca.clone()),
+        ..ClientTlsArgs::default()
+    };
+    let client = tls
+        .load()?
+        .reqwest(reqwest::Client::builder().timeout(Duration::from_secs(1)))
         .build()
         .context("building the HTTP client")?;
     let deadline = Instant::now() + timeout;
@@ -209,7 +271,7 @@ async fn wait_for_leader(
                     member.name
                 );
             }
-            if let Some(leader) = leader_of(&client, member).await {
+            if let Some(leader) = leader_of(&client, &http_url(member, certs)).await {
                 return Ok(leader);
             }
         }
@@ -221,9 +283,9 @@ async fn wait_for_leader(
 }
 
 /// The leader `member` knows of, if any.
-async fn leader_of(client: &reqwest::Client, member: &Member) -> Option<String> {
+async fn leader_of(client: &reqwest::Client, url: &str) -> Option<String> {
     let status: Value = client
-        .get(format!("{}/", http_url(member)))
+        .get(format!("{url}/"))
         .send()
         .await
         .ok()?
@@ -236,18 +298,28 @@ async fn leader_of(client: &reqwest::Client, member: &Member) -> Option<String> 
     }
 }
 
-fn print_instructions(nodes: &[(Member, Child)], leader: &str, args: &ClusterArgs) {
+fn print_instructions(
+    nodes: &[(Member, Child)],
+    leader: &str,
+    args: &ClusterArgs,
+    certs: Option<&DevCerts>,
+) {
     let data_dir = &args.data_dir;
     let Some((first, _)) = nodes.first() else {
         return;
     };
-    let url = http_url(first);
+    let url = http_url(first, certs);
+    // With TLS, curl must trust the development CA.
+    let curl = match certs {
+        Some(certs) => format!("curl --cacert {}", certs.ca.display()),
+        None => "curl".to_string(),
+    };
     println!("distraft: {} nodes up, leader is {leader}", nodes.len());
     for (member, _) in nodes {
         println!(
             "  {:<10} http {}  grpc {}:{}  output {}",
             member.name,
-            http_url(member),
+            http_url(member, certs),
             member.peer_host,
             member.peer_port,
             data_dir.join(format!("{}.out", member.name)).display()
@@ -263,12 +335,22 @@ fn print_instructions(nodes: &[(Member, Child)], leader: &str, args: &ClusterArg
         None => String::new(),
     };
     println!("Try:");
-    println!("  curl {url}/");
-    println!("  curl -L{auth} -XPOST --data 'value=world' {url}/hello");
-    println!("  curl -L{auth} {url}/hello");
-    println!("  curl -L{auth} -XDELETE {url}/hello");
-    println!("  curl{auth} {url}/stop");
-    println!("  curl{auth} {url}/start");
+    println!("  {curl} {url}/");
+    println!("  {curl} -L{auth} -XPOST --data 'value=world' {url}/hello");
+    println!("  {curl} -L{auth} {url}/hello");
+    println!("  {curl} -L{auth} -XDELETE {url}/hello");
+    println!("  {curl}{auth} {url}/stop");
+    println!("  {curl}{auth} {url}/start");
+    if let Some(certs) = certs {
+        println!(
+            "  grpcurl -cacert {} -cert {} -key {} {}:{} list",
+            certs.ca.display(),
+            certs.client_cert.display(),
+            certs.client_key.display(),
+            first.peer_host,
+            first.peer_port
+        );
+    }
     println!();
     println!("Ctrl-C stops every node.");
 }

@@ -2,8 +2,10 @@
 //! node instead, as `python server.py` did).
 //!
 //! `status`, `get`, `put` and `delete` talk to one node's HTTP gateway, exactly as `curl
-//! -L` would; `cluster` launches a local cluster (3 nodes with the example configuration).
+//! -L` would; `cluster` launches a local cluster (3 nodes with the example configuration);
+//! `certs` makes a development CA and certificates for a cluster with TLS.
 
+mod certs;
 mod client;
 mod cluster;
 
@@ -45,6 +47,9 @@ pub enum Command {
     /// Start a local cluster (3 nodes with the example env file): one process per member
     /// of its DISTRAFT_CLUSTER; print the curl lines to try; stop every node on Ctrl-C.
     Cluster(cluster::ClusterArgs),
+    /// Make a development CA, a node certificate for the given hosts and a client
+    /// certificate (for DISTRAFT_TLS_CERT/KEY/CA, curl --cacert, grpcurl -cert).
+    Certs(certs::CertsArgs),
     /// Load-test a cluster (distraft over HTTP or gRPC, or etcd's v2 API), measure
     /// failover, or find the leader; see `distraft bench --help`.
     Bench(Box<crate::bench::BenchArgs>),
@@ -53,12 +58,15 @@ pub enum Command {
 /// The node a client subcommand talks to.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// The node's HTTP URL (its DISTRAFT_CLIENT_HOST:DISTRAFT_TCP_PORT).
+    /// The node's HTTP URL (its DISTRAFT_CLIENT_HOST:DISTRAFT_TCP_PORT); https:// for a
+    /// node with TLS (with --cacert).
     #[arg(long, env = "DISTRAFT_URL", default_value = "http://127.0.0.1:5001")]
     pub url: String,
     /// The cluster's API token (DISTRAFT_API_TOKEN), sent as `Authorization: Bearer`.
     #[arg(long, env = "DISTRAFT_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
 }
 
 /// Runs a client subcommand.
@@ -69,6 +77,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Put { target, key, value } => client::put(&target, &key, &value).await,
         Command::Delete { target, key } => client::delete(&target, &key).await,
         Command::Cluster(args) => cluster::run(args).await,
+        Command::Certs(args) => certs::run(args),
         Command::Bench(args) => crate::bench::run(*args).await,
     }
 }

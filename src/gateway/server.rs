@@ -9,15 +9,17 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use super::{routes, Backend, GatewaySettings};
+use crate::tls;
 
 /// A client must send a whole request head within this time (slow-loris bound).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,10 +30,12 @@ const MAX_REFUSING: usize = 64;
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then finishes the
-/// requests in flight.
+/// requests in flight. With `tls`, every connection is HTTPS (no client certificate
+/// asked: see docs/security.md).
 pub async fn serve(
     settings: GatewaySettings,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     backend: Backend,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -60,7 +64,9 @@ pub async fn serve(
         };
         // At the cap, a quick answer rather than a wait in the kernel's queue.
         let Ok(permit) = open.clone().try_acquire_owned() else {
-            if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+            // (Over TLS the plaintext answer would be garbage: just close.)
+            let plaintext = tls.is_none();
+            if let (true, Ok(refusal)) = (plaintext, refusing.clone().try_acquire_owned()) {
                 tokio::spawn(async move {
                     refuse_connection(stream, max_connections).await;
                     drop(refusal);
@@ -70,20 +76,29 @@ pub async fn serve(
         };
         // Answers are small and written whole: send them at once.
         let _ = stream.set_nodelay(true);
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(
-                TokioIo::new(JsonParseErrors::new(stream)),
-                TowerToHyperService::new(service.clone()),
-            );
-        let connection = connections.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                debug!("HTTP connection: {err}");
+        let service = TowerToHyperService::new(service.clone());
+        let watcher = connections.watcher();
+        match &tls {
+            None => {
+                tokio::spawn(async move {
+                    serve_connection(stream, service, watcher).await;
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's own task (bounded), never
+                // in the accept loop.
+                let handshake = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Ok(stream)) => serve_connection(stream, service, watcher).await,
+                        Ok(Err(err)) => debug!("HTTPS handshake failed: {err}"),
+                        Err(_elapsed) => debug!("HTTPS handshake timed out"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     connections.shutdown().await;
@@ -115,6 +130,26 @@ async fn refuse_connection(mut stream: TcpStream, max_connections: usize) {
         Ok::<_, io::Error>(())
     })
     .await;
+}
+
+/// Serves the HTTP/1.1 requests of one connection (plain or TLS) until it closes or a
+/// graceful shutdown finishes it.
+async fn serve_connection<IO, S>(stream: IO, service: S, watcher: Watcher)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(JsonParseErrors::new(stream)), service);
+    if let Err(err) = watcher.watch(connection).await {
+        debug!("HTTP connection: {err}");
+    }
 }
 
 /// hyper answers a request it cannot parse (a URI over 64 KiB, a head over its

@@ -103,8 +103,15 @@ pub struct PeerTasks {
 /// after a heartbeat interval of silence (at least 50 ms, so that tiny heartbeats do
 /// not turn into a ping storm) and give up after an RPC deadline: a healed node is
 /// heard from again within about an election timeout.
+///
+/// With TLS the channel is https:// and presents this node's certificate; the same
+/// channel carries the forwarded client requests.
 fn connect_lazy(config: &Config, member: &Member) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(member.grpc_uri())?
+    let mut endpoint = Endpoint::from_shared(config.peer_uri(member))?;
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint.tls_config(tls.grpc_client())?;
+    }
+    Ok(endpoint
         .connect_timeout(raft_rpc_timeout(config))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(config.heartbeat_timeout.max(Duration::from_millis(50)))

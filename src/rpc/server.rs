@@ -95,6 +95,11 @@ pub async fn serve(
         .set_serving::<RaftServer<RaftService>>()
         .await;
 
+    let mut server = Server::builder();
+    if let Some(tls) = &config.tls {
+        // Mutual TLS: every client, peer or not, must present a certificate the CA signed.
+        server = server.tls_config(tls.grpc_server())?;
+    }
     let raft = RaftService {
         config,
         driver,
@@ -103,7 +108,7 @@ pub async fn serve(
     };
     // At the caps, a request is refused at once (RESOURCE_EXHAUSTED) rather than
     // queued behind the others.
-    Server::builder()
+    server
         .tcp_nodelay(true)
         .max_concurrent_streams(GRPC_MAX_CONCURRENT_STREAMS)
         .concurrency_limit_per_connection(GRPC_MAX_REQUESTS_PER_CONNECTION)
