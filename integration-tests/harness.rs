@@ -38,6 +38,19 @@ static RUNNING_CLUSTERS: Semaphore = Semaphore::const_new(2);
 /// Ports handed out in this process, so that two clusters never pick the same one.
 static USED_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
+/// The `distraft` binary, with nothing from the developer's own environment: every
+/// `DISTRAFT_*` variable removed except `DISTRAFT_PLANT`, which plants a bug in the
+/// nodes too (`scripts/plants.sh`, a build with the feature `plants`).
+pub fn distraft_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_distraft"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("DISTRAFT_") && name != "DISTRAFT_PLANT" {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// `count` distinct free loopback ports.
 pub fn free_ports(count: usize) -> Vec<u16> {
     let mut used = USED_PORTS.lock().unwrap();
@@ -218,13 +231,7 @@ impl Cluster {
         extra_env: &[(&str, &str)],
     ) -> Command {
         let node = &self.nodes[i];
-        let mut command = Command::new(env!("CARGO_BIN_EXE_distraft"));
-        // Nothing from the developer's own environment may leak into the nodes.
-        for (name, _) in std::env::vars() {
-            if name.starts_with("DISTRAFT_") {
-                command.env_remove(name);
-            }
-        }
+        let mut command = distraft_command();
         command
             .env("DISTRAFT_NAME", &node.name)
             .env("DISTRAFT_HOST", "127.0.0.1")

@@ -195,12 +195,7 @@ async fn a_node_with_half_or_bad_tls_settings_refuses_to_start_in_one_line() {
         ),
     ];
     for (env, blamed) in cases {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_distraft"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("DISTRAFT_") {
-                command.env_remove(name);
-            }
-        }
+        let mut command = crate::harness::distraft_command();
         let output = command
             .envs(env.iter().copied())
             .env("DISTRAFT_LOG_PATH", dir.path())

@@ -238,12 +238,7 @@ async fn cluster_subcommand(tls: bool) {
         ),
     )
     .unwrap();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_distraft"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("DISTRAFT_") {
-            command.env_remove(name);
-        }
-    }
+    let mut command = tokio::process::Command::from(crate::harness::distraft_command());
     command.arg("cluster");
     if tls {
         command.arg("--tls");

@@ -549,12 +549,7 @@ fn command(
     http_port: u16,
     dir: &Path,
 ) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_distraft"));
-    for (var, _) in std::env::vars() {
-        if var.starts_with("DISTRAFT_") {
-            command.env_remove(var);
-        }
-    }
+    let mut command = tokio::process::Command::from(crate::harness::distraft_command());
     command
         .env("DISTRAFT_NAME", name)
         .env("DISTRAFT_UDP_PORT", raft_port.to_string())

@@ -201,9 +201,10 @@ impl ChaosCluster {
             .open(&node.output)
             .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_distraft"));
-        // Nothing from the developer's environment (DISTRAFT_CHAOS_* included) leaks in.
+        // Nothing from the developer's environment (DISTRAFT_CHAOS_* included) leaks in,
+        // but a planted bug (DISTRAFT_PLANT, scripts/plants.sh) does.
         for (name, _) in std::env::vars() {
-            if name.starts_with("DISTRAFT_") {
+            if name.starts_with("DISTRAFT_") && name != "DISTRAFT_PLANT" {
                 command.env_remove(name);
             }
         }
