@@ -13,12 +13,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{create_dir_durably, io_error, sync_dir, StorageError};
+use super::{create_dir_durably, io_error, replace_file_durably, StorageError};
 use crate::config::{Config, Member};
 
 pub const IDENTITY_FILE: &str = "cluster.id";
@@ -80,7 +79,7 @@ pub fn establish(config: &Config, data_dir: &Path) -> Result<(), IdentityError> 
     let wanted = StoredIdentity::of(config);
     match read(&path)? {
         None => {
-            write(data_dir, &path, &wanted)?;
+            write(data_dir, &wanted)?;
             Ok(())
         }
         Some(stored) if stored == wanted => Ok(()),
@@ -177,17 +176,10 @@ fn read(path: &Path) -> Result<Option<StoredIdentity>, StorageError> {
     Ok(Some(identity))
 }
 
-fn write(data_dir: &Path, path: &Path, identity: &StoredIdentity) -> Result<(), StorageError> {
+/// Durably writes `data_dir/cluster.id` (a crash leaves the old file or the new one).
+fn write(data_dir: &Path, identity: &StoredIdentity) -> Result<(), StorageError> {
     create_dir_durably(data_dir)?;
-    // Not ".tmp": that suffix is swept by the storage at open, which may run
-    // concurrently in tests; this name is ours alone.
-    let temp = data_dir.join(format!("{IDENTITY_FILE}.new"));
-    let mut file = File::create(&temp).map_err(io_error(&temp))?;
-    file.write_all(&encode(identity)).map_err(io_error(&temp))?;
-    file.sync_all().map_err(io_error(&temp))?;
-    drop(file);
-    fs::rename(&temp, path).map_err(io_error(path))?;
-    sync_dir(data_dir)
+    replace_file_durably(data_dir, IDENTITY_FILE, &encode(identity))
 }
 
 #[cfg(test)]

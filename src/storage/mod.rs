@@ -1176,6 +1176,20 @@ fn remove_if_present(path: &Path) -> Result<(), StorageError> {
     }
 }
 
+/// Durably replaces `dir/name` with `bytes`: a temporary file (`<name>.new`, never a
+/// `.tmp` that open() sweeps), fsynced, renamed over the old one, and `dir` fsynced; a
+/// crash leaves the old file or the new one.
+fn replace_file_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    let path = dir.join(name);
+    let temp = dir.join(format!("{name}.new"));
+    let mut file = File::create(&temp).map_err(io_error(&temp))?;
+    io::Write::write_all(&mut file, bytes).map_err(io_error(&temp))?;
+    file.sync_all().map_err(io_error(&temp))?;
+    drop(file);
+    fs::rename(&temp, &path).map_err(io_error(&path))?;
+    sync_dir(dir)
+}
+
 /// Makes file creations, renames and deletions in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)

@@ -11,11 +11,11 @@
 //! vote u64, crc32c u32 of everything before it. A damaged file is an error, never
 //! ignored: without it the node could vote with a wiped log.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{io_error, sync_dir, StorageError};
+use super::{io_error, replace_file_durably, StorageError};
 use crate::raft::{NodeId, Term};
 
 const FILE_NAME: &str = "reset-term";
@@ -89,16 +89,9 @@ pub(super) fn read(log_dir: &Path) -> Result<Option<ResetRecord>, StorageError> 
     }
 }
 
-/// Durably replaces the record: a temporary file, fsynced, renamed over the old one,
-/// and the directory fsynced.
+/// Durably replaces the record (a crash leaves the old one or the new one).
 pub(super) fn write(log_dir: &Path, record: &ResetRecord) -> Result<(), StorageError> {
-    let path = path(log_dir);
-    let temp = log_dir.join(format!("{FILE_NAME}.tmp"));
-    let mut file = File::create(&temp).map_err(io_error(&temp))?;
-    file.write_all(&encode(record)).map_err(io_error(&temp))?;
-    file.sync_all().map_err(io_error(&temp))?;
-    fs::rename(&temp, &path).map_err(io_error(&path))?;
-    sync_dir(log_dir)
+    replace_file_durably(log_dir, FILE_NAME, &encode(record))
 }
 
 #[cfg(test)]
