@@ -5,7 +5,6 @@
 
 use distraft::proto::v1::{admin_client::AdminClient, kv_client::KvClient};
 use distraft::tls::dev_certs::{self, DevCerts};
-use distraft::tls::ClientTlsArgs;
 use serde_json::Value;
 use std::{
     collections::HashSet,
@@ -155,11 +154,10 @@ impl Cluster {
             let hosts = dev_certs::LOCAL_HOSTS.map(String::from);
             dev_certs::generate(&dir.path().join("certs"), &hosts, false).unwrap()
         });
-        let client_tls = ClientTlsArgs {
-            cacert: certs.as_ref().map(|c| c.ca.clone()),
-            cert: certs.as_ref().map(|c| c.client_cert.clone()),
-            key: certs.as_ref().map(|c| c.client_key.clone()),
-        };
+        let client_tls = certs
+            .as_ref()
+            .map(DevCerts::client_args)
+            .unwrap_or_default();
         let client_tls = client_tls.load().unwrap();
         let nodes: Vec<Node> = (0..size)
             .map(|i| Node {
@@ -474,12 +472,7 @@ impl Cluster {
     async fn channel(&self, i: usize) -> Channel {
         let mut endpoint = Endpoint::from_shared(self.nodes[i].grpc_uri()).unwrap();
         if let Some(certs) = &self.certs {
-            let client = ClientTlsArgs {
-                cacert: Some(certs.ca.clone()),
-                cert: Some(certs.client_cert.clone()),
-                key: Some(certs.client_key.clone()),
-            };
-            let tls = client.load().unwrap().tonic().unwrap();
+            let tls = certs.client_args().load().unwrap().tonic().unwrap();
             endpoint = endpoint.tls_config(tls).unwrap();
         }
         endpoint.connect().await.unwrap()

@@ -19,7 +19,7 @@ use distraft::proto::v1::{
     admin_client::AdminClient, StartRequest, StatusRequest, StatusResponse, StopRequest,
 };
 use distraft::tls::dev_certs::{self, DevCerts};
-use distraft::tls::{ClientTls, ClientTlsArgs};
+use distraft::tls::ClientTls;
 use tempfile::TempDir;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::transport::{Channel, Endpoint};
@@ -115,11 +115,10 @@ impl ChaosCluster {
             let hosts = dev_certs::LOCAL_HOSTS.map(String::from);
             dev_certs::generate(&dir.path().join("certs"), &hosts, false).unwrap()
         });
-        let client_tls = ClientTlsArgs {
-            cacert: certs.as_ref().map(|c| c.ca.clone()),
-            cert: certs.as_ref().map(|c| c.client_cert.clone()),
-            key: certs.as_ref().map(|c| c.client_key.clone()),
-        };
+        let client_tls = certs
+            .as_ref()
+            .map(DevCerts::client_args)
+            .unwrap_or_default();
         let client_tls = client_tls.load().unwrap();
         let addresses: Vec<Address> = (0..size)
             .map(|i| Address {

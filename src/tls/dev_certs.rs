@@ -9,6 +9,8 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::ClientTlsArgs;
+
 use anyhow::{bail, Context};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -52,6 +54,16 @@ impl DevCerts {
             node_key: dir.join(NODE_KEY),
             client_cert: dir.join(CLIENT_CERT),
             client_key: dir.join(CLIENT_KEY),
+        }
+    }
+
+    /// What a client of a cluster with these certificates needs: the CA, and the
+    /// client certificate that the gRPC port asks for.
+    pub fn client_args(&self) -> ClientTlsArgs {
+        ClientTlsArgs {
+            cacert: Some(self.ca.clone()),
+            cert: Some(self.client_cert.clone()),
+            key: Some(self.client_key.clone()),
         }
     }
 

@@ -18,12 +18,7 @@ fn generated_certificates_load() {
     let (_dir, certs) = certs();
     assert!(certs.exist());
     NodeTls::load(&certs.node_cert, &certs.node_key, &certs.ca).unwrap();
-    let client = ClientTlsArgs {
-        cacert: Some(certs.ca.clone()),
-        cert: Some(certs.client_cert.clone()),
-        key: Some(certs.client_key.clone()),
-    };
-    assert!(client.load().unwrap().tonic().is_some());
+    assert!(certs.client_args().load().unwrap().tonic().is_some());
     assert!(ClientTlsArgs::default().load().unwrap().tonic().is_none());
 }
 
