@@ -5,6 +5,7 @@
 
 use distraft::proto::v1::{admin_client::AdminClient, kv_client::KvClient};
 use distraft::tls::dev_certs::{self, DevCerts};
+use distraft::tls::ClientTls;
 use serde_json::Value;
 use std::{
     collections::HashSet,
@@ -36,6 +37,21 @@ static RUNNING_CLUSTERS: Semaphore = Semaphore::const_new(2);
 
 /// Ports handed out in this process, so that two clusters never pick the same one.
 static USED_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// With `tls`, a development CA and certificates for the local names (made by
+/// `distraft certs`' own code) in `dir/certs`, and the client side of them; without,
+/// none and a plaintext client.
+pub fn test_certs(tls: bool, dir: &Path) -> (Option<DevCerts>, ClientTls) {
+    let certs = tls.then(|| {
+        let hosts = dev_certs::LOCAL_HOSTS.map(String::from);
+        dev_certs::generate(&dir.join("certs"), &hosts, false).unwrap()
+    });
+    let client_args = certs
+        .as_ref()
+        .map(DevCerts::client_args)
+        .unwrap_or_default();
+    (certs, client_args.load().unwrap())
+}
 
 /// The `distraft` binary, with nothing from the developer's own environment: every
 /// `DISTRAFT_*` variable removed except `DISTRAFT_PLANT`, which plants a bug in the
@@ -150,15 +166,7 @@ impl Cluster {
         let permit = RUNNING_CLUSTERS.acquire().await.unwrap();
         let ports = free_ports(size * 2);
         let dir = tempfile::tempdir().unwrap();
-        let certs = tls.then(|| {
-            let hosts = dev_certs::LOCAL_HOSTS.map(String::from);
-            dev_certs::generate(&dir.path().join("certs"), &hosts, false).unwrap()
-        });
-        let client_tls = certs
-            .as_ref()
-            .map(DevCerts::client_args)
-            .unwrap_or_default();
-        let client_tls = client_tls.load().unwrap();
+        let (certs, client_tls) = test_certs(tls, dir.path());
         let nodes: Vec<Node> = (0..size)
             .map(|i| Node {
                 name: format!("node{}", i + 1),

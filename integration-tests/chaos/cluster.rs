@@ -18,13 +18,13 @@ use std::{
 use distraft::proto::v1::{
     admin_client::AdminClient, StartRequest, StatusRequest, StatusResponse, StopRequest,
 };
-use distraft::tls::dev_certs::{self, DevCerts};
+use distraft::tls::dev_certs::DevCerts;
 use distraft::tls::ClientTls;
 use tempfile::TempDir;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::harness::{free_ports, tail, ELECTION, HEARTBEAT, REQUEST_TIMEOUT};
+use crate::harness::{free_ports, tail, test_certs, ELECTION, HEARTBEAT, REQUEST_TIMEOUT};
 use crate::proxy::Network;
 
 /// A node takes a snapshot every this many applied entries: low, so that runs exercise
@@ -111,15 +111,7 @@ impl ChaosCluster {
         let permit = ONE_AT_A_TIME.acquire().await.unwrap();
         let ports = free_ports(size * 2);
         let dir = tempfile::tempdir().unwrap();
-        let certs = tls.then(|| {
-            let hosts = dev_certs::LOCAL_HOSTS.map(String::from);
-            dev_certs::generate(&dir.path().join("certs"), &hosts, false).unwrap()
-        });
-        let client_tls = certs
-            .as_ref()
-            .map(DevCerts::client_args)
-            .unwrap_or_default();
-        let client_tls = client_tls.load().unwrap();
+        let (certs, client_tls) = test_certs(tls, dir.path());
         let addresses: Vec<Address> = (0..size)
             .map(|i| Address {
                 name: format!("node{}", i + 1),

@@ -12,7 +12,7 @@ use clap::Args;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::{Api, Connection, TargetArgs};
+use super::{Api, TargetArgs};
 
 /// Options of `distraft bench failover`.
 #[derive(Debug, Args)]
@@ -89,21 +89,12 @@ pub(super) async fn execute(args: &FailoverArgs) -> anyhow::Result<FailoverRepor
     if args.kill_pid <= 1 {
         bail!("--kill-pid {} is not a process to kill", args.kill_pid);
     }
-    let timeout = args.target.request_timeout();
     let tls = args.target.tls.load()?;
     let connections = args
         .target
         .urls
         .iter()
-        .map(|url| {
-            Connection::open(
-                args.target.target,
-                url,
-                timeout,
-                args.target.token.as_deref(),
-                &tls,
-            )
-        })
+        .map(|url| args.target.open(url, &tls))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if connections.is_empty() {
         bail!("no survivor URL to probe");

@@ -184,21 +184,12 @@ fn bench_value(size: u64) -> String {
 
 /// One connection per client, spread round-robin over the nodes.
 fn open_connections(args: &LoadArgs, urls: &[String]) -> anyhow::Result<Vec<Connection>> {
-    let timeout = args.target.request_timeout();
     let tls = args.target.tls.load()?;
     // gRPC multiplexes: clients on the same node share its one HTTP/2 connection.
     let shared_grpc = match args.target.target {
         Api::DistraftGrpc => Some(
             urls.iter()
-                .map(|url| {
-                    Connection::open(
-                        args.target.target,
-                        url,
-                        timeout,
-                        args.target.token.as_deref(),
-                        &tls,
-                    )
-                })
+                .map(|url| args.target.open(url, &tls))
                 .collect::<anyhow::Result<Vec<_>>>()?,
         ),
         _ => None,
@@ -208,13 +199,7 @@ fn open_connections(args: &LoadArgs, urls: &[String]) -> anyhow::Result<Vec<Conn
             let node = client % urls.len();
             match &shared_grpc {
                 Some(channels) => Ok(channels[node].clone()),
-                None => Connection::open(
-                    args.target.target,
-                    &urls[node],
-                    timeout,
-                    args.target.token.as_deref(),
-                    &tls,
-                ),
+                None => args.target.open(&urls[node], &tls),
             }
         })
         .collect()

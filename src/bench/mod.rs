@@ -78,6 +78,13 @@ impl TargetArgs {
         Duration::from_secs_f64(self.request_timeout)
     }
 
+    /// A new connection to the node at `url` with these settings (API, request
+    /// timeout, token) and the loaded TLS files.
+    fn open(&self, url: &str, tls: &crate::tls::ClientTls) -> anyhow::Result<client::Connection> {
+        let token = self.token.as_deref();
+        client::Connection::open(self.target, url, self.request_timeout(), token, tls)
+    }
+
     /// The URLs to load: all of them, or the leader's alone with `--leader`.
     async fn resolve_urls(&self) -> anyhow::Result<Vec<String>> {
         if self.leader {
