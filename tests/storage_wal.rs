@@ -1160,7 +1160,7 @@ fn a_core_restarts_from_storage_with_term_vote_log_and_snapshot() {
     });
     let rd = restarted.ready();
     assert!(rd
-        .messages
+        .persisted_messages
         .iter()
         .any(|m| m.body == Body::VoteResponse { granted: false }));
 }

@@ -716,15 +716,15 @@ impl<T: Transport> Driver<T> {
             hard_state,
             snapshot,
             entries,
-            replication,
             messages,
+            persisted_messages,
             committed,
             reads,
             failed_reads,
         } = ready;
         // 0. The leader's appends go out first: the followers write them while we do
         //    (Raft thesis §10.2.1; the core counts our copy only after `advance`).
-        for msg in replication {
+        for msg in messages {
             self.dispatch(msg);
         }
 
@@ -737,7 +737,7 @@ impl<T: Transport> Driver<T> {
         }
 
         // 2. Send the rest, now that everything those messages promise is durable.
-        for msg in messages {
+        for msg in persisted_messages {
             self.dispatch(msg);
         }
 

@@ -525,15 +525,15 @@ impl RawNode {
         self.waiting_reads = later;
         let mut reads = std::mem::take(&mut self.ready_reads);
         reads.extend(now);
-        let (replication, messages) = std::mem::take(&mut self.msgs)
+        let (messages, persisted_messages) = std::mem::take(&mut self.msgs)
             .into_iter()
-            .partition(|msg| self.is_replication(msg));
+            .partition(|msg| self.may_send_before_persist(msg));
         Ready {
             hard_state,
             snapshot,
             entries,
-            replication,
             messages,
+            persisted_messages,
             committed,
             reads,
             failed_reads: std::mem::take(&mut self.failed_reads),
@@ -541,10 +541,10 @@ impl RawNode {
     }
 
     /// A message that may leave before the persist of its `Ready` (see
-    /// [`Ready::replication`]). A leader's term and vote were persisted before it could
+    /// [`Ready::messages`]). A leader's term and vote were persisted before it could
     /// win its election, so its replication depends on nothing unpersisted; every
     /// answer to a peer (a vote, an append acknowledgement) does.
-    fn is_replication(&self, msg: &Message) -> bool {
+    fn may_send_before_persist(&self, msg: &Message) -> bool {
         self.role == Role::Leader
             && msg.term == self.term
             && matches!(

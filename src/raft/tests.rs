@@ -36,8 +36,8 @@ fn drain(node: &mut RawNode) -> (Vec<Message>, Vec<Entry>, Vec<ReadState>) {
     let (mut msgs, mut committed, mut reads) = (Vec::new(), Vec::new(), Vec::new());
     while node.has_ready() {
         let rd = node.ready();
-        msgs.extend(rd.replication);
         msgs.extend(rd.messages);
+        msgs.extend(rd.persisted_messages);
         node.advance();
         committed.extend(rd.committed);
         reads.extend(rd.reads);
@@ -148,7 +148,7 @@ fn a_vote_is_given_once_per_term() {
         "the vote is persisted with the Ready"
     );
     let grants: Vec<(NodeId, bool)> = rd
-        .messages
+        .persisted_messages
         .iter()
         .map(|m| match m.body {
             Body::VoteResponse { granted } => (m.to, granted),
@@ -179,7 +179,10 @@ fn a_restarted_node_remembers_its_vote() {
         },
     });
     let rd = n.ready();
-    assert_eq!(rd.messages[0].body, Body::VoteResponse { granted: false });
+    assert_eq!(
+        rd.persisted_messages[0].body,
+        Body::VoteResponse { granted: false }
+    );
 }
 
 #[test]
@@ -298,13 +301,13 @@ fn proposals_are_batched_into_one_append_per_follower() {
     let rd = c.node(1).ready();
     assert_eq!(rd.entries.len(), 50, "one persist for the whole batch");
     let appends: Vec<&Message> = rd
-        .replication
+        .messages
         .iter()
         .filter(|m| matches!(m.body, Body::Append { .. }))
         .collect();
     assert_eq!(appends.len(), 2, "one message per follower: {appends:?}");
     c.node(1).advance();
-    for m in rd.replication {
+    for m in rd.messages {
         c.node(m.to).step(m);
     }
     c.settle();
@@ -415,14 +418,14 @@ fn read_index_waits_for_a_heartbeat_round_and_is_refused_when_partitioned() {
     // Without any answer from the followers the read is not served.
     let rd = c.node(1).ready();
     assert!(rd.reads.is_empty());
-    assert!(rd.messages.is_empty());
+    assert!(rd.persisted_messages.is_empty());
     assert!(rd
-        .replication
+        .messages
         .iter()
         .all(|m| matches!(m.body, Body::Heartbeat { read_seq: 1, .. })));
     c.node(1).advance();
     // One follower confirms: with the leader that is a majority.
-    let m = rd.replication.into_iter().find(|m| m.to == 2).unwrap();
+    let m = rd.messages.into_iter().find(|m| m.to == 2).unwrap();
     c.node(2).step(m);
     let (answers, _, _) = drain(c.node(2));
     for a in answers {
@@ -501,20 +504,24 @@ fn replication_may_leave_before_the_leaders_persist_but_acks_may_not() {
     let index = c.node(1).propose(Bytes::from("w")).unwrap();
     let rd = c.node(1).ready();
     assert_eq!(rd.entries.len(), 1);
-    assert!(rd.messages.is_empty(), "{:?}", rd.messages);
-    let to_2 = rd.replication.into_iter().find(|m| m.to == 2).unwrap();
-    // The follower answers only after its persist: the answer is not replication.
+    assert!(
+        rd.persisted_messages.is_empty(),
+        "{:?}",
+        rd.persisted_messages
+    );
+    let to_2 = rd.messages.into_iter().find(|m| m.to == 2).unwrap();
+    // The follower answers only after its persist: the answer is not in `messages`.
     c.node(2).step(to_2);
     let follower = c.node(2).ready();
-    assert!(follower.replication.is_empty());
+    assert!(follower.messages.is_empty());
     assert!(follower
-        .messages
+        .persisted_messages
         .iter()
         .any(|m| matches!(m.body, Body::AppendResponse { .. })));
     c.node(2).advance();
     // Before the leader's own advance, one follower plus the leader's unpersisted
     // copy is no majority ...
-    let ack = follower.messages.into_iter().next().unwrap();
+    let ack = follower.persisted_messages.into_iter().next().unwrap();
     c.node(1).step(ack.clone());
     assert!(c.nodes[&1].status().commit < index);
     // ... but two durable copies are, once the leader's own persist is done.

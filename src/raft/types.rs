@@ -143,9 +143,11 @@ pub struct ReadState {
 
 /// A batch of work from the core. The driver must carry it out in this order:
 ///
+/// 0. send `messages` (they may leave at once, in parallel with step 1);
 /// 1. persist: install `snapshot` (if any), then write `entries` (truncating any log
 ///    suffix from the first entry's index on) and `hard_state`, and fsync;
-/// 2. send `messages` (never before step 1: they may promise what step 1 stores);
+/// 2. send `persisted_messages` (never before step 1: they may promise what step 1
+///    stores);
 /// 3. call [`crate::raft::RawNode::advance`] with this Ready;
 /// 4. apply `committed` to the state machine, in order;
 /// 5. answer `reads` (after step 4, so the state machine has caught up with them)
@@ -155,13 +157,15 @@ pub struct Ready {
     pub hard_state: Option<HardState>,
     pub snapshot: Option<SnapshotMeta>,
     pub entries: Vec<Entry>,
-    /// The leader's replication (appends, heartbeats, snapshots) in its current term.
-    /// These may be sent *before* the persist, in parallel with it (Raft thesis
-    /// §10.2.1): they promise nothing this `Ready` persists, and the leader counts its
-    /// own log towards a majority only after `advance`.
-    pub replication: Vec<Message>,
-    /// Everything else: send only once the persist is durable.
+    /// Messages that may be sent at once, *before* the persist, in parallel with it
+    /// (Raft thesis §10.2.1): the leader's replication (appends, heartbeats,
+    /// snapshots) in its current term. They promise nothing this `Ready` persists, and
+    /// the leader counts its own log towards a majority only after `advance`. (The
+    /// same split and names as raft-rs's `messages` / `persisted_messages`.)
     pub messages: Vec<Message>,
+    /// Everything else (votes, append acknowledgements, ...): send only once the
+    /// persist is durable.
+    pub persisted_messages: Vec<Message>,
     pub committed: Vec<Entry>,
     pub reads: Vec<ReadState>,
     pub failed_reads: Vec<(ReadId, RaftError)>,
@@ -173,8 +177,8 @@ impl Ready {
         self.hard_state.is_none()
             && self.snapshot.is_none()
             && self.entries.is_empty()
-            && self.replication.is_empty()
             && self.messages.is_empty()
+            && self.persisted_messages.is_empty()
             && self.committed.is_empty()
             && self.reads.is_empty()
             && self.failed_reads.is_empty()

@@ -1206,7 +1206,7 @@ mod tests {
                 assert!(status.commit <= status.last_index, "committed past the log");
                 self.term = status.term;
                 self.commit = status.commit;
-                rd.messages
+                rd.persisted_messages
             }
         }
 
