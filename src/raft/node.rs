@@ -314,7 +314,13 @@ impl RawNode {
                 Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. } => {
                     self.become_follower(m.term, Some(m.from))
                 }
-                _ => self.become_follower(m.term, None),
+                Body::PreVoteResponse { granted: false }
+                | Body::Vote { .. }
+                | Body::VoteResponse { .. }
+                | Body::AppendResponse { .. }
+                | Body::HeartbeatResponse { .. }
+                | Body::ReadIndex { .. }
+                | Body::ReadIndexResponse { .. } => self.become_follower(m.term, None),
             }
         } else if m.term < self.term {
             match m.body {
@@ -332,7 +338,13 @@ impl RawNode {
                 Body::ReadIndex { id } => {
                     self.send(m.from, Body::ReadIndexResponse { id, index: None })
                 }
-                _ => {}
+                // Votes for an old term and answers to our requests of one: moot.
+                Body::PreVoteResponse { .. }
+                | Body::Vote { .. }
+                | Body::VoteResponse { .. }
+                | Body::AppendResponse { .. }
+                | Body::HeartbeatResponse { .. }
+                | Body::ReadIndexResponse { .. } => {}
             }
             return;
         }

@@ -233,7 +233,15 @@ pub fn vote_request(config: &Config, msg: &Message) -> Option<pb::VoteRequest> {
             last_index,
             last_term,
         } => (last_index, last_term, false),
-        _ => return None,
+        Body::PreVoteResponse { .. }
+        | Body::VoteResponse { .. }
+        | Body::Append { .. }
+        | Body::AppendResponse { .. }
+        | Body::Heartbeat { .. }
+        | Body::HeartbeatResponse { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. }
+        | Body::ReadIndexResponse { .. } => return None,
     };
     Some(pb::VoteRequest {
         from: config.name.clone(),
@@ -265,7 +273,15 @@ pub fn append_request(config: &Config, msg: Message) -> Option<pb::AppendEntries
             leader_commit: commit,
             read_seq,
         }),
-        _ => return None,
+        Body::PreVote { .. }
+        | Body::PreVoteResponse { .. }
+        | Body::Vote { .. }
+        | Body::VoteResponse { .. }
+        | Body::AppendResponse { .. }
+        | Body::HeartbeatResponse { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. }
+        | Body::ReadIndexResponse { .. } => return None,
     };
     Some(pb::AppendEntriesRequest {
         from: config.name.clone(),
@@ -285,7 +301,16 @@ pub fn read_index_request(config: &Config, msg: &Message) -> Option<pb::ReadInde
             cluster_id: config.cluster_id,
             to: name_of(config, msg.to),
         }),
-        _ => None,
+        Body::PreVote { .. }
+        | Body::PreVoteResponse { .. }
+        | Body::Vote { .. }
+        | Body::VoteResponse { .. }
+        | Body::Append { .. }
+        | Body::AppendResponse { .. }
+        | Body::Heartbeat { .. }
+        | Body::HeartbeatResponse { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndexResponse { .. } => None,
     }
 }
 
@@ -383,12 +408,23 @@ pub fn vote_response(config: &Config, reply: Option<Message>) -> pb::VoteRespons
         cluster_id: config.cluster_id,
         ..Default::default()
     };
-    if let Some(msg) = reply {
-        if let Body::PreVoteResponse { granted } | Body::VoteResponse { granted } = msg.body {
+    let Some(msg) = reply else { return response };
+    match msg.body {
+        Body::PreVoteResponse { granted } | Body::VoteResponse { granted } => {
             response.term = msg.term;
             response.granted = granted;
             response.answered = true;
         }
+        // Not an answer to a vote: leave it unanswered.
+        Body::PreVote { .. }
+        | Body::Vote { .. }
+        | Body::Append { .. }
+        | Body::AppendResponse { .. }
+        | Body::Heartbeat { .. }
+        | Body::HeartbeatResponse { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. }
+        | Body::ReadIndexResponse { .. } => {}
     }
     response
 }
@@ -418,7 +454,16 @@ pub fn append_response(config: &Config, reply: Option<Message>) -> pb::AppendEnt
         Body::HeartbeatResponse { read_seq } => {
             Some(Kind::Heartbeat(pb::HeartbeatResult { read_seq }))
         }
-        _ => None,
+        // Not an answer to an append: leave it unanswered.
+        Body::PreVote { .. }
+        | Body::PreVoteResponse { .. }
+        | Body::Vote { .. }
+        | Body::VoteResponse { .. }
+        | Body::Append { .. }
+        | Body::Heartbeat { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. }
+        | Body::ReadIndexResponse { .. } => None,
     };
     response
 }
@@ -430,18 +475,25 @@ pub fn read_index_response(config: &Config, reply: Option<Message>) -> pb::ReadI
         cluster_id: config.cluster_id,
         ..Default::default()
     };
-    match reply {
-        Some(Message {
-            term,
-            body: Body::ReadIndexResponse { index, .. },
-            ..
-        }) => pb::ReadIndexResponse {
-            term,
+    let Some(msg) = reply else { return unanswered };
+    match msg.body {
+        Body::ReadIndexResponse { index, .. } => pb::ReadIndexResponse {
+            term: msg.term,
             ok: index.is_some(),
             read_index: index.unwrap_or(0),
             ..unanswered
         },
-        _ => unanswered,
+        // Not an answer to a ReadIndex: leave it unanswered.
+        Body::PreVote { .. }
+        | Body::PreVoteResponse { .. }
+        | Body::Vote { .. }
+        | Body::VoteResponse { .. }
+        | Body::Append { .. }
+        | Body::AppendResponse { .. }
+        | Body::Heartbeat { .. }
+        | Body::HeartbeatResponse { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. } => unanswered,
     }
 }
 
