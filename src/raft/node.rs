@@ -329,9 +329,7 @@ impl RawNode {
                 Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. } => self.send(
                     m.from,
                     Body::AppendResponse {
-                        success: false,
-                        index: 0,
-                        hint: None,
+                        outcome: AppendOutcome::StaleTerm,
                     },
                 ),
                 Body::PreVote { .. } => self.send(m.from, Body::PreVoteResponse { granted: false }),
@@ -410,9 +408,12 @@ impl RawNode {
                     self.send(
                         m.from,
                         Body::AppendResponse {
-                            success: false,
-                            index: commit,
-                            hint: Some((0, last_index + 1)),
+                            outcome: AppendOutcome::Reject {
+                                index: commit,
+                                hint: Some(RejectHint::LogEnds {
+                                    next_index: last_index + 1,
+                                }),
+                            },
                         },
                     );
                 } else {
@@ -424,13 +425,9 @@ impl RawNode {
                 self.follow(m.from);
                 self.handle_snapshot(m.from, meta);
             }
-            Body::AppendResponse {
-                success,
-                index,
-                hint,
-            } => {
+            Body::AppendResponse { outcome } => {
                 if self.role == Role::Leader {
-                    self.handle_append_response(m.from, success, index, hint);
+                    self.handle_append_response(m.from, outcome);
                 }
             }
             Body::HeartbeatResponse { read_seq } => {
@@ -758,9 +755,10 @@ impl RawNode {
             self.send(
                 from,
                 Body::AppendResponse {
-                    success: false,
-                    index: prev_index,
-                    hint: Some(hint),
+                    outcome: AppendOutcome::Reject {
+                        index: prev_index,
+                        hint: Some(hint),
+                    },
                 },
             );
             return;
@@ -784,37 +782,32 @@ impl RawNode {
             self.log.install_snapshot(&meta);
             self.snapshot_to_install = Some(meta.clone());
         }
-        self.send(
-            from,
-            Body::AppendResponse {
-                success: true,
-                index: meta.index,
-                hint: None,
-            },
-        );
+        self.ack(from, meta.index);
     }
 
     // ----- replication: leader side ----------------------------------------------------
 
-    fn handle_append_response(
-        &mut self,
-        from: NodeId,
-        success: bool,
-        index: Index,
-        hint: Option<(Term, Index)>,
-    ) {
+    fn handle_append_response(&mut self, from: NodeId, outcome: AppendOutcome) {
         let last_index = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
         pr.recent_active = true;
-        if success {
-            if pr.on_success(index.min(last_index)) {
-                self.maybe_commit();
+        let (index, hint) = match outcome {
+            AppendOutcome::Match { index } => {
+                if pr.on_success(index.min(last_index)) {
+                    self.maybe_commit();
+                }
+                return;
             }
-            return;
-        }
-        if let Some((0, follower_next)) = hint {
+            // Its newer term (handled in `step`) is all it tells.
+            AppendOutcome::StaleTerm => return,
+            AppendOutcome::Reject { index, hint } => (index, hint),
+        };
+        if let Some(RejectHint::LogEnds {
+            next_index: follower_next,
+        }) = hint
+        {
             if follower_next <= pr.match_index {
                 // Its log ends below what it acknowledged: it lost entries (it was wiped,
                 // DISTRAFT_RESET_LOGS). Believe it, or we would never send them again.
@@ -826,7 +819,8 @@ impl RawNode {
             }
         }
         // A rejection is stale if it is about an index we already know matches, or
-        // not the probe we are waiting for.
+        // not the probe we are waiting for. Index 0, the empty prefix, matches
+        // every log: a rejection there is bogus.
         let stale = match pr.mode {
             Mode::Replicate => index <= pr.match_index,
             Mode::Probe => index.checked_add(1) != Some(pr.next_index),
@@ -836,11 +830,13 @@ impl RawNode {
             return;
         }
         let next = match hint {
-            Some((0, follower_next)) => follower_next,
-            Some((term, first_of_term)) => match self.log.last_index_of_term(term, index) {
-                Some(last_of_term) => last_of_term + 1,
-                None => first_of_term,
-            },
+            Some(RejectHint::LogEnds { next_index }) => next_index,
+            Some(RejectHint::Conflict { term, first_index }) => {
+                match self.log.last_index_of_term(term, index) {
+                    Some(last_of_term) => last_of_term + 1,
+                    None => first_index,
+                }
+            }
             None => index,
         };
         let pr = self.progress.get_mut(&from).expect("checked above");
@@ -1084,9 +1080,7 @@ impl RawNode {
     /// A successful AppendResponse: our log matches the sender's up to `index`.
     fn ack(&mut self, to: NodeId, index: Index) {
         let body = Body::AppendResponse {
-            success: true,
-            index,
-            hint: None,
+            outcome: AppendOutcome::Match { index },
         };
         self.send(to, body);
     }

@@ -333,9 +333,13 @@ fn followers_refuse_appends_that_do_not_match_and_hint_the_conflict() {
     assert_eq!(
         msgs[0].body,
         Body::AppendResponse {
-            success: false,
-            index: 3,
-            hint: Some((2, 2))
+            outcome: AppendOutcome::Reject {
+                index: 3,
+                hint: Some(RejectHint::Conflict {
+                    term: 2,
+                    first_index: 2
+                })
+            }
         }
     );
     // The leader's matching suffix replaces the conflicting one.

@@ -88,15 +88,10 @@ pub enum Body {
         entries: Vec<Entry>,
         commit: Index,
     },
-    /// Answer to `Append`, `Heartbeat` with a stale term, or `Snapshot`. On success
-    /// `index` is the last index now known to match the leader's log. On rejection
-    /// `index` is the rejected `prev_index` and `hint` helps the leader skip back fast:
-    /// `(term, first index of that term)` of the follower's conflicting entry, or
-    /// `(0, last_index + 1)` when the follower's log is too short.
+    /// Answer to `Append`, `Snapshot`, a `Heartbeat` the follower cannot follow, or
+    /// any of them with a stale term.
     AppendResponse {
-        success: bool,
-        index: Index,
-        hint: Option<(Term, Index)>,
+        outcome: AppendOutcome,
     },
     /// Leader liveness plus the commit index the follower may safely adopt, and the
     /// read round (`read_seq`) it confirms for ReadIndex (thesis §6.4).
@@ -122,6 +117,33 @@ pub enum Body {
         id: ReadId,
         index: Option<Index>,
     },
+}
+
+/// What a follower answers to an append, a snapshot or a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The follower's log now matches the leader's up to `index`.
+    Match { index: Index },
+    /// The consistency check failed at `index`: the rejected `prev_index`, or the
+    /// commit index of a heartbeat beyond the follower's log (it lost entries it had
+    /// acknowledged). `hint` helps the leader skip back fast; a follower always sends
+    /// one, but an answer from the wire may lack it.
+    Reject {
+        index: Index,
+        hint: Option<RejectHint>,
+    },
+    /// The request came from an older term; the answer's term tells the sender ours.
+    StaleTerm,
+}
+
+/// Where a rejecting follower's log parts from the leader's (§5.3, "fast back-off").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectHint {
+    /// The follower's entry at the rejected index has `term`, which its log holds
+    /// from `first_index` on.
+    Conflict { term: Term, first_index: Index },
+    /// The follower's log is too short: the next entry it needs is `next_index`.
+    LogEnds { next_index: Index },
 }
 
 /// Why a proposal or read was refused.

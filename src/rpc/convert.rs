@@ -14,7 +14,9 @@ use tonic::Status;
 use crate::config::Config;
 use crate::plant::{self, Plant};
 use crate::proto::v1 as pb;
-use crate::raft::{Body, Entry, Index, Message, NodeId, SnapshotMeta, Term, MAX_TERM};
+use crate::raft::{
+    AppendOutcome, Body, Entry, Index, Message, NodeId, RejectHint, SnapshotMeta, Term, MAX_TERM,
+};
 
 /// At most 64 characters of `text`, for messages that quote what a peer sent.
 fn quoted(text: &str) -> String {
@@ -440,17 +442,7 @@ pub fn append_response(config: &Config, reply: Option<Message>) -> pb::AppendEnt
     let Some(msg) = reply else { return response };
     response.term = msg.term;
     response.kind = match msg.body {
-        Body::AppendResponse {
-            success,
-            index,
-            hint,
-        } => Some(Kind::Append(pb::AppendResult {
-            success,
-            index,
-            has_hint: hint.is_some(),
-            hint_term: hint.map_or(0, |(term, _)| term),
-            hint_index: hint.map_or(0, |(_, index)| index),
-        })),
+        Body::AppendResponse { outcome } => Some(Kind::Append(append_result(outcome))),
         Body::HeartbeatResponse { read_seq } => {
             Some(Kind::Heartbeat(pb::HeartbeatResult { read_seq }))
         }
@@ -466,6 +458,59 @@ pub fn append_response(config: &Config, reply: Option<Message>) -> pb::AppendEnt
         | Body::ReadIndexResponse { .. } => None,
     };
     response
+}
+
+/// The wire form of an [`AppendOutcome`]: `success` and the matching `index`; a
+/// rejection's `index` and hint, where a hint term of 0 says the log ends before
+/// `hint_index`; and a stale term as a rejection at index 0 without a hint.
+fn append_result(outcome: AppendOutcome) -> pb::AppendResult {
+    let rejected = |index: Index, hint: Option<RejectHint>| {
+        let (hint_term, hint_index) = match hint {
+            Some(RejectHint::Conflict { term, first_index }) => (term, first_index),
+            Some(RejectHint::LogEnds { next_index }) => (0, next_index),
+            None => (0, 0),
+        };
+        pb::AppendResult {
+            success: false,
+            index,
+            has_hint: hint.is_some(),
+            hint_term,
+            hint_index,
+        }
+    };
+    match outcome {
+        AppendOutcome::Match { index } => pb::AppendResult {
+            success: true,
+            index,
+            ..Default::default()
+        },
+        AppendOutcome::Reject { index, hint } => rejected(index, hint),
+        AppendOutcome::StaleTerm => rejected(0, None),
+    }
+}
+
+/// [`append_result`] read back: any combination of fields means one outcome, as
+/// the core has always read them (a hint on success is ignored).
+fn append_outcome(result: pb::AppendResult) -> AppendOutcome {
+    if result.success {
+        return AppendOutcome::Match {
+            index: result.index,
+        };
+    }
+    let hint = result.has_hint.then_some(if result.hint_term == 0 {
+        RejectHint::LogEnds {
+            next_index: result.hint_index,
+        }
+    } else {
+        RejectHint::Conflict {
+            term: result.hint_term,
+            first_index: result.hint_index,
+        }
+    });
+    match (result.index, hint) {
+        (0, None) => AppendOutcome::StaleTerm,
+        (index, hint) => AppendOutcome::Reject { index, hint },
+    }
 }
 
 /// The answer to a ReadIndex; `None` when the core did not answer.
@@ -551,11 +596,7 @@ pub fn append_response_message(
     };
     let body = match kind {
         Kind::Append(result) => Body::AppendResponse {
-            success: result.success,
-            index: result.index,
-            hint: result
-                .has_hint
-                .then_some((result.hint_term, result.hint_index)),
+            outcome: append_outcome(result),
         },
         Kind::Heartbeat(result) => Body::HeartbeatResponse {
             read_seq: result.read_seq,
@@ -700,19 +741,30 @@ mod tests {
                 Some(sent)
             );
         }
-        for body in [
-            Body::AppendResponse {
-                success: false,
+        let outcomes = [
+            AppendOutcome::Match { index: 6 },
+            AppendOutcome::Reject {
                 index: 4,
-                hint: Some((2, 3)),
+                hint: Some(RejectHint::Conflict {
+                    term: 2,
+                    first_index: 3,
+                }),
             },
-            Body::AppendResponse {
-                success: true,
-                index: 6,
+            AppendOutcome::Reject {
+                index: 4,
+                hint: Some(RejectHint::LogEnds { next_index: 2 }),
+            },
+            AppendOutcome::Reject {
+                index: 4,
                 hint: None,
             },
-            Body::HeartbeatResponse { read_seq: 7 },
-        ] {
+            AppendOutcome::StaleTerm,
+        ];
+        let bodies = outcomes
+            .into_iter()
+            .map(|outcome| Body::AppendResponse { outcome })
+            .chain([Body::HeartbeatResponse { read_seq: 7 }]);
+        for body in bodies {
             let sent = Message {
                 from: 2,
                 to: 1,
@@ -732,6 +784,39 @@ mod tests {
             let wire = read_index_response(&b, Some(sent.clone()));
             assert_eq!(read_index_response_message(&a, 2, 42, wire).unwrap(), sent);
         }
+    }
+
+    #[test]
+    fn append_results_read_as_they_always_were() {
+        let result = |success, index, has_hint, hint_term, hint_index| pb::AppendResult {
+            success,
+            index,
+            has_hint,
+            hint_term,
+            hint_index,
+        };
+        // A stale term's answer: no success, index 0, no hint.
+        assert_eq!(
+            append_outcome(result(false, 0, false, 0, 0)),
+            AppendOutcome::StaleTerm
+        );
+        assert_eq!(
+            append_result(AppendOutcome::StaleTerm),
+            result(false, 0, false, 0, 0)
+        );
+        // A hint with term 0: the follower's log ends before the hint index.
+        assert_eq!(
+            append_outcome(result(false, 9, true, 0, 5)),
+            AppendOutcome::Reject {
+                index: 9,
+                hint: Some(RejectHint::LogEnds { next_index: 5 })
+            }
+        );
+        // A hint on success means nothing.
+        assert_eq!(
+            append_outcome(result(true, 9, true, 2, 5)),
+            AppendOutcome::Match { index: 9 }
+        );
     }
 
     #[test]
