@@ -60,6 +60,7 @@
 mod log;
 mod node;
 mod progress;
+mod read_only;
 #[cfg(test)]
 mod tests;
 mod types;
