@@ -18,7 +18,8 @@
 //! Messages move only when a script delivers them, so the order of events is the
 //! script's. Commands (node lists are ids like `1 2`, or `all` where noted):
 //!
-//! - `cluster N`: a fresh cluster of voters 1..=N (each script starts with 3).
+//! - `cluster N [max_msg_bytes=B]`: a fresh cluster of voters 1..=N (each script
+//!   starts with 3); `max_msg_bytes=1` makes every append carry one entry.
 //!   Elections time out after exactly 10 ticks, heartbeats go every 2, and a leader
 //!   checks its quorum every 10, so scripts can count ticks.
 //! - `tick IDS|all [n=N]`: N ticks (default 1) on each node.
@@ -81,8 +82,8 @@ struct InFlight {
     image: Option<Applied>,
 }
 
-#[derive(Default)]
 struct Cluster {
+    settings: Settings,
     voters: Vec<NodeId>,
     nodes: BTreeMap<NodeId, Node>,
     network: VecDeque<InFlight>,
@@ -90,21 +91,35 @@ struct Cluster {
     cut: BTreeSet<(NodeId, NodeId)>,
 }
 
-fn config(id: NodeId, voters: &[NodeId]) -> Config {
+/// Settings a script may change with `cluster`.
+#[derive(Clone, Copy)]
+struct Settings {
+    /// Bytes of entries per append (at least one entry): 1 sends one entry at a time.
+    max_msg_bytes: usize,
+}
+
+impl Settings {
+    const DEFAULT: Settings = Settings {
+        max_msg_bytes: 64 * 1024,
+    };
+}
+
+fn config(id: NodeId, voters: &[NodeId], settings: Settings) -> Config {
     let mut cfg = Config::for_tests(id, voters.to_vec());
     // An exact election timeout, so that scripts can count ticks.
     cfg.election_ticks_min = 10;
     cfg.election_ticks_max = 11;
+    cfg.max_msg_bytes = settings.max_msg_bytes;
     cfg
 }
 
 impl Cluster {
-    fn new(n: u64) -> Cluster {
+    fn new(n: u64, settings: Settings) -> Cluster {
         let voters: Vec<NodeId> = (1..=n).collect();
         let nodes = voters
             .iter()
             .map(|&id| {
-                let raw = RawNode::new(config(id, &voters), Restored::default(), id);
+                let raw = RawNode::new(config(id, &voters, settings), Restored::default(), id);
                 let node = Node {
                     raw: Some(raw),
                     disk: Disk::default(),
@@ -117,9 +132,11 @@ impl Cluster {
             })
             .collect();
         Cluster {
+            settings,
             voters,
             nodes,
-            ..Cluster::default()
+            network: VecDeque::new(),
+            cut: BTreeSet::new(),
         }
     }
 
@@ -272,7 +289,7 @@ impl Cluster {
     }
 
     fn restart(&mut self, id: NodeId, out: &mut String) -> Result<()> {
-        let voters = self.voters.clone();
+        let cfg = config(id, &self.voters, self.settings);
         let node = self.node(id)?;
         if node.raw.is_some() {
             return Err(format!("n{id} is up").into());
@@ -291,7 +308,7 @@ impl Cluster {
             .unwrap_or_default();
         node.starts += 1;
         let seed = id + 100 * node.starts;
-        node.raw = Some(RawNode::new(config(id, &voters), restored, seed));
+        node.raw = Some(RawNode::new(cfg, restored, seed));
         self.process(id, out)
     }
 }
@@ -421,7 +438,7 @@ fn ids(cluster: &Cluster, args: &[&Argument]) -> Result<Vec<NodeId>> {
 
 impl goldenscript::Runner for Cluster {
     fn start_script(&mut self) -> Result<()> {
-        *self = Cluster::new(3);
+        *self = Cluster::new(3, Settings::DEFAULT);
         Ok(())
     }
 
@@ -431,8 +448,11 @@ impl goldenscript::Runner for Cluster {
             "cluster" => {
                 let mut args = command.consume_args();
                 let n: u64 = args.next_pos().ok_or("cluster N")?.parse()?;
+                let max_msg_bytes = args
+                    .lookup_parse("max_msg_bytes")?
+                    .unwrap_or(Settings::DEFAULT.max_msg_bytes);
                 args.reject_rest()?;
-                *self = Cluster::new(n);
+                *self = Cluster::new(n, Settings { max_msg_bytes });
                 for id in self.voters.clone() {
                     self.show_changes(id, &mut out)?;
                 }
@@ -608,7 +628,7 @@ fn run_script(name: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/scripts/raft")
         .join(format!("{name}.txt"));
-    let mut cluster = Cluster::default();
+    let mut cluster = Cluster::new(3, Settings::DEFAULT);
     if let Err(err) = goldenscript::run(&mut cluster, &path) {
         panic!("{}: {err}", path.display());
     }
@@ -636,6 +656,7 @@ macro_rules! scripts {
 }
 
 scripts!(
+    commit_rule,
     elections,
     pre_vote,
     check_quorum,
