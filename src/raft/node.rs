@@ -314,13 +314,19 @@ impl RawNode {
                 Body::ReadIndex { id } => {
                     self.send(m.from, Body::ReadIndexResponse { id, index: None })
                 }
+                // A refusal of a forwarded read counts whatever its term: failing a
+                // read is always safe, and the transport reports a request that failed
+                // this way, with term 0 (`rpc::convert::read_index_failed`).
+                Body::ReadIndexResponse { id, index: None } => {
+                    self.reads.answered(id, None, self.leader)
+                }
                 // Votes for an old term and answers to our requests of one: moot.
                 Body::PreVoteResponse { .. }
                 | Body::Vote { .. }
                 | Body::VoteResponse { .. }
                 | Body::AppendResponse { .. }
                 | Body::HeartbeatResponse { .. }
-                | Body::ReadIndexResponse { .. } => {}
+                | Body::ReadIndexResponse { index: Some(_), .. } => {}
             }
             return;
         }

@@ -462,6 +462,27 @@ fn a_follower_read_asks_the_leader_and_waits_for_its_own_commit() {
 }
 
 #[test]
+fn a_forwarded_read_fails_at_once_when_the_transport_reports_a_failure() {
+    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
+    c.elect(1);
+    c.node(2).read_index(9);
+    drain(c.node(2));
+    // What the transport hands the core when the request failed
+    // (`rpc::convert::read_index_failed`): a refusal with term 0.
+    c.node(2).step(Message {
+        from: 1,
+        to: 2,
+        term: 0,
+        body: Body::ReadIndexResponse { id: 9, index: None },
+    });
+    let rd = c.node(2).ready();
+    assert_eq!(
+        rd.failed_reads,
+        vec![(9, RaftError::NotLeader { leader: Some(1) })]
+    );
+}
+
+#[test]
 fn a_non_leader_refuses_proposals_with_a_hint() {
     let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
     c.elect(2);

@@ -636,8 +636,9 @@ pub fn read_index_response_message(
     })
 }
 
-/// Our ReadIndex request `id` to `peer` got no usable answer: a zero term, so that the
-/// read simply fails.
+/// Our ReadIndex request `id` to `peer` got no usable answer: a refusal with a zero
+/// term, so that the read simply fails (the core takes a refusal at any term) and no
+/// term is learnt.
 pub fn read_index_failed(config: &Config, peer: NodeId, id: u64) -> Message {
     Message {
         from: peer,
