@@ -33,7 +33,7 @@ use crate::proto::v1::{
     self as pb, admin_server::AdminServer, kv_client::KvClient, kv_server::KvServer,
     raft_server::RaftServer,
 };
-use crate::raft::{Body, Message};
+use crate::raft::{AppendOutcome, Body, Message};
 
 /// Marks a client request that a follower forwarded to the leader, so that it is
 /// never forwarded a second time (a leader that lost its post answers UNAVAILABLE and
@@ -814,9 +814,7 @@ impl pb::raft_server::Raft for RaftService {
                     to: from,
                     term,
                     body: Body::AppendResponse {
-                        success: false,
-                        index: 0,
-                        hint: None,
+                        outcome: AppendOutcome::StaleTerm,
                     },
                 };
                 return Ok(Response::new(convert::append_response(
