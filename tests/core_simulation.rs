@@ -1,4 +1,11 @@
-//! Deterministic simulation of whole clusters of Raft cores (issue #2).
+//! Deterministic simulation of clusters of bare Raft cores (issue #2).
+//!
+//! The simulator of whole nodes (`tests/simulation.rs`) runs the real driver; this one
+//! drives bare `RawNode`s and carries out their `Ready`s itself, which lets it do what
+//! a real driver never does and a core must survive anyway: step messages into a core
+//! while that core's persist is still running, and vary the cores' flow-control limits
+//! (message bytes, messages in flight), which is where commit-rule and back-off bugs
+//! show (`scripts/plants.sh` relies on it for committing old-term entries by counting).
 //!
 //! A seeded scheduler drives 3- and 5-node clusters through a network that drops,
 //! duplicates, delays and reorders messages and makes symmetric, one-way, leader-isolating
@@ -8,7 +15,7 @@
 //! checked; at the end the clients' history must be linearizable, and once the faults heal a
 //! leader must emerge and commit a new write within a bounded number of ticks.
 //!
-//! `DISTRAFT_SIM_SEEDS=N` runs N seeds per configuration (default 2000);
+//! `DISTRAFT_SIM_SEEDS=N` runs N seeds per configuration (default 1000);
 //! `DISTRAFT_SIM_SEED=S` replays exactly seed S (printed on failure).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1181,7 +1188,7 @@ fn run_scenario(sc: Scenario) {
     let seeds: u64 = std::env::var("DISTRAFT_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(1000);
     // Stop at the first failure (scripts/plants.sh only needs to know a plant is caught).
     let fail_fast = std::env::var("DISTRAFT_SIM_FAIL_FAST").is_ok();
     let failed = std::sync::atomic::AtomicBool::new(false);

@@ -41,12 +41,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use clap::Parser;
 use distraft::config::{Config, NodeArgs};
 use distraft::driver::{
-    Background, Committed, Driver, Event, RaftReply, ReceivedSnapshot, RequestError,
-    SnapshotAdmission, Transport, WriteKind,
+    Background, Committed, Driver, DriverError, Event, Job, RaftReply, ReceivedSnapshot,
+    RequestError, SnapshotAdmission, Transport, WriteKind,
 };
 use distraft::kv::Kv;
 use distraft::linearizability::{self, KvOp, KvOutcome, Operation};
@@ -147,7 +148,9 @@ enum DiskFault {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A message leaving a node.
@@ -159,6 +162,9 @@ struct Outgoing {
     request: bool,
     /// Sent after this turn's fsync started: leaves only once it returns.
     after_persist: bool,
+    /// The incarnation of the process that sent a request, or that waits for an
+    /// answer: as over a gRPC call, an answer reaches only the process that asked.
+    incarnation: u64,
 }
 
 impl Io {
@@ -169,6 +175,8 @@ impl Io {
             snapshot,
             request,
             after_persist,
+            // Set when the simulator collects it.
+            incarnation: 0,
         });
     }
 
@@ -206,13 +214,20 @@ impl Transport for SimTransport {
     }
 }
 
-/// The snapshot writer runs when the simulator says so, not on a thread.
+/// No threads: the snapshot writer runs when the simulator says so, deletions at once.
 struct SimBackground(Arc<Io>);
 
 impl Background for SimBackground {
-    fn spawn(&self, job: Box<dyn FnOnce() + Send>) -> io::Result<()> {
-        lock(&self.0.jobs).push(job);
-        Ok(())
+    fn spawn(
+        &self,
+        kind: Job,
+        job: Box<dyn FnOnce() + Send>,
+    ) -> io::Result<Option<JoinHandle<()>>> {
+        match kind {
+            Job::SnapshotWriter => lock(&self.0.jobs).push(job),
+            Job::SnapshotCleanup => job(),
+        }
+        Ok(None)
     }
 }
 
@@ -223,8 +238,9 @@ struct Live {
     driver: Driver<SimTransport>,
     /// The driver's own queue: the snapshot writer's "done".
     wake: Receiver<Event>,
-    /// Reply slots of the peers' requests handed to this driver.
-    answers: Vec<oneshot::Receiver<RaftReply>>,
+    /// Reply slots of the peers' requests handed to this driver, with the incarnation
+    /// of the asking process.
+    answers: Vec<(oneshot::Receiver<RaftReply>, u64)>,
     /// Where the WAL's records ended after the last completed turn: all of it synced.
     wal_end: Option<(PathBuf, u64)>,
 }
@@ -234,6 +250,8 @@ struct Node {
     options: StorageOptions,
     io: Arc<Io>,
     live: Option<Live>,
+    /// Counts the node's processes: one more at every restart.
+    incarnation: u64,
     restart_at: u64,
     /// Paused (as by SIGSTOP) until this tick: no ticks, no messages, no clients.
     paused_until: u64,
@@ -278,7 +296,9 @@ enum Waiting {
         answer: oneshot::Receiver<Result<Option<String>, RequestError>>,
     },
     /// Waits for a leader, then tries again at the origin.
-    Retry { at_tick: u64 },
+    Retry {
+        at_tick: u64,
+    },
 }
 
 struct Sim {
@@ -324,7 +344,10 @@ fn node_config(sc: &Scenario, id: NodeId, dir: &Path) -> Result<Config, String> 
         format!("--log-path={}", log.display()),
         format!("--data-path={}", data.display()),
         format!("--snapshot-threshold={}", sc.snapshot_every),
-        format!("--log-cache-bytes={}", sc.log_cache_bytes.min(u32::MAX as usize)),
+        format!(
+            "--log-cache-bytes={}",
+            sc.log_cache_bytes.min(u32::MAX as usize)
+        ),
         // Ticks of 10 ms: 2-tick heartbeats, 10-21-tick elections, check-quorum after
         // 10 ticks (5 missed heartbeats), as the core's own tests.
         "--heartbeat-timeout=0.02".to_string(),
@@ -385,6 +408,7 @@ impl Sim {
                 options,
                 io,
                 live: None,
+                incarnation: 0,
                 restart_at: 0,
                 paused_until: 0,
                 busy_until: 0,
@@ -412,7 +436,9 @@ impl Sim {
     }
 
     fn node(&mut self, id: NodeId) -> &mut Node {
-        self.nodes.get_mut(&id).expect("the simulator only names its own nodes")
+        self.nodes
+            .get_mut(&id)
+            .expect("the simulator only names its own nodes")
     }
 
     /// Whether `id` can take events now (up, not paused, not inside a slow fsync).
@@ -427,18 +453,30 @@ impl Sim {
     /// Starts a node from what its disk holds, through the driver's recovery path.
     fn restart(&mut self, id: NodeId) -> Result<(), String> {
         let seed = self.rng.random();
+        let now = self.now;
         let node = self.node(id);
         let transport = SimTransport(node.io.clone());
         let background = Box::new(SimBackground(node.io.clone()));
-        let (driver, _handle, wake) = Driver::open(
+        let opened = Driver::open(
             node.config.clone(),
             transport,
             node.options.clone(),
             background,
             seed,
-        )
-        .map_err(|e| format!("n{id} cannot recover from its disk: {e}"))?;
+        );
+        let (driver, _handle, wake) = match opened {
+            Ok(opened) => opened,
+            // Repairing a torn tail needs room: the process fails to start until
+            // there is (an operator frees space and starts it again).
+            Err(DriverError::Storage(e)) if e.is_out_of_space() => {
+                node.restart_at = now + 5;
+                self.log(format!("n{id} cannot start: {e}"));
+                return Ok(());
+            }
+            Err(e) => return Err(format!("n{id} cannot recover from its disk: {e}")),
+        };
         node.seen_commit = 0;
+        node.incarnation += 1;
         let wal_end = driver.wal_end();
         let hard = driver.core().status();
         node.live = Some(Live {
@@ -466,7 +504,8 @@ impl Sim {
         };
         let others_wiped = self.nodes.iter().any(|(&o, n)| o != id && n.wiped);
         let wipe = !others_wiped && self.rng.random_bool(self.sc.wipe_per_crash);
-        let torn_at = self.rng.random_range(0.0..1.0);
+        // Of unsynced writes: all lost, torn somewhere, or all kept.
+        let torn_at = [0.0, self.rng.random_range(0.0..1.0), 1.0][self.rng.random_range(0..3)];
         let now = self.now;
         let node = self.node(id);
         let current_end = node.live.as_ref().and_then(|l| l.driver.wal_end());
@@ -487,15 +526,22 @@ impl Sim {
         // Unsynced writes: only within the same segment (a roll or a snapshot install
         // in between is left as it is, as if its fsyncs had completed).
         let mut lost = String::new();
-        if let (Some((path, synced)), Some((current_path, _))) = (unsynced, current_end) {
-            if path == current_path {
-                if let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) {
-                    let keep = synced + ((len.saturating_sub(synced)) as f64 * torn_at) as u64;
-                    if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) {
-                        let _ = file.set_len(keep);
-                        lost = format!(", WAL cut at {keep} (synced {synced})");
-                    }
+        if let (Some((path, synced)), Some((current_path, written))) = (unsynced, current_end) {
+            if path == current_path && written > synced {
+                let keep = synced + ((written - synced) as f64 * torn_at) as u64;
+                // Zeros from there on, as a file the kernel never wrote back reads.
+                let cut = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|file| {
+                        let len = file.metadata()?.len();
+                        file.set_len(keep)?;
+                        file.set_len(len)
+                    });
+                if let Err(e) = cut {
+                    panic!("n{id}: cutting the WAL: {e}");
                 }
+                lost = format!(", WAL cut at {keep} (synced {synced}, written {written})");
             }
         }
         if wipe {
@@ -517,14 +563,30 @@ impl Sim {
             }
         }
         // Its clients lose their connection: writes are indeterminate, reads void.
-        let abandoned: Vec<u64> = self
-            .clients
-            .iter()
-            .filter(|(_, p)| p.as_ref().is_some_and(|p| p.origin == id))
-            .map(|(&c, _)| c)
-            .collect();
-        for client in abandoned {
-            self.finish(client, KvOutcome::Unknown);
+        // Nodes that forwarded a request to it see the call break, whatever answer
+        // the dead process may have put in its reply slot.
+        for client in 0..self.sc.clients {
+            let Some(pending) = self.clients.get(&client).and_then(Option::as_ref) else {
+                continue;
+            };
+            let at = match &pending.state {
+                Waiting::Write { at, .. } | Waiting::Read { at, .. } => Some(*at),
+                Waiting::Retry { .. } => None,
+            };
+            if pending.origin == id {
+                self.finish(client, KvOutcome::Unknown);
+            } else if at == Some(id) {
+                let write = !matches!(pending.op, KvOp::Get { .. });
+                let status = tonic::Status::unavailable("the connection broke");
+                if forward_again(write, &status) {
+                    let retry = Waiting::Retry {
+                        at_tick: self.now + 2,
+                    };
+                    self.set_state(client, retry);
+                } else {
+                    self.fail(client, &status);
+                }
+            }
         }
     }
 
@@ -590,7 +652,9 @@ impl Sim {
                 ));
             }
         };
-        // Every node applies it, and then every node holds the same state.
+        // Every node applies it, and then every node holds the same state (a node
+        // wiped just before healing may need a snapshot first).
+        let deadline = deadline.max(self.now + 100);
         loop {
             let applied = self.applied_and_digests();
             let first = applied.first().cloned();
@@ -649,11 +713,7 @@ impl Sim {
                 continue;
             };
             let (reply, mut answer) = oneshot::channel();
-            if live
-                .driver
-                .handle_batch([Event::Status { reply }])
-                .is_err()
-            {
+            if live.driver.handle_batch([Event::Status { reply }]).is_err() {
                 continue;
             }
             if let Ok(status) = answer.try_recv() {
@@ -748,7 +808,10 @@ impl Sim {
             self.node(id).paused_until = now + pause;
             self.log(format!("n{id} pauses for {pause}"));
         }
-        if self.rng.random_bool((self.sc.disk_full_per_tick * n as f64).min(1.0)) {
+        if self
+            .rng
+            .random_bool((self.sc.disk_full_per_tick * n as f64).min(1.0))
+        {
             let id = self.rng.random_range(1..=n);
             let ticks = self.rng.random_range(5..40);
             let now = self.now;
@@ -809,7 +872,9 @@ impl Sim {
         }
         let heal_in = self.rng.random_range(10..120);
         self.heal_partition_at = self.now + heal_in;
-        self.log(format!("partition kind {kind}: {a:?} | {b:?} for {heal_in}"));
+        self.log(format!(
+            "partition kind {kind}: {a:?} | {b:?} for {heal_in}"
+        ));
         // Some cut connections are noticed at once (reset), others only by silence.
         for &(from, to) in &blocked {
             if self.rng.random_bool(0.5) {
@@ -897,7 +962,7 @@ impl Sim {
         if !clients_first {
             self.drive_clients(faults)?;
         }
-        let poll_space = self.now % 10 == 0;
+        let poll_space = self.now.is_multiple_of(10);
         for id in self.ids() {
             if !self.ready(id) {
                 continue;
@@ -935,6 +1000,10 @@ impl Sim {
             return Ok(());
         }
         if !out.request {
+            if out.incarnation != self.nodes[&to].incarnation {
+                // The process that asked is gone, and its call with it.
+                return Ok(());
+            }
             let event = Event::Raft {
                 msg: out.msg,
                 reply: None,
@@ -944,7 +1013,7 @@ impl Sim {
         }
         let received = match (&out.msg.body, out.snapshot) {
             (Body::Snapshot { meta }, Some(file)) => {
-                match self.receive_snapshot(to, &out.msg, meta.clone(), file)? {
+                match self.receive_snapshot(to, &out.msg, meta.clone(), file, out.incarnation)? {
                     Received::Image(image) => Some(image),
                     Received::NotNeeded => None,
                     Received::Answered => return Ok(()),
@@ -958,8 +1027,9 @@ impl Sim {
             reply: Some(reply),
             snapshot: received.map(Box::new),
         };
+        let asker = out.incarnation;
         if let Some(live) = self.node(to).live.as_mut() {
-            live.answers.push(answer);
+            live.answers.push((answer, asker));
         }
         self.handle(to, event)
     }
@@ -971,6 +1041,7 @@ impl Sim {
         msg: &Message,
         meta: SnapshotMeta,
         file: SnapshotFile,
+        asker: u64,
     ) -> Result<Received, String> {
         let (reply, mut answer) = oneshot::channel();
         let event = Event::BeginSnapshot {
@@ -1007,6 +1078,7 @@ impl Sim {
                         snapshot: None,
                         request: false,
                         after_persist: false,
+                        incarnation: asker,
                     },
                 );
                 return Ok(Received::Answered);
@@ -1033,7 +1105,9 @@ impl Sim {
     /// what it sent put on the network, its answers collected.
     fn turn(&mut self, id: NodeId, faults: bool) -> Result<(), String> {
         let crash_at = match faults && self.rng.random_bool(self.sc.crash_in_append) {
-            true => Some([WalStep::Reserve, WalStep::Write, WalStep::Sync][self.rng.random_range(0..3)]),
+            true => {
+                Some([WalStep::Reserve, WalStep::Write, WalStep::Sync][self.rng.random_range(0..3)])
+            }
             false => None,
         };
         let slow = faults && self.rng.random_bool(self.sc.slow_fsync);
@@ -1076,19 +1150,24 @@ impl Sim {
         let live = node.live.as_mut().expect("checked above");
         live.wal_end = live.driver.wal_end();
         let mut outgoing = std::mem::take(&mut *lock(&node.io.outbox));
-        live.answers.retain_mut(|answer| match answer.try_recv() {
-            Ok(RaftReply::Answer(msg)) => {
-                outgoing.push(Outgoing {
-                    msg,
-                    snapshot: None,
-                    request: false,
-                    after_persist: true,
-                });
-                false
-            }
-            Err(TryRecvError::Empty) => true,
-            Ok(RaftReply::Unanswered) | Err(TryRecvError::Closed) => false,
-        });
+        for out in &mut outgoing {
+            out.incarnation = node.incarnation;
+        }
+        live.answers
+            .retain_mut(|(answer, asker)| match answer.try_recv() {
+                Ok(RaftReply::Answer(msg)) => {
+                    outgoing.push(Outgoing {
+                        msg,
+                        snapshot: None,
+                        request: false,
+                        after_persist: true,
+                        incarnation: *asker,
+                    });
+                    false
+                }
+                Err(TryRecvError::Empty) => true,
+                Ok(RaftReply::Unanswered) | Err(TryRecvError::Closed) => false,
+            });
         let slow = slow && synced;
         if slow {
             let ticks = self.rng.random_range(1..=4);
@@ -1116,9 +1195,14 @@ impl Sim {
         if !slow {
             self.poll_clients(id)?;
         }
-        // Caught up after a wipe: another node may be wiped now.
+        // Caught up after a wipe, durably (a turn that ended in Raft, its fsync
+        // returned): another node may be wiped now.
         let node = self.node(id);
-        if node.wiped && node.live.as_ref().is_some_and(|l| l.driver.core().may_vote()) {
+        let durable_vote = node
+            .live
+            .as_ref()
+            .is_some_and(|l| l.driver.is_up() && l.driver.core().may_vote());
+        if node.wiped && !slow && durable_vote {
             node.wiped = false;
         }
         Ok(())
@@ -1238,6 +1322,8 @@ impl Sim {
             }
         };
         pending.state = state;
+        let line = format!("client {client}: {:?} to n{at}", pending.op);
+        self.log(line);
         self.handle(at, event)?;
         self.poll_clients(at)
     }
@@ -1273,6 +1359,7 @@ impl Sim {
             let retry = Waiting::Retry {
                 at_tick: self.now + 2,
             };
+            self.log(format!("client {client}: n{at} answers {result:?}"));
             match result {
                 Ok(outcome) => {
                     self.successes += 1;
@@ -1280,10 +1367,7 @@ impl Sim {
                 }
                 // Forwarded: the origin gets the leader's failure over gRPC.
                 Err(err) if at != origin => {
-                    let status = match self.nodes[&at].live.is_some() {
-                        true => status_of(err),
-                        false => tonic::Status::unavailable("the connection broke"),
-                    };
+                    let status = status_of(err);
                     if forward_again(write, &status) {
                         self.set_state(client, retry);
                     } else {
@@ -1341,6 +1425,13 @@ impl Sim {
                 return; // an unanswered read tells nothing
             }
             let ret = self.next_event();
+            let line = format!(
+                "client {client}: #{} {:?} [{}, {ret}] -> {outcome:?}",
+                self.history.len(),
+                p.op,
+                p.call
+            );
+            self.log(line);
             self.history.push(Operation {
                 client,
                 op: p.op,
@@ -1596,7 +1687,11 @@ fn run_scenario(sc: Scenario) {
         panic!(
             "{} of {seeds} seeds failed:\n{}",
             failures.len(),
-            shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 }

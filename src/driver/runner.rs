@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -58,8 +59,13 @@ pub(super) fn spawn_with_storage(
     options: StorageOptions,
 ) -> Result<(DriverHandle, oneshot::Receiver<Result<(), DriverError>>), DriverError> {
     // Opened before returning, so that a damaged data directory stops start-up at once.
-    let (mut driver, handle, events) =
-        Driver::open(config, transport, options, Box::new(Threads), rand::random())?;
+    let (mut driver, handle, events) = Driver::open(
+        config,
+        transport,
+        options,
+        Box::new(Threads),
+        rand::random(),
+    )?;
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("raft-driver".to_string())
@@ -73,23 +79,44 @@ pub(super) fn spawn_with_storage(
     Ok((handle, done_rx))
 }
 
-/// Where the driver's snapshot writer runs. A node gives it a thread of its own
-/// ([`Threads`]), so that writing a large state never stalls the driver; the simulator
-/// runs it in place, and chooses when the driver hears that it is done (the job ends
-/// by posting `Event::SnapshotWritten` to the driver's own queue).
+/// Where the driver's background work runs: writing a snapshot, and deleting the files
+/// an adopted snapshot made useless. A node gives each job a thread of its own
+/// ([`Threads`]), so that a large state never stalls the driver; the simulator runs the
+/// deletions at once and the writer when its seed says (the writer's job ends by
+/// posting `Event::SnapshotWritten` to the driver's own queue).
 pub trait Background: Send + 'static {
-    fn spawn(&self, job: Box<dyn FnOnce() + Send>) -> std::io::Result<()>;
+    /// Starts `job`. Returns the thread to join before storage is reopened, if any.
+    fn spawn(
+        &self,
+        kind: Job,
+        job: Box<dyn FnOnce() + Send>,
+    ) -> std::io::Result<Option<JoinHandle<()>>>;
 }
 
-/// Runs each job on a new `snapshot-writer` thread.
+/// The driver's kinds of background work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    SnapshotWriter,
+    SnapshotCleanup,
+}
+
+/// Runs each job on a new thread.
 pub struct Threads;
 
 impl Background for Threads {
-    fn spawn(&self, job: Box<dyn FnOnce() + Send>) -> std::io::Result<()> {
+    fn spawn(
+        &self,
+        kind: Job,
+        job: Box<dyn FnOnce() + Send>,
+    ) -> std::io::Result<Option<JoinHandle<()>>> {
+        let name = match kind {
+            Job::SnapshotWriter => "snapshot-writer",
+            Job::SnapshotCleanup => "snapshot-cleanup",
+        };
         std::thread::Builder::new()
-            .name("snapshot-writer".to_string())
+            .name(name.to_string())
             .spawn(job)
-            .map(drop)
+            .map(Some)
     }
 }
 
@@ -242,7 +269,7 @@ pub struct Driver<T> {
     /// At most one snapshot of our own is written at a time.
     snapshot_in_flight: Option<SnapshotInFlight>,
     /// Deletes the files the last adopted snapshot made useless.
-    cleanup: Option<std::thread::JoinHandle<()>>,
+    cleanup: Option<JoinHandle<()>>,
     next_snapshot_id: u64,
     /// The leader as published to waiting requests ([`DriverHandle::leader_watch`]).
     leader: watch::Sender<Option<NodeId>>,
@@ -1020,16 +1047,19 @@ impl<T: Transport> Driver<T> {
         let (result_tx, result) = mpsc::channel();
         let wake = self.wake.clone();
         self.background
-            .spawn(Box::new(move || {
-                let written = job.write(|out| image.write(out));
-                // Let go of the state before saying so: the driver's next change can
-                // then update it in place again.
-                drop(image);
-                let _ = result_tx.send(written);
-                // Blocks only while the queue is full (the driver keeps draining it);
-                // fails once the driver is gone, which then no longer needs to know.
-                let _ = wake.send(Event::SnapshotWritten { id });
-            }))
+            .spawn(
+                Job::SnapshotWriter,
+                Box::new(move || {
+                    let written = job.write(|out| image.write(out));
+                    // Let go of the state before saying so: the driver's next change can
+                    // then update it in place again.
+                    drop(image);
+                    let _ = result_tx.send(written);
+                    // Blocks only while the queue is full (the driver keeps draining it);
+                    // fails once the driver is gone, which then no longer needs to know.
+                    let _ = wake.send(Event::SnapshotWritten { id });
+                }),
+            )
             .map_err(DriverError::Thread)?;
         Ok(SnapshotInFlight {
             id,
@@ -1088,16 +1118,14 @@ impl<T: Transport> Driver<T> {
     /// a large file and fsyncing directories took 70-200 ms on the driver (200 MB).
     fn delete_in_background(&mut self, garbage: Garbage) {
         self.join_cleanup();
-        let spawned = std::thread::Builder::new()
-            .name("snapshot-cleanup".to_string())
-            .spawn(move || {
-                if let Err(err) = garbage.delete() {
-                    // Harmless: they are ignored, and deleted at the next open.
-                    warn!("deleting files a snapshot made useless: {err}");
-                }
-            });
-        match spawned {
-            Ok(cleanup) => self.cleanup = Some(cleanup),
+        let delete = Box::new(move || {
+            if let Err(err) = garbage.delete() {
+                // Harmless: they are ignored, and deleted at the next open.
+                warn!("deleting files a snapshot made useless: {err}");
+            }
+        });
+        match self.background.spawn(Job::SnapshotCleanup, delete) {
+            Ok(cleanup) => self.cleanup = cleanup,
             Err(err) => warn!("no thread to delete old snapshot files: {err}"),
         }
     }
