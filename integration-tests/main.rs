@@ -7,6 +7,7 @@ mod access;
 mod api;
 mod faults;
 mod harness;
+mod observability;
 mod storage;
 mod tls;
 mod tools;

@@ -955,7 +955,7 @@ impl Sim {
                 continue;
             }
             if let Some(live) = self.node(id).live.as_mut() {
-                live.driver.tick();
+                live.driver.tick(std::time::Instant::now());
             }
             self.check_node(id)?;
         }

@@ -11,6 +11,7 @@
 //! fsync takes is exactly the window in which the next batch accumulates (group
 //! commit falls out of the design).
 
+mod lag;
 mod runner;
 #[cfg(test)]
 mod tests;

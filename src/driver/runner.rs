@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
+use super::lag::ReplicationClock;
 use super::trigger::{SinceSnapshot, SnapshotTrigger};
 use super::{
     channel, role_name, storage_options, Committed, DriverError, DriverHandle, Event, RaftReply,
@@ -20,8 +21,9 @@ use super::{
 };
 use crate::config::Config;
 use crate::kv::{Applied, Kv};
+use crate::metrics::metrics;
 use crate::plant::{self, Plant};
-use crate::proto::v1::{Member, StatusResponse};
+use crate::proto::v1::{FollowerLag, Member, StatusResponse};
 use crate::raft::{
     Body, Entry, Index, LogReader, Message, NodeId, RawNode, ReadId, Ready, Role, SnapshotMeta,
     Term,
@@ -171,6 +173,33 @@ struct PendingProposal {
     reply: oneshot::Sender<Result<Committed, RequestError>>,
 }
 
+impl PendingProposal {
+    /// Answers the client, counting a failure (or unknown outcome) in the metrics.
+    fn answer(self, result: Result<Committed, RequestError>) {
+        if result.is_err() {
+            metrics().proposals_failed.inc();
+        }
+        let _ = self.reply.send(result);
+    }
+}
+
+/// An answer to the leader's replication (an append or a heartbeat): the follower is
+/// alive and talking to us, whatever it says.
+fn is_replication_answer(body: &Body) -> bool {
+    match body {
+        Body::AppendResponse { .. } | Body::HeartbeatResponse { .. } => true,
+        Body::PreVote { .. }
+        | Body::PreVoteResponse { .. }
+        | Body::Vote { .. }
+        | Body::VoteResponse { .. }
+        | Body::Append { .. }
+        | Body::Heartbeat { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. }
+        | Body::ReadIndexResponse { .. } => false,
+    }
+}
+
 type ReadReply = oneshot::Sender<Result<Option<String>, RequestError>>;
 
 /// Which answer a peer's request waits for. Replies are matched to waiting requests
@@ -275,6 +304,8 @@ pub struct Driver<T> {
     leader: watch::Sender<Option<NodeId>>,
     /// Raised while this node's disk is full.
     no_space: Option<NoSpaceAlarm>,
+    /// Replication lag in time (leader only), for status and metrics.
+    lag: ReplicationClock,
 }
 
 impl<T: Transport> Driver<T> {
@@ -329,6 +360,7 @@ impl<T: Transport> Driver<T> {
             next_snapshot_id: 1,
             leader,
             no_space: None,
+            lag: ReplicationClock::default(),
         };
         Ok((driver, handle, events))
     }
@@ -358,7 +390,7 @@ impl<T: Transport> Driver<T> {
 
             let now = Instant::now();
             if now >= next_tick {
-                self.tick();
+                self.tick(now);
                 // After a long turn (a slow fsync), resume the cadence instead of
                 // firing a burst of catch-up ticks.
                 next_tick = (next_tick + tick).max(now);
@@ -391,9 +423,11 @@ impl<T: Transport> Driver<T> {
     }
 
     /// One tick of the node's clock (heartbeats, election timeouts), when it is in Raft.
-    pub fn tick(&mut self) {
+    /// `now` only dates the warnings about silent members.
+    pub fn tick(&mut self, now: Instant) {
         if self.up {
             self.node.tick();
+            self.watch_members(now);
         }
     }
 
@@ -471,6 +505,9 @@ impl<T: Transport> Driver<T> {
                 }
                 self.received_snapshots
                     .extend(snapshot.map(|received| *received));
+                if is_replication_answer(&msg.body) && self.lag.answered(msg.from, Instant::now()) {
+                    info!(member = self.name_of(msg.from), "member reachable again");
+                }
                 self.node.step(msg);
             }
             Event::ConnectionLost { from } => {
@@ -500,7 +537,7 @@ impl<T: Transport> Driver<T> {
                             .proposals
                             .insert(index, PendingProposal { term, reply })
                         {
-                            let _ = old.reply.send(Err(RequestError::LeadershipLost));
+                            old.answer(Err(RequestError::LeadershipLost));
                         }
                     }
                     Err(err) => {
@@ -642,16 +679,50 @@ impl<T: Transport> Driver<T> {
         if self.last_role == Some(now) {
             return;
         }
+        // The first look counts only if it already shows a leader.
+        let leader_changed = match self.last_role {
+            None => now.2.is_some(),
+            Some((_, _, before)) => before != now.2,
+        };
+        let was_leading = self
+            .last_role
+            .is_some_and(|(before, _, _)| before == Role::Leader);
         self.last_role = Some(now);
         let (role, term, leader) = now;
+        if was_leading != (role == Role::Leader) {
+            self.lag
+                .leadership_changed(role == Role::Leader, Instant::now());
+        }
         let leader = leader
             .and_then(|id| self.config.member(id))
             .map(|m| m.name.as_str());
+        if leader_changed {
+            metrics().leader_changed(term, leader.unwrap_or(""));
+        }
         match role {
             Role::Leader => info!(term, "became the leader"),
             Role::Follower => info!(term, leader = leader.unwrap_or("unknown"), "following"),
             Role::PreCandidate | Role::Candidate => debug!(term, ?role, "campaigning"),
         }
+    }
+
+    /// Logs (leader only) each follower that stopped answering for an election
+    /// timeout; its return is logged when it answers (see `handle`).
+    fn watch_members(&mut self, now: Instant) {
+        let followers = self.config.peers().map(|m| m.id);
+        let after = self.config.election_timeout;
+        for id in self.lag.newly_silent(followers, now, after) {
+            warn!(
+                member = self.name_of(id),
+                silent_ms = after.as_millis() as u64,
+                "member unreachable: no answer to appends or heartbeats"
+            );
+        }
+    }
+
+    /// A member's name, for logs.
+    fn name_of(&self, id: NodeId) -> &str {
+        self.config.member(id).map_or("?", |m| m.name.as_str())
     }
 
     /// Refuses a put that would take the state past the quota. Checked where the
@@ -841,6 +912,9 @@ impl<T: Transport> Driver<T> {
         if hard_state.is_some() || !entries.is_empty() {
             self.storage()?.append(hard_state.as_ref(), &entries)?;
         }
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            self.lag.appended(first.index, last.index, Instant::now());
+        }
 
         // 2. Send the rest, now that everything those messages promise is durable.
         for msg in messages {
@@ -903,7 +977,7 @@ impl<T: Transport> Driver<T> {
         // Proposals the snapshot jumped over may or may not be in it.
         let kept = self.proposals.split_off(&(meta.index + 1));
         for (_, proposal) in std::mem::replace(&mut self.proposals, kept) {
-            let _ = proposal.reply.send(Err(RequestError::Indeterminate));
+            proposal.answer(Err(RequestError::Indeterminate));
         }
         info!(
             index = meta.index,
@@ -986,7 +1060,7 @@ impl<T: Transport> Driver<T> {
                     applied,
                 })
             };
-            let _ = proposal.reply.send(result);
+            proposal.answer(result);
         }
     }
 
@@ -1089,6 +1163,11 @@ impl<T: Transport> Driver<T> {
                 self.node.compact(index);
                 self.delete_in_background(garbage);
                 self.since_snapshot.state_bytes = bytes;
+                let metrics = metrics();
+                metrics.snapshot_save_seconds.observe(write.as_secs_f64());
+                metrics
+                    .snapshot_bytes
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
                 info!(
                     index,
                     keys = self.kv.len(),
@@ -1173,7 +1252,7 @@ impl<T: Transport> Driver<T> {
             ref other => other.clone(),
         };
         for (_, proposal) in std::mem::take(&mut self.proposals) {
-            let _ = proposal.reply.send(Err(proposal_err.clone()));
+            proposal.answer(Err(proposal_err.clone()));
         }
         for (_, (_, reply)) in self.reads.drain() {
             let _ = reply.send(Err(err.clone()));
@@ -1208,6 +1287,19 @@ impl<T: Transport> Driver<T> {
             })
             .collect();
         let status = self.node.status();
+        let now = Instant::now();
+        let followers = status
+            .progress
+            .iter()
+            .map(|&(id, matched, _)| {
+                let lag = FollowerLag {
+                    lag_entries: status.last_index.saturating_sub(matched),
+                    lag_ms: millis(self.lag.lag(matched, now)),
+                    last_ack_ms: self.lag.last_answer(id, now).map(millis),
+                };
+                (name_of(id), lag)
+            })
+            .collect();
         let mut response = StatusResponse {
             id: config.name.clone(),
             state: role_name(status.role).to_string(),
@@ -1239,6 +1331,19 @@ impl<T: Transport> Driver<T> {
                 Some(_) => "NOSPACE".to_string(),
                 None => String::new(),
             },
+            keys: self.kv.len() as u64,
+            followers,
+            quorum_ack_ms: match status.role {
+                Role::Leader => self
+                    .lag
+                    .quorum_ack_age(config.id, config.members.iter().map(|m| m.id), now)
+                    .map(millis),
+                Role::Follower | Role::PreCandidate | Role::Candidate => None,
+            },
+            proposals_pending: self.proposals.len() as u64,
+            // Counted by the services, which fill them in (see rpc::server).
+            reads_total: 0,
+            writes_total: 0,
         };
         if !self.up {
             // As if crashed: no role, no leader, whatever the core last believed.
@@ -1247,6 +1352,8 @@ impl<T: Transport> Driver<T> {
             response.leader.clear();
             response.match_index.clear();
             response.next_index.clear();
+            response.followers.clear();
+            response.quorum_ack_ms = None;
         }
         response
     }
@@ -1272,4 +1379,8 @@ impl LogReader for WalReader<'_> {
             }
         }
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

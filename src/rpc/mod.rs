@@ -12,9 +12,11 @@
 
 pub mod codec;
 pub mod convert;
+pub mod instrument;
 pub mod peers;
 pub mod refusals;
 pub mod server;
 
+pub use instrument::GrpcMetricsLayer;
 pub use peers::{PeerTasks, Peers};
 pub use server::{serve, ClientServices, INSUFFICIENT_STORAGE};

@@ -17,6 +17,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::debug;
 
 use super::convert;
+use super::instrument::GrpcMetricsLayer;
 use super::peers::{raft_rpc_timeout, snapshot_timeout, Peers};
 use super::refusals::Refusals;
 use crate::config::Config;
@@ -27,6 +28,7 @@ use crate::kv::{Applied, Kv};
 use crate::limits::{
     GRPC_MAX_ADMIN_MESSAGE_BYTES, GRPC_MAX_CONCURRENT_STREAMS, GRPC_MAX_REQUESTS_PER_CONNECTION,
 };
+use crate::metrics::metrics;
 use crate::proto::v1::{
     self as pb, admin_server::AdminServer, kv_client::KvClient, kv_server::KvServer,
     raft_server::RaftServer,
@@ -87,13 +89,10 @@ pub async fn serve(
     // grpcurl 1.8 still speaks the v1alpha protocol.
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<KvServer<KvService>>().await;
     health_reporter
         .set_serving::<AdminServer<AdminService>>()
         .await;
-    health_reporter
-        .set_serving::<RaftServer<RaftService>>()
-        .await;
+    tokio::spawn(report_health(health_reporter, driver.clone(), stop.clone()));
 
     let mut server = Server::builder();
     if let Some(tls) = &config.tls {
@@ -109,6 +108,7 @@ pub async fn serve(
     // At the caps, a request is refused at once (RESOURCE_EXHAUSTED) rather than
     // queued behind the others.
     server
+        .layer(GrpcMetricsLayer)
         .tcp_nodelay(true)
         .max_concurrent_streams(GRPC_MAX_CONCURRENT_STREAMS)
         .concurrency_limit_per_connection(GRPC_MAX_REQUESTS_PER_CONNECTION)
@@ -136,6 +136,42 @@ pub async fn serve(
         )
         .await?;
     Ok(())
+}
+
+/// How often the health service's per-service answers are refreshed.
+const HEALTH_EVERY: Duration = Duration::from_millis(200);
+
+/// Keeps the gRPC health service's answers per service true: Kv and Raft are
+/// SERVING only while the node takes part in Raft (not after Admin.Stop, nor while
+/// out of Raft for a full disk); Admin always serves (it is how a node is started
+/// again). The overall answer (service "") stays SERVING while the process runs.
+async fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    driver: DriverHandle,
+    stop: watch::Receiver<bool>,
+) {
+    let mut serving = None;
+    let mut every = tokio::time::interval(HEALTH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !*stop.borrow() {
+        every.tick().await;
+        // No answer from the driver (it is gone, or stuck): not serving.
+        let up = matches!(
+            tokio::time::timeout(HEALTH_EVERY, driver.status()).await,
+            Ok(Ok(status)) if status.up
+        );
+        if serving == Some(up) {
+            continue;
+        }
+        serving = Some(up);
+        if up {
+            reporter.set_serving::<KvServer<KvService>>().await;
+            reporter.set_serving::<RaftServer<RaftService>>().await;
+        } else {
+            reporter.set_not_serving::<KvServer<KvService>>().await;
+            reporter.set_not_serving::<RaftServer<RaftService>>().await;
+        }
+    }
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -206,6 +242,14 @@ pub fn status_of(err: RequestError) -> Status {
 /// simulator (`tests/simulation.rs`) follows the same rule.
 pub fn forward_again(write: bool, failure: &Status) -> bool {
     failure.code() == Code::Unavailable && (!write || certainly_not_applied(failure))
+}
+
+/// Counts a client request served, at the node the client called only: a request
+/// another node forwarded here was counted there.
+fn count_served(forwarded: bool, counter: &prometheus::IntCounterVec, label: &str) {
+    if !forwarded {
+        counter.with_label_values(&[label]).inc();
+    }
 }
 
 /// Whether a write forwarded to the leader certainly did not happen: the leader said
@@ -470,6 +514,8 @@ impl pb::kv_server::Kv for KvService {
                 },
             )
             .await?;
+        let consistency = if stale { "stale" } else { "linearizable" };
+        count_served(forwarded, &metrics().reads, consistency);
         match value {
             Some(value) => Ok(Response::new(pb::GetResponse {
                 key,
@@ -518,6 +564,7 @@ impl pb::kv_server::Kv for KvService {
                 },
             )
             .await?;
+        count_served(forwarded, &metrics().writes, "put");
         Ok(Response::new(response))
     }
 
@@ -555,6 +602,7 @@ impl pb::kv_server::Kv for KvService {
                 },
             )
             .await?;
+        count_served(forwarded, &metrics().writes, "delete");
         Ok(Response::new(response))
     }
 }
@@ -592,10 +640,23 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(
-            self.driver.status().await.map_err(status_of)?,
-        ))
+        let mut status = self.driver.status().await.map_err(status_of)?;
+        let metrics = metrics();
+        status.reads_total = counter_sum(&metrics.reads);
+        status.writes_total = counter_sum(&metrics.writes);
+        Ok(Response::new(status))
     }
+}
+
+/// The sum of a counter over all its labels.
+fn counter_sum(counter: &prometheus::IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    counter
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|metric| metric.get_counter().get_value() as u64)
+        .sum()
 }
 
 // --- Raft ----------------------------------------------------------------------------
