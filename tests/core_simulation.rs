@@ -15,7 +15,7 @@
 //! checked; at the end the clients' history must be linearizable, and once the faults heal a
 //! leader must emerge and commit a new write within a bounded number of ticks.
 //!
-//! `DISTRAFT_SIM_SEEDS=N` runs N seeds per configuration (default 1000);
+//! `DISTRAFT_SIM_SEEDS=N` runs N seeds per configuration (default 2000);
 //! `DISTRAFT_SIM_SEED=S` replays exactly seed S (printed on failure).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1188,7 +1188,7 @@ fn run_scenario(sc: Scenario) {
     let seeds: u64 = std::env::var("DISTRAFT_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(2000);
     // Stop at the first failure (scripts/plants.sh only needs to know a plant is caught).
     let fail_fast = std::env::var("DISTRAFT_SIM_FAIL_FAST").is_ok();
     let failed = std::sync::atomic::AtomicBool::new(false);
