@@ -10,14 +10,18 @@ cd "$(dirname "$0")/.."
 
 # plant name | cargo test arguments that must fail with it
 plants=(
-  "commit-by-counting-old-terms|--test simulation"
+  # The simulator of whole nodes runs the real driver, whose fixed flow-control limits
+  # rarely split a batch the way this needs; the simulator of bare cores varies them.
+  "commit-by-counting-old-terms|--test core_simulation"
   "vote-without-log-check|--test simulation"
   "vote-not-persisted|--test simulation"
   "read-without-confirming-leadership|--test simulation"
-  # The simulator misses this one (0 of 4,000 seeds, slow persists and all): the lost
-  # entry also needs the one follower holding it to lose the next election.
+  # The simulators miss this one: the real driver steps no answer while its persist
+  # runs, so the leader's own count is never ahead of its disk there; the simulator of
+  # bare cores can (0 of 4,000 seeds: the lost entry also needs the one follower
+  # holding it to lose the next election).
   "leader-counts-unpersisted|--lib raft::tests::replication_may_leave_before_the_leaders_persist_but_acks_may_not"
-  "retry-ambiguous-forward|--lib rpc::server::tests::only_certain_failures_make_a_forwarded_write_retry"
+  "retry-ambiguous-forward|--test simulation"
   "reset-node-votes|--test simulation"
   "skip-wire-validation|--lib rpc::convert"
   "skip-read-back|--test simulation"
@@ -32,8 +36,8 @@ plants=(
 )
 
 echo "plants.sh: building with the plants feature" >&2
-cargo test --features plants --no-run --lib --test simulation --test integration >/dev/null 2>&1 \
-  || { echo "plants.sh: build failed" >&2; cargo test --features plants --no-run --lib --test simulation --test integration; exit 1; }
+cargo test --features plants --no-run --lib --test simulation --test core_simulation --test integration >/dev/null 2>&1 \
+  || { echo "plants.sh: build failed" >&2; cargo test --features plants --no-run --lib --test simulation --test core_simulation --test integration; exit 1; }
 
 caught=0 missed=0
 for spec in "${plants[@]}"; do

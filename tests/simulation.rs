@@ -1,37 +1,70 @@
-//! Deterministic simulation of whole clusters of Raft cores (issue #2).
+//! Deterministic simulation of whole distraft nodes (issues #2 and #14).
 //!
-//! A seeded scheduler drives 3- and 5-node clusters through a network that drops,
-//! duplicates, delays and reorders messages and makes symmetric, one-way, leader-isolating
-//! and bridge partitions; nodes crash (also halfway through handling a `Ready`) and restart
-//! with exactly what their simulated disk acknowledged; clients write, delete and read
-//! (ReadIndex) through random nodes. After every tick the safety properties of Raft are
-//! checked; at the end the clients' history must be linearizable, and once the faults heal a
-//! leader must emerge and commit a new write within a bounded number of ticks.
+//! Every simulated node is the real thing minus its threads and sockets: the real
+//! driver ([`Driver`], the code a node runs on its driver thread) with its real reply
+//! pairing, the real `Kv` state machine, and the real `Storage` on a RAM disk, recovered
+//! at every restart through the driver's own recovery path (`Driver::open`). What is
+//! simulated is around it, from a seed:
+//!
+//! - the network: messages dropped, duplicated, delayed and reordered; symmetric,
+//!   one-way, leader-isolating and bridge partitions; broken connections. A request
+//!   carries a reply slot as gRPC does, and the driver's answer travels back the same
+//!   way; snapshots are streamed into the receiver's storage as the gRPC handler does;
+//! - the disk, through the WAL's fault hook: a process that dies halfway through an
+//!   append (before the write, or between the write and the fsync, after which the
+//!   unsynced tail is lost, torn or kept), a slow fsync (the leader's replication is
+//!   out and answered while it runs; the crash during it loses the turn's writes), and
+//!   a full disk (the driver's NOSPACE path: out of Raft, back once there is room);
+//! - the processes: crashes, quick restarts, restarts wiped by `DISTRAFT_RESET_LOGS`
+//!   (the real `Storage::reset`), pauses, clocks that drift;
+//! - the clients: they talk to any node, as real clients do; a node that is not the
+//!   leader forwards a write to the leader it knows, and a failed forward is sent again
+//!   only by the rule the gRPC service follows (`rpc::server::forward_again`).
+//!
+//! Safety is checked after every event a driver handles (each delivered message, each
+//! client request) and after every turn: Election Safety (at most one leader per term,
+//! ever observed), State Machine Safety (one entry term per committed index, anywhere),
+//! and Leader Completeness against the term each entry was committed in (recorded when
+//! first seen committed; every leader of a later term must hold it). After every tick:
+//! Log Matching over the cores' logs. At the end, once the faults heal, a write must
+//! commit everywhere within a bounded number of ticks, EVERY node must reach the same
+//! applied index and state digest, and the clients' history must be linearizable.
 //!
 //! `DISTRAFT_SIM_SEEDS=N` runs N seeds per configuration (default 2000);
-//! `DISTRAFT_SIM_SEED=S` replays exactly seed S (printed on failure).
+//! `DISTRAFT_SIM_SEED=S` replays exactly seed S (a failure prints the command);
+//! `DISTRAFT_SIM_TRACE=1` adds the seed's event trace to a failure;
+//! `DISTRAFT_SIM_FAIL_FAST=1` stops at the first failed seed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
-use bytes::Bytes;
+use clap::Parser;
+use distraft::config::{Config, NodeArgs};
+use distraft::driver::{
+    Background, Committed, Driver, DriverError, Event, Job, RaftReply, ReceivedSnapshot,
+    RequestError, SnapshotAdmission, Transport, WriteKind,
+};
+use distraft::kv::Kv;
 use distraft::linearizability::{self, KvOp, KvOutcome, Operation};
 use distraft::raft::{
-    Body, Config, Entry, HardState, Index, LogReader, Message, NodeId, RawNode, Ready, Restored,
-    Role, SnapshotMeta, Term,
+    AppendOutcome, Body, Index, Message, NodeId, RawNode, Role, SnapshotMeta, Term,
 };
+use distraft::rpc::server::{forward_again, status_of, NOT_APPLIED};
+use distraft::storage::{SnapshotFile, Storage, StorageOptions, WalFault, WalStep};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-
-type Kv = BTreeMap<String, String>;
-/// A snapshot as it travels: its metadata and the state machine image.
-type SnapshotImage = (SnapshotMeta, Kv);
+use tokio::sync::oneshot::{self, error::TryRecvError};
 
 /// How hostile one configuration is.
 #[derive(Clone, Debug)]
 struct Scenario {
     nodes: u64,
-    /// Ticks with faults, then ticks to heal and settle.
+    /// Ticks with faults, then at most this many to heal and commit a write everywhere.
     fault_ticks: u64,
     heal_ticks: u64,
     clients: u64,
@@ -45,19 +78,19 @@ struct Scenario {
     wipe_per_crash: f64,
     partition_per_tick: f64,
     pause_per_tick: f64,
-    /// The share of persists (fsyncs) that take 1-4 ticks, during which the node keeps
-    /// receiving messages: the window in which only the leader's replication is out.
+    /// The share of turns that write whose fsync takes 1-4 ticks, during which the
+    /// node's replication is out and answered, and the rest of the turn waits.
     slow_fsync: f64,
-    /// Entries applied since the last snapshot before a node compacts its log.
+    /// The share of turns in which the process dies at a step of its WAL append.
+    crash_in_append: f64,
+    /// How often a node's disk fills up (per node and tick), for 5-40 ticks.
+    disk_full_per_tick: f64,
+    /// DISTRAFT_SNAPSHOT_THRESHOLD of every node.
     snapshot_every: u64,
+    /// DISTRAFT_LOG_CACHE_BYTES: small values evict nearly every applied entry, so that
+    /// leaders read entries back from the WAL all the time.
+    log_cache_bytes: usize,
     client_timeout: u64,
-    /// Flow control of the cores: small values split batches across messages, which
-    /// is where commit-rule and back-off bugs show.
-    max_msg_bytes: usize,
-    max_inflight_msgs: usize,
-    /// Payload bytes each core keeps in memory: small values evict nearly every
-    /// applied entry, so that leaders read entries back from the disk all the time.
-    max_cached_bytes: usize,
 }
 
 impl Scenario {
@@ -76,198 +109,268 @@ impl Scenario {
             partition_per_tick: 0.01,
             pause_per_tick: 0.003,
             slow_fsync: 0.2,
+            crash_in_append: 0.002,
+            disk_full_per_tick: 0.0005,
             snapshot_every: 12,
+            log_cache_bytes: usize::MAX,
             client_timeout: 80,
-            max_msg_bytes: 64 * 1024,
-            max_inflight_msgs: 16,
-            max_cached_bytes: usize::MAX,
         }
     }
 }
 
-/// What a node's disk holds: exactly what its storage acknowledged.
-#[derive(Clone, Default)]
-struct Disk {
-    hard_state: HardState,
-    snapshot: Option<(SnapshotMeta, Kv)>,
-    /// Entries after the snapshot, contiguous.
-    entries: Vec<Entry>,
-    /// The term of the last wipe (storage's `reset-term` record).
-    reset_term: Option<Term>,
+// ----- what a driver shares with the simulator -----------------------------------------
+
+/// One node's I/O as its driver sees it: the transport's outbox, the snapshot writer's
+/// jobs, and the faults of its disk. Shared with the simulator, which carries it out.
+#[derive(Default)]
+struct Io {
+    outbox: Mutex<Vec<Outgoing>>,
+    jobs: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    disk: Mutex<DiskState>,
 }
 
-impl Disk {
-    fn last_term(&self) -> Term {
-        self.entries
-            .last()
-            .map(|e| e.term)
-            .or(self.snapshot.as_ref().map(|(m, _)| m.term))
-            .unwrap_or(0)
-    }
-
-    /// Wiped and not yet caught up: the core withholds its vote.
-    fn wiped_and_behind(&self) -> bool {
-        self.reset_term.is_some_and(|t| self.last_term() <= t)
-    }
-
-    /// What `Storage::reset` does: log and snapshot gone; term and vote kept, and the
-    /// term of the wipe recorded. A disk with nothing on it is left as it is.
-    fn wipe(&mut self) {
-        if self.entries.is_empty() && self.snapshot.is_none() && self.reset_term.is_none() {
-            return;
-        }
-        self.reset_term = Some(self.hard_state.term);
-        self.entries.clear();
-        self.snapshot = None;
-        self.hard_state.commit = 0;
-    }
-
-    fn snapshot_index(&self) -> Index {
-        self.snapshot.as_ref().map_or(0, |(m, _)| m.index)
-    }
-
-    fn term_at(&self, index: Index) -> Option<Term> {
-        let first = self.snapshot_index() + 1;
-        if index < first {
-            return None;
-        }
-        self.entries.get((index - first) as usize).map(|e| e.term)
-    }
-
-    fn append(&mut self, entries: &[Entry]) {
-        let Some(first) = entries.first() else { return };
-        let keep = (first.index - self.snapshot_index() - 1) as usize;
-        assert!(
-            keep <= self.entries.len(),
-            "gap in the log: append at {} after {}",
-            first.index,
-            self.entries.len()
-        );
-        self.entries.truncate(keep);
-        self.entries.extend_from_slice(entries);
-    }
-
-    /// Storage's rule: entries up to the snapshot go; if the log does not hold the
-    /// snapshot's last entry, all of it goes.
-    fn install(&mut self, meta: SnapshotMeta, kv: Kv) {
-        let keep_after = if self.term_at(meta.index) == Some(meta.term) {
-            meta.index
-        } else {
-            Index::MAX
-        };
-        self.entries.retain(|e| e.index > keep_after);
-        self.snapshot = Some((meta, kv));
-    }
+#[derive(Default)]
+struct DiskState {
+    fault: DiskFault,
+    /// A WAL fsync was started in this turn: what the driver sends from now on waits
+    /// for it (the driver sends nothing a persist promises before it is durable).
+    synced: bool,
 }
 
-/// A core reads back the entries it evicted from its disk, as a node does from its WAL.
-impl LogReader for Disk {
-    fn read_entries(&mut self, from: Index, to: Index, max_bytes: usize) -> Option<Vec<Entry>> {
-        let first = self.snapshot_index() + 1;
-        assert!(
-            from >= first && to < first + self.entries.len() as Index,
-            "a core asks for entries {from}..={to}, the disk holds {first}..{}",
-            first + self.entries.len() as Index
-        );
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for entry in &self.entries[(from - first) as usize..=(to - first) as usize] {
-            bytes += entry.size();
-            if !out.is_empty() && bytes > max_bytes {
-                break;
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+enum DiskFault {
+    #[default]
+    None,
+    /// No space: writes fail (ENOSPC), fsyncs still work.
+    Full,
+    /// The process dies just before this step of the next append.
+    CrashAt(WalStep),
+    /// The process died: nothing more reaches the disk.
+    Crashed,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A message leaving a node.
+struct Outgoing {
+    msg: Message,
+    /// The image of a `Body::Snapshot`.
+    snapshot: Option<SnapshotFile>,
+    /// A request (the receiver answers through a reply slot) or an answer.
+    request: bool,
+    /// Sent after this turn's fsync started: leaves only once it returns.
+    after_persist: bool,
+    /// The incarnation of the process that sent a request, or that waits for an
+    /// answer: as over a gRPC call, an answer reaches only the process that asked.
+    incarnation: u64,
+}
+
+impl Io {
+    fn send(&self, msg: Message, snapshot: Option<SnapshotFile>, request: bool) {
+        let after_persist = lock(&self.disk).synced;
+        lock(&self.outbox).push(Outgoing {
+            msg,
+            snapshot,
+            request,
+            after_persist,
+            // Set when the simulator collects it.
+            incarnation: 0,
+        });
+    }
+
+    /// The WAL's fault hook: the simulated disk.
+    fn wal_fault(io: Arc<Io>) -> WalFault {
+        WalFault(Arc::new(move |step| {
+            let mut disk = lock(&io.disk);
+            match disk.fault {
+                DiskFault::Full if step != WalStep::Sync => {
+                    Err(io::Error::from(io::ErrorKind::StorageFull))
+                }
+                DiskFault::CrashAt(at) if at == step => {
+                    disk.fault = DiskFault::Crashed;
+                    Err(io::Error::other("the simulated process died here"))
+                }
+                DiskFault::Crashed => Err(io::Error::other("the simulated process is dead")),
+                _ => {
+                    disk.synced |= step == WalStep::Sync;
+                    Ok(())
+                }
             }
-            out.push(entry.clone());
-        }
-        Some(out)
+        }))
     }
+}
+
+struct SimTransport(Arc<Io>);
+
+impl Transport for SimTransport {
+    fn send(&self, msg: Message) {
+        self.0.send(msg, None, true);
+    }
+
+    fn send_snapshot(&self, msg: Message, file: SnapshotFile) {
+        self.0.send(msg, Some(file), true);
+    }
+}
+
+/// No threads: the snapshot writer runs when the simulator says so, deletions at once.
+struct SimBackground(Arc<Io>);
+
+impl Background for SimBackground {
+    fn spawn(
+        &self,
+        kind: Job,
+        job: Box<dyn FnOnce() + Send>,
+    ) -> io::Result<Option<JoinHandle<()>>> {
+        match kind {
+            Job::SnapshotWriter => lock(&self.0.jobs).push(job),
+            Job::SnapshotCleanup => job(),
+        }
+        Ok(None)
+    }
+}
+
+// ----- the simulated cluster --------------------------------------------------------------
+
+/// A running node: its driver and what waits on it.
+struct Live {
+    driver: Driver<SimTransport>,
+    /// The driver's own queue: the snapshot writer's "done".
+    wake: Receiver<Event>,
+    /// Reply slots of the peers' requests handed to this driver, with the incarnation
+    /// of the asking process.
+    answers: Vec<(oneshot::Receiver<RaftReply>, u64)>,
+    /// Where the WAL's records ended after the last completed turn: all of it synced.
+    wal_end: Option<(PathBuf, u64)>,
 }
 
 struct Node {
-    raw: Option<RawNode>,
-    disk: Disk,
-    kv: Kv,
-    applied: Index,
-    applied_term: Term,
+    config: Arc<Config>,
+    options: StorageOptions,
+    io: Arc<Io>,
+    live: Option<Live>,
+    /// Counts the node's processes: one more at every restart.
+    incarnation: u64,
     restart_at: u64,
     /// Paused (as by SIGSTOP) until this tick: no ticks, no messages, no clients.
     paused_until: u64,
+    /// A slow fsync runs until this tick; the turn's later messages wait in `held`.
+    busy_until: u64,
+    held: Vec<Outgoing>,
+    /// Where the synced WAL ended before the turn whose fsync is slow.
+    wal_before_slow: Option<(PathBuf, u64)>,
+    /// The disk is full until this tick.
+    full_until: u64,
     /// How often this node's clock misses a tick: clocks drift apart.
     tick_skip: f64,
-    /// Snapshot images delivered with `Body::Snapshot` messages, until the core says
-    /// which (if any) to install.
-    received_snapshots: Vec<SnapshotImage>,
-    /// A Ready whose persist (fsync) is still running, the snapshot images received
-    /// before it was taken, and the tick the persist completes at.
-    persisting: Option<(Ready, Vec<SnapshotImage>, u64)>,
+    /// Came back wiped and has not caught up yet (one such node at a time).
+    wiped: bool,
+    /// The commit index up to which this node's log was checked against `committed`.
+    seen_commit: Index,
 }
 
 struct InFlight {
     deliver_at: u64,
-    msg: Message,
-    snapshot: Option<Kv>,
+    out: Outgoing,
 }
 
-/// A client operation in progress.
+type ProposeAnswer = oneshot::Receiver<Result<Committed, RequestError>>;
+
+/// A client's request in progress, as the node it talks to (`origin`) handles it.
 struct Pending {
     op: KvOp,
     call: u64,
-    /// The tick it started at, for the client's timeout.
     started: u64,
-    node: NodeId,
-    /// For writes: the index and term the entry was proposed at.
-    proposal: Option<(Index, Term)>,
-    read_id: Option<u64>,
+    origin: NodeId,
+    state: Waiting,
+}
+
+enum Waiting {
+    Write {
+        at: NodeId,
+        answer: ProposeAnswer,
+    },
+    Read {
+        at: NodeId,
+        answer: oneshot::Receiver<Result<Option<String>, RequestError>>,
+    },
+    /// Waits for a leader, then tries again at the origin.
+    Retry {
+        at_tick: u64,
+    },
 }
 
 struct Sim {
     sc: Scenario,
     rng: SmallRng,
     now: u64,
+    /// Every node's directories, deleted with the simulation.
+    dir: tempfile::TempDir,
     nodes: BTreeMap<NodeId, Node>,
     net: Vec<InFlight>,
     blocked: BTreeSet<(NodeId, NodeId)>,
     heal_partition_at: u64,
     clients: BTreeMap<u64, Option<Pending>>,
     next_value: u64,
-    next_read_id: u64,
     history: Vec<Operation>,
     events: u64,
-    // What the checker has learned so far.
+    /// The leader of every term ever observed.
     leaders: BTreeMap<Term, NodeId>,
-    /// Every committed entry seen applied anywhere: (term, data, highest term any node
-    /// had when it was first seen applied).
-    committed: BTreeMap<Index, (Term, Bytes, Term)>,
+    /// Every index seen committed: its entry's term, and the term of the node that
+    /// first saw it committed (leaders of later terms must hold it).
+    committed: BTreeMap<Index, (Term, Term)>,
+    successes: u64,
     trace: Vec<String>,
 }
 
-fn encode(op: &KvOp) -> Bytes {
-    match op {
-        KvOp::Put { key, value } => Bytes::from(format!("P\0{key}\0{value}")),
-        KvOp::Delete { key } => Bytes::from(format!("D\0{key}")),
-        KvOp::Get { .. } => unreachable!("reads are not logged"),
-    }
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
-fn apply(kv: &mut Kv, data: &[u8]) {
-    if data.is_empty() {
-        return; // a leader's no-op
-    }
-    let text = std::str::from_utf8(data).expect("sim commands are utf-8");
-    let parts: Vec<&str> = text.split('\0').collect();
-    match parts.as_slice() {
-        ["P", key, value] => {
-            kv.insert(key.to_string(), value.to_string());
-        }
-        ["D", key] => {
-            kv.remove(*key);
-        }
-        _ => panic!("bad command {text:?}"),
-    }
+/// A node's configuration, as its command line would give it.
+fn node_config(sc: &Scenario, id: NodeId, dir: &Path) -> Result<Config, String> {
+    let cluster: Vec<String> = (1..=sc.nodes)
+        .map(|n| format!("n{n}=127.0.0.1:{}:127.0.0.1:{}", 9000 + n, 5000 + n))
+        .collect();
+    let home = dir.join(format!("n{id}"));
+    let (log, data) = (home.join("log"), home.join("data"));
+    let args = [
+        "distraft".to_string(),
+        format!("--name=n{id}"),
+        format!("--cluster={}", cluster.join(",")),
+        format!("--log-path={}", log.display()),
+        format!("--data-path={}", data.display()),
+        format!("--snapshot-threshold={}", sc.snapshot_every),
+        format!(
+            "--log-cache-bytes={}",
+            sc.log_cache_bytes.min(u32::MAX as usize)
+        ),
+        // Ticks of 10 ms: 2-tick heartbeats, 10-21-tick elections, check-quorum after
+        // 10 ticks (5 missed heartbeats), as the core's own tests.
+        "--heartbeat-timeout=0.02".to_string(),
+        "--election-timeout=0.1".to_string(),
+    ];
+    let cli = Cli::try_parse_from(args).map_err(|e| format!("node arguments: {e}"))?;
+    let mut config = Config::from_args(&cli.node).map_err(|e| format!("node config: {e}"))?;
+    // Each node's own directories (the flags name the parents of all nodes' ones).
+    config.log_dir = log;
+    config.data_dir = data;
+    Ok(config)
 }
 
 impl Sim {
-    fn new(sc: Scenario, seed: u64) -> Sim {
-        let voters: Vec<NodeId> = (1..=sc.nodes).collect();
+    fn new(sc: Scenario, seed: u64) -> Result<Sim, String> {
+        let shm = Path::new("/dev/shm");
+        let dir = match shm.is_dir() {
+            true => tempfile::tempdir_in(shm),
+            false => tempfile::tempdir(),
+        }
+        .map_err(|e| format!("temp dir: {e}"))?;
         let mut sim = Sim {
             rng: SmallRng::seed_from_u64(seed),
             now: 0,
@@ -277,30 +380,16 @@ impl Sim {
             heal_partition_at: 0,
             clients: (0..sc.clients).map(|c| (c, None)).collect(),
             next_value: 0,
-            next_read_id: 0,
             history: Vec::new(),
             events: 0,
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
+            successes: 0,
             trace: Vec::new(),
+            dir,
             sc,
         };
-        for &id in &voters {
-            let node = Node {
-                raw: None,
-                disk: Disk::default(),
-                kv: Kv::new(),
-                applied: 0,
-                applied_term: 0,
-                restart_at: 0,
-                paused_until: 0,
-                tick_skip: 0.0,
-                received_snapshots: Vec::new(),
-                persisting: None,
-            };
-            sim.nodes.insert(id, node);
-        }
-        // Each seed gets its own weather: from calm to stormy, and its own clock drift.
+        // Each seed gets its own weather: from calm to stormy.
         let calm = sim.rng.random_range(0.0..1.0);
         let storm = |x: f64| x * 2.0 * calm;
         sim.sc.drop = storm(sim.sc.drop);
@@ -308,19 +397,39 @@ impl Sim {
         sim.sc.partition_per_tick = storm(sim.sc.partition_per_tick);
         sim.sc.pause_per_tick = storm(sim.sc.pause_per_tick);
         sim.sc.duplicate = storm(sim.sc.duplicate * 2.0);
+        sim.sc.crash_in_append = storm(sim.sc.crash_in_append);
         sim.sc.max_delay = [1, 3, 8][sim.rng.random_range(0..3)];
-        sim.sc.max_msg_bytes = [1, 64, 64 * 1024][sim.rng.random_range(0..3)];
-        sim.sc.max_inflight_msgs = [1, 4, 16][sim.rng.random_range(0..3)];
-        sim.sc.max_cached_bytes = [1, 100, usize::MAX][sim.rng.random_range(0..3)];
-        for &id in &voters {
-            let skip = sim.rng.random_range(0.0..0.4);
-            sim.nodes.get_mut(&id).expect("node exists").tick_skip = skip;
-            sim.restart(id);
+        sim.sc.log_cache_bytes = [1, 100, usize::MAX][sim.rng.random_range(0..3)];
+        for id in 1..=sim.sc.nodes {
+            let config = node_config(&sim.sc, id, sim.dir.path())?;
+            let io = Arc::new(Io::default());
+            let mut options = StorageOptions::new(&config.log_dir, &config.data_dir);
+            options.wal_fault = Some(Io::wal_fault(io.clone()));
+            let node = Node {
+                config: Arc::new(config),
+                options,
+                io,
+                live: None,
+                incarnation: 0,
+                restart_at: 0,
+                paused_until: 0,
+                busy_until: 0,
+                held: Vec::new(),
+                wal_before_slow: None,
+                full_until: 0,
+                tick_skip: sim.rng.random_range(0.0..0.4),
+                wiped: false,
+                seen_commit: 0,
+            };
+            sim.nodes.insert(id, node);
         }
-        sim
+        for id in 1..=sim.sc.nodes {
+            sim.restart(id)?;
+        }
+        Ok(sim)
     }
 
-    fn voters(&self) -> Vec<NodeId> {
+    fn ids(&self) -> Vec<NodeId> {
         self.nodes.keys().copied().collect()
     }
 
@@ -328,170 +437,240 @@ impl Sim {
         self.trace.push(format!("[{}] {line}", self.now));
     }
 
-    // ----- node lifecycle ------------------------------------------------------------
-
-    fn restart(&mut self, id: NodeId) {
-        let voters = self.voters();
-        let seed = self.rng.random();
-        let node = self.nodes.get_mut(&id).expect("node exists");
-        let restored = Restored {
-            hard_state: node.disk.hard_state,
-            snapshot: node.disk.snapshot.as_ref().map(|(m, _)| m.clone()),
-            entries: node.disk.entries.clone(),
-            reset_term: node.disk.reset_term,
-        };
-        let config = Config {
-            max_msg_bytes: self.sc.max_msg_bytes,
-            max_inflight_msgs: self.sc.max_inflight_msgs,
-            max_cached_bytes: self.sc.max_cached_bytes,
-            ..Config::for_tests(id, voters)
-        };
-        node.raw = Some(RawNode::new(config, restored, seed));
-        node.kv = node
-            .disk
-            .snapshot
-            .as_ref()
-            .map(|(_, kv)| kv.clone())
-            .unwrap_or_default();
-        node.applied = node.disk.snapshot_index();
-        node.applied_term = node.disk.snapshot.as_ref().map_or(0, |(m, _)| m.term);
-        node.received_snapshots.clear();
-        let hard_state = node.disk.hard_state;
-        self.log(format!("n{id} starts: {hard_state:?}"));
+    fn node(&mut self, id: NodeId) -> &mut Node {
+        self.nodes
+            .get_mut(&id)
+            .expect("the simulator only names its own nodes")
     }
 
-    fn crash(&mut self, id: NodeId) {
-        // Sometimes a quick restart: the node is back while the election it took part
-        // in is still running, which is when a forgotten vote would be used twice.
+    /// Whether `id` can take events now (up, not paused, not inside a slow fsync).
+    fn ready(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| {
+            n.live.is_some() && n.paused_until <= self.now && n.busy_until <= self.now
+        })
+    }
+
+    // ----- node lifecycle ----------------------------------------------------------
+
+    /// Starts a node from what its disk holds, through the driver's recovery path.
+    fn restart(&mut self, id: NodeId) -> Result<(), String> {
+        let seed = self.rng.random();
+        let now = self.now;
+        let node = self.node(id);
+        let transport = SimTransport(node.io.clone());
+        let background = Box::new(SimBackground(node.io.clone()));
+        let opened = Driver::open(
+            node.config.clone(),
+            transport,
+            node.options.clone(),
+            background,
+            seed,
+        );
+        let (driver, _handle, wake) = match opened {
+            Ok(opened) => opened,
+            // Repairing a torn tail needs room: the process fails to start until
+            // there is (an operator frees space and starts it again).
+            Err(DriverError::Storage(e)) if e.is_out_of_space() => {
+                node.restart_at = now + 5;
+                self.log(format!("n{id} cannot start: {e}"));
+                return Ok(());
+            }
+            Err(e) => return Err(format!("n{id} cannot recover from its disk: {e}")),
+        };
+        node.seen_commit = 0;
+        node.incarnation += 1;
+        let wal_end = driver.wal_end();
+        let hard = driver.core().status();
+        node.live = Some(Live {
+            driver,
+            wake,
+            answers: Vec::new(),
+            wal_end,
+        });
+        self.log(format!(
+            "n{id} starts: term {} vote {:?} commit {} last {}",
+            hard.term, hard.vote, hard.commit, hard.last_index
+        ));
+        Ok(())
+    }
+
+    /// The process dies. `unsynced`: where the synced WAL ended, when the crash caught
+    /// writes that were not (yet) synced: they are lost, torn or kept.
+    fn crash(&mut self, id: NodeId, unsynced: Option<(PathBuf, u64)>, why: &str) {
         let down_for = if self.rng.random_bool(0.5) {
+            // Back while the election it took part in still runs: when a forgotten
+            // vote would be used twice.
             self.rng.random_range(1..5)
         } else {
             self.rng.random_range(5..60)
         };
-        // Sometimes the operator wipes it before it comes back: one node at a time.
-        let others_caught_up = self
-            .nodes
-            .iter()
-            .all(|(&other, n)| other == id || !n.disk.wiped_and_behind());
-        let wipe = others_caught_up && self.rng.random_bool(self.sc.wipe_per_crash);
-        let node = self.nodes.get_mut(&id).expect("node exists");
-        node.raw = None;
-        // A persist still running is lost with the process.
-        node.persisting = None;
-        node.restart_at = self.now + down_for;
-        if wipe {
-            node.disk.wipe();
+        let others_wiped = self.nodes.iter().any(|(&o, n)| o != id && n.wiped);
+        let wipe = !others_wiped && self.rng.random_bool(self.sc.wipe_per_crash);
+        // Of unsynced writes: all lost, torn somewhere, or all kept.
+        let torn_at = [0.0, self.rng.random_range(0.0..1.0), 1.0][self.rng.random_range(0..3)];
+        let now = self.now;
+        let node = self.node(id);
+        let current_end = node.live.as_ref().and_then(|l| l.driver.wal_end());
+        node.live = None;
+        node.held.clear();
+        node.busy_until = 0;
+        node.wal_before_slow = None;
+        lock(&node.io.outbox).clear();
+        lock(&node.io.jobs).clear();
+        {
+            let mut disk = lock(&node.io.disk);
+            disk.synced = false;
+            if disk.fault != DiskFault::Full {
+                disk.fault = DiskFault::None;
+            }
         }
+        node.restart_at = now + down_for;
+        // Unsynced writes: only within the same segment (a roll or a snapshot install
+        // in between is left as it is, as if its fsyncs had completed).
+        let mut lost = String::new();
+        if let (Some((path, synced)), Some((current_path, written))) = (unsynced, current_end) {
+            if path == current_path && written > synced {
+                let keep = synced + ((written - synced) as f64 * torn_at) as u64;
+                // Zeros from there on, as a file the kernel never wrote back reads.
+                let cut = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|file| {
+                        let len = file.metadata()?.len();
+                        file.set_len(keep)?;
+                        file.set_len(len)
+                    });
+                if let Err(e) = cut {
+                    panic!("n{id}: cutting the WAL: {e}");
+                }
+                lost = format!(", WAL cut at {keep} (synced {synced}, written {written})");
+            }
+        }
+        if wipe {
+            match Storage::reset(&node.options) {
+                Ok(true) => node.wiped = true,
+                Ok(false) => {}
+                Err(e) => panic!("n{id}: wiping: {e}"),
+            }
+        }
+        let wiped = node.wiped && wipe;
         self.log(format!(
-            "n{id} crashes{}",
-            if wipe { ", wiped" } else { "" }
+            "n{id} crashes ({why}){lost}{}",
+            if wiped { ", wiped" } else { "" }
         ));
         // Its connections break: most peers notice at once.
-        for peer in self.voters() {
-            if self.rng.random_bool(0.8) {
+        for peer in self.ids() {
+            if peer != id && self.rng.random_bool(0.8) {
                 self.connection_broke(id, peer);
             }
         }
-        // Its clients learn nothing more: writes become indeterminate, reads are void.
-        let abandoned: Vec<u64> = self
-            .clients
-            .iter()
-            .filter(|(_, p)| p.as_ref().is_some_and(|p| p.node == id))
-            .map(|(&c, _)| c)
-            .collect();
-        for client in abandoned {
-            self.finish(client, KvOutcome::Unknown);
+        // Its clients lose their connection: writes are indeterminate, reads void.
+        // Nodes that forwarded a request to it see the call break, whatever answer
+        // the dead process may have put in its reply slot.
+        for client in 0..self.sc.clients {
+            let Some(pending) = self.clients.get(&client).and_then(Option::as_ref) else {
+                continue;
+            };
+            let at = match &pending.state {
+                Waiting::Write { at, .. } | Waiting::Read { at, .. } => Some(*at),
+                Waiting::Retry { .. } => None,
+            };
+            if pending.origin == id {
+                self.finish(client, KvOutcome::Unknown);
+            } else if at == Some(id) {
+                let write = !matches!(pending.op, KvOp::Get { .. });
+                let status = tonic::Status::unavailable("the connection broke");
+                if forward_again(write, &status) {
+                    let retry = Waiting::Retry {
+                        at_tick: self.now + 2,
+                    };
+                    self.set_state(client, retry);
+                } else {
+                    self.fail(client, &status);
+                }
+            }
         }
     }
 
-    // ----- the main loop ---------------------------------------------------------------
+    /// `to` sees its connection from `from` break.
+    fn connection_broke(&mut self, from: NodeId, to: NodeId) {
+        if !self.ready(to) {
+            return;
+        }
+        if let Err(e) = self.handle(to, Event::ConnectionLost { from }) {
+            // Checked again at the node's next turn.
+            self.log(format!("n{to}: {e}"));
+        }
+    }
+
+    // ----- the main loop -----------------------------------------------------------
 
     fn run(&mut self) -> Result<(), String> {
-        let end_of_faults = self.sc.fault_ticks;
-        while self.now < end_of_faults {
-            self.inject_faults();
+        while self.now < self.sc.fault_ticks {
+            self.inject_faults()?;
             self.tick(true)?;
         }
-        // Heal everything (partitions, losses, crashed nodes) and require progress.
-        self.blocked.clear();
-        self.sc.drop = 0.0;
-        self.sc.duplicate = 0.0;
-        for node in self.nodes.values_mut() {
-            node.paused_until = 0;
-        }
-        let down: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.raw.is_none())
-            .map(|(&id, _)| id)
-            .collect();
-        for id in down {
-            self.restart(id);
-        }
-        self.log("healed".into());
+        self.heal()?;
         // A leader must emerge and a new write must reach every node within a bound.
-        // The write is proposed again if the leader it went to loses its leadership
-        // before committing it (that is Raft working as intended, not a liveness bug).
+        // The write is proposed again if the leader it went to loses its post before
+        // committing it (Raft working as intended, not a liveness bug).
         let deadline = self.now + self.sc.heal_ticks;
-        let op = KvOp::Put {
-            key: "final".into(),
-            value: format!("v{}", self.now),
-        };
-        let mut proposed: Option<(NodeId, Term, Index)> = None;
-        loop {
+        let data = Kv::put_command("final".into(), format!("v{}", self.now));
+        let mut proposed: Option<(NodeId, Term, ProposeAnswer)> = None;
+        let index = loop {
             self.tick(false)?;
-            if let Some((_, _, index)) = proposed {
-                let everywhere = self.nodes.values().all(|n| n.applied >= index);
-                if everywhere
-                    && self
-                        .committed
-                        .get(&index)
-                        .is_some_and(|(_, data, _)| *data == encode(&op))
-                {
-                    break;
+            let mut lost = false;
+            if let Some((leader, term, answer)) = proposed.as_mut() {
+                match answer.try_recv() {
+                    Ok(Ok(committed)) => break committed.index,
+                    Err(TryRecvError::Empty) => lost = !self.leads(*leader, *term),
+                    _ => lost = true,
                 }
             }
-            let still_leading = proposed.is_some_and(|(id, term, _)| {
-                self.nodes[&id]
-                    .raw
-                    .as_ref()
-                    .is_some_and(|r| r.role() == Role::Leader && r.term() == term)
-            });
-            if !still_leading {
+            if lost {
+                proposed = None;
+            }
+            if proposed.is_none() {
                 if let Some(leader) = self.stable_leader() {
-                    let raw = self
-                        .nodes
-                        .get_mut(&leader)
-                        .and_then(|n| n.raw.as_mut())
-                        .expect("leader is up");
-                    let term = raw.term();
-                    let index = raw
-                        .propose(encode(&op))
-                        .map_err(|e| format!("a leader refused a write: {e}"))?;
-                    proposed = Some((leader, term, index));
+                    let term = self.core(leader).map_or(0, |c| c.term());
+                    let (reply, answer) = oneshot::channel();
+                    let event = Event::Propose {
+                        data: data.clone(),
+                        kind: WriteKind::Put {
+                            key: "final".into(),
+                            value_bytes: 8,
+                        },
+                        reply,
+                    };
+                    self.handle(leader, event)?;
+                    proposed = Some((leader, term, answer));
                 }
             }
             if self.now > deadline {
-                let status: Vec<String> = self
-                    .nodes
-                    .values()
-                    .filter_map(|n| n.raw.as_ref())
-                    .map(|r| format!("{:?}", r.status()))
-                    .collect();
                 return Err(format!(
-                    "no write committed everywhere within {} ticks of healing ({proposed:?}): {status:#?}",
+                    "no write committed within {} ticks of healing: {}",
+                    self.sc.heal_ticks,
+                    self.statuses()
+                ));
+            }
+        };
+        // Every node applies it, and then every node holds the same state (a node
+        // wiped just before healing may need a snapshot first).
+        let deadline = deadline.max(self.now + 100);
+        loop {
+            let applied = self.applied_and_digests();
+            let first = applied.first().cloned();
+            let all_same = applied.iter().all(|a| Some(a) == first.as_ref());
+            if all_same && first.is_some_and(|(i, _)| i >= index) {
+                break;
+            }
+            if self.now > deadline {
+                return Err(format!(
+                    "the nodes did not converge within {} ticks of healing (write at {index}): {applied:?}",
                     self.sc.heal_ticks
                 ));
             }
-        }
-        // Every replica converged.
-        let first = &self.nodes[&1];
-        for (id, node) in &self.nodes {
-            if node.applied == first.applied && node.kv != first.kv {
-                return Err(format!(
-                    "n{id} state differs from n1 at the same applied index"
-                ));
-            }
+            self.tick(false)?;
         }
         // Settle the clients: whatever is still open is indeterminate.
         let open: Vec<u64> = self
@@ -508,40 +687,97 @@ impl Sim {
         Ok(())
     }
 
+    /// Ends every fault: partitions, losses, pauses, full disks; crashed nodes restart.
+    fn heal(&mut self) -> Result<(), String> {
+        self.blocked.clear();
+        self.sc.drop = 0.0;
+        self.sc.duplicate = 0.0;
+        let now = self.now;
+        for node in self.nodes.values_mut() {
+            node.paused_until = 0;
+            node.full_until = now;
+        }
+        for id in self.ids() {
+            self.update_disk(id);
+            if self.nodes[&id].live.is_none() {
+                self.restart(id)?;
+            }
+        }
+        self.log("healed".into());
+        Ok(())
+    }
+
+    /// Each node's applied index and state digest, from its status (as `GET /` shows).
+    fn applied_and_digests(&mut self) -> Vec<(Index, String)> {
+        let mut out = Vec::new();
+        for id in self.ids() {
+            let Some(live) = self.node(id).live.as_mut() else {
+                continue;
+            };
+            let (reply, mut answer) = oneshot::channel();
+            if live.driver.handle_batch([Event::Status { reply }]).is_err() {
+                continue;
+            }
+            if let Ok(status) = answer.try_recv() {
+                out.push((status.last_applied, status.state_digest));
+            }
+        }
+        out
+    }
+
+    fn statuses(&self) -> String {
+        let mut out = String::new();
+        for (id, node) in &self.nodes {
+            match &node.live {
+                Some(live) => {
+                    let _ = write!(
+                        out,
+                        "\n  n{id}: up {} {:?}",
+                        live.driver.is_up(),
+                        live.driver.core().status()
+                    );
+                }
+                None => {
+                    let _ = write!(out, "\n  n{id}: down");
+                }
+            }
+        }
+        out
+    }
+
+    /// The core of a node that takes part in Raft.
+    fn core(&self, id: NodeId) -> Option<&RawNode> {
+        let live = self.nodes.get(&id)?.live.as_ref()?;
+        live.driver.is_up().then(|| live.driver.core())
+    }
+
+    fn leads(&self, id: NodeId, term: Term) -> bool {
+        self.core(id)
+            .is_some_and(|c| c.role() == Role::Leader && c.term() == term)
+    }
+
     fn stable_leader(&self) -> Option<NodeId> {
-        let leaders: Vec<NodeId> = self
+        let cores = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader))
-            .map(|(&id, _)| id)
-            .collect();
-        let top_term = self
-            .nodes
-            .values()
-            .filter_map(|n| n.raw.as_ref())
-            .map(|r| r.term())
-            .max()?;
-        leaders.into_iter().find(|id| {
-            self.nodes[id]
-                .raw
-                .as_ref()
-                .is_some_and(|r| r.term() == top_term)
-        })
+            .filter_map(|(&id, n)| Some((id, n.live.as_ref()?)))
+            .filter(|(_, l)| l.driver.is_up())
+            .map(|(id, l)| (id, l.driver.core()));
+        let top_term = cores.clone().map(|(_, c)| c.term()).max()?;
+        cores
+            .filter(|(_, c)| c.role() == Role::Leader && c.term() == top_term)
+            .map(|(id, _)| id)
+            .next()
     }
 
-    /// `to` sees its connection from `from` break.
-    fn connection_broke(&mut self, from: NodeId, to: NodeId) {
-        if let Some(raw) = self.nodes.get_mut(&to).and_then(|n| n.raw.as_mut()) {
-            raw.leader_disconnected(from);
-        }
-    }
-
-    fn inject_faults(&mut self) {
+    fn inject_faults(&mut self) -> Result<(), String> {
         let n = self.sc.nodes;
         // A connection breaks while both ends live (a stream reopened, a glitch).
         if self.rng.random_bool(self.sc.partition_per_tick) {
             let (from, to) = (self.rng.random_range(1..=n), self.rng.random_range(1..=n));
-            self.connection_broke(from, to);
+            if from != to {
+                self.connection_broke(from, to);
+            }
         }
         let max_faulty = ((n - 1) / 2) as usize;
         if self.now >= self.heal_partition_at && !self.blocked.is_empty() {
@@ -551,72 +787,83 @@ impl Sim {
         if self.blocked.is_empty() && self.rng.random_bool(self.sc.partition_per_tick) {
             self.partition();
         }
-        let down = self
-            .nodes
-            .values()
-            .filter(|n| n.raw.is_none() || n.paused_until > self.now)
-            .count();
-        if down < max_faulty && self.rng.random_bool(self.sc.crash_per_tick * n as f64) {
+        let faulty = |sim: &Sim| {
+            sim.nodes
+                .values()
+                .filter(|n| n.live.is_none() || n.paused_until > sim.now)
+                .count()
+        };
+        if faulty(self) < max_faulty && self.rng.random_bool(self.sc.crash_per_tick * n as f64) {
             let id = self.rng.random_range(1..=n);
-            if self.nodes[&id].raw.is_some() {
-                self.crash(id);
+            if self.nodes[&id].live.is_some() {
+                self.crash(id, None, "killed");
             }
         }
-        let faulty = self
-            .nodes
-            .values()
-            .filter(|n| n.raw.is_none() || n.paused_until > self.now)
-            .count();
-        if faulty < max_faulty && self.rng.random_bool(self.sc.pause_per_tick * n as f64) {
+        if faulty(self) < max_faulty && self.rng.random_bool(self.sc.pause_per_tick * n as f64) {
             // Pausing the leader is the interesting case: it wakes up believing it leads.
             let id = match self.stable_leader() {
                 Some(leader) if self.rng.random_bool(0.5) => leader,
                 _ => self.rng.random_range(1..=n),
             };
             let pause = self.rng.random_range(5..60);
-            self.nodes.get_mut(&id).expect("node exists").paused_until = self.now + pause;
+            let now = self.now;
+            self.node(id).paused_until = now + pause;
             self.log(format!("n{id} pauses for {pause}"));
         }
-        let due: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.raw.is_none() && n.restart_at <= self.now)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in due {
-            self.restart(id);
+        if self
+            .rng
+            .random_bool((self.sc.disk_full_per_tick * n as f64).min(1.0))
+        {
+            let id = self.rng.random_range(1..=n);
+            let ticks = self.rng.random_range(5..40);
+            let now = self.now;
+            self.node(id).full_until = now + ticks;
+            self.log(format!("n{id}'s disk is full for {ticks}"));
+        }
+        for id in self.ids() {
+            self.update_disk(id);
+            let node = &self.nodes[&id];
+            if node.live.is_none() && node.restart_at <= self.now {
+                self.restart(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills or frees a node's disk as `full_until` says.
+    fn update_disk(&mut self, id: NodeId) {
+        let now = self.now;
+        let node = self.node(id);
+        let full = node.full_until > now;
+        let mut disk = lock(&node.io.disk);
+        match (full, disk.fault) {
+            (true, DiskFault::None) => disk.fault = DiskFault::Full,
+            (false, DiskFault::Full) => disk.fault = DiskFault::None,
+            _ => {}
         }
     }
 
     fn partition(&mut self) {
-        let mut ids = self.voters();
+        let mut ids = self.ids();
         let leader = self.stable_leader();
         for i in (1..ids.len()).rev() {
             let j = self.rng.random_range(0..=i);
             ids.swap(i, j);
         }
-        let minority = (ids.len() - 1) / 2;
+        let minority = ((ids.len() - 1) / 2).max(1);
         let kind = self.rng.random_range(0..4);
         let (a, b): (Vec<NodeId>, Vec<NodeId>) = match (kind, leader) {
             // Isolate the leader.
             (0, Some(l)) => (vec![l], ids.iter().copied().filter(|&x| x != l).collect()),
-            _ => (
-                ids[..minority.max(1)].to_vec(),
-                ids[minority.max(1)..].to_vec(),
-            ),
+            _ => (ids[..minority].to_vec(), ids[minority..].to_vec()),
         };
         let mut blocked = BTreeSet::new();
         for &x in &a {
             for &y in &b {
-                match kind {
-                    // One-way: a can hear b but not be heard.
-                    1 => {
-                        blocked.insert((x, y));
-                    }
-                    _ => {
-                        blocked.insert((x, y));
-                        blocked.insert((y, x));
-                    }
+                blocked.insert((x, y));
+                // One-way: a hears b but is not heard.
+                if kind != 1 {
+                    blocked.insert((y, x));
                 }
             }
         }
@@ -641,15 +888,37 @@ impl Sim {
 
     fn tick(&mut self, faults: bool) -> Result<(), String> {
         self.now += 1;
+        // Slow fsyncs that return now: the rest of their turn leaves. Sometimes the
+        // process dies first, and the turn's writes may be lost with it.
+        for id in self.ids() {
+            let node = &self.nodes[&id];
+            if node.busy_until == 0 || node.busy_until > self.now || node.live.is_none() {
+                continue;
+            }
+            if faults && self.rng.random_bool(0.1) {
+                let before = self.node(id).wal_before_slow.take();
+                self.crash(id, before, "during a slow fsync");
+                continue;
+            }
+            let node = self.node(id);
+            node.busy_until = 0;
+            node.wal_before_slow = None;
+            let held = std::mem::take(&mut node.held);
+            for out in held {
+                self.send(id, out);
+            }
+            self.poll_clients(id)?;
+        }
         // Deliver what is due, in random order (reordering on top of random delays).
         let mut due = Vec::new();
         let mut i = 0;
         while i < self.net.len() {
-            let paused = self
+            let to = self.net[i].out.msg.to;
+            let waiting = self
                 .nodes
-                .get(&self.net[i].msg.to)
-                .is_some_and(|n| n.paused_until > self.now);
-            if self.net[i].deliver_at <= self.now && !paused {
+                .get(&to)
+                .is_some_and(|n| n.paused_until > self.now || n.busy_until > self.now);
+            if self.net[i].deliver_at <= self.now && !waiting {
                 due.push(self.net.swap_remove(i));
             } else {
                 i += 1;
@@ -662,260 +931,335 @@ impl Sim {
         // A process that wakes up may serve a client before it reads its sockets.
         let clients_first = self.rng.random_bool(0.5);
         if clients_first {
-            self.drive_clients(faults);
+            self.drive_clients(faults)?;
         }
         for inflight in due {
-            let to = inflight.msg.to;
-            let Some(node) = self.nodes.get_mut(&to) else {
-                continue;
-            };
-            let Some(raw) = node.raw.as_mut() else {
-                continue;
-            };
-            if let (Body::Snapshot { meta }, Some(kv)) = (&inflight.msg.body, inflight.snapshot) {
-                node.received_snapshots.push((meta.clone(), kv));
+            let to = inflight.out.msg.to;
+            self.deliver(inflight.out)?;
+            // Sometimes a turn ends after each message, sometimes many share one.
+            if self.ready(to) && self.rng.random_bool(0.3) {
+                self.turn(to, faults)?;
             }
-            raw.step(inflight.msg);
+        }
+        // The snapshot writers that finish now.
+        for id in self.ids() {
+            if self.rng.random_bool(0.3) {
+                let jobs = std::mem::take(&mut *lock(&self.nodes[&id].io.jobs));
+                for job in jobs {
+                    job();
+                }
+            }
         }
         // Clocks: every live node ticks, at its own rate.
-        let ids = self.voters();
-        for &id in &ids {
-            let node = self.nodes.get_mut(&id).expect("node exists");
-            let skip = node.tick_skip;
-            if node.paused_until > self.now || self.rng.random_bool(skip) {
+        for id in self.ids() {
+            let skip = self.nodes[&id].tick_skip;
+            if !self.ready(id) || self.rng.random_bool(skip) {
                 continue;
             }
-            if let Some(raw) = node.raw.as_mut() {
-                raw.tick();
+            if let Some(live) = self.node(id).live.as_mut() {
+                live.driver.tick(std::time::Instant::now());
             }
+            self.check_node(id)?;
         }
         if !clients_first {
-            self.drive_clients(faults);
+            self.drive_clients(faults)?;
         }
-        for &id in &ids {
-            if self.nodes[&id].paused_until > self.now {
+        let poll_space = self.now.is_multiple_of(10);
+        for id in self.ids() {
+            if !self.ready(id) {
                 continue;
             }
-            self.process_ready(id, faults);
+            if poll_space {
+                // As the driver's loop does every second while the NOSPACE alarm is up.
+                let live = self.node(id).live.as_mut().expect("ready means live");
+                if let Err(e) = live.driver.check_space() {
+                    return Err(format!("n{id}: checking for space: {e}"));
+                }
+            }
+            self.turn(id, faults)?;
         }
         self.expire_clients();
-        self.check_invariants()
+        self.check_logs()
     }
 
-    // ----- carrying out a Ready ------------------------------------------------------
+    /// Hands one event to a node's driver, and checks safety right after it.
+    fn handle(&mut self, id: NodeId, event: Event) -> Result<(), String> {
+        let Some(live) = self.node(id).live.as_mut() else {
+            return Ok(());
+        };
+        live.driver
+            .handle_batch([event])
+            .map_err(|e| format!("n{id}'s driver failed handling an event: {e}"))?;
+        self.check_node(id)
+    }
 
-    fn process_ready(&mut self, id: NodeId, faults: bool) {
-        loop {
-            let Some(node) = self.nodes.get_mut(&id).filter(|n| n.raw.is_some()) else {
-                return;
+    /// Delivers a message: a request with a reply slot (and, for a snapshot, its
+    /// image streamed into the receiver's storage as the gRPC handler does), or an
+    /// answer to one of the receiver's requests.
+    fn deliver(&mut self, out: Outgoing) -> Result<(), String> {
+        let to = out.msg.to;
+        if !self.ready(to) {
+            return Ok(());
+        }
+        if !out.request {
+            if out.incarnation != self.nodes[&to].incarnation {
+                // The process that asked is gone, and its call with it.
+                return Ok(());
+            }
+            let event = Event::Raft {
+                msg: out.msg,
+                reply: None,
+                snapshot: None,
             };
-            // A persist still running: finish it when it is due, else wait for it.
-            if let Some((_, _, done_at)) = &node.persisting {
-                if *done_at > self.now {
-                    return;
-                }
-                let (rd, images, _) = node.persisting.take().expect("checked above");
-                // Sometimes the process dies before a slow fsync returns: of this Ready
-                // only the leader's replication happened, yet the node went on
-                // receiving answers to it meanwhile.
-                if faults && self.rng.random_bool(0.1) {
-                    self.log(format!("n{id} crashes during a slow persist"));
-                    self.crash(id);
-                    return;
-                }
-                if !self.finish_ready(id, rd, images, faults) {
-                    return;
-                }
-                continue;
-            }
-            let Node {
-                raw,
-                disk,
-                received_snapshots,
-                ..
-            } = node;
-            let raw = raw.as_mut().expect("checked above");
-            if !raw.has_ready() {
-                return;
-            }
-            // Evicted entries the leader must send are read back from its disk.
-            let mut rd = raw.ready_with(disk);
-            // The images this Ready may install; later ones wait for the next.
-            let images = std::mem::take(received_snapshots);
-            // The leader's replication leaves first, in parallel with its persist.
-            let snapshot_image = self.nodes[&id].disk.snapshot.clone();
-            for msg in std::mem::take(&mut rd.messages) {
-                self.send_with_image(msg, &snapshot_image);
-            }
-            // Crash before the persist completes: of this Ready, only the leader's
-            // replication happened.
-            if faults && self.rng.random_bool(0.001) {
-                self.log(format!("n{id} crashes before persisting"));
-                self.crash(id);
-                return;
-            }
-            // A slow disk: the fsync takes a few ticks, while the node goes on
-            // receiving messages (answers to the replication above among them).
-            let writes = rd.hard_state.is_some() || !rd.entries.is_empty();
-            if faults && writes && self.rng.random_bool(self.sc.slow_fsync) {
-                let done_at = self.now + self.rng.random_range(1..=4);
-                let node = self.nodes.get_mut(&id).expect("node exists");
-                node.persisting = Some((rd, images, done_at));
-                return;
-            }
-            if !self.finish_ready(id, rd, images, faults) {
-                return;
-            }
+            return self.handle(to, event);
         }
-    }
-
-    /// Persists a Ready, sends its messages, advances and applies. False when the node
-    /// crashed on the way.
-    fn finish_ready(
-        &mut self,
-        id: NodeId,
-        rd: Ready,
-        mut images: Vec<SnapshotImage>,
-        faults: bool,
-    ) -> bool {
-        {
-            let node = self.nodes.get_mut(&id).expect("node exists");
-            if let Some(meta) = &rd.snapshot {
-                let pos = images.iter().position(|(m, _)| m == meta);
-                let (_, kv) =
-                    images.swap_remove(pos.expect("the snapshot to install was received"));
-                node.disk.install(meta.clone(), kv.clone());
-                node.kv = kv;
-                node.applied = meta.index;
-                node.applied_term = meta.term;
-            }
-            node.disk.append(&rd.entries);
-            if let Some(hs) = rd.hard_state {
-                node.disk.hard_state = hs;
-            }
-            // Crash after persisting, before sending.
-            if faults && self.rng.random_bool(0.001) {
-                self.log(format!("n{id} crashes after persisting"));
-                self.crash(id);
-                return false;
-            }
-            let snapshot_image = node.disk.snapshot.clone();
-            let granted_a_vote = rd
-                .persisted_messages
-                .iter()
-                .any(|m| m.body == Body::VoteResponse { granted: true });
-            for msg in rd.persisted_messages {
-                self.send_with_image(msg, &snapshot_image);
-            }
-            // Crash right after voting: the vote is out, only the disk remembers it.
-            if faults && granted_a_vote && self.rng.random_bool(0.2) {
-                self.log(format!("n{id} crashes after voting"));
-                self.crash(id);
-                return false;
-            }
-            let voters = self.voters();
-            let node = self.nodes.get_mut(&id).expect("node exists");
-            let raw = node.raw.as_mut().expect("alive");
-            raw.advance();
-            let mut applied_now = Vec::new();
-            for entry in rd.committed {
-                assert_eq!(entry.index, node.applied + 1, "n{id} applies out of order");
-                apply(&mut node.kv, &entry.data);
-                node.applied = entry.index;
-                node.applied_term = entry.term;
-                applied_now.push(entry);
-            }
-            let reads: Vec<(u64, Option<String>, Index)> = rd
-                .reads
-                .iter()
-                .map(|r| {
-                    (r.id, None, r.index) // value filled below
-                })
-                .collect();
-            let failed: Vec<u64> = rd.failed_reads.iter().map(|(id, _)| *id).collect();
-            // Compact now and then, as the driver does.
-            if node.applied >= node.disk.snapshot_index() + self.sc.snapshot_every {
-                let meta = SnapshotMeta {
-                    index: node.applied,
-                    term: node.applied_term,
-                    voters,
-                };
-                let kv = node.kv.clone();
-                node.disk.install(meta.clone(), kv);
-                node.raw.as_mut().expect("alive").compact(meta.index);
-            }
-            let max_term = self
-                .nodes
-                .values()
-                .filter_map(|n| n.raw.as_ref())
-                .map(|r| r.term())
-                .max()
-                .unwrap_or(0);
-            for entry in applied_now {
-                self.on_applied(id, entry, max_term);
-            }
-            for (read_id, _, index) in reads {
-                let node = &self.nodes[&id];
-                assert!(
-                    node.applied >= index,
-                    "n{id} serves a read at {index} before applying it"
-                );
-                self.on_read(id, read_id);
-            }
-            for read_id in failed {
-                self.on_read_failed(read_id);
-            }
-        }
-        true
-    }
-
-    /// Sends `msg`, attaching the sender's snapshot image when it is a snapshot.
-    fn send_with_image(&mut self, msg: Message, image: &Option<(SnapshotMeta, Kv)>) {
-        let snapshot = match &msg.body {
-            Body::Snapshot { meta } => {
-                let (m, kv) = image.as_ref().expect("a snapshot to send exists");
-                assert_eq!(m, meta, "core sends a snapshot storage does not have");
-                Some(kv.clone())
+        let received = match (&out.msg.body, out.snapshot) {
+            (Body::Snapshot { meta }, Some(file)) => {
+                match self.receive_snapshot(to, &out.msg, meta.clone(), file, out.incarnation)? {
+                    Received::Image(image) => Some(image),
+                    Received::NotNeeded => None,
+                    Received::Answered => return Ok(()),
+                }
             }
             _ => None,
         };
-        self.send(msg, snapshot);
+        let (reply, answer) = oneshot::channel();
+        let event = Event::Raft {
+            msg: out.msg,
+            reply: Some(reply),
+            snapshot: received.map(Box::new),
+        };
+        let asker = out.incarnation;
+        if let Some(live) = self.node(to).live.as_mut() {
+            live.answers.push((answer, asker));
+        }
+        self.handle(to, event)
     }
 
-    fn send(&mut self, msg: Message, snapshot: Option<Kv>) {
-        if self.blocked.contains(&(msg.from, msg.to)) || self.rng.random_bool(self.sc.drop) {
+    /// What `rpc::server`'s InstallSnapshot does before the core sees the message.
+    fn receive_snapshot(
+        &mut self,
+        to: NodeId,
+        msg: &Message,
+        meta: SnapshotMeta,
+        file: SnapshotFile,
+        asker: u64,
+    ) -> Result<Received, String> {
+        let (reply, mut answer) = oneshot::channel();
+        let event = Event::BeginSnapshot {
+            from: msg.from,
+            term: msg.term,
+            meta,
+            reply,
+        };
+        self.handle(to, event)?;
+        let admission = match answer.try_recv() {
+            Ok(Ok(admission)) => admission,
+            // Refused (stopped) or a storage failure: the leader tries again later.
+            _ => return Ok(Received::Answered),
+        };
+        let mut writer = match admission {
+            SnapshotAdmission::Write(writer) => writer,
+            SnapshotAdmission::NotNeeded => return Ok(Received::NotNeeded),
+            SnapshotAdmission::Stale { term } => {
+                // As the core answers a stale leader's append: our term, no success.
+                let answer = Message {
+                    from: to,
+                    to: msg.from,
+                    term,
+                    body: Body::AppendResponse {
+                        outcome: AppendOutcome::StaleTerm,
+                    },
+                };
+                self.send(
+                    to,
+                    Outgoing {
+                        msg: answer,
+                        snapshot: None,
+                        request: false,
+                        after_persist: false,
+                        incarnation: asker,
+                    },
+                );
+                return Ok(Received::Answered);
+            }
+            SnapshotAdmission::NotLeader { .. } => return Ok(Received::Answered),
+        };
+        // The sender's file may be gone (compacted away since): the stream breaks.
+        let Ok(mut image) = file.open_data() else {
+            return Ok(Received::Answered);
+        };
+        if let Err(e) = io::copy(&mut image, &mut writer) {
+            // A full disk: the stream fails, as it would over gRPC.
+            self.log(format!("n{to}: storing a snapshot: {e}"));
+            return Ok(Received::Answered);
+        }
+        let kv = writer
+            .read_back()
+            .map_err(|e| format!("n{to}: reading back a snapshot: {e}"))
+            .and_then(|image| Kv::read_image(image).map_err(|e| format!("n{to}: {e}")))?;
+        Ok(Received::Image(ReceivedSnapshot { writer, kv }))
+    }
+
+    /// The end of a node's turn: its Readys carried out (with a disk fault, sometimes),
+    /// what it sent put on the network, its answers collected.
+    fn turn(&mut self, id: NodeId, faults: bool) -> Result<(), String> {
+        let crash_at = match faults && self.rng.random_bool(self.sc.crash_in_append) {
+            true => {
+                Some([WalStep::Reserve, WalStep::Write, WalStep::Sync][self.rng.random_range(0..3)])
+            }
+            false => None,
+        };
+        let slow = faults && self.rng.random_bool(self.sc.slow_fsync);
+        let node = self.node(id);
+        let Some(live) = node.live.as_mut() else {
+            return Ok(());
+        };
+        {
+            let mut disk = lock(&node.io.disk);
+            disk.synced = false;
+            if let (Some(step), DiskFault::None) = (crash_at, disk.fault) {
+                disk.fault = DiskFault::CrashAt(step);
+            }
+        }
+        let woken: Vec<Event> = live.wake.try_iter().collect();
+        let handled = live.driver.handle_batch(woken);
+        let result = handled.and_then(|_| live.driver.end_turn());
+        let synced_before = live.wal_end.clone();
+        let (died, synced) = {
+            let mut disk = lock(&node.io.disk);
+            let died = disk.fault == DiskFault::Crashed;
+            if matches!(disk.fault, DiskFault::CrashAt(_)) {
+                disk.fault = DiskFault::None;
+            }
+            (died, disk.synced)
+        };
+        if died {
+            // Whatever the driver made of the failure, the process is gone. What this
+            // append wrote unsynced may be lost or torn; not so after an fsync of an
+            // earlier Ready of the turn (where that one ended is not known here).
+            let unsynced = if synced { None } else { synced_before };
+            self.crash(id, unsynced, "halfway through a WAL append");
+            return Ok(());
+        }
+        if let Err(e) = result {
+            return Err(format!("n{id}'s driver failed: {e}"));
+        }
+        // The turn is over: its writes are synced.
+        let node = self.node(id);
+        let live = node.live.as_mut().expect("checked above");
+        live.wal_end = live.driver.wal_end();
+        let mut outgoing = std::mem::take(&mut *lock(&node.io.outbox));
+        for out in &mut outgoing {
+            out.incarnation = node.incarnation;
+        }
+        live.answers
+            .retain_mut(|(answer, asker)| match answer.try_recv() {
+                Ok(RaftReply::Answer(msg)) => {
+                    outgoing.push(Outgoing {
+                        msg,
+                        snapshot: None,
+                        request: false,
+                        after_persist: true,
+                        incarnation: *asker,
+                    });
+                    false
+                }
+                Err(TryRecvError::Empty) => true,
+                Ok(RaftReply::Unanswered) | Err(TryRecvError::Closed) => false,
+            });
+        let slow = slow && synced;
+        if slow {
+            let ticks = self.rng.random_range(1..=4);
+            let now = self.now;
+            let node = self.node(id);
+            node.busy_until = now + ticks;
+            node.wal_before_slow = synced_before;
+        }
+        let granted_a_vote = outgoing
+            .iter()
+            .any(|out| out.msg.body == Body::VoteResponse { granted: true });
+        for out in outgoing {
+            if slow && out.after_persist {
+                self.node(id).held.push(out);
+            } else {
+                self.send(id, out);
+            }
+        }
+        self.check_node(id)?;
+        // Right after voting: the vote is out, only the disk remembers it.
+        if faults && granted_a_vote && !slow && self.rng.random_bool(0.2) {
+            self.crash(id, None, "right after voting");
+            return Ok(());
+        }
+        if !slow {
+            self.poll_clients(id)?;
+        }
+        // Caught up after a wipe, durably (a turn that ended in Raft, its fsync
+        // returned): another node may be wiped now.
+        let node = self.node(id);
+        let durable_vote = node
+            .live
+            .as_ref()
+            .is_some_and(|l| l.driver.is_up() && l.driver.core().may_vote());
+        if node.wiped && !slow && durable_vote {
+            node.wiped = false;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, from: NodeId, out: Outgoing) {
+        let to = out.msg.to;
+        if self.blocked.contains(&(from, to)) || self.rng.random_bool(self.sc.drop) {
             return;
         }
-        let copies = if self.rng.random_bool(self.sc.duplicate) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
+        if self.rng.random_bool(self.sc.duplicate) {
+            let copy = Outgoing {
+                msg: out.msg.clone(),
+                snapshot: out.snapshot.clone(),
+                ..out
+            };
             let delay = self.rng.random_range(1..=self.sc.max_delay);
             self.net.push(InFlight {
                 deliver_at: self.now + delay,
-                msg: msg.clone(),
-                snapshot: snapshot.clone(),
+                out: copy,
             });
         }
+        let delay = self.rng.random_range(1..=self.sc.max_delay);
+        self.net.push(InFlight {
+            deliver_at: self.now + delay,
+            out,
+        });
     }
 
-    // ----- clients -------------------------------------------------------------------
+    // ----- clients -----------------------------------------------------------------
 
-    fn drive_clients(&mut self, faults: bool) {
-        let clients: Vec<u64> = self.clients.keys().copied().collect();
-        for client in clients {
-            if self.clients[&client].is_some() || !self.rng.random_bool(0.3) {
+    fn drive_clients(&mut self, faults: bool) -> Result<(), String> {
+        for client in 0..self.sc.clients {
+            match &self.clients[&client] {
+                Some(Pending {
+                    state: Waiting::Retry { at_tick },
+                    origin,
+                    ..
+                }) if *at_tick <= self.now => {
+                    let origin = *origin;
+                    if self.ready(origin) {
+                        self.submit(client, origin)?;
+                    }
+                    continue;
+                }
+                Some(_) => continue,
+                None => {}
+            }
+            if !self.rng.random_bool(0.3) || (!faults && self.rng.random_bool(0.5)) {
                 continue;
             }
-            if !faults && self.rng.random_bool(0.5) {
+            let origin = self.rng.random_range(1..=self.sc.nodes);
+            if !self.ready(origin) {
                 continue;
             }
-            let node_id = self.rng.random_range(1..=self.sc.nodes);
             let key = format!("k{}", self.rng.random_range(0..self.sc.keys));
-            let roll = self.rng.random_range(0..10);
-            let op = match roll {
+            let op = match self.rng.random_range(0..10) {
                 0..=3 => KvOp::Get { key },
                 4..=8 => {
                     self.next_value += 1;
@@ -926,48 +1270,145 @@ impl Sim {
                 }
                 _ => KvOp::Delete { key },
             };
-            let now = self.now;
-            let call = self.events + 1;
-            let Some(raw) = self
-                .nodes
-                .get_mut(&node_id)
-                .filter(|n| n.paused_until <= now)
-                .and_then(|n| n.raw.as_mut())
-            else {
+            let call = self.next_event();
+            let pending = Pending {
+                op,
+                call,
+                started: self.now,
+                origin,
+                state: Waiting::Retry { at_tick: self.now },
+            };
+            self.clients.insert(client, Some(pending));
+            self.submit(client, origin)?;
+        }
+        Ok(())
+    }
+
+    /// Hands a client's request to the driver of `at`, as the Kv service does.
+    fn submit(&mut self, client: u64, at: NodeId) -> Result<(), String> {
+        let Some(pending) = self.clients.get_mut(&client).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        let (event, state) = match &pending.op {
+            KvOp::Get { key } => {
+                let (reply, answer) = oneshot::channel();
+                let event = Event::Read {
+                    key: key.clone(),
+                    stale: false,
+                    reply,
+                };
+                (event, Waiting::Read { at, answer })
+            }
+            KvOp::Put { key, value } => {
+                let (reply, answer) = oneshot::channel();
+                let event = Event::Propose {
+                    data: Kv::put_command(key.clone(), value.clone()),
+                    kind: WriteKind::Put {
+                        key: key.clone(),
+                        value_bytes: value.len(),
+                    },
+                    reply,
+                };
+                (event, Waiting::Write { at, answer })
+            }
+            KvOp::Delete { key } => {
+                let (reply, answer) = oneshot::channel();
+                let event = Event::Propose {
+                    data: Kv::delete_command(key.clone()),
+                    kind: WriteKind::Delete,
+                    reply,
+                };
+                (event, Waiting::Write { at, answer })
+            }
+        };
+        pending.state = state;
+        let line = format!("client {client}: {:?} to n{at}", pending.op);
+        self.log(line);
+        self.handle(at, event)?;
+        self.poll_clients(at)
+    }
+
+    /// Collects the answers `at` gave its clients, and acts on them as the Kv service
+    /// does: forward to the leader, retry, or answer the client.
+    fn poll_clients(&mut self, at: NodeId) -> Result<(), String> {
+        for client in 0..self.sc.clients {
+            let Some(pending) = self.clients.get_mut(&client).and_then(Option::as_mut) else {
                 continue;
             };
-            self.events = call;
-            match op {
-                KvOp::Get { .. } => {
-                    self.next_read_id += 1;
-                    let read_id = self.next_read_id;
-                    raw.read_index(read_id);
-                    let pending = Pending {
-                        op,
-                        call,
-                        started: now,
-                        node: node_id,
-                        proposal: None,
-                        read_id: Some(read_id),
-                    };
-                    self.clients.insert(client, Some(pending));
+            let origin = pending.origin;
+            let write = !matches!(pending.op, KvOp::Get { .. });
+            let result = match &mut pending.state {
+                Waiting::Write { at: node, answer } if *node == at => match answer.try_recv() {
+                    Err(TryRecvError::Empty) => continue,
+                    Ok(Ok(_)) => Ok(match pending.op {
+                        KvOp::Delete { .. } => KvOutcome::Delete,
+                        _ => KvOutcome::Put,
+                    }),
+                    Ok(Err(err)) => Err(err),
+                    // The node died with the request (see DriverHandle::propose).
+                    Err(TryRecvError::Closed) => Err(RequestError::Indeterminate),
+                },
+                Waiting::Read { at: node, answer } if *node == at => match answer.try_recv() {
+                    Err(TryRecvError::Empty) => continue,
+                    Ok(Ok(value)) => Ok(KvOutcome::Get(value)),
+                    Ok(Err(err)) => Err(err),
+                    Err(TryRecvError::Closed) => Err(RequestError::ShuttingDown),
+                },
+                _ => continue,
+            };
+            let retry = Waiting::Retry {
+                at_tick: self.now + 2,
+            };
+            self.log(format!("client {client}: n{at} answers {result:?}"));
+            match result {
+                Ok(outcome) => {
+                    self.successes += 1;
+                    self.finish(client, outcome);
                 }
-                _ => {
-                    let term = raw.term();
-                    // A refused proposal never happened: it leaves no trace in the history.
-                    if let Ok(index) = raw.propose(encode(&op)) {
-                        let pending = Pending {
-                            op,
-                            call,
-                            started: now,
-                            node: node_id,
-                            proposal: Some((index, term)),
-                            read_id: None,
-                        };
-                        self.clients.insert(client, Some(pending));
+                // Forwarded: the origin gets the leader's failure over gRPC.
+                Err(err) if at != origin => {
+                    let status = status_of(err);
+                    if forward_again(write, &status) {
+                        self.set_state(client, retry);
+                    } else {
+                        self.fail(client, &status);
                     }
                 }
+                Err(RequestError::NotLeader {
+                    leader: Some(leader),
+                }) if leader != origin => {
+                    if self.ready(leader) {
+                        self.submit(client, leader)?;
+                    } else {
+                        // Refused or unreachable: certainly not sent.
+                        self.set_state(client, retry);
+                    }
+                }
+                Err(
+                    RequestError::NotLeader { .. }
+                    | RequestError::LeadershipLost
+                    | RequestError::Overloaded,
+                ) => self.set_state(client, retry),
+                Err(err) => self.fail(client, &status_of(err)),
             }
+        }
+        Ok(())
+    }
+
+    fn set_state(&mut self, client: u64, state: Waiting) {
+        if let Some(pending) = self.clients.get_mut(&client).and_then(Option::as_mut) {
+            pending.state = state;
+        }
+    }
+
+    /// The client gets a failure: a write that certainly did not happen leaves no
+    /// trace in the history; any other is indeterminate.
+    fn fail(&mut self, client: u64, status: &tonic::Status) {
+        let not_applied = status.metadata().contains_key(NOT_APPLIED);
+        if not_applied {
+            self.clients.insert(client, None);
+        } else {
+            self.finish(client, KvOutcome::Unknown);
         }
     }
 
@@ -984,6 +1425,13 @@ impl Sim {
                 return; // an unanswered read tells nothing
             }
             let ret = self.next_event();
+            let line = format!(
+                "client {client}: #{} {:?} [{}, {ret}] -> {outcome:?}",
+                self.history.len(),
+                p.op,
+                p.call
+            );
+            self.log(line);
             self.history.push(Operation {
                 client,
                 op: p.op,
@@ -991,69 +1439,6 @@ impl Sim {
                 ret,
                 outcome,
             });
-        }
-    }
-
-    fn on_applied(&mut self, node: NodeId, entry: Entry, max_term: Term) {
-        // State machine safety: one entry per index, everywhere.
-        match self.committed.get(&entry.index) {
-            Some((term, data, _)) => assert!(
-                *term == entry.term && *data == entry.data,
-                "n{node} applied ({}, {}) where ({term}) was applied before",
-                entry.index,
-                entry.term
-            ),
-            None => {
-                self.committed
-                    .insert(entry.index, (entry.term, entry.data.clone(), max_term));
-            }
-        }
-        let done: Vec<(u64, bool)> = self
-            .clients
-            .iter()
-            .filter_map(|(&c, p)| {
-                let p = p.as_ref()?;
-                let (index, term) = p.proposal?;
-                (p.node == node && index == entry.index).then_some((c, term == entry.term))
-            })
-            .collect();
-        for (client, ours) in done {
-            if ours {
-                let outcome = match self.clients[&client].as_ref().map(|p| &p.op) {
-                    Some(KvOp::Delete { .. }) => KvOutcome::Delete,
-                    _ => KvOutcome::Put,
-                };
-                self.finish(client, outcome);
-            } else {
-                // Another entry won that index: ours can never commit.
-                self.clients.insert(client, None);
-            }
-        }
-    }
-
-    fn on_read(&mut self, node: NodeId, read_id: u64) {
-        let client = self
-            .clients
-            .iter()
-            .find(|(_, p)| p.as_ref().is_some_and(|p| p.read_id == Some(read_id)))
-            .map(|(&c, _)| c);
-        let Some(client) = client else { return };
-        let key = match self.clients[&client].as_ref().map(|p| &p.op) {
-            Some(KvOp::Get { key }) => key.clone(),
-            _ => return,
-        };
-        let value = self.nodes[&node].kv.get(&key).cloned();
-        self.finish(client, KvOutcome::Get(value));
-    }
-
-    fn on_read_failed(&mut self, read_id: u64) {
-        let client = self
-            .clients
-            .iter()
-            .find(|(_, p)| p.as_ref().is_some_and(|p| p.read_id == Some(read_id)))
-            .map(|(&c, _)| c);
-        if let Some(client) = client {
-            self.clients.insert(client, None);
         }
     }
 
@@ -1072,67 +1457,99 @@ impl Sim {
         }
     }
 
-    // ----- safety ----------------------------------------------------------------------
+    // ----- safety --------------------------------------------------------------------
 
-    fn check_invariants(&mut self) -> Result<(), String> {
-        // Election Safety: at most one leader per term, ever.
-        let mut new_leaders = Vec::new();
-        for (&id, node) in &self.nodes {
-            let Some(raw) = node.raw.as_ref() else {
+    /// After every event and turn of `id`: Election Safety, State Machine Safety and
+    /// Leader Completeness as far as this node shows them.
+    fn check_node(&mut self, id: NodeId) -> Result<(), String> {
+        let Some(core) = self.core(id) else {
+            return Ok(());
+        };
+        let (role, term, commit) = (core.role(), core.term(), core.commit_index());
+        if role == Role::Leader {
+            match self.leaders.get(&term) {
+                Some(&other) if other != id => {
+                    return Err(format!("two leaders in term {term}: n{other} and n{id}"));
+                }
+                Some(_) => {}
+                None => {
+                    // Leader Completeness: every entry committed in an earlier term.
+                    for (&index, &(entry_term, committed_in)) in &self.committed {
+                        if committed_in < term && !holds(core, index, entry_term) {
+                            return Err(format!(
+                                "leader n{id} of term {term} lacks entry {index} of term {entry_term}, committed in term {committed_in}"
+                            ));
+                        }
+                    }
+                    self.leaders.insert(term, id);
+                    self.log(format!("n{id} leads term {term}"));
+                }
+            }
+        }
+        let seen = self.nodes[&id].seen_commit;
+        if commit <= seen {
+            return Ok(());
+        }
+        let core = self.core(id).expect("checked above");
+        let mut new = Vec::new();
+        for index in seen + 1..=commit {
+            // Compacted into the snapshot: checked by whoever saw it committed first.
+            let Some(entry_term) = core.log_term(index) else {
                 continue;
             };
-            if raw.role() != Role::Leader {
-                continue;
-            }
-            match self.leaders.get(&raw.term()) {
-                Some(&other) if other != id => {
+            match self.committed.get(&index) {
+                Some(&(known, _)) if known != entry_term => {
                     return Err(format!(
-                        "two leaders in term {}: n{other} and n{id}",
-                        raw.term()
+                        "n{id} committed entry {index} of term {entry_term}, where one of term {known} was committed"
                     ));
                 }
                 Some(_) => {}
-                None => new_leaders.push((raw.term(), id)),
+                None => new.push((index, entry_term)),
             }
         }
-        for (term, id) in new_leaders {
-            self.log(format!("n{id} leads term {term}"));
-            self.leaders.insert(term, id);
-            // Leader Completeness: a leader elected after an entry was committed has it.
-            let disk = &self.nodes[&id].disk;
-            for (&index, (entry_term, _, seen_at_term)) in &self.committed {
-                if term <= *seen_at_term || index <= disk.snapshot_index() {
-                    continue;
-                }
-                if disk.term_at(index) != Some(*entry_term) {
+        for &(index, entry_term) in &new {
+            // Leaders of later terms that already lead must hold it too.
+            for &other in self.nodes.keys() {
+                let Some(c) = self.core(other) else { continue };
+                if c.role() == Role::Leader && c.term() > term && !holds(c, index, entry_term) {
                     return Err(format!(
-                        "leader n{id} of term {term} lacks committed entry {index} (term {entry_term}, committed by term {seen_at_term})"
+                        "leader n{other} of term {} lacks entry {index} of term {entry_term}, committed in term {term}",
+                        c.term()
                     ));
                 }
             }
         }
-        // Log Matching, on what the disks hold: if two logs share an entry's index and
-        // term, they are identical up to it.
-        let disks: Vec<(NodeId, &Disk)> = self.nodes.iter().map(|(&id, n)| (id, &n.disk)).collect();
-        for (i, (a_id, a)) in disks.iter().enumerate() {
-            for (b_id, b) in &disks[i + 1..] {
-                let lo = a.snapshot_index().max(b.snapshot_index()) + 1;
-                let hi = (a.snapshot_index() + a.entries.len() as u64)
-                    .min(b.snapshot_index() + b.entries.len() as u64);
+        for (index, entry_term) in new {
+            self.committed.insert(index, (entry_term, term));
+        }
+        self.node(id).seen_commit = commit;
+        Ok(())
+    }
+
+    /// Log Matching over the cores' logs: where two logs hold an entry of the same term
+    /// at an index, they hold the same terms before it.
+    fn check_logs(&self) -> Result<(), String> {
+        let cores: Vec<(NodeId, &RawNode)> = self
+            .nodes
+            .iter()
+            .filter_map(|(&id, n)| Some((id, n.live.as_ref()?.driver.core())))
+            .collect();
+        for (i, (a_id, a)) in cores.iter().enumerate() {
+            let a_status = a.status();
+            let (a_first, a_last) = (a_status.snapshot_index, a_status.last_index);
+            for (b_id, b) in &cores[i + 1..] {
+                let b_status = b.status();
+                let (b_first, b_last) = (b_status.snapshot_index, b_status.last_index);
+                let (lo, hi) = (a_first.max(b_first), a_last.min(b_last));
                 let mut matched = false;
                 for index in (lo..=hi).rev() {
-                    let ea = &a.entries[(index - a.snapshot_index() - 1) as usize];
-                    let eb = &b.entries[(index - b.snapshot_index() - 1) as usize];
-                    if matched && ea != eb {
-                        return Err(format!("logs of n{a_id} and n{b_id} match at a later index but differ at {index}"));
-                    }
-                    matched |= ea.term == eb.term;
-                    if matched && ea.data != eb.data {
+                    let (ta, tb) = (a.log_term(index), b.log_term(index));
+                    if matched && ta != tb {
                         return Err(format!(
-                            "n{a_id} and n{b_id} hold different entries with term {} at {index}",
-                            ea.term
+                            "logs of n{a_id} and n{b_id} match at a later index but differ at {index}: {ta:?} {tb:?}"
                         ));
                     }
+                    matched |= ta.is_some() && ta == tb;
                 }
             }
         }
@@ -1140,9 +1557,38 @@ impl Sim {
     }
 }
 
-fn run_seed(sc: &Scenario, seed: u64) -> Result<usize, String> {
-    let mut sim = Sim::new(sc.clone(), seed);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));
+/// Whether a core's log holds the entry of `term` at `index` (or a snapshot past it).
+fn holds(core: &RawNode, index: Index, term: Term) -> bool {
+    match core.log_term(index) {
+        Some(t) => t == term,
+        None => index < core.status().snapshot_index,
+    }
+}
+
+enum Received {
+    Image(ReceivedSnapshot),
+    NotNeeded,
+    /// Dealt with before the core (refused, stale, not stored).
+    Answered,
+}
+
+/// What one seed's run came to.
+struct Outcome {
+    operations: usize,
+    successes: u64,
+}
+
+fn run_seed(sc: &Scenario, seed: u64) -> Result<Outcome, String> {
+    let mut trace = Vec::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut sim = Sim::new(sc.clone(), seed)?;
+        let result = sim.run();
+        trace = std::mem::take(&mut sim.trace);
+        result.map(|()| Outcome {
+            operations: sim.history.len(),
+            successes: sim.successes,
+        })
+    }));
     let outcome = match result {
         Ok(r) => r,
         Err(panic) => Err(panic
@@ -1151,28 +1597,36 @@ fn run_seed(sc: &Scenario, seed: u64) -> Result<usize, String> {
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "panic".into())),
     };
-    match outcome {
-        Ok(()) => Ok(sim.history.len()),
-        Err(e) => {
-            let mut report = format!("seed {seed} ({} nodes): {e}\n", sc.nodes);
-            if std::env::var("DISTRAFT_SIM_TRACE").is_ok() {
-                for line in &sim.trace {
-                    let _ = writeln!(report, "  {line}");
-                }
+    outcome.map_err(|e| {
+        let mut report = format!(
+            "seed {seed} ({} nodes): {e}\n  replay: DISTRAFT_SIM_SEED={seed} DISTRAFT_SIM_TRACE=1 cargo test --test simulation {}\n",
+            sc.nodes,
+            test_name(sc)
+        );
+        if std::env::var("DISTRAFT_SIM_TRACE").is_ok() {
+            for line in &trace {
+                let _ = writeln!(report, "  {line}");
             }
-            Err(report)
         }
+        report
+    })
+}
+
+fn test_name(sc: &Scenario) -> &'static str {
+    match sc.nodes {
+        3 => "three_nodes_under_faults",
+        _ => "five_nodes_under_faults",
     }
 }
 
-/// Runs every seed for one scenario over all cores; fails with the seeds that failed.
+/// Runs every seed for one scenario; fails with the seeds that failed.
 fn run_scenario(sc: Scenario) {
     if let Ok(seed) = std::env::var("DISTRAFT_SIM_SEED") {
         let seed: u64 = seed.parse().expect("DISTRAFT_SIM_SEED is a number");
         match run_seed(&sc, seed) {
-            Ok(ops) => println!(
-                "seed {seed}, {} nodes: ok, {ops} client operations",
-                sc.nodes
+            Ok(o) => println!(
+                "seed {seed}, {} nodes: ok, {} client operations, {} succeeded",
+                sc.nodes, o.operations, o.successes
             ),
             Err(e) => panic!("{e}"),
         }
@@ -1187,27 +1641,30 @@ fn run_scenario(sc: Scenario) {
     let failed = std::sync::atomic::AtomicBool::new(false);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let started = std::time::Instant::now();
-    let results: Vec<(Vec<String>, usize)> = std::thread::scope(|s| {
+    let results: Vec<(Vec<String>, usize, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let sc = sc.clone();
                 let failed = &failed;
                 s.spawn(move || {
                     let mut failures = Vec::new();
-                    let mut ops = 0;
+                    let (mut ops, mut successes) = (0, 0);
                     for seed in (t..seeds).step_by(threads as usize) {
                         if fail_fast && failed.load(std::sync::atomic::Ordering::Relaxed) {
                             break;
                         }
                         match run_seed(&sc, seed) {
-                            Ok(n) => ops += n,
+                            Ok(o) => {
+                                ops += o.operations;
+                                successes += o.successes;
+                            }
                             Err(e) => {
                                 failed.store(true, std::sync::atomic::Ordering::Relaxed);
                                 failures.push(e);
                             }
                         }
                     }
-                    (failures, ops)
+                    (failures, ops, successes)
                 })
             })
             .collect();
@@ -1217,9 +1674,10 @@ fn run_scenario(sc: Scenario) {
             .collect()
     });
     let ops: usize = results.iter().map(|r| r.1).sum();
+    let successes: u64 = results.iter().map(|r| r.2).sum();
     let failures: Vec<String> = results.into_iter().flat_map(|r| r.0).collect();
     println!(
-        "{} nodes: {seeds} seeds, {ops} client operations checked, {} failed, {:.1} s",
+        "{} nodes: {seeds} seeds, {ops} client operations checked ({successes} succeeded), {} failed, {:.1} s",
         sc.nodes,
         failures.len(),
         started.elapsed().as_secs_f64()
@@ -1227,9 +1685,13 @@ fn run_scenario(sc: Scenario) {
     if !failures.is_empty() {
         let shown: Vec<&String> = failures.iter().take(5).collect();
         panic!(
-            "{} of {seeds} seeds failed; replay one with DISTRAFT_SIM_SEED=<seed> (add DISTRAFT_SIM_TRACE=1 for a trace):\n{}",
+            "{} of {seeds} seeds failed:\n{}",
             failures.len(),
-            shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 }

@@ -28,7 +28,7 @@ use crate::proto::v1::StatusResponse;
 use crate::raft::{Index, Message, NodeId, RaftError, SnapshotMeta, Term};
 use crate::storage::{SnapshotFile, SnapshotWriter, StorageError};
 
-pub use runner::spawn;
+pub use runner::{spawn, Background, Driver, Job, Threads};
 
 /// How many events may wait for the driver before new ones are refused. Raft messages
 /// beyond it are dropped (Raft tolerates loss), client requests fail as overloaded.

@@ -5,7 +5,10 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
 
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
@@ -57,17 +60,18 @@ pub(super) fn spawn_with_storage(
     transport: impl Transport,
     options: StorageOptions,
 ) -> Result<(DriverHandle, oneshot::Receiver<Result<(), DriverError>>), DriverError> {
-    let (handle, events, leader) = channel();
-    // Open before returning, so that a damaged data directory stops start-up at once.
-    let open = OpenNode::open(&config, options.clone())?;
+    // Opened before returning, so that a damaged data directory stops start-up at once.
+    let (mut driver, handle, events) = Driver::open(
+        config,
+        transport,
+        options,
+        Box::new(Threads),
+        rand::random(),
+    )?;
     let (done_tx, done_rx) = oneshot::channel();
-    // The snapshot thread's way to wake the driver. The driver holding a sender means
-    // its channel never disconnects: it ends on Event::Shutdown only.
-    let wake = handle.events.clone();
     std::thread::Builder::new()
         .name("raft-driver".to_string())
         .spawn(move || {
-            let mut driver = Driver::new(config, transport, open, options, wake, leader);
             let result = driver.run(&events);
             driver.fail_everything(RequestError::ShuttingDown);
             // Not logged here: the receiver reports the error, once (see `node.rs`).
@@ -75,6 +79,47 @@ pub(super) fn spawn_with_storage(
         })
         .map_err(DriverError::Thread)?;
     Ok((handle, done_rx))
+}
+
+/// Where the driver's background work runs: writing a snapshot, and deleting the files
+/// an adopted snapshot made useless. A node gives each job a thread of its own
+/// ([`Threads`]), so that a large state never stalls the driver; the simulator runs the
+/// deletions at once and the writer when its seed says (the writer's job ends by
+/// posting `Event::SnapshotWritten` to the driver's own queue).
+pub trait Background: Send + 'static {
+    /// Starts `job`. Returns the thread to join before storage is reopened, if any.
+    fn spawn(
+        &self,
+        kind: Job,
+        job: Box<dyn FnOnce() + Send>,
+    ) -> std::io::Result<Option<JoinHandle<()>>>;
+}
+
+/// The driver's kinds of background work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    SnapshotWriter,
+    SnapshotCleanup,
+}
+
+/// Runs each job on a new thread.
+pub struct Threads;
+
+impl Background for Threads {
+    fn spawn(
+        &self,
+        kind: Job,
+        job: Box<dyn FnOnce() + Send>,
+    ) -> std::io::Result<Option<JoinHandle<()>>> {
+        let name = match kind {
+            Job::SnapshotWriter => "snapshot-writer",
+            Job::SnapshotCleanup => "snapshot-cleanup",
+        };
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(job)
+            .map(Some)
+    }
 }
 
 /// A core, its storage and state machine, as recovered from disk.
@@ -89,7 +134,8 @@ struct OpenNode {
 }
 
 impl OpenNode {
-    fn open(config: &Config, options: StorageOptions) -> Result<OpenNode, DriverError> {
+    /// `seed` drives the core's randomness (its election timeouts).
+    fn open(config: &Config, options: StorageOptions, seed: u64) -> Result<OpenNode, DriverError> {
         let (storage, recovered) = Storage::open(options)?;
         let (kv, applied, applied_term) = match &recovered.snapshot {
             Some(file) => (
@@ -109,7 +155,7 @@ impl OpenNode {
             .snapshot
             .as_ref()
             .map_or(0, SnapshotFile::data_len);
-        let node = RawNode::new(config.raft_config(), recovered.restored, rand::random());
+        let node = RawNode::new(config.raft_config(), recovered.restored, seed);
         Ok(OpenNode {
             node,
             storage,
@@ -225,9 +271,18 @@ struct SnapshotInFlight {
     result: Receiver<Result<SnapshotFile, StorageError>>,
 }
 
-struct Driver<T> {
+/// One node's driver: its core, storage and state machine, and the requests waiting on
+/// them. Deterministic given its events: a node runs it on a thread of its own
+/// ([`spawn`], [`Driver::run`]); the simulator (`tests/simulation.rs`) calls the same
+/// steps a turn of `run` is made of ([`Driver::handle_batch`], [`Driver::tick`],
+/// [`Driver::end_turn`]) in an order of its choosing.
+pub struct Driver<T> {
     config: Arc<Config>,
     storage_options: StorageOptions,
+    /// Runs the snapshot writer.
+    background: Box<dyn Background>,
+    /// Seeds the core at every (re)start, so that a simulated node is reproducible.
+    seeds: rand::rngs::SmallRng,
     /// Posts to this driver's own queue (see `Event::SnapshotWritten`).
     wake: SyncSender<Event>,
     transport: T,
@@ -261,7 +316,7 @@ struct Driver<T> {
     /// At most one snapshot of our own is written at a time.
     snapshot_in_flight: Option<SnapshotInFlight>,
     /// Deletes the files the last adopted snapshot made useless.
-    cleanup: Option<std::thread::JoinHandle<()>>,
+    cleanup: Option<JoinHandle<()>>,
     next_snapshot_id: u64,
     /// The leader as published to waiting requests ([`DriverHandle::leader_watch`]).
     leader: watch::Sender<Option<NodeId>>,
@@ -272,19 +327,29 @@ struct Driver<T> {
 }
 
 impl<T: Transport> Driver<T> {
-    fn new(
+    /// Opens the node's storage and recovers its core and state machine from it.
+    /// Returns the driver, the handle to post to it, and the queue those posts (and the
+    /// snapshot writer's) arrive in. `seed` seeds the core's randomness.
+    pub fn open(
         config: Arc<Config>,
         transport: T,
-        open: OpenNode,
         storage_options: StorageOptions,
-        wake: SyncSender<Event>,
-        leader: watch::Sender<Option<NodeId>>,
-    ) -> Driver<T> {
+        background: Box<dyn Background>,
+        seed: u64,
+    ) -> Result<(Driver<T>, DriverHandle, Receiver<Event>), DriverError> {
+        let mut seeds = rand::rngs::SmallRng::seed_from_u64(seed);
+        let open = OpenNode::open(&config, storage_options.clone(), seeds.random())?;
+        let (handle, events, leader) = channel();
+        // The snapshot writer's way to wake the driver. The driver holding a sender
+        // means its channel never disconnects: it ends on Event::Shutdown only.
+        let wake = handle.events.clone();
         let snapshot_index = open.applied;
         let trigger = SnapshotTrigger::from_config(&config);
-        Driver {
+        let driver = Driver {
             config,
             storage_options,
+            background,
+            seeds,
             wake,
             transport,
             node: open.node,
@@ -314,10 +379,13 @@ impl<T: Transport> Driver<T> {
             leader,
             no_space: None,
             lag: ReplicationClock::default(),
-        }
+        };
+        Ok((driver, handle, events))
     }
 
-    fn run(&mut self, events: &Receiver<Event>) -> Result<(), DriverError> {
+    /// The driver's loop on its thread: wait for an event or the next tick, then one
+    /// turn. Ends on `Event::Shutdown` (Ok) or a fatal error.
+    pub fn run(&mut self, events: &Receiver<Event>) -> Result<(), DriverError> {
         let tick = self.config.tick();
         let mut next_tick = Instant::now() + tick;
         let mut next_purge = Instant::now() + PURGE_EVERY;
@@ -329,18 +397,10 @@ impl<T: Transport> Driver<T> {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
-            let mut shutdown = false;
-            for event in first
+            let batch = first
                 .into_iter()
-                .chain(events.try_iter().take(MAX_EVENTS_PER_TURN))
-            {
-                if matches!(event, Event::Shutdown) {
-                    shutdown = true;
-                    break;
-                }
-                self.handle(event)?;
-            }
-            if shutdown {
+                .chain(events.try_iter().take(MAX_EVENTS_PER_TURN));
+            if self.handle_batch(batch)? {
                 info!("driver shutting down");
                 self.settle_snapshot();
                 return Ok(());
@@ -348,10 +408,7 @@ impl<T: Transport> Driver<T> {
 
             let now = Instant::now();
             if now >= next_tick {
-                if self.up {
-                    self.node.tick();
-                    self.watch_members(now);
-                }
+                self.tick(now);
                 // After a long turn (a slow fsync), resume the cadence instead of
                 // firing a burst of catch-up ticks.
                 next_tick = (next_tick + tick).max(now);
@@ -364,27 +421,75 @@ impl<T: Transport> Driver<T> {
                 self.check_space()?;
                 next_space_check = now + SPACE_POLL;
             }
-
-            // Advancing can make more work (the leader's own persist may commit
-            // entries): carry it out now rather than at the next event or tick.
-            while self.up && self.node.has_ready() {
-                let ready = self.next_ready()?;
-                match self.process(ready) {
-                    Ok(()) => self.log_role_change(),
-                    // A full disk met by the WAL: not fatal (see `leave_raft_for_space`).
-                    Err(DriverError::Storage(err @ StorageError::NoSpace { .. }))
-                        if !plant::active(Plant::NospaceFatal) =>
-                    {
-                        self.leave_raft_for_space(&err);
-                    }
-                    Err(err) => return Err(err),
-                }
-            }
-            // The core had its chance to install these in this turn's Ready.
-            self.received_snapshots.clear();
-            self.answer_unanswered();
-            self.publish_leader();
+            self.end_turn()?;
         }
+    }
+
+    /// The first step of a turn: handles `events` in order. True when one of them was
+    /// `Event::Shutdown` (those after it are dropped): the caller ends the driver.
+    pub fn handle_batch(
+        &mut self,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Result<bool, DriverError> {
+        for event in events {
+            if matches!(event, Event::Shutdown) {
+                return Ok(true);
+            }
+            self.handle(event)?;
+        }
+        Ok(false)
+    }
+
+    /// One tick of the node's clock (heartbeats, election timeouts), when it is in Raft.
+    /// `now` only dates the warnings about silent members.
+    pub fn tick(&mut self, now: Instant) {
+        if self.up {
+            self.node.tick();
+            self.watch_members(now);
+        }
+    }
+
+    /// The last step of a turn: carries out the core's Readys (persist, send, apply,
+    /// answer), then answers what the turn left unanswered and publishes the leader.
+    pub fn end_turn(&mut self) -> Result<(), DriverError> {
+        // Advancing can make more work (the leader's own persist may commit
+        // entries): carry it out now rather than at the next event or tick.
+        while self.up && self.node.has_ready() {
+            let ready = self.next_ready()?;
+            match self.process(ready) {
+                Ok(()) => self.log_role_change(),
+                // A full disk met by the WAL: not fatal (see `leave_raft_for_space`).
+                Err(DriverError::Storage(err @ StorageError::NoSpace { .. }))
+                    if !plant::active(Plant::NospaceFatal) =>
+                {
+                    self.leave_raft_for_space(&err);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        // The core had its chance to install these in this turn's Ready.
+        self.received_snapshots.clear();
+        self.answer_unanswered();
+        self.publish_leader();
+        Ok(())
+    }
+
+    /// The core, for the simulator's safety checks.
+    pub fn core(&self) -> &RawNode {
+        &self.node
+    }
+
+    /// Where the WAL's records end (the file and the offset past the last record), for
+    /// the simulator to tear or drop what a crash caught unsynced. `None` while
+    /// storage is closed.
+    pub fn wal_end(&self) -> Option<(std::path::PathBuf, u64)> {
+        let (path, offset) = self.storage.as_ref()?.wal_end();
+        Some((path.to_path_buf(), offset))
+    }
+
+    /// Whether the node takes part in Raft (not stopped, not out for lack of space).
+    pub fn is_up(&self) -> bool {
+        self.up
     }
 
     fn handle(&mut self, event: Event) -> Result<(), DriverError> {
@@ -661,7 +766,8 @@ impl<T: Transport> Driver<T> {
 
     /// Rebuilds the core from storage, exactly as a restart of the process would.
     fn restart(&mut self) -> Result<(), RequestError> {
-        match OpenNode::open(&self.config, self.storage_options.clone()) {
+        let seed = self.seeds.random();
+        match OpenNode::open(&self.config, self.storage_options.clone(), seed) {
             Ok(open) => {
                 self.rejoin(open);
                 // Whatever the disk was short of, the next write will say again.
@@ -764,7 +870,7 @@ impl<T: Transport> Driver<T> {
     /// While the NOSPACE alarm is raised: once both directories have room again,
     /// reopens storage from disk (repairing a torn tail) and rejoins Raft if the alarm
     /// took the node out of it, then clears the alarm.
-    fn check_space(&mut self) -> Result<(), DriverError> {
+    pub fn check_space(&mut self) -> Result<(), DriverError> {
         let Some(alarm) = &self.no_space else {
             return Ok(());
         };
@@ -782,7 +888,8 @@ impl<T: Transport> Driver<T> {
             }
         }
         if alarm.left_raft && !self.up {
-            match OpenNode::open(&self.config, self.storage_options.clone()) {
+            let seed = self.seeds.random();
+            match OpenNode::open(&self.config, self.storage_options.clone(), seed) {
                 Ok(open) => self.rejoin(open),
                 Err(DriverError::Storage(err)) if err.is_out_of_space() => {
                     warn!("space is back but reopening storage found none: {err}");
@@ -1031,18 +1138,20 @@ impl<T: Transport> Driver<T> {
         self.next_snapshot_id += 1;
         let (result_tx, result) = mpsc::channel();
         let wake = self.wake.clone();
-        std::thread::Builder::new()
-            .name("snapshot-writer".to_string())
-            .spawn(move || {
-                let written = job.write(|out| image.write(out));
-                // Let go of the state before saying so: the driver's next change can
-                // then update it in place again.
-                drop(image);
-                let _ = result_tx.send(written);
-                // Blocks only while the queue is full (the driver keeps draining it);
-                // fails once the driver is gone, which then no longer needs to know.
-                let _ = wake.send(Event::SnapshotWritten { id });
-            })
+        self.background
+            .spawn(
+                Job::SnapshotWriter,
+                Box::new(move || {
+                    let written = job.write(|out| image.write(out));
+                    // Let go of the state before saying so: the driver's next change can
+                    // then update it in place again.
+                    drop(image);
+                    let _ = result_tx.send(written);
+                    // Blocks only while the queue is full (the driver keeps draining it);
+                    // fails once the driver is gone, which then no longer needs to know.
+                    let _ = wake.send(Event::SnapshotWritten { id });
+                }),
+            )
             .map_err(DriverError::Thread)?;
         Ok(SnapshotInFlight {
             id,
@@ -1106,16 +1215,14 @@ impl<T: Transport> Driver<T> {
     /// a large file and fsyncing directories took 70-200 ms on the driver (200 MB).
     fn delete_in_background(&mut self, garbage: Garbage) {
         self.join_cleanup();
-        let spawned = std::thread::Builder::new()
-            .name("snapshot-cleanup".to_string())
-            .spawn(move || {
-                if let Err(err) = garbage.delete() {
-                    // Harmless: they are ignored, and deleted at the next open.
-                    warn!("deleting files a snapshot made useless: {err}");
-                }
-            });
-        match spawned {
-            Ok(cleanup) => self.cleanup = Some(cleanup),
+        let delete = Box::new(move || {
+            if let Err(err) = garbage.delete() {
+                // Harmless: they are ignored, and deleted at the next open.
+                warn!("deleting files a snapshot made useless: {err}");
+            }
+        });
+        match self.background.spawn(Job::SnapshotCleanup, delete) {
+            Ok(cleanup) => self.cleanup = cleanup,
             Err(err) => warn!("no thread to delete old snapshot files: {err}"),
         }
     }
@@ -1132,7 +1239,7 @@ impl<T: Transport> Driver<T> {
     /// adopts it. Past the bound it is abandoned, which is safe: its thread ends on its
     /// own, and leaves either a temp file (deleted at open) or a complete snapshot of
     /// committed state (which recovery may use like any other).
-    fn settle_snapshot(&mut self) {
+    pub fn settle_snapshot(&mut self) {
         if let Some(job) = self.snapshot_in_flight.take() {
             match job.result.recv_timeout(SNAPSHOT_SETTLE) {
                 Ok(written) => self.snapshot_written(job, written),
@@ -1146,7 +1253,7 @@ impl<T: Transport> Driver<T> {
     }
 
     /// Forgets requests whose callers gave up waiting.
-    fn purge_abandoned(&mut self) {
+    pub fn purge_abandoned(&mut self) {
         self.proposals.retain(|_, p| !p.reply.is_closed());
         self.reads.retain(|_, (_, reply)| !reply.is_closed());
         self.confirmed_reads
@@ -1156,7 +1263,7 @@ impl<T: Transport> Driver<T> {
     }
 
     /// Fails every waiting client request and drops every waiting peer request.
-    fn fail_everything(&mut self, err: RequestError) {
+    pub fn fail_everything(&mut self, err: RequestError) {
         // A proposal that was handed to the core may still commit.
         let proposal_err = match err {
             RequestError::Stopped | RequestError::ShuttingDown => RequestError::Indeterminate,

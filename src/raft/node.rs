@@ -174,6 +174,17 @@ impl RawNode {
         }
     }
 
+    /// The highest index known to be committed.
+    pub fn commit_index(&self) -> Index {
+        self.log.commit
+    }
+
+    /// The term of the entry at `index`, while the log holds it (the snapshot's last
+    /// entry included); `None` before the snapshot or past the end.
+    pub fn log_term(&self, index: Index) -> Option<Term> {
+        self.log.term(index)
+    }
+
     /// The snapshot the log starts after (index 0 when none).
     pub fn snapshot_meta(&self) -> SnapshotMeta {
         SnapshotMeta {

@@ -183,7 +183,7 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
 /// it into the log), so that the node that forwarded it may try again. UNAVAILABLE
 /// alone does not say so: a write whose leader lost its post after proposing it may
 /// still commit, and sending it again could apply it twice (put a, put b, put a).
-const NOT_APPLIED: &str = "x-distraft-not-applied";
+pub const NOT_APPLIED: &str = "x-distraft-not-applied";
 
 /// Marks a RESOURCE_EXHAUSTED that is about storage (the quota, a full disk: HTTP 507
 /// at the gateway) rather than load (the forwarding cap, load shedding: HTTP 503, try
@@ -191,7 +191,7 @@ const NOT_APPLIED: &str = "x-distraft-not-applied";
 pub const INSUFFICIENT_STORAGE: &str = "x-distraft-insufficient-storage";
 
 /// The gRPC status for a failed client request.
-fn status_of(err: RequestError) -> Status {
+pub fn status_of(err: RequestError) -> Status {
     let not_applied = matches!(
         err,
         RequestError::NotLeader { .. }
@@ -233,6 +233,15 @@ fn status_of(err: RequestError) -> Status {
         );
     }
     status
+}
+
+/// Whether a node that forwarded a request to the leader, and got `failure` back,
+/// looks for the leader again and sends it once more (else the client gets the
+/// failure): only when the leader is gone, stopped or deposed (UNAVAILABLE), and, for
+/// a write, only when it certainly did not happen (never apply a write twice). The
+/// simulator (`tests/simulation.rs`) follows the same rule.
+pub fn forward_again(write: bool, failure: &Status) -> bool {
+    failure.code() == Code::Unavailable && (!write || certainly_not_applied(failure))
 }
 
 /// Counts a client request served, at the node the client called only: a request
@@ -425,10 +434,7 @@ impl KvService {
                             }
                             // The leader is gone, stopped or deposed: look again, unless
                             // the write may have happened (never apply it twice).
-                            Err(status)
-                                if status.code() == Code::Unavailable
-                                    && (!write || certainly_not_applied(&status)) =>
-                            {
+                            Err(status) if forward_again(write, &status) => {
                                 debug!(leader, "forwarding to the leader failed: {status}");
                             }
                             Err(status) => return Err(status),
