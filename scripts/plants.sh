@@ -17,7 +17,7 @@ plants=(
   # The simulator misses this one (0 of 4,000 seeds, slow persists and all): the lost
   # entry also needs the one follower holding it to lose the next election.
   "leader-counts-unpersisted|--lib raft::tests::replication_may_leave_before_the_leaders_persist_but_acks_may_not"
-  "retry-ambiguous-forward|--lib rpc::server::tests::only_certain_failures_make_a_forwarded_write_retry"
+  "retry-ambiguous-forward|--lib rpc::outcome::tests::only_certain_failures_make_a_forwarded_write_retry"
   "reset-node-votes|--test simulation"
   "skip-wire-validation|--lib rpc::convert"
   "skip-read-back|--test simulation"

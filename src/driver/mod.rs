@@ -12,6 +12,7 @@
 //! commit falls out of the design).
 
 mod runner;
+mod status;
 #[cfg(test)]
 mod tests;
 mod trigger;
@@ -23,11 +24,11 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
 use crate::kv::Applied;
-use crate::proto::v1::StatusResponse;
 use crate::raft::{Index, Message, NodeId, RaftError, SnapshotMeta, Term};
 use crate::storage::{SnapshotFile, SnapshotWriter, StorageError};
 
 pub use runner::spawn;
+pub use status::{Alarm, NodeStatus};
 
 /// How many events may wait for the driver before new ones are refused. Raft messages
 /// beyond it are dropped (Raft tolerates loss), client requests fail as overloaded.
@@ -144,7 +145,7 @@ pub enum Event {
         reply: oneshot::Sender<Result<Option<String>, RequestError>>,
     },
     Status {
-        reply: oneshot::Sender<StatusResponse>,
+        reply: oneshot::Sender<NodeStatus>,
     },
     Stop {
         reply: oneshot::Sender<()>,
@@ -242,7 +243,7 @@ impl DriverHandle {
         answer.await.unwrap_or(Err(RequestError::ShuttingDown))
     }
 
-    pub async fn status(&self) -> Result<StatusResponse, RequestError> {
+    pub async fn status(&self) -> Result<NodeStatus, RequestError> {
         let (reply, answer) = oneshot::channel();
         self.post(Event::Status { reply })?;
         answer.await.map_err(|_| RequestError::ShuttingDown)
@@ -307,17 +308,6 @@ pub enum SnapshotAdmission {
 pub struct ReceivedSnapshot {
     pub writer: SnapshotWriter,
     pub kv: crate::kv::Kv,
-}
-
-/// The role names of the original's status (`GET /` shows them).
-pub(crate) fn role_name(role: crate::raft::Role) -> &'static str {
-    use crate::raft::Role;
-    match role {
-        Role::Follower => "Follower",
-        // The original had no pre-vote; a pre-candidate is campaigning.
-        Role::PreCandidate | Role::Candidate => "Candidate",
-        Role::Leader => "Leader",
-    }
 }
 
 /// Creates the event channel of a driver.

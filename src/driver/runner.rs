@@ -12,13 +12,13 @@ use tracing::{debug, error, info, warn};
 
 use super::trigger::{SinceSnapshot, SnapshotTrigger};
 use super::{
-    channel, role_name, storage_options, Committed, DriverError, DriverHandle, Event, RaftReply,
-    RaftReplySender, ReceivedSnapshot, RequestError, SnapshotAdmission, Transport, WriteKind,
+    channel, storage_options, Alarm, Committed, DriverError, DriverHandle, Event, NodeStatus,
+    RaftReply, RaftReplySender, ReceivedSnapshot, RequestError, SnapshotAdmission, Transport,
+    WriteKind,
 };
 use crate::config::Config;
 use crate::kv::{Applied, Kv};
 use crate::plant::{self, Plant};
-use crate::proto::v1::{Member, StatusResponse};
 use crate::raft::{
     Body, Entry, Index, LogReader, Message, NodeId, RawNode, ReadId, Ready, Role, SnapshotMeta,
     Term,
@@ -1080,7 +1080,7 @@ impl<T: Transport> Driver<T> {
         self.received_snapshots.clear();
     }
 
-    fn status(&self) -> StatusResponse {
+    fn status(&self) -> NodeStatus {
         let config = &self.config;
         let name_of = |id: NodeId| {
             config
@@ -1088,26 +1088,11 @@ impl<T: Transport> Driver<T> {
                 .map(|m| m.name.clone())
                 .unwrap_or_default()
         };
-        let members = config
-            .members
-            .iter()
-            .map(|m| {
-                let member = Member {
-                    peer_host: m.peer_host.clone(),
-                    peer_port: u32::from(m.peer_port),
-                    client_host: m.client_host.clone(),
-                    client_port: u32::from(m.client_port),
-                };
-                (m.name.clone(), member)
-            })
-            .collect();
         let status = self.node.status();
-        let mut response = StatusResponse {
-            id: config.name.clone(),
-            state: role_name(status.role).to_string(),
+        let mut report = NodeStatus {
+            role: status.role,
             term: status.term,
-            is_leader: status.role == Role::Leader,
-            leader: status.leader.map(name_of).unwrap_or_default(),
+            leader: status.leader.map(name_of),
             commit_index: status.commit,
             last_applied: self.applied,
             last_log_index: status.last_index,
@@ -1122,27 +1107,22 @@ impl<T: Transport> Driver<T> {
                 .iter()
                 .map(|(id, _, n)| (name_of(*id), *n))
                 .collect(),
-            members,
             up: self.up,
             snapshot_index: status.snapshot_index,
             state_digest: self.kv.digest_hex(),
             voting: status.may_vote,
-            cluster_id: format!("{:016x}", config.cluster_id),
+            cluster_id: config.cluster_id,
             state_bytes: self.kv.state_bytes(),
-            alarm: match self.no_space {
-                Some(_) => "NOSPACE".to_string(),
-                None => String::new(),
-            },
+            alarm: self.no_space.as_ref().map(|_| Alarm::NoSpace),
         };
         if !self.up {
             // As if crashed: no role, no leader, whatever the core last believed.
-            response.state = role_name(Role::Follower).to_string();
-            response.is_leader = false;
-            response.leader.clear();
-            response.match_index.clear();
-            response.next_index.clear();
+            report.role = Role::Follower;
+            report.leader = None;
+            report.match_index.clear();
+            report.next_index.clear();
         }
-        response
+        report
     }
 }
 
