@@ -11,7 +11,6 @@
 //! - [`tls`]: optional mutual TLS (certificates, tonic and gateway configurations);
 //! - [`kv`]: the replicated state machine; [`proto`]: the generated wire contract;
 //! - [`cli`] and [`bench`]: client subcommands and the load generator;
-//! - [`linearizability`]: the history checker used by the simulator and chaos tests;
 //! - [`plant`]: bugs planted on purpose (feature `plants`) to show the tests catch them.
 pub mod access;
 pub mod bench;
@@ -21,7 +20,6 @@ pub mod driver;
 pub mod gateway;
 pub mod kv;
 pub mod limits;
-pub mod linearizability;
 pub mod node;
 pub mod plant;
 pub mod proto;

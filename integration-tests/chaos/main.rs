@@ -4,7 +4,7 @@
 //! run then heals everything and demands that
 //! - the whole history (every request's call, return and answer, plus a read of every
 //!   key from every node after healing) is linearizable, as decided by
-//!   `distraft::linearizability`;
+//!   `distraft_testkit::linearizability`;
 //! - every request got an answer a correct node may give, and the final reads are
 //!   answered;
 //! - every node converges to the same state (same `last_applied` and `state_digest`
@@ -25,11 +25,6 @@
 //!
 //! Add `-- --nocapture` to watch the nemesis and read each run's figures.
 
-#[path = "../harness.rs"]
-// The integration tests' harness: this target uses its ports, timings and polling.
-#[allow(dead_code)]
-mod harness;
-
 mod cluster;
 mod heal;
 mod nemesis;
@@ -42,9 +37,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use distraft::{
-    linearizability::{check, CheckError, CheckStats, KvOp, KvOutcome, Operation},
-    proto::v1::{kv_client::KvClient, PutRequest},
+use distraft::proto::v1::{kv_client::KvClient, PutRequest};
+// The integration tests' harness: this target uses its ports, timings and polling.
+use distraft_testkit::harness;
+use distraft_testkit::linearizability::{
+    check, CheckError, CheckStats, KvOp, KvOutcome, Operation,
 };
 
 use cluster::ChaosCluster;

@@ -16,10 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use distraft::{
-    linearizability::{KvOp, KvOutcome, Operation},
-    proto::v1::{kv_client::KvClient, DeleteRequest, GetRequest, PutRequest},
-};
+use distraft::proto::v1::{kv_client::KvClient, DeleteRequest, GetRequest, PutRequest};
+use distraft_testkit::linearizability::{KvOp, KvOutcome, Operation};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use serde_json::Value;
 use tonic::{transport::Channel, Code};
