@@ -387,6 +387,11 @@ impl<T: Transport> Driver<T> {
                     let _ = reply.send(Err(err));
                     return Ok(());
                 }
+                if plant::active(Plant::WritesFailInternally) && self.applied.is_multiple_of(4) {
+                    let planted = "planted: writes-fail-internally".to_string();
+                    let _ = reply.send(Err(RequestError::Storage(planted)));
+                    return Ok(());
+                }
                 let term = self.node.term();
                 match self.node.propose(data) {
                     Ok(index) => {
