@@ -75,7 +75,9 @@ impl KvService {
 
     /// Runs `local` until it succeeds, fails for good, or the deadline passes. While
     /// there is no leader it retries; when another node leads, a write is forwarded to
-    /// it once per attempt (never from a request that was itself forwarded).
+    /// it once per attempt (never from a request that was itself forwarded), straight
+    /// away when the driver has published that leader. A forwarded write is sent again
+    /// only after a failure that certainly left the log unchanged.
     async fn run<R, LocalFut, ForwardFut>(
         &self,
         deadline: &Deadline,
@@ -93,9 +95,21 @@ impl KvService {
             // Watched from before the attempt, so that a leader elected meanwhile
             // cuts the pause short.
             let mut leader = self.driver.leader_watch();
-            let outcome = tokio::time::timeout_at(deadline.at, local())
-                .await
-                .map_err(|_| deadline.expired(write))?;
+            // A write on a follower goes straight to the leader the driver published
+            // (only while this node takes part in Raft: stopped or out of space, it
+            // publishes none and its driver answers): posting it to our own driver
+            // first would only learn the same NotLeader one driver turn later.
+            let published = *leader.borrow();
+            let outcome = match published {
+                Some(other) if write && !forwarded && other != self.config.id => {
+                    Err(RequestError::NotLeader {
+                        leader: Some(other),
+                    })
+                }
+                _ => tokio::time::timeout_at(deadline.at, local())
+                    .await
+                    .map_err(|_| deadline.expired(write))?,
+            };
             match outcome {
                 Ok(result) => return Ok(result),
                 Err(RequestError::NotLeader {
