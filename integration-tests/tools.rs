@@ -120,6 +120,27 @@ pub fn grpcurl() -> PathBuf {
     })
 }
 
+/// The Python that runs the tests' Python tools: `$DISTRAFT_TEST_PYTHON` if set
+/// (scripts/test.sh sets it when it had to install into a private venv), else `python3`.
+pub fn test_python() -> PathBuf {
+    std::env::var_os("DISTRAFT_TEST_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from)
+}
+
+/// Whether [`test_python`] can import every one of `modules`.
+pub fn python_has(modules: &[&str]) -> bool {
+    Command::new(test_python())
+        .args(["-c", &format!("import {}", modules.join(", "))])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A script of integration-tests/python/.
+pub fn python_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("integration-tests/python")
+        .join(name)
+}
+
 pub fn run_grpcurl(grpcurl: &Path, args: &[&str]) -> String {
     let output = Command::new(grpcurl)
         .args(args)

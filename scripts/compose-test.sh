@@ -214,7 +214,7 @@ step "docker-compose up -d (project $project)"
 compose up -d || fail "docker-compose up failed"
 refresh_nodes
 step "waiting for the healthchecks and a leader"
-wait_until 60 "every container healthy (healthcheck: distraft status)" all_healthy
+wait_until 60 "every container healthy (healthcheck: distraft ready)" all_healthy
 wait_for_leader 30 "${nodes[@]}"
 echo "    leader: $leader"
 

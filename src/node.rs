@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::dashboard::{Dashboard, RemoteMember};
 use crate::driver;
 use crate::gateway::{self, Backend, GatewaySettings};
 use crate::plant::{self, Plant};
@@ -82,10 +83,28 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
     peer_tasks.run(driver.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let others = config
+        .peers()
+        .filter_map(|member| {
+            let admin = peers.admin_client(member.id)?;
+            Some(RemoteMember {
+                name: member.name.clone(),
+                admin,
+            })
+        })
+        .collect();
     let services = ClientServices::new(config.clone(), driver.clone(), peers);
+    let dashboard = Dashboard::new(
+        config.name.clone(),
+        services.admin.clone(),
+        others,
+        config.access.bearer(),
+        stop_rx.clone(),
+    );
     let backend = Backend {
         kv: services.kv.clone(),
         admin: services.admin.clone(),
+        dashboard: Arc::new(dashboard),
     };
     let mut grpc = tokio::spawn(rpc::serve(
         config.clone(),

@@ -49,6 +49,11 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
     print_answer(http_client(target)?.get(&url), &url).await
 }
 
+pub async fn ready(target: &Target) -> anyhow::Result<()> {
+    let url = format!("{}/readyz?verbose", target.url.trim_end_matches('/'));
+    print_answer(http_client(target)?.get(&url), &url).await
+}
+
 pub async fn get(target: &Target, key: &str, stale: bool) -> anyhow::Result<()> {
     let url = key_url(&target.url, key);
     let mut request = http_client(target)?.get(&url);

@@ -18,6 +18,9 @@ use clap::{Args, Subcommand};
 pub enum Command {
     /// Show a node's status (`GET /`).
     Status(Target),
+    /// Check that a node is ready to serve (`GET /readyz?verbose`): prints each check
+    /// and exits non-zero unless all pass (the docker-compose healthcheck).
+    Ready(Target),
     /// Read a key (`GET /<key>`); linearizable unless --stale.
     Get {
         #[command(flatten)]
@@ -73,6 +76,7 @@ pub struct Target {
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Status(target) => client::status(&target).await,
+        Command::Ready(target) => client::ready(&target).await,
         Command::Get { target, key, stale } => client::get(&target, &key, stale).await,
         Command::Put { target, key, value } => client::put(&target, &key, &value).await,
         Command::Delete { target, key } => client::delete(&target, &key).await,

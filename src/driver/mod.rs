@@ -11,6 +11,7 @@
 //! fsync takes is exactly the window in which the next batch accumulates (group
 //! commit falls out of the design).
 
+mod lag;
 mod runner;
 mod status;
 #[cfg(test)]
@@ -28,7 +29,7 @@ use crate::raft::{Index, Message, NodeId, RaftError, SnapshotMeta, Term};
 use crate::storage::{SnapshotFile, SnapshotWriter, StorageError};
 
 pub use runner::spawn;
-pub use status::{Alarm, NodeStatus};
+pub use status::{Alarm, FollowerLag, NodeStatus};
 
 /// How many events may wait for the driver before new ones are refused. Raft messages
 /// beyond it are dropped (Raft tolerates loss), client requests fail as overloaded.

@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
+use super::lag::ReplicationClock;
 use super::trigger::{SinceSnapshot, SnapshotTrigger};
 use super::{
-    channel, storage_options, Alarm, Committed, DriverError, DriverHandle, Event, NodeStatus,
-    RaftReply, RaftReplySender, ReceivedSnapshot, RequestError, SnapshotAdmission, Transport,
-    WriteKind,
+    channel, storage_options, Alarm, Committed, DriverError, DriverHandle, Event, FollowerLag,
+    NodeStatus, RaftReply, RaftReplySender, ReceivedSnapshot, RequestError, SnapshotAdmission,
+    Transport, WriteKind,
 };
 use crate::config::Config;
 use crate::kv::{Applied, Kv};
+use crate::metrics::metrics;
 use crate::plant::{self, Plant};
 use crate::raft::{
     Body, Entry, Index, LogReader, Message, NodeId, RawNode, ReadId, Ready, Role, SnapshotMeta,
@@ -125,6 +127,33 @@ struct PendingProposal {
     reply: oneshot::Sender<Result<Committed, RequestError>>,
 }
 
+impl PendingProposal {
+    /// Answers the client, counting a failure (or unknown outcome) in the metrics.
+    fn answer(self, result: Result<Committed, RequestError>) {
+        if result.is_err() {
+            metrics().proposals_failed.inc();
+        }
+        let _ = self.reply.send(result);
+    }
+}
+
+/// An answer to the leader's replication (an append or a heartbeat): the follower is
+/// alive and talking to us, whatever it says.
+fn is_replication_answer(body: &Body) -> bool {
+    match body {
+        Body::AppendResponse { .. } | Body::HeartbeatResponse { .. } => true,
+        Body::PreVote { .. }
+        | Body::PreVoteResponse { .. }
+        | Body::Vote { .. }
+        | Body::VoteResponse { .. }
+        | Body::Append { .. }
+        | Body::Heartbeat { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. }
+        | Body::ReadIndexResponse { .. } => false,
+    }
+}
+
 type ReadReply = oneshot::Sender<Result<Option<String>, RequestError>>;
 
 /// Which answer a peer's request waits for. Replies are matched to waiting requests
@@ -220,6 +249,8 @@ struct Driver<T> {
     leader: watch::Sender<Option<NodeId>>,
     /// Raised while this node's disk is full.
     no_space: Option<NoSpaceAlarm>,
+    /// Replication lag in time (leader only), for status and metrics.
+    lag: ReplicationClock,
 }
 
 impl<T: Transport> Driver<T> {
@@ -264,6 +295,7 @@ impl<T: Transport> Driver<T> {
             next_snapshot_id: 1,
             leader,
             no_space: None,
+            lag: ReplicationClock::default(),
         }
     }
 
@@ -300,6 +332,7 @@ impl<T: Transport> Driver<T> {
             if now >= next_tick {
                 if self.up {
                     self.node.tick();
+                    self.watch_members(now);
                 }
                 // After a long turn (a slow fsync), resume the cadence instead of
                 // firing a burst of catch-up ticks.
@@ -367,6 +400,9 @@ impl<T: Transport> Driver<T> {
                 }
                 self.received_snapshots
                     .extend(snapshot.map(|received| *received));
+                if is_replication_answer(&msg.body) && self.lag.answered(msg.from, Instant::now()) {
+                    info!(member = self.name_of(msg.from), "member reachable again");
+                }
                 self.node.step(msg);
             }
             Event::ConnectionLost { from } => {
@@ -401,7 +437,7 @@ impl<T: Transport> Driver<T> {
                             .proposals
                             .insert(index, PendingProposal { term, reply })
                         {
-                            let _ = old.reply.send(Err(RequestError::LeadershipLost));
+                            old.answer(Err(RequestError::LeadershipLost));
                         }
                     }
                     Err(err) => {
@@ -543,16 +579,50 @@ impl<T: Transport> Driver<T> {
         if self.last_role == Some(now) {
             return;
         }
+        // The first look counts only if it already shows a leader.
+        let leader_changed = match self.last_role {
+            None => now.2.is_some(),
+            Some((_, _, before)) => before != now.2,
+        };
+        let was_leading = self
+            .last_role
+            .is_some_and(|(before, _, _)| before == Role::Leader);
         self.last_role = Some(now);
         let (role, term, leader) = now;
+        if was_leading != (role == Role::Leader) {
+            self.lag
+                .leadership_changed(role == Role::Leader, Instant::now());
+        }
         let leader = leader
             .and_then(|id| self.config.member(id))
             .map(|m| m.name.as_str());
+        if leader_changed {
+            metrics().leader_changed(term, leader.unwrap_or(""));
+        }
         match role {
             Role::Leader => info!(term, "became the leader"),
             Role::Follower => info!(term, leader = leader.unwrap_or("unknown"), "following"),
             Role::PreCandidate | Role::Candidate => debug!(term, ?role, "campaigning"),
         }
+    }
+
+    /// Logs (leader only) each follower that stopped answering for an election
+    /// timeout; its return is logged when it answers (see `handle`).
+    fn watch_members(&mut self, now: Instant) {
+        let followers = self.config.peers().map(|m| m.id);
+        let after = self.config.election_timeout;
+        for id in self.lag.newly_silent(followers, now, after) {
+            warn!(
+                member = self.name_of(id),
+                silent_ms = after.as_millis() as u64,
+                "member unreachable: no answer to appends or heartbeats"
+            );
+        }
+    }
+
+    /// A member's name, for logs.
+    fn name_of(&self, id: NodeId) -> &str {
+        self.config.member(id).map_or("?", |m| m.name.as_str())
     }
 
     /// Refuses a put that would take the state past the quota. Checked where the
@@ -740,6 +810,9 @@ impl<T: Transport> Driver<T> {
         if hard_state.is_some() || !entries.is_empty() {
             self.storage()?.append(hard_state.as_ref(), &entries)?;
         }
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            self.lag.appended(first.index, last.index, Instant::now());
+        }
 
         // 2. Send the rest, now that everything those messages promise is durable.
         for msg in messages {
@@ -802,7 +875,7 @@ impl<T: Transport> Driver<T> {
         // Proposals the snapshot jumped over may or may not be in it.
         let kept = self.proposals.split_off(&(meta.index + 1));
         for (_, proposal) in std::mem::replace(&mut self.proposals, kept) {
-            let _ = proposal.reply.send(Err(RequestError::Indeterminate));
+            proposal.answer(Err(RequestError::Indeterminate));
         }
         info!(
             index = meta.index,
@@ -885,7 +958,7 @@ impl<T: Transport> Driver<T> {
                     applied,
                 })
             };
-            let _ = proposal.reply.send(result);
+            proposal.answer(result);
         }
     }
 
@@ -986,6 +1059,11 @@ impl<T: Transport> Driver<T> {
                 self.node.compact(index);
                 self.delete_in_background(garbage);
                 self.since_snapshot.state_bytes = bytes;
+                let metrics = metrics();
+                metrics.snapshot_save_seconds.observe(write.as_secs_f64());
+                metrics
+                    .snapshot_bytes
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
                 info!(
                     index,
                     keys = self.kv.len(),
@@ -1072,7 +1150,7 @@ impl<T: Transport> Driver<T> {
             ref other => other.clone(),
         };
         for (_, proposal) in std::mem::take(&mut self.proposals) {
-            let _ = proposal.reply.send(Err(proposal_err.clone()));
+            proposal.answer(Err(proposal_err.clone()));
         }
         for (_, (_, reply)) in self.reads.drain() {
             let _ = reply.send(Err(err.clone()));
@@ -1094,6 +1172,19 @@ impl<T: Transport> Driver<T> {
                 .unwrap_or_default()
         };
         let status = self.node.status();
+        let now = Instant::now();
+        let followers = status
+            .progress
+            .iter()
+            .map(|&(id, matched, _)| {
+                let lag = FollowerLag {
+                    lag_entries: status.last_index.saturating_sub(matched),
+                    lag_ms: millis(self.lag.lag(matched, now)),
+                    last_ack_ms: self.lag.last_answer(id, now).map(millis),
+                };
+                (name_of(id), lag)
+            })
+            .collect();
         let mut report = NodeStatus {
             role: status.role,
             term: status.term,
@@ -1119,6 +1210,16 @@ impl<T: Transport> Driver<T> {
             cluster_id: config.cluster_id,
             state_bytes: self.kv.state_bytes(),
             alarm: self.no_space.as_ref().map(|_| Alarm::NoSpace),
+            keys: self.kv.len() as u64,
+            followers,
+            quorum_ack_ms: match status.role {
+                Role::Leader => self
+                    .lag
+                    .quorum_ack_age(config.id, config.members.iter().map(|m| m.id), now)
+                    .map(millis),
+                Role::Follower | Role::PreCandidate | Role::Candidate => None,
+            },
+            proposals_pending: self.proposals.len() as u64,
         };
         if !self.up {
             // As if crashed: no role, no leader, whatever the core last believed.
@@ -1126,6 +1227,8 @@ impl<T: Transport> Driver<T> {
             report.leader = None;
             report.match_index.clear();
             report.next_index.clear();
+            report.followers.clear();
+            report.quorum_ack_ms = None;
         }
         report
     }
@@ -1151,4 +1254,8 @@ impl LogReader for WalReader<'_> {
             }
         }
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

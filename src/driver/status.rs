@@ -41,6 +41,25 @@ pub struct NodeStatus {
     /// The size of the state machine as the quota counts it.
     pub state_bytes: u64,
     pub alarm: Option<Alarm>,
+    /// Keys in the state machine.
+    pub keys: u64,
+    /// Leader only (empty elsewhere), per follower name: how far behind it is.
+    pub followers: BTreeMap<String, FollowerLag>,
+    /// Leader only: milliseconds since a majority (this node included) last answered.
+    pub quorum_ack_ms: Option<u64>,
+    /// Writes proposed here and not yet answered.
+    pub proposals_pending: u64,
+}
+
+/// How far a follower is behind the leader, as the leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerLag {
+    /// Entries in the leader's log the follower is not known to hold.
+    pub lag_entries: u64,
+    /// Milliseconds since the oldest of those entries reached the leader's log.
+    pub lag_ms: u64,
+    /// Milliseconds since the follower last answered, if it has since this node led.
+    pub last_ack_ms: Option<u64>,
 }
 
 impl NodeStatus {

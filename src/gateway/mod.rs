@@ -21,11 +21,14 @@
 //! allowed name (else 421), every route but `GET /` needs the API token when one is set
 //! (401 without, 403 with a wrong one), and CORS answers only the allowed origins.
 
+mod dashboard;
 mod server;
 
+use dashboard::dashboard_routes;
 pub use server::serve;
 
 use crate::access::{Access, CorsOrigins, Denied};
+use crate::dashboard::Dashboard;
 use crate::limits::Limits;
 use crate::proto::v1::{
     admin_server::Admin, kv_server::Kv, DeleteRequest, GetRequest, PutRequest, StartRequest,
@@ -92,6 +95,8 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(500);
 pub struct Backend {
     pub kv: Arc<dyn Kv>,
     pub admin: Arc<dyn Admin>,
+    /// The dashboard at `/ui/`, with its view of the other members.
+    pub dashboard: Arc<Dashboard>,
 }
 
 /// Every route of the gateway, with JSON errors and CORS headers.
@@ -105,8 +110,26 @@ pub fn routes(
     let allowed_host = allowed_host(access.clone());
     let authorized = authorized(access.clone());
     let credentials = credentials(access);
+    let dashboard = dashboard_routes(backend.dashboard.clone(), authorized.clone(), pretty);
     let gateway = Arc::new(Gateway { backend, settings });
     let with_gateway = warp::any().map(move || gateway.clone());
+
+    // Operations routes, next to `/`, `/stop` and `/start`: GET of the keys `metrics`,
+    // `livez` and `readyz` is theirs (those keys are read over gRPC).
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_gateway.clone())
+        .then(|gw: Arc<Gateway>| async move { gw.metrics().await });
+    let livez = warp::path!("livez")
+        .and(warp::get())
+        .and(verbose())
+        .and(with_gateway.clone())
+        .then(|verbose, gw: Arc<Gateway>| async move { gw.health(Probe::Live, verbose).await });
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(verbose())
+        .and(with_gateway.clone())
+        .then(|verbose, gw: Arc<Gateway>| async move { gw.health(Probe::Ready, verbose).await });
 
     let status = warp::path::end()
         .and(warp::get())
@@ -168,6 +191,8 @@ pub fn routes(
         .then(|raw: String, gw: Arc<Gateway>| async move { gw.respond(gw.delete(&raw).await) });
 
     let api = status.or(stop).unify().or(start).unify();
+    let api = api.or(metrics).unify().or(livez).unify().or(readyz).unify();
+    let api = api.or(dashboard).unify();
     let api = api.or(get).unify().or(put).unify().or(delete).unify();
     // The first recover turns route rejections into JSON *inside* the CORS wrapper, so
     // that browsers can read those errors too; the second one catches what the CORS
@@ -184,7 +209,59 @@ pub fn routes(
         .recover(move |rejection| async move {
             Ok::<_, Infallible>(rejection_response(rejection, pretty))
         })
+        .with(warp::log::custom(|info| {
+            crate::metrics::metrics().http_request(
+                route_name(info.method(), info.path()),
+                info.method().as_str(),
+                info.status().as_u16(),
+                info.elapsed(),
+            )
+        }))
 }
+
+/// The route a request took, as the label of the HTTP metrics: never the path itself,
+/// whose keys would make unbounded label values.
+fn route_name(method: &Method, path: &str) -> &'static str {
+    let mut segments = path.trim_start_matches('/').split('/');
+    let first = segments.next().unwrap_or_default();
+    let more = segments.next().is_some_and(|s| !s.is_empty());
+    match (first, more) {
+        ("", false) => "/",
+        ("ui", _) => "/ui",
+        (_, true) => "other",
+        (name, false) if *method == Method::GET => match name {
+            "stop" => "/stop",
+            "start" => "/start",
+            "metrics" => "/metrics",
+            "livez" => "/livez",
+            "readyz" => "/readyz",
+            _ => "/{key}",
+        },
+        (_, false) => "/{key}",
+    }
+}
+
+/// Whether `?verbose` was asked for (with or without a value, as Kubernetes takes it).
+fn verbose() -> impl Filter<Extract = (bool,), Error = Infallible> + Clone {
+    warp::query::raw()
+        .map(|query: String| {
+            query
+                .split('&')
+                .any(|pair| pair.split('=').next() == Some("verbose"))
+        })
+        .or(warp::any().map(|| false))
+        .unify()
+}
+
+/// Which health answer is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Live,
+    Ready,
+}
+
+/// How long the health routes wait for the driver before calling it stuck.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Query options of `GET /<key>`.
 #[derive(Debug, Deserialize)]
@@ -301,6 +378,51 @@ impl Gateway {
         Ok(json!({"ok": true}))
     }
 
+    /// `GET /metrics`: the registry, with the state-derived metrics refreshed from
+    /// this node's status first.
+    async fn metrics(&self) -> Response {
+        let metrics = crate::metrics::metrics();
+        if let Ok(status) = self
+            .call(self.backend.admin.status(self.request(StatusRequest {})))
+            .await
+        {
+            metrics.observe_status(&status);
+        }
+        text_response(
+            StatusCode::OK,
+            metrics.render(),
+            crate::metrics::CONTENT_TYPE,
+        )
+    }
+
+    /// `GET /livez`, `GET /readyz`: 200 when every check passes, else 503.
+    async fn health(&self, probe: Probe, verbose: bool) -> Response {
+        let mut request = tonic::Request::new(StatusRequest {});
+        request.set_timeout(HEALTH_TIMEOUT);
+        let answer =
+            match tokio::time::timeout(HEALTH_TIMEOUT, self.backend.admin.status(request)).await {
+                Ok(Ok(status)) => Ok(status.into_inner()),
+                Ok(Err(status)) => Err(format!("the driver did not answer: {}", status.message())),
+                Err(_) => Err(format!(
+                    "the driver did not answer within {HEALTH_TIMEOUT:?}"
+                )),
+            };
+        let answer = answer.as_ref().map_err(Clone::clone);
+        let (passed, text) = match probe {
+            Probe::Live => {
+                crate::health::render("livez", &crate::health::liveness(answer), verbose)
+            }
+            Probe::Ready => {
+                crate::health::render("readyz", &crate::health::readiness(answer), verbose)
+            }
+        };
+        let code = match passed {
+            true => StatusCode::OK,
+            false => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        text_response(code, text, "text/plain; charset=utf-8")
+    }
+
     async fn start(&self) -> Result<Value, ApiError> {
         self.call(self.backend.admin.start(self.request(StartRequest {})))
             .await?;
@@ -333,15 +455,16 @@ impl Gateway {
         B: Buf,
     {
         let checked = authorized.and_then(|()| self.key(raw_key)).and_then(|key| {
-            match content_type.as_deref().is_some_and(is_form_content_type) {
-                true => Ok(key),
-                false => Err(ApiError::bad_request(
-                    "expected a form body (Content-Type: application/x-www-form-urlencoded) with value=<value>",
+            match content_type.as_deref().and_then(BodyFormat::of) {
+                Some(format) => Ok((key, format)),
+                None => Err(ApiError::bad_request(
+                    "expected a form body (Content-Type: application/x-www-form-urlencoded) with value=<value>, \
+                     or a JSON body (Content-Type: application/json) {\"value\": \"<value>\"}",
                 )),
             }
         });
-        let key = match checked {
-            Ok(key) => key,
+        let (key, format) = match checked {
+            Ok(checked) => checked,
             Err(error) => return Err(discard_body(body, error).await),
         };
         let body_read_timeout = match crate::plant::active(crate::plant::Plant::NoBodyTimeout) {
@@ -363,7 +486,10 @@ impl Gateway {
             )
             .closing_connection()
         })??;
-        let value = form_value(&body)?;
+        let value = match format {
+            BodyFormat::Form => form_value(&body)?,
+            BodyFormat::Json => json_value(&body)?,
+        };
         if value.len() > self.settings.max_value_bytes {
             return Err(ApiError::too_large(format!(
                 "value is {} bytes, more than the maximum of {}",
@@ -451,8 +577,22 @@ fn key_not_found(key: &str) -> ApiError {
 }
 
 /// The JSON `status` object of `GET /`: the original's fields and types, plus
-/// `snapshot_index`, `state_digest`, `cluster_id`, `voting`, `state_bytes` and `alarm`.
-fn status_json(status: StatusResponse) -> Value {
+/// `snapshot_index`, `state_digest`, `cluster_id`, `voting`, `state_bytes`, `alarm`,
+/// `keys`, `followers`, `quorum_ack_ms`, `proposals_pending`, `reads_total` and
+/// `writes_total` (docs/api.md).
+pub fn status_json(status: StatusResponse) -> Value {
+    let followers: serde_json::Map<String, Value> = status
+        .followers
+        .into_iter()
+        .map(|(name, lag)| {
+            let lag = json!({
+                "lag_entries": lag.lag_entries,
+                "lag_ms": lag.lag_ms,
+                "last_ack_ms": lag.last_ack_ms,
+            });
+            (name, lag)
+        })
+        .collect();
     let members: serde_json::Map<String, Value> = status
         .members
         .into_iter()
@@ -481,6 +621,12 @@ fn status_json(status: StatusResponse) -> Value {
         "cluster_id": status.cluster_id,
         "state_bytes": status.state_bytes,
         "alarm": status.alarm,
+        "keys": status.keys,
+        "followers": followers,
+        "quorum_ack_ms": status.quorum_ack_ms,
+        "proposals_pending": status.proposals_pending,
+        "reads_total": status.reads_total,
+        "writes_total": status.writes_total,
     })
 }
 
@@ -559,11 +705,27 @@ fn check_request_size() -> impl Filter<Extract = (), Error = Rejection> + Clone 
         .untuple_one()
 }
 
-fn is_form_content_type(content_type: &str) -> bool {
-    content_type.split(';').next().is_some_and(|mime| {
-        mime.trim()
-            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-    })
+/// How a `POST /<key>` carries its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFormat {
+    /// `value=<v>`, as curl -d and the original API.
+    Form,
+    /// `{"value": "<v>"}`, as the original viewer's later versions send it.
+    Json,
+}
+
+impl BodyFormat {
+    /// The format a `Content-Type` names (parameters such as `charset` ignored).
+    fn of(content_type: &str) -> Option<BodyFormat> {
+        let mime = content_type.split(';').next()?.trim();
+        if mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            Some(BodyFormat::Form)
+        } else if mime.eq_ignore_ascii_case("application/json") {
+            Some(BodyFormat::Json)
+        } else {
+            None
+        }
+    }
 }
 
 /// Reads a request body of at most `limit` bytes. A larger one is refused: at once when
@@ -661,6 +823,26 @@ fn form_value(body: &[u8]) -> Result<String, ApiError> {
     Err(ApiError::bad_request("missing form field: value"))
 }
 
+/// The `value` of a JSON body `{"value": "<v>"}`: an object whose `value` is a
+/// non-empty string (other members are ignored, as other form fields are).
+fn json_value(body: &[u8]) -> Result<String, ApiError> {
+    let parsed: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let Value::Object(mut members) = parsed else {
+        return Err(ApiError::bad_request(
+            "invalid JSON body: expected an object {\"value\": \"<value>\"}",
+        ));
+    };
+    match members.remove("value") {
+        None | Some(Value::Null) => Err(ApiError::bad_request("missing JSON member: value")),
+        Some(Value::String(value)) if value.is_empty() => {
+            Err(ApiError::bad_request("value must not be empty"))
+        }
+        Some(Value::String(value)) => Ok(value),
+        Some(_) => Err(ApiError::bad_request("value must be a JSON string")),
+    }
+}
+
 /// Why a URL- or form-encoded string could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 enum DecodeError {
@@ -749,6 +931,15 @@ fn error_response(error: &ApiError, pretty: bool) -> Response {
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    response
+}
+
+/// A plain answer (metrics, health) of `content_type`.
+fn text_response(status: StatusCode, text: String, content_type: &'static str) -> Response {
+    let mut response = warp::reply::with_status(text, status).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::proto::v1::{
-    DeleteResponse, GetResponse, Member, PutResponse, StartResponse, StopResponse,
+    DeleteResponse, FollowerLag, GetResponse, Member, PutResponse, StartResponse, StopResponse,
 };
 use std::{collections::HashMap, sync::Mutex, time::Instant};
 use tonic::{Request, Status};
@@ -119,6 +119,19 @@ impl Admin for Arc<FakeNode> {
             cluster_id: "0123456789abcdef".into(),
             state_bytes: 42,
             alarm: String::new(),
+            keys: 3,
+            followers: HashMap::from([(
+                "server2".to_string(),
+                FollowerLag {
+                    lag_entries: 1,
+                    lag_ms: 20,
+                    last_ack_ms: Some(5),
+                },
+            )]),
+            quorum_ack_ms: Some(5),
+            proposals_pending: 0,
+            reads_total: 10,
+            writes_total: 4,
         }))
     }
 }
@@ -126,9 +139,13 @@ impl Admin for Arc<FakeNode> {
 /// A fake node and the gateway's backend calling it.
 fn fake_node() -> (Arc<FakeNode>, Backend) {
     let node = Arc::new(FakeNode::default());
+    let admin: Arc<dyn Admin> = Arc::new(node.clone());
+    let (_, stopping) = tokio::sync::watch::channel(false);
+    let dashboard = Dashboard::new("server1".into(), admin.clone(), Vec::new(), None, stopping);
     let backend = Backend {
         kv: Arc::new(node.clone()),
-        admin: Arc::new(node.clone()),
+        admin,
+        dashboard: Arc::new(dashboard),
     };
     (node, backend)
 }
@@ -302,8 +319,8 @@ async fn bad_input_is_rejected_before_reaching_the_cluster() {
             warp::test::request()
                 .method("POST")
                 .path("/k")
-                .header("content-type", "application/json")
-                .body(r#"{"value": "v"}"#),
+                .header("content-type", "text/plain")
+                .body("v"),
             StatusCode::BAD_REQUEST,
             "form body",
         ),
@@ -554,4 +571,100 @@ async fn configured_cors_origins_are_usable() {
     assert!(!refused
         .headers()
         .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+}
+
+fn post_json(path: &str, body: &str) -> warp::test::RequestBuilder {
+    warp::test::request()
+        .method("POST")
+        .path(path)
+        .header("content-type", "application/json")
+        .body(body)
+}
+
+#[tokio::test]
+async fn a_json_body_puts_like_a_form() {
+    let (node, backend) = fake_node();
+    let routes = routes(settings(), backend);
+    let (code, body) = send(
+        &routes,
+        post_json("/k", r#"{"value": "x y&z", "other": 1}"#),
+    )
+    .await;
+    assert_eq!(
+        (code, body),
+        (
+            StatusCode::OK,
+            json!({"ok": true, "key": "k", "value": "x y&z"})
+        )
+    );
+    for (bad, fragment) in [
+        (r#"{"value": 1}"#, "JSON string"),
+        (r#"{"value": null}"#, "missing JSON member"),
+        (r#"["value"]"#, "invalid JSON body"),
+        (r#"{"value": "ab"#, "invalid JSON body"),
+        (r#"{"value": ""}"#, "must not be empty"),
+        (
+            r#"{"value": "this value is longer than thirty-two bytes"}"#,
+            "more than the maximum",
+        ),
+    ] {
+        let answer = send(&routes, post_json("/k", bad)).await;
+        let status = match fragment {
+            "more than the maximum" => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        assert_error(answer, status, fragment);
+    }
+    assert_eq!(
+        *node.writes.lock().unwrap(),
+        1,
+        "bad input reached the service"
+    );
+}
+
+#[tokio::test]
+async fn metrics_and_health_answer_in_their_own_formats() {
+    let (_, backend) = fake_node();
+    let routes = routes(settings(), backend);
+    let response = warp::test::request().path("/metrics").reply(&routes).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        crate::metrics::CONTENT_TYPE
+    );
+    let text = String::from_utf8_lossy(response.body()).into_owned();
+    assert!(text.contains("distraft_server_is_leader 1"), "{text}");
+
+    for path in ["/livez", "/readyz"] {
+        let response = warp::test::request().path(path).reply(&routes).await;
+        assert_eq!(
+            (response.status(), response.body().as_ref()),
+            (StatusCode::OK, &b"ok\n"[..])
+        );
+    }
+    let response = warp::test::request()
+        .path("/readyz?verbose")
+        .reply(&routes)
+        .await;
+    let text = String::from_utf8_lossy(response.body()).into_owned();
+    assert!(
+        text.starts_with("[+]driver ok\n") && text.ends_with("readyz check passed\n"),
+        "{text}"
+    );
+    // Other methods on those names are the key routes, as for /stop.
+    let (code, _) = send(&routes, post_form("/metrics", "value=v")).await;
+    assert_eq!(code, StatusCode::OK);
+}
+
+#[test]
+fn http_metrics_label_routes_not_paths() {
+    let get = Method::GET;
+    assert_eq!(route_name(&get, "/"), "/");
+    assert_eq!(route_name(&get, "/metrics"), "/metrics");
+    assert_eq!(route_name(&Method::POST, "/metrics"), "/{key}");
+    assert_eq!(route_name(&get, "/some%20key"), "/{key}");
+    assert_eq!(route_name(&get, "/ui/"), "/ui");
+    assert_eq!(route_name(&get, "/ui/api/events"), "/ui");
+    assert_eq!(route_name(&get, "/a/b"), "other");
+    assert_eq!(route_name(&get, "/stop"), "/stop");
 }

@@ -8,6 +8,7 @@ use super::auth::authorize;
 use super::outcome::status_of;
 use crate::config::Config;
 use crate::driver::{DriverHandle, NodeStatus};
+use crate::metrics::metrics;
 use crate::proto::v1 as pb;
 
 /// Stop and Start need the API token (if set); Status stays open, as `GET /` does
@@ -48,7 +49,11 @@ impl pb::admin_server::Admin for AdminService {
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.driver.status().await.map_err(status_of)?;
-        Ok(Response::new(status_response(&self.config, status)))
+        let mut response = status_response(&self.config, status);
+        let metrics = metrics();
+        response.reads_total = counter_sum(&metrics.reads);
+        response.writes_total = counter_sum(&metrics.writes);
+        Ok(Response::new(response))
     }
 }
 
@@ -90,5 +95,34 @@ fn status_response(config: &Config, status: NodeStatus) -> pb::StatusResponse {
             .alarm
             .map(|alarm| alarm.name().to_string())
             .unwrap_or_default(),
+        keys: status.keys,
+        followers: status
+            .followers
+            .into_iter()
+            .map(|(name, lag)| {
+                let lag = pb::FollowerLag {
+                    lag_entries: lag.lag_entries,
+                    lag_ms: lag.lag_ms,
+                    last_ack_ms: lag.last_ack_ms,
+                };
+                (name, lag)
+            })
+            .collect(),
+        quorum_ack_ms: status.quorum_ack_ms,
+        proposals_pending: status.proposals_pending,
+        // Counted by the services, not the driver: filled in by the caller.
+        reads_total: 0,
+        writes_total: 0,
     }
+}
+
+/// The sum of a counter over all its labels.
+fn counter_sum(counter: &prometheus::IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    counter
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|metric| metric.get_counter().get_value() as u64)
+        .sum()
 }

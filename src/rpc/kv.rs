@@ -17,6 +17,7 @@ use super::peers::Peers;
 use crate::config::Config;
 use crate::driver::{DriverHandle, RequestError, WriteKind};
 use crate::kv::{Applied, Kv};
+use crate::metrics::metrics;
 use crate::proto::v1::{self as pb, kv_client::KvClient};
 
 /// Marks a client request that a follower forwarded to the leader, so that it is
@@ -163,6 +164,14 @@ impl KvService {
     }
 }
 
+/// Counts a client request served, at the node the client called only: a request
+/// another node forwarded here was counted there.
+fn count_served(forwarded: bool, counter: &prometheus::IntCounterVec, label: &str) {
+    if !forwarded {
+        counter.with_label_values(&[label]).inc();
+    }
+}
+
 /// A request forwarded to the leader, keeping what is left of the deadline, with this
 /// node's API token (the client's request was authorized here).
 fn forwarded_request<T>(config: &Config, message: T, remaining: Duration) -> Request<T> {
@@ -215,6 +224,8 @@ impl pb::kv_server::Kv for KvService {
                 },
             )
             .await?;
+        let consistency = if stale { "stale" } else { "linearizable" };
+        count_served(forwarded, &metrics().reads, consistency);
         match value {
             Some(value) => Ok(Response::new(pb::GetResponse {
                 key,
@@ -263,6 +274,7 @@ impl pb::kv_server::Kv for KvService {
                 },
             )
             .await?;
+        count_served(forwarded, &metrics().writes, "put");
         Ok(Response::new(response))
     }
 
@@ -300,6 +312,7 @@ impl pb::kv_server::Kv for KvService {
                 },
             )
             .await?;
+        count_served(forwarded, &metrics().writes, "delete");
         Ok(Response::new(response))
     }
 }

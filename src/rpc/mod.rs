@@ -18,6 +18,7 @@ mod auth;
 pub mod codec;
 pub mod convert;
 mod deadline;
+pub mod instrument;
 mod kv;
 mod outcome;
 pub mod peers;
@@ -26,6 +27,7 @@ pub mod refusals;
 pub mod server;
 
 pub use admin::AdminService;
+pub use instrument::GrpcMetricsLayer;
 pub use kv::KvService;
 pub use outcome::INSUFFICIENT_STORAGE;
 pub use peers::{PeerTasks, Peers};

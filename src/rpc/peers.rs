@@ -23,7 +23,10 @@ use super::convert;
 use super::refusals::Refusals;
 use crate::config::{Config, Member};
 use crate::driver::{DriverHandle, Transport};
-use crate::proto::v1::{self as pb, kv_client::KvClient, raft_client::RaftClient};
+use crate::metrics::metrics;
+use crate::proto::v1::{
+    self as pb, admin_client::AdminClient, kv_client::KvClient, raft_client::RaftClient,
+};
 use crate::raft::{Body, Message, NodeId};
 use crate::storage::SnapshotFile;
 
@@ -153,6 +156,16 @@ impl Peers {
             KvClient::new(link.channel.clone())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
+        )
+    }
+
+    /// An Admin client for member `id` (the dashboard's view of the cluster, and its
+    /// stop/start buttons).
+    pub fn admin_client(&self, id: NodeId) -> Option<AdminClient<Channel>> {
+        let link = self.links.get(&id)?;
+        Some(
+            AdminClient::new(link.channel.clone())
+                .max_decoding_message_size(crate::limits::GRPC_MAX_ADMIN_MESSAGE_BYTES),
         )
     }
 
@@ -351,11 +364,12 @@ impl LinkTask {
 
     fn open_stream(&mut self) -> ReplicationStream {
         let (requests, outgoing) = mpsc::channel(STREAM_BUFFER);
-        let unanswered = Arc::new(Mutex::new(VecDeque::new()));
+        let unanswered = Arc::new(Mutex::new(VecDeque::<Instant>::new()));
         let mut client = self.client.clone();
         let (config, driver, peer) = (self.config.clone(), self.driver.clone(), self.peer.id);
         let (pending, answered) = (unanswered.clone(), self.answered.clone());
         let refusals = self.refusals.clone();
+        let peer_name = self.peer.name.clone();
         let connect_timeout = raft_rpc_timeout(&config);
         let reader = tokio::spawn(async move {
             let call = client.append_entries(ReceiverStream::new(outgoing));
@@ -373,7 +387,12 @@ impl LinkTask {
             loop {
                 match responses.message().await {
                     Ok(Some(response)) => {
-                        lock(&pending).pop_front();
+                        if let Some(sent) = lock(&pending).pop_front() {
+                            metrics()
+                                .peer_round_trip_seconds
+                                .with_label_values(&[peer_name.as_str()])
+                                .observe(sent.elapsed().as_secs_f64());
+                        }
                         *lock(&answered) = true;
                         let from = response.from.clone();
                         match convert::append_response_message(&config, peer, response) {

@@ -3,6 +3,7 @@
 //! reflection and health.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -10,6 +11,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use super::admin::AdminService;
+use super::instrument::GrpcMetricsLayer;
 use super::kv::KvService;
 use super::peers::Peers;
 use super::raft::RaftService;
@@ -63,13 +65,10 @@ pub async fn serve(
     // grpcurl 1.8 still speaks the v1alpha protocol.
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<KvServer<KvService>>().await;
     health_reporter
         .set_serving::<AdminServer<AdminService>>()
         .await;
-    health_reporter
-        .set_serving::<RaftServer<RaftService>>()
-        .await;
+    tokio::spawn(report_health(health_reporter, driver.clone(), stop.clone()));
 
     let mut server = Server::builder();
     if let Some(tls) = &config.tls {
@@ -80,6 +79,7 @@ pub async fn serve(
     // At the caps, a request is refused at once (RESOURCE_EXHAUSTED) rather than
     // queued behind the others.
     server
+        .layer(GrpcMetricsLayer)
         .tcp_nodelay(true)
         .max_concurrent_streams(GRPC_MAX_CONCURRENT_STREAMS)
         .concurrency_limit_per_connection(GRPC_MAX_REQUESTS_PER_CONNECTION)
@@ -107,6 +107,42 @@ pub async fn serve(
         )
         .await?;
     Ok(())
+}
+
+/// How often the health service's per-service answers are refreshed.
+const HEALTH_EVERY: Duration = Duration::from_millis(200);
+
+/// Keeps the gRPC health service's answers per service true: Kv and Raft are
+/// SERVING only while the node takes part in Raft (not after Admin.Stop, nor while
+/// out of Raft for a full disk); Admin always serves (it is how a node is started
+/// again). The overall answer (service "") stays SERVING while the process runs.
+async fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    driver: DriverHandle,
+    stop: watch::Receiver<bool>,
+) {
+    let mut serving = None;
+    let mut every = tokio::time::interval(HEALTH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !*stop.borrow() {
+        every.tick().await;
+        // No answer from the driver (it is gone, or stuck): not serving.
+        let up = matches!(
+            tokio::time::timeout(HEALTH_EVERY, driver.status()).await,
+            Ok(Ok(status)) if status.up
+        );
+        if serving == Some(up) {
+            continue;
+        }
+        serving = Some(up);
+        if up {
+            reporter.set_serving::<KvServer<KvService>>().await;
+            reporter.set_serving::<RaftServer<RaftService>>().await;
+        } else {
+            reporter.set_not_serving::<KvServer<KvService>>().await;
+            reporter.set_not_serving::<RaftServer<RaftService>>().await;
+        }
+    }
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

@@ -739,7 +739,11 @@ impl Storage {
             .and_then(|()| self.active.write_all_at(&self.buf, self.active_len))
             .map_err(write_error(path))?;
         // Never `NoSpace`: whatever an fsync failed with, it is not retried.
+        let fsync_started = std::time::Instant::now();
         let synced = fault(WalStep::Sync).and_then(|()| self.active.sync_data());
+        crate::metrics::metrics()
+            .wal_fsync_seconds
+            .observe(fsync_started.elapsed().as_secs_f64());
         if plant::active(Plant::FsyncErrorRecoverable) {
             synced.map_err(|source| StorageError::NoSpace {
                 path: path.to_path_buf(),

@@ -21,6 +21,7 @@ use std::{
 use tempfile::TempDir;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_client::HealthClient;
 
 /// Timings for tests: fast elections, and a request timeout short enough that a
 /// majority loss answers 503 quickly.
@@ -493,6 +494,15 @@ impl Cluster {
 
     pub async fn admin(&self, i: usize) -> AdminClient<Channel> {
         AdminClient::new(self.channel(i).await)
+    }
+
+    pub async fn health(&self, i: usize) -> HealthClient<Channel> {
+        HealthClient::new(self.channel(i).await)
+    }
+
+    /// Everything node `i` has written to stdout and stderr (its logs), up to 4 MiB.
+    pub fn output(&self, i: usize) -> String {
+        tail(&self.nodes[i].output, 4 << 20)
     }
 
     /// A gRPC connection to node `i`, with the client certificate on a TLS cluster.
