@@ -188,10 +188,17 @@ async fn bad_input_is_rejected_and_writes_nothing() {
         ("bad escape in key", form("/k%zz", "value=v".into()), 400),
         ("invalid UTF-8 in key", form("/k%FF", "value=v".into()), 400),
         (
-            "JSON body",
+            "a JSON body that is no object",
             http.post(format!("{url}/k1"))
                 .header("content-type", "application/json")
-                .body(r#"{"value":"v"}"#),
+                .body(r#"["v"]"#),
+            400,
+        ),
+        (
+            "a body that is neither form nor JSON",
+            http.post(format!("{url}/k1"))
+                .header("content-type", "text/plain")
+                .body("v"),
             400,
         ),
         (

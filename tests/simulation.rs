@@ -744,7 +744,7 @@ impl Sim {
             let images = std::mem::take(received_snapshots);
             // The leader's replication leaves first, in parallel with its persist.
             let snapshot_image = self.nodes[&id].disk.snapshot.clone();
-            for msg in std::mem::take(&mut rd.replication) {
+            for msg in std::mem::take(&mut rd.messages) {
                 self.send_with_image(msg, &snapshot_image);
             }
             // Crash before the persist completes: of this Ready, only the leader's
@@ -801,10 +801,10 @@ impl Sim {
             }
             let snapshot_image = node.disk.snapshot.clone();
             let granted_a_vote = rd
-                .messages
+                .persisted_messages
                 .iter()
                 .any(|m| m.body == Body::VoteResponse { granted: true });
-            for msg in rd.messages {
+            for msg in rd.persisted_messages {
                 self.send_with_image(msg, &snapshot_image);
             }
             // Crash right after voting: the vote is out, only the disk remembers it.

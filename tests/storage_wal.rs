@@ -1082,7 +1082,7 @@ mod model {
 /// back, after a reopen, with the same term, vote, log and snapshot, and keeps its vote.
 #[test]
 fn a_core_restarts_from_storage_with_term_vote_log_and_snapshot() {
-    use distraft::raft::{Body, Config, Message, RawNode, Role};
+    use distraft::raft::{AppendOutcome, Body, Config, Message, RawNode, Role};
 
     let dir = TempDir::new().unwrap();
     let (mut storage, recovered) = reopen(dir.path(), 4096);
@@ -1125,9 +1125,7 @@ fn a_core_restarts_from_storage_with_term_vote_log_and_snapshot() {
         to: 1,
         term: node.term(),
         body: Body::AppendResponse {
-            success: true,
-            index: last,
-            hint: None,
+            outcome: AppendOutcome::Match { index: last },
         },
     });
     persist(&mut node, &mut storage);
@@ -1160,7 +1158,7 @@ fn a_core_restarts_from_storage_with_term_vote_log_and_snapshot() {
     });
     let rd = restarted.ready();
     assert!(rd
-        .messages
+        .persisted_messages
         .iter()
         .any(|m| m.body == Body::VoteResponse { granted: false }));
 }

@@ -334,6 +334,8 @@ fn print_instructions(
         ),
         None => String::new(),
     };
+    println!("Dashboard: {url}/ui/  (any node's; metrics at {url}/metrics)");
+    println!();
     println!("Try:");
     println!("  {curl} {url}/");
     println!("  {curl} -L{auth} -XPOST --data 'value=world' {url}/hello");

@@ -13,6 +13,9 @@ const state = {
   rates: { writes: [], reads: [], commits: [] },
   colors: new Map(),
   cards: new Map(),
+  // Leader changes this page saw itself: the serving node's own timeline stops while
+  // that node is stopped, and this one does not.
+  observed: [],
   polling: null,
 };
 
@@ -133,7 +136,8 @@ function render(view) {
     cards.replaceChildren(...boxes);
   }
   renderRates(view, leader);
-  renderTimeline(view.timeline || [], view.at_ms);
+  observe(view.at_ms, term, leader ? leader.id : "");
+  renderTimeline(merge(view.timeline || [], state.observed), view.at_ms);
 }
 
 function fact(label, value) {
@@ -223,7 +227,7 @@ function followersTable(s) {
         el("td", { text: name }),
         el("td", { text: String(s.match_index[name] ?? "–") }),
         el("td", { text: String(s.next_index[name] ?? "–") }),
-        el("td", { text: lag.lag_entries + " entries" }),
+        el("td", { text: lag.lag_entries + (lag.lag_entries === 1 ? " entry" : " entries") }),
         el("td", { text: ms(lag.lag_ms) }),
         el("td", { text: ms(lag.last_ack_ms) }),
         el("td", {}, el("div", { class: "lagbar" }, bar)),
@@ -268,6 +272,25 @@ function push(name, value) {
   const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
   line.setAttribute("points", points.join(" "));
   $("spark-" + name).replaceChildren(line);
+}
+
+function observe(atMs, term, leader) {
+  const last = state.observed[state.observed.length - 1];
+  if (!last || last.term !== term || last.leader !== leader) {
+    state.observed.push({ at_ms: atMs, term, leader });
+    if (state.observed.length > 64) state.observed.shift();
+  }
+}
+
+// The node's timeline and the page's own, by time; a change both saw is kept once.
+function merge(served, observed) {
+  const all = served.concat(observed).sort((a, b) => a.at_ms - b.at_ms);
+  const merged = [];
+  for (const change of all) {
+    const last = merged[merged.length - 1];
+    if (!last || last.term !== change.term || last.leader !== change.leader) merged.push(change);
+  }
+  return merged.slice(-64);
 }
 
 function renderTimeline(changes, nowMs) {

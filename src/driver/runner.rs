@@ -166,13 +166,23 @@ enum ReplyKind {
     Replication,
 }
 
+// Both matches list every message kind, so that a new one does not compile until it
+// is decided whether (and how) its replies are paired.
+
 fn request_kind(body: &Body) -> Option<ReplyKind> {
     match body {
         Body::PreVote { .. } | Body::Vote { .. } => Some(ReplyKind::Vote),
         Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. } => {
             Some(ReplyKind::Replication)
         }
-        _ => None,
+        // Paired by its id instead (`waiting_read_index`).
+        Body::ReadIndex { .. } => None,
+        // Answers are not requests.
+        Body::PreVoteResponse { .. }
+        | Body::VoteResponse { .. }
+        | Body::AppendResponse { .. }
+        | Body::HeartbeatResponse { .. }
+        | Body::ReadIndexResponse { .. } => None,
     }
 }
 
@@ -182,7 +192,15 @@ fn response_kind(body: &Body) -> Option<ReplyKind> {
         Body::AppendResponse { .. } | Body::HeartbeatResponse { .. } => {
             Some(ReplyKind::Replication)
         }
-        _ => None,
+        // Paired by its id instead (`waiting_read_index`).
+        Body::ReadIndexResponse { .. } => None,
+        // Requests are not answers.
+        Body::PreVote { .. }
+        | Body::Vote { .. }
+        | Body::Append { .. }
+        | Body::Heartbeat { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. } => None,
     }
 }
 
@@ -791,15 +809,15 @@ impl<T: Transport> Driver<T> {
             hard_state,
             snapshot,
             entries,
-            replication,
             messages,
+            persisted_messages,
             committed,
             reads,
             failed_reads,
         } = ready;
         // 0. The leader's appends go out first: the followers write them while we do
         //    (Raft thesis §10.2.1; the core counts our copy only after `advance`).
-        for msg in replication {
+        for msg in messages {
             self.dispatch(msg);
         }
 
@@ -815,7 +833,7 @@ impl<T: Transport> Driver<T> {
         }
 
         // 2. Send the rest, now that everything those messages promise is durable.
-        for msg in messages {
+        for msg in persisted_messages {
             self.dispatch(msg);
         }
 

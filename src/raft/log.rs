@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::types::{Entry, Index, LogReader, SnapshotMeta, Term};
+use super::types::{Entry, Index, LogReader, RejectHint, SnapshotMeta, Term};
 use crate::plant::{self, Plant};
 
 #[derive(Debug)]
@@ -247,10 +247,12 @@ impl RaftLog {
 
     /// The hint a follower returns when the check at `prev_index` fails (§5.3,
     /// "fast back-off"): the conflicting term and the first index it holds of it, or
-    /// `(0, last_index + 1)` when the log is too short.
-    pub fn conflict_hint(&self, prev_index: Index) -> (Term, Index) {
+    /// where the log ends when it is too short.
+    pub fn conflict_hint(&self, prev_index: Index) -> RejectHint {
         match self.term(prev_index) {
-            None => (0, (self.last_index() + 1).min(prev_index)),
+            None => RejectHint::LogEnds {
+                next_index: (self.last_index() + 1).min(prev_index),
+            },
             Some(term) => {
                 let mut first = prev_index;
                 while first > self.commit + 1
@@ -259,7 +261,10 @@ impl RaftLog {
                 {
                     first -= 1;
                 }
-                (term, first)
+                RejectHint::Conflict {
+                    term,
+                    first_index: first,
+                }
             }
         }
     }
@@ -398,8 +403,14 @@ mod tests {
     #[test]
     fn hints_point_at_the_start_of_the_conflicting_term() {
         let log = RaftLog::restore(None, vec![e(1, 1), e(2, 2), e(3, 2), e(4, 2)], 0);
-        assert_eq!(log.conflict_hint(4), (2, 2));
-        assert_eq!(log.conflict_hint(9), (0, 5));
+        assert_eq!(
+            log.conflict_hint(4),
+            RejectHint::Conflict {
+                term: 2,
+                first_index: 2
+            }
+        );
+        assert_eq!(log.conflict_hint(9), RejectHint::LogEnds { next_index: 5 });
         assert_eq!(log.last_index_of_term(1, 4), Some(1));
         assert_eq!(log.last_index_of_term(3, 4), None);
     }

@@ -14,21 +14,22 @@
 //! loop {
 //!     feed inputs: tick() / step(msg) / propose(data) / read_index(id)   (any number)
 //!     let rd = node.ready();
-//!     send rd.replication                    <- the leader's appends: may go first
+//!     send rd.messages                       <- the leader's appends: may go first
 //!     persist rd.snapshot, rd.entries, rd.hard_state; fsync
-//!     send rd.messages                       <- only after the persist
+//!     send rd.persisted_messages             <- only after the persist
 //!     node.advance();
 //!     apply rd.committed in order; then answer rd.reads, fail rd.failed_reads
 //! }
 //! ```
 //!
-//! **Persist before send**: a message in `Ready::messages` may promise something that
-//! the same `Ready` persists (a vote, an appended entry), so none may leave before the
-//! persist is durable. The exception is `Ready::replication`, the leader's appends and
-//! heartbeats, which the leader sends while it writes its own log (Raft thesis
-//! §10.2.1): the leader counts its own log towards a majority only for entries
-//! persisted by an earlier `Ready` (that is, after `advance`), so an entry commits
-//! only once a majority has it durably, whichever majority that is.
+//! **Persist before send**: a message in `Ready::persisted_messages` may promise
+//! something that the same `Ready` persists (a vote, an appended entry), so none may
+//! leave before the persist is durable. The exception is `Ready::messages`, the
+//! leader's appends and heartbeats, which the leader sends while it writes its own log
+//! (Raft thesis §10.2.1): the leader counts its own log towards a majority only for
+//! entries persisted by an earlier `Ready` (that is, after `advance`), so an entry
+//! commits only once a majority has it durably, whichever majority that is. The names
+//! are raft-rs's.
 //!
 //! # Inputs
 //! - [`RawNode::tick`]: one unit of logical time. Elections and heartbeats are counted
@@ -59,6 +60,7 @@
 mod log;
 mod node;
 mod progress;
+mod read_only;
 #[cfg(test)]
 mod tests;
 mod types;

@@ -1,12 +1,17 @@
 //! The Raft state machine: roles, elections, replication, commit, ReadIndex and
 //! snapshots. See the module documentation of [`crate::raft`] for the contract.
+//! Building and advancing a `Ready` is in `node/ready.rs`; the reads' bookkeeping in
+//! `read_only.rs`.
 
-use std::collections::{BTreeMap, VecDeque};
+mod ready;
+
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
 use super::log::RaftLog;
 use super::progress::{Mode, Progress};
+use super::read_only::ReadOnly;
 use super::types::*;
 use crate::plant::{self, Plant};
 
@@ -35,19 +40,6 @@ pub struct Status {
     pub cached_bytes: usize,
     /// Leader only: `(peer, match_index, next_index)` for every other voter.
     pub progress: Vec<(NodeId, Index, Index)>,
-}
-
-/// A read waiting at the leader for its heartbeat round to be confirmed.
-#[derive(Debug)]
-struct PendingRead {
-    id: ReadId,
-    /// Who asked: this node, or a follower that forwarded it.
-    from: NodeId,
-    /// The heartbeat round that must be acknowledged by a majority.
-    seq: u64,
-    /// The commit index at arrival; `None` until this leader has committed an entry
-    /// of its own term (before that its commit index may be behind, §6.4 step 1).
-    index: Option<Index>,
 }
 
 /// One Raft node's consensus state. See the module documentation for the contract.
@@ -82,16 +74,8 @@ pub struct RawNode {
     /// The last log index handed out by `ready()`, persisted once `advance()` is called.
     handed_out: Option<Index>,
 
-    /// Leader: the current ReadIndex round and whether a new one must start.
-    read_seq: u64,
-    read_round_needed: bool,
-    pending_reads: VecDeque<PendingRead>,
-    /// Follower: reads forwarded to the leader, awaiting its answer.
-    forwarded_reads: Vec<ReadId>,
-    /// Reads with a known index, waiting for the commit index to reach it.
-    waiting_reads: Vec<ReadState>,
-    ready_reads: Vec<ReadState>,
-    failed_reads: Vec<(ReadId, RaftError)>,
+    /// Linearizable reads on their way (ReadIndex).
+    reads: ReadOnly,
 }
 
 impl RawNode {
@@ -123,13 +107,7 @@ impl RawNode {
             msgs: Vec::new(),
             snapshot_to_install: None,
             handed_out: None,
-            read_seq: 0,
-            read_round_needed: false,
-            pending_reads: VecDeque::new(),
-            forwarded_reads: Vec::new(),
-            waiting_reads: Vec::new(),
-            ready_reads: Vec::new(),
-            failed_reads: Vec::new(),
+            reads: ReadOnly::default(),
             cfg,
         };
         node.reset_election_timer();
@@ -265,15 +243,15 @@ impl RawNode {
         match (self.role, self.leader) {
             (Role::Leader, _) => self.leader_read(id, self.cfg.id),
             (Role::Follower, Some(leader)) => {
-                self.forwarded_reads.push(id);
+                self.reads.forward(id);
                 self.send(leader, Body::ReadIndex { id });
             }
-            _ => self.failed_reads.push((
+            _ => self.reads.fail(
                 id,
                 RaftError::NotLeader {
                     leader: self.leader,
                 },
-            )),
+            ),
         }
     }
 
@@ -314,7 +292,13 @@ impl RawNode {
                 Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. } => {
                     self.become_follower(m.term, Some(m.from))
                 }
-                _ => self.become_follower(m.term, None),
+                Body::PreVoteResponse { granted: false }
+                | Body::Vote { .. }
+                | Body::VoteResponse { .. }
+                | Body::AppendResponse { .. }
+                | Body::HeartbeatResponse { .. }
+                | Body::ReadIndex { .. }
+                | Body::ReadIndexResponse { .. } => self.become_follower(m.term, None),
             }
         } else if m.term < self.term {
             match m.body {
@@ -323,16 +307,26 @@ impl RawNode {
                 Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. } => self.send(
                     m.from,
                     Body::AppendResponse {
-                        success: false,
-                        index: 0,
-                        hint: None,
+                        outcome: AppendOutcome::StaleTerm,
                     },
                 ),
                 Body::PreVote { .. } => self.send(m.from, Body::PreVoteResponse { granted: false }),
                 Body::ReadIndex { id } => {
                     self.send(m.from, Body::ReadIndexResponse { id, index: None })
                 }
-                _ => {}
+                // A refusal of a forwarded read counts whatever its term: failing a
+                // read is always safe, and the transport reports a request that failed
+                // this way, with term 0 (`rpc::convert::read_index_failed`).
+                Body::ReadIndexResponse { id, index: None } => {
+                    self.reads.answered(id, None, self.leader)
+                }
+                // Votes for an old term and answers to our requests of one: moot.
+                Body::PreVoteResponse { .. }
+                | Body::Vote { .. }
+                | Body::VoteResponse { .. }
+                | Body::AppendResponse { .. }
+                | Body::HeartbeatResponse { .. }
+                | Body::ReadIndexResponse { index: Some(_), .. } => {}
             }
             return;
         }
@@ -398,9 +392,12 @@ impl RawNode {
                     self.send(
                         m.from,
                         Body::AppendResponse {
-                            success: false,
-                            index: commit,
-                            hint: Some((0, last_index + 1)),
+                            outcome: AppendOutcome::Reject {
+                                index: commit,
+                                hint: Some(RejectHint::LogEnds {
+                                    next_index: last_index + 1,
+                                }),
+                            },
                         },
                     );
                 } else {
@@ -412,13 +409,9 @@ impl RawNode {
                 self.follow(m.from);
                 self.handle_snapshot(m.from, meta);
             }
-            Body::AppendResponse {
-                success,
-                index,
-                hint,
-            } => {
+            Body::AppendResponse { outcome } => {
                 if self.role == Role::Leader {
-                    self.handle_append_response(m.from, success, index, hint);
+                    self.handle_append_response(m.from, outcome);
                 }
             }
             Body::HeartbeatResponse { read_seq } => {
@@ -433,20 +426,7 @@ impl RawNode {
                     self.send(m.from, Body::ReadIndexResponse { id, index: None });
                 }
             }
-            Body::ReadIndexResponse { id, index } => {
-                if let Some(pos) = self.forwarded_reads.iter().position(|&r| r == id) {
-                    self.forwarded_reads.swap_remove(pos);
-                    match index {
-                        Some(index) => self.waiting_reads.push(ReadState { id, index }),
-                        None => self.failed_reads.push((
-                            id,
-                            RaftError::NotLeader {
-                                leader: self.leader,
-                            },
-                        )),
-                    }
-                }
-            }
+            Body::ReadIndexResponse { id, index } => self.reads.answered(id, index, self.leader),
         }
     }
 
@@ -454,115 +434,6 @@ impl RawNode {
     /// the log up to it.
     pub fn compact(&mut self, index: Index) {
         self.log.compact(index);
-    }
-
-    // ----- output ---------------------------------------------------------------------
-
-    /// Whether `ready()` would return work.
-    pub fn has_ready(&self) -> bool {
-        !self.msgs.is_empty()
-            || self.hard_state_changed()
-            || self.snapshot_to_install.is_some()
-            || self.log.has_unstable()
-            || self.log.commit > self.log.applied
-            || !self.failed_reads.is_empty()
-            || !self.ready_reads.is_empty()
-            || self
-                .waiting_reads
-                .iter()
-                .any(|r| r.index <= self.log.commit)
-            || (self.role == Role::Leader
-                && (self.read_round_needed || self.progress.keys().any(|&p| self.wants_to_send(p))))
-    }
-
-    /// Takes the next batch of work. See [`Ready`] for what to do with it, and call
-    /// [`RawNode::advance`] once it is persisted and sent. For a core whose cache holds
-    /// every entry; otherwise use [`RawNode::ready_with`].
-    pub fn ready(&mut self) -> Ready {
-        self.ready_with(&mut NothingEvicted)
-    }
-
-    /// [`RawNode::ready`], reading entries evicted from the cache back through `log`
-    /// when a follower needs them.
-    pub fn ready_with(&mut self, log: &mut dyn LogReader) -> Ready {
-        if self.role == Role::Leader {
-            if self.read_round_needed {
-                self.read_round_needed = false;
-                self.read_seq += 1;
-                self.broadcast_heartbeat();
-            }
-            let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-            for peer in peers {
-                self.send_appends(peer, log);
-            }
-        }
-        let snapshot = self.snapshot_to_install.take();
-        let entries = self.log.take_unstable();
-        let current = self.hard_state();
-        let saved = self.saved_hard_state;
-        let vote_changed = (current.term, current.vote) != (saved.term, saved.vote);
-        let commit_worth_saving =
-            current.commit != saved.commit && (!entries.is_empty() || snapshot.is_some());
-        let hard_state = (vote_changed || commit_worth_saving).then(|| {
-            self.saved_hard_state = current;
-            if plant::active(Plant::VoteNotPersisted) {
-                return HardState {
-                    vote: None,
-                    ..current
-                };
-            }
-            current
-        });
-        if !entries.is_empty() || snapshot.is_some() {
-            self.handed_out = Some(self.log.last_index());
-        }
-        let committed = self.log.take_committed();
-        let commit = self.log.commit;
-        let (now, later): (Vec<ReadState>, Vec<ReadState>) = self
-            .waiting_reads
-            .drain(..)
-            .partition(|r| r.index <= commit);
-        self.waiting_reads = later;
-        let mut reads = std::mem::take(&mut self.ready_reads);
-        reads.extend(now);
-        let (replication, messages) = std::mem::take(&mut self.msgs)
-            .into_iter()
-            .partition(|msg| self.is_replication(msg));
-        Ready {
-            hard_state,
-            snapshot,
-            entries,
-            replication,
-            messages,
-            committed,
-            reads,
-            failed_reads: std::mem::take(&mut self.failed_reads),
-        }
-    }
-
-    /// A message that may leave before the persist of its `Ready` (see
-    /// [`Ready::replication`]). A leader's term and vote were persisted before it could
-    /// win its election, so its replication depends on nothing unpersisted; every
-    /// answer to a peer (a vote, an append acknowledgement) does.
-    fn is_replication(&self, msg: &Message) -> bool {
-        self.role == Role::Leader
-            && msg.term == self.term
-            && matches!(
-                msg.body,
-                Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. }
-            )
-    }
-
-    /// The last `Ready` was persisted (and its messages sent). The leader may now count
-    /// its own log towards a majority.
-    pub fn advance(&mut self) {
-        if let Some(last) = self.handed_out.take() {
-            self.log.persisted = last.min(self.log.last_index());
-            if self.role == Role::Leader {
-                self.maybe_commit();
-            }
-        }
-        self.log.evict(self.cfg.max_cached_bytes);
     }
 
     // ----- elections ------------------------------------------------------------------
@@ -673,19 +544,11 @@ impl RawNode {
         if term > self.term {
             self.term = term;
             self.vote = None;
-            // Answers to forwarded reads would come from an older term; give up on them.
-            for id in self.forwarded_reads.drain(..) {
-                self.failed_reads.push((id, RaftError::LeadershipLost));
-            }
+            self.reads.term_changed();
         }
         if self.role == Role::Leader {
-            for read in self.pending_reads.drain(..) {
-                if read.from == self.cfg.id {
-                    self.failed_reads.push((read.id, RaftError::LeadershipLost));
-                }
-            }
+            self.reads.leadership_lost(self.cfg.id);
             self.progress.clear();
-            self.read_round_needed = false;
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -712,7 +575,7 @@ impl RawNode {
             data: Bytes::new(),
         });
         // Reads forwarded while we were a follower: we are now the one to ask.
-        for id in std::mem::take(&mut self.forwarded_reads) {
+        for id in self.reads.take_forwarded() {
             self.leader_read(id, self.cfg.id);
         }
     }
@@ -746,9 +609,10 @@ impl RawNode {
             self.send(
                 from,
                 Body::AppendResponse {
-                    success: false,
-                    index: prev_index,
-                    hint: Some(hint),
+                    outcome: AppendOutcome::Reject {
+                        index: prev_index,
+                        hint: Some(hint),
+                    },
                 },
             );
             return;
@@ -772,37 +636,32 @@ impl RawNode {
             self.log.install_snapshot(&meta);
             self.snapshot_to_install = Some(meta.clone());
         }
-        self.send(
-            from,
-            Body::AppendResponse {
-                success: true,
-                index: meta.index,
-                hint: None,
-            },
-        );
+        self.ack(from, meta.index);
     }
 
     // ----- replication: leader side ----------------------------------------------------
 
-    fn handle_append_response(
-        &mut self,
-        from: NodeId,
-        success: bool,
-        index: Index,
-        hint: Option<(Term, Index)>,
-    ) {
+    fn handle_append_response(&mut self, from: NodeId, outcome: AppendOutcome) {
         let last_index = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
         pr.recent_active = true;
-        if success {
-            if pr.on_success(index.min(last_index)) {
-                self.maybe_commit();
+        let (index, hint) = match outcome {
+            AppendOutcome::Match { index } => {
+                if pr.on_success(index.min(last_index)) {
+                    self.maybe_commit();
+                }
+                return;
             }
-            return;
-        }
-        if let Some((0, follower_next)) = hint {
+            // Its newer term (handled in `step`) is all it tells.
+            AppendOutcome::StaleTerm => return,
+            AppendOutcome::Reject { index, hint } => (index, hint),
+        };
+        if let Some(RejectHint::LogEnds {
+            next_index: follower_next,
+        }) = hint
+        {
             if follower_next <= pr.match_index {
                 // Its log ends below what it acknowledged: it lost entries (it was wiped,
                 // DISTRAFT_RESET_LOGS). Believe it, or we would never send them again.
@@ -814,7 +673,8 @@ impl RawNode {
             }
         }
         // A rejection is stale if it is about an index we already know matches, or
-        // not the probe we are waiting for.
+        // not the probe we are waiting for. Index 0, the empty prefix, matches
+        // every log: a rejection there is bogus.
         let stale = match pr.mode {
             Mode::Replicate => index <= pr.match_index,
             Mode::Probe => index.checked_add(1) != Some(pr.next_index),
@@ -824,11 +684,13 @@ impl RawNode {
             return;
         }
         let next = match hint {
-            Some((0, follower_next)) => follower_next,
-            Some((term, first_of_term)) => match self.log.last_index_of_term(term, index) {
-                Some(last_of_term) => last_of_term + 1,
-                None => first_of_term,
-            },
+            Some(RejectHint::LogEnds { next_index }) => next_index,
+            Some(RejectHint::Conflict { term, first_index }) => {
+                match self.log.last_index_of_term(term, index) {
+                    Some(last_of_term) => last_of_term + 1,
+                    None => first_index,
+                }
+            }
             None => index,
         };
         let pr = self.progress.get_mut(&from).expect("checked above");
@@ -841,7 +703,7 @@ impl RawNode {
         };
         pr.recent_active = true;
         // A follower cannot have seen a round we have not started.
-        pr.read_acked = pr.read_acked.max(read_seq.min(self.read_seq));
+        pr.read_acked = pr.read_acked.max(read_seq.min(self.reads.seq));
         self.complete_reads();
     }
 
@@ -950,7 +812,7 @@ impl RawNode {
             let commit_for_peer = commit.min(pr.match_index);
             if pr.mode == Mode::Replicate && pr.sent_commit < commit_for_peer {
                 pr.sent_commit = commit_for_peer;
-                let read_seq = self.read_seq;
+                let read_seq = self.reads.seq;
                 self.send(
                     peer,
                     Body::Heartbeat {
@@ -964,7 +826,7 @@ impl RawNode {
 
     fn broadcast_heartbeat(&mut self) {
         let commit = self.log.commit;
-        let read_seq = self.read_seq;
+        let read_seq = self.reads.seq;
         let peers: Vec<(NodeId, Index)> = self
             .progress
             .iter()
@@ -997,10 +859,7 @@ impl RawNode {
             || plant::active(Plant::CommitByCountingOldTerms);
         if candidate > self.log.commit && of_this_term {
             self.log.commit_to(candidate);
-            let commit = self.log.commit;
-            for read in self.pending_reads.iter_mut() {
-                read.index.get_or_insert(commit);
-            }
+            self.reads.committed(self.log.commit);
             self.complete_reads();
         }
     }
@@ -1013,13 +872,7 @@ impl RawNode {
 
     fn leader_read(&mut self, id: ReadId, from: NodeId) {
         let index = self.committed_in_term().then_some(self.log.commit);
-        self.pending_reads.push_back(PendingRead {
-            id,
-            from,
-            seq: self.read_seq + 1,
-            index,
-        });
-        self.read_round_needed = true;
+        self.reads.add(id, from, index);
         self.complete_reads();
     }
 
@@ -1038,14 +891,9 @@ impl RawNode {
         } else {
             confirmed
         };
-        while let Some(read) = self.pending_reads.front() {
-            let Some(index) = read.index else { break };
-            if read.seq > confirmed {
-                break;
-            }
-            let read = self.pending_reads.pop_front().expect("front exists");
+        while let Some((read, index)) = self.reads.pop_confirmed(confirmed) {
             if read.from == self.cfg.id {
-                self.ready_reads.push(ReadState { id: read.id, index });
+                self.reads.confirmed(ReadState { id: read.id, index });
             } else {
                 self.send(
                     read.from,
@@ -1072,9 +920,7 @@ impl RawNode {
     /// A successful AppendResponse: our log matches the sender's up to `index`.
     fn ack(&mut self, to: NodeId, index: Index) {
         let body = Body::AppendResponse {
-            success: true,
-            index,
-            hint: None,
+            outcome: AppendOutcome::Match { index },
         };
         self.send(to, body);
     }
@@ -1086,18 +932,5 @@ impl RawNode {
             term: self.term,
             body,
         });
-    }
-
-    fn hard_state(&self) -> HardState {
-        HardState {
-            term: self.term,
-            vote: self.vote,
-            commit: self.log.commit,
-        }
-    }
-
-    fn hard_state_changed(&self) -> bool {
-        let s = self.saved_hard_state;
-        (self.term, self.vote) != (s.term, s.vote)
     }
 }

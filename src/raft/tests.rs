@@ -36,8 +36,8 @@ fn drain(node: &mut RawNode) -> (Vec<Message>, Vec<Entry>, Vec<ReadState>) {
     let (mut msgs, mut committed, mut reads) = (Vec::new(), Vec::new(), Vec::new());
     while node.has_ready() {
         let rd = node.ready();
-        msgs.extend(rd.replication);
         msgs.extend(rd.messages);
+        msgs.extend(rd.persisted_messages);
         node.advance();
         committed.extend(rd.committed);
         reads.extend(rd.reads);
@@ -148,7 +148,7 @@ fn a_vote_is_given_once_per_term() {
         "the vote is persisted with the Ready"
     );
     let grants: Vec<(NodeId, bool)> = rd
-        .messages
+        .persisted_messages
         .iter()
         .map(|m| match m.body {
             Body::VoteResponse { granted } => (m.to, granted),
@@ -179,7 +179,10 @@ fn a_restarted_node_remembers_its_vote() {
         },
     });
     let rd = n.ready();
-    assert_eq!(rd.messages[0].body, Body::VoteResponse { granted: false });
+    assert_eq!(
+        rd.persisted_messages[0].body,
+        Body::VoteResponse { granted: false }
+    );
 }
 
 #[test]
@@ -298,13 +301,13 @@ fn proposals_are_batched_into_one_append_per_follower() {
     let rd = c.node(1).ready();
     assert_eq!(rd.entries.len(), 50, "one persist for the whole batch");
     let appends: Vec<&Message> = rd
-        .replication
+        .messages
         .iter()
         .filter(|m| matches!(m.body, Body::Append { .. }))
         .collect();
     assert_eq!(appends.len(), 2, "one message per follower: {appends:?}");
     c.node(1).advance();
-    for m in rd.replication {
+    for m in rd.messages {
         c.node(m.to).step(m);
     }
     c.settle();
@@ -330,9 +333,13 @@ fn followers_refuse_appends_that_do_not_match_and_hint_the_conflict() {
     assert_eq!(
         msgs[0].body,
         Body::AppendResponse {
-            success: false,
-            index: 3,
-            hint: Some((2, 2))
+            outcome: AppendOutcome::Reject {
+                index: 3,
+                hint: Some(RejectHint::Conflict {
+                    term: 2,
+                    first_index: 2
+                })
+            }
         }
     );
     // The leader's matching suffix replaces the conflicting one.
@@ -415,14 +422,14 @@ fn read_index_waits_for_a_heartbeat_round_and_is_refused_when_partitioned() {
     // Without any answer from the followers the read is not served.
     let rd = c.node(1).ready();
     assert!(rd.reads.is_empty());
-    assert!(rd.messages.is_empty());
+    assert!(rd.persisted_messages.is_empty());
     assert!(rd
-        .replication
+        .messages
         .iter()
         .all(|m| matches!(m.body, Body::Heartbeat { read_seq: 1, .. })));
     c.node(1).advance();
     // One follower confirms: with the leader that is a majority.
-    let m = rd.replication.into_iter().find(|m| m.to == 2).unwrap();
+    let m = rd.messages.into_iter().find(|m| m.to == 2).unwrap();
     c.node(2).step(m);
     let (answers, _, _) = drain(c.node(2));
     for a in answers {
@@ -452,6 +459,27 @@ fn a_follower_read_asks_the_leader_and_waits_for_its_own_commit() {
         }
     }
     assert_eq!(served, vec![ReadState { id: 9, index: 1 }]);
+}
+
+#[test]
+fn a_forwarded_read_fails_at_once_when_the_transport_reports_a_failure() {
+    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
+    c.elect(1);
+    c.node(2).read_index(9);
+    drain(c.node(2));
+    // What the transport hands the core when the request failed
+    // (`rpc::convert::read_index_failed`): a refusal with term 0.
+    c.node(2).step(Message {
+        from: 1,
+        to: 2,
+        term: 0,
+        body: Body::ReadIndexResponse { id: 9, index: None },
+    });
+    let rd = c.node(2).ready();
+    assert_eq!(
+        rd.failed_reads,
+        vec![(9, RaftError::NotLeader { leader: Some(1) })]
+    );
 }
 
 #[test]
@@ -501,20 +529,24 @@ fn replication_may_leave_before_the_leaders_persist_but_acks_may_not() {
     let index = c.node(1).propose(Bytes::from("w")).unwrap();
     let rd = c.node(1).ready();
     assert_eq!(rd.entries.len(), 1);
-    assert!(rd.messages.is_empty(), "{:?}", rd.messages);
-    let to_2 = rd.replication.into_iter().find(|m| m.to == 2).unwrap();
-    // The follower answers only after its persist: the answer is not replication.
+    assert!(
+        rd.persisted_messages.is_empty(),
+        "{:?}",
+        rd.persisted_messages
+    );
+    let to_2 = rd.messages.into_iter().find(|m| m.to == 2).unwrap();
+    // The follower answers only after its persist: the answer is not in `messages`.
     c.node(2).step(to_2);
     let follower = c.node(2).ready();
-    assert!(follower.replication.is_empty());
+    assert!(follower.messages.is_empty());
     assert!(follower
-        .messages
+        .persisted_messages
         .iter()
         .any(|m| matches!(m.body, Body::AppendResponse { .. })));
     c.node(2).advance();
     // Before the leader's own advance, one follower plus the leader's unpersisted
     // copy is no majority ...
-    let ack = follower.messages.into_iter().next().unwrap();
+    let ack = follower.persisted_messages.into_iter().next().unwrap();
     c.node(1).step(ack.clone());
     assert!(c.nodes[&1].status().commit < index);
     // ... but two durable copies are, once the leader's own persist is done.

@@ -88,15 +88,10 @@ pub enum Body {
         entries: Vec<Entry>,
         commit: Index,
     },
-    /// Answer to `Append`, `Heartbeat` with a stale term, or `Snapshot`. On success
-    /// `index` is the last index now known to match the leader's log. On rejection
-    /// `index` is the rejected `prev_index` and `hint` helps the leader skip back fast:
-    /// `(term, first index of that term)` of the follower's conflicting entry, or
-    /// `(0, last_index + 1)` when the follower's log is too short.
+    /// Answer to `Append`, `Snapshot`, a `Heartbeat` the follower cannot follow, or
+    /// any of them with a stale term.
     AppendResponse {
-        success: bool,
-        index: Index,
-        hint: Option<(Term, Index)>,
+        outcome: AppendOutcome,
     },
     /// Leader liveness plus the commit index the follower may safely adopt, and the
     /// read round (`read_seq`) it confirms for ReadIndex (thesis §6.4).
@@ -124,6 +119,33 @@ pub enum Body {
     },
 }
 
+/// What a follower answers to an append, a snapshot or a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The follower's log now matches the leader's up to `index`.
+    Match { index: Index },
+    /// The consistency check failed at `index`: the rejected `prev_index`, or the
+    /// commit index of a heartbeat beyond the follower's log (it lost entries it had
+    /// acknowledged). `hint` helps the leader skip back fast; a follower always sends
+    /// one, but an answer from the wire may lack it.
+    Reject {
+        index: Index,
+        hint: Option<RejectHint>,
+    },
+    /// The request came from an older term; the answer's term tells the sender ours.
+    StaleTerm,
+}
+
+/// Where a rejecting follower's log parts from the leader's (§5.3, "fast back-off").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectHint {
+    /// The follower's entry at the rejected index has `term`, which its log holds
+    /// from `first_index` on.
+    Conflict { term: Term, first_index: Index },
+    /// The follower's log is too short: the next entry it needs is `next_index`.
+    LogEnds { next_index: Index },
+}
+
 /// Why a proposal or read was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RaftError {
@@ -143,9 +165,11 @@ pub struct ReadState {
 
 /// A batch of work from the core. The driver must carry it out in this order:
 ///
+/// 0. send `messages` (they may leave at once, in parallel with step 1);
 /// 1. persist: install `snapshot` (if any), then write `entries` (truncating any log
 ///    suffix from the first entry's index on) and `hard_state`, and fsync;
-/// 2. send `messages` (never before step 1: they may promise what step 1 stores);
+/// 2. send `persisted_messages` (never before step 1: they may promise what step 1
+///    stores);
 /// 3. call [`crate::raft::RawNode::advance`] with this Ready;
 /// 4. apply `committed` to the state machine, in order;
 /// 5. answer `reads` (after step 4, so the state machine has caught up with them)
@@ -155,13 +179,15 @@ pub struct Ready {
     pub hard_state: Option<HardState>,
     pub snapshot: Option<SnapshotMeta>,
     pub entries: Vec<Entry>,
-    /// The leader's replication (appends, heartbeats, snapshots) in its current term.
-    /// These may be sent *before* the persist, in parallel with it (Raft thesis
-    /// §10.2.1): they promise nothing this `Ready` persists, and the leader counts its
-    /// own log towards a majority only after `advance`.
-    pub replication: Vec<Message>,
-    /// Everything else: send only once the persist is durable.
+    /// Messages that may be sent at once, *before* the persist, in parallel with it
+    /// (Raft thesis §10.2.1): the leader's replication (appends, heartbeats,
+    /// snapshots) in its current term. They promise nothing this `Ready` persists, and
+    /// the leader counts its own log towards a majority only after `advance`. (The
+    /// same split and names as raft-rs's `messages` / `persisted_messages`.)
     pub messages: Vec<Message>,
+    /// Everything else (votes, append acknowledgements, ...): send only once the
+    /// persist is durable.
+    pub persisted_messages: Vec<Message>,
     pub committed: Vec<Entry>,
     pub reads: Vec<ReadState>,
     pub failed_reads: Vec<(ReadId, RaftError)>,
@@ -173,8 +199,8 @@ impl Ready {
         self.hard_state.is_none()
             && self.snapshot.is_none()
             && self.entries.is_empty()
-            && self.replication.is_empty()
             && self.messages.is_empty()
+            && self.persisted_messages.is_empty()
             && self.committed.is_empty()
             && self.reads.is_empty()
             && self.failed_reads.is_empty()

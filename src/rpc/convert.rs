@@ -14,7 +14,9 @@ use tonic::Status;
 use crate::config::Config;
 use crate::plant::{self, Plant};
 use crate::proto::v1 as pb;
-use crate::raft::{Body, Entry, Index, Message, NodeId, SnapshotMeta, Term, MAX_TERM};
+use crate::raft::{
+    AppendOutcome, Body, Entry, Index, Message, NodeId, RejectHint, SnapshotMeta, Term, MAX_TERM,
+};
 
 /// At most 64 characters of `text`, for messages that quote what a peer sent.
 fn quoted(text: &str) -> String {
@@ -233,7 +235,15 @@ pub fn vote_request(config: &Config, msg: &Message) -> Option<pb::VoteRequest> {
             last_index,
             last_term,
         } => (last_index, last_term, false),
-        _ => return None,
+        Body::PreVoteResponse { .. }
+        | Body::VoteResponse { .. }
+        | Body::Append { .. }
+        | Body::AppendResponse { .. }
+        | Body::Heartbeat { .. }
+        | Body::HeartbeatResponse { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. }
+        | Body::ReadIndexResponse { .. } => return None,
     };
     Some(pb::VoteRequest {
         from: config.name.clone(),
@@ -265,7 +275,15 @@ pub fn append_request(config: &Config, msg: Message) -> Option<pb::AppendEntries
             leader_commit: commit,
             read_seq,
         }),
-        _ => return None,
+        Body::PreVote { .. }
+        | Body::PreVoteResponse { .. }
+        | Body::Vote { .. }
+        | Body::VoteResponse { .. }
+        | Body::AppendResponse { .. }
+        | Body::HeartbeatResponse { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. }
+        | Body::ReadIndexResponse { .. } => return None,
     };
     Some(pb::AppendEntriesRequest {
         from: config.name.clone(),
@@ -285,7 +303,16 @@ pub fn read_index_request(config: &Config, msg: &Message) -> Option<pb::ReadInde
             cluster_id: config.cluster_id,
             to: name_of(config, msg.to),
         }),
-        _ => None,
+        Body::PreVote { .. }
+        | Body::PreVoteResponse { .. }
+        | Body::Vote { .. }
+        | Body::VoteResponse { .. }
+        | Body::Append { .. }
+        | Body::AppendResponse { .. }
+        | Body::Heartbeat { .. }
+        | Body::HeartbeatResponse { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndexResponse { .. } => None,
     }
 }
 
@@ -383,12 +410,23 @@ pub fn vote_response(config: &Config, reply: Option<Message>) -> pb::VoteRespons
         cluster_id: config.cluster_id,
         ..Default::default()
     };
-    if let Some(msg) = reply {
-        if let Body::PreVoteResponse { granted } | Body::VoteResponse { granted } = msg.body {
+    let Some(msg) = reply else { return response };
+    match msg.body {
+        Body::PreVoteResponse { granted } | Body::VoteResponse { granted } => {
             response.term = msg.term;
             response.granted = granted;
             response.answered = true;
         }
+        // Not an answer to a vote: leave it unanswered.
+        Body::PreVote { .. }
+        | Body::Vote { .. }
+        | Body::Append { .. }
+        | Body::AppendResponse { .. }
+        | Body::Heartbeat { .. }
+        | Body::HeartbeatResponse { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. }
+        | Body::ReadIndexResponse { .. } => {}
     }
     response
 }
@@ -404,23 +442,75 @@ pub fn append_response(config: &Config, reply: Option<Message>) -> pb::AppendEnt
     let Some(msg) = reply else { return response };
     response.term = msg.term;
     response.kind = match msg.body {
-        Body::AppendResponse {
-            success,
-            index,
-            hint,
-        } => Some(Kind::Append(pb::AppendResult {
-            success,
-            index,
-            has_hint: hint.is_some(),
-            hint_term: hint.map_or(0, |(term, _)| term),
-            hint_index: hint.map_or(0, |(_, index)| index),
-        })),
+        Body::AppendResponse { outcome } => Some(Kind::Append(append_result(outcome))),
         Body::HeartbeatResponse { read_seq } => {
             Some(Kind::Heartbeat(pb::HeartbeatResult { read_seq }))
         }
-        _ => None,
+        // Not an answer to an append: leave it unanswered.
+        Body::PreVote { .. }
+        | Body::PreVoteResponse { .. }
+        | Body::Vote { .. }
+        | Body::VoteResponse { .. }
+        | Body::Append { .. }
+        | Body::Heartbeat { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. }
+        | Body::ReadIndexResponse { .. } => None,
     };
     response
+}
+
+/// The wire form of an [`AppendOutcome`]: `success` and the matching `index`; a
+/// rejection's `index` and hint, where a hint term of 0 says the log ends before
+/// `hint_index`; and a stale term as a rejection at index 0 without a hint.
+fn append_result(outcome: AppendOutcome) -> pb::AppendResult {
+    let rejected = |index: Index, hint: Option<RejectHint>| {
+        let (hint_term, hint_index) = match hint {
+            Some(RejectHint::Conflict { term, first_index }) => (term, first_index),
+            Some(RejectHint::LogEnds { next_index }) => (0, next_index),
+            None => (0, 0),
+        };
+        pb::AppendResult {
+            success: false,
+            index,
+            has_hint: hint.is_some(),
+            hint_term,
+            hint_index,
+        }
+    };
+    match outcome {
+        AppendOutcome::Match { index } => pb::AppendResult {
+            success: true,
+            index,
+            ..Default::default()
+        },
+        AppendOutcome::Reject { index, hint } => rejected(index, hint),
+        AppendOutcome::StaleTerm => rejected(0, None),
+    }
+}
+
+/// [`append_result`] read back: any combination of fields means one outcome, as
+/// the core has always read them (a hint on success is ignored).
+fn append_outcome(result: pb::AppendResult) -> AppendOutcome {
+    if result.success {
+        return AppendOutcome::Match {
+            index: result.index,
+        };
+    }
+    let hint = result.has_hint.then_some(if result.hint_term == 0 {
+        RejectHint::LogEnds {
+            next_index: result.hint_index,
+        }
+    } else {
+        RejectHint::Conflict {
+            term: result.hint_term,
+            first_index: result.hint_index,
+        }
+    });
+    match (result.index, hint) {
+        (0, None) => AppendOutcome::StaleTerm,
+        (index, hint) => AppendOutcome::Reject { index, hint },
+    }
 }
 
 /// The answer to a ReadIndex; `None` when the core did not answer.
@@ -430,18 +520,25 @@ pub fn read_index_response(config: &Config, reply: Option<Message>) -> pb::ReadI
         cluster_id: config.cluster_id,
         ..Default::default()
     };
-    match reply {
-        Some(Message {
-            term,
-            body: Body::ReadIndexResponse { index, .. },
-            ..
-        }) => pb::ReadIndexResponse {
-            term,
+    let Some(msg) = reply else { return unanswered };
+    match msg.body {
+        Body::ReadIndexResponse { index, .. } => pb::ReadIndexResponse {
+            term: msg.term,
             ok: index.is_some(),
             read_index: index.unwrap_or(0),
             ..unanswered
         },
-        _ => unanswered,
+        // Not an answer to a ReadIndex: leave it unanswered.
+        Body::PreVote { .. }
+        | Body::PreVoteResponse { .. }
+        | Body::Vote { .. }
+        | Body::VoteResponse { .. }
+        | Body::Append { .. }
+        | Body::AppendResponse { .. }
+        | Body::Heartbeat { .. }
+        | Body::HeartbeatResponse { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. } => unanswered,
     }
 }
 
@@ -499,11 +596,7 @@ pub fn append_response_message(
     };
     let body = match kind {
         Kind::Append(result) => Body::AppendResponse {
-            success: result.success,
-            index: result.index,
-            hint: result
-                .has_hint
-                .then_some((result.hint_term, result.hint_index)),
+            outcome: append_outcome(result),
         },
         Kind::Heartbeat(result) => Body::HeartbeatResponse {
             read_seq: result.read_seq,
@@ -543,8 +636,9 @@ pub fn read_index_response_message(
     })
 }
 
-/// Our ReadIndex request `id` to `peer` got no usable answer: a zero term, so that the
-/// read simply fails.
+/// Our ReadIndex request `id` to `peer` got no usable answer: a refusal with a zero
+/// term, so that the read simply fails (the core takes a refusal at any term) and no
+/// term is learnt.
 pub fn read_index_failed(config: &Config, peer: NodeId, id: u64) -> Message {
     Message {
         from: peer,
@@ -648,19 +742,30 @@ mod tests {
                 Some(sent)
             );
         }
-        for body in [
-            Body::AppendResponse {
-                success: false,
+        let outcomes = [
+            AppendOutcome::Match { index: 6 },
+            AppendOutcome::Reject {
                 index: 4,
-                hint: Some((2, 3)),
+                hint: Some(RejectHint::Conflict {
+                    term: 2,
+                    first_index: 3,
+                }),
             },
-            Body::AppendResponse {
-                success: true,
-                index: 6,
+            AppendOutcome::Reject {
+                index: 4,
+                hint: Some(RejectHint::LogEnds { next_index: 2 }),
+            },
+            AppendOutcome::Reject {
+                index: 4,
                 hint: None,
             },
-            Body::HeartbeatResponse { read_seq: 7 },
-        ] {
+            AppendOutcome::StaleTerm,
+        ];
+        let bodies = outcomes
+            .into_iter()
+            .map(|outcome| Body::AppendResponse { outcome })
+            .chain([Body::HeartbeatResponse { read_seq: 7 }]);
+        for body in bodies {
             let sent = Message {
                 from: 2,
                 to: 1,
@@ -680,6 +785,39 @@ mod tests {
             let wire = read_index_response(&b, Some(sent.clone()));
             assert_eq!(read_index_response_message(&a, 2, 42, wire).unwrap(), sent);
         }
+    }
+
+    #[test]
+    fn append_results_read_as_they_always_were() {
+        let result = |success, index, has_hint, hint_term, hint_index| pb::AppendResult {
+            success,
+            index,
+            has_hint,
+            hint_term,
+            hint_index,
+        };
+        // A stale term's answer: no success, index 0, no hint.
+        assert_eq!(
+            append_outcome(result(false, 0, false, 0, 0)),
+            AppendOutcome::StaleTerm
+        );
+        assert_eq!(
+            append_result(AppendOutcome::StaleTerm),
+            result(false, 0, false, 0, 0)
+        );
+        // A hint with term 0: the follower's log ends before the hint index.
+        assert_eq!(
+            append_outcome(result(false, 9, true, 0, 5)),
+            AppendOutcome::Reject {
+                index: 9,
+                hint: Some(RejectHint::LogEnds { next_index: 5 })
+            }
+        );
+        // A hint on success means nothing.
+        assert_eq!(
+            append_outcome(result(true, 9, true, 2, 5)),
+            AppendOutcome::Match { index: 9 }
+        );
     }
 
     #[test]
@@ -1206,7 +1344,7 @@ mod tests {
                 assert!(status.commit <= status.last_index, "committed past the log");
                 self.term = status.term;
                 self.commit = status.commit;
-                rd.messages
+                rd.persisted_messages
             }
         }
 

@@ -323,7 +323,18 @@ impl LinkTask {
             Body::Append { .. } | Body::Heartbeat { .. } => self.replicate(msg),
             Body::PreVote { .. } | Body::Vote { .. } => self.request_vote(msg),
             Body::ReadIndex { id } => self.read_index(*id, msg),
-            _ => debug!(
+            // The driver hands snapshots over with their image (`send_snapshot`).
+            Body::Snapshot { .. } => debug!(
+                to = self.peer.id,
+                "dropping a snapshot sent without its image"
+            ),
+            // Answers travel back on the request's own RPC; one that reaches the
+            // transport had no waiting request.
+            Body::PreVoteResponse { .. }
+            | Body::VoteResponse { .. }
+            | Body::AppendResponse { .. }
+            | Body::HeartbeatResponse { .. }
+            | Body::ReadIndexResponse { .. } => debug!(
                 to = self.peer.id,
                 "dropping a reply without a waiting request"
             ),

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::driver::{DriverHandle, RaftReply, ReceivedSnapshot, SnapshotAdmission};
 use crate::kv::Kv;
 use crate::proto::v1 as pb;
-use crate::raft::{Body, Message};
+use crate::raft::{AppendOutcome, Body, Message};
 
 pub struct RaftService {
     config: Arc<Config>,
@@ -194,9 +194,7 @@ impl pb::raft_server::Raft for RaftService {
                     to: from,
                     term,
                     body: Body::AppendResponse {
-                        success: false,
-                        index: 0,
-                        hint: None,
+                        outcome: AppendOutcome::StaleTerm,
                     },
                 };
                 return Ok(Response::new(convert::append_response(
