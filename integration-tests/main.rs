@@ -6,10 +6,12 @@
 mod access;
 mod api;
 mod faults;
-mod harness;
 mod observability;
 mod storage;
 mod tls;
 mod tools;
 mod wipe;
 mod wire;
+
+/// Real nodes on loopback: the test kit's harness, shared with the chaos tests.
+use distraft_testkit::harness;

@@ -12,6 +12,10 @@
 #
 # Usage: scripts/compose-test.sh      (skips, exit 0, when no Docker engine is present)
 #
+# In CI (the variable CI set, as every CI service does) a missing Docker engine is a
+# failure, not a skip: a CI run must not pass without the tests it claims to run. A CI
+# without Docker says so on purpose with DISTRAFT_SKIP_COMPOSE=1.
+#
 # It builds its own image tag with docker/build.sh, runs under its own compose project
 # name with Docker-chosen host ports (so it never touches a user's cluster or ports), and
 # removes its containers, network, volumes and image at the end, even on failure.
@@ -21,9 +25,14 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 started=$SECONDS
 
 skip() {
+    if [[ -n "${CI:-}" && "${CI:-}" != false && -z "${DISTRAFT_SKIP_COMPOSE:-}" ]]; then
+        echo "FAIL compose tests: $* (CI is set; DISTRAFT_SKIP_COMPOSE=1 skips them on purpose)" >&2
+        exit 1
+    fi
     echo "SKIP compose tests: $*"
     exit 0
 }
+[[ -z "${DISTRAFT_SKIP_COMPOSE:-}" ]] || skip "DISTRAFT_SKIP_COMPOSE is set"
 fail() {
     echo "FAIL: $*" >&2
     exit 1

@@ -13,7 +13,6 @@
 //! - [`tls`]: optional mutual TLS (certificates, tonic and gateway configurations);
 //! - [`kv`]: the replicated state machine; [`proto`]: the generated wire contract;
 //! - [`cli`] and [`bench`]: client subcommands and the load generator;
-//! - [`linearizability`]: the history checker used by the simulator and chaos tests;
 //! - [`plant`]: bugs planted on purpose (feature `plants`) to show the tests catch them.
 pub mod access;
 pub mod bench;
@@ -25,7 +24,6 @@ pub mod gateway;
 pub mod health;
 pub mod kv;
 pub mod limits;
-pub mod linearizability;
 pub mod metrics;
 pub mod node;
 pub mod plant;

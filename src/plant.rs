@@ -51,10 +51,13 @@ pub enum Plant {
     NoBodyTimeout,
     /// The gRPC port lets in TLS clients without a certificate.
     TlsOptionalClientCert,
+    /// The leader's driver fails some writes with a storage error (INTERNAL, HTTP 500)
+    /// and goes on running: a node that answers errors must not pass chaos.
+    WritesFailInternally,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 17] = [
+    pub const ALL: [Plant; 18] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -72,6 +75,7 @@ impl Plant {
         Plant::NoConnectionCap,
         Plant::NoBodyTimeout,
         Plant::TlsOptionalClientCert,
+        Plant::WritesFailInternally,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +97,7 @@ impl Plant {
             Plant::NoConnectionCap => "no-connection-cap",
             Plant::NoBodyTimeout => "no-body-timeout",
             Plant::TlsOptionalClientCert => "tls-optional-client-cert",
+            Plant::WritesFailInternally => "writes-fail-internally",
         }
     }
 }

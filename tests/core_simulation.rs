@@ -22,11 +22,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use distraft::linearizability::{self, KvOp, KvOutcome, Operation};
 use distraft::raft::{
     Body, Config, Entry, HardState, Index, LogReader, Message, NodeId, RawNode, Ready, Restored,
     Role, SnapshotMeta, Term,
 };
+use distraft_testkit::linearizability::{self, KvOp, KvOutcome, Operation};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

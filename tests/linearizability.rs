@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use distraft::linearizability::{
+use distraft_testkit::linearizability::{
     check, check_with_budget, CheckError, KvOp, KvOutcome, Operation, Violation,
 };
 use rand::rngs::SmallRng;

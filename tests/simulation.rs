@@ -50,12 +50,12 @@ use distraft::driver::{
     RequestError, SnapshotAdmission, Transport, WriteKind,
 };
 use distraft::kv::Kv;
-use distraft::linearizability::{self, KvOp, KvOutcome, Operation};
 use distraft::raft::{
     AppendOutcome, Body, Index, Message, NodeId, RawNode, Role, SnapshotMeta, Term,
 };
-use distraft::rpc::server::{forward_again, status_of, NOT_APPLIED};
+use distraft::rpc::{forward_again, status_of, NOT_APPLIED};
 use distraft::storage::{SnapshotFile, Storage, StorageOptions, WalFault, WalStep};
+use distraft_testkit::linearizability::{self, KvOp, KvOutcome, Operation};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot::{self, error::TryRecvError};

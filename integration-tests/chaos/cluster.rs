@@ -11,7 +11,7 @@
 use std::{
     fs::OpenOptions,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -24,7 +24,9 @@ use tempfile::TempDir;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::harness::{free_ports, tail, test_certs, ELECTION, HEARTBEAT, REQUEST_TIMEOUT};
+use crate::harness::{
+    distraft_command, free_ports, tail, test_certs, ELECTION, HEARTBEAT, REQUEST_TIMEOUT,
+};
 use crate::proxy::Network;
 
 /// A node takes a snapshot every this many applied entries: low, so that runs exercise
@@ -191,14 +193,9 @@ impl ChaosCluster {
             .append(true)
             .open(&node.output)
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_distraft"));
         // Nothing from the developer's environment (DISTRAFT_CHAOS_* included) leaks in,
         // but a planted bug (DISTRAFT_PLANT, scripts/plants.sh) does.
-        for (name, _) in std::env::vars() {
-            if name.starts_with("DISTRAFT_") && name != "DISTRAFT_PLANT" {
-                command.env_remove(name);
-            }
-        }
+        let mut command = distraft_command();
         command
             .env("DISTRAFT_NAME", &node.address.name)
             .env("DISTRAFT_HOST", "127.0.0.1")

@@ -188,10 +188,7 @@ impl Nemesis {
             }
             Fault::Pause(node) => cluster.pause(*node),
             Fault::Network => {
-                let flow = match self.rng.random_bool(0.5) {
-                    true => Flow::Drop,
-                    false => Flow::Reject,
-                };
+                let flow = Flow::FAULTS[self.rng.random_range(0..Flow::FAULTS.len())];
                 cluster.network().apply(&cuts, flow);
                 let cuts: Vec<String> = cuts
                     .iter()

@@ -38,6 +38,11 @@ pub enum Flow {
     Lose,
 }
 
+impl Flow {
+    /// Every way a direction can be cut: the nemesis picks among them.
+    pub const FAULTS: [Flow; 3] = [Flow::Drop, Flow::Reject, Flow::Lose];
+}
+
 /// The two directions of one proxy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct LinkRule {

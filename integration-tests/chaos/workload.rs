@@ -4,11 +4,14 @@
 //! times on one monotonic clock, and what the answer proves.
 //!
 //! What an answer proves: a success, or a Get's NOT_FOUND (the key is absent), is a
-//! definite outcome. Anything else — a timeout, UNAVAILABLE, a reset connection, a
-//! 503 — is [`KvOutcome::Unknown`]: the proto promises nothing about a failed write
-//! ("may or may not have been applied"), and a failed read constrains nothing. Answers
-//! that no correct node may give (a refused well-formed request, a malformed body) are
-//! collected as unexpected and fail the run.
+//! definite outcome. A node's UNAVAILABLE, DEADLINE_EXCEEDED or 503, and a transport
+//! failure (refused or reset connection, timeout), are [`KvOutcome::Unknown`]: the
+//! proto promises nothing about a failed write ("may or may not have been applied"),
+//! and a failed read constrains nothing. The two kinds of indeterminate failure are
+//! tallied apart. Answers that no correct node may give are collected as unexpected and
+//! fail the run: a refused well-formed request, a malformed body, and a server error —
+//! INTERNAL or DATA_LOSS from a node, HTTP 500 — which a node whose storage fails would
+//! otherwise pass off as "try again".
 
 use std::{
     collections::BTreeMap,
@@ -16,10 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use distraft::{
-    linearizability::{KvOp, KvOutcome, Operation},
-    proto::v1::{kv_client::KvClient, DeleteRequest, GetRequest, PutRequest},
-};
+use distraft::proto::v1::{kv_client::KvClient, DeleteRequest, GetRequest, PutRequest};
+use distraft_testkit::linearizability::{KvOp, KvOutcome, Operation};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use serde_json::Value;
 use tonic::{transport::Channel, Code};
@@ -44,8 +45,9 @@ pub struct ClientLog {
     pub history: Vec<Operation>,
     /// For each operation of `history`, the node and transport it went to.
     pub routes: Vec<String>,
-    /// Failures by kind ("grpc Unavailable", "http 503", "client timeout", ...): how
-    /// many, and the first one's message.
+    /// Indeterminate failures by kind: how many, and the first one's message. A node's
+    /// answers are "grpc Unavailable", "http 503", ...; transport failures (no answer
+    /// from a node) start with [`TRANSPORT`].
     pub failures: BTreeMap<String, (usize, String)>,
     /// Answers no correct node gives.
     pub unexpected: Vec<String>,
@@ -56,6 +58,9 @@ enum Via {
     Grpc,
     Http,
 }
+
+/// The prefix of the failure kinds that are transport failures rather than answers.
+pub const TRANSPORT: &str = "transport: ";
 
 /// A definite outcome, or why there is none.
 enum Answer {
@@ -149,7 +154,7 @@ impl Client {
         let call = clock(self.origin).max(self.last_ret + 1);
         let answer = match tokio::time::timeout(CLIENT_TIMEOUT, self.send(node, via, &op)).await {
             Ok(answer) => answer,
-            Err(_) => Answer::Failed("client timeout".into(), String::new()),
+            Err(_) => Answer::Failed(format!("{TRANSPORT}client timeout"), String::new()),
         };
         let ret = clock(self.origin).max(call + 1);
         self.last_ret = ret;
@@ -221,9 +226,16 @@ impl Client {
         match result {
             Ok(Some(outcome)) => Answer::Outcome(outcome),
             Ok(None) => Answer::Unexpected("the answer names another key or value".into()),
+            // Made here, not answered by the node: the connection failed (tonic keeps
+            // the transport error as the source; an h2 reset surfaces as INTERNAL).
+            Err(status) if std::error::Error::source(&status).is_some() => Answer::Failed(
+                format!("{TRANSPORT}grpc {:?}", status.code()),
+                status.message().into(),
+            ),
             Err(status) => match (status.code(), op) {
                 (Code::NotFound, KvOp::Get { .. }) => Answer::Outcome(KvOutcome::Get(None)),
-                // Input errors and the like: our requests are well-formed.
+                // Input errors and the like: our requests are well-formed. And server
+                // errors: a correct node does not fail this way.
                 (
                     Code::InvalidArgument
                     | Code::NotFound
@@ -232,11 +244,14 @@ impl Client {
                     | Code::OutOfRange
                     | Code::Unimplemented
                     | Code::PermissionDenied
-                    | Code::Unauthenticated,
+                    | Code::Unauthenticated
+                    | Code::Internal
+                    | Code::DataLoss,
                     _,
                 ) => Answer::Unexpected(format!("{status}")),
-                // UNAVAILABLE, DEADLINE_EXCEEDED, and the codes a connection broken
-                // mid-request surfaces as (Unknown, Internal, Cancelled).
+                // UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, and UNKNOWN: what a node
+                // answers when it cannot serve the request now (or, forwarding it, lost
+                // the connection to the leader).
                 (code, _) => Answer::Failed(format!("grpc {code:?}"), status.message().into()),
             },
         }
@@ -252,15 +267,20 @@ impl Client {
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) if e.is_timeout() => {
-                return Answer::Failed("http timeout".into(), e.to_string())
+                return Answer::Failed(format!("{TRANSPORT}http timeout"), e.to_string())
             }
-            Err(e) => return Answer::Failed("http transport".into(), e.to_string()),
+            Err(e) => return Answer::Failed(format!("{TRANSPORT}http"), e.to_string()),
         };
         let code = response.status().as_u16();
         let body: Value = match response.json().await {
             Ok(body) => body,
-            Err(_) if code == 200 => return Answer::Unexpected("200 without a JSON body".into()),
-            Err(e) => return Answer::Failed(format!("http {code} (no JSON)"), e.to_string()),
+            Err(_) if code == 200 || code == 500 => {
+                return Answer::Unexpected(format!("{code} without a JSON body"))
+            }
+            // The body broke off: the connection failed.
+            Err(e) => {
+                return Answer::Failed(format!("{TRANSPORT}http {code} (no JSON)"), e.to_string())
+            }
         };
         let ok = body["ok"] == true && body["key"] == op.key();
         match (code, op) {
@@ -281,7 +301,8 @@ impl Client {
             }
             (200, KvOp::Delete { .. }) if ok => Answer::Outcome(KvOutcome::Delete),
             (200, _) => Answer::Unexpected(format!("200 {body}")),
-            (503 | 500 | 502 | 504, _) => Answer::Failed(format!("http {code}"), body.to_string()),
+            (502..=504, _) => Answer::Failed(format!("http {code}"), body.to_string()),
+            // 500 included: a server error is a bug, never "try again".
             _ => Answer::Unexpected(format!("{code} {body}")),
         }
     }

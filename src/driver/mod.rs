@@ -13,6 +13,7 @@
 
 mod lag;
 mod runner;
+mod status;
 #[cfg(test)]
 mod tests;
 mod trigger;
@@ -24,11 +25,11 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
 use crate::kv::Applied;
-use crate::proto::v1::StatusResponse;
 use crate::raft::{Index, Message, NodeId, RaftError, SnapshotMeta, Term};
 use crate::storage::{SnapshotFile, SnapshotWriter, StorageError};
 
 pub use runner::{spawn, Background, Driver, Job, Threads};
+pub use status::{Alarm, FollowerLag, NodeStatus};
 
 /// How many events may wait for the driver before new ones are refused. Raft messages
 /// beyond it are dropped (Raft tolerates loss), client requests fail as overloaded.
@@ -145,7 +146,7 @@ pub enum Event {
         reply: oneshot::Sender<Result<Option<String>, RequestError>>,
     },
     Status {
-        reply: oneshot::Sender<StatusResponse>,
+        reply: oneshot::Sender<NodeStatus>,
     },
     Stop {
         reply: oneshot::Sender<()>,
@@ -243,7 +244,7 @@ impl DriverHandle {
         answer.await.unwrap_or(Err(RequestError::ShuttingDown))
     }
 
-    pub async fn status(&self) -> Result<StatusResponse, RequestError> {
+    pub async fn status(&self) -> Result<NodeStatus, RequestError> {
         let (reply, answer) = oneshot::channel();
         self.post(Event::Status { reply })?;
         answer.await.map_err(|_| RequestError::ShuttingDown)
@@ -308,17 +309,6 @@ pub enum SnapshotAdmission {
 pub struct ReceivedSnapshot {
     pub writer: SnapshotWriter,
     pub kv: crate::kv::Kv,
-}
-
-/// The role names of the original's status (`GET /` shows them).
-pub(crate) fn role_name(role: crate::raft::Role) -> &'static str {
-    use crate::raft::Role;
-    match role {
-        Role::Follower => "Follower",
-        // The original had no pre-vote; a pre-candidate is campaigning.
-        Role::PreCandidate | Role::Candidate => "Candidate",
-        Role::Leader => "Leader",
-    }
 }
 
 /// Creates the event channel of a driver.

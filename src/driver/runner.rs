@@ -16,14 +16,14 @@ use tracing::{debug, error, info, warn};
 use super::lag::ReplicationClock;
 use super::trigger::{SinceSnapshot, SnapshotTrigger};
 use super::{
-    channel, role_name, storage_options, Committed, DriverError, DriverHandle, Event, RaftReply,
-    RaftReplySender, ReceivedSnapshot, RequestError, SnapshotAdmission, Transport, WriteKind,
+    channel, storage_options, Alarm, Committed, DriverError, DriverHandle, Event, FollowerLag,
+    NodeStatus, RaftReply, RaftReplySender, ReceivedSnapshot, RequestError, SnapshotAdmission,
+    Transport, WriteKind,
 };
 use crate::config::Config;
 use crate::kv::{Applied, Kv};
 use crate::metrics::metrics;
 use crate::plant::{self, Plant};
-use crate::proto::v1::{FollowerLag, Member, StatusResponse};
 use crate::raft::{
     Body, Entry, Index, LogReader, Message, NodeId, RawNode, ReadId, Ready, Role, SnapshotMeta,
     Term,
@@ -544,6 +544,11 @@ impl<T: Transport> Driver<T> {
                 }
                 if let Err(err) = self.check_quota(&kind) {
                     let _ = reply.send(Err(err));
+                    return Ok(());
+                }
+                if plant::active(Plant::WritesFailInternally) && self.applied.is_multiple_of(4) {
+                    let planted = "planted: writes-fail-internally".to_string();
+                    let _ = reply.send(Err(RequestError::Storage(planted)));
                     return Ok(());
                 }
                 let term = self.node.term();
@@ -1283,7 +1288,7 @@ impl<T: Transport> Driver<T> {
         self.received_snapshots.clear();
     }
 
-    fn status(&self) -> StatusResponse {
+    fn status(&self) -> NodeStatus {
         let config = &self.config;
         let name_of = |id: NodeId| {
             config
@@ -1291,19 +1296,6 @@ impl<T: Transport> Driver<T> {
                 .map(|m| m.name.clone())
                 .unwrap_or_default()
         };
-        let members = config
-            .members
-            .iter()
-            .map(|m| {
-                let member = Member {
-                    peer_host: m.peer_host.clone(),
-                    peer_port: u32::from(m.peer_port),
-                    client_host: m.client_host.clone(),
-                    client_port: u32::from(m.client_port),
-                };
-                (m.name.clone(), member)
-            })
-            .collect();
         let status = self.node.status();
         let now = Instant::now();
         let followers = status
@@ -1318,12 +1310,10 @@ impl<T: Transport> Driver<T> {
                 (name_of(id), lag)
             })
             .collect();
-        let mut response = StatusResponse {
-            id: config.name.clone(),
-            state: role_name(status.role).to_string(),
+        let mut report = NodeStatus {
+            role: status.role,
             term: status.term,
-            is_leader: status.role == Role::Leader,
-            leader: status.leader.map(name_of).unwrap_or_default(),
+            leader: status.leader.map(name_of),
             commit_index: status.commit,
             last_applied: self.applied,
             last_log_index: status.last_index,
@@ -1338,17 +1328,13 @@ impl<T: Transport> Driver<T> {
                 .iter()
                 .map(|(id, _, n)| (name_of(*id), *n))
                 .collect(),
-            members,
             up: self.up,
             snapshot_index: status.snapshot_index,
             state_digest: self.kv.digest_hex(),
             voting: status.may_vote,
-            cluster_id: format!("{:016x}", config.cluster_id),
+            cluster_id: config.cluster_id,
             state_bytes: self.kv.state_bytes(),
-            alarm: match self.no_space {
-                Some(_) => "NOSPACE".to_string(),
-                None => String::new(),
-            },
+            alarm: self.no_space.as_ref().map(|_| Alarm::NoSpace),
             keys: self.kv.len() as u64,
             followers,
             quorum_ack_ms: match status.role {
@@ -1359,21 +1345,17 @@ impl<T: Transport> Driver<T> {
                 Role::Follower | Role::PreCandidate | Role::Candidate => None,
             },
             proposals_pending: self.proposals.len() as u64,
-            // Counted by the services, which fill them in (see rpc::server).
-            reads_total: 0,
-            writes_total: 0,
         };
         if !self.up {
             // As if crashed: no role, no leader, whatever the core last believed.
-            response.state = role_name(Role::Follower).to_string();
-            response.is_leader = false;
-            response.leader.clear();
-            response.match_index.clear();
-            response.next_index.clear();
-            response.followers.clear();
-            response.quorum_ack_ms = None;
+            report.role = Role::Follower;
+            report.leader = None;
+            report.match_index.clear();
+            report.next_index.clear();
+            report.followers.clear();
+            report.quorum_ack_ms = None;
         }
-        response
+        report
     }
 }
 

@@ -12,9 +12,9 @@ use tempfile::TempDir;
 
 use super::runner::spawn_with_storage;
 use super::{storage_options, DriverError, DriverHandle, RequestError, Transport, WriteKind};
+use super::{Alarm, NodeStatus};
 use crate::config::{Config, NodeArgs};
 use crate::kv::Kv;
-use crate::proto::v1::StatusResponse;
 use crate::raft::{Index, Message, SnapshotMeta};
 use crate::storage::{SnapshotFile, SnapshotHook, StorageError, WalFault, WalStep};
 
@@ -73,7 +73,7 @@ async fn start_with_wal_fault(
     options.snapshot_hook = hook;
     options.wal_fault = wal_fault;
     let (handle, done) = spawn_with_storage(config.clone(), NoPeers, options).unwrap();
-    wait_for(&handle, "leadership", |s| s.is_leader).await;
+    wait_for(&handle, "leadership", |s| s.is_leader()).await;
     (handle, done)
 }
 
@@ -86,8 +86,8 @@ async fn within<T>(what: &str, answer: impl Future<Output = T>) -> T {
 async fn wait_for(
     handle: &DriverHandle,
     what: &str,
-    done: impl Fn(&StatusResponse) -> bool,
-) -> StatusResponse {
+    done: impl Fn(&NodeStatus) -> bool,
+) -> NodeStatus {
     for _ in 0..500 {
         let status = within(what, handle.status()).await.unwrap();
         if done(&status) {
@@ -314,7 +314,7 @@ async fn a_full_disk_raises_the_alarm_keeps_reads_and_resumes_when_space_is_back
     let big = "x".repeat(400 * 1024);
     let refused = try_put(&handle, "big".into(), big.clone()).await;
     assert_eq!(refused, Err(RequestError::Indeterminate));
-    let status = wait_for(&handle, "the alarm", |s| s.alarm == "NOSPACE").await;
+    let status = wait_for(&handle, "the alarm", |s| s.alarm == Some(Alarm::NoSpace)).await;
     assert!(
         !status.up,
         "out of Raft while the WAL cannot be written: {status:?}"
@@ -330,12 +330,16 @@ async fn a_full_disk_raises_the_alarm_keeps_reads_and_resumes_when_space_is_back
     assert_eq!(linearizable, Err(RequestError::NotLeader { leader: None }));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let status = within("status", handle.status()).await.unwrap();
-    assert_eq!(status.alarm, "NOSPACE", "no space yet: still alarmed");
+    assert_eq!(
+        status.alarm,
+        Some(Alarm::NoSpace),
+        "no space yet: still alarmed"
+    );
 
     // Space is back: the node clears the alarm and rejoins by itself.
     full.store(false, Ordering::SeqCst);
     wait_for(&handle, "the alarm cleared", |s| {
-        s.alarm.is_empty() && s.up && s.is_leader
+        s.alarm.is_none() && s.up && s.is_leader()
     })
     .await;
     assert_all_keys(&handle, 10).await;

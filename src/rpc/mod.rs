@@ -1,6 +1,9 @@
 //! gRPC: the server every node runs on its raft port, and its clients to the peers.
 //!
-//! - [`server`]: the Raft, Kv and Admin services, reflection and health;
+//! - [`server`]: the gRPC server: every service below, reflection and health;
+//! - [`raft`], [`kv`], [`admin`]: one file per service;
+//! - [`outcome`], [`deadline`], [`auth`]: what the client services share (errors as
+//!   statuses, deadlines, the API token);
 //! - [`peers`]: one connection per peer, the driver's transport;
 //! - [`convert`]: the mapping between core messages and Raft RPCs.
 //!
@@ -10,13 +13,22 @@
 //! none). Replies to our own requests come back as the RPC's response and are stepped
 //! into the core as messages.
 
+mod admin;
+mod auth;
 pub mod codec;
 pub mod convert;
+mod deadline;
 pub mod instrument;
+mod kv;
+mod outcome;
 pub mod peers;
+mod raft;
 pub mod refusals;
 pub mod server;
 
+pub use admin::AdminService;
 pub use instrument::GrpcMetricsLayer;
+pub use kv::KvService;
+pub use outcome::{forward_again, status_of, INSUFFICIENT_STORAGE, NOT_APPLIED};
 pub use peers::{PeerTasks, Peers};
-pub use server::{serve, ClientServices, INSUFFICIENT_STORAGE};
+pub use server::{serve, ClientServices};

@@ -54,11 +54,30 @@ pub fn test_certs(tls: bool, dir: &Path) -> (Option<DevCerts>, ClientTls) {
     (certs, client_args.load().unwrap())
 }
 
+/// The `distraft` binary cargo built for the running test: integration tests run from
+/// `target/<profile>/deps/`, and the package's binaries sit one level up (cargo builds
+/// them before the tests of their package; `CARGO_BIN_EXE_*` is only known to the
+/// package's own test targets, not to this crate).
+pub fn distraft_binary() -> PathBuf {
+    let test = std::env::current_exe().expect("the path of the running test");
+    let profile = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let binary = profile.join(format!("distraft{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "no distraft binary at {} (run the tests through cargo test)",
+        binary.display()
+    );
+    binary
+}
+
 /// The `distraft` binary, with nothing from the developer's own environment: every
 /// `DISTRAFT_*` variable removed except `DISTRAFT_PLANT`, which plants a bug in the
 /// nodes too (`scripts/plants.sh`, a build with the feature `plants`).
 pub fn distraft_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_distraft"));
+    let mut command = Command::new(distraft_binary());
     for (name, _) in std::env::vars() {
         if name.starts_with("DISTRAFT_") && name != "DISTRAFT_PLANT" {
             command.env_remove(name);

@@ -1,0 +1,315 @@
+//! The Kv service: Get, Put and Delete for clients (and for the gateway, in process).
+//! Reads are served here by ReadIndex; writes on a follower are forwarded to the leader.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use tracing::debug;
+
+use super::auth::{authorize, AUTHORIZATION};
+use super::deadline::Deadline;
+use super::outcome::{forward_again, status_of};
+use super::peers::Peers;
+use crate::config::Config;
+use crate::driver::{DriverHandle, RequestError, WriteKind};
+use crate::kv::{Applied, Kv};
+use crate::metrics::metrics;
+use crate::proto::v1::{self as pb, kv_client::KvClient};
+
+/// Marks a client request that a follower forwarded to the leader, so that it is
+/// never forwarded a second time (a leader that lost its post answers UNAVAILABLE and
+/// the first node retries with its fresher view).
+const FORWARDED: &str = "x-distraft-forwarded";
+/// Pause between attempts while the cluster has no leader, doubling up to the max;
+/// cut short when this node learns of a leader.
+const RETRY_MIN: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_millis(100);
+
+pub struct KvService {
+    config: Arc<Config>,
+    driver: DriverHandle,
+    peers: Peers,
+    /// One permit per write being forwarded to the leader (DISTRAFT_MAX_FORWARDED_REQUESTS).
+    forwarding: Arc<Semaphore>,
+}
+
+/// Refuses an empty key or value, or one over its configured limit.
+fn check_size(what: &str, text: &str, limit: usize) -> Result<(), Status> {
+    if text.is_empty() {
+        return Err(Status::invalid_argument(format!("the {what} is empty")));
+    }
+    if text.len() > limit {
+        return Err(Status::invalid_argument(format!(
+            "the {what} is {} bytes, more than the limit of {limit}",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+impl KvService {
+    pub(super) fn new(
+        config: Arc<Config>,
+        driver: DriverHandle,
+        peers: Peers,
+        forwarding: Arc<Semaphore>,
+    ) -> KvService {
+        KvService {
+            config,
+            driver,
+            peers,
+            forwarding,
+        }
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), Status> {
+        check_size("key", key, self.config.max_key_bytes)
+    }
+
+    fn check_value(&self, value: &str) -> Result<(), Status> {
+        check_size("value", value, self.config.max_value_bytes)
+    }
+
+    /// Runs `local` until it succeeds, fails for good, or the deadline passes. While
+    /// there is no leader it retries; when another node leads, a write is forwarded to
+    /// it once per attempt (never from a request that was itself forwarded), straight
+    /// away when the driver has published that leader. A forwarded write is sent again
+    /// only after a failure that certainly left the log unchanged.
+    async fn run<R, LocalFut, ForwardFut>(
+        &self,
+        deadline: &Deadline,
+        forwarded: bool,
+        write: bool,
+        mut local: impl FnMut() -> LocalFut,
+        mut forward: impl FnMut(KvClient<Channel>, Duration) -> ForwardFut,
+    ) -> Result<R, Status>
+    where
+        LocalFut: Future<Output = Result<R, RequestError>>,
+        ForwardFut: Future<Output = Result<R, Status>>,
+    {
+        let mut pause = RETRY_MIN;
+        loop {
+            // Watched from before the attempt, so that a leader elected meanwhile
+            // cuts the pause short.
+            let mut leader = self.driver.leader_watch();
+            // A write on a follower goes straight to the leader the driver published
+            // (only while this node takes part in Raft: stopped or out of space, it
+            // publishes none and its driver answers): posting it to our own driver
+            // first would only learn the same NotLeader one driver turn later.
+            let published = *leader.borrow();
+            let outcome = match published {
+                Some(other) if write && !forwarded && other != self.config.id => {
+                    Err(RequestError::NotLeader {
+                        leader: Some(other),
+                    })
+                }
+                _ => tokio::time::timeout_at(deadline.at, local())
+                    .await
+                    .map_err(|_| deadline.expired(write))?,
+            };
+            match outcome {
+                Ok(result) => return Ok(result),
+                Err(RequestError::NotLeader {
+                    leader: Some(leader),
+                }) if !forwarded && leader != self.config.id => {
+                    let max = self.config.max_message_bytes();
+                    if let Some(client) = self.peers.kv_client(leader, max) {
+                        // Bounded: past the cap the write is refused at once (it was
+                        // not sent, so the client may safely retry).
+                        let Ok(_permit) = self.forwarding.try_acquire() else {
+                            return Err(Status::resource_exhausted(format!(
+                                "too many writes are being forwarded to the leader (at most {}); try again",
+                                self.config.limits.max_forwarded_requests
+                            )));
+                        };
+                        match forward(client, deadline.remaining()).await {
+                            Ok(result) => return Ok(result),
+                            Err(_) if deadline.remaining().is_zero() => {
+                                return Err(deadline.expired(write))
+                            }
+                            // The leader is gone, stopped or deposed: look again, unless
+                            // the write may have happened (never apply it twice).
+                            Err(status) if forward_again(write, &status) => {
+                                debug!(leader, "forwarding to the leader failed: {status}");
+                            }
+                            Err(status) => return Err(status),
+                        }
+                    }
+                }
+                // The first node retries with its own, fresher view.
+                Err(err) if forwarded => return Err(status_of(err)),
+                Err(
+                    RequestError::NotLeader { .. }
+                    | RequestError::LeadershipLost
+                    | RequestError::Overloaded,
+                ) => {}
+                Err(err) => return Err(status_of(err)),
+            }
+            if deadline.remaining() <= pause {
+                return Err(deadline.expired(write));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = leader.changed() => {}
+            }
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+}
+
+/// Counts a client request served, at the node the client called only: a request
+/// another node forwarded here was counted there.
+fn count_served(forwarded: bool, counter: &prometheus::IntCounterVec, label: &str) {
+    if !forwarded {
+        counter.with_label_values(&[label]).inc();
+    }
+}
+
+/// A request forwarded to the leader, keeping what is left of the deadline, with this
+/// node's API token (the client's request was authorized here).
+fn forwarded_request<T>(config: &Config, message: T, remaining: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(remaining);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    let bearer = config.access.bearer().and_then(|b| b.parse().ok());
+    if let Some(bearer) = bearer {
+        request.metadata_mut().insert(AUTHORIZATION, bearer);
+    }
+    request
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        authorize(&self.config, &request)?;
+        let deadline = Deadline::of(&request, self.config.request_timeout);
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let pb::GetRequest { key, stale } = request.into_inner();
+        self.check_key(&key)?;
+        // Linearizable reads are served here by ReadIndex (the core asks the leader to
+        // confirm the read index), which spreads read load over the replicas and never
+        // ships the value twice. They are forwarded to the leader only when this node
+        // cannot take part (out of Raft for lack of space: the NOSPACE alarm).
+        let value = self
+            .run(
+                &deadline,
+                forwarded,
+                false,
+                || self.driver.read(key.clone(), stale),
+                |mut client, remaining| {
+                    let request = pb::GetRequest {
+                        key: key.clone(),
+                        stale,
+                    };
+                    let request = forwarded_request(&self.config, request, remaining);
+                    async move {
+                        match client.get(request).await {
+                            Ok(found) => Ok(Some(found.into_inner().value)),
+                            Err(status) if status.code() == Code::NotFound => Ok(None),
+                            Err(status) => Err(status),
+                        }
+                    }
+                },
+            )
+            .await?;
+        let consistency = if stale { "stale" } else { "linearizable" };
+        count_served(forwarded, &metrics().reads, consistency);
+        match value {
+            Some(value) => Ok(Response::new(pb::GetResponse {
+                key,
+                value,
+                found: true,
+            })),
+            None => Err(Status::not_found(format!("key {key:?} not found"))),
+        }
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        authorize(&self.config, &request)?;
+        let deadline = Deadline::of(&request, self.config.request_timeout);
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let pb::PutRequest { key, value } = request.into_inner();
+        self.check_key(&key)?;
+        self.check_value(&value)?;
+        let command = Kv::put_command(key.clone(), value.clone());
+        let response = self
+            .run(
+                &deadline,
+                forwarded,
+                true,
+                || async {
+                    let kind = WriteKind::Put {
+                        key: key.clone(),
+                        value_bytes: value.len(),
+                    };
+                    let committed = self.driver.propose(command.clone(), kind).await?;
+                    Ok(pb::PutResponse {
+                        key: key.clone(),
+                        value: value.clone(),
+                        index: committed.index,
+                    })
+                },
+                |mut client, remaining| {
+                    let request = pb::PutRequest {
+                        key: key.clone(),
+                        value: value.clone(),
+                    };
+                    let request = forwarded_request(&self.config, request, remaining);
+                    async move { Ok(client.put(request).await?.into_inner()) }
+                },
+            )
+            .await?;
+        count_served(forwarded, &metrics().writes, "put");
+        Ok(Response::new(response))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        authorize(&self.config, &request)?;
+        let deadline = Deadline::of(&request, self.config.request_timeout);
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let pb::DeleteRequest { key } = request.into_inner();
+        self.check_key(&key)?;
+        let command = Kv::delete_command(key.clone());
+        let response = self
+            .run(
+                &deadline,
+                forwarded,
+                true,
+                || async {
+                    let committed = self
+                        .driver
+                        .propose(command.clone(), WriteKind::Delete)
+                        .await?;
+                    let existed = matches!(committed.applied, Applied::Delete { existed: true });
+                    Ok(pb::DeleteResponse {
+                        key: key.clone(),
+                        existed,
+                        index: committed.index,
+                    })
+                },
+                |mut client, remaining| {
+                    let request = pb::DeleteRequest { key: key.clone() };
+                    let request = forwarded_request(&self.config, request, remaining);
+                    async move { Ok(client.delete(request).await?.into_inner()) }
+                },
+            )
+            .await?;
+        count_served(forwarded, &metrics().writes, "delete");
+        Ok(Response::new(response))
+    }
+}
