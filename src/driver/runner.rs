@@ -183,23 +183,6 @@ impl PendingProposal {
     }
 }
 
-/// An answer to the leader's replication (an append or a heartbeat): the follower is
-/// alive and talking to us, whatever it says.
-fn is_replication_answer(body: &Body) -> bool {
-    match body {
-        Body::AppendResponse { .. } | Body::HeartbeatResponse { .. } => true,
-        Body::PreVote { .. }
-        | Body::PreVoteResponse { .. }
-        | Body::Vote { .. }
-        | Body::VoteResponse { .. }
-        | Body::Append { .. }
-        | Body::Heartbeat { .. }
-        | Body::Snapshot { .. }
-        | Body::ReadIndex { .. }
-        | Body::ReadIndexResponse { .. } => false,
-    }
-}
-
 type ReadReply = oneshot::Sender<Result<Option<String>, RequestError>>;
 
 /// Which answer a peer's request waits for. Replies are matched to waiting requests
@@ -523,7 +506,10 @@ impl<T: Transport> Driver<T> {
                 }
                 self.received_snapshots
                     .extend(snapshot.map(|received| *received));
-                if is_replication_answer(&msg.body) && self.lag.answered(msg.from, Instant::now()) {
+                // An answer to our replication (an append or a heartbeat), whatever it
+                // says: the follower is alive and talking to us.
+                let replication_answer = response_kind(&msg.body) == Some(ReplyKind::Replication);
+                if replication_answer && self.lag.answered(msg.from, Instant::now()) {
                     info!(member = self.name_of(msg.from), "member reachable again");
                 }
                 self.node.step(msg);
