@@ -382,11 +382,17 @@ impl Gateway {
     /// this node's status first.
     async fn metrics(&self) -> Response {
         let metrics = crate::metrics::metrics();
-        if let Ok(status) = self
+        // Without a status the state metrics keep their last values: the counters and
+        // histograms are still worth scraping, and /livez says the driver is stuck.
+        match self
             .call(self.backend.admin.status(self.request(StatusRequest {})))
             .await
         {
-            metrics.observe_status(&status);
+            Ok(status) => metrics.observe_status(&status),
+            Err(error) => tracing::warn!(
+                "GET /metrics: no status from the driver ({}); state metrics are stale",
+                error.message
+            ),
         }
         text_response(
             StatusCode::OK,
