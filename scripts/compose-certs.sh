@@ -10,9 +10,11 @@ dir=${1:-$repo/certs}
 shift || true
 hosts=127.0.0.1,localhost,::1,server1,server2,server3,server4,server5
 
-# The binary docker/build.sh made, or a build of this checkout.
+# DISTRAFT_BINARY, else the binary docker/build.sh made, else a build of this checkout.
 static=${DISTRAFT_STATIC_TARGET_DIR:-$repo/target/static}/x86_64-unknown-linux-gnu/release/distraft
-if [[ -x $static ]]; then
+if [[ -n "${DISTRAFT_BINARY:-}" ]]; then
+    distraft=("$DISTRAFT_BINARY")
+elif [[ -x $static ]]; then
     distraft=("$static")
 else
     distraft=(cargo run --quiet --manifest-path "$repo/Cargo.toml" --bin distraft --)

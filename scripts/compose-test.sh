@@ -55,6 +55,7 @@ done
 project=distraft-compose-test-$$
 image=distraft:compose-test-$$
 certs_dir=$repo/target/compose-test-certs-$$
+binary_dir=$repo/target/compose-test-bin-$$
 network=${project}_default
 nodes=(server1 server2 server3 server4 server5)
 # Empty published ports: Docker picks free host ports (looked up with `docker port`).
@@ -75,7 +76,7 @@ cleanup() {
     step "cleaning up project $project and image $image"
     compose down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
     docker image rm "$image" >/dev/null 2>&1 || true
-    rm -rf "$certs_dir"
+    rm -rf "$certs_dir" "$binary_dir"
     exit "$status"
 }
 trap cleanup EXIT
@@ -206,8 +207,23 @@ others() {
 
 # --- the cluster --------------------------------------------------------------------------
 
-step "building image $image"
-"$repo/docker/build.sh" "$image" >/dev/null
+# The image under test holds the debug build's binary (opt-level 1, the profile the
+# tests use, and no plants), linked statically: `cargo rustc` passes crt-static to the
+# binary alone, so the dependencies that `cargo test` already compiled with the same
+# features are reused, where a static release build compiles every one anew (over 5
+# minutes on 2 cores). What these tests check (the Dockerfile, the compose files, the
+# cluster in containers) does not depend on the optimization level; docker/build.sh
+# alone makes release images.
+step "building image $image from the debug build"
+(
+    cd "$repo"
+    cargo rustc --quiet --locked --bin distraft -- \
+        -C target-feature=+crt-static -C strip=symbols
+)
+mkdir -p "$binary_dir"
+cp "$repo/target/debug/distraft" "$binary_dir/distraft"
+export DISTRAFT_BINARY=$binary_dir/distraft
+DISTRAFT_IMAGE_BINARY=$DISTRAFT_BINARY "$repo/docker/build.sh" "$image" >/dev/null
 echo "    image size: $(docker image inspect --format '{{.Size}}' "$image") bytes"
 
 step "docker-compose up -d (project $project)"

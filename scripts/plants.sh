@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Shows that the tests can fail: plants each known bug (src/plant.rs) in turn and
-# requires the test that defends against it to fail. One extra build (cargo feature
-# `plants`); each plant is chosen at run time with DISTRAFT_PLANT. Exits non-zero if any
-# plant goes uncaught (or if a test fails to build). Bounded: every run has a timeout.
+# requires the test that defends against it to fail. One build with the cargo feature
+# `plants` (the one scripts/test.sh already made for the tests, so it is reused there);
+# each plant is chosen at run time with DISTRAFT_PLANT. Exits non-zero if any plant goes
+# uncaught (or if a test fails to build). Bounded: every run has a timeout.
 #   ./scripts/plants.sh            all plants
 #   ./scripts/plants.sh NAME...    only these
 set -euo pipefail

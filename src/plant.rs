@@ -2,8 +2,9 @@
 //! to show that the test can fail. They are compiled only with the cargo feature
 //! `plants` (never in a normal build, where [`active`] is a constant `false` that the
 //! compiler removes), and one is chosen at run time with `DISTRAFT_PLANT=<name>`, so
-//! that one extra build serves them all. `scripts/plants.sh` runs each against its
-//! test and fails unless every one is caught.
+//! that one build serves them all, and the ordinary test run too: `scripts/test.sh`
+//! builds the tests with the feature, and with no `DISTRAFT_PLANT` no plant is active.
+//! `scripts/plants.sh` runs each against its test and fails unless every one is caught.
 
 /// The bugs that can be planted; `DISTRAFT_PLANT` takes the names in
 /// [`Plant::name`].
