@@ -426,7 +426,7 @@ async fn the_original_viewers_requests_work() {
         .await;
     for (bad, why) in [
         (r#"{"value": 5}"#, "value must be a JSON string"),
-        (r#"{"value": ""}"#, "value must not be empty"),
+        (r#"{"value": ""}"#, "the value is empty"),
         (r#"{"other": "x"}"#, "missing JSON member: value"),
         ("value=form-in-json", "invalid JSON body"),
     ] {

@@ -67,7 +67,22 @@ async fn generated_rust_grpc_client() {
             value: "v".into(),
         })
         .await;
-    assert_eq!(empty_key.unwrap_err().code(), Code::InvalidArgument);
+    // The rules and messages of src/validation.rs, as over HTTP.
+    let refused = empty_key.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(refused.message(), "the key is empty");
+    let large_value = kv
+        .put(PutRequest {
+            key: "g".into(),
+            value: "v".repeat(1024 * 1024 + 1),
+        })
+        .await;
+    let refused = large_value.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(
+        refused.message(),
+        "the value is 1048577 bytes, more than the limit of 1048576"
+    );
 
     let deleted = kv
         .delete(DeleteRequest { key: "g".into() })

@@ -13,6 +13,7 @@ use crate::access::{Access, AccessArgs};
 use crate::limits::{LimitArgs, Limits};
 use crate::raft::{self, NodeId};
 use crate::tls::NodeTls;
+use crate::validation::RequestRules;
 
 /// How often the driver ticks the Raft core, unless heartbeats are so short that a
 /// finer tick is needed (see [`Config::tick`]).
@@ -239,8 +240,8 @@ pub struct Config {
     pub log_filter: String,
     pub log_format: LogFormat,
     pub request_timeout: Duration,
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
+    /// DISTRAFT_MAX_KEY_BYTES and DISTRAFT_MAX_VALUE_BYTES.
+    pub request_rules: RequestRules,
     pub snapshot_threshold: u64,
     /// The cluster's identity, derived from `members` and DISTRAFT_CLUSTER_TOKEN (see
     /// [`cluster_id`]); persisted and checked at start by `storage::identity`.
@@ -381,8 +382,10 @@ impl Config {
             log_filter: parse_log_level(&args.log_level)?,
             log_format: LogFormat::parse(&args.log_format)?,
             request_timeout,
-            max_key_bytes: usize::try_from(max_key_bytes).unwrap_or(usize::MAX),
-            max_value_bytes: usize::try_from(max_value_bytes).unwrap_or(usize::MAX),
+            request_rules: RequestRules {
+                max_key_bytes: usize::try_from(max_key_bytes).unwrap_or(usize::MAX),
+                max_value_bytes: usize::try_from(max_value_bytes).unwrap_or(usize::MAX),
+            },
             snapshot_threshold,
             cluster_id,
             max_snapshot_bytes,
@@ -465,7 +468,7 @@ impl Config {
 
     /// The largest Kv request or Raft message (one entry) this node must accept.
     pub fn max_message_bytes(&self) -> usize {
-        let largest_entry = self.max_key_bytes.saturating_add(self.max_value_bytes);
+        let largest_entry = self.request_rules.largest_pair_bytes();
         MAX_MSG_BYTES
             .saturating_add(largest_entry)
             .saturating_add(64 * 1024)
@@ -797,8 +800,9 @@ mod tests {
         assert_eq!(config.election_timeout, Duration::from_millis(500));
         assert!(!config.reset_logs && !config.pretty_print_responses && !config.web_server_debug);
         assert_eq!(config.log_filter, "info");
-        assert_eq!(config.max_key_bytes, 4096);
-        assert_eq!(config.max_value_bytes, 1 << 20);
+        assert_eq!(config.request_rules.max_key_bytes, 4096);
+        assert_eq!(config.request_rules.max_value_bytes, 1 << 20);
+        assert_eq!(config.request_rules, RequestRules::default());
         assert_eq!(config.quota_bytes, 2 << 30);
     }
 

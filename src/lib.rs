@@ -10,6 +10,7 @@
 //! - [`config`]: the `DISTRAFT_*` settings and their flags; [`node`]: the wiring;
 //! - [`metrics`]: the Prometheus registry behind `GET /metrics`; [`health`]: `/livez`, `/readyz`;
 //! - [`access`]: API token, CORS origins, Host allowlist; [`limits`]: edge bounds;
+//! - [`validation`]: the rules of a client's key and value, checked once per process;
 //! - [`tls`]: optional mutual TLS (certificates, tonic and gateway configurations);
 //! - [`kv`]: the replicated state machine; [`proto`]: the generated wire contract;
 //! - [`cli`] and [`bench`]: client subcommands and the load generator;
@@ -32,3 +33,4 @@ pub mod raft;
 pub mod rpc;
 pub mod storage;
 pub mod tls;
+pub mod validation;

@@ -114,8 +114,7 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let settings = GatewaySettings {
-        max_key_bytes: config.max_key_bytes,
-        max_value_bytes: config.max_value_bytes,
+        request_rules: config.request_rules,
         request_timeout: config.request_timeout,
         pretty: config.pretty_print_responses,
         access: config.access.clone(),

@@ -865,8 +865,7 @@ impl<T: Transport> Driver<T> {
         let Some(alarm) = &self.no_space else {
             return Ok(());
         };
-        let largest_entry =
-            (self.config.max_key_bytes as u64).saturating_add(self.config.max_value_bytes as u64);
+        let largest_entry = self.config.request_rules.largest_pair_bytes() as u64;
         let wanted = largest_entry
             .saturating_mul(4)
             .saturating_add(RESUME_FREE_BYTES);

@@ -15,7 +15,9 @@
 //!
 //! Every failure, including the ones warp itself makes (unknown route, wrong method),
 //! is `{"ok": false, "error": "..."}` with a fitting status code. All input is checked
-//! here before any gRPC call, so bad input never reaches the log.
+//! here before any gRPC call, so bad input never reaches the log; the Kv requests are
+//! marked as checked ([`crate::validation`]), so that the service does not check them
+//! again.
 //!
 //! Access (see [`crate::access`] and docs/security.md): the `Host` header must be an
 //! allowed name (else 421), every route but `GET /` needs the API token when one is set
@@ -34,6 +36,7 @@ use crate::proto::v1::{
     admin_server::Admin, kv_server::Kv, DeleteRequest, GetRequest, PutRequest, StartRequest,
     StatusRequest, StatusResponse, StopRequest,
 };
+use crate::validation::{self, InvalidRequest, RequestRules};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -49,10 +52,8 @@ use warp::{
 /// What the gateway needs from the node's configuration.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
-    /// Largest key accepted, in bytes once URL-decoded (DISTRAFT_MAX_KEY_BYTES).
-    pub max_key_bytes: usize,
-    /// Largest value accepted, in bytes once form-decoded (DISTRAFT_MAX_VALUE_BYTES).
-    pub max_value_bytes: usize,
+    /// The limits of keys and values (DISTRAFT_MAX_KEY_BYTES, DISTRAFT_MAX_VALUE_BYTES).
+    pub request_rules: RequestRules,
     /// How long a request may wait for the cluster (DISTRAFT_REQUEST_TIMEOUT); after
     /// that it answers 503.
     pub request_timeout: Duration,
@@ -69,8 +70,7 @@ pub struct GatewaySettings {
 impl Default for GatewaySettings {
     fn default() -> Self {
         Self {
-            max_key_bytes: 4096,
-            max_value_bytes: 1024 * 1024,
+            request_rules: RequestRules::default(),
             request_timeout: Duration::from_secs(3),
             pretty: false,
             access: Access::default(),
@@ -321,6 +321,15 @@ impl ApiError {
     }
 }
 
+impl From<InvalidRequest> for ApiError {
+    fn from(invalid: InvalidRequest) -> Self {
+        match invalid.is_too_large() {
+            true => Self::too_large(invalid.to_string()),
+            false => Self::bad_request(invalid.to_string()),
+        }
+    }
+}
+
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let http = match status.code() {
@@ -437,10 +446,10 @@ impl Gateway {
 
     async fn get(&self, raw_key: &str, stale: bool) -> Result<Value, ApiError> {
         let key = self.key(raw_key)?;
-        let request = self.request(GetRequest {
+        let request = validation::checked(self.request(GetRequest {
             key: key.clone(),
             stale,
-        });
+        }));
         let found = self.call(self.backend.kv.get(request)).await?;
         if !found.found {
             return Err(key_not_found(&key));
@@ -496,39 +505,27 @@ impl Gateway {
             BodyFormat::Form => form_value(&body)?,
             BodyFormat::Json => json_value(&body)?,
         };
-        if value.len() > self.settings.max_value_bytes {
-            return Err(ApiError::too_large(format!(
-                "value is {} bytes, more than the maximum of {}",
-                value.len(),
-                self.settings.max_value_bytes
-            )));
-        }
-        let request = self.request(PutRequest {
+        self.settings.request_rules.check_value(&value)?;
+        let request = validation::checked(self.request(PutRequest {
             key: key.clone(),
             value,
-        });
+        }));
         let put = self.call(self.backend.kv.put(request)).await?;
         Ok(json!({"ok": true, "key": key, "value": put.value}))
     }
 
     async fn delete(&self, raw_key: &str) -> Result<Value, ApiError> {
         let key = self.key(raw_key)?;
-        let request = self.request(DeleteRequest { key: key.clone() });
+        let request = validation::checked(self.request(DeleteRequest { key: key.clone() }));
         let deleted = self.call(self.backend.kv.delete(request)).await?;
         Ok(json!({"ok": true, "key": key, "existed": deleted.existed}))
     }
 
-    /// Decodes a key from its path segment and checks its size.
+    /// Decodes a key from its path segment and checks it.
     fn key(&self, raw: &str) -> Result<String, ApiError> {
         let key = percent_decode_utf8(raw.as_bytes(), false)
             .map_err(|e| ApiError::bad_request(format!("invalid key: {e}")))?;
-        if key.len() > self.settings.max_key_bytes {
-            return Err(ApiError::too_large(format!(
-                "key is {} bytes, more than the maximum of {}",
-                key.len(),
-                self.settings.max_key_bytes
-            )));
-        }
+        self.settings.request_rules.check_key(&key)?;
         Ok(key)
     }
 
@@ -537,6 +534,7 @@ impl Gateway {
     /// other fields.
     fn max_body_bytes(&self) -> usize {
         self.settings
+            .request_rules
             .max_value_bytes
             .saturating_mul(3)
             .saturating_add(1024)
@@ -806,8 +804,8 @@ where
 }
 
 /// The first `value` field of an `application/x-www-form-urlencoded` body (as Flask's
-/// `request.form['value']`), which must be present, non-empty and valid UTF-8 once
-/// decoded.
+/// `request.form['value']`), which must be present and valid UTF-8 once decoded (an
+/// empty one is refused with the other rules of values, in `Gateway::put`).
 fn form_value(body: &[u8]) -> Result<String, ApiError> {
     for pair in body.split(|&b| b == b'&') {
         let (name, value) = match pair.iter().position(|&b| b == b'=') {
@@ -819,18 +817,15 @@ fn form_value(body: &[u8]) -> Result<String, ApiError> {
         if name != "value" {
             continue;
         }
-        let value = percent_decode_utf8(value, true)
-            .map_err(|e| ApiError::bad_request(format!("invalid value: {e}")))?;
-        if value.is_empty() {
-            return Err(ApiError::bad_request("value must not be empty"));
-        }
-        return Ok(value);
+        return percent_decode_utf8(value, true)
+            .map_err(|e| ApiError::bad_request(format!("invalid value: {e}")));
     }
     Err(ApiError::bad_request("missing form field: value"))
 }
 
-/// The `value` of a JSON body `{"value": "<v>"}`: an object whose `value` is a
-/// non-empty string (other members are ignored, as other form fields are).
+/// The `value` of a JSON body `{"value": "<v>"}`: an object whose `value` is a string
+/// (other members are ignored, as other form fields are; an empty one is refused with
+/// the other rules of values, in `Gateway::put`).
 fn json_value(body: &[u8]) -> Result<String, ApiError> {
     let parsed: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
@@ -841,9 +836,6 @@ fn json_value(body: &[u8]) -> Result<String, ApiError> {
     };
     match members.remove("value") {
         None | Some(Value::Null) => Err(ApiError::bad_request("missing JSON member: value")),
-        Some(Value::String(value)) if value.is_empty() => {
-            Err(ApiError::bad_request("value must not be empty"))
-        }
         Some(Value::String(value)) => Ok(value),
         Some(_) => Err(ApiError::bad_request("value must be a JSON string")),
     }

@@ -16,6 +16,17 @@ use tonic::{Request, Status};
 struct FakeNode {
     data: Mutex<HashMap<String, String>>,
     writes: Mutex<usize>,
+    /// Kv requests that came without the gateway's mark of a checked request (the
+    /// real service would check them a second time).
+    unmarked: Mutex<usize>,
+}
+
+impl FakeNode {
+    fn note_mark<M>(&self, request: &Request<M>) {
+        if !validation::is_checked(request) {
+            *self.unmarked.lock().unwrap() += 1;
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -24,6 +35,7 @@ impl Kv for Arc<FakeNode> {
         &self,
         request: Request<GetRequest>,
     ) -> Result<tonic::Response<GetResponse>, Status> {
+        self.note_mark(&request);
         let GetRequest { key, .. } = request.into_inner();
         if key == "hang" {
             std::future::pending::<()>().await;
@@ -45,6 +57,7 @@ impl Kv for Arc<FakeNode> {
         &self,
         request: Request<PutRequest>,
     ) -> Result<tonic::Response<PutResponse>, Status> {
+        self.note_mark(&request);
         let PutRequest { key, value } = request.into_inner();
         if key == "unavailable" {
             return Err(Status::unavailable("no leader"));
@@ -62,6 +75,7 @@ impl Kv for Arc<FakeNode> {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<tonic::Response<DeleteResponse>, Status> {
+        self.note_mark(&request);
         let DeleteRequest { key } = request.into_inner();
         *self.writes.lock().unwrap() += 1;
         let existed = self.data.lock().unwrap().remove(&key).is_some();
@@ -152,8 +166,10 @@ fn fake_node() -> (Arc<FakeNode>, Backend) {
 
 fn settings() -> GatewaySettings {
     GatewaySettings {
-        max_key_bytes: 16,
-        max_value_bytes: 32,
+        request_rules: RequestRules {
+            max_key_bytes: 16,
+            max_value_bytes: 32,
+        },
         request_timeout: Duration::from_millis(300),
         pretty: false,
         ..GatewaySettings::default()
@@ -260,6 +276,27 @@ async fn put_get_delete_round_trip_with_decoded_keys_and_values() {
     assert_error(missing, StatusCode::NOT_FOUND, "not found");
 }
 
+/// The gateway checks a request's key and value itself and marks the Kv requests it
+/// makes, so that the in-process service does not check them a second time (the
+/// service's side: `validation::tests`).
+#[tokio::test]
+async fn kv_requests_reach_the_service_marked_as_checked() {
+    let (node, backend) = fake_node();
+    let routes = routes(settings(), backend);
+    let requests = [
+        post_form("/k", "value=v"),
+        warp::test::request().path("/k"),
+        warp::test::request().path("/k?stale=true"),
+        warp::test::request().method("DELETE").path("/k"),
+    ];
+    for request in requests {
+        let (code, body) = send(&routes, request).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+    assert_eq!(*node.writes.lock().unwrap(), 2);
+    assert_eq!(*node.unmarked.lock().unwrap(), 0);
+}
+
 #[tokio::test]
 async fn stop_and_start_answer_ok() {
     let (_, backend) = fake_node();
@@ -288,7 +325,7 @@ async fn bad_input_is_rejected_before_reaching_the_cluster() {
         (
             post_form("/k", "value="),
             StatusCode::BAD_REQUEST,
-            "must not be empty",
+            "the value is empty",
         ),
         (
             post_form("/k", "value=%zz"),
@@ -335,12 +372,12 @@ async fn bad_input_is_rejected_before_reaching_the_cluster() {
         (
             post_form("/12345678901234567", "value=v"),
             StatusCode::PAYLOAD_TOO_LARGE,
-            "key is 17 bytes",
+            "the key is 17 bytes, more than the limit of 16",
         ),
         (
             post_form("/k", &format!("value={}", "v".repeat(33))),
             StatusCode::PAYLOAD_TOO_LARGE,
-            "value is 33 bytes",
+            "the value is 33 bytes, more than the limit of 32",
         ),
         (
             post_form("/k", &format!("value={}", "%41".repeat(33))),
@@ -602,15 +639,15 @@ async fn a_json_body_puts_like_a_form() {
         (r#"{"value": null}"#, "missing JSON member"),
         (r#"["value"]"#, "invalid JSON body"),
         (r#"{"value": "ab"#, "invalid JSON body"),
-        (r#"{"value": ""}"#, "must not be empty"),
+        (r#"{"value": ""}"#, "the value is empty"),
         (
             r#"{"value": "this value is longer than thirty-two bytes"}"#,
-            "more than the maximum",
+            "more than the limit",
         ),
     ] {
         let answer = send(&routes, post_json("/k", bad)).await;
         let status = match fragment {
-            "more than the maximum" => StatusCode::PAYLOAD_TOO_LARGE,
+            "more than the limit" => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_REQUEST,
         };
         assert_error(answer, status, fragment);

@@ -1,5 +1,7 @@
 //! The Kv service: Get, Put and Delete for clients (and for the gateway, in process).
 //! Reads are served here by ReadIndex; writes on a follower are forwarded to the leader.
+//! Each request's key and value are checked here ([`crate::validation`]), unless the
+//! gateway of this node already checked them and marked the request so.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,20 +39,6 @@ pub struct KvService {
     forwarding: Arc<Semaphore>,
 }
 
-/// Refuses an empty key or value, or one over its configured limit.
-fn check_size(what: &str, text: &str, limit: usize) -> Result<(), Status> {
-    if text.is_empty() {
-        return Err(Status::invalid_argument(format!("the {what} is empty")));
-    }
-    if text.len() > limit {
-        return Err(Status::invalid_argument(format!(
-            "the {what} is {} bytes, more than the limit of {limit}",
-            text.len()
-        )));
-    }
-    Ok(())
-}
-
 impl KvService {
     pub(super) fn new(
         config: Arc<Config>,
@@ -64,14 +52,6 @@ impl KvService {
             peers,
             forwarding,
         }
-    }
-
-    fn check_key(&self, key: &str) -> Result<(), Status> {
-        check_size("key", key, self.config.max_key_bytes)
-    }
-
-    fn check_value(&self, value: &str) -> Result<(), Status> {
-        check_size("value", value, self.config.max_value_bytes)
     }
 
     /// Runs `local` until it succeeds, fails for good, or the deadline passes. While
@@ -193,8 +173,8 @@ impl pb::kv_server::Kv for KvService {
         authorize(&self.config, &request)?;
         let deadline = Deadline::of(&request, self.config.request_timeout);
         let forwarded = request.metadata().contains_key(FORWARDED);
+        self.config.request_rules.check_unless_checked(&request)?;
         let pb::GetRequest { key, stale } = request.into_inner();
-        self.check_key(&key)?;
         // Linearizable reads are served here by ReadIndex (the core asks the leader to
         // confirm the read index), which spreads read load over the replicas and never
         // ships the value twice. They are forwarded to the leader only when this node
@@ -240,9 +220,8 @@ impl pb::kv_server::Kv for KvService {
         authorize(&self.config, &request)?;
         let deadline = Deadline::of(&request, self.config.request_timeout);
         let forwarded = request.metadata().contains_key(FORWARDED);
+        self.config.request_rules.check_unless_checked(&request)?;
         let pb::PutRequest { key, value } = request.into_inner();
-        self.check_key(&key)?;
-        self.check_value(&value)?;
         let command = Kv::put_command(key.clone(), value.clone());
         let response = self
             .run(
@@ -282,8 +261,8 @@ impl pb::kv_server::Kv for KvService {
         authorize(&self.config, &request)?;
         let deadline = Deadline::of(&request, self.config.request_timeout);
         let forwarded = request.metadata().contains_key(FORWARDED);
+        self.config.request_rules.check_unless_checked(&request)?;
         let pb::DeleteRequest { key } = request.into_inner();
-        self.check_key(&key)?;
         let command = Kv::delete_command(key.clone());
         let response = self
             .run(
