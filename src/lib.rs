@@ -13,10 +13,10 @@
 //! - [`validation`]: the rules of a client's key and value, checked once per process;
 //! - [`tls`]: optional mutual TLS (certificates, tonic and gateway configurations);
 //! - [`kv`]: the replicated state machine; [`proto`]: the generated wire contract;
-//! - [`cli`] and [`bench`]: client subcommands and the load generator;
+//! - [`cli`]: client subcommands, `distraft bench`'s clients among them (the load
+//!   generator itself is the `distraft-bench` crate, in bench/);
 //! - [`plant`]: bugs planted on purpose (feature `plants`) to show the tests catch them.
 pub mod access;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dashboard;

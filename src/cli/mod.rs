@@ -3,8 +3,10 @@
 //!
 //! `status`, `get`, `put` and `delete` talk to one node's HTTP gateway, exactly as `curl
 //! -L` would; `cluster` launches a local cluster (3 nodes with the example configuration);
-//! `certs` makes a development CA and certificates for a cluster with TLS.
+//! `certs` makes a development CA and certificates for a cluster with TLS; `bench` is the
+//! load generator (the `distraft-bench` crate) with distraft's and etcd's clients.
 
+mod bench;
 mod certs;
 mod client;
 mod cluster;
@@ -55,7 +57,7 @@ pub enum Command {
     Certs(certs::CertsArgs),
     /// Load-test a cluster (distraft over HTTP or gRPC, or etcd's v2 API), measure
     /// failover, or find the leader; see `distraft bench --help`.
-    Bench(Box<crate::bench::BenchArgs>),
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// The node a client subcommand talks to.
@@ -82,6 +84,6 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Delete { target, key } => client::delete(&target, &key).await,
         Command::Cluster(args) => cluster::run(args).await,
         Command::Certs(args) => certs::run(args),
-        Command::Bench(args) => crate::bench::run(*args).await,
+        Command::Bench(args) => bench::run(*args).await,
     }
 }

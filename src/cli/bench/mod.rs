@@ -1,22 +1,25 @@
-//! `distraft bench`: a load generator for distraft (its HTTP gateway or its gRPC Kv
-//! service) and, so that the two can be compared with the very same client, for etcd's
-//! v2 HTTP API.
+//! `distraft bench`: the load generator (the `distraft-bench` crate, in bench/) speaking
+//! distraft's HTTP gateway or its gRPC Kv service or, so that the two can be compared
+//! with the very same client, etcd's v2 HTTP API.
 //!
 //! - `distraft bench [OPTIONS]`: C concurrent clients for a duration or an op count, with
 //!   a read/write mix; prints throughput and latency percentiles, optionally as JSON.
 //! - `distraft bench failover`: light write load on the survivors, `kill -9` of the
 //!   leader's process, and the time until the first write a survivor acknowledges.
 //! - `distraft bench leader`: prints the URL of the node that currently leads.
+//!
+//! Here: the flags that say which cluster and how to reach it (with distraft's TLS
+//! flags), and the clients of each API ([`client`]); the workload, the measurements and
+//! the reports are the bench crate's.
 
 mod client;
-mod failover;
-mod load;
 
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
+use distraft_bench::{failover::Failover, find_leader, load::Workload, positive_seconds};
 
-pub use client::{Api, Connection, OpError};
+use client::{Api, Cluster};
 
 /// Options of `distraft bench`.
 #[derive(Debug, Args)]
@@ -25,7 +28,16 @@ pub struct BenchArgs {
     #[command(subcommand)]
     pub mode: Option<Mode>,
     #[command(flatten)]
-    pub load: load::LoadArgs,
+    pub load: LoadArgs,
+}
+
+/// Options of a load run.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub workload: Workload,
 }
 
 /// What `distraft bench` measures besides throughput and latency (the default).
@@ -33,12 +45,22 @@ pub struct BenchArgs {
 pub enum Mode {
     /// Kill the leader's process (SIGKILL) under light write load on the survivors and
     /// measure the time until a survivor acknowledges a write.
-    Failover(failover::FailoverArgs),
+    Failover(FailoverArgs),
     /// Print the URL of the node that currently leads (waits for one, bounded).
     Leader {
         #[command(flatten)]
         target: TargetArgs,
     },
+}
+
+/// Options of `distraft bench failover`.
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// The survivors (every node but the leader) receive the probes.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub failover: Failover,
 }
 
 /// Which cluster, over which API.
@@ -74,21 +96,21 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
-    fn request_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.request_timeout)
-    }
-
-    /// A new connection to the node at `url` with these settings (API, request
-    /// timeout, token) and the loaded TLS files.
-    fn open(&self, url: &str, tls: &crate::tls::ClientTls) -> anyhow::Result<client::Connection> {
-        let token = self.token.as_deref();
-        client::Connection::open(self.target, url, self.request_timeout(), token, tls)
+    /// The way to these nodes for the bench: API, request timeout, token, TLS files
+    /// loaded.
+    fn connect(&self) -> anyhow::Result<Cluster> {
+        Cluster::new(
+            self.target,
+            Duration::from_secs_f64(self.request_timeout),
+            self.token.clone(),
+            self.tls.load()?,
+        )
     }
 
     /// The URLs to load: all of them, or the leader's alone with `--leader`.
-    async fn resolve_urls(&self) -> anyhow::Result<Vec<String>> {
+    async fn resolve_urls(&self, cluster: &Cluster) -> anyhow::Result<Vec<String>> {
         if self.leader {
-            let leader = client::find_leader(self, LEADER_WAIT).await?;
+            let leader = find_leader(cluster, &self.urls, LEADER_WAIT).await?;
             Ok(vec![leader])
         } else {
             Ok(self.urls.clone())
@@ -99,31 +121,25 @@ impl TargetArgs {
 /// How long `--leader` and `bench leader` wait for the cluster to have a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(15);
 
-fn positive_seconds(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(seconds),
-        _ => Err(format!("{text:?} is not a positive number of seconds")),
-    }
-}
-
-/// Whether a read must be linearizable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReadMode {
-    /// distraft: ReadIndex; etcd v2: `?quorum=true`.
-    Linearizable,
-    /// Served from the contacted node's own state: distraft `?stale=true`, etcd v2
-    /// without `quorum`.
-    Stale,
-}
-
 /// Runs `distraft bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.mode {
-        None => load::run(args.load).await,
-        Some(Mode::Failover(failover)) => failover::run(failover).await,
+        None => {
+            let LoadArgs { target, workload } = args.load;
+            let cluster = target.connect()?;
+            let urls = target.resolve_urls(&cluster).await?;
+            distraft_bench::load::run(&cluster, urls, workload).await
+        }
+        Some(Mode::Failover(FailoverArgs { target, failover })) => {
+            let cluster = target.connect()?;
+            distraft_bench::failover::run(&cluster, target.urls, &failover).await
+        }
         Some(Mode::Leader { target }) => {
-            println!("{}", client::find_leader(&target, LEADER_WAIT).await?);
+            let cluster = target.connect()?;
+            println!(
+                "{}",
+                find_leader(&cluster, &target.urls, LEADER_WAIT).await?
+            );
             Ok(())
         }
     }

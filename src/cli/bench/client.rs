@@ -1,19 +1,19 @@
-//! One benchmark client's connection to one node, for each API the bench speaks.
+//! One benchmark client's connection to one node, for each API the bench speaks: what
+//! the bench crate's [`Protocol`] and [`distraft_bench::Connection`] ask for.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::ValueEnum;
+use distraft_bench::{Protocol, ReadMode};
 use serde_json::Value;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::tls::ClientTls;
-
-use super::{ReadMode, TargetArgs};
 use crate::cli::key_url;
 use crate::proto::v1::{admin_client::AdminClient, kv_client::KvClient, GetRequest, PutRequest};
+use crate::tls::ClientTls;
 
 /// The API a benchmark speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -62,6 +62,105 @@ impl From<tonic::Status> for OpError {
             code => OpError::Grpc(code),
         }
     }
+}
+
+/// The bench's way to the nodes of one cluster over one API.
+pub struct Cluster {
+    api: Api,
+    /// How long one request may take.
+    timeout: Duration,
+    /// The API token, sent with every request of the load (not with leader probes,
+    /// which ask for a node's status: open to all).
+    token: Option<String>,
+    tls: ClientTls,
+    /// Asks the nodes whether they lead, each question bounded by [`PROBE_TIMEOUT`].
+    probe: reqwest::Client,
+}
+
+/// How long a node may take to say whether it leads.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Cluster {
+    /// Requests of `timeout` at most, with `token` if given, `tls` serving https:// URLs.
+    pub fn new(
+        api: Api,
+        timeout: Duration,
+        token: Option<String>,
+        tls: ClientTls,
+    ) -> anyhow::Result<Cluster> {
+        let probe = tls
+            .reqwest(reqwest::Client::builder())
+            .timeout(PROBE_TIMEOUT)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Cluster {
+            api,
+            timeout,
+            token,
+            tls,
+            probe,
+        })
+    }
+}
+
+impl Protocol for Cluster {
+    type Name = Api;
+    type Connection = Connection;
+
+    fn name(&self) -> Api {
+        self.api
+    }
+
+    fn open(&self, url: &str) -> anyhow::Result<Connection> {
+        Connection::open(
+            self.api,
+            url,
+            self.timeout,
+            self.token.as_deref(),
+            &self.tls,
+        )
+    }
+
+    /// gRPC multiplexes its calls on one HTTP/2 connection.
+    fn multiplexed(&self) -> bool {
+        match self.api {
+            Api::DistraftGrpc => true,
+            Api::DistraftHttp | Api::EtcdV2 => false,
+        }
+    }
+
+    async fn is_leader(&self, url: &str) -> bool {
+        let base = url.trim_end_matches('/');
+        match self.api {
+            Api::DistraftHttp => json_at(&self.probe, &format!("{base}/"))
+                .await
+                .and_then(|status| status.pointer("/status/is_leader")?.as_bool())
+                .unwrap_or(false),
+            Api::EtcdV2 => json_at(&self.probe, &format!("{base}/v2/stats/self"))
+                .await
+                .is_some_and(|stats| stats["state"] == "StateLeader"),
+            Api::DistraftGrpc => {
+                let Ok(endpoint) = grpc_endpoint(base, &self.tls) else {
+                    return false;
+                };
+                let endpoint = endpoint.connect_timeout(PROBE_TIMEOUT);
+                let Ok(channel) = endpoint.connect().await else {
+                    return false;
+                };
+                let mut request = tonic::Request::new(crate::proto::v1::StatusRequest {});
+                request.set_timeout(PROBE_TIMEOUT);
+                bounded(PROBE_TIMEOUT, AdminClient::new(channel).status(request))
+                    .await
+                    .is_ok_and(|status| status.is_leader)
+            }
+        }
+    }
+}
+
+/// A value as the APIs send it: as is (gRPC), and form-encoded (`value=...`, HTTP).
+pub struct FormValue {
+    text: String,
+    form: Bytes,
 }
 
 /// A client's way to one node. Cloning shares the underlying connection(s); build a
@@ -138,10 +237,22 @@ impl Connection {
             }
         }
     }
+}
 
-    /// Sets `key` to `value`; succeeds once the node acknowledged the write.
-    /// `form` is `value` already form-encoded (`value=...`), built once by the caller.
-    pub async fn put(&mut self, key: &str, value: &str, form: &Bytes) -> Result<(), OpError> {
+impl distraft_bench::Connection for Connection {
+    type Value = FormValue;
+    type Error = OpError;
+
+    fn encode(value: &str) -> anyhow::Result<FormValue> {
+        let form = serde_urlencoded::to_string([("value", value)])
+            .context("encoding the value as a form")?;
+        Ok(FormValue {
+            text: value.to_string(),
+            form: Bytes::from(form),
+        })
+    }
+
+    async fn put(&mut self, key: &str, value: &FormValue) -> Result<(), OpError> {
         match self {
             Connection::Http { api, client, base } => {
                 let request = match api {
@@ -153,7 +264,7 @@ impl Connection {
                         reqwest::header::CONTENT_TYPE,
                         "application/x-www-form-urlencoded",
                     )
-                    .body(form.clone())
+                    .body(value.form.clone())
                     .send()
                     .await?;
                 finish(response).await
@@ -163,23 +274,20 @@ impl Connection {
                 timeout,
                 authorization,
             } => {
-                let mut request = tonic::Request::new(PutRequest {
-                    key: key.to_string(),
-                    value: value.to_string(),
-                });
-                request.set_timeout(*timeout);
-                if let Some(authorization) = authorization {
-                    request
-                        .metadata_mut()
-                        .insert("authorization", authorization.clone());
-                }
+                let request = grpc_request(
+                    PutRequest {
+                        key: key.to_string(),
+                        value: value.text.clone(),
+                    },
+                    *timeout,
+                    authorization.as_ref(),
+                );
                 bounded(*timeout, kv.put(request)).await.map(drop)
             }
         }
     }
 
-    /// Reads `key`, which must exist.
-    pub async fn get(&mut self, key: &str, mode: ReadMode) -> Result<(), OpError> {
+    async fn get(&mut self, key: &str, mode: ReadMode) -> Result<(), OpError> {
         let stale = mode == ReadMode::Stale;
         match self {
             Connection::Http { api, client, base } => {
@@ -198,20 +306,34 @@ impl Connection {
                 timeout,
                 authorization,
             } => {
-                let mut request = tonic::Request::new(GetRequest {
-                    key: key.to_string(),
-                    stale,
-                });
-                request.set_timeout(*timeout);
-                if let Some(authorization) = authorization {
-                    request
-                        .metadata_mut()
-                        .insert("authorization", authorization.clone());
-                }
+                let request = grpc_request(
+                    GetRequest {
+                        key: key.to_string(),
+                        stale,
+                    },
+                    *timeout,
+                    authorization.as_ref(),
+                );
                 bounded(*timeout, kv.get(request)).await.map(drop)
             }
         }
     }
+}
+
+/// A gRPC request for `message` with the deadline `timeout` and the token's metadata.
+fn grpc_request<T>(
+    message: T,
+    timeout: Duration,
+    authorization: Option<&MetadataValue<Ascii>>,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    if let Some(authorization) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", authorization.clone());
+    }
+    request
 }
 
 /// Reads the whole answer (so that the connection can be reused) and checks its status.
@@ -234,63 +356,6 @@ async fn bounded<T>(
         Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) => Err(status.into()),
         Err(_elapsed) => Err(OpError::Timeout),
-    }
-}
-
-/// The URL (one of `target.urls`) of the node that leads, polling until one does or
-/// `wait` has passed.
-pub async fn find_leader(target: &TargetArgs, wait: Duration) -> anyhow::Result<String> {
-    let timeout = Duration::from_secs(1);
-    let tls = target.tls.load()?;
-    let http = tls
-        .reqwest(reqwest::Client::builder())
-        .timeout(timeout)
-        .build()
-        .context("building the HTTP client")?;
-    let deadline = Instant::now() + wait;
-    loop {
-        for url in &target.urls {
-            if is_leader(target.target, &http, &tls, url, timeout).await {
-                return Ok(url.clone());
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!("none of {} leads (waited {wait:?})", target.urls.join(", "));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Whether the node at `url` says it is the leader; false when it cannot be asked.
-async fn is_leader(
-    api: Api,
-    http: &reqwest::Client,
-    tls: &ClientTls,
-    url: &str,
-    timeout: Duration,
-) -> bool {
-    let base = url.trim_end_matches('/');
-    match api {
-        Api::DistraftHttp => json_at(http, &format!("{base}/"))
-            .await
-            .and_then(|status| status.pointer("/status/is_leader")?.as_bool())
-            .unwrap_or(false),
-        Api::EtcdV2 => json_at(http, &format!("{base}/v2/stats/self"))
-            .await
-            .is_some_and(|stats| stats["state"] == "StateLeader"),
-        Api::DistraftGrpc => {
-            let Ok(endpoint) = grpc_endpoint(base, tls) else {
-                return false;
-            };
-            let Ok(channel) = endpoint.connect_timeout(timeout).connect().await else {
-                return false;
-            };
-            let mut request = tonic::Request::new(crate::proto::v1::StatusRequest {});
-            request.set_timeout(timeout);
-            bounded(timeout, AdminClient::new(channel).status(request))
-                .await
-                .is_ok_and(|status| status.is_leader)
-        }
     }
 }
 

@@ -1,16 +1,17 @@
-//! The bench against fake servers on loopback that record every request, so that what
-//! goes on the wire for each API (method, path, query, form body) is checked, as are
-//! the counting of operations and errors, leader discovery and the failover clock.
+//! The bench's clients against fake servers on loopback that record every request, so
+//! that what goes on the wire for each API (method, path, query, form body) is checked,
+//! as are the labels of errors and how each API says who leads. (The engine itself is
+//! tested in the bench crate, bench/src/tests.rs.)
 
-use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
+use distraft_bench::{find_leader, load::Report};
 use warp::Filter;
 
-use super::{client, failover, load, BenchArgs, Mode};
+use super::{client::Api, BenchArgs, Mode, TargetArgs};
 
 /// The requests a fake server saw, as `METHOD /path?query body`.
 type Seen = Arc<Mutex<Vec<String>>>;
@@ -67,10 +68,19 @@ fn bench_args(args: &[&str]) -> BenchArgs {
     Cli::try_parse_from(argv).unwrap().bench
 }
 
-async fn load_report(args: &[&str]) -> load::Report {
+async fn load_report(args: &[&str]) -> Report<Api> {
     let bench = bench_args(args);
     assert!(bench.mode.is_none());
-    load::execute(bench.load).await.unwrap()
+    let cluster = bench.load.target.connect().unwrap();
+    let urls = bench.load.target.resolve_urls(&cluster).await.unwrap();
+    distraft_bench::load::execute(&cluster, urls, bench.load.workload)
+        .await
+        .unwrap()
+}
+
+/// The leader among `target`'s URLs, waiting `wait` at most.
+async fn leader_of(target: &TargetArgs, wait: Duration) -> anyhow::Result<String> {
+    find_leader(&target.connect()?, &target.urls, wait).await
 }
 
 fn sorted(seen: &Seen) -> Vec<String> {
@@ -102,6 +112,8 @@ async fn etcd_v2_writes_are_form_puts_to_distinct_keys() {
     expected.sort();
     assert_eq!(sorted(&seen), expected);
     assert!(report.latency_ms.p50 > 0.0 && report.latency_ms.max >= report.latency_ms.p99);
+    // How the report names the API (`--json`).
+    assert_eq!(serde_json::to_value(&report).unwrap()["target"], "etcd-v2");
 }
 
 #[tokio::test]
@@ -195,16 +207,6 @@ async fn failures_are_counted_by_kind_and_not_timed() {
 }
 
 #[tokio::test]
-async fn a_duration_run_stops_on_time() {
-    let (url, _) = fake_node(always(200)).await;
-    let began = Instant::now();
-    let report = load_report(&["--urls", &url, "--duration", "0.3", "--clients", "4"]).await;
-    assert!(report.ok > 0);
-    assert!(report.elapsed_s >= 0.3);
-    assert!(began.elapsed() < Duration::from_secs(5));
-}
-
-#[tokio::test]
 async fn the_leader_is_found_among_the_nodes() {
     let follower: Answer = Arc::new(|_, _| {
         (
@@ -229,12 +231,7 @@ async fn the_leader_is_found_among_the_nodes() {
     let Some(Mode::Leader { target }) = bench_args(&["leader", "--urls", &urls]).mode else {
         panic!("not the leader mode");
     };
-    assert_eq!(
-        client::find_leader(&target, Duration::from_secs(2))
-            .await
-            .unwrap(),
-        b
-    );
+    assert_eq!(leader_of(&target, Duration::from_secs(2)).await.unwrap(), b);
 
     let urls = format!("{a},{c}");
     let Some(Mode::Leader { target }) =
@@ -242,95 +239,14 @@ async fn the_leader_is_found_among_the_nodes() {
     else {
         panic!("not the leader mode");
     };
-    assert_eq!(
-        client::find_leader(&target, Duration::from_secs(2))
-            .await
-            .unwrap(),
-        c
-    );
+    assert_eq!(leader_of(&target, Duration::from_secs(2)).await.unwrap(), c);
     assert!(sorted(&etcd_seen).contains(&"GET /v2/stats/self ".to_string()));
 
     let only_follower = bench_args(&["leader", "--urls", &a]);
     let Some(Mode::Leader { target }) = only_follower.mode else {
         panic!("not the leader mode");
     };
-    assert!(client::find_leader(&target, Duration::from_millis(200))
+    assert!(leader_of(&target, Duration::from_millis(200))
         .await
         .is_err());
-}
-
-/// A node that acknowledges writes while `victim` runs, refuses them for `outage`
-/// once it has died, then acknowledges them again.
-fn outage_after_death(victim: Child, outage: Duration) -> Answer {
-    let state = Mutex::new((victim, None::<Instant>));
-    Arc::new(move |_, _| {
-        let mut state = state.lock().unwrap();
-        let (victim, died) = &mut *state;
-        if died.is_none() && victim.try_wait().unwrap().is_some() {
-            *died = Some(Instant::now());
-        }
-        match died {
-            Some(at) if at.elapsed() < outage => (503, "{}".to_string()),
-            _ => (200, "{}".to_string()),
-        }
-    })
-}
-
-#[tokio::test]
-async fn failover_times_the_first_write_acknowledged_after_the_kill() {
-    let victim = Command::new("sleep").arg("60").spawn().unwrap();
-    let pid = victim.id().to_string();
-    let outage = Duration::from_millis(300);
-    let (url, _) = fake_node(outage_after_death(victim, outage)).await;
-    let bench = bench_args(&[
-        "failover",
-        "--urls",
-        &url,
-        "--kill-pid",
-        &pid,
-        "--warmup",
-        "0.2",
-        "--interval-ms",
-        "5",
-        "--max-wait",
-        "10",
-    ]);
-    let Some(Mode::Failover(args)) = bench.mode else {
-        panic!("not the failover mode");
-    };
-    let report = failover::execute(&args).await.unwrap();
-    assert!(report.acknowledged_before_kill > 0);
-    // The fake notices the death at its first request after the kill (≤ 5 ms later).
-    assert!(
-        report.failover_ms >= 300.0 && report.failover_ms < 3000.0,
-        "{}",
-        report.failover_ms
-    );
-}
-
-#[tokio::test]
-async fn failover_refuses_a_cluster_that_acknowledges_nothing() {
-    let victim = Command::new("sleep").arg("60").spawn().unwrap();
-    let pid = victim.id();
-    let (url, _) = fake_node(always(503)).await;
-    let pid_arg = pid.to_string();
-    let bench = bench_args(&[
-        "failover",
-        "--urls",
-        &url,
-        "--kill-pid",
-        &pid_arg,
-        "--warmup",
-        "0.1",
-    ]);
-    let Some(Mode::Failover(args)) = bench.mode else {
-        panic!("not the failover mode");
-    };
-    let err = failover::execute(&args).await.unwrap_err();
-    assert!(err.to_string().contains("warm-up"), "{err}");
-    // Nothing was killed.
-    let mut victim = victim;
-    assert!(victim.try_wait().unwrap().is_none());
-    victim.kill().unwrap();
-    victim.wait().unwrap();
 }

@@ -6,20 +6,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use bytes::Bytes;
+use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::{Api, TargetArgs};
+use crate::{Connection, Protocol};
 
-/// Options of `distraft bench failover`.
+/// What a failover measurement does (the survivors and protocol are the caller's).
 #[derive(Debug, Args)]
-pub struct FailoverArgs {
-    /// The survivors (every node but the leader) receive the probes.
-    #[command(flatten)]
-    pub target: TargetArgs,
+pub struct Failover {
     /// The leader's process id, killed with SIGKILL.
     #[arg(long)]
     pub kill_pid: i32,
@@ -28,19 +24,20 @@ pub struct FailoverArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub interval_ms: u64,
     /// Seconds of probing before the kill (the cluster must acknowledge at least one).
-    #[arg(long, default_value_t = 1.0, value_parser = super::positive_seconds)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::positive_seconds)]
     pub warmup: f64,
     /// Seconds to wait for a survivor's acknowledgement after the kill.
-    #[arg(long, default_value_t = 30.0, value_parser = super::positive_seconds)]
+    #[arg(long, default_value_t = 30.0, value_parser = crate::positive_seconds)]
     pub max_wait: f64,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
+/// The result, as JSON; `N` names the protocol.
 #[derive(Debug, Serialize)]
-pub(super) struct FailoverReport {
-    pub target: Api,
+pub struct FailoverReport<N> {
+    pub target: N,
     pub survivors: Vec<String>,
     pub killed_pid: i32,
     /// From the kill to the first acknowledgement of a write sent after it.
@@ -71,30 +68,36 @@ struct Ack {
     after_kill: bool,
 }
 
-pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
-    let report = execute(&args).await?;
+/// Measures failover with probes to the nodes at `survivors`, prints the result (and
+/// writes it as JSON with --json).
+pub async fn run<P: Protocol>(
+    protocol: &P,
+    survivors: Vec<String>,
+    failover: &Failover,
+) -> anyhow::Result<()> {
+    let report = execute(protocol, survivors, failover).await?;
     println!(
         "{:?}: first write acknowledged {:.0} ms after kill -9 of pid {}",
         report.target, report.failover_ms, report.killed_pid
     );
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    if let Some(path) = &failover.json {
+        crate::write_json(path, &report)?;
     }
     Ok(())
 }
 
 /// Probes, kills and measures.
-pub(super) async fn execute(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
-    if args.kill_pid <= 1 {
-        bail!("--kill-pid {} is not a process to kill", args.kill_pid);
+pub async fn execute<P: Protocol>(
+    protocol: &P,
+    survivors: Vec<String>,
+    failover: &Failover,
+) -> anyhow::Result<FailoverReport<P::Name>> {
+    if failover.kill_pid <= 1 {
+        bail!("--kill-pid {} is not a process to kill", failover.kill_pid);
     }
-    let tls = args.target.tls.load()?;
-    let connections = args
-        .target
-        .urls
+    let connections = survivors
         .iter()
-        .map(|url| args.target.open(url, &tls))
+        .map(|url| protocol.open(url))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if connections.is_empty() {
         bail!("no survivor URL to probe");
@@ -102,12 +105,11 @@ pub(super) async fn execute(args: &FailoverArgs) -> anyhow::Result<FailoverRepor
     // Set once the leader is gone; probes sent from then on count.
     let killed_at: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
     let (acks, mut acked) = mpsc::unbounded_channel::<Ack>();
-    let value = "failover-probe".to_string();
-    let form = Bytes::from(format!("value={value}"));
+    let value = Arc::new(P::Connection::encode("failover-probe")?);
 
     let prober = {
         let killed_at = killed_at.clone();
-        let interval = Duration::from_millis(args.interval_ms);
+        let interval = Duration::from_millis(failover.interval_ms);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -116,10 +118,10 @@ pub(super) async fn execute(args: &FailoverArgs) -> anyhow::Result<FailoverRepor
                 let mut connection = connections[n as usize % connections.len()].clone();
                 let acks = acks.clone();
                 let after_kill = killed_at.get().is_some();
-                let (value, form) = (value.clone(), form.clone());
+                let value = value.clone();
                 tokio::spawn(async move {
                     let key = format!("failover-{n}");
-                    if connection.put(&key, &value, &form).await.is_ok() {
+                    if connection.put(&key, &value).await.is_ok() {
                         let _ = acks.send(Ack {
                             at: Instant::now(),
                             after_kill,
@@ -130,14 +132,14 @@ pub(super) async fn execute(args: &FailoverArgs) -> anyhow::Result<FailoverRepor
         })
     };
 
-    let outcome = measure(args, &killed_at, &mut acked).await;
+    let outcome = measure(failover, &killed_at, &mut acked).await;
     prober.abort();
-    let (failover, acknowledged_before_kill) = outcome?;
+    let (delay, acknowledged_before_kill) = outcome?;
     Ok(FailoverReport {
-        target: args.target.target,
-        survivors: args.target.urls.clone(),
-        killed_pid: args.kill_pid,
-        failover_ms: failover.as_secs_f64() * 1000.0,
+        target: protocol.name(),
+        survivors,
+        killed_pid: failover.kill_pid,
+        failover_ms: delay.as_secs_f64() * 1000.0,
         acknowledged_before_kill,
     })
 }
@@ -145,11 +147,11 @@ pub(super) async fn execute(args: &FailoverArgs) -> anyhow::Result<FailoverRepor
 /// Warms up, kills, and waits for the first acknowledgement of a probe sent after the
 /// kill. Returns that delay and how many probes were acknowledged before the kill.
 async fn measure(
-    args: &FailoverArgs,
+    failover: &Failover,
     killed_at: &OnceLock<Instant>,
     acked: &mut mpsc::UnboundedReceiver<Ack>,
 ) -> anyhow::Result<(Duration, u64)> {
-    let kill_at = tokio::time::Instant::now() + Duration::from_secs_f64(args.warmup);
+    let kill_at = tokio::time::Instant::now() + Duration::from_secs_f64(failover.warmup);
     let mut before_kill = 0u64;
     loop {
         tokio::select! {
@@ -164,30 +166,30 @@ async fn measure(
     if before_kill == 0 {
         bail!(
             "no probe write was acknowledged during the {} s warm-up; is the cluster up?",
-            args.warmup
+            failover.warmup
         );
     }
 
     // SAFETY: kill(2) has no memory effects; the pid is the caller's choice, as with
     // `kill -9 <pid>`.
-    let killed = unsafe { libc::kill(args.kill_pid, libc::SIGKILL) };
+    let killed = unsafe { libc::kill(failover.kill_pid, libc::SIGKILL) };
     let at = Instant::now();
     if killed != 0 {
         bail!(
             "kill -9 {}: {}",
-            args.kill_pid,
+            failover.kill_pid,
             std::io::Error::last_os_error()
         );
     }
     // SIGKILL is delivered asynchronously: count only probes sent once the process is
     // gone, so that no write its last moments acknowledged can pass for a failover.
     let gone_by = tokio::time::Instant::now() + EXIT_WAIT;
-    while !is_gone(args.kill_pid) && tokio::time::Instant::now() < gone_by {
+    while !is_gone(failover.kill_pid) && tokio::time::Instant::now() < gone_by {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let _ = killed_at.set(at);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(args.max_wait);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(failover.max_wait);
     loop {
         let ack = tokio::time::timeout_at(deadline, acked.recv())
             .await
@@ -201,7 +203,7 @@ async fn measure(
             Some(_) => {}
             None => bail!(
                 "no survivor acknowledged a write within {} s of the kill",
-                args.max_wait
+                failover.max_wait
             ),
         }
     }

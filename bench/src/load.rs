@@ -9,25 +9,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
 use clap::Args;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use serde::Serialize;
 
-use super::{Api, Connection, OpError, ReadMode, TargetArgs};
+use crate::{Connection, Protocol, ReadMode};
 
-/// Options of a load run.
+/// What a load run does (the cluster and protocol are the caller's).
 #[derive(Debug, Args)]
-pub struct LoadArgs {
-    #[command(flatten)]
-    pub target: TargetArgs,
+pub struct Workload {
     /// Concurrent clients, each with its own connection and one request in flight.
     #[arg(long, short = 'c', default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub clients: u32,
     /// Seconds to run (ignored with --ops).
-    #[arg(long, short = 'd', default_value_t = 10.0, value_parser = super::positive_seconds)]
+    #[arg(long, short = 'd', default_value_t = 10.0, value_parser = crate::positive_seconds)]
     pub duration: f64,
     /// Stop after this many operations instead of after --duration.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -56,11 +53,10 @@ pub struct LoadArgs {
     pub json: Option<PathBuf>,
 }
 
-/// What the clients share while running.
-struct Shared {
-    args: LoadArgs,
-    value: String,
-    form: Bytes,
+/// What the clients share while running; `V` is the value as the protocol sends it.
+struct Shared<V> {
+    workload: Workload,
+    value: V,
     /// Operations started (for --ops).
     started: AtomicU64,
     /// Next key to write.
@@ -69,14 +65,14 @@ struct Shared {
     failed: AtomicU64,
 }
 
-impl Shared {
+impl<V> Shared<V> {
     fn key(&self, n: u64) -> String {
-        format!("{}{}", self.args.key_prefix, n % self.args.keys)
+        format!("{}{}", self.workload.key_prefix, n % self.workload.keys)
     }
 
     /// Claims the right to start one more operation.
     fn claim(&self, until: Instant) -> bool {
-        match self.args.ops {
+        match self.workload.ops {
             Some(ops) => self.started.fetch_add(1, Ordering::Relaxed) < ops,
             None => Instant::now() < until,
         }
@@ -94,13 +90,18 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 3).context("creating a latency histogram")
 }
 
-pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
-    let json = args.json.clone();
-    let report = execute(args).await?;
+/// Runs `workload` against the nodes at `urls`, prints the report (and writes it as
+/// JSON with --json); fails if no operation succeeded.
+pub async fn run<P: Protocol>(
+    protocol: &P,
+    urls: Vec<String>,
+    workload: Workload,
+) -> anyhow::Result<()> {
+    let json = workload.json.clone();
+    let report = execute(protocol, urls, workload).await?;
     report.print();
     if let Some(path) = &json {
-        let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        crate::write_json(path, &report)?;
     }
     if report.ok == 0 {
         bail!("no operation succeeded");
@@ -109,30 +110,31 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
 }
 
 /// Prefills if needed, runs the clients, and gathers their results.
-pub(super) async fn execute(args: LoadArgs) -> anyhow::Result<Report> {
-    let urls = args.target.resolve_urls().await?;
-    let value = bench_value(args.value_size);
-    let form = Bytes::from(
-        serde_urlencoded::to_string([("value", value.as_str())])
-            .context("encoding the value as a form")?,
-    );
+pub async fn execute<P: Protocol>(
+    protocol: &P,
+    urls: Vec<String>,
+    workload: Workload,
+) -> anyhow::Result<Report<P::Name>> {
+    if urls.is_empty() {
+        bail!("no URL to load");
+    }
+    let value = P::Connection::encode(&bench_value(workload.value_size))?;
+    let connections = open_connections(protocol, workload.clients, &urls)?;
     let shared = Arc::new(Shared {
-        args,
+        workload,
         value,
-        form,
         started: AtomicU64::new(0),
         next_write: AtomicU64::new(0),
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
     });
-    let connections = open_connections(&shared.args, &urls)?;
-    if shared.args.read_percent > 0 && !shared.args.no_prefill {
+    if shared.workload.read_percent > 0 && !shared.workload.no_prefill {
         prefill(&shared, &connections).await?;
     }
 
-    let progress = progress_bar(&shared.args);
+    let progress = progress_bar(&shared.workload);
     let started = Instant::now();
-    let until = started + Duration::from_secs_f64(shared.args.duration);
+    let until = started + Duration::from_secs_f64(shared.workload.duration);
     let clients: Vec<_> = connections
         .into_iter()
         .enumerate()
@@ -166,7 +168,8 @@ pub(super) async fn execute(args: LoadArgs) -> anyhow::Result<Report> {
     }
 
     Ok(Report::new(
-        &shared.args,
+        protocol.name(),
+        &shared.workload,
         urls,
         elapsed,
         &latency_us,
@@ -182,32 +185,38 @@ fn bench_value(size: u64) -> String {
         .collect()
 }
 
-/// One connection per client, spread round-robin over the nodes.
-fn open_connections(args: &LoadArgs, urls: &[String]) -> anyhow::Result<Vec<Connection>> {
-    let tls = args.target.tls.load()?;
-    // gRPC multiplexes: clients on the same node share its one HTTP/2 connection.
-    let shared_grpc = match args.target.target {
-        Api::DistraftGrpc => Some(
+/// One connection per client, spread round-robin over the nodes (`urls` is not empty).
+fn open_connections<P: Protocol>(
+    protocol: &P,
+    clients: u32,
+    urls: &[String],
+) -> anyhow::Result<Vec<P::Connection>> {
+    // A multiplexing protocol: clients on the same node share its one connection.
+    let per_node = match protocol.multiplexed() {
+        true => Some(
             urls.iter()
-                .map(|url| args.target.open(url, &tls))
+                .map(|url| protocol.open(url))
                 .collect::<anyhow::Result<Vec<_>>>()?,
         ),
-        _ => None,
+        false => None,
     };
-    (0..args.clients as usize)
+    (0..clients as usize)
         .map(|client| {
             let node = client % urls.len();
-            match &shared_grpc {
-                Some(channels) => Ok(channels[node].clone()),
-                None => args.target.open(&urls[node], &tls),
+            match &per_node {
+                Some(connections) => Ok(connections[node].clone()),
+                None => protocol.open(&urls[node]),
             }
         })
         .collect()
 }
 
 /// Writes every key once, so that reads find them; fails on the first error.
-async fn prefill(shared: &Arc<Shared>, connections: &[Connection]) -> anyhow::Result<()> {
-    let keys = shared.args.keys;
+async fn prefill<C: Connection>(
+    shared: &Arc<Shared<C::Value>>,
+    connections: &[C],
+) -> anyhow::Result<()> {
+    let keys = shared.workload.keys;
     let writers = connections.len() as u64;
     let tasks: Vec<_> = connections
         .iter()
@@ -219,7 +228,7 @@ async fn prefill(shared: &Arc<Shared>, connections: &[Connection]) -> anyhow::Re
                 for n in (index as u64..keys).step_by(writers as usize) {
                     let key = shared.key(n);
                     connection
-                        .put(&key, &shared.value, &shared.form)
+                        .put(&key, &shared.value)
                         .await
                         .map_err(|err| anyhow::anyhow!("prefilling {key}: {err}"))?;
                 }
@@ -234,25 +243,25 @@ async fn prefill(shared: &Arc<Shared>, connections: &[Connection]) -> anyhow::Re
 }
 
 /// One closed-loop client.
-async fn client(
-    shared: Arc<Shared>,
-    mut connection: Connection,
+async fn client<C: Connection>(
+    shared: Arc<Shared<C::Value>>,
+    mut connection: C,
     until: Instant,
     seed: u64,
 ) -> anyhow::Result<ClientResult> {
-    let args = &shared.args;
+    let workload = &shared.workload;
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut latency_us = new_histogram()?;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     while shared.claim(until) {
-        let read = rng.random_range(0..100u8) < args.read_percent;
+        let read = rng.random_range(0..100u8) < workload.read_percent;
         let began = Instant::now();
-        let outcome: Result<(), OpError> = if read {
-            let key = shared.key(rng.random_range(0..args.keys));
-            connection.get(&key, args.reads).await
+        let outcome: Result<(), C::Error> = if read {
+            let key = shared.key(rng.random_range(0..workload.keys));
+            connection.get(&key, workload.reads).await
         } else {
             let key = shared.key(shared.next_write.fetch_add(1, Ordering::Relaxed));
-            connection.put(&key, &shared.value, &shared.form).await
+            connection.put(&key, &shared.value).await
         };
         match outcome {
             Ok(()) => {
@@ -270,14 +279,14 @@ async fn client(
 }
 
 /// A progress bar on stderr, only when it is a terminal.
-fn progress_bar(args: &LoadArgs) -> Option<ProgressBar> {
+fn progress_bar(workload: &Workload) -> Option<ProgressBar> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
-    let (length, template) = match args.ops {
+    let (length, template) = match workload.ops {
         Some(ops) => (ops, "{bar:40} {pos}/{len} ops  {msg}"),
         None => (
-            (args.duration * 10.0).ceil() as u64,
+            (workload.duration * 10.0).ceil() as u64,
             "{bar:40} {elapsed}  {msg}",
         ),
     };
@@ -285,14 +294,14 @@ fn progress_bar(args: &LoadArgs) -> Option<ProgressBar> {
     Some(ProgressBar::new(length).with_style(style))
 }
 
-async fn show_progress(bar: &ProgressBar, shared: &Shared, started: Instant) {
+async fn show_progress<V>(bar: &ProgressBar, shared: &Shared<V>, started: Instant) {
     let mut interval = tokio::time::interval(Duration::from_millis(100));
     loop {
         interval.tick().await;
         let ok = shared.ok.load(Ordering::Relaxed);
         let failed = shared.failed.load(Ordering::Relaxed);
         let seconds = started.elapsed().as_secs_f64();
-        match shared.args.ops {
+        match shared.workload.ops {
             Some(_) => bar.set_position(ok + failed),
             None => bar.set_position((seconds * 10.0) as u64),
         }
@@ -303,10 +312,10 @@ async fn show_progress(bar: &ProgressBar, shared: &Shared, started: Instant) {
     }
 }
 
-/// The results of a run, as printed and as JSON.
+/// The results of a run, as printed and as JSON; `N` names the protocol.
 #[derive(Debug, Serialize)]
-pub(super) struct Report {
-    pub target: Api,
+pub struct Report<N> {
+    pub target: N,
     pub urls: Vec<String>,
     pub clients: u32,
     pub read_percent: u8,
@@ -323,7 +332,7 @@ pub(super) struct Report {
 }
 
 #[derive(Debug, Serialize)]
-pub(super) struct Latency {
+pub struct Latency {
     pub mean: f64,
     pub p50: f64,
     pub p90: f64,
@@ -332,25 +341,26 @@ pub(super) struct Latency {
     pub max: f64,
 }
 
-impl Report {
+impl<N: std::fmt::Debug> Report<N> {
     fn new(
-        args: &LoadArgs,
+        target: N,
+        workload: &Workload,
         urls: Vec<String>,
         elapsed: Duration,
         latency_us: &Histogram<u64>,
         error_kinds: BTreeMap<String, u64>,
-    ) -> Report {
+    ) -> Report<N> {
         let ms = |micros: u64| micros as f64 / 1000.0;
         let ok = latency_us.len();
         let elapsed_s = elapsed.as_secs_f64();
         Report {
-            target: args.target.target,
+            target,
             urls,
-            clients: args.clients,
-            read_percent: args.read_percent,
-            reads: args.reads,
-            keys: args.keys,
-            value_size: args.value_size,
+            clients: workload.clients,
+            read_percent: workload.read_percent,
+            reads: workload.reads,
+            keys: workload.keys,
+            value_size: workload.value_size,
             elapsed_s,
             ok,
             errors: error_kinds.values().sum(),
