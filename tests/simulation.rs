@@ -17,6 +17,8 @@
 //!   a full disk (the driver's NOSPACE path: out of Raft, back once there is room);
 //! - the processes: crashes, quick restarts, restarts wiped by `DISTRAFT_RESET_LOGS`
 //!   (the real `Storage::reset`), pauses, clocks that drift;
+//! - the cores' flow-control limits (bytes per message, messages in flight), which
+//!   when small split batches the way commit-rule and back-off bugs need;
 //! - the clients: they talk to any node, as real clients do; a node that is not the
 //!   leader forwards a write to the leader it knows, and a failed forward is sent again
 //!   only by the rule the gRPC service follows (`rpc::server::forward_again`).
@@ -90,6 +92,11 @@ struct Scenario {
     /// DISTRAFT_LOG_CACHE_BYTES: small values evict nearly every applied entry, so that
     /// leaders read entries back from the WAL all the time.
     log_cache_bytes: usize,
+    /// The cores' flow control (`Config::max_msg_bytes`, `Config::max_inflight_msgs`;
+    /// `None`: the node's own): small values split batches across messages, which is
+    /// where commit-rule and back-off bugs show.
+    max_msg_bytes: Option<usize>,
+    max_inflight_msgs: Option<usize>,
     client_timeout: u64,
 }
 
@@ -113,6 +120,8 @@ impl Scenario {
             disk_full_per_tick: 0.0005,
             snapshot_every: 12,
             log_cache_bytes: usize::MAX,
+            max_msg_bytes: None,
+            max_inflight_msgs: None,
             client_timeout: 80,
         }
     }
@@ -323,6 +332,10 @@ struct Sim {
     /// first saw it committed (leaders of later terms must hold it).
     committed: BTreeMap<Index, (Term, Term)>,
     successes: u64,
+    /// The final write committed: clients start nothing new, so that the nodes can
+    /// settle on one state (with small flow-control limits replication may trail a
+    /// steady stream of writes for good).
+    settling: bool,
     trace: Vec<String>,
 }
 
@@ -360,6 +373,9 @@ fn node_config(sc: &Scenario, id: NodeId, dir: &Path) -> Result<Config, String> 
     // Each node's own directories (the flags name the parents of all nodes' ones).
     config.log_dir = log;
     config.data_dir = data;
+    // No flag sets these: the simulator alone varies them.
+    config.max_msg_bytes = sc.max_msg_bytes.unwrap_or(config.max_msg_bytes);
+    config.max_inflight_msgs = sc.max_inflight_msgs.unwrap_or(config.max_inflight_msgs);
     Ok(config)
 }
 
@@ -385,6 +401,7 @@ impl Sim {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             successes: 0,
+            settling: false,
             trace: Vec::new(),
             dir,
             sc,
@@ -400,6 +417,8 @@ impl Sim {
         sim.sc.crash_in_append = storm(sim.sc.crash_in_append);
         sim.sc.max_delay = [1, 3, 8][sim.rng.random_range(0..3)];
         sim.sc.log_cache_bytes = [1, 100, usize::MAX][sim.rng.random_range(0..3)];
+        sim.sc.max_msg_bytes = [Some(1), Some(64), None][sim.rng.random_range(0..3)];
+        sim.sc.max_inflight_msgs = [Some(1), Some(4), None][sim.rng.random_range(0..3)];
         for id in 1..=sim.sc.nodes {
             let config = node_config(&sim.sc, id, sim.dir.path())?;
             let io = Arc::new(Io::default());
@@ -654,6 +673,7 @@ impl Sim {
                 ));
             }
         };
+        self.settling = true;
         // Every node applies it, and then every node holds the same state (a node
         // wiped just before healing may need a snapshot first).
         let deadline = deadline.max(self.now + 100);
@@ -1251,7 +1271,8 @@ impl Sim {
                 Some(_) => continue,
                 None => {}
             }
-            if !self.rng.random_bool(0.3) || (!faults && self.rng.random_bool(0.5)) {
+            if self.settling || !self.rng.random_bool(0.3) || (!faults && self.rng.random_bool(0.5))
+            {
                 continue;
             }
             let origin = self.rng.random_range(1..=self.sc.nodes);
