@@ -252,6 +252,12 @@ pub struct Config {
     pub snapshot_log_ratio: f64,
     pub snapshot_log_max_bytes: u64,
     pub log_cache_bytes: usize,
+    /// The Raft core's flow control per follower: AppendEntries batches in flight, and
+    /// bytes of entries per batch. No flag sets them (always the defaults); they are
+    /// fields so that the simulator can vary them, which is where commit-rule and
+    /// back-off bugs show.
+    pub max_inflight_msgs: usize,
+    pub max_msg_bytes: usize,
     /// Writes that would take the state's key and value bytes past this are refused.
     pub quota_bytes: u64,
     /// Who may use the client API (token, CORS, Host).
@@ -393,6 +399,8 @@ impl Config {
             snapshot_log_ratio,
             snapshot_log_max_bytes,
             log_cache_bytes: usize::try_from(log_cache_bytes).unwrap_or(usize::MAX),
+            max_inflight_msgs: MAX_INFLIGHT_MSGS,
+            max_msg_bytes: MAX_MSG_BYTES,
             quota_bytes,
             access,
             limits,
@@ -460,8 +468,8 @@ impl Config {
             election_ticks_max,
             heartbeat_ticks,
             check_quorum_ticks: heartbeat_ticks * u64::from(self.missed_heartbeats),
-            max_inflight_msgs: MAX_INFLIGHT_MSGS,
-            max_msg_bytes: MAX_MSG_BYTES,
+            max_inflight_msgs: self.max_inflight_msgs,
+            max_msg_bytes: self.max_msg_bytes,
             max_cached_bytes: self.log_cache_bytes,
         }
     }
@@ -469,7 +477,7 @@ impl Config {
     /// The largest Kv request or Raft message (one entry) this node must accept.
     pub fn max_message_bytes(&self) -> usize {
         let largest_entry = self.request_rules.largest_pair_bytes();
-        MAX_MSG_BYTES
+        self.max_msg_bytes
             .saturating_add(largest_entry)
             .saturating_add(64 * 1024)
     }

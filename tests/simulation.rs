@@ -10,13 +10,17 @@
 //!   one-way, leader-isolating and bridge partitions; broken connections. A request
 //!   carries a reply slot as gRPC does, and the driver's answer travels back the same
 //!   way; snapshots are streamed into the receiver's storage as the gRPC handler does;
-//! - the disk, through the WAL's fault hook: a process that dies halfway through an
-//!   append (before the write, or between the write and the fsync, after which the
-//!   unsynced tail is lost, torn or kept), a slow fsync (the leader's replication is
-//!   out and answered while it runs; the crash during it loses the turn's writes), and
-//!   a full disk (the driver's NOSPACE path: out of Raft, back once there is room);
+//! - the disk, through the storage's fault hook: a process that dies halfway through
+//!   a WAL append (before the write, or between the write and the fsync, after which
+//!   the unsynced tail is lost, torn or kept), a slow fsync (the leader's replication
+//!   is out and answered while it runs; the crash during it loses the turn's writes),
+//!   and a full disk, for the WAL (the driver's NOSPACE path: out of Raft, back once
+//!   there is room) and for snapshot files alike (its own snapshot fails and raises
+//!   the alarm; a leader's snapshot fails to arrive, or to be installed);
 //! - the processes: crashes, quick restarts, restarts wiped by `DISTRAFT_RESET_LOGS`
 //!   (the real `Storage::reset`), pauses, clocks that drift;
+//! - the cores' flow-control limits (bytes per message, messages in flight), which
+//!   when small split batches the way commit-rule and back-off bugs need;
 //! - the clients: they talk to any node, as real clients do; a node that is not the
 //!   leader forwards a write to the leader it knows, and a failed forward is sent again
 //!   only by the rule the gRPC service follows (`rpc::server::forward_again`).
@@ -54,7 +58,7 @@ use distraft::raft::{
     AppendOutcome, Body, Index, Message, NodeId, RawNode, Role, SnapshotMeta, Term,
 };
 use distraft::rpc::{forward_again, status_of, NOT_APPLIED};
-use distraft::storage::{SnapshotFile, Storage, StorageOptions, WalFault, WalStep};
+use distraft::storage::{DiskFault, DiskStep, SnapshotFile, Storage, StorageOptions};
 use distraft_testkit::linearizability::{self, KvOp, KvOutcome, Operation};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -90,6 +94,11 @@ struct Scenario {
     /// DISTRAFT_LOG_CACHE_BYTES: small values evict nearly every applied entry, so that
     /// leaders read entries back from the WAL all the time.
     log_cache_bytes: usize,
+    /// The cores' flow control (`Config::max_msg_bytes`, `Config::max_inflight_msgs`;
+    /// `None`: the node's own): small values split batches across messages, which is
+    /// where commit-rule and back-off bugs show.
+    max_msg_bytes: Option<usize>,
+    max_inflight_msgs: Option<usize>,
     client_timeout: u64,
 }
 
@@ -113,6 +122,8 @@ impl Scenario {
             disk_full_per_tick: 0.0005,
             snapshot_every: 12,
             log_cache_bytes: usize::MAX,
+            max_msg_bytes: None,
+            max_inflight_msgs: None,
             client_timeout: 80,
         }
     }
@@ -131,20 +142,21 @@ struct Io {
 
 #[derive(Default)]
 struct DiskState {
-    fault: DiskFault,
+    fault: Fault,
     /// A WAL fsync was started in this turn: what the driver sends from now on waits
     /// for it (the driver sends nothing a persist promises before it is durable).
     synced: bool,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
-enum DiskFault {
+enum Fault {
     #[default]
     None,
-    /// No space: writes fail (ENOSPC), fsyncs still work.
+    /// No space: writes fail (ENOSPC), to the WAL and to snapshot files alike; fsyncs
+    /// still work.
     Full,
     /// The process dies just before this step of the next append.
-    CrashAt(WalStep),
+    CrashAt(DiskStep),
     /// The process died: nothing more reaches the disk.
     Crashed,
 }
@@ -182,21 +194,27 @@ impl Io {
         });
     }
 
-    /// The WAL's fault hook: the simulated disk.
-    fn wal_fault(io: Arc<Io>) -> WalFault {
-        WalFault(Arc::new(move |step| {
+    /// The storage's fault hook (WAL appends and snapshot files): the simulated disk.
+    fn disk_fault(io: Arc<Io>) -> DiskFault {
+        DiskFault(Arc::new(move |step| {
             let mut disk = lock(&io.disk);
             match disk.fault {
-                DiskFault::Full if step != WalStep::Sync => {
+                // Writes fail for lack of space; fsyncs still work.
+                Fault::Full
+                    if matches!(
+                        step,
+                        DiskStep::WalReserve | DiskStep::WalWrite | DiskStep::SnapshotWrite
+                    ) =>
+                {
                     Err(io::Error::from(io::ErrorKind::StorageFull))
                 }
-                DiskFault::CrashAt(at) if at == step => {
-                    disk.fault = DiskFault::Crashed;
+                Fault::CrashAt(at) if at == step => {
+                    disk.fault = Fault::Crashed;
                     Err(io::Error::other("the simulated process died here"))
                 }
-                DiskFault::Crashed => Err(io::Error::other("the simulated process is dead")),
+                Fault::Crashed => Err(io::Error::other("the simulated process is dead")),
                 _ => {
-                    disk.synced |= step == WalStep::Sync;
+                    disk.synced |= step == DiskStep::WalSync;
                     Ok(())
                 }
             }
@@ -323,6 +341,10 @@ struct Sim {
     /// first saw it committed (leaders of later terms must hold it).
     committed: BTreeMap<Index, (Term, Term)>,
     successes: u64,
+    /// The final write committed: clients start nothing new, so that the nodes can
+    /// settle on one state (with small flow-control limits replication may trail a
+    /// steady stream of writes for good).
+    settling: bool,
     trace: Vec<String>,
 }
 
@@ -360,6 +382,9 @@ fn node_config(sc: &Scenario, id: NodeId, dir: &Path) -> Result<Config, String> 
     // Each node's own directories (the flags name the parents of all nodes' ones).
     config.log_dir = log;
     config.data_dir = data;
+    // No flag sets these: the simulator alone varies them.
+    config.max_msg_bytes = sc.max_msg_bytes.unwrap_or(config.max_msg_bytes);
+    config.max_inflight_msgs = sc.max_inflight_msgs.unwrap_or(config.max_inflight_msgs);
     Ok(config)
 }
 
@@ -385,6 +410,7 @@ impl Sim {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             successes: 0,
+            settling: false,
             trace: Vec::new(),
             dir,
             sc,
@@ -400,11 +426,13 @@ impl Sim {
         sim.sc.crash_in_append = storm(sim.sc.crash_in_append);
         sim.sc.max_delay = [1, 3, 8][sim.rng.random_range(0..3)];
         sim.sc.log_cache_bytes = [1, 100, usize::MAX][sim.rng.random_range(0..3)];
+        sim.sc.max_msg_bytes = [Some(1), Some(64), None][sim.rng.random_range(0..3)];
+        sim.sc.max_inflight_msgs = [Some(1), Some(4), None][sim.rng.random_range(0..3)];
         for id in 1..=sim.sc.nodes {
             let config = node_config(&sim.sc, id, sim.dir.path())?;
             let io = Arc::new(Io::default());
             let mut options = StorageOptions::new(&config.log_dir, &config.data_dir);
-            options.wal_fault = Some(Io::wal_fault(io.clone()));
+            options.disk_fault = Some(Io::disk_fault(io.clone()));
             let node = Node {
                 config: Arc::new(config),
                 options,
@@ -520,8 +548,8 @@ impl Sim {
         {
             let mut disk = lock(&node.io.disk);
             disk.synced = false;
-            if disk.fault != DiskFault::Full {
-                disk.fault = DiskFault::None;
+            if disk.fault != Fault::Full {
+                disk.fault = Fault::None;
             }
         }
         node.restart_at = now + down_for;
@@ -654,6 +682,7 @@ impl Sim {
                 ));
             }
         };
+        self.settling = true;
         // Every node applies it, and then every node holds the same state (a node
         // wiped just before healing may need a snapshot first).
         let deadline = deadline.max(self.now + 100);
@@ -837,8 +866,8 @@ impl Sim {
         let full = node.full_until > now;
         let mut disk = lock(&node.io.disk);
         match (full, disk.fault) {
-            (true, DiskFault::None) => disk.fault = DiskFault::Full,
-            (false, DiskFault::Full) => disk.fault = DiskFault::None,
+            (true, Fault::None) => disk.fault = Fault::Full,
+            (false, Fault::Full) => disk.fault = Fault::None,
             _ => {}
         }
     }
@@ -1027,7 +1056,7 @@ impl Sim {
         let event = Event::Raft {
             msg: out.msg,
             reply: Some(reply),
-            snapshot: received.map(Box::new),
+            snapshot: received,
         };
         let asker = out.incarnation;
         if let Some(live) = self.node(to).live.as_mut() {
@@ -1098,16 +1127,17 @@ impl Sim {
             .read_back()
             .map_err(|e| format!("n{to}: reading back a snapshot: {e}"))
             .and_then(|image| Kv::read_image(image).map_err(|e| format!("n{to}: {e}")))?;
-        Ok(Received::Image(ReceivedSnapshot { writer, kv }))
+        Ok(Received::Image(Box::new(ReceivedSnapshot { writer, kv })))
     }
 
     /// The end of a node's turn: its Readys carried out (with a disk fault, sometimes),
     /// what it sent put on the network, its answers collected.
     fn turn(&mut self, id: NodeId, faults: bool) -> Result<(), String> {
         let crash_at = match faults && self.rng.random_bool(self.sc.crash_in_append) {
-            true => {
-                Some([WalStep::Reserve, WalStep::Write, WalStep::Sync][self.rng.random_range(0..3)])
-            }
+            true => Some(
+                [DiskStep::WalReserve, DiskStep::WalWrite, DiskStep::WalSync]
+                    [self.rng.random_range(0..3)],
+            ),
             false => None,
         };
         let slow = faults && self.rng.random_bool(self.sc.slow_fsync);
@@ -1118,8 +1148,8 @@ impl Sim {
         {
             let mut disk = lock(&node.io.disk);
             disk.synced = false;
-            if let (Some(step), DiskFault::None) = (crash_at, disk.fault) {
-                disk.fault = DiskFault::CrashAt(step);
+            if let (Some(step), Fault::None) = (crash_at, disk.fault) {
+                disk.fault = Fault::CrashAt(step);
             }
         }
         let woken: Vec<Event> = live.wake.try_iter().collect();
@@ -1128,9 +1158,9 @@ impl Sim {
         let synced_before = live.wal_end.clone();
         let (died, synced) = {
             let mut disk = lock(&node.io.disk);
-            let died = disk.fault == DiskFault::Crashed;
-            if matches!(disk.fault, DiskFault::CrashAt(_)) {
-                disk.fault = DiskFault::None;
+            let died = disk.fault == Fault::Crashed;
+            if matches!(disk.fault, Fault::CrashAt(_)) {
+                disk.fault = Fault::None;
             }
             (died, disk.synced)
         };
@@ -1251,7 +1281,8 @@ impl Sim {
                 Some(_) => continue,
                 None => {}
             }
-            if !self.rng.random_bool(0.3) || (!faults && self.rng.random_bool(0.5)) {
+            if self.settling || !self.rng.random_bool(0.3) || (!faults && self.rng.random_bool(0.5))
+            {
                 continue;
             }
             let origin = self.rng.random_range(1..=self.sc.nodes);
@@ -1566,7 +1597,7 @@ fn holds(core: &RawNode, index: Index, term: Term) -> bool {
 }
 
 enum Received {
-    Image(ReceivedSnapshot),
+    Image(Box<ReceivedSnapshot>),
     NotNeeded,
     /// Dealt with before the core (refused, stale, not stored).
     Answered,

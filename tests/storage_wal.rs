@@ -4,10 +4,13 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use distraft::raft::{Entry, HardState, Index, SnapshotMeta, Term};
-use distraft::storage::{Recovered, SnapshotFile, Storage, StorageError, StorageOptions};
+use distraft::storage::{
+    DiskFault, DiskStep, Recovered, SnapshotFile, Storage, StorageError, StorageOptions,
+};
 use tempfile::TempDir;
 
 fn options(root: &Path, segment_bytes: u64) -> StorageOptions {
@@ -438,6 +441,47 @@ fn unfinished_snapshot_leaves_no_file() {
     assert_eq!(files(&dir.path().join("data"), ".tmp").len(), 1);
     drop(writer);
     assert!(files(&dir.path().join("data"), "").is_empty());
+}
+
+/// A fault layer over snapshot files only: every write fails with `kind`.
+fn failing_snapshot_writes(kind: std::io::ErrorKind) -> DiskFault {
+    DiskFault(Arc::new(move |step| match step {
+        DiskStep::SnapshotWrite => Err(std::io::Error::from(kind)),
+        DiskStep::WalReserve | DiskStep::WalWrite | DiskStep::WalSync | DiskStep::SnapshotSync => {
+            Ok(())
+        }
+    }))
+}
+
+#[test]
+fn a_snapshot_that_finds_the_disk_full_fails_as_no_space_and_keeps_the_log() {
+    let dir = TempDir::new().unwrap();
+    let mut opts = options(dir.path(), 1 << 20);
+    opts.disk_fault = Some(failing_snapshot_writes(std::io::ErrorKind::StorageFull));
+    let (mut storage, _) = Storage::open(opts).unwrap();
+    storage.append(None, &entries(1..=20, 1)).unwrap();
+    let meta = SnapshotMeta {
+        index: 10,
+        term: 1,
+        voters: vec![1],
+    };
+    // The node's own snapshot, written off the driver.
+    let job = storage.snapshot_job(meta.clone()).unwrap();
+    let written = job.write(|out| out.write_all(b"image"));
+    assert!(
+        matches!(written, Err(StorageError::NoSpace { .. })),
+        "{written:?}"
+    );
+    // A leader's snapshot, streamed in.
+    let begun = storage.begin_snapshot(meta);
+    assert!(matches!(begun, Err(StorageError::NoSpace { .. })));
+    // No file left behind, the log whole, the storage still usable.
+    assert!(files(&dir.path().join("data"), "").is_empty());
+    storage.append(None, &entries(21..=21, 1)).unwrap();
+    drop(storage);
+    let (_, recovered) = reopen(dir.path(), 1 << 20);
+    assert!(recovered.restored.snapshot.is_none());
+    assert_eq!(recovered.restored.entries, entries(1..=21, 1));
 }
 
 #[test]

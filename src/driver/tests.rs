@@ -16,7 +16,7 @@ use super::{Alarm, NodeStatus};
 use crate::config::{Config, NodeArgs};
 use crate::kv::Kv;
 use crate::raft::{Index, Message, SnapshotMeta};
-use crate::storage::{SnapshotFile, SnapshotHook, StorageError, WalFault, WalStep};
+use crate::storage::{DiskFault, DiskStep, SnapshotFile, SnapshotHook, StorageError};
 
 /// Far longer than any answer of a driver that is not blocked.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -61,17 +61,17 @@ fn config(dir: &Path, snapshot_threshold: u64) -> Arc<Config> {
 type Done = tokio::sync::oneshot::Receiver<Result<(), DriverError>>;
 
 async fn start(config: &Arc<Config>, hook: Option<SnapshotHook>) -> (DriverHandle, Done) {
-    start_with_wal_fault(config, hook, None).await
+    start_with_disk_fault(config, hook, None).await
 }
 
-async fn start_with_wal_fault(
+async fn start_with_disk_fault(
     config: &Arc<Config>,
     hook: Option<SnapshotHook>,
-    wal_fault: Option<WalFault>,
+    disk_fault: Option<DiskFault>,
 ) -> (DriverHandle, Done) {
     let mut options = storage_options(config);
     options.snapshot_hook = hook;
-    options.wal_fault = wal_fault;
+    options.disk_fault = disk_fault;
     let (handle, done) = spawn_with_storage(config.clone(), NoPeers, options).unwrap();
     wait_for(&handle, "leadership", |s| s.is_leader()).await;
     (handle, done)
@@ -117,13 +117,13 @@ async fn try_put(handle: &DriverHandle, key: String, value: String) -> Result<()
 
 /// A WAL fault layer: while `full` is set, the disk is full (ENOSPC where the WAL
 /// grows); while `broken` is set, every fsync fails with EIO.
-fn wal_fault(full: &Arc<AtomicBool>, broken: &Arc<AtomicBool>) -> WalFault {
+fn disk_fault(full: &Arc<AtomicBool>, broken: &Arc<AtomicBool>) -> DiskFault {
     let (full, broken) = (full.clone(), broken.clone());
-    WalFault(Arc::new(move |step| match step {
-        WalStep::Reserve if full.load(Ordering::SeqCst) => {
+    DiskFault(Arc::new(move |step| match step {
+        DiskStep::WalReserve if full.load(Ordering::SeqCst) => {
             Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
         }
-        WalStep::Sync if broken.load(Ordering::SeqCst) => {
+        DiskStep::WalSync if broken.load(Ordering::SeqCst) => {
             Err(std::io::Error::from_raw_os_error(libc::EIO))
         }
         _ => Ok(()),
@@ -272,8 +272,8 @@ async fn an_fsync_error_stops_the_driver_naming_the_file_and_loses_nothing() {
     let dir = TempDir::new().unwrap();
     let config = config(dir.path(), 1000);
     let (full, broken) = (Arc::default(), Arc::new(AtomicBool::new(false)));
-    let fault = wal_fault(&full, &broken);
-    let (handle, done) = start_with_wal_fault(&config, None, Some(fault)).await;
+    let fault = disk_fault(&full, &broken);
+    let (handle, done) = start_with_disk_fault(&config, None, Some(fault)).await;
     for i in 0..10 {
         put(&handle, i).await;
     }
@@ -304,8 +304,8 @@ async fn a_full_disk_raises_the_alarm_keeps_reads_and_resumes_when_space_is_back
     let dir = TempDir::new().unwrap();
     let config = config(dir.path(), 1000);
     let (full, broken) = (Arc::new(AtomicBool::new(false)), Arc::default());
-    let fault = wal_fault(&full, &broken);
-    let (handle, done) = start_with_wal_fault(&config, None, Some(fault)).await;
+    let fault = disk_fault(&full, &broken);
+    let (handle, done) = start_with_disk_fault(&config, None, Some(fault)).await;
     for i in 0..10 {
         put(&handle, i).await;
     }

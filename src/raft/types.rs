@@ -259,8 +259,8 @@ impl Config {
 }
 
 /// Where the core reads back the log entries it dropped from memory (see
-/// [`Config::max_cached_bytes`]): the WAL in a node, the simulated disk in the
-/// simulator. Called synchronously from [`crate::raft::RawNode::ready_with`], only for
+/// [`Config::max_cached_bytes`]): the WAL in a node, an in-memory log in the core's
+/// unit tests. Called synchronously from [`crate::raft::RawNode::ready_with`], only for
 /// entries that are persisted and applied.
 pub trait LogReader {
     /// The entries from `from` up to `to` (inclusive), in order and starting at `from`,

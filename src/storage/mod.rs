@@ -51,32 +51,46 @@ pub struct StorageOptions {
     pub segment_bytes: u64,
     /// Run by every snapshot writer before it makes its file durable (tests only).
     pub snapshot_hook: Option<SnapshotHook>,
-    /// Run before every write and fsync of the WAL (tests only): injects faults.
-    pub wal_fault: Option<WalFault>,
+    /// Run before every write and fsync of the WAL and of snapshot files (tests only):
+    /// injects faults.
+    pub disk_fault: Option<DiskFault>,
 }
 
-/// A test hook: called before each step of a WAL append with that step; an error
-/// takes the place of the step's own result (the step is not carried out). Lets tests
-/// fill the disk or fail an fsync at a chosen moment.
+/// A test hook: called before each step of a write to disk (a WAL append, a snapshot
+/// file) with that step; an error takes the place of the step's own result (the step
+/// is not carried out). Lets tests fill the disk or fail an fsync at a chosen moment.
 #[derive(Clone)]
-pub struct WalFault(pub Arc<WalFaultFn>);
+pub struct DiskFault(pub Arc<DiskFaultFn>);
 
-pub type WalFaultFn = dyn Fn(WalStep) -> io::Result<()> + Send + Sync;
+pub type DiskFaultFn = dyn Fn(DiskStep) -> io::Result<()> + Send + Sync;
 
-/// The steps of a WAL append, in order.
+/// The steps of a write to disk: those of a WAL append in order, then those of a
+/// snapshot file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WalStep {
-    /// Zeros written ahead of the records: where the file grows.
-    Reserve,
+pub enum DiskStep {
+    /// Zeros written ahead of the WAL's records: where the file grows.
+    WalReserve,
     /// The record, over zeros already written.
-    Write,
-    /// The fdatasync.
-    Sync,
+    WalWrite,
+    /// The WAL's fdatasync.
+    WalSync,
+    /// Bytes of a snapshot file (its header, image or trailer).
+    SnapshotWrite,
+    /// The snapshot file's fdatasync.
+    SnapshotSync,
 }
 
-impl std::fmt::Debug for WalFault {
+/// The injected fault's verdict on `step`: `Ok` without a hook.
+fn injected(fault: &Option<DiskFault>, step: DiskStep) -> io::Result<()> {
+    match fault {
+        Some(DiskFault(fault)) => fault(step),
+        None => Ok(()),
+    }
+}
+
+impl std::fmt::Debug for DiskFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WalFault")
+        f.write_str("DiskFault")
     }
 }
 
@@ -102,17 +116,15 @@ impl StorageOptions {
             data_dir: data_dir.into(),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             snapshot_hook: None,
-            wal_fault: None,
+            disk_fault: None,
         }
     }
 
     /// Whether both directories have at least `bytes` available to this process (and
-    /// no injected fault says the disk is full, see [`WalFault`]).
+    /// no injected fault says the disk is full, see [`DiskFault`]).
     pub fn has_free_space(&self, bytes: u64) -> Result<bool, StorageError> {
-        if let Some(WalFault(fault)) = &self.wal_fault {
-            if fault(WalStep::Reserve).is_err() {
-                return Ok(false);
-            }
+        if injected(&self.disk_fault, DiskStep::WalReserve).is_err() {
+            return Ok(false);
         }
         for dir in [&self.log_dir, &self.data_dir] {
             if fs4::available_space(dir).map_err(io_error(dir))? < bytes {
@@ -298,7 +310,7 @@ pub struct Storage {
     buf: Vec<u8>,
     poisoned: bool,
     snapshot_hook: Option<SnapshotHook>,
-    wal_fault: Option<WalFault>,
+    disk_fault: Option<DiskFault>,
 }
 
 impl Storage {
@@ -445,7 +457,7 @@ impl Storage {
             buf: Vec::new(),
             poisoned: false,
             snapshot_hook: opts.snapshot_hook,
-            wal_fault: opts.wal_fault,
+            disk_fault: opts.disk_fault,
         };
         // Finish whatever compaction a crash interrupted (the same rule as
         // finish_snapshot), so the WAL is clean before anything new is appended.
@@ -534,7 +546,12 @@ impl Storage {
     pub fn begin_snapshot(&self, meta: SnapshotMeta) -> Result<SnapshotWriter, StorageError> {
         self.check_usable()?;
         self.check_not_stale(meta.index)?;
-        SnapshotWriter::create(&self.data_dir, meta, self.snapshot_hook.clone())
+        SnapshotWriter::create(
+            &self.data_dir,
+            meta,
+            self.snapshot_hook.clone(),
+            self.disk_fault.clone(),
+        )
     }
 
     /// Makes a snapshot durable (fsync file, rename into place, fsync directory), then
@@ -567,6 +584,7 @@ impl Storage {
             data_dir: self.data_dir.clone(),
             meta,
             hook: self.snapshot_hook.clone(),
+            fault: self.disk_fault.clone(),
         })
     }
 
@@ -722,25 +740,22 @@ impl Storage {
         let segment = self.segments.len() - 1;
         let path = &self.segments[segment].path;
         let end = self.active_len + self.buf.len() as u64;
-        let fault = |step| match &self.wal_fault {
-            Some(WalFault(fault)) => fault(step),
-            None => Ok(()),
-        };
+        let fault = |step| injected(&self.disk_fault, step);
         if end > self.zeroed_to {
             // Zeros first, then the record over them; one fdatasync covers both. The
             // zeros allocate the blocks, so a full disk shows here, before the record.
             let zero_to = end.max(self.zeroed_to + ZERO_AHEAD_BYTES);
-            fault(WalStep::Reserve)
+            fault(DiskStep::WalReserve)
                 .and_then(|()| write_zeros(&self.active, self.zeroed_to, zero_to))
                 .map_err(write_error(path))?;
             self.zeroed_to = zero_to;
         }
-        fault(WalStep::Write)
+        fault(DiskStep::WalWrite)
             .and_then(|()| self.active.write_all_at(&self.buf, self.active_len))
             .map_err(write_error(path))?;
         // Never `NoSpace`: whatever an fsync failed with, it is not retried.
         let fsync_started = std::time::Instant::now();
-        let synced = fault(WalStep::Sync).and_then(|()| self.active.sync_data());
+        let synced = fault(DiskStep::WalSync).and_then(|()| self.active.sync_data());
         crate::metrics::metrics()
             .wal_fsync_seconds
             .observe(fsync_started.elapsed().as_secs_f64());

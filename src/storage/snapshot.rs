@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::raft::{Index, SnapshotMeta};
 
-use super::{io_error, sync_dir, write_error, SnapshotHook, StorageError};
+use super::{
+    injected, io_error, sync_dir, write_error, DiskFault, DiskStep, SnapshotHook, StorageError,
+};
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"DRAFTSNP";
 const FORMAT_VERSION: u32 = 1;
@@ -237,6 +239,7 @@ pub struct SnapshotWriter {
     data_offset: u64,
     committed: bool,
     hook: Option<SnapshotHook>,
+    fault: Option<DiskFault>,
 }
 
 impl SnapshotWriter {
@@ -244,6 +247,7 @@ impl SnapshotWriter {
         dir: &Path,
         meta: SnapshotMeta,
         hook: Option<SnapshotHook>,
+        fault: Option<DiskFault>,
     ) -> Result<SnapshotWriter, StorageError> {
         if meta.voters.len() > MAX_VOTERS {
             return Err(StorageError::Invalid(format!(
@@ -274,11 +278,11 @@ impl SnapshotWriter {
             data_offset: header.len() as u64,
             committed: false,
             hook,
+            fault,
         };
         // On failure the writer is dropped, which removes the temp file.
-        writer
-            .out
-            .write_all(&header)
+        injected(&writer.fault, DiskStep::SnapshotWrite)
+            .and_then(|()| writer.out.write_all(&header))
             .map_err(write_error(&writer.temp_path))?;
         Ok(writer)
     }
@@ -314,12 +318,12 @@ impl SnapshotWriter {
         let trailer_crc = crc32c::crc32c(&trailer[..12]);
         trailer[12..].copy_from_slice(&trailer_crc.to_le_bytes());
         // Writes: a full disk is `NoSpace` (the driver's alarm), not a broken one.
-        let temp = write_error(&self.temp_path);
-        self.out.write_all(&trailer).map_err(temp)?;
-        self.out.flush().map_err(write_error(&self.temp_path))?;
-        self.out
-            .get_ref()
-            .sync_data()
+        injected(&self.fault, DiskStep::SnapshotWrite)
+            .and_then(|()| self.out.write_all(&trailer))
+            .and_then(|()| self.out.flush())
+            .map_err(write_error(&self.temp_path))?;
+        injected(&self.fault, DiskStep::SnapshotSync)
+            .and_then(|()| self.out.get_ref().sync_data())
             .map_err(io_error(&self.temp_path))?;
         let path = snapshot_path(dir, self.meta.index);
         fs::rename(&self.temp_path, &path).map_err(io_error(&path))?;
@@ -342,6 +346,7 @@ pub struct SnapshotJob {
     pub(super) data_dir: PathBuf,
     pub(super) meta: SnapshotMeta,
     pub(super) hook: Option<SnapshotHook>,
+    pub(super) fault: Option<DiskFault>,
 }
 
 impl SnapshotJob {
@@ -356,7 +361,7 @@ impl SnapshotJob {
         self,
         image: impl FnOnce(&mut SnapshotWriter) -> io::Result<()>,
     ) -> Result<SnapshotFile, StorageError> {
-        let mut writer = SnapshotWriter::create(&self.data_dir, self.meta, self.hook)?;
+        let mut writer = SnapshotWriter::create(&self.data_dir, self.meta, self.hook, self.fault)?;
         image(&mut writer).map_err(write_error(&writer.temp_path))?;
         let file = writer.commit(&self.data_dir)?;
         sync_dir(&self.data_dir)?;
@@ -366,6 +371,7 @@ impl SnapshotJob {
 
 impl Write for SnapshotWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        injected(&self.fault, DiskStep::SnapshotWrite)?;
         let n = self.out.write(buf)?;
         self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
         self.len += n as u64;
