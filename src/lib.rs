@@ -7,7 +7,8 @@
 //! - [`rpc`]: the tonic server (Raft, Admin, Kv) and the links to peers;
 //! - [`gateway`]: the original curl/JSON API, translated into Kv/Admin calls;
 //! - [`dashboard`]: the live cluster view at `/ui/`, embedded in the binary;
-//! - [`config`]: the `DISTRAFT_*` settings and their flags; [`node`]: the wiring;
+//! - [`config`]: the `DISTRAFT_*` settings and their flags; [`lifecycle`]: a node put
+//!   together, run and shut down;
 //! - [`metrics`]: the Prometheus registry behind `GET /metrics`; [`health`]: `/livez`, `/readyz`;
 //! - [`access`]: API token, CORS origins, Host allowlist; [`limits`]: edge bounds;
 //! - [`validation`]: the rules of a client's key and value, checked once per process;
@@ -24,9 +25,9 @@ pub mod driver;
 pub mod gateway;
 pub mod health;
 pub mod kv;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
-pub mod node;
 pub mod plant;
 pub mod proto;
 pub mod raft;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use distraft::cli::{self, Command};
 use distraft::config::{Config, LogFormat, NodeArgs};
-use distraft::node;
+use distraft::lifecycle;
 
 #[derive(Parser)]
 #[command(
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config);
-            (runtime.block_on(node::run_node(config)), true)
+            (runtime.block_on(lifecycle::run_node(config)), true)
         }
     };
     // Leftover background work (peer links, idle connections) must not delay the exit.

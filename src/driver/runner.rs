@@ -74,7 +74,7 @@ pub(super) fn spawn_with_storage(
         .spawn(move || {
             let result = driver.run(&events);
             driver.fail_everything(RequestError::ShuttingDown);
-            // Not logged here: the receiver reports the error, once (see `node.rs`).
+            // Not logged here: the receiver reports the error, once (see `lifecycle.rs`).
             let _ = done_tx.send(result);
         })
         .map_err(DriverError::Thread)?;

@@ -1,5 +1,6 @@
-//! Starting a node: storage and driver, the gRPC server on the raft port, the peer
-//! links, and the HTTP gateway on the client port; then waiting for SIGTERM/SIGINT.
+//! A node's lifecycle: starting its parts (storage and driver, the gRPC server on the
+//! raft port, the peer links, and the HTTP gateway on the client port), waiting for
+//! SIGTERM/SIGINT or a fatal failure, then shutting the parts down in order.
 
 use std::sync::Arc;
 use std::time::Duration;
