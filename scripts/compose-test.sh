@@ -207,21 +207,21 @@ others() {
 
 # --- the cluster --------------------------------------------------------------------------
 
-# The image under test holds the debug build's binary (opt-level 1, the profile the
-# tests use, and no plants), linked statically: `cargo rustc` passes crt-static to the
-# binary alone, so the dependencies that `cargo test` already compiled with the same
-# features are reused, where a static release build compiles every one anew (over 5
-# minutes on 2 cores). What these tests check (the Dockerfile, the compose files, the
-# cluster in containers) does not depend on the optimization level; docker/build.sh
+# The image under test holds the very binary the integration tests ran: the test build
+# (scripts/test-env.sh) links glibc statically, as an image FROM scratch needs. After
+# scripts/test.sh this builds nothing; alone, it makes that build. Its plants are inert
+# (no DISTRAFT_PLANT is set). What these tests check (the Dockerfile, the compose files,
+# the cluster in containers) does not depend on the optimization level; docker/build.sh
 # alone makes release images.
-step "building image $image from the debug build"
-(
-    cd "$repo"
-    cargo rustc --quiet --locked --bin distraft -- \
-        -C target-feature=+crt-static -C strip=symbols
-)
+# shellcheck source=scripts/test-env.sh
+source "$repo/scripts/test-env.sh"
+step "building image $image from the test build"
+(cd "$repo" && cargo test --quiet --locked --features plants --no-run --test integration) \
+    || fail "building the tests failed"
 mkdir -p "$binary_dir"
-cp "$repo/target/debug/distraft" "$binary_dir/distraft"
+cp "$repo/$test_build_dir/distraft" "$binary_dir/distraft"
+# Its debug line tables are of no use in the image.
+if command -v strip >/dev/null; then strip "$binary_dir/distraft"; fi
 export DISTRAFT_BINARY=$binary_dir/distraft
 DISTRAFT_IMAGE_BINARY=$DISTRAFT_BINARY "$repo/docker/build.sh" "$image" >/dev/null
 echo "    image size: $(docker image inspect --format '{{.Size}}' "$image") bytes"

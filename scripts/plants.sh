@@ -8,6 +8,8 @@
 #   ./scripts/plants.sh NAME...    only these
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The build scripts/test.sh makes (same target and flags), so that it is reused.
+source scripts/test-env.sh
 
 # plant name | cargo test arguments that must fail with it
 plants=(

@@ -44,6 +44,9 @@ if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [[ $
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
+# The shared build settings (a static build for the host's target; see the file).
+source scripts/test-env.sh
+
 # One build serves the tests and the planted bugs: built with the cargo feature `plants`,
 # every plant is compiled in but inert (src/plant.rs: none is active unless DISTRAFT_PLANT
 # names it, which only scripts/plants.sh sets). Building the tests a second time for the
