@@ -27,6 +27,8 @@ plants=(
   # Learners exist in the core only through snapshots until membership changes land;
   # the unit test of a cluster with learners catches it.
   "learner-counts-toward-quorum|--lib raft::tests::learners_receive_the_log"
+  "two-conf-changes-in-flight|--lib raft::tests::one_membership_change_at_a_time"
+  "conf-change-without-noop|--lib raft::tests::a_new_leader_changes_membership_only"
   "reset-node-votes|--test simulation"
   "skip-wire-validation|--lib rpc::convert"
   "skip-read-back|--test simulation"

@@ -58,10 +58,15 @@ pub enum Plant {
     /// Learners count towards the majorities of the voters (commit, ReadIndex,
     /// check-quorum), as if they were voters.
     LearnerCountsTowardQuorum,
+    /// A leader proposes a membership change while an earlier one is uncommitted.
+    TwoConfChangesInFlight,
+    /// A new leader proposes a membership change before an entry of its term is
+    /// committed (the single-server bug).
+    ConfChangeWithoutNoop,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 19] = [
+    pub const ALL: [Plant; 21] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -81,6 +86,8 @@ impl Plant {
         Plant::TlsOptionalClientCert,
         Plant::WritesFailInternally,
         Plant::LearnerCountsTowardQuorum,
+        Plant::TwoConfChangesInFlight,
+        Plant::ConfChangeWithoutNoop,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +111,8 @@ impl Plant {
             Plant::TlsOptionalClientCert => "tls-optional-client-cert",
             Plant::WritesFailInternally => "writes-fail-internally",
             Plant::LearnerCountsTowardQuorum => "learner-counts-toward-quorum",
+            Plant::TwoConfChangesInFlight => "two-conf-changes-in-flight",
+            Plant::ConfChangeWithoutNoop => "conf-change-without-noop",
         }
     }
 }

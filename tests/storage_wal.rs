@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use distraft::raft::{Entry, EntryKind, HardState, Index, Membership, SnapshotMeta, Term};
+use distraft::raft::{
+    ConfChange, Entry, EntryKind, HardState, Index, Membership, SnapshotMeta, Term,
+};
 use distraft::storage::{
     DiskFault, DiskStep, Recovered, SnapshotFile, Storage, StorageError, StorageOptions,
 };
@@ -1272,7 +1274,7 @@ fn a_format_1_directory_opens_and_takes_new_entries() {
         Entry::noop(20, 4),
         Entry {
             kind: EntryKind::ConfChange,
-            ..Entry::normal(21, 4, Bytes::from_static(b"change"))
+            ..Entry::normal(21, 4, ConfChange::AddLearner(2).encode(b"context"))
         },
         Entry::normal(22, 4, Bytes::from_static(b"command")),
     ];

@@ -108,6 +108,10 @@ impl From<RaftError> for RequestError {
         match err {
             RaftError::NotLeader { leader } => RequestError::NotLeader { leader },
             RaftError::LeadershipLost => RequestError::LeadershipLost,
+            // Nothing was done; only a membership change can meet it.
+            RaftError::ConfChangePending | RaftError::InvalidConfChange(_) => {
+                RequestError::Rejected(err.to_string())
+            }
         }
     }
 }

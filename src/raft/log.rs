@@ -206,8 +206,10 @@ impl RaftLog {
 
     /// Appends entries received from the leader after a successful consistency check at
     /// their predecessor: entries already present are skipped, the first conflicting
-    /// entry and everything after it are replaced (§5.3 step 3).
-    pub fn append_from_leader(&mut self, entries: Vec<Entry>) {
+    /// entry and everything after it are replaced (§5.3 step 3). Returns the first
+    /// index written, if any: the log from there to its end is new.
+    pub fn append_from_leader(&mut self, entries: Vec<Entry>) -> Option<Index> {
+        let mut first_written = None;
         for entry in entries {
             match self.term(entry.index) {
                 Some(t) if t == entry.term => continue,
@@ -219,15 +221,18 @@ impl RaftLog {
                         entry.index
                     );
                     self.truncate_from(entry.index);
+                    first_written.get_or_insert(entry.index);
                     self.push(entry);
                 }
                 None if entry.index <= self.snapshot_index => continue,
                 None => {
                     debug_assert_eq!(entry.index, self.last_index() + 1);
+                    first_written.get_or_insert(entry.index);
                     self.push(entry);
                 }
             }
         }
+        first_written
     }
 
     fn truncate_from(&mut self, index: Index) {

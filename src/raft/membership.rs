@@ -18,6 +18,83 @@ pub struct Membership {
     pub learners: BTreeSet<NodeId>,
 }
 
+/// One change of membership: the single-server changes of the Raft thesis (§4.1),
+/// plus learners. It travels in a `ConfChange` entry ([`ConfChange::encode`]) with a
+/// context of the node's own (the member's name and addresses), and takes effect on
+/// each node as soon as the entry is in its log, committed or not (thesis §4.1;
+/// docs/architecture.md, "Membership changes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfChange {
+    /// A new member that receives the log but does not vote.
+    AddLearner(NodeId),
+    /// A new voter, or a learner promoted to one.
+    AddVoter(NodeId),
+    /// A voter or learner leaves.
+    Remove(NodeId),
+}
+
+/// The first byte of a change's encoding: a later layout gets a new version.
+const CONF_CHANGE_VERSION: u8 = 1;
+const OP_ADD_LEARNER: u8 = 1;
+const OP_ADD_VOTER: u8 = 2;
+const OP_REMOVE: u8 = 3;
+
+impl ConfChange {
+    /// The data of a `ConfChange` entry:
+    /// `version u8 = 1 | op u8 (1 add learner, 2 add voter, 3 remove) | id u64 | context`.
+    pub fn encode(self, context: &[u8]) -> bytes::Bytes {
+        let (op, id) = match self {
+            ConfChange::AddLearner(id) => (OP_ADD_LEARNER, id),
+            ConfChange::AddVoter(id) => (OP_ADD_VOTER, id),
+            ConfChange::Remove(id) => (OP_REMOVE, id),
+        };
+        let mut data = Vec::with_capacity(10 + context.len());
+        data.push(CONF_CHANGE_VERSION);
+        data.push(op);
+        data.extend_from_slice(&id.to_le_bytes());
+        data.extend_from_slice(context);
+        data.into()
+    }
+
+    /// The change and its context, from a `ConfChange` entry's data. Bytes from the
+    /// network and the disk are checked with this where they enter.
+    pub fn decode(data: &[u8]) -> Result<(ConfChange, &[u8]), String> {
+        let (&version, rest) = data.split_first().ok_or("an empty membership change")?;
+        if version != CONF_CHANGE_VERSION {
+            return Err(format!("membership change of unknown version {version}"));
+        }
+        let (&op, rest) = rest.split_first().ok_or("a membership change cut short")?;
+        let (id, context) = rest
+            .split_first_chunk::<8>()
+            .ok_or("a membership change cut short")?;
+        let id = NodeId::from_le_bytes(*id);
+        let change = match op {
+            OP_ADD_LEARNER => ConfChange::AddLearner(id),
+            OP_ADD_VOTER => ConfChange::AddVoter(id),
+            OP_REMOVE => ConfChange::Remove(id),
+            _ => return Err(format!("membership change of unknown kind {op}")),
+        };
+        if id == 0 {
+            return Err("a membership change of node 0".into());
+        }
+        Ok((change, context))
+    }
+}
+
+/// Why a change cannot apply to a membership. Every replica meets the same refusal at
+/// the same entry, so a refused change is skipped alike everywhere.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfChangeError {
+    #[error("node {0} is already a voter")]
+    AlreadyVoter(NodeId),
+    #[error("node {0} is already a learner")]
+    AlreadyLearner(NodeId),
+    #[error("node {0} is not a member")]
+    NotMember(NodeId),
+    #[error("node {0} is the last voter: a cluster needs one")]
+    LastVoter(NodeId),
+}
+
 /// How an election stands after counting the answers so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VoteResult {
@@ -99,6 +176,40 @@ impl Membership {
         }
     }
 
+    /// The membership after `change`, or why it cannot apply.
+    pub fn apply(&self, change: ConfChange) -> Result<Membership, ConfChangeError> {
+        let mut next = self.clone();
+        match change {
+            ConfChange::AddLearner(id) if self.is_voter(id) => {
+                return Err(ConfChangeError::AlreadyVoter(id))
+            }
+            ConfChange::AddLearner(id) if self.learners.contains(&id) => {
+                return Err(ConfChangeError::AlreadyLearner(id))
+            }
+            ConfChange::AddLearner(id) => {
+                next.learners.insert(id);
+            }
+            ConfChange::AddVoter(id) if self.is_voter(id) => {
+                return Err(ConfChangeError::AlreadyVoter(id))
+            }
+            ConfChange::AddVoter(id) => {
+                next.learners.remove(&id);
+                next.voters.insert(id);
+            }
+            ConfChange::Remove(id) if !self.contains(id) => {
+                return Err(ConfChangeError::NotMember(id))
+            }
+            ConfChange::Remove(id) if self.voters.len() == 1 && self.is_voter(id) => {
+                return Err(ConfChangeError::LastVoter(id))
+            }
+            ConfChange::Remove(id) => {
+                next.voters.remove(&id);
+                next.learners.remove(&id);
+            }
+        }
+        Ok(next)
+    }
+
     /// How many of the voters `active` says are active.
     pub fn active_voters(&self, active: impl Fn(NodeId) -> bool) -> usize {
         let counted = self.voters.iter().filter(|&&v| active(v)).count();
@@ -146,6 +257,51 @@ mod tests {
         assert_eq!(m.vote_result(&votes), VoteResult::Lost);
         assert_eq!(m.active_voters(|id| id != 2), 2);
         assert_eq!(m.peers_of(1).collect::<Vec<_>>(), [2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn changes_apply_one_member_at_a_time_and_refuse_what_cannot_be() {
+        use ConfChange::*;
+        let m = membership(&[1, 2, 3], &[4]);
+        assert_eq!(m.apply(AddLearner(5)), Ok(membership(&[1, 2, 3], &[4, 5])));
+        assert_eq!(m.apply(AddVoter(4)), Ok(membership(&[1, 2, 3, 4], &[])));
+        assert_eq!(m.apply(AddVoter(5)), Ok(membership(&[1, 2, 3, 5], &[4])));
+        assert_eq!(m.apply(Remove(2)), Ok(membership(&[1, 3], &[4])));
+        assert_eq!(m.apply(Remove(4)), Ok(membership(&[1, 2, 3], &[])));
+        assert_eq!(
+            m.apply(AddLearner(1)),
+            Err(ConfChangeError::AlreadyVoter(1))
+        );
+        assert_eq!(
+            m.apply(AddLearner(4)),
+            Err(ConfChangeError::AlreadyLearner(4))
+        );
+        assert_eq!(m.apply(AddVoter(2)), Err(ConfChangeError::AlreadyVoter(2)));
+        assert_eq!(m.apply(Remove(9)), Err(ConfChangeError::NotMember(9)));
+        let last = membership(&[1], &[2]);
+        assert_eq!(last.apply(Remove(1)), Err(ConfChangeError::LastVoter(1)));
+        assert_eq!(last.apply(Remove(2)), Ok(membership(&[1], &[])));
+    }
+
+    #[test]
+    fn changes_round_trip_and_damage_is_refused() {
+        for change in [
+            ConfChange::AddLearner(7),
+            ConfChange::AddVoter(u64::MAX),
+            ConfChange::Remove(1),
+        ] {
+            let data = change.encode(b"ctx");
+            assert_eq!(ConfChange::decode(&data), Ok((change, &b"ctx"[..])));
+            for cut in 0..10 {
+                assert!(ConfChange::decode(&data[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+        let mut bad = ConfChange::Remove(1).encode(&[]).to_vec();
+        bad[1] = 9;
+        assert!(ConfChange::decode(&bad).is_err());
+        bad[0] = 2;
+        assert!(ConfChange::decode(&bad).is_err());
+        assert!(ConfChange::decode(&ConfChange::Remove(0).encode(&[])).is_err());
     }
 
     #[test]

@@ -56,8 +56,10 @@
 //! batching of proposals into one message per follower per `Ready`, a no-op at the
 //! start of each term and the commit rule of §5.4.2; ReadIndex; snapshots; learners,
 //! which receive the log but never vote or count towards a quorum ([`Membership`]).
-//! The membership is the bootstrap list ([`Config::voters`]) or a snapshot's; entries
-//! have a kind ([`EntryKind`]), of which membership changes are not yet proposed.
+//! Entries have a kind ([`EntryKind`]); membership changes ([`ConfChange`],
+//! [`RawNode::propose_conf_change`]) are single-server changes that take effect when
+//! their entry is in the log (thesis §4.1), one at a time, and only once the leader's
+//! term has a commit; the rule is in `node/conf.rs`.
 
 mod log;
 mod membership;
@@ -68,6 +70,6 @@ mod read_only;
 mod tests;
 mod types;
 
-pub use membership::VoteResult;
+pub use membership::{ConfChange, ConfChangeError, VoteResult};
 pub use node::{RawNode, Status};
 pub use types::*;

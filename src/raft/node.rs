@@ -3,6 +3,7 @@
 //! Building and advancing a `Ready` is in `node/ready.rs`; the reads' bookkeeping in
 //! `read_only.rs`.
 
+mod conf;
 mod ready;
 
 use std::collections::BTreeMap;
@@ -46,8 +47,12 @@ pub struct Status {
 /// One Raft node's consensus state. See the module documentation for the contract.
 pub struct RawNode {
     cfg: Config,
-    /// Who votes and who only learns: the bootstrap voters, or the last snapshot's.
+    /// Who votes and who only learns: the membership of the latest change in the log
+    /// (node/conf.rs), else the snapshot's, else the bootstrap voters.
     membership: Membership,
+    /// The membership at the snapshot's index, then after each change in the log, by
+    /// index: what a truncation goes back to and what a snapshot records.
+    conf_history: Vec<(Index, Membership)>,
     term: Term,
     vote: Option<NodeId>,
     role: Role,
@@ -84,16 +89,23 @@ pub struct RawNode {
 impl RawNode {
     /// Creates a node from what storage recovered; `seed` drives its randomness.
     pub fn new(cfg: Config, restored: Restored, seed: u64) -> RawNode {
+        let (base_index, membership) = match &restored.snapshot {
+            Some(snapshot) => (snapshot.index, snapshot.membership.clone()),
+            None => (0, Membership::with_voters(cfg.voters.iter().copied())),
+        };
+        let conf_entries: Vec<Entry> = restored
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::ConfChange)
+            .cloned()
+            .collect();
         let log = RaftLog::restore(
             restored.snapshot.as_ref(),
             restored.entries,
             restored.hard_state.commit,
         );
-        let membership = match &restored.snapshot {
-            Some(snapshot) => snapshot.membership.clone(),
-            None => Membership::with_voters(cfg.voters.iter().copied()),
-        };
         let mut node = RawNode {
+            conf_history: vec![(base_index, membership.clone())],
             membership,
             term: restored.hard_state.term,
             vote: restored.hard_state.vote,
@@ -118,6 +130,7 @@ impl RawNode {
             reads: ReadOnly::default(),
             cfg,
         };
+        node.conf_restored(&conf_entries);
         node.reset_election_timer();
         node
     }
@@ -203,7 +216,7 @@ impl RawNode {
         SnapshotMeta {
             index: self.log.snapshot_index,
             term: self.log.snapshot_term,
-            membership: self.membership.clone(),
+            membership: self.membership_at(self.log.snapshot_index),
         }
     }
 
@@ -295,11 +308,13 @@ impl RawNode {
 
     /// A message from a peer.
     pub fn step(&mut self, m: Message) {
-        if m.to != self.cfg.id || m.from == self.cfg.id || !self.membership.contains(m.from) {
+        if m.to != self.cfg.id || m.from == self.cfg.id {
             return;
         }
-        // Only voters may ask for votes: a learner never campaigns, and a node that
-        // is not a member at all must not be able to disrupt the cluster.
+        // Messages from non-members are heard: a leader that removed itself leads
+        // until its removal commits, and a new member hears from a leader it does
+        // not know yet. But only voters may ask for votes: a learner never campaigns,
+        // and a removed node must not be able to disrupt the cluster.
         if matches!(m.body, Body::Vote { .. } | Body::PreVote { .. })
             && !self.membership.is_voter(m.from)
         {
@@ -463,6 +478,7 @@ impl RawNode {
     /// the log up to it.
     pub fn compact(&mut self, index: Index) {
         self.log.compact(index);
+        self.conf_compacted(self.log.snapshot_index);
     }
 
     // ----- elections ------------------------------------------------------------------
@@ -641,7 +657,9 @@ impl RawNode {
             return;
         }
         let last_new = prev_index + entries.len() as Index;
-        self.log.append_from_leader(entries);
+        if let Some(first_written) = self.log.append_from_leader(entries) {
+            self.conf_log_rewritten(first_written);
+        }
         self.log.commit_to(commit.min(last_new));
         self.ack(from, last_new);
     }
@@ -657,7 +675,7 @@ impl RawNode {
             self.log.commit_to(meta.index);
         } else {
             self.log.install_snapshot(&meta);
-            self.membership = meta.membership.clone();
+            self.conf_snapshot_installed(&meta);
             self.snapshot_to_install = Some(meta.clone());
         }
         self.ack(from, meta.index);
@@ -889,6 +907,7 @@ impl RawNode {
             self.log.commit_to(candidate);
             self.reads.committed(self.log.commit);
             self.complete_reads();
+            self.conf_check_commit();
         }
     }
 

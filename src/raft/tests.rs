@@ -96,6 +96,23 @@ impl Cluster {
         );
     }
 
+    /// Ticks `among` until one of them leads, and returns it.
+    fn elect_among(&mut self, among: &[NodeId]) -> NodeId {
+        for _ in 0..500 {
+            for id in among {
+                self.node(*id).tick();
+            }
+            self.settle();
+            if let Some(&id) = among
+                .iter()
+                .find(|id| self.nodes[id].role() == Role::Leader)
+            {
+                return id;
+            }
+        }
+        panic!("none of {among:?} became leader");
+    }
+
     fn node(&mut self, id: NodeId) -> &mut RawNode {
         self.nodes.get_mut(&id).unwrap()
     }
@@ -743,4 +760,180 @@ fn a_learners_vote_requests_are_ignored() {
     let (msgs, _, _) = drain(c.node(2));
     assert!(msgs.is_empty(), "{msgs:?}");
     assert_eq!(c.nodes[&2].term(), 1);
+}
+
+/// A change of `id`, with no context.
+fn change(node: &mut RawNode, change: ConfChange) -> Result<Index, RaftError> {
+    node.propose_conf_change(change, b"")
+}
+
+#[test]
+fn a_learner_added_then_promoted_receives_the_log_then_counts() {
+    // Nodes 1..=3 are voters; node 4 exists but is no member yet.
+    let mut c = Cluster::new(
+        (1..=4)
+            .map(|i| RawNode::new(Config::for_tests(i, vec![1, 2, 3]), Restored::default(), i))
+            .collect(),
+    );
+    c.elect(1);
+    let added = change(c.node(1), ConfChange::AddLearner(4)).unwrap();
+    // In force on the leader as soon as it is in its log.
+    assert!(c.nodes[&1].membership().learners.contains(&4));
+    c.settle();
+    assert_eq!(c.nodes[&4].commit_index(), added);
+    assert_eq!(c.nodes[&4].membership().voters, [1, 2, 3].into());
+    let promoted = change(c.node(1), ConfChange::AddVoter(4)).unwrap();
+    c.settle();
+    for id in 1..=4 {
+        assert_eq!(c.nodes[&id].commit_index(), promoted, "n{id}");
+        assert_eq!(c.nodes[&id].membership().voters, [1, 2, 3, 4].into());
+    }
+    // Four voters: a majority is three, so voters 3 and 4 cut off stop commits.
+    c.filter = Box::new(|m| ![3, 4].contains(&m.to) && ![3, 4].contains(&m.from));
+    let stuck = c.node(1).propose(Bytes::from_static(b"x")).unwrap();
+    c.settle();
+    assert!(c.nodes[&1].commit_index() < stuck);
+    // Healed, the lost appends are sent again once presumed lost.
+    c.filter = Box::new(|_| true);
+    for _ in 0..20 {
+        c.node(1).tick();
+        c.settle();
+    }
+    assert_eq!(c.nodes[&1].commit_index(), stuck);
+}
+
+#[test]
+fn one_membership_change_at_a_time() {
+    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
+    c.elect(1);
+    change(c.node(1), ConfChange::AddLearner(4)).unwrap();
+    // Not committed yet: a second change must wait.
+    assert_eq!(
+        change(c.node(1), ConfChange::AddLearner(5)),
+        Err(RaftError::ConfChangePending)
+    );
+    c.settle();
+    change(c.node(1), ConfChange::AddLearner(5)).unwrap();
+    // Changes that cannot apply are refused before they reach the log.
+    c.settle();
+    assert_eq!(
+        change(c.node(1), ConfChange::AddVoter(2)),
+        Err(RaftError::InvalidConfChange(ConfChangeError::AlreadyVoter(
+            2
+        )))
+    );
+    assert!(matches!(
+        change(c.node(2), ConfChange::Remove(4)),
+        Err(RaftError::NotLeader { leader: Some(1) })
+    ));
+}
+
+#[test]
+fn a_new_leader_changes_membership_only_once_its_term_has_a_commit() {
+    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
+    // Won the election, but the no-op of its term is not committed yet.
+    let n = c.node(1);
+    while n.role() != Role::Leader {
+        n.tick();
+        let (msgs, _, _) = drain(n);
+        for m in msgs {
+            let answer = match m.body {
+                Body::PreVote { .. } => Body::PreVoteResponse { granted: true },
+                Body::Vote { .. } => Body::VoteResponse { granted: true },
+                _ => continue,
+            };
+            n.step(Message {
+                from: m.to,
+                to: 1,
+                term: m.term,
+                body: answer,
+            });
+        }
+    }
+    assert_eq!(
+        change(c.node(1), ConfChange::AddLearner(4)),
+        Err(RaftError::ConfChangePending)
+    );
+    c.settle();
+    change(c.node(1), ConfChange::AddLearner(4)).unwrap();
+}
+
+#[test]
+fn a_leader_that_removes_itself_steps_down_once_it_is_committed() {
+    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
+    c.elect(1);
+    let removal = change(c.node(1), ConfChange::Remove(1)).unwrap();
+    // Still leading, without counting itself, until the removal commits.
+    assert_eq!(c.nodes[&1].role(), Role::Leader);
+    c.settle();
+    assert_eq!(c.nodes[&2].commit_index(), removal);
+    assert_ne!(c.nodes[&1].role(), Role::Leader);
+    // It never campaigns again; the others elect one of themselves.
+    for _ in 0..100 {
+        c.node(1).tick();
+    }
+    c.settle();
+    assert_eq!(c.nodes[&1].role(), Role::Follower);
+    let leader = c.elect_among(&[2, 3]);
+    let index = c.node(leader).propose(Bytes::from_static(b"x")).unwrap();
+    c.settle();
+    assert_eq!(c.nodes[&2].commit_index(), index);
+    assert_eq!(c.nodes[&3].commit_index(), index);
+    assert_eq!(c.nodes[&1].role(), Role::Follower);
+}
+
+#[test]
+fn a_removed_node_that_never_heard_cannot_disrupt_the_others() {
+    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
+    c.elect(1);
+    // Node 3 is cut off before its removal reaches it.
+    c.filter = Box::new(|m| m.to != 3 && m.from != 3);
+    let removal = change(c.node(1), ConfChange::Remove(3)).unwrap();
+    c.settle();
+    assert_eq!(c.nodes[&2].commit_index(), removal);
+    let term = c.nodes[&1].term();
+    // Node 3 campaigns again and again; nobody answers it, and no term moves.
+    c.filter = Box::new(|_| true);
+    for _ in 0..200 {
+        c.node(3).tick();
+        c.settle();
+    }
+    assert_eq!(c.nodes[&1].role(), Role::Leader);
+    assert_eq!((c.nodes[&1].term(), c.nodes[&2].term()), (term, term));
+}
+
+#[test]
+fn a_truncated_change_is_taken_back_and_snapshots_record_the_membership_of_their_index() {
+    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
+    c.elect(1);
+    // Node 1 appends a change that reaches nobody, then loses its leadership to
+    // node 3.
+    c.filter = Box::new(|m| m.from != 1);
+    let lost = change(c.node(1), ConfChange::AddLearner(4)).unwrap();
+    c.settle();
+    assert!(c.nodes[&1].membership().learners.contains(&4));
+    c.filter = Box::new(|m| m.from != 1 && m.to != 1);
+    let leader = c.elect_among(&[2, 3]);
+    // Its no-op takes the lost change's index.
+    c.filter = Box::new(|_| true);
+    for _ in 0..20 {
+        c.node(leader).tick();
+        c.settle();
+    }
+    assert_eq!(c.nodes[&1].log_term(lost), c.nodes[&leader].log_term(lost));
+    assert!(c.nodes[&1].membership().learners.is_empty());
+
+    let added = change(c.node(leader), ConfChange::AddLearner(5)).unwrap();
+    c.settle();
+    let after = c.node(leader).propose(Bytes::from_static(b"y")).unwrap();
+    c.settle();
+    let voters = Membership::with_voters([1, 2, 3]);
+    let with_5 = voters.apply(ConfChange::AddLearner(5)).unwrap();
+    let n = c.node(leader);
+    assert_eq!(n.membership_at(added - 1), voters);
+    assert_eq!(n.membership_at(added), with_5);
+    n.compact(added - 1);
+    assert_eq!(n.snapshot_meta().membership, voters);
+    n.compact(after);
+    assert_eq!(n.snapshot_meta().membership, with_5);
 }

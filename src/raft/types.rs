@@ -188,6 +188,13 @@ pub enum RaftError {
     NotLeader { leader: Option<NodeId> },
     #[error("leadership changed before the request could be served")]
     LeadershipLost,
+    /// A membership change is proposed while an earlier one is not yet committed,
+    /// or before a new leader has committed an entry of its term.
+    #[error("another membership change is in progress; try again once it is committed")]
+    ConfChangePending,
+    /// The membership change cannot apply to the current membership.
+    #[error("invalid membership change: {0}")]
+    InvalidConfChange(#[from] super::membership::ConfChangeError),
 }
 
 /// A linearizable read that may now be served: answer it from the state machine once

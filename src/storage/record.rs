@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::raft::{Entry, EntryKind, HardState, Index, Term};
+use crate::raft::{ConfChange, Entry, EntryKind, HardState, Index, Term};
 
 const SEGMENT_MAGIC: &[u8; 8] = b"DRAFTWAL";
 const FORMAT_VERSION: u32 = 1;
@@ -248,6 +248,10 @@ fn decode_entry(bytes: &[u8]) -> Option<(Entry, &[u8])> {
     };
     let len = read_u32(header, 17) as usize;
     let data = bytes.get(ENTRY_HEADER_LEN..ENTRY_HEADER_LEN.checked_add(len)?)?;
+    // The core trusts a membership change it is given: check it where it enters.
+    if kind == EntryKind::ConfChange && ConfChange::decode(data).is_err() {
+        return None;
+    }
     let entry = Entry {
         index: read_u64(header, 0),
         term: read_u64(header, 8),
@@ -331,7 +335,7 @@ mod tests {
         let mut buf = Vec::new();
         let conf = Entry {
             kind: EntryKind::ConfChange,
-            ..entry(10, 4, b"conf")
+            ..Entry::normal(10, 4, ConfChange::AddLearner(4).encode(b"context"))
         };
         let entries = vec![
             entry(7, 3, b"hello"),
