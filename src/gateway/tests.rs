@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::proto::v1::{
-    DeleteResponse, FollowerLag, GetResponse, Member, PutResponse, StartResponse, StopResponse,
+    DeleteResponse, FollowerLag, GetResponse, Member, PutResponse, StartResponse, StatusResponse,
+    StopResponse,
 };
 use std::{collections::HashMap, sync::Mutex, time::Instant};
 use tonic::{Request, Status};
