@@ -9,6 +9,7 @@
 //! - [`dashboard`]: the live cluster view at `/ui/`, embedded in the binary;
 //! - [`config`]: the `DISTRAFT_*` settings and their flags; [`lifecycle`]: a node put
 //!   together, run and shut down;
+//! - [`status`]: a node's status as the JSON of `GET /` and the dashboard;
 //! - [`metrics`]: the Prometheus registry behind `GET /metrics`; [`health`]: `/livez`, `/readyz`;
 //! - [`access`]: API token, CORS origins, Host allowlist; [`limits`]: edge bounds;
 //! - [`validation`]: the rules of a client's key and value, checked once per process;
@@ -32,6 +33,7 @@ pub mod plant;
 pub mod proto;
 pub mod raft;
 pub mod rpc;
+pub mod status;
 pub mod storage;
 pub mod tls;
 pub mod validation;

@@ -38,6 +38,10 @@
 //!   and drops its log up to there.
 //! - `status [IDS]`, `log [IDS]`: a node's full state, or its disk (log, and the
 //!   snapshot with the commands it holds).
+//!
+//! One scenario per file, named for the behaviour. A scenario that continues from an
+//! earlier one replays that one's commands silently first (goldenscript's `(command)`
+//! prints nothing) and says in its opening comment where things stand.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::error::Error;
@@ -656,11 +660,20 @@ macro_rules! scripts {
 }
 
 scripts!(
-    commit_rule,
-    elections,
+    election,
+    election_split_vote,
+    election_log_check,
     pre_vote,
     check_quorum,
-    log_repair,
+    check_quorum_new_leader,
+    check_quorum_stale_leader,
+    replication,
+    log_repair_uncommitted,
+    log_repair_diverged,
+    log_repair_behind,
+    commit_rule,
     read_index,
-    snapshots,
+    read_index_refused,
+    snapshot_compaction,
+    snapshot_install,
 );

@@ -30,12 +30,12 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Mutex, OwnedSemaphorePermit, Semaphore};
 use tonic::transport::Channel;
 
-use crate::gateway::status_json;
 use crate::metrics::metrics;
 use crate::proto::v1::{
     admin_client::AdminClient, admin_server::Admin, StartRequest, StatusRequest, StatusResponse,
     StopRequest,
 };
+use crate::status::status_json;
 
 pub const INDEX_HTML: &str = include_str!("index.html");
 pub const APP_JS: &str = include_str!("app.js");

@@ -11,7 +11,7 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::{error_response, json_response, ApiError};
+use super::response::{error_response, json_response, ApiError};
 use crate::dashboard::{
     Action, ActionError, Dashboard, APP_JS, EVENT_EVERY, FAVICON_SVG, INDEX_HTML, STREAM_LIFETIME,
     STYLE_CSS,

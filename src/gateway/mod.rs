@@ -23,30 +23,38 @@
 //! allowed name (else 421), every route but `GET /` needs the API token when one is set
 //! (401 without, 403 with a wrong one), and CORS answers only the allowed origins.
 
+mod body;
 mod dashboard;
+mod decode;
+mod guard;
+mod response;
 mod server;
 
+use body::{discard_body, form_value, json_value, read_body, BodyFormat};
 use dashboard::dashboard_routes;
+use decode::percent_decode_utf8;
+use guard::{allowed_host, authorized, check_request_size, cors, credentials};
+use response::{error_response, json_response, rejection_response, text_response, ApiError};
 pub use server::serve;
 
-use crate::access::{Access, CorsOrigins, Denied};
+use crate::access::Access;
 use crate::dashboard::Dashboard;
 use crate::limits::Limits;
 use crate::proto::v1::{
     admin_server::Admin, kv_server::Kv, DeleteRequest, GetRequest, PutRequest, StartRequest,
-    StatusRequest, StatusResponse, StopRequest,
+    StatusRequest, StopRequest,
 };
-use crate::validation::{self, InvalidRequest, RequestRules};
-use bytes::{Buf, Bytes, BytesMut};
-use futures::{Stream, StreamExt};
+use crate::status::status_json;
+use crate::validation::{self, RequestRules};
+use bytes::Buf;
+use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
-use tonic::Code;
 use warp::{
-    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    http::{header, Method, StatusCode},
     reply::Response,
-    Filter, Rejection, Reply,
+    Filter, Reply,
 };
 
 /// What the gateway needs from the node's configuration.
@@ -79,11 +87,6 @@ impl Default for GatewaySettings {
         }
     }
 }
-
-/// Header bytes (names and values) accepted per request. A head larger than hyper's own
-/// ~400 KiB buffer is refused by hyper itself (made JSON by [`server`]); below that,
-/// this limit refuses it here, with a more precise message.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Extra time the gateway waits beyond the request timeout it hands to the service,
 /// so that the service's own, more precise answer normally arrives first.
@@ -270,101 +273,6 @@ struct GetOptions {
     /// read.
     #[serde(default)]
     stale: bool,
-}
-
-/// A failed request: its HTTP status and the message for `"error"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
-    /// Answer with `Connection: close`: part of the request body was left unread, so
-    /// the connection cannot carry another request.
-    close_connection: bool,
-}
-
-impl warp::reject::Reject for ApiError {}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            close_connection: false,
-        }
-    }
-
-    fn closing_connection(self) -> Self {
-        Self {
-            close_connection: true,
-            ..self
-        }
-    }
-
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, message)
-    }
-
-    fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
-    }
-
-    fn denied(denied: Denied) -> Self {
-        let status = match denied {
-            Denied::Missing => StatusCode::UNAUTHORIZED,
-            Denied::Wrong => StatusCode::FORBIDDEN,
-        };
-        Self::new(status, denied.message())
-    }
-}
-
-impl From<InvalidRequest> for ApiError {
-    fn from(invalid: InvalidRequest) -> Self {
-        match invalid.is_too_large() {
-            true => Self::too_large(invalid.to_string()),
-            false => Self::bad_request(invalid.to_string()),
-        }
-    }
-}
-
-impl From<tonic::Status> for ApiError {
-    fn from(status: tonic::Status) -> Self {
-        let http = match status.code() {
-            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-                StatusCode::BAD_REQUEST
-            }
-            Code::NotFound => StatusCode::NOT_FOUND,
-            Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-            Code::PermissionDenied => StatusCode::FORBIDDEN,
-            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            // Cancelled and Unknown are what a gRPC client sees when the deadline ran
-            // out or the connection broke: like a timeout, the request may or may not
-            // have happened; try again.
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            // The quota, or this node's full disk: nothing was written.
-            Code::ResourceExhausted
-                if status
-                    .metadata()
-                    .contains_key(crate::rpc::INSUFFICIENT_STORAGE) =>
-            {
-                StatusCode::INSUFFICIENT_STORAGE
-            }
-            // Load: the forwarding cap or load shedding; nothing was written, try again.
-            Code::ResourceExhausted => StatusCode::SERVICE_UNAVAILABLE,
-            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-            Code::Ok | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let message = match status.message() {
-            "" => status.code().description().to_string(),
-            message => message.to_string(),
-        };
-        Self::new(http, message)
-    }
 }
 
 /// The shared state of every route.
@@ -578,386 +486,6 @@ impl Gateway {
 
 fn key_not_found(key: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("key not found: {key}"))
-}
-
-/// The JSON `status` object of `GET /`: the original's fields and types, plus
-/// `snapshot_index`, `state_digest`, `cluster_id`, `voting`, `state_bytes`, `alarm`,
-/// `keys`, `followers`, `quorum_ack_ms`, `proposals_pending`, `reads_total` and
-/// `writes_total` (docs/api.md).
-pub fn status_json(status: StatusResponse) -> Value {
-    let followers: serde_json::Map<String, Value> = status
-        .followers
-        .into_iter()
-        .map(|(name, lag)| {
-            let lag = json!({
-                "lag_entries": lag.lag_entries,
-                "lag_ms": lag.lag_ms,
-                "last_ack_ms": lag.last_ack_ms,
-            });
-            (name, lag)
-        })
-        .collect();
-    let members: serde_json::Map<String, Value> = status
-        .members
-        .into_iter()
-        .map(|(name, m)| {
-            let addresses = json!([m.peer_host, m.peer_port, m.client_host, m.client_port]);
-            (name, addresses)
-        })
-        .collect();
-    json!({
-        "commit_index": status.commit_index,
-        "id": status.id,
-        "is_leader": status.is_leader,
-        "last_applied": status.last_applied,
-        "last_log_index": status.last_log_index,
-        "last_log_term": status.last_log_term,
-        "leader": status.leader,
-        "match_index": status.match_index,
-        "members": members,
-        "next_index": status.next_index,
-        "state": status.state,
-        "term": status.term,
-        "up": status.up,
-        "snapshot_index": status.snapshot_index,
-        "state_digest": status.state_digest,
-        "voting": status.voting,
-        "cluster_id": status.cluster_id,
-        "state_bytes": status.state_bytes,
-        "alarm": status.alarm,
-        "keys": status.keys,
-        "followers": followers,
-        "quorum_ack_ms": status.quorum_ack_ms,
-        "proposals_pending": status.proposals_pending,
-        "reads_total": status.reads_total,
-        "writes_total": status.writes_total,
-    })
-}
-
-/// CORS for the allowed origins: the methods and headers the API uses.
-fn cors(origins: &CorsOrigins) -> warp::cors::Builder {
-    let cors = warp::cors()
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
-    match origins {
-        CorsOrigins::Any => cors.allow_any_origin(),
-        // Checked at start-up to be `scheme://host[:port]`, which warp parses.
-        CorsOrigins::List(origins) => cors.allow_origins(origins.iter().map(String::as_str)),
-    }
-}
-
-/// Refuses a request whose `Host` (or absolute URI) names a host this node does not
-/// answer to: a page whose DNS name was rebound to this node's address.
-fn allowed_host(access: Arc<Access>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::host::optional()
-        .and_then(move |authority: Option<warp::host::Authority>| {
-            let allowed = access.hosts.allows(authority.as_ref().map(|a| a.as_str()));
-            async move {
-                match allowed {
-                    true => Ok(()),
-                    false => Err(warp::reject::custom(ApiError::new(
-                        StatusCode::MISDIRECTED_REQUEST,
-                        format!(
-                            "this node does not answer to the host name {:?} (see DISTRAFT_ALLOWED_HOSTS)",
-                            authority.map(|a| a.host().to_string()).unwrap_or_default()
-                        ),
-                    ))),
-                }
-            }
-        })
-        .untuple_one()
-}
-
-/// The outcome of checking a request's API token.
-fn credentials(
-    access: Arc<Access>,
-) -> impl Filter<Extract = (Result<(), ApiError>,), Error = Infallible> + Clone {
-    warp::header::headers_cloned().map(move |headers: HeaderMap| {
-        let authorization = headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        access.authorize(authorization).map_err(ApiError::denied)
-    })
-}
-
-/// Refuses a request without the API token, when one is set.
-fn authorized(access: Arc<Access>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    credentials(access)
-        .and_then(
-            |checked: Result<(), ApiError>| async move { checked.map_err(warp::reject::custom) },
-        )
-        .untuple_one()
-}
-
-/// Rejects requests whose URI or headers exceed what any valid request needs, with the
-/// status codes hyper would use, but as JSON.
-fn check_request_size() -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::header::headers_cloned()
-        .and_then(|headers: HeaderMap| async move {
-            let bytes: usize = headers
-                .iter()
-                .map(|(name, value)| name.as_str().len() + value.len())
-                .sum();
-            if bytes > MAX_HEADER_BYTES {
-                return Err(warp::reject::custom(ApiError::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    format!("request headers are {bytes} bytes, more than the maximum of {MAX_HEADER_BYTES}"),
-                )));
-            }
-            Ok(())
-        })
-        .untuple_one()
-}
-
-/// How a `POST /<key>` carries its value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyFormat {
-    /// `value=<v>`, as curl -d and the original API.
-    Form,
-    /// `{"value": "<v>"}`, as the original viewer's later versions send it.
-    Json,
-}
-
-impl BodyFormat {
-    /// The format a `Content-Type` names (parameters such as `charset` ignored).
-    fn of(content_type: &str) -> Option<BodyFormat> {
-        let mime = content_type.split(';').next()?.trim();
-        if mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-            Some(BodyFormat::Form)
-        } else if mime.eq_ignore_ascii_case("application/json") {
-            Some(BodyFormat::Json)
-        } else {
-            None
-        }
-    }
-}
-
-/// Reads a request body of at most `limit` bytes. A larger one is refused: at once when
-/// its declared length is larger than we would ever discard, else once it is
-/// discarded (see [`discard_body`]).
-async fn read_body<S, B>(
-    mut body: S,
-    content_length: Option<u64>,
-    limit: usize,
-) -> Result<Bytes, ApiError>
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin,
-    B: Buf,
-{
-    let too_large = || ApiError::too_large(format!("request body is larger than {limit} bytes"));
-    match content_length {
-        Some(length) if length > (limit + MAX_DISCARD_BYTES) as u64 => {
-            return Err(too_large().closing_connection())
-        }
-        Some(length) if length > limit as u64 => return Err(discard_body(body, too_large()).await),
-        _ => {}
-    }
-    let mut collected = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
-        if collected.len() + chunk.remaining() > limit {
-            return Err(discard_body(body, too_large()).await);
-        }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            collected.extend_from_slice(part);
-            let read = part.len();
-            chunk.advance(read);
-        }
-    }
-    Ok(collected.freeze())
-}
-
-/// At most this much of a rejected body is read and dropped, within this time; past
-/// that the connection is closed instead.
-const MAX_DISCARD_BYTES: usize = 16 * 1024 * 1024;
-const MAX_DISCARD_TIME: Duration = Duration::from_secs(5);
-
-/// Reads and drops the rest of a body before answering `error`: a client still sending
-/// it would otherwise meet a reset connection instead of our answer (the kernel resets
-/// a socket closed with unread data). Past the bounds, the answer closes the
-/// connection instead.
-async fn discard_body<S, B>(mut body: S, error: ApiError) -> ApiError
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin,
-    B: Buf,
-{
-    let drained = tokio::time::timeout(MAX_DISCARD_TIME, async {
-        let mut discarded = 0;
-        while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else {
-                return false;
-            };
-            discarded += chunk.remaining();
-            if discarded > MAX_DISCARD_BYTES {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
-    match drained {
-        Ok(true) => error,
-        Ok(false) | Err(_) => error.closing_connection(),
-    }
-}
-
-/// The first `value` field of an `application/x-www-form-urlencoded` body (as Flask's
-/// `request.form['value']`), which must be present and valid UTF-8 once decoded (an
-/// empty one is refused with the other rules of values, in `Gateway::put`).
-fn form_value(body: &[u8]) -> Result<String, ApiError> {
-    for pair in body.split(|&b| b == b'&') {
-        let (name, value) = match pair.iter().position(|&b| b == b'=') {
-            Some(at) => (&pair[..at], &pair[at + 1..]),
-            None => (pair, &pair[pair.len()..]),
-        };
-        let name = percent_decode_utf8(name, true)
-            .map_err(|e| ApiError::bad_request(format!("invalid form field name: {e}")))?;
-        if name != "value" {
-            continue;
-        }
-        return percent_decode_utf8(value, true)
-            .map_err(|e| ApiError::bad_request(format!("invalid value: {e}")));
-    }
-    Err(ApiError::bad_request("missing form field: value"))
-}
-
-/// The `value` of a JSON body `{"value": "<v>"}`: an object whose `value` is a string
-/// (other members are ignored, as other form fields are; an empty one is refused with
-/// the other rules of values, in `Gateway::put`).
-fn json_value(body: &[u8]) -> Result<String, ApiError> {
-    let parsed: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    let Value::Object(mut members) = parsed else {
-        return Err(ApiError::bad_request(
-            "invalid JSON body: expected an object {\"value\": \"<value>\"}",
-        ));
-    };
-    match members.remove("value") {
-        None | Some(Value::Null) => Err(ApiError::bad_request("missing JSON member: value")),
-        Some(Value::String(value)) => Ok(value),
-        Some(_) => Err(ApiError::bad_request("value must be a JSON string")),
-    }
-}
-
-/// Why a URL- or form-encoded string could not be decoded.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-enum DecodeError {
-    #[error("'%' at byte {0} is not followed by two hex digits")]
-    BadEscape(usize),
-    #[error("not valid UTF-8 once decoded")]
-    NotUtf8,
-}
-
-/// Strict percent-decoding: unlike the lenient decoders (which keep a malformed `%zz`
-/// or replace invalid UTF-8), a malformed escape or invalid UTF-8 is an error, so a
-/// client never stores something other than what it meant. In form bodies `+` is a
-/// space; in paths it is a `+`.
-fn percent_decode_utf8(input: &[u8], plus_is_space: bool) -> Result<String, DecodeError> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'%' => {
-                let high = input.get(i + 1).and_then(|&b| hex_digit(b));
-                let low = input.get(i + 2).and_then(|&b| hex_digit(b));
-                let (Some(high), Some(low)) = (high, low) else {
-                    return Err(DecodeError::BadEscape(i));
-                };
-                out.push(high << 4 | low);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| DecodeError::NotUtf8)
-}
-
-fn hex_digit(byte: u8) -> Option<u8> {
-    char::from(byte)
-        .to_digit(16)
-        .and_then(|digit| u8::try_from(digit).ok())
-}
-
-/// Turns a rejection (ours, or one warp made by itself) into the JSON error answer.
-fn rejection_response(rejection: Rejection, pretty: bool) -> Response {
-    use warp::reject;
-    // A combined rejection holds one reason per route tried. The routes whose path and
-    // method matched know best, so their reasons come first; a wrong method only
-    // matters when no route matched further, and an unknown path last of all.
-    let error = if let Some(error) = rejection.find::<ApiError>() {
-        error.clone()
-    } else if let Some(e) = rejection.find::<reject::InvalidQuery>() {
-        ApiError::bad_request(e.to_string())
-    } else if let Some(e) = rejection.find::<reject::InvalidHeader>() {
-        ApiError::bad_request(e.to_string())
-    } else if let Some(e) = rejection.find::<reject::PayloadTooLarge>() {
-        ApiError::too_large(e.to_string())
-    } else if let Some(e) = rejection.find::<reject::LengthRequired>() {
-        ApiError::new(StatusCode::LENGTH_REQUIRED, e.to_string())
-    } else if let Some(e) = rejection.find::<reject::UnsupportedMediaType>() {
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string())
-    } else if let Some(e) = rejection.find::<warp::filters::cors::CorsForbidden>() {
-        ApiError::new(StatusCode::FORBIDDEN, e.to_string())
-    } else if rejection.find::<reject::MethodNotAllowed>().is_some() {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-    } else if rejection.is_not_found() {
-        ApiError::new(StatusCode::NOT_FOUND, "no such route")
-    } else {
-        tracing::error!(?rejection, "unhandled rejection");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{rejection:?}"))
-    };
-    error_response(&error, pretty)
-}
-
-fn error_response(error: &ApiError, pretty: bool) -> Response {
-    let mut response = json_response(
-        error.status,
-        &json!({"ok": false, "error": error.message}),
-        pretty,
-    );
-    if error.close_connection {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
-/// A plain answer (metrics, health) of `content_type`.
-fn text_response(status: StatusCode, text: String, content_type: &'static str) -> Response {
-    let mut response = warp::reply::with_status(text, status).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-/// A JSON answer; keys come out sorted (as Flask's `jsonify` did), with a final newline
-/// for terminals.
-fn json_response(status: StatusCode, body: &Value, pretty: bool) -> Response {
-    let mut text = if pretty {
-        serde_json::to_string_pretty(body)
-    } else {
-        serde_json::to_string(body)
-    }
-    // A `Value` always encodes (its keys are strings); this is only a safe fallback.
-    .unwrap_or_else(|_| r#"{"ok": false, "error": "could not encode the answer"}"#.to_string());
-    text.push('\n');
-    let mut response = warp::reply::with_status(text, status).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 #[cfg(test)]

@@ -2,12 +2,16 @@
 //! (which must never reach the services), status code mapping, CORS, and hyper's own
 //! rejections over a real connection.
 
+use super::body::MAX_DISCARD_BYTES;
+use super::decode::DecodeError;
+use super::guard::MAX_HEADER_BYTES;
 use super::*;
 use crate::proto::v1::{
-    DeleteResponse, FollowerLag, GetResponse, Member, PutResponse, StartResponse, StopResponse,
+    DeleteResponse, FollowerLag, GetResponse, Member, PutResponse, StartResponse, StatusResponse,
+    StopResponse,
 };
 use std::{collections::HashMap, sync::Mutex, time::Instant};
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
 
 /// An in-memory stand-in for a node's services. `Get` of the key `hang` never answers,
 /// of `broken` fails as a broken connection does; `Put` of the key `unavailable` fails

@@ -47,15 +47,11 @@ pub fn check_addressee(config: &Config, cluster_id: u64, to: &str) -> Result<(),
     Ok(())
 }
 
-/// A response counts only if it came from the member that was called, in this
-/// cluster, with a term a request could carry; otherwise it is discarded.
-fn check_answerer(
-    config: &Config,
-    peer: NodeId,
-    from: &str,
-    cluster_id: u64,
-    term: Term,
-) -> Result<(), Status> {
+/// An answer counts only if it came from the member that was called, in this
+/// cluster, with a term a request could carry; otherwise it is discarded. Returns its
+/// term.
+fn check_answer(config: &Config, peer: NodeId, answer: &impl Signature) -> Result<Term, Status> {
+    let (from, cluster_id, term) = answer.signature();
     let called = name_of(config, peer);
     if from != called || cluster_id != config.cluster_id {
         return Err(Status::failed_precondition(format!(
@@ -69,7 +65,7 @@ fn check_answerer(
             "answer with term {term} above {MAX_TERM}"
         )));
     }
-    Ok(())
+    Ok(term)
 }
 
 /// The id of the member called `name`, or INVALID_ARGUMENT for a stranger.
@@ -97,9 +93,7 @@ pub fn snapshot_request(
     config: &Config,
     first: &pb::InstallSnapshotChunk,
 ) -> Result<(NodeId, Term, SnapshotMeta), Status> {
-    check_addressee(config, first.cluster_id, &first.to)?;
-    let from = sender_id(config, &first.from)?;
-    check_term(first.term)?;
+    let from = open_request(config, first)?;
     let meta = first
         .meta
         .clone()
@@ -270,6 +264,108 @@ pub fn meta_from_proto(config: &Config, meta: pb::SnapshotMeta) -> Result<Snapsh
     })
 }
 
+// --- What every request and every answer carries -------------------------------------
+
+/// The envelope of every Raft request: sender and addressee by name, the cluster id
+/// and the sender's term. Built and checked once here for every kind.
+trait Envelope {
+    /// `(from, to, cluster_id, term)`.
+    fn envelope(&self) -> (&str, &str, u64, Term);
+    fn address(&mut self, from: String, to: String, cluster_id: u64, term: Term);
+}
+
+/// The signature of every answer: who answered, in which cluster, at which term.
+trait Signature: Default {
+    /// `(from, cluster_id, term)`.
+    fn signature(&self) -> (&str, u64, Term);
+    fn sign(&mut self, from: String, cluster_id: u64);
+}
+
+macro_rules! envelope {
+    ($($request:ty),*) => {$(
+        impl Envelope for $request {
+            fn envelope(&self) -> (&str, &str, u64, Term) {
+                (&self.from, &self.to, self.cluster_id, self.term)
+            }
+            fn address(&mut self, from: String, to: String, cluster_id: u64, term: Term) {
+                (self.from, self.to, self.cluster_id, self.term) = (from, to, cluster_id, term);
+            }
+        }
+    )*};
+}
+
+macro_rules! signature {
+    ($($response:ty),*) => {$(
+        impl Signature for $response {
+            fn signature(&self) -> (&str, u64, Term) {
+                (&self.from, self.cluster_id, self.term)
+            }
+            fn sign(&mut self, from: String, cluster_id: u64) {
+                (self.from, self.cluster_id) = (from, cluster_id);
+            }
+        }
+    )*};
+}
+
+envelope!(
+    pb::VoteRequest,
+    pb::AppendEntriesRequest,
+    pb::ReadIndexRequest,
+    pb::InstallSnapshotChunk
+);
+signature!(
+    pb::VoteResponse,
+    pb::AppendEntriesResponse,
+    pb::ReadIndexResponse
+);
+
+/// `request` sent as `msg`: from this node, to `msg`'s addressee, in this cluster, at
+/// `msg`'s term.
+fn addressed<R: Envelope>(config: &Config, msg: &Message, mut request: R) -> R {
+    let to = name_of(config, msg.to);
+    request.address(config.name.clone(), to, config.cluster_id, msg.term);
+    request
+}
+
+/// The checks every request passes before its own fields are read: meant for this
+/// cluster and member ([`check_addressee`]), a term in range ([`check_term`]), from
+/// another member. Returns the sender.
+fn open_request(config: &Config, request: &impl Envelope) -> Result<NodeId, Status> {
+    let (from, to, cluster_id, term) = request.envelope();
+    check_addressee(config, cluster_id, to)?;
+    check_term(term)?;
+    sender_id(config, from)
+}
+
+/// The core message a checked request of `from` at `term` becomes.
+fn received(config: &Config, from: NodeId, term: Term, body: Body) -> Message {
+    Message {
+        from,
+        to: config.id,
+        term,
+        body,
+    }
+}
+
+/// An answer of this node that says nothing yet (an unanswered request, as it stays
+/// when the core did not answer).
+fn unanswered<R: Signature>(config: &Config) -> R {
+    let mut response = R::default();
+    response.sign(config.name.clone(), config.cluster_id);
+    response
+}
+
+/// The core message an answer of `peer` at `term` becomes, once checked
+/// ([`check_answer`]).
+fn answered(config: &Config, peer: NodeId, term: Term, body: Body) -> Message {
+    Message {
+        from: peer,
+        to: config.id,
+        term,
+        body,
+    }
+}
+
 // --- Requests, as the sender builds them --------------------------------------------
 
 /// The RequestVote for a (pre-)vote message.
@@ -293,20 +389,20 @@ pub fn vote_request(config: &Config, msg: &Message) -> Option<pb::VoteRequest> {
         | Body::ReadIndex { .. }
         | Body::ReadIndexResponse { .. } => return None,
     };
-    Some(pb::VoteRequest {
-        from: config.name.clone(),
-        term: msg.term,
+    let request = pb::VoteRequest {
         last_log_index: last_index,
         last_log_term: last_term,
         pre_vote,
-        cluster_id: config.cluster_id,
-        to: name_of(config, msg.to),
-    })
+        ..Default::default()
+    };
+    Some(addressed(config, msg, request))
 }
 
 /// The AppendEntries stream item for an append or heartbeat message.
 pub fn append_request(config: &Config, msg: Message) -> Option<pb::AppendEntriesRequest> {
     use pb::append_entries_request::Kind;
+    let request = pb::AppendEntriesRequest::default();
+    let request = addressed(config, &msg, request);
     let kind = match msg.body {
         Body::Append {
             prev_index,
@@ -334,23 +430,21 @@ pub fn append_request(config: &Config, msg: Message) -> Option<pb::AppendEntries
         | Body::ReadIndexResponse { .. } => return None,
     };
     Some(pb::AppendEntriesRequest {
-        from: config.name.clone(),
-        term: msg.term,
         kind: Some(kind),
-        cluster_id: config.cluster_id,
-        to: name_of(config, msg.to),
+        ..request
     })
 }
 
 pub fn read_index_request(config: &Config, msg: &Message) -> Option<pb::ReadIndexRequest> {
     match msg.body {
-        Body::ReadIndex { id } => Some(pb::ReadIndexRequest {
-            from: config.name.clone(),
-            term: msg.term,
-            id,
-            cluster_id: config.cluster_id,
-            to: name_of(config, msg.to),
-        }),
+        Body::ReadIndex { id } => Some(addressed(
+            config,
+            msg,
+            pb::ReadIndexRequest {
+                id,
+                ..Default::default()
+            },
+        )),
         Body::PreVote { .. }
         | Body::PreVoteResponse { .. }
         | Body::Vote { .. }
@@ -367,8 +461,7 @@ pub fn read_index_request(config: &Config, msg: &Message) -> Option<pb::ReadInde
 // --- Requests, as the receiver turns them into messages ------------------------------
 
 pub fn vote_request_message(config: &Config, req: pb::VoteRequest) -> Result<Message, Status> {
-    check_addressee(config, req.cluster_id, &req.to)?;
-    check_term(req.term)?;
+    let from = open_request(config, &req)?;
     let (last_index, last_term) = (req.last_log_index, req.last_log_term);
     if last_term > req.term {
         return Err(Status::invalid_argument(format!(
@@ -387,12 +480,7 @@ pub fn vote_request_message(config: &Config, req: pb::VoteRequest) -> Result<Mes
             last_term,
         }
     };
-    Ok(Message {
-        from: sender_id(config, &req.from)?,
-        to: config.id,
-        term: req.term,
-        body,
-    })
+    Ok(received(config, from, req.term, body))
 }
 
 pub fn append_request_message(
@@ -400,8 +488,7 @@ pub fn append_request_message(
     req: pb::AppendEntriesRequest,
 ) -> Result<Message, Status> {
     use pb::append_entries_request::Kind;
-    check_addressee(config, req.cluster_id, &req.to)?;
-    check_term(req.term)?;
+    let from = open_request(config, &req)?;
     let body = match req.kind {
         Some(Kind::Append(append)) => {
             check_append(req.term, &append)?;
@@ -431,37 +518,27 @@ pub fn append_request_message(
             ))
         }
     };
-    Ok(Message {
-        from: sender_id(config, &req.from)?,
-        to: config.id,
-        term: req.term,
-        body,
-    })
+    Ok(received(config, from, req.term, body))
 }
 
 pub fn read_index_request_message(
     config: &Config,
     req: pb::ReadIndexRequest,
 ) -> Result<Message, Status> {
-    check_addressee(config, req.cluster_id, &req.to)?;
-    check_term(req.term)?;
-    Ok(Message {
-        from: sender_id(config, &req.from)?,
-        to: config.id,
-        term: req.term,
-        body: Body::ReadIndex { id: req.id },
-    })
+    let from = open_request(config, &req)?;
+    Ok(received(
+        config,
+        from,
+        req.term,
+        Body::ReadIndex { id: req.id },
+    ))
 }
 
 // --- Responses, as the receiver of the request answers -------------------------------
 
 /// The answer to a RequestVote; `None` when the core did not answer.
 pub fn vote_response(config: &Config, reply: Option<Message>) -> pb::VoteResponse {
-    let mut response = pb::VoteResponse {
-        from: config.name.clone(),
-        cluster_id: config.cluster_id,
-        ..Default::default()
-    };
+    let mut response: pb::VoteResponse = unanswered(config);
     let Some(msg) = reply else { return response };
     match msg.body {
         Body::PreVoteResponse { granted } | Body::VoteResponse { granted } => {
@@ -486,11 +563,7 @@ pub fn vote_response(config: &Config, reply: Option<Message>) -> pb::VoteRespons
 /// The answer to an append, heartbeat or snapshot; `None` when the core did not answer.
 pub fn append_response(config: &Config, reply: Option<Message>) -> pb::AppendEntriesResponse {
     use pb::append_entries_response::Kind;
-    let mut response = pb::AppendEntriesResponse {
-        from: config.name.clone(),
-        cluster_id: config.cluster_id,
-        ..Default::default()
-    };
+    let mut response: pb::AppendEntriesResponse = unanswered(config);
     let Some(msg) = reply else { return response };
     response.term = msg.term;
     response.kind = match msg.body {
@@ -567,18 +640,14 @@ fn append_outcome(result: pb::AppendResult) -> AppendOutcome {
 
 /// The answer to a ReadIndex; `None` when the core did not answer.
 pub fn read_index_response(config: &Config, reply: Option<Message>) -> pb::ReadIndexResponse {
-    let unanswered = pb::ReadIndexResponse {
-        from: config.name.clone(),
-        cluster_id: config.cluster_id,
-        ..Default::default()
-    };
-    let Some(msg) = reply else { return unanswered };
+    let empty: pb::ReadIndexResponse = unanswered(config);
+    let Some(msg) = reply else { return empty };
     match msg.body {
         Body::ReadIndexResponse { index, .. } => pb::ReadIndexResponse {
             term: msg.term,
             ok: index.is_some(),
             read_index: index.unwrap_or(0),
-            ..unanswered
+            ..empty
         },
         // Not an answer to a ReadIndex: leave it unanswered.
         Body::PreVote { .. }
@@ -590,27 +659,21 @@ pub fn read_index_response(config: &Config, reply: Option<Message>) -> pb::ReadI
         | Body::Heartbeat { .. }
         | Body::HeartbeatResponse { .. }
         | Body::Snapshot { .. }
-        | Body::ReadIndex { .. } => unanswered,
+        | Body::ReadIndex { .. } => empty,
     }
 }
 
 // --- Responses, as the sender of the request hands them to its core ------------------
 
 /// `peer` answered our (pre-)vote request; `None` when it chose not to answer; an
-/// error when the answer does not count (see `check_answerer`).
+/// error when the answer does not count (see `check_answer`).
 pub fn vote_response_message(
     config: &Config,
     peer: NodeId,
     pre_vote: bool,
     response: pb::VoteResponse,
 ) -> Result<Option<Message>, Status> {
-    check_answerer(
-        config,
-        peer,
-        &response.from,
-        response.cluster_id,
-        response.term,
-    )?;
+    let term = check_answer(config, peer, &response)?;
     if !response.answered {
         return Ok(None);
     }
@@ -620,29 +683,18 @@ pub fn vote_response_message(
     } else {
         Body::VoteResponse { granted }
     };
-    Ok(Some(Message {
-        from: peer,
-        to: config.id,
-        term: response.term,
-        body,
-    }))
+    Ok(Some(answered(config, peer, term, body)))
 }
 
 /// `peer` answered an append, heartbeat or snapshot; `None` when it chose not to; an
-/// error when the answer does not count (see `check_answerer`).
+/// error when the answer does not count (see `check_answer`).
 pub fn append_response_message(
     config: &Config,
     peer: NodeId,
     response: pb::AppendEntriesResponse,
 ) -> Result<Option<Message>, Status> {
     use pb::append_entries_response::Kind;
-    check_answerer(
-        config,
-        peer,
-        &response.from,
-        response.cluster_id,
-        response.term,
-    )?;
+    let term = check_answer(config, peer, &response)?;
     let Some(kind) = response.kind else {
         return Ok(None);
     };
@@ -654,50 +706,32 @@ pub fn append_response_message(
             read_seq: result.read_seq,
         },
     };
-    Ok(Some(Message {
-        from: peer,
-        to: config.id,
-        term: response.term,
-        body,
-    }))
+    Ok(Some(answered(config, peer, term, body)))
 }
 
 /// `peer` (the leader) answered our ReadIndex request `id`; an error when the answer
-/// does not count (see `check_answerer`).
+/// does not count (see `check_answer`).
 pub fn read_index_response_message(
     config: &Config,
     peer: NodeId,
     id: u64,
     response: pb::ReadIndexResponse,
 ) -> Result<Message, Status> {
-    check_answerer(
+    let term = check_answer(config, peer, &response)?;
+    let index = response.ok.then_some(response.read_index);
+    Ok(answered(
         config,
         peer,
-        &response.from,
-        response.cluster_id,
-        response.term,
-    )?;
-    Ok(Message {
-        from: peer,
-        to: config.id,
-        term: response.term,
-        body: Body::ReadIndexResponse {
-            id,
-            index: response.ok.then_some(response.read_index),
-        },
-    })
+        term,
+        Body::ReadIndexResponse { id, index },
+    ))
 }
 
 /// Our ReadIndex request `id` to `peer` got no usable answer: a refusal with a zero
 /// term, so that the read simply fails (the core takes a refusal at any term) and no
 /// term is learnt.
 pub fn read_index_failed(config: &Config, peer: NodeId, id: u64) -> Message {
-    Message {
-        from: peer,
-        to: config.id,
-        term: 0,
-        body: Body::ReadIndexResponse { id, index: None },
-    }
+    answered(config, peer, 0, Body::ReadIndexResponse { id, index: None })
 }
 
 #[cfg(test)]

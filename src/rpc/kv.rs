@@ -21,6 +21,7 @@ use crate::driver::{DriverHandle, RequestError, WriteKind};
 use crate::kv::{Applied, Kv};
 use crate::metrics::metrics;
 use crate::proto::v1::{self as pb, kv_client::KvClient};
+use crate::validation::KeyValue;
 
 /// Marks a client request that a follower forwarded to the leader, so that it is
 /// never forwarded a second time (a leader that lost its post answers UNAVAILABLE and
@@ -52,6 +53,17 @@ impl KvService {
             peers,
             forwarding,
         }
+    }
+
+    /// What every request opens with: the API token checked, its deadline, whether
+    /// another node forwarded it, and its key and value checked unless this node's
+    /// gateway did; then its message.
+    fn open<M: KeyValue>(&self, request: Request<M>) -> Result<(Deadline, bool, M), Status> {
+        authorize(&self.config, &request)?;
+        let deadline = Deadline::of(&request, self.config.request_timeout);
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        self.config.request_rules.check_unless_checked(&request)?;
+        Ok((deadline, forwarded, request.into_inner()))
     }
 
     /// Runs `local` until it succeeds, fails for good, or the deadline passes. While
@@ -170,11 +182,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        authorize(&self.config, &request)?;
-        let deadline = Deadline::of(&request, self.config.request_timeout);
-        let forwarded = request.metadata().contains_key(FORWARDED);
-        self.config.request_rules.check_unless_checked(&request)?;
-        let pb::GetRequest { key, stale } = request.into_inner();
+        let (deadline, forwarded, pb::GetRequest { key, stale }) = self.open(request)?;
         // Linearizable reads are served here by ReadIndex (the core asks the leader to
         // confirm the read index), which spreads read load over the replicas and never
         // ships the value twice. They are forwarded to the leader only when this node
@@ -217,11 +225,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        authorize(&self.config, &request)?;
-        let deadline = Deadline::of(&request, self.config.request_timeout);
-        let forwarded = request.metadata().contains_key(FORWARDED);
-        self.config.request_rules.check_unless_checked(&request)?;
-        let pb::PutRequest { key, value } = request.into_inner();
+        let (deadline, forwarded, pb::PutRequest { key, value }) = self.open(request)?;
         let command = Kv::put_command(key.clone(), value.clone());
         let response = self
             .run(
@@ -258,11 +262,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        authorize(&self.config, &request)?;
-        let deadline = Deadline::of(&request, self.config.request_timeout);
-        let forwarded = request.metadata().contains_key(FORWARDED);
-        self.config.request_rules.check_unless_checked(&request)?;
-        let pb::DeleteRequest { key } = request.into_inner();
+        let (deadline, forwarded, pb::DeleteRequest { key }) = self.open(request)?;
         let command = Kv::delete_command(key.clone());
         let response = self
             .run(

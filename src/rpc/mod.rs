@@ -4,6 +4,7 @@
 //! - [`raft`], [`kv`], [`admin`]: one file per service;
 //! - [`outcome`], [`deadline`], [`auth`]: what the client services share (errors as
 //!   statuses, deadlines, the API token);
+//! - [`stop`]: the stop signal the server and its streams share;
 //! - [`peers`]: one connection per peer, the driver's transport;
 //! - [`convert`]: the mapping between core messages and Raft RPCs.
 //!
@@ -25,6 +26,7 @@ pub mod peers;
 mod raft;
 pub mod refusals;
 pub mod server;
+mod stop;
 
 pub use admin::AdminService;
 pub use instrument::GrpcMetricsLayer;

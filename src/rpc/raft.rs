@@ -15,7 +15,7 @@ use super::deadline::Deadline;
 use super::outcome::status_of;
 use super::peers::{raft_rpc_timeout, snapshot_timeout};
 use super::refusals::Refusals;
-use super::server::stopped;
+use super::stop::stopped;
 use crate::config::Config;
 use crate::driver::{DriverHandle, RaftReply, ReceivedSnapshot, SnapshotAdmission};
 use crate::kv::Kv;

@@ -15,6 +15,7 @@ use super::instrument::GrpcMetricsLayer;
 use super::kv::KvService;
 use super::peers::Peers;
 use super::raft::RaftService;
+pub use super::stop::stopped;
 use crate::config::Config;
 use crate::driver::DriverHandle;
 use crate::limits::{
@@ -143,9 +144,4 @@ async fn report_health(
             reporter.set_not_serving::<RaftServer<RaftService>>().await;
         }
     }
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-pub async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
 }

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{create_dir_durably, io_error, replace_file_durably, StorageError};
+use super::error::io_error;
+use super::files::{create_dir_durably, replace_file_durably};
+use super::StorageError;
 use crate::config::{Config, Member};
 
 pub const IDENTITY_FILE: &str = "cluster.id";

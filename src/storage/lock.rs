@@ -54,7 +54,7 @@ impl DirLock {
         let mut locked: Vec<PathBuf> = Vec::new();
         let mut files = Vec::new();
         for dir in dirs {
-            super::create_dir_durably(dir)?;
+            super::files::create_dir_durably(dir)?;
             let canonical = dir.canonicalize().map_err(|source| LockError::Io {
                 path: dir.to_path_buf(),
                 source,

@@ -15,7 +15,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{io_error, replace_file_durably, StorageError};
+use super::error::io_error;
+use super::files::replace_file_durably;
+use super::StorageError;
 use crate::raft::{NodeId, Term};
 
 const FILE_NAME: &str = "reset-term";

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::raft::{Index, Membership, SnapshotMeta};
 
-use super::{
-    injected, io_error, sync_dir, write_error, DiskFault, DiskStep, SnapshotHook, StorageError,
-};
+use super::error::{io_error, write_error};
+use super::files::sync_dir;
+use super::{injected, DiskFault, DiskStep, SnapshotHook, StorageError};
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"DRAFTSNP";
 /// Format 2 added the learners to the header; format 1 is still read.
