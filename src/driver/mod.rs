@@ -2,7 +2,7 @@
 //!
 //! It owns a [`RawNode`](crate::raft::RawNode), its [`Storage`](crate::storage::Storage)
 //! and the [`Kv`](crate::kv::Kv) state machine, and runs them on a dedicated OS thread
-//! (see [`runner`]). Everything else — gRPC handlers, peer connections, the gateway —
+//! (see [`runner`], the loop, and the files of each concern it names). Everything else — gRPC handlers, peer connections, the gateway —
 //! talks to it through a [`DriverHandle`], a cheap clone that posts [`Event`]s.
 //!
 //! Why a thread rather than a tokio task: every turn of the loop ends in an fsync
@@ -11,8 +11,16 @@
 //! fsync takes is exactly the window in which the next batch accumulates (group
 //! commit falls out of the design).
 
+mod alarm;
+mod background;
 mod lag;
+mod leadership;
+mod ready;
+mod recovery;
+mod replies;
+mod requests;
 mod runner;
+mod snapshots;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -28,7 +36,8 @@ use crate::kv::Applied;
 use crate::raft::{Index, Message, NodeId, RaftError, SnapshotMeta, Term};
 use crate::storage::{SnapshotFile, SnapshotWriter, StorageError};
 
-pub use runner::{spawn, Background, Driver, Job, Threads};
+pub use background::{Background, Job, Threads};
+pub use runner::{spawn, Driver};
 pub use status::{Alarm, FollowerLag, NodeStatus};
 
 /// How many events may wait for the driver before new ones are refused. Raft messages

@@ -2,8 +2,11 @@
 //! into `Admin.Status`'s answer (`src/rpc/admin.rs`), which the gateway shows as `GET /`.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
-use crate::raft::{Index, Role, Term};
+use super::runner::Driver;
+use super::Transport;
+use crate::raft::{Index, NodeId, Role, Term};
 
 /// A raised alarm: a condition that keeps the node from serving writes until it clears.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,4 +88,81 @@ impl Alarm {
             Alarm::NoSpace => "NOSPACE",
         }
     }
+}
+
+impl<T: Transport> Driver<T> {
+    /// This node's report, as `Event::Status` answers it.
+    pub(super) fn status(&self) -> NodeStatus {
+        let config = &self.config;
+        let name_of = |id: NodeId| {
+            config
+                .member(id)
+                .map(|m| m.name.clone())
+                .unwrap_or_default()
+        };
+        let status = self.node.status();
+        let now = Instant::now();
+        let followers = status
+            .progress
+            .iter()
+            .map(|&(id, matched, _)| {
+                let lag = FollowerLag {
+                    lag_entries: status.last_index.saturating_sub(matched),
+                    lag_ms: millis(self.lag.lag(matched, now)),
+                    last_ack_ms: self.lag.last_answer(id, now).map(millis),
+                };
+                (name_of(id), lag)
+            })
+            .collect();
+        let mut report = NodeStatus {
+            role: status.role,
+            term: status.term,
+            leader: status.leader.map(name_of),
+            commit_index: status.commit,
+            last_applied: self.applied,
+            last_log_index: status.last_index,
+            last_log_term: status.last_term,
+            match_index: status
+                .progress
+                .iter()
+                .map(|(id, m, _)| (name_of(*id), *m))
+                .collect(),
+            next_index: status
+                .progress
+                .iter()
+                .map(|(id, _, n)| (name_of(*id), *n))
+                .collect(),
+            up: self.up,
+            snapshot_index: status.snapshot_index,
+            state_digest: self.kv.digest_hex(),
+            voting: status.may_vote,
+            cluster_id: config.cluster_id,
+            state_bytes: self.kv.state_bytes(),
+            alarm: self.no_space.as_ref().map(|_| Alarm::NoSpace),
+            keys: self.kv.len() as u64,
+            followers,
+            quorum_ack_ms: match status.role {
+                Role::Leader => self
+                    .lag
+                    .quorum_ack_age(config.id, config.members.iter().map(|m| m.id), now)
+                    .map(millis),
+                Role::Follower | Role::PreCandidate | Role::Candidate => None,
+            },
+            proposals_pending: self.proposals.len() as u64,
+        };
+        if !self.up {
+            // As if crashed: no role, no leader, whatever the core last believed.
+            report.role = Role::Follower;
+            report.leader = None;
+            report.match_index.clear();
+            report.next_index.clear();
+            report.followers.clear();
+            report.quorum_ack_ms = None;
+        }
+        report
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -1,0 +1,168 @@
+//! Pairing peers' requests with the core's replies. A peer's request arrives with a
+//! reply slot (its gRPC call waits on it); the core answers later in the same turn,
+//! after the persist its answer promises, as an ordinary outgoing message. Replies are
+//! matched to waiting requests per peer and kind, first come first served; every reply
+//! is self-describing (it carries its index, term or read round), so the pairing only
+//! has to preserve order. A ReadIndex request is paired by its id instead: the leader
+//! answers it in a later turn, after a heartbeat round.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use tracing::{debug, info};
+
+use super::runner::Driver;
+use super::{RaftReply, RaftReplySender, ReceivedSnapshot, Transport};
+use crate::raft::{Body, Message, NodeId, ReadId};
+
+/// Which answer a peer's request waits for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ReplyKind {
+    Vote,
+    /// AppendEntries stream (appends and heartbeats) and InstallSnapshot.
+    Replication,
+}
+
+// Both matches list every message kind, so that a new one does not compile until it
+// is decided whether (and how) its replies are paired.
+
+fn request_kind(body: &Body) -> Option<ReplyKind> {
+    match body {
+        Body::PreVote { .. } | Body::Vote { .. } => Some(ReplyKind::Vote),
+        Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. } => {
+            Some(ReplyKind::Replication)
+        }
+        // Paired by its id instead (`WaitingReplies::read_index`).
+        Body::ReadIndex { .. } => None,
+        // Answers are not requests.
+        Body::PreVoteResponse { .. }
+        | Body::VoteResponse { .. }
+        | Body::AppendResponse { .. }
+        | Body::HeartbeatResponse { .. }
+        | Body::ReadIndexResponse { .. } => None,
+    }
+}
+
+fn response_kind(body: &Body) -> Option<ReplyKind> {
+    match body {
+        Body::PreVoteResponse { .. } | Body::VoteResponse { .. } => Some(ReplyKind::Vote),
+        Body::AppendResponse { .. } | Body::HeartbeatResponse { .. } => {
+            Some(ReplyKind::Replication)
+        }
+        // Paired by its id instead (`WaitingReplies::read_index`).
+        Body::ReadIndexResponse { .. } => None,
+        // Requests are not answers.
+        Body::PreVote { .. }
+        | Body::Vote { .. }
+        | Body::Append { .. }
+        | Body::Heartbeat { .. }
+        | Body::Snapshot { .. }
+        | Body::ReadIndex { .. } => None,
+    }
+}
+
+/// Peers' requests waiting for the core's reply.
+#[derive(Default)]
+pub(super) struct WaitingReplies {
+    /// Requests stepped in this turn, per peer, in arrival order.
+    this_turn: HashMap<NodeId, VecDeque<(ReplyKind, RaftReplySender)>>,
+    /// Followers' ReadIndex requests: answered in a later turn, after a heartbeat round.
+    read_index: HashMap<(NodeId, ReadId), RaftReplySender>,
+}
+
+impl WaitingReplies {
+    /// Keeps `reply` until the core answers `msg`, a peer's request; a message that
+    /// expects no answer is told so at once.
+    fn wait(&mut self, msg: &Message, reply: RaftReplySender) {
+        match &msg.body {
+            Body::ReadIndex { id } => {
+                self.read_index.insert((msg.from, *id), reply);
+            }
+            body => match request_kind(body) {
+                Some(kind) => self
+                    .this_turn
+                    .entry(msg.from)
+                    .or_default()
+                    .push_back((kind, reply)),
+                None => {
+                    let _ = reply.send(RaftReply::Unanswered);
+                }
+            },
+        }
+    }
+
+    /// Hands an outgoing message that answers a peer's request to the request's slot
+    /// (or drops it, when its request is gone). Returns the message back when it
+    /// answers nothing: a new message for the transport.
+    pub(super) fn answer(&mut self, msg: Message) -> Option<Message> {
+        if let Body::ReadIndexResponse { id, .. } = &msg.body {
+            if let Some(reply) = self.read_index.remove(&(msg.to, *id)) {
+                let _ = reply.send(RaftReply::Answer(msg));
+            }
+            return None;
+        }
+        let Some(kind) = response_kind(&msg.body) else {
+            return Some(msg);
+        };
+        let waiting = self.this_turn.get_mut(&msg.to);
+        let slot = waiting.and_then(|queue| {
+            let position = queue.iter().position(|(k, _)| *k == kind)?;
+            queue.remove(position)
+        });
+        match slot {
+            Some((_, reply)) => {
+                let _ = reply.send(RaftReply::Answer(msg));
+            }
+            None => debug!(to = msg.to, "dropping a reply whose request is gone"),
+        }
+        None
+    }
+
+    /// Requests this turn did not answer get an explicit "no answer", so that their
+    /// callers (and the ordered AppendEntries streams) need not wait.
+    pub(super) fn answer_unanswered(&mut self) {
+        for (_, queue) in self.this_turn.drain() {
+            for (_, reply) in queue {
+                let _ = reply.send(RaftReply::Unanswered);
+            }
+        }
+    }
+
+    /// Forgets ReadIndex requests whose callers gave up waiting.
+    pub(super) fn purge_abandoned(&mut self) {
+        self.read_index.retain(|_, reply| !reply.is_closed());
+    }
+
+    /// Drops every waiting request unanswered (their callers see the node as crashed).
+    pub(super) fn clear(&mut self) {
+        self.this_turn.clear();
+        self.read_index.clear();
+    }
+}
+
+impl<T: Transport> Driver<T> {
+    /// A message from a peer; `reply` when the peer waits for the answer (a request).
+    pub(super) fn on_peer_message(
+        &mut self,
+        msg: Message,
+        reply: Option<RaftReplySender>,
+        snapshot: Option<Box<ReceivedSnapshot>>,
+    ) {
+        // Stopped: the node is as good as crashed; dropping `reply` tells the handler so.
+        if !self.up {
+            return;
+        }
+        if let Some(reply) = reply {
+            self.replies.wait(&msg, reply);
+        }
+        self.received_snapshots
+            .extend(snapshot.map(|received| *received));
+        // An answer to our replication (an append or a heartbeat), whatever it says:
+        // the follower is alive and talking to us.
+        let replication_answer = response_kind(&msg.body) == Some(ReplyKind::Replication);
+        if replication_answer && self.lag.answered(msg.from, Instant::now()) {
+            info!(member = self.name_of(msg.from), "member reachable again");
+        }
+        self.node.step(msg);
+    }
+}

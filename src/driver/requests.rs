@@ -1,0 +1,163 @@
+//! Clients' requests: writes proposed to the core and answered once applied, reads
+//! answered once the core confirmed them (ReadIndex) and the state machine caught up,
+//! and what happens to both when their callers give up or the node leaves Raft.
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::runner::Driver;
+use super::{Committed, RequestError, Transport, WriteKind};
+use crate::metrics::metrics;
+use crate::plant::{self, Plant};
+use crate::raft::{Role, Term};
+
+/// A proposal waiting for its entry to be applied.
+pub(super) struct PendingProposal {
+    pub(super) term: Term,
+    pub(super) reply: oneshot::Sender<Result<Committed, RequestError>>,
+}
+
+impl PendingProposal {
+    /// Answers the client, counting a failure (or unknown outcome) in the metrics.
+    pub(super) fn answer(self, result: Result<Committed, RequestError>) {
+        if result.is_err() {
+            metrics().proposals_failed.inc();
+        }
+        let _ = self.reply.send(result);
+    }
+}
+
+pub(super) type ReadReply = oneshot::Sender<Result<Option<String>, RequestError>>;
+
+impl<T: Transport> Driver<T> {
+    /// A client's write: refused at once when this node cannot take it, else handed to
+    /// the core; `reply` waits in `proposals` for the entry to be applied.
+    pub(super) fn on_propose(
+        &mut self,
+        data: Bytes,
+        kind: WriteKind,
+        reply: oneshot::Sender<Result<Committed, RequestError>>,
+    ) {
+        if self.no_space.is_some() {
+            let _ = reply.send(Err(RequestError::NoSpace));
+            return;
+        }
+        if !self.up {
+            let _ = reply.send(Err(RequestError::Stopped));
+            return;
+        }
+        if let Err(err) = self.check_quota(&kind) {
+            let _ = reply.send(Err(err));
+            return;
+        }
+        if plant::active(Plant::WritesFailInternally) && self.applied.is_multiple_of(4) {
+            let planted = "planted: writes-fail-internally".to_string();
+            let _ = reply.send(Err(RequestError::Storage(planted)));
+            return;
+        }
+        let term = self.node.term();
+        match self.node.propose(data) {
+            Ok(index) => {
+                // A proposal still waiting at this index was overwritten before it was
+                // applied: it is lost for good.
+                if let Some(old) = self
+                    .proposals
+                    .insert(index, PendingProposal { term, reply })
+                {
+                    old.answer(Err(RequestError::LeadershipLost));
+                }
+            }
+            Err(err) => {
+                let _ = reply.send(Err(err.into()));
+            }
+        }
+    }
+
+    /// A client's read: stale ones are served from the state machine at once,
+    /// linearizable ones go to the core for a read index.
+    pub(super) fn on_read(&mut self, key: String, stale: bool, reply: ReadReply) {
+        if self.left_raft_for_space() {
+            // Out of Raft for lack of space, but the state machine holds what was
+            // applied: stale reads are served from it, linearizable ones are sent
+            // elsewhere.
+            let answer = match stale {
+                true => Ok(self.kv.get(&key).map(str::to_string)),
+                false => Err(RequestError::NotLeader {
+                    leader: self.read_elsewhere(),
+                }),
+            };
+            let _ = reply.send(answer);
+        } else if !self.up {
+            let _ = reply.send(Err(RequestError::Stopped));
+        } else if stale {
+            let _ = reply.send(Ok(self.kv.get(&key).map(str::to_string)));
+        } else {
+            let id = self.next_read_id;
+            self.next_read_id += 1;
+            self.reads.insert(id, (key, reply));
+            self.node.read_index(id);
+        }
+    }
+
+    /// Refuses a put that would take the state past the quota. Checked where the
+    /// leader accepts proposals (followers forward theirs), against the applied
+    /// state: writes proposed but not yet applied are not counted, so the state may
+    /// pass the quota by at most what is in flight when it is reached.
+    fn check_quota(&self, kind: &WriteKind) -> Result<(), RequestError> {
+        let WriteKind::Put { key, value_bytes } = kind else {
+            return Ok(());
+        };
+        if self.node.role() != Role::Leader || plant::active(Plant::NoQuota) {
+            return Ok(());
+        }
+        let quota = self.config.quota_bytes;
+        let would_be = self.kv.bytes_after_put(key, *value_bytes);
+        // A put that does not grow the state is fine even past the quota (which a
+        // lowered DISTRAFT_QUOTA_BYTES can leave behind).
+        if would_be > quota && would_be > self.kv.state_bytes() {
+            return Err(RequestError::QuotaExceeded { would_be, quota });
+        }
+        Ok(())
+    }
+
+    /// Serves the confirmed reads whose index has been applied.
+    pub(super) fn serve_confirmed_reads(&mut self) {
+        let applied = self.applied;
+        let (due, waiting) = std::mem::take(&mut self.confirmed_reads)
+            .into_iter()
+            .partition(|(index, _, _)| *index <= applied);
+        self.confirmed_reads = waiting;
+        for (_, key, reply) in due {
+            let _ = reply.send(Ok(self.kv.get(&key).map(str::to_string)));
+        }
+    }
+
+    /// Forgets requests whose callers gave up waiting.
+    pub fn purge_abandoned(&mut self) {
+        self.proposals.retain(|_, p| !p.reply.is_closed());
+        self.reads.retain(|_, (_, reply)| !reply.is_closed());
+        self.confirmed_reads
+            .retain(|(_, _, reply)| !reply.is_closed());
+        self.replies.purge_abandoned();
+    }
+
+    /// Fails every waiting client request and drops every waiting peer request.
+    pub fn fail_everything(&mut self, err: RequestError) {
+        // A proposal that was handed to the core may still commit.
+        let proposal_err = match err {
+            RequestError::Stopped | RequestError::ShuttingDown => RequestError::Indeterminate,
+            ref other => other.clone(),
+        };
+        for (_, proposal) in std::mem::take(&mut self.proposals) {
+            proposal.answer(Err(proposal_err.clone()));
+        }
+        for (_, (_, reply)) in self.reads.drain() {
+            let _ = reply.send(Err(err.clone()));
+        }
+        for (_, _, reply) in self.confirmed_reads.drain(..) {
+            let _ = reply.send(Err(err.clone()));
+        }
+        self.replies.clear();
+        self.received_snapshots.clear();
+    }
+}
