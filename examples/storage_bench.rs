@@ -47,11 +47,7 @@ fn main() -> Result<()> {
 }
 
 fn entry(index: u64) -> Entry {
-    Entry {
-        index,
-        term: 1,
-        data: Bytes::from(vec![b'x'; ENTRY_BYTES]),
-    }
+    Entry::normal(index, 1, Bytes::from(vec![b'x'; ENTRY_BYTES]))
 }
 
 /// Bytes one append of `batch` entries writes: measured, not assumed, by appending

@@ -10,6 +10,7 @@ mod observability;
 mod storage;
 mod tls;
 mod tools;
+mod upgrade;
 mod wipe;
 mod wire;
 

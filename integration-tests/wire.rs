@@ -99,6 +99,7 @@ fn append(
                     index,
                     term,
                     data: bytes::Bytes::from_static(b"\x0a\x06\x0a\x01x\x12\x01y"),
+                    kind: pb::EntryKind::Normal.into(),
                 })
                 .collect(),
             leader_commit: commit,
@@ -121,6 +122,7 @@ fn first_chunk(
             index: 1_000_000,
             term,
             voters: vec!["node1".into(), "node2".into(), "node3".into()],
+            learners: vec![],
         }),
         data: Vec::new(),
         cluster_id: seen.cluster_id,

@@ -19,7 +19,7 @@ const MAX_IMAGE_FIELD_BYTES: u32 = 256 * 1024 * 1024;
 /// What applying one log entry did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
-    /// The leader's no-op entry (empty data).
+    /// The leader's no-op entry: nothing to apply.
     Noop,
     Put,
     Delete {
@@ -199,11 +199,8 @@ impl Kv {
         Kv::encode(Op::Delete(DeleteRequest { key }))
     }
 
-    /// Applies the data of one committed entry.
+    /// Applies the command of one committed entry of kind `Normal`.
     pub fn apply(&mut self, data: &[u8]) -> Applied {
-        if data.is_empty() {
-            return Applied::Noop;
-        }
         let command = match Command::decode(data) {
             Ok(command) => command,
             Err(err) => return Applied::Rejected(format!("undecodable command: {err}")),
@@ -429,7 +426,7 @@ mod tests {
     #[test]
     fn put_get_delete() {
         let mut kv = Kv::new();
-        assert_eq!(kv.apply(&[]), Applied::Noop);
+        assert!(matches!(kv.apply(&[]), Applied::Rejected(_)));
         assert_eq!(put(&mut kv, "a", "1"), Applied::Put);
         assert_eq!(put(&mut kv, "a", "2"), Applied::Put);
         assert_eq!(kv.get("a"), Some("2"));

@@ -55,10 +55,13 @@ pub enum Plant {
     /// The leader's driver fails some writes with a storage error (INTERNAL, HTTP 500)
     /// and goes on running: a node that answers errors must not pass chaos.
     WritesFailInternally,
+    /// Learners count towards the majorities of the voters (commit, ReadIndex,
+    /// check-quorum), as if they were voters.
+    LearnerCountsTowardQuorum,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 18] = [
+    pub const ALL: [Plant; 19] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -77,6 +80,7 @@ impl Plant {
         Plant::NoBodyTimeout,
         Plant::TlsOptionalClientCert,
         Plant::WritesFailInternally,
+        Plant::LearnerCountsTowardQuorum,
     ];
 
     pub fn name(self) -> &'static str {
@@ -99,6 +103,7 @@ impl Plant {
             Plant::NoBodyTimeout => "no-body-timeout",
             Plant::TlsOptionalClientCert => "tls-optional-client-cert",
             Plant::WritesFailInternally => "writes-fail-internally",
+            Plant::LearnerCountsTowardQuorum => "learner-counts-toward-quorum",
         }
     }
 }

@@ -50,8 +50,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 use distraft::raft::{
-    AppendOutcome, Body, Config, Entry, HardState, Index, Message, NodeId, RawNode, ReadId,
-    RejectHint, Restored, Role, SnapshotMeta,
+    AppendOutcome, Body, Config, Entry, EntryKind, HardState, Index, Message, NodeId, RawNode,
+    ReadId, RejectHint, Restored, Role, SnapshotMeta,
 };
 use goldenscript::{Argument, Command};
 
@@ -262,7 +262,6 @@ impl Cluster {
     }
 
     fn compact(&mut self, id: NodeId, index: Index, out: &mut String) -> Result<()> {
-        let voters = self.voters.clone();
         let node = self.node(id)?;
         let raw = node.raw.as_mut().ok_or("the node is down")?;
         if index > raw.status().applied {
@@ -275,6 +274,7 @@ impl Cluster {
             .map(|e| e.term)
             .ok_or_else(|| format!("n{id} has no entry {index} on disk"))?;
         raw.compact(index);
+        let membership = raw.membership().clone();
         let image: Applied = node
             .applied
             .iter()
@@ -284,7 +284,7 @@ impl Cluster {
         let meta = SnapshotMeta {
             index,
             term,
-            voters,
+            membership,
         };
         node.disk.entries.retain(|&i, _| i > index);
         node.disk.snapshot = Some((meta, image));
@@ -340,7 +340,7 @@ fn summary(raw: &RawNode) -> String {
 }
 
 fn show_entry(e: &Entry) -> String {
-    if e.data.is_empty() {
+    if e.kind == EntryKind::Noop {
         format!("{}@{} no-op", e.index, e.term)
     } else {
         format!(

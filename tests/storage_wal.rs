@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use distraft::raft::{Entry, HardState, Index, SnapshotMeta, Term};
+use distraft::raft::{Entry, EntryKind, HardState, Index, Membership, SnapshotMeta, Term};
 use distraft::storage::{
     DiskFault, DiskStep, Recovered, SnapshotFile, Storage, StorageError, StorageOptions,
 };
@@ -24,11 +24,7 @@ fn options(root: &Path, segment_bytes: u64) -> StorageOptions {
 fn entry(index: Index, term: Term, len: usize) -> Entry {
     let mut data = format!("{index}/{term}:").into_bytes();
     data.resize(len.max(data.len()), b'a' + (index % 26) as u8);
-    Entry {
-        index,
-        term,
-        data: Bytes::from(data),
-    }
+    Entry::normal(index, term, Bytes::from(data))
 }
 
 fn entries(range: std::ops::RangeInclusive<Index>, term: Term) -> Vec<Entry> {
@@ -49,7 +45,7 @@ fn snapshot(storage: &mut Storage, index: Index, term: Term, image: &[u8]) -> Sn
     let meta = SnapshotMeta {
         index,
         term,
-        voters: vec![1, 2, 3],
+        membership: Membership::with_voters([1, 2, 3]),
     };
     let mut writer = storage.begin_snapshot(meta).unwrap();
     // Several writes, as a state machine streaming its image would do.
@@ -242,7 +238,7 @@ fn snapshot_compacts_the_log_and_survives_reopen() {
     let meta = SnapshotMeta {
         index: 60,
         term: 1,
-        voters: vec![1, 2, 3],
+        membership: Membership::with_voters([1, 2, 3]),
     };
     let image = image_for(&meta, 10_000);
     let file = snapshot(&mut storage, 60, 1, &image);
@@ -272,7 +268,7 @@ fn snapshot_compacts_the_log_and_survives_reopen() {
     let newer = SnapshotMeta {
         index: 90,
         term: 1,
-        voters: vec![1, 2, 3],
+        membership: Membership::with_voters([1, 2, 3]),
     };
     snapshot(&mut storage, 90, 1, &image_for(&newer, 5));
     assert_eq!(files(&dir.path().join("data"), ".snap").len(), 1);
@@ -422,7 +418,7 @@ fn invalid_appends_are_refused_and_change_nothing() {
     let stale = storage.begin_snapshot(SnapshotMeta {
         index: 2,
         term: 1,
-        voters: vec![],
+        membership: Membership::with_voters([]),
     });
     assert!(matches!(stale, Err(StorageError::Invalid(_))));
     assert_eq!(storage.last_index(), 5);
@@ -463,7 +459,7 @@ fn a_snapshot_that_finds_the_disk_full_fails_as_no_space_and_keeps_the_log() {
     let meta = SnapshotMeta {
         index: 10,
         term: 1,
-        voters: vec![1],
+        membership: Membership::with_voters([1]),
     };
     // The node's own snapshot, written off the driver.
     let job = storage.snapshot_job(meta.clone()).unwrap();
@@ -494,7 +490,7 @@ fn snapshot_job_written_off_thread_compacts_only_once_adopted() {
     let meta = SnapshotMeta {
         index: 30,
         term: 1,
-        voters: vec![1],
+        membership: Membership::with_voters([1]),
     };
     let image = image_for(&meta, 3000);
     let job = storage.snapshot_job(meta).unwrap();
@@ -535,7 +531,7 @@ fn garbage_left_by_a_crash_is_deleted_at_recovery() {
     let meta = SnapshotMeta {
         index: 30,
         term: 1,
-        voters: vec![1],
+        membership: Membership::with_voters([1]),
     };
     let job = storage.snapshot_job(meta).unwrap();
     let file = job.write(|out| out.write_all(b"new")).unwrap();
@@ -564,7 +560,7 @@ fn snapshot_job_superseded_by_a_received_snapshot_is_discarded() {
     let meta = SnapshotMeta {
         index: 8,
         term: 1,
-        voters: vec![1],
+        membership: Membership::with_voters([1]),
     };
     let job = storage.snapshot_job(meta.clone()).unwrap();
     let own = job
@@ -588,7 +584,7 @@ fn snapshot_interrupted_by_a_crash_is_ignored_at_recovery() {
         .begin_snapshot(SnapshotMeta {
             index: 9,
             term: 1,
-            voters: vec![1],
+            membership: Membership::with_voters([1]),
         })
         .unwrap();
     writer.write_all(&vec![1u8; 3 << 20]).unwrap();
@@ -1077,7 +1073,7 @@ mod model {
                     let meta = SnapshotMeta {
                         index,
                         term,
-                        voters: vec![1, 2, 3],
+                        membership: Membership::with_voters([1, 2, 3]),
                     };
                     let image = image_for(&meta, image_len as usize);
                     snapshot(&mut storage, index, term, &image);
@@ -1091,7 +1087,7 @@ mod model {
                     let meta = SnapshotMeta {
                         index,
                         term,
-                        voters: vec![1, 2, 3],
+                        membership: Membership::with_voters([1, 2, 3]),
                     };
                     let image = image_for(&meta, 100);
                     snapshot(&mut storage, index, term, &image);
@@ -1205,4 +1201,92 @@ fn a_core_restarts_from_storage_with_term_vote_log_and_snapshot() {
         .persisted_messages
         .iter()
         .any(|m| m.body == Body::VoteResponse { granted: false }));
+}
+
+/// A copy of `tests/fixtures/<name>` in a temporary directory, to open and change.
+fn fixture(name: &str) -> TempDir {
+    fn copy(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap();
+        for entry in fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let dir = TempDir::new().unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    copy(&source, dir.path());
+    dir
+}
+
+/// Format 1 (before entries had kinds and snapshots learners): the directory a
+/// single node of the build before left behind (see tests/fixtures/format-1/README.md)
+/// opens with the same contents, the no-op recognised by its empty data, and takes
+/// new entries of every kind after them.
+#[test]
+fn a_format_1_directory_opens_and_takes_new_entries() {
+    let dir = fixture("format-1");
+    let options = || {
+        StorageOptions::new(
+            dir.path().join("log/fixture"),
+            dir.path().join("state/fixture"),
+        )
+    };
+    let (mut storage, recovered) = Storage::open(options()).unwrap();
+    let restored = &recovered.restored;
+    let snapshot = restored
+        .snapshot
+        .as_ref()
+        .expect("the fixture has a snapshot");
+    assert_eq!(
+        (snapshot.index, snapshot.term, &snapshot.membership),
+        (15, 2, &Membership::with_voters([1]))
+    );
+    assert_eq!(restored.hard_state.term, 3);
+    let kinds: Vec<(Index, Term, EntryKind)> = restored
+        .entries
+        .iter()
+        .map(|e| (e.index, e.term, e.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (16, 3, EntryKind::Noop),
+            (17, 3, EntryKind::Normal),
+            (18, 3, EntryKind::Normal),
+            (19, 3, EntryKind::Normal)
+        ]
+    );
+    assert_eq!(
+        storage.read_entries(16, 19, usize::MAX).unwrap(),
+        restored.entries
+    );
+
+    let new = [
+        Entry::noop(20, 4),
+        Entry {
+            kind: EntryKind::ConfChange,
+            ..Entry::normal(21, 4, Bytes::from_static(b"change"))
+        },
+        Entry::normal(22, 4, Bytes::from_static(b"command")),
+    ];
+    storage
+        .append(
+            Some(&HardState {
+                term: 4,
+                vote: None,
+                commit: 19,
+            }),
+            &new,
+        )
+        .unwrap();
+    drop(storage);
+    let (_, recovered) = Storage::open(options()).unwrap();
+    assert_eq!(recovered.restored.entries[4..], new);
 }

@@ -25,8 +25,8 @@ use crate::kv::{Applied, Kv};
 use crate::metrics::metrics;
 use crate::plant::{self, Plant};
 use crate::raft::{
-    Body, Entry, Index, LogReader, Message, NodeId, RawNode, ReadId, Ready, Role, SnapshotMeta,
-    Term,
+    Body, Entry, EntryKind, Index, LogReader, Message, NodeId, RawNode, ReadId, Ready, Role,
+    SnapshotMeta, Term,
 };
 use crate::storage::{Garbage, SnapshotFile, Storage, StorageError, StorageOptions};
 
@@ -1048,7 +1048,14 @@ impl<T: Transport> Driver<T> {
         }
         self.since_snapshot.entries += 1;
         self.since_snapshot.log_bytes += entry.size() as u64;
-        let applied = self.kv.apply(&entry.data);
+        let applied = match entry.kind {
+            EntryKind::Normal => self.kv.apply(&entry.data),
+            EntryKind::Noop => Applied::Noop,
+            // The wire refuses them (`rpc::convert`) and nothing here proposes one.
+            EntryKind::ConfChange => {
+                Applied::Rejected("membership changes are not supported by this version".into())
+            }
+        };
         if let Applied::Rejected(reason) = &applied {
             warn!(
                 index = entry.index,
@@ -1096,7 +1103,7 @@ impl<T: Transport> Driver<T> {
         let meta = SnapshotMeta {
             index: self.applied,
             term: self.applied_term,
-            voters: self.config.members.iter().map(|m| m.id).collect(),
+            membership: self.node.membership().clone(),
         };
         // Whatever happens, the next attempt is a threshold away.
         self.snapshot_index = meta.index;

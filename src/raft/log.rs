@@ -136,11 +136,7 @@ impl RaftLog {
             // followers then apply empty commands in their place.
             return Some(
                 (from..self.cached_from)
-                    .map(|index| Entry {
-                        index,
-                        term: self.term(index).unwrap_or(0),
-                        data: Bytes::new(),
-                    })
+                    .map(|index| Entry::normal(index, self.term(index).unwrap_or(0), Bytes::new()))
                     .collect(),
             );
         }
@@ -377,12 +373,10 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    use crate::raft::Membership;
+
     fn e(index: Index, term: Term) -> Entry {
-        Entry {
-            index,
-            term,
-            data: Bytes::from_static(b"x"),
-        }
+        Entry::normal(index, term, Bytes::from_static(b"x"))
     }
 
     #[test]
@@ -442,11 +436,7 @@ mod tests {
     }
 
     fn big(index: Index) -> Entry {
-        Entry {
-            index,
-            term: 1,
-            data: Bytes::from(vec![index as u8; 84]),
-        }
+        Entry::normal(index, 1, Bytes::from(vec![index as u8; 84]))
     }
 
     #[test]
@@ -528,7 +518,7 @@ mod tests {
         log.install_snapshot(&SnapshotMeta {
             index: 20,
             term: 3,
-            voters: vec![1],
+            membership: Membership::with_voters([1]),
         });
         assert_eq!((log.cached_from, log.cached_bytes()), (21, 0));
     }

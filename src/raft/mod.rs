@@ -54,10 +54,13 @@
 //! stickiness; log replication with the consistency check, conflict truncation, fast
 //! back-off by conflict hints, pipelining bounded per follower in messages and bytes,
 //! batching of proposals into one message per follower per `Ready`, a no-op at the
-//! start of each term and the commit rule of §5.4.2; ReadIndex; snapshots. Membership is
-//! static ([`Config::voters`]); changing it later needs only new entry kinds.
+//! start of each term and the commit rule of §5.4.2; ReadIndex; snapshots; learners,
+//! which receive the log but never vote or count towards a quorum ([`Membership`]).
+//! The membership is the bootstrap list ([`Config::voters`]) or a snapshot's; entries
+//! have a kind ([`EntryKind`]), of which membership changes are not yet proposed.
 
 mod log;
+mod membership;
 mod node;
 mod progress;
 mod read_only;
@@ -65,5 +68,6 @@ mod read_only;
 mod tests;
 mod types;
 
+pub use membership::VoteResult;
 pub use node::{RawNode, Status};
 pub use types::*;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::log::RaftLog;
+use super::membership::VoteResult;
 use super::progress::{Mode, Progress};
 use super::read_only::ReadOnly;
 use super::types::*;
@@ -38,13 +39,15 @@ pub struct Status {
     pub may_vote: bool,
     /// Payload bytes of log entries held in memory (see [`Config::max_cached_bytes`]).
     pub cached_bytes: usize,
-    /// Leader only: `(peer, match_index, next_index)` for every other voter.
+    /// Leader only: `(peer, match_index, next_index)` for every other member.
     pub progress: Vec<(NodeId, Index, Index)>,
 }
 
 /// One Raft node's consensus state. See the module documentation for the contract.
 pub struct RawNode {
     cfg: Config,
+    /// Who votes and who only learns: the bootstrap voters, or the last snapshot's.
+    membership: Membership,
     term: Term,
     vote: Option<NodeId>,
     role: Role,
@@ -86,7 +89,12 @@ impl RawNode {
             restored.entries,
             restored.hard_state.commit,
         );
+        let membership = match &restored.snapshot {
+            Some(snapshot) => snapshot.membership.clone(),
+            None => Membership::with_voters(cfg.voters.iter().copied()),
+        };
         let mut node = RawNode {
+            membership,
             term: restored.hard_state.term,
             vote: restored.hard_state.vote,
             role: Role::Follower,
@@ -147,7 +155,7 @@ impl RawNode {
             return true;
         }
         match self.reset_term {
-            Some(term) => self.cfg.voters.len() == 1 || self.log.last_term() > term,
+            Some(term) => self.membership.voters.len() == 1 || self.log.last_term() > term,
             None => true,
         }
     }
@@ -174,6 +182,11 @@ impl RawNode {
         }
     }
 
+    /// Who votes and who only learns.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
     /// The highest index known to be committed.
     pub fn commit_index(&self) -> Index {
         self.log.commit
@@ -190,7 +203,7 @@ impl RawNode {
         SnapshotMeta {
             index: self.log.snapshot_index,
             term: self.log.snapshot_term,
-            voters: self.cfg.voters.clone(),
+            membership: self.membership.clone(),
         }
     }
 
@@ -221,7 +234,9 @@ impl RawNode {
             self.quorum_elapsed = 0;
             // Check-quorum: a leader cut off from a majority steps down, so that it
             // stops serving and its clients look elsewhere.
-            let active = 1 + self.progress.values().filter(|pr| pr.recent_active).count();
+            let active = self.membership.active_voters(|id| {
+                id == self.cfg.id || self.progress.get(&id).is_some_and(|pr| pr.recent_active)
+            });
             for pr in self.progress.values_mut() {
                 pr.recent_active = false;
             }
@@ -240,11 +255,7 @@ impl RawNode {
             });
         }
         let index = self.log.last_index() + 1;
-        self.log.append(Entry {
-            index,
-            term: self.term,
-            data,
-        });
+        self.log.append(Entry::normal(index, self.term, data));
         Ok(index)
     }
 
@@ -284,7 +295,14 @@ impl RawNode {
 
     /// A message from a peer.
     pub fn step(&mut self, m: Message) {
-        if m.to != self.cfg.id || m.from == self.cfg.id || !self.cfg.voters.contains(&m.from) {
+        if m.to != self.cfg.id || m.from == self.cfg.id || !self.membership.contains(m.from) {
+            return;
+        }
+        // Only voters may ask for votes: a learner never campaigns, and a node that
+        // is not a member at all must not be able to disrupt the cluster.
+        if matches!(m.body, Body::Vote { .. } | Body::PreVote { .. })
+            && !self.membership.is_voter(m.from)
+        {
             return;
         }
         // The RPC layer refuses such terms; a caller that did not is ignored here too.
@@ -450,7 +468,7 @@ impl RawNode {
     // ----- elections ------------------------------------------------------------------
 
     fn quorum(&self) -> usize {
-        self.cfg.voters.len() / 2 + 1
+        self.membership.quorum()
     }
 
     fn in_lease(&self) -> bool {
@@ -485,7 +503,7 @@ impl RawNode {
         // A wiped node that may not vote must not ask for votes either; and only a
         // term persisted before the ceiling existed can be at it: stay a follower
         // rather than take a term past it.
-        if !self.may_vote() || self.term >= MAX_TERM {
+        if !self.may_vote() || !self.membership.is_voter(self.cfg.id) || self.term >= MAX_TERM {
             self.reset_election_timer();
             return;
         }
@@ -497,7 +515,7 @@ impl RawNode {
             return; // a single-node cluster is already leader
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        for peer in self.peers() {
+        for peer in self.other_voters() {
             self.msgs.push(Message {
                 from: self.cfg.id,
                 to: peer,
@@ -525,7 +543,7 @@ impl RawNode {
             return;
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        for peer in self.peers() {
+        for peer in self.other_voters() {
             self.send(
                 peer,
                 Body::Vote {
@@ -538,16 +556,14 @@ impl RawNode {
 
     fn count_vote(&mut self, from: NodeId, granted: bool) {
         self.votes.insert(from, granted);
-        let yes = self.votes.values().filter(|&&g| g).count();
-        let no = self.votes.len() - yes;
-        if yes >= self.quorum() {
-            match self.role {
+        match self.membership.vote_result(&self.votes) {
+            VoteResult::Won => match self.role {
                 Role::PreCandidate => self.campaign(),
                 Role::Candidate => self.become_leader(),
                 _ => {}
-            }
-        } else if no >= self.quorum() {
-            self.become_follower(self.term, None);
+            },
+            VoteResult::Lost => self.become_follower(self.term, None),
+            VoteResult::Pending => {}
         }
     }
 
@@ -574,17 +590,13 @@ impl RawNode {
         self.quorum_elapsed = 0;
         let next = self.log.last_index() + 1;
         self.progress = self
-            .peers()
-            .into_iter()
+            .membership
+            .peers_of(self.cfg.id)
             .map(|p| (p, Progress::new(next)))
             .collect();
         // The no-op of §8: committing it commits everything before it and tells us
         // our commit index is current, which ReadIndex needs.
-        self.log.append(Entry {
-            index: next,
-            term: self.term,
-            data: Bytes::new(),
-        });
+        self.log.append(Entry::noop(next, self.term));
         // Reads forwarded while we were a follower: we are now the one to ask.
         for id in self.reads.take_forwarded() {
             self.leader_read(id, self.cfg.id);
@@ -645,6 +657,7 @@ impl RawNode {
             self.log.commit_to(meta.index);
         } else {
             self.log.install_snapshot(&meta);
+            self.membership = meta.membership.clone();
             self.snapshot_to_install = Some(meta.clone());
         }
         self.ack(from, meta.index);
@@ -858,14 +871,18 @@ impl RawNode {
     /// The commit rule (§5.3, §5.4.2): the highest index stored on a majority, but only
     /// if it is from the current term; older entries commit with it, never by counting.
     fn maybe_commit(&mut self) {
-        let mut matched: Vec<Index> = self.progress.values().map(|pr| pr.match_index).collect();
-        matched.push(if plant::active(Plant::LeaderCountsUnpersisted) {
+        let own = if plant::active(Plant::LeaderCountsUnpersisted) {
             self.log.last_index()
         } else {
             self.log.persisted
+        };
+        let candidate = self.membership.majority_value(|id| {
+            if id == self.cfg.id {
+                Some(own)
+            } else {
+                self.progress.get(&id).map(|pr| pr.match_index)
+            }
         });
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matched[self.quorum() - 1];
         let of_this_term = self.log.term(candidate) == Some(self.term)
             || plant::active(Plant::CommitByCountingOldTerms);
         if candidate > self.log.commit && of_this_term {
@@ -890,17 +907,18 @@ impl RawNode {
     /// Serves every pending read whose heartbeat round a majority has acknowledged
     /// (the leader was still the leader when the round went out, after the read came).
     fn complete_reads(&mut self) {
-        let mut acked: Vec<u64> = self.progress.values().map(|pr| pr.read_acked).collect();
-        acked.push(u64::MAX);
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = acked[self.quorum() - 1];
-        // A single-node cluster confirms its rounds by itself.
-        let confirmed = if self.cfg.voters.len() == 1
-            || plant::active(Plant::ReadWithoutConfirmingLeadership)
-        {
+        // The leader has seen every round it started; a single-voter cluster thus
+        // confirms its rounds by itself.
+        let confirmed = if plant::active(Plant::ReadWithoutConfirmingLeadership) {
             u64::MAX
         } else {
-            confirmed
+            self.membership.majority_value(|id| {
+                if id == self.cfg.id {
+                    Some(u64::MAX)
+                } else {
+                    self.progress.get(&id).map(|pr| pr.read_acked)
+                }
+            })
         };
         while let Some((read, index)) = self.reads.pop_confirmed(confirmed) {
             if read.from == self.cfg.id {
@@ -919,12 +937,14 @@ impl RawNode {
 
     // ----- helpers ----------------------------------------------------------------------
 
-    fn peers(&self) -> Vec<NodeId> {
-        self.cfg
+    /// Whom a (pre-)candidate asks for votes.
+    fn other_voters(&self) -> Vec<NodeId> {
+        let me = self.cfg.id;
+        self.membership
             .voters
             .iter()
             .copied()
-            .filter(|&v| v != self.cfg.id)
+            .filter(|&v| v != me)
             .collect()
     }
 

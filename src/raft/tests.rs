@@ -8,11 +8,7 @@ use bytes::Bytes;
 use super::*;
 
 fn entry(index: Index, term: Term) -> Entry {
-    Entry {
-        index,
-        term,
-        data: Bytes::from(format!("e{index}")),
-    }
+    Entry::normal(index, term, Bytes::from(format!("e{index}")))
 }
 
 /// A node whose disk holds `entries` and `term`.
@@ -560,4 +556,87 @@ fn a_wiped_node_withholds_its_vote_until_it_holds_an_entry_of_a_later_term() {
     };
     n.step(up_to_date);
     assert!(granted(drain(&mut n).0));
+}
+
+/// Nodes restored from a snapshot of voters 1..=3 and learners 4 and 5 (the only way
+/// a core learns of learners until membership changes are proposed).
+fn cluster_with_learners() -> Cluster {
+    let membership = Membership {
+        voters: [1, 2, 3].into(),
+        learners: [4, 5].into(),
+    };
+    let nodes = (1..=5).map(|id| {
+        let restored = Restored {
+            hard_state: HardState {
+                term: 1,
+                vote: None,
+                commit: 1,
+            },
+            snapshot: Some(SnapshotMeta {
+                index: 1,
+                term: 1,
+                membership: membership.clone(),
+            }),
+            entries: vec![],
+            reset_term: None,
+        };
+        // The bootstrap list is ignored once there is a snapshot.
+        RawNode::new(Config::for_tests(id, vec![id]), restored, id)
+    });
+    Cluster::new(nodes.collect())
+}
+
+#[test]
+fn learners_receive_the_log_but_never_campaign_vote_or_count() {
+    let mut c = cluster_with_learners();
+    // A learner whose election timer runs out many times over stays a follower.
+    for _ in 0..200 {
+        c.node(4).tick();
+    }
+    c.settle();
+    assert_eq!(c.nodes[&4].role(), Role::Follower);
+    assert_eq!(c.nodes[&4].term(), 1);
+
+    c.elect(1);
+    let index = c.node(1).propose(Bytes::from_static(b"x")).unwrap();
+    c.settle();
+    for id in 1..=5 {
+        assert_eq!(c.nodes[&id].commit_index(), index, "n{id}");
+    }
+    let status = c.nodes[&1].status();
+    assert_eq!(
+        status.progress.iter().map(|p| p.0).collect::<Vec<_>>(),
+        [2, 3, 4, 5]
+    );
+
+    // With both other voters cut off, the learners' acknowledgements commit nothing.
+    c.filter = Box::new(|m| ![2, 3].contains(&m.to) && ![2, 3].contains(&m.from));
+    let cut_off = c.node(1).propose(Bytes::from_static(b"y")).unwrap();
+    c.settle();
+    assert_eq!(c.nodes[&4].status().last_index, cut_off);
+    assert_eq!(c.nodes[&1].commit_index(), index);
+    // ... and the learners cannot keep the leader in office either (check-quorum).
+    for _ in 0..50 {
+        c.node(1).tick();
+        c.settle();
+    }
+    assert_ne!(c.nodes[&1].role(), Role::Leader);
+}
+
+#[test]
+fn a_learners_vote_requests_are_ignored() {
+    let mut c = cluster_with_learners();
+    let vote = Message {
+        from: 4,
+        to: 2,
+        term: 5,
+        body: Body::Vote {
+            last_index: 9,
+            last_term: 4,
+        },
+    };
+    c.node(2).step(vote);
+    let (msgs, _, _) = drain(c.node(2));
+    assert!(msgs.is_empty(), "{msgs:?}");
+    assert_eq!(c.nodes[&2].term(), 1);
 }

@@ -3,6 +3,8 @@
 
 use bytes::Bytes;
 
+pub use super::membership::Membership;
+
 /// A node's identity inside the cluster. The driver maps names ("server1") to ids.
 pub type NodeId = u64;
 /// A Raft term (§5.1). Starts at 0; the first election makes it 1.
@@ -17,16 +19,48 @@ pub type Index = u64;
 /// The driver's handle for a linearizable read, echoed back when it may be served.
 pub type ReadId = u64;
 
-/// One log entry. An empty `data` is the no-op a new leader appends at the start of its
-/// term (§8); the state machine skips it.
+/// What a log entry is for. The core reads only the kind; `data` is opaque to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A command for the state machine.
+    Normal,
+    /// The empty entry a new leader appends at the start of its term (§8): committing
+    /// it commits everything before it. The state machine skips it.
+    Noop,
+    /// A change of the cluster's membership, encoded by the node that proposed it.
+    ConfChange,
+}
+
+/// One log entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub index: Index,
     pub term: Term,
+    pub kind: EntryKind,
     pub data: Bytes,
 }
 
 impl Entry {
+    /// A command for the state machine.
+    pub fn normal(index: Index, term: Term, data: Bytes) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Normal,
+            data,
+        }
+    }
+
+    /// The no-op a new leader appends at the start of its term.
+    pub fn noop(index: Index, term: Term) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Noop,
+            data: Bytes::new(),
+        }
+    }
+
     /// Size used for batching and flow-control limits (payload plus a fixed header).
     pub fn size(&self) -> usize {
         self.data.len() + 16
@@ -44,12 +78,13 @@ pub struct HardState {
 }
 
 /// Describes a snapshot of the state machine: it holds the effect of every entry up to
-/// and including `index`, whose term was `term`, in a cluster of `voters`.
+/// and including `index`, whose term was `term`, and the cluster's membership as of
+/// that entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotMeta {
     pub index: Index,
     pub term: Term,
-    pub voters: Vec<NodeId>,
+    pub membership: Membership,
 }
 
 /// A message between two cores. `term` is the sender's term, except for pre-votes and
@@ -221,7 +256,8 @@ pub enum Role {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Every voting member, this node included.
+    /// The voters a new cluster starts with (this node included); a node restored
+    /// from a snapshot takes the snapshot's membership instead.
     pub voters: Vec<NodeId>,
     /// A follower that hears no leader for a random number of ticks in
     /// `[election_ticks_min, election_ticks_max)` starts a (pre-)election.

@@ -9,13 +9,16 @@
 //! term, snapshot metadata naming exactly this cluster's members), so that the core's
 //! assertions are about its own invariants only. A refusal is INVALID_ARGUMENT.
 
+use std::collections::BTreeSet;
+
 use tonic::Status;
 
 use crate::config::Config;
 use crate::plant::{self, Plant};
 use crate::proto::v1 as pb;
 use crate::raft::{
-    AppendOutcome, Body, Entry, Index, Message, NodeId, RejectHint, SnapshotMeta, Term, MAX_TERM,
+    AppendOutcome, Body, Entry, EntryKind, Index, Membership, Message, NodeId, RejectHint,
+    SnapshotMeta, Term, MAX_TERM,
 };
 
 /// At most 64 characters of `text`, for messages that quote what a peer sent.
@@ -107,6 +110,10 @@ pub fn snapshot_request(
     Ok((from, first.term, meta))
 }
 
+fn names(config: &Config, ids: &BTreeSet<NodeId>) -> Vec<String> {
+    ids.iter().map(|&id| name_of(config, id)).collect()
+}
+
 fn name_of(config: &Config, id: NodeId) -> String {
     config
         .member(id)
@@ -115,10 +122,16 @@ fn name_of(config: &Config, id: NodeId) -> String {
 }
 
 pub fn entry_to_proto(entry: Entry) -> pb::Entry {
+    let kind = match entry.kind {
+        EntryKind::Normal => pb::EntryKind::Normal,
+        EntryKind::Noop => pb::EntryKind::Noop,
+        EntryKind::ConfChange => pb::EntryKind::ConfChange,
+    };
     pb::Entry {
         index: entry.index,
         term: entry.term,
         data: entry.data,
+        kind: kind.into(),
     }
 }
 
@@ -176,10 +189,9 @@ pub fn check_snapshot_meta(config: &Config, term: Term, meta: &SnapshotMeta) -> 
             meta.index, meta.term
         )));
     }
-    let mut voters = meta.voters.clone();
-    voters.sort_unstable();
-    let members: Vec<NodeId> = config.members.iter().map(|m| m.id).collect();
-    if voters != members {
+    // Membership is static: a snapshot's must be this cluster's.
+    let members = Membership::with_voters(config.members.iter().map(|m| m.id));
+    if meta.membership != members {
         return Err(Status::invalid_argument(
             "the snapshot's voters are not this cluster's members",
         ));
@@ -187,32 +199,68 @@ pub fn check_snapshot_meta(config: &Config, term: Term, meta: &SnapshotMeta) -> 
     Ok(())
 }
 
-pub fn entry_from_proto(entry: pb::Entry) -> Entry {
-    Entry {
+fn entry_kind(entry: &pb::Entry) -> Result<EntryKind, Status> {
+    match pb::EntryKind::try_from(entry.kind) {
+        Ok(pb::EntryKind::Normal) => Ok(EntryKind::Normal),
+        Ok(pb::EntryKind::Noop) if entry.data.is_empty() => Ok(EntryKind::Noop),
+        Ok(pb::EntryKind::Noop) => Err(Status::invalid_argument(format!(
+            "entry {} is a no-op with data",
+            entry.index
+        ))),
+        // A node of an older version sends no kind: its no-op is the empty entry.
+        Ok(pb::EntryKind::Unspecified) if entry.data.is_empty() => Ok(EntryKind::Noop),
+        Ok(pb::EntryKind::Unspecified) => Ok(EntryKind::Normal),
+        // Until this version applies membership changes, a peer that sends one (a
+        // newer version) is refused rather than followed with a different membership.
+        Ok(pb::EntryKind::ConfChange) => Err(Status::invalid_argument(format!(
+            "entry {} is a membership change, which this version does not support",
+            entry.index
+        ))),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "entry {} has an unknown kind {}",
+            entry.index, entry.kind
+        ))),
+    }
+}
+
+pub fn entry_from_proto(entry: pb::Entry) -> Result<Entry, Status> {
+    Ok(Entry {
         index: entry.index,
         term: entry.term,
+        kind: entry_kind(&entry)?,
         data: entry.data,
-    }
+    })
 }
 
 pub fn meta_to_proto(config: &Config, meta: &SnapshotMeta) -> pb::SnapshotMeta {
     pb::SnapshotMeta {
         index: meta.index,
         term: meta.term,
-        voters: meta.voters.iter().map(|id| name_of(config, *id)).collect(),
+        voters: names(config, &meta.membership.voters),
+        learners: names(config, &meta.membership.learners),
     }
 }
 
 pub fn meta_from_proto(config: &Config, meta: pb::SnapshotMeta) -> Result<SnapshotMeta, Status> {
-    let voters = meta
-        .voters
-        .iter()
-        .map(|name| id_of(config, name))
-        .collect::<Result<_, _>>()?;
+    let ids = |names: &[String]| -> Result<BTreeSet<NodeId>, Status> {
+        names.iter().map(|name| id_of(config, name)).collect()
+    };
+    let membership = Membership {
+        voters: ids(&meta.voters)?,
+        learners: ids(&meta.learners)?,
+    };
+    if membership.voters.len() != meta.voters.len()
+        || membership.learners.len() != meta.learners.len()
+        || !membership.voters.is_disjoint(&membership.learners)
+    {
+        return Err(Status::invalid_argument(
+            "the snapshot names a member twice",
+        ));
+    }
     Ok(SnapshotMeta {
         index: meta.index,
         term: meta.term,
-        voters,
+        membership,
     })
 }
 
@@ -452,7 +500,11 @@ pub fn append_request_message(
             Body::Append {
                 prev_index: append.prev_log_index,
                 prev_term: append.prev_log_term,
-                entries: append.entries.into_iter().map(entry_from_proto).collect(),
+                entries: append
+                    .entries
+                    .into_iter()
+                    .map(entry_from_proto)
+                    .collect::<Result<_, _>>()?,
                 commit: append.leader_commit.min(last_new),
             }
         }

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::raft::{Entry, HardState, Index, Term};
+use crate::raft::{Entry, EntryKind, HardState, Index, Term};
 
 const SEGMENT_MAGIC: &[u8; 8] = b"DRAFTWAL";
 const FORMAT_VERSION: u32 = 1;
@@ -14,11 +14,21 @@ pub(super) const SEGMENT_HEADER_LEN: usize = 24;
 /// tail (a length pointing past the end of the file) and silently drop what follows.
 pub(super) const RECORD_HEADER_LEN: usize = 12;
 
-const KIND_BATCH: u8 = 1;
+/// A batch written before entries had kinds (format 1): an entry with no data is the
+/// no-op, any other a command. Still read, never written.
+const KIND_BATCH_V1: u8 = 1;
 const KIND_RESET: u8 = 2;
+/// A batch whose entries carry their kind (`ENTRY_*`).
+const KIND_BATCH: u8 = 3;
 const HAS_HARD_STATE: u8 = 1;
 const HARD_STATE_LEN: usize = 25;
-const ENTRY_HEADER_LEN: usize = 20;
+/// index u64 | term u64 | data length u32 (format 1)
+const ENTRY_HEADER_LEN_V1: usize = 20;
+/// index u64 | term u64 | kind u8 | data length u32
+const ENTRY_HEADER_LEN: usize = 21;
+const ENTRY_NORMAL: u8 = 1;
+const ENTRY_NOOP: u8 = 2;
+const ENTRY_CONF_CHANGE: u8 = 3;
 
 /// One decoded WAL record.
 #[derive(Debug, PartialEq, Eq)]
@@ -113,6 +123,11 @@ pub(super) fn encode_batch(
         };
         buf.extend_from_slice(&entry.index.to_le_bytes());
         buf.extend_from_slice(&entry.term.to_le_bytes());
+        buf.push(match entry.kind {
+            EntryKind::Normal => ENTRY_NORMAL,
+            EntryKind::Noop => ENTRY_NOOP,
+            EntryKind::ConfChange => ENTRY_CONF_CHANGE,
+        });
         buf.extend_from_slice(&len.to_le_bytes());
         buf.extend_from_slice(&entry.data);
     }
@@ -203,7 +218,8 @@ pub(super) fn decode_record(buf: &[u8], offset: usize) -> Result<Option<(Record,
     };
     let (&kind, body) = payload.split_first().ok_or_else(|| malformed("empty"))?;
     let record = match kind {
-        KIND_BATCH => decode_batch(body).ok_or_else(|| malformed("batch"))?,
+        KIND_BATCH => decode_batch(body, decode_entry).ok_or_else(|| malformed("batch"))?,
+        KIND_BATCH_V1 => decode_batch(body, decode_entry_v1).ok_or_else(|| malformed("batch"))?,
         KIND_RESET if body.len() == 16 => Record::Reset {
             index: read_u64(body, 0),
             term: read_u64(body, 8),
@@ -219,7 +235,42 @@ pub(super) fn decode_record(buf: &[u8], offset: usize) -> Result<Option<(Record,
     Ok(Some((record, end)))
 }
 
-fn decode_batch(body: &[u8]) -> Option<Record> {
+/// Decodes the entry at the start of `bytes`, returning it and the bytes after it.
+type EntryDecoder = fn(&[u8]) -> Option<(Entry, &[u8])>;
+
+fn decode_entry(bytes: &[u8]) -> Option<(Entry, &[u8])> {
+    let header = bytes.get(..ENTRY_HEADER_LEN)?;
+    let kind = match header[16] {
+        ENTRY_NORMAL => EntryKind::Normal,
+        ENTRY_NOOP => EntryKind::Noop,
+        ENTRY_CONF_CHANGE => EntryKind::ConfChange,
+        _ => return None,
+    };
+    let len = read_u32(header, 17) as usize;
+    let data = bytes.get(ENTRY_HEADER_LEN..ENTRY_HEADER_LEN.checked_add(len)?)?;
+    let entry = Entry {
+        index: read_u64(header, 0),
+        term: read_u64(header, 8),
+        kind,
+        data: Bytes::copy_from_slice(data),
+    };
+    Some((entry, &bytes[ENTRY_HEADER_LEN + len..]))
+}
+
+fn decode_entry_v1(bytes: &[u8]) -> Option<(Entry, &[u8])> {
+    let header = bytes.get(..ENTRY_HEADER_LEN_V1)?;
+    let len = read_u32(header, 16) as usize;
+    let data = bytes.get(ENTRY_HEADER_LEN_V1..ENTRY_HEADER_LEN_V1.checked_add(len)?)?;
+    let (index, term) = (read_u64(header, 0), read_u64(header, 8));
+    let entry = if data.is_empty() {
+        Entry::noop(index, term)
+    } else {
+        Entry::normal(index, term, Bytes::copy_from_slice(data))
+    };
+    Some((entry, &bytes[ENTRY_HEADER_LEN_V1 + len..]))
+}
+
+fn decode_batch(body: &[u8], decode_entry: EntryDecoder) -> Option<Record> {
     let (&flags, mut rest) = body.split_first()?;
     let hard_state = match flags {
         0 => None,
@@ -240,15 +291,9 @@ fn decode_batch(body: &[u8]) -> Option<Record> {
     };
     let mut entries = Vec::new();
     while !rest.is_empty() {
-        let header = rest.get(..ENTRY_HEADER_LEN)?;
-        let len = read_u32(header, 16) as usize;
-        let data = rest.get(ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + len)?;
-        entries.push(Entry {
-            index: read_u64(header, 0),
-            term: read_u64(header, 8),
-            data: Bytes::copy_from_slice(data),
-        });
-        rest = &rest[ENTRY_HEADER_LEN + len..];
+        let (entry, after) = decode_entry(rest)?;
+        entries.push(entry);
+        rest = after;
     }
     Some(Record::Batch {
         hard_state,
@@ -278,17 +323,22 @@ mod tests {
     use super::*;
 
     fn entry(index: Index, term: u64, data: &'static [u8]) -> Entry {
-        Entry {
-            index,
-            term,
-            data: Bytes::from_static(data),
-        }
+        Entry::normal(index, term, Bytes::from_static(data))
     }
 
     #[test]
     fn records_round_trip() {
         let mut buf = Vec::new();
-        let entries = vec![entry(7, 3, b"hello"), entry(8, 3, b""), entry(9, 4, b"x")];
+        let conf = Entry {
+            kind: EntryKind::ConfChange,
+            ..entry(10, 4, b"conf")
+        };
+        let entries = vec![
+            entry(7, 3, b"hello"),
+            Entry::noop(8, 3),
+            entry(9, 4, b""),
+            conf,
+        ];
         let hs = HardState {
             term: 3,
             vote: Some(0),

@@ -7,19 +7,21 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::raft::{Index, SnapshotMeta};
+use crate::raft::{Index, Membership, SnapshotMeta};
 
 use super::error::{io_error, write_error};
 use super::files::sync_dir;
 use super::{injected, DiskFault, DiskStep, SnapshotHook, StorageError};
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"DRAFTSNP";
-const FORMAT_VERSION: u32 = 1;
+/// Format 2 added the learners to the header; format 1 is still read.
+const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION_V1: u32 = 1;
 /// Bytes before the voter list: magic, version, index, term, voter count.
 const HEADER_FIXED_LEN: usize = 8 + 4 + 8 + 8 + 4;
 /// image length (8) + crc32c of the image (4) + crc32c of the preceding 12 bytes (4).
 const TRAILER_LEN: usize = 16;
-/// Bounds the voter list a header may claim, so a damaged count cannot make us
+/// Bounds each member list a header may claim, so a damaged count cannot make us
 /// allocate wildly before the header checksum is checked.
 const MAX_VOTERS: usize = 4096;
 const READ_CHUNK: usize = 1 << 20;
@@ -89,37 +91,45 @@ impl SnapshotFile {
             return Err(corrupt(0, "not a distraft snapshot (bad magic)".into()));
         }
         let version = u32_at(&fixed, 8);
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_V1..=FORMAT_VERSION).contains(&version) {
             return Err(corrupt(
                 8,
-                format!("unsupported snapshot format version {version}"),
+                format!(
+                    "unsupported snapshot format version {version} (this build reads \
+                     {FORMAT_VERSION_V1} to {FORMAT_VERSION}): written by a newer distraft?"
+                ),
             ));
         }
-        let voter_count = u32_at(&fixed, 28) as usize;
-        if voter_count > MAX_VOTERS {
-            return Err(corrupt(
-                28,
-                format!("implausible voter count {voter_count}"),
-            ));
-        }
-        let mut rest = vec![0u8; voter_count * 8 + 4];
-        reader.read_exact(&mut rest).map_err(|e| {
-            corrupt(
-                HEADER_FIXED_LEN as u64,
-                format!("snapshot header unreadable: {e}"),
-            )
-        })?;
-        let (voter_bytes, crc_bytes) = rest.split_at(voter_count * 8);
-        let header_crc = crc32c::crc32c_append(crc32c::crc32c(&fixed), voter_bytes);
-        if header_crc.to_le_bytes() != crc_bytes {
+        // The member lists after the fixed part; the checksum covers all of it.
+        let mut header = HeaderReader {
+            reader: &mut reader,
+            crc: crc32c::crc32c(&fixed),
+            offset: HEADER_FIXED_LEN as u64,
+            path,
+        };
+        let voters = header.ids(u32_at(&fixed, 28), "voter")?;
+        // Format 1 had no learners.
+        let learners = if version == FORMAT_VERSION_V1 {
+            Vec::new()
+        } else {
+            let count = header.bytes(4)?;
+            header.ids(u32_at(&count, 0), "learner")?
+        };
+        let crc = header.crc;
+        let stored_crc = header.bytes(4)?;
+        let offset = header.offset;
+        if crc.to_le_bytes()[..] != stored_crc[..] {
             return Err(corrupt(0, "snapshot header checksum mismatch".into()));
         }
         let meta = SnapshotMeta {
             index: u64_at(&fixed, 12),
             term: u64_at(&fixed, 20),
-            voters: voter_bytes.chunks_exact(8).map(|c| u64_at(c, 0)).collect(),
+            membership: Membership {
+                voters: voters.into_iter().collect(),
+                learners: learners.into_iter().collect(),
+            },
         };
-        let data_offset = (HEADER_FIXED_LEN + rest.len()) as u64;
+        let data_offset = offset;
         if path != snapshot_path(path.parent().unwrap_or(Path::new("")), meta.index) {
             return Err(corrupt(
                 0,
@@ -177,6 +187,44 @@ impl SnapshotFile {
             data_len,
             data_crc,
         })
+    }
+}
+
+/// Reads the variable part of a snapshot header, keeping its checksum and offset.
+struct HeaderReader<'a, R> {
+    reader: &'a mut R,
+    crc: u32,
+    offset: u64,
+    path: &'a Path,
+}
+
+impl<R: Read> HeaderReader<'_, R> {
+    fn bytes(&mut self, len: usize) -> Result<Vec<u8>, StorageError> {
+        let mut bytes = vec![0u8; len];
+        self.reader
+            .read_exact(&mut bytes)
+            .map_err(|e| StorageError::Corrupt {
+                path: self.path.to_path_buf(),
+                offset: self.offset,
+                reason: format!("snapshot header unreadable: {e}"),
+            })?;
+        self.crc = crc32c::crc32c_append(self.crc, &bytes);
+        self.offset += len as u64;
+        Ok(bytes)
+    }
+
+    /// A list of `count` node ids (the count itself already read).
+    fn ids(&mut self, count: u32, what: &str) -> Result<Vec<u64>, StorageError> {
+        let count = count as usize;
+        if count > MAX_VOTERS {
+            return Err(StorageError::Corrupt {
+                path: self.path.to_path_buf(),
+                offset: self.offset,
+                reason: format!("implausible {what} count {count}"),
+            });
+        }
+        let bytes = self.bytes(count * 8)?;
+        Ok(bytes.chunks_exact(8).map(|c| u64_at(c, 0)).collect())
     }
 }
 
@@ -249,10 +297,12 @@ impl SnapshotWriter {
         hook: Option<SnapshotHook>,
         fault: Option<DiskFault>,
     ) -> Result<SnapshotWriter, StorageError> {
-        if meta.voters.len() > MAX_VOTERS {
+        let members = &meta.membership;
+        if members.voters.len() > MAX_VOTERS || members.learners.len() > MAX_VOTERS {
             return Err(StorageError::Invalid(format!(
-                "snapshot with {} voters (at most {MAX_VOTERS})",
-                meta.voters.len()
+                "snapshot with {} voters and {} learners (at most {MAX_VOTERS} each)",
+                members.voters.len(),
+                members.learners.len()
             )));
         }
         // Unique per writer, so that concurrent writers never share a temp file.
@@ -394,14 +444,21 @@ impl Drop for SnapshotWriter {
 }
 
 fn encode_header(meta: &SnapshotMeta) -> Vec<u8> {
-    let mut header = Vec::with_capacity(HEADER_FIXED_LEN + meta.voters.len() * 8 + 4);
+    let Membership { voters, learners } = &meta.membership;
+    let ids = voters.len() + learners.len();
+    let mut header = Vec::with_capacity(HEADER_FIXED_LEN + ids * 8 + 8);
     header.extend_from_slice(SNAPSHOT_MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&meta.index.to_le_bytes());
     header.extend_from_slice(&meta.term.to_le_bytes());
-    header.extend_from_slice(&(meta.voters.len() as u32).to_le_bytes());
-    for voter in &meta.voters {
+    // At most MAX_VOTERS each (checked by `create`): the counts fit.
+    header.extend_from_slice(&(voters.len() as u32).to_le_bytes());
+    for voter in voters {
         header.extend_from_slice(&voter.to_le_bytes());
+    }
+    header.extend_from_slice(&(learners.len() as u32).to_le_bytes());
+    for learner in learners {
+        header.extend_from_slice(&learner.to_le_bytes());
     }
     let crc = crc32c::crc32c(&header);
     header.extend_from_slice(&crc.to_le_bytes());

@@ -22,16 +22,8 @@ fn config(name: &str) -> Config {
 fn requests_and_responses_round_trip() {
     let (a, b) = (config("a"), config("b"));
     let entries = vec![
-        Entry {
-            index: 5,
-            term: 2,
-            data: bytes::Bytes::from_static(b"x"),
-        },
-        Entry {
-            index: 6,
-            term: 3,
-            data: bytes::Bytes::new(),
-        },
+        Entry::normal(5, 2, bytes::Bytes::from_static(b"x")),
+        Entry::noop(6, 3),
     ];
     let requests = [
         Body::PreVote {
@@ -211,12 +203,25 @@ fn strangers_and_malformed_requests_are_refused() {
         index: 1,
         term: 1,
         voters: vec!["a".into(), "q".into()],
+        learners: vec![],
     };
     assert!(meta_from_proto(&a, meta).is_err());
+    for (voters, learners) in [(vec!["a", "a"], vec![]), (vec!["a", "b"], vec!["b"])] {
+        let twice = pb::SnapshotMeta {
+            index: 1,
+            term: 1,
+            voters: voters.into_iter().map(String::from).collect(),
+            learners: learners.into_iter().map(String::from).collect(),
+        };
+        assert!(meta_from_proto(&a, twice).is_err());
+    }
     let meta = SnapshotMeta {
         index: 9,
         term: 2,
-        voters: vec![1, 2, 3],
+        membership: Membership {
+            voters: [1, 2].into(),
+            learners: [3].into(),
+        },
     };
     assert_eq!(meta_from_proto(&a, meta_to_proto(&a, &meta)).unwrap(), meta);
 }
@@ -243,6 +248,7 @@ fn append(
                     index,
                     term,
                     data: bytes::Bytes::new(),
+                    kind: pb::EntryKind::Noop.into(),
                 })
                 .collect(),
             leader_commit: commit,
@@ -367,6 +373,7 @@ fn snapshot_requests_are_checked() {
                 index,
                 term: snapshot_term,
                 voters: voters.iter().map(|v| v.to_string()).collect(),
+                learners: vec![],
             }),
             data: Vec::new(),
             cluster_id: a.cluster_id,
@@ -535,12 +542,14 @@ mod arbitrary_wire_messages {
                                         index: next,
                                         term: last_term,
                                         data: bytes::Bytes::new(),
+                                        kind: pb::EntryKind::Noop.into(),
                                     }
                                 } else {
                                     pb::Entry {
                                         index,
                                         term: entry_term,
                                         data: bytes::Bytes::new(),
+                                        kind: pb::EntryKind::Noop.into(),
                                     }
                                 }
                             })
@@ -697,11 +706,7 @@ mod arbitrary_wire_messages {
     }
 
     fn entry(index: Index, term: Term) -> Entry {
-        Entry {
-            index,
-            term,
-            data: bytes::Bytes::new(),
-        }
+        Entry::noop(index, term)
     }
 
     proptest! {
