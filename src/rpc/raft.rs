@@ -21,6 +21,7 @@ use crate::driver::{DriverHandle, RaftReply, ReceivedSnapshot, SnapshotAdmission
 use crate::kv::Kv;
 use crate::proto::v1 as pb;
 use crate::raft::{AppendOutcome, Body, Message};
+use crate::storage::SnapshotWriter;
 
 pub struct RaftService {
     config: Arc<Config>,
@@ -73,6 +74,19 @@ impl RaftService {
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Reads a received snapshot image back and parses it into a state machine.
+fn parse_image(mut writer: SnapshotWriter) -> Result<ReceivedSnapshot, Status> {
+    let kv = writer
+        .read_back()
+        .map_err(|err| Status::internal(err.to_string()))
+        .and_then(|image| {
+            Kv::read_image(image).map_err(|err| {
+                Status::invalid_argument(format!("the snapshot image does not parse: {err}"))
+            })
+        })?;
+    Ok(ReceivedSnapshot { writer, kv })
+}
 
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
@@ -253,23 +267,11 @@ impl pb::raft_server::Raft for RaftService {
         }
         let received = match writer {
             None => None,
-            Some(mut writer) => {
+            Some(writer) => {
                 // Parsed before the core sees it: a bad image never replaces anything.
-                let parsed = tokio::task::spawn_blocking(move || {
-                    let kv = writer
-                        .read_back()
-                        .map_err(|err| Status::internal(err.to_string()))
-                        .and_then(|image| {
-                            Kv::read_image(image).map_err(|err| {
-                                Status::invalid_argument(format!(
-                                    "the snapshot image does not parse: {err}"
-                                ))
-                            })
-                        })?;
-                    Ok::<_, Status>(ReceivedSnapshot { writer, kv })
-                })
-                .await
-                .map_err(|err| Status::internal(err.to_string()))?;
+                let parsed = tokio::task::spawn_blocking(move || parse_image(writer))
+                    .await
+                    .map_err(|err| Status::internal(err.to_string()))?;
                 Some(parsed.map_err(refuse)?)
             }
         };
