@@ -8,7 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::types::NodeId;
+// Through the parent, which re-exports it: membership.rs and types.rs use each other's
+// types, and the parent is the one place both come from.
+use super::NodeId;
 use crate::plant::{self, Plant};
 
 /// The members of a cluster: voters and learners, disjoint sets of node ids.
