@@ -145,12 +145,13 @@ impl Membership {
     /// gives each voter's value (a match index, an acknowledged read round); `None`
     /// for a voter counts as 0. The commit rule and ReadIndex both ask this.
     pub fn majority_value(&self, reached: impl Fn(NodeId) -> Option<u64>) -> u64 {
-        let counted: Box<dyn Iterator<Item = &NodeId>> =
-            if plant::active(Plant::LearnerCountsTowardQuorum) {
-                Box::new(self.voters.iter().chain(&self.learners))
-            } else {
-                Box::new(self.voters.iter())
-            };
+        // The plant counts the learners too; without it this is the voters alone,
+        // with no allocation beyond the values (it runs on every acknowledgement).
+        let learners_count = plant::active(Plant::LearnerCountsTowardQuorum);
+        let counted = self
+            .voters
+            .iter()
+            .chain(self.learners.iter().filter(|_| learners_count));
         let mut values: Vec<u64> = counted.map(|&v| reached(v).unwrap_or(0)).collect();
         values.sort_unstable_by(|a, b| b.cmp(a));
         // With no voters the quorum (1) is out of range: nothing is reached.
