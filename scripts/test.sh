@@ -52,6 +52,8 @@ source scripts/test-env.sh
 # names it, which only scripts/plants.sh sets). Building the tests a second time for the
 # plants took as long as the build itself. `cargo build`, releases and the image never
 # have the feature.
+# The simulator runs twice its default seeds here (about two more minutes on 2 cores).
+export DISTRAFT_SIM_SEEDS=${DISTRAFT_SIM_SEEDS:-4000}
 cargo test --features plants "$@"
 
 # With no arguments: everything, so also the planted bugs (each must make its test

@@ -63,10 +63,14 @@ pub enum Plant {
     /// A new leader proposes a membership change before an entry of its term is
     /// committed (the single-server bug).
     ConfChangeWithoutNoop,
+    /// A leader sends no log entries (appends or snapshots) to its highest-numbered
+    /// follower; heartbeats keep that follower from campaigning, so it just falls
+    /// behind for good: a liveness bug, with every safety property intact.
+    LeaderStarvesFollower,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 21] = [
+    pub const ALL: [Plant; 22] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -88,6 +92,7 @@ impl Plant {
         Plant::LearnerCountsTowardQuorum,
         Plant::TwoConfChangesInFlight,
         Plant::ConfChangeWithoutNoop,
+        Plant::LeaderStarvesFollower,
     ];
 
     pub fn name(self) -> &'static str {
@@ -113,6 +118,7 @@ impl Plant {
             Plant::LearnerCountsTowardQuorum => "learner-counts-toward-quorum",
             Plant::TwoConfChangesInFlight => "two-conf-changes-in-flight",
             Plant::ConfChangeWithoutNoop => "conf-change-without-noop",
+            Plant::LeaderStarvesFollower => "leader-starves-follower",
         }
     }
 }

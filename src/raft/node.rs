@@ -779,8 +779,17 @@ impl RawNode {
         }
     }
 
+    /// The plant `leader-starves-follower`: the highest-numbered follower gets nothing.
+    fn starved_by_plant(&self, peer: NodeId) -> bool {
+        plant::active(Plant::LeaderStarvesFollower)
+            && self.progress.keys().next_back() == Some(&peer)
+    }
+
     /// Whether `send_appends(peer)` would send anything.
     fn wants_to_send(&self, peer: NodeId) -> bool {
+        if self.starved_by_plant(peer) {
+            return false;
+        }
         self.progress.get(&peer).is_some_and(|pr| {
             self.may_send_entries(pr)
                 || (pr.mode == Mode::Replicate
@@ -803,6 +812,9 @@ impl RawNode {
     /// Sends what `peer` is due: a probe, a window of pipelined batches, a snapshot,
     /// or just the news that the commit index moved.
     fn send_appends(&mut self, peer: NodeId, log: &mut dyn LogReader) {
+        if self.starved_by_plant(peer) {
+            return;
+        }
         let commit = self.log.commit;
         loop {
             let Some(pr) = self.progress.get(&peer) else {
