@@ -372,6 +372,7 @@ async fn hostile_raft_traffic_is_refused_and_changes_nothing() {
         pre_vote: false,
         cluster_id: seen.cluster_id,
         to: to.clone(),
+        transfer: false,
     };
     let refused = client.request_vote(vote).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "vote term 2^64-1");

@@ -29,6 +29,8 @@ plants=(
   "learner-counts-toward-quorum|--lib raft::tests::learners_receive_the_log"
   "two-conf-changes-in-flight|--lib raft::tests::one_membership_change_at_a_time"
   "conf-change-without-noop|--lib raft::tests::a_new_leader_changes_membership_only"
+  # The transcript of a transfer to a follower that is behind.
+  "timeout-now-before-caught-up|--test raft_scripts transfer_catch_up"
   "reset-node-votes|--test simulation"
   "skip-wire-validation|--lib rpc::convert"
   "skip-read-back|--test simulation"

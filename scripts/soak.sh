@@ -25,8 +25,13 @@ number SOAK_CHUNK "$chunk"
 mkdir -p "$dir"
 
 echo "soak.sh: building the simulation (release)" >&2
-cargo test --release --test simulation --no-run >/dev/null 2>&1 \
-  || { cargo test --release --test simulation --no-run; exit 1; }
+# Built once; the chunks run that binary, so edits made while it soaks change nothing.
+build_log=$(mktemp)
+cargo test --release --test simulation --no-run >"$build_log" 2>&1 \
+  || { cat "$build_log"; rm -f "$build_log"; exit 1; }
+binary=$(sed -n 's/.*Executable tests\/simulation.rs (\(.*\))$/\1/p' "$build_log" | tail -1)
+rm -f "$build_log"
+[[ -x $binary ]] || { echo "soak.sh: cannot find the simulation binary" >&2; exit 1; }
 
 failures=()
 ran=0
@@ -37,7 +42,7 @@ for test in three_nodes_under_faults five_nodes_under_faults; do
     log="$dir/$test-$from.log"
     # One process per chunk; the simulation spreads its seeds over every core.
     if DISTRAFT_SIM_SEEDS=$n DISTRAFT_SIM_SEED_START=$from \
-        cargo test --release --test simulation -- --exact "$test" --nocapture >"$log" 2>&1; then
+        "$binary" --exact "$test" --nocapture >"$log" 2>&1; then
       result=ok
     else
       mapfile -t failed < <(grep -E '^FAILED seed' "$log" || true)

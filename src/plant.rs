@@ -67,10 +67,13 @@ pub enum Plant {
     /// follower; heartbeats keep that follower from campaigning, so it just falls
     /// behind for good: a liveness bug, with every safety property intact.
     LeaderStarvesFollower,
+    /// A leader asked to hand over leadership sends `TimeoutNow` before the target's
+    /// log has caught up with its own (so the target cannot win).
+    TimeoutNowBeforeCaughtUp,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 22] = [
+    pub const ALL: [Plant; 23] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -93,6 +96,7 @@ impl Plant {
         Plant::TwoConfChangesInFlight,
         Plant::ConfChangeWithoutNoop,
         Plant::LeaderStarvesFollower,
+        Plant::TimeoutNowBeforeCaughtUp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -119,6 +123,7 @@ impl Plant {
             Plant::TwoConfChangesInFlight => "two-conf-changes-in-flight",
             Plant::ConfChangeWithoutNoop => "conf-change-without-noop",
             Plant::LeaderStarvesFollower => "leader-starves-follower",
+            Plant::TimeoutNowBeforeCaughtUp => "timeout-now-before-caught-up",
         }
     }
 }

@@ -24,6 +24,8 @@
 //!   checks its quorum every 10, so scripts can count ticks.
 //! - `tick IDS|all [n=N]`: N ticks (default 1) on each node.
 //! - `campaign ID`: ticks the node until its election timer fires.
+//! - `transfer ID [to=ID]`: asks leader ID to hand leadership over (to the most up
+//!   to date voter when `to` is not given).
 //! - `propose ID DATA`: a client's write; `read ID READ_ID...`: linearizable reads,
 //!   arriving together.
 //! - `deliver [from=ID] [to=ID]`: delivers the messages in flight (those between
@@ -365,7 +367,11 @@ fn show_message(m: &Message) -> String {
         Body::Vote {
             last_index,
             last_term,
-        } => format!("Vote last={last_index}@{last_term}"),
+            transfer,
+        } => format!(
+            "Vote last={last_index}@{last_term}{}",
+            if *transfer { " transfer" } else { "" }
+        ),
         Body::VoteResponse { granted } => format!("VoteResponse {}", yes_no(*granted)),
         Body::Append {
             prev_index,
@@ -400,6 +406,7 @@ fn show_message(m: &Message) -> String {
         }
         Body::HeartbeatResponse { read_seq } => format!("HeartbeatResponse read_seq={read_seq}"),
         Body::Snapshot { meta } => format!("Snapshot {}@{}", meta.index, meta.term),
+        Body::TimeoutNow => "TimeoutNow".to_string(),
         Body::ReadIndex { id } => format!("ReadIndex id={id}"),
         Body::ReadIndexResponse { id, index } => match index {
             Some(index) => format!("ReadIndexResponse id={id} index={index}"),
@@ -502,6 +509,17 @@ impl goldenscript::Runner for Cluster {
                 match raw.propose(Bytes::from(data)) {
                     Ok(index) => writeln!(out, "n{id}: proposed at {index}@{}", raw.term())?,
                     Err(err) => writeln!(out, "n{id}: proposal refused: {err}")?,
+                }
+                self.process(id, &mut out)?;
+            }
+            "transfer" => {
+                let mut args = command.consume_args();
+                let id: NodeId = args.next_pos().ok_or("transfer ID [to=ID]")?.parse()?;
+                let to: Option<NodeId> = args.lookup_parse("to")?;
+                args.reject_rest()?;
+                match self.raw(id)?.transfer_leader(to) {
+                    Ok(target) => writeln!(out, "n{id}: transferring leadership to n{target}")?,
+                    Err(err) => writeln!(out, "n{id}: transfer refused: {err}")?,
                 }
                 self.process(id, &mut out)?;
             }
@@ -676,4 +694,7 @@ scripts!(
     read_index_refused,
     snapshot_compaction,
     snapshot_install,
+    transfer,
+    transfer_catch_up,
+    transfer_abandoned,
 );

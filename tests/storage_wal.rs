@@ -1196,6 +1196,7 @@ fn a_core_restarts_from_storage_with_term_vote_log_and_snapshot() {
         body: Body::Vote {
             last_index: 99,
             last_term: after.term,
+            transfer: false,
         },
     });
     let rd = restarted.ready();

@@ -118,9 +118,12 @@ impl From<RaftError> for RequestError {
             RaftError::NotLeader { leader } => RequestError::NotLeader { leader },
             RaftError::LeadershipLost => RequestError::LeadershipLost,
             // Nothing was done; only a membership change can meet it.
-            RaftError::ConfChangePending | RaftError::InvalidConfChange(_) => {
-                RequestError::Rejected(err.to_string())
-            }
+            RaftError::ConfChangePending
+            | RaftError::InvalidConfChange(_)
+            | RaftError::InvalidTransfer(_) => RequestError::Rejected(err.to_string()),
+            // Not appended: the client's request waits (the Kv service retries until
+            // its deadline) and goes to the new leader once it is known.
+            RaftError::TransferInProgress => RequestError::NotLeader { leader: None },
         }
     }
 }

@@ -34,6 +34,8 @@ fn request_kind(body: &Body) -> Option<ReplyKind> {
         }
         // Paired by its id instead (`WaitingReplies::read_index`).
         Body::ReadIndex { .. } => None,
+        // Expects no answer (the stream item is answered empty).
+        Body::TimeoutNow => None,
         // Answers are not requests.
         Body::PreVoteResponse { .. }
         | Body::VoteResponse { .. }
@@ -57,7 +59,8 @@ fn response_kind(body: &Body) -> Option<ReplyKind> {
         | Body::Append { .. }
         | Body::Heartbeat { .. }
         | Body::Snapshot { .. }
-        | Body::ReadIndex { .. } => None,
+        | Body::ReadIndex { .. }
+        | Body::TimeoutNow => None,
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod conf;
 mod ready;
+mod transfer;
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ use super::progress::{Mode, Progress};
 use super::read_only::ReadOnly;
 use super::types::*;
 use crate::plant::{self, Plant};
+use transfer::Transfer;
 
 /// A snapshot still unacknowledged after this many heartbeat intervals is sent again.
 const SNAPSHOT_RETRY_HEARTBEATS: u32 = 10;
@@ -73,6 +75,8 @@ pub struct RawNode {
     votes: BTreeMap<NodeId, bool>,
     /// Leader: one per other voter.
     progress: BTreeMap<NodeId, Progress>,
+    /// Leader: the leadership transfer in progress (node/transfer.rs).
+    transfer: Option<Transfer>,
 
     msgs: Vec<Message>,
     /// The hard state last handed out in a Ready.
@@ -124,6 +128,7 @@ impl RawNode {
             quorum_elapsed: 0,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
+            transfer: None,
             msgs: Vec::new(),
             snapshot_to_install: None,
             handed_out: None,
@@ -236,6 +241,7 @@ impl RawNode {
     }
 
     fn tick_leader(&mut self) {
+        self.tick_transfer();
         self.heartbeat_elapsed += 1;
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
@@ -266,6 +272,9 @@ impl RawNode {
             return Err(RaftError::NotLeader {
                 leader: self.leader,
             });
+        }
+        if self.transfer.is_some() {
+            return Err(RaftError::TransferInProgress);
         }
         let index = self.log.last_index() + 1;
         self.log.append(Entry::normal(index, self.term, data));
@@ -325,7 +334,13 @@ impl RawNode {
             return;
         }
         if m.term > self.term {
-            let is_vote = matches!(m.body, Body::Vote { .. } | Body::PreVote { .. });
+            let is_vote = matches!(
+                m.body,
+                Body::Vote {
+                    transfer: false,
+                    ..
+                } | Body::PreVote { .. }
+            );
             if is_vote && self.in_lease() {
                 // Leader stickiness: while we hear from a live leader, ignore anyone
                 // trying to replace it.
@@ -333,9 +348,10 @@ impl RawNode {
             }
             match m.body {
                 Body::PreVote { .. } | Body::PreVoteResponse { granted: true } => {}
-                Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. } => {
-                    self.become_follower(m.term, Some(m.from))
-                }
+                Body::Append { .. }
+                | Body::Heartbeat { .. }
+                | Body::Snapshot { .. }
+                | Body::TimeoutNow => self.become_follower(m.term, Some(m.from)),
                 Body::PreVoteResponse { granted: false }
                 | Body::Vote { .. }
                 | Body::VoteResponse { .. }
@@ -364,8 +380,10 @@ impl RawNode {
                 Body::ReadIndexResponse { id, index: None } => {
                     self.reads.answered(id, None, self.leader)
                 }
-                // Votes for an old term and answers to our requests of one: moot.
+                // Votes for an old term and answers to our requests of one: moot; so
+                // is an old leader's wish to hand over.
                 Body::PreVoteResponse { .. }
+                | Body::TimeoutNow
                 | Body::Vote { .. }
                 | Body::VoteResponse { .. }
                 | Body::AppendResponse { .. }
@@ -395,6 +413,7 @@ impl RawNode {
             Body::Vote {
                 last_index,
                 last_term,
+                transfer: _,
             } => {
                 let granted = self.vote.is_none_or(|v| v == m.from)
                     && self.may_vote()
@@ -471,6 +490,7 @@ impl RawNode {
                 }
             }
             Body::ReadIndexResponse { id, index } => self.reads.answered(id, index, self.leader),
+            Body::TimeoutNow => self.handle_timeout_now(m.from),
         }
     }
 
@@ -544,7 +564,9 @@ impl RawNode {
         }
     }
 
-    fn campaign(&mut self) {
+    /// Campaigns in the next term; `transfer`: at the leader's request (`TimeoutNow`),
+    /// which lets voters that still hear from it grant their votes.
+    fn campaign(&mut self, transfer: bool) {
         // Terms from outside are at most MAX_TERM (checked where they enter, and in
         // `step`), and pre-campaigns stop below it.
         assert!(self.term < MAX_TERM, "campaigning past the term ceiling");
@@ -565,6 +587,7 @@ impl RawNode {
                 Body::Vote {
                     last_index,
                     last_term,
+                    transfer,
                 },
             );
         }
@@ -574,7 +597,7 @@ impl RawNode {
         self.votes.insert(from, granted);
         match self.membership.vote_result(&self.votes) {
             VoteResult::Won => match self.role {
-                Role::PreCandidate => self.campaign(),
+                Role::PreCandidate => self.campaign(false),
                 Role::Candidate => self.become_leader(),
                 _ => {}
             },
@@ -592,6 +615,7 @@ impl RawNode {
         if self.role == Role::Leader {
             self.reads.leadership_lost(self.cfg.id);
             self.progress.clear();
+            self.transfer = None;
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -693,6 +717,9 @@ impl RawNode {
             AppendOutcome::Match { index } => {
                 if pr.on_success(index.min(last_index)) {
                     self.maybe_commit();
+                    if self.transfer.is_some_and(|t| t.target == from) {
+                        self.maybe_send_timeout_now();
+                    }
                 }
                 return;
             }

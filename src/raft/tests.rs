@@ -128,6 +128,7 @@ fn a_vote_is_given_once_per_term() {
         body: Body::Vote {
             last_index: 0,
             last_term: 0,
+            transfer: false,
         },
     });
     n.step(Message {
@@ -137,6 +138,7 @@ fn a_vote_is_given_once_per_term() {
         body: Body::Vote {
             last_index: 0,
             last_term: 0,
+            transfer: false,
         },
     });
     let rd = n.ready();
@@ -174,6 +176,7 @@ fn a_restarted_node_remembers_its_vote() {
         body: Body::Vote {
             last_index: 0,
             last_term: 0,
+            transfer: false,
         },
     });
     let rd = n.ready();
@@ -195,6 +198,7 @@ fn votes_go_only_to_candidates_with_up_to_date_logs() {
         body: Body::Vote {
             last_index: 5,
             last_term: 1,
+            transfer: false,
         },
     });
     // Same last term, shorter: refused.
@@ -205,6 +209,7 @@ fn votes_go_only_to_candidates_with_up_to_date_logs() {
         body: Body::Vote {
             last_index: 1,
             last_term: 2,
+            transfer: false,
         },
     });
     let (msgs, _, _) = drain(&mut n);
@@ -221,6 +226,7 @@ fn votes_go_only_to_candidates_with_up_to_date_logs() {
         body: Body::Vote {
             last_index: 2,
             last_term: 2,
+            transfer: false,
         },
     });
     let (msgs, _, _) = drain(&mut n);
@@ -270,6 +276,7 @@ fn leader_stickiness_ignores_votes_while_the_leader_is_heard() {
         body: Body::Vote {
             last_index: 9,
             last_term: 9,
+            transfer: false,
         },
     });
     assert_eq!(c.nodes[&2].term(), term);
@@ -483,6 +490,7 @@ fn leader_disconnected_keeps_the_vote_and_only_shortens_the_wait() {
         body: Body::Vote {
             last_index: 100,
             last_term: term,
+            transfer: false,
         },
     });
     let (answers, _, _) = drain(c.node(2));
@@ -520,6 +528,7 @@ fn a_wiped_node_withholds_its_vote_until_it_holds_an_entry_of_a_later_term() {
         body: Body::Vote {
             last_index: 0,
             last_term: 0,
+            transfer: false,
         },
     };
     let granted = |msgs: Vec<Message>| {
@@ -570,6 +579,7 @@ fn a_wiped_node_withholds_its_vote_until_it_holds_an_entry_of_a_later_term() {
     up_to_date.body = Body::Vote {
         last_index: 2,
         last_term: 4,
+        transfer: false,
     };
     n.step(up_to_date);
     assert!(granted(drain(&mut n).0));
@@ -650,6 +660,7 @@ fn a_learners_vote_requests_are_ignored() {
         body: Body::Vote {
             last_index: 9,
             last_term: 4,
+            transfer: false,
         },
     };
     c.node(2).step(vote);

@@ -108,10 +108,13 @@ pub enum Body {
     PreVoteResponse {
         granted: bool,
     },
-    /// RequestVote (§5.2).
+    /// RequestVote (§5.2). `transfer`: the candidate campaigns because the leader
+    /// asked it to (`TimeoutNow`), so voters grant it even while they hear from that
+    /// leader (thesis §3.10).
     Vote {
         last_index: Index,
         last_term: Term,
+        transfer: bool,
     },
     VoteResponse {
         granted: bool,
@@ -142,6 +145,9 @@ pub enum Body {
     Snapshot {
         meta: SnapshotMeta,
     },
+    /// Leadership transfer (thesis §3.10): the leader tells a follower whose log is
+    /// as up to date as its own to campaign at once.
+    TimeoutNow,
     /// A follower asks the leader for a read index on behalf of its client.
     ReadIndex {
         id: ReadId,
@@ -195,6 +201,12 @@ pub enum RaftError {
     /// The membership change cannot apply to the current membership.
     #[error("invalid membership change: {0}")]
     InvalidConfChange(#[from] super::membership::ConfChangeError),
+    /// The leader is handing leadership over: proposals wait for the new leader.
+    #[error("leadership is being transferred; try again at the new leader")]
+    TransferInProgress,
+    /// The transfer cannot be made (no such voter, or to the leader itself).
+    #[error("cannot transfer leadership: {0}")]
+    InvalidTransfer(String),
 }
 
 /// A linearizable read that may now be served: answer it from the state machine once

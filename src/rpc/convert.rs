@@ -370,15 +370,16 @@ fn answered(config: &Config, peer: NodeId, term: Term, body: Body) -> Message {
 
 /// The RequestVote for a (pre-)vote message.
 pub fn vote_request(config: &Config, msg: &Message) -> Option<pb::VoteRequest> {
-    let (last_index, last_term, pre_vote) = match msg.body {
+    let (last_index, last_term, pre_vote, transfer) = match msg.body {
         Body::PreVote {
             last_index,
             last_term,
-        } => (last_index, last_term, true),
+        } => (last_index, last_term, true, false),
         Body::Vote {
             last_index,
             last_term,
-        } => (last_index, last_term, false),
+            transfer,
+        } => (last_index, last_term, false, transfer),
         Body::PreVoteResponse { .. }
         | Body::VoteResponse { .. }
         | Body::Append { .. }
@@ -387,12 +388,14 @@ pub fn vote_request(config: &Config, msg: &Message) -> Option<pb::VoteRequest> {
         | Body::HeartbeatResponse { .. }
         | Body::Snapshot { .. }
         | Body::ReadIndex { .. }
-        | Body::ReadIndexResponse { .. } => return None,
+        | Body::ReadIndexResponse { .. }
+        | Body::TimeoutNow => return None,
     };
     let request = pb::VoteRequest {
         last_log_index: last_index,
         last_log_term: last_term,
         pre_vote,
+        transfer,
         ..Default::default()
     };
     Some(addressed(config, msg, request))
@@ -419,6 +422,7 @@ pub fn append_request(config: &Config, msg: Message) -> Option<pb::AppendEntries
             leader_commit: commit,
             read_seq,
         }),
+        Body::TimeoutNow => Kind::TimeoutNow(pb::TimeoutNow {}),
         Body::PreVote { .. }
         | Body::PreVoteResponse { .. }
         | Body::Vote { .. }
@@ -454,7 +458,8 @@ pub fn read_index_request(config: &Config, msg: &Message) -> Option<pb::ReadInde
         | Body::Heartbeat { .. }
         | Body::HeartbeatResponse { .. }
         | Body::Snapshot { .. }
-        | Body::ReadIndexResponse { .. } => None,
+        | Body::ReadIndexResponse { .. }
+        | Body::TimeoutNow => None,
     }
 }
 
@@ -478,6 +483,7 @@ pub fn vote_request_message(config: &Config, req: pb::VoteRequest) -> Result<Mes
         Body::Vote {
             last_index,
             last_term,
+            transfer: req.transfer,
         }
     };
     Ok(received(config, from, req.term, body))
@@ -512,6 +518,7 @@ pub fn append_request_message(
             commit: heartbeat.leader_commit,
             read_seq: heartbeat.read_seq,
         },
+        Some(Kind::TimeoutNow(pb::TimeoutNow {})) => Body::TimeoutNow,
         None => {
             return Err(Status::invalid_argument(
                 "AppendEntriesRequest without a kind",
@@ -555,7 +562,8 @@ pub fn vote_response(config: &Config, reply: Option<Message>) -> pb::VoteRespons
         | Body::HeartbeatResponse { .. }
         | Body::Snapshot { .. }
         | Body::ReadIndex { .. }
-        | Body::ReadIndexResponse { .. } => {}
+        | Body::ReadIndexResponse { .. }
+        | Body::TimeoutNow => {}
     }
     response
 }
@@ -580,7 +588,8 @@ pub fn append_response(config: &Config, reply: Option<Message>) -> pb::AppendEnt
         | Body::Heartbeat { .. }
         | Body::Snapshot { .. }
         | Body::ReadIndex { .. }
-        | Body::ReadIndexResponse { .. } => None,
+        | Body::ReadIndexResponse { .. }
+        | Body::TimeoutNow => None,
     };
     response
 }
@@ -659,7 +668,8 @@ pub fn read_index_response(config: &Config, reply: Option<Message>) -> pb::ReadI
         | Body::Heartbeat { .. }
         | Body::HeartbeatResponse { .. }
         | Body::Snapshot { .. }
-        | Body::ReadIndex { .. } => empty,
+        | Body::ReadIndex { .. }
+        | Body::TimeoutNow => empty,
     }
 }
 

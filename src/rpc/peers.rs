@@ -320,7 +320,8 @@ impl LinkTask {
 
     fn send(&mut self, msg: Message) {
         match &msg.body {
-            Body::Append { .. } | Body::Heartbeat { .. } => self.replicate(msg),
+            // TimeoutNow on the replication stream: after the appends it follows.
+            Body::Append { .. } | Body::Heartbeat { .. } | Body::TimeoutNow => self.replicate(msg),
             Body::PreVote { .. } | Body::Vote { .. } => self.request_vote(msg),
             Body::ReadIndex { id } => self.read_index(*id, msg),
             // The driver hands snapshots over with their image (`send_snapshot`).

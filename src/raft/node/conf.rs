@@ -44,6 +44,9 @@ impl RawNode {
         if pending || term_unconfirmed {
             return Err(RaftError::ConfChangePending);
         }
+        if self.transfer.is_some() {
+            return Err(RaftError::TransferInProgress);
+        }
         self.membership
             .apply(change)
             .map_err(RaftError::InvalidConfChange)?;

@@ -33,7 +33,14 @@ fn requests_and_responses_round_trip() {
         Body::Vote {
             last_index: 4,
             last_term: 2,
+            transfer: false,
         },
+        Body::Vote {
+            last_index: 4,
+            last_term: 2,
+            transfer: true,
+        },
+        Body::TimeoutNow,
         Body::Append {
             prev_index: 4,
             prev_term: 2,
@@ -485,10 +492,17 @@ mod arbitrary_wire_messages {
             term(),
             index(),
             term(),
-            any::<bool>(),
+            (any::<bool>(), any::<bool>()),
         )
             .prop_map(
-                |((cluster_id, to), from, term, last_log_index, last_log_term, pre_vote)| {
+                |(
+                    (cluster_id, to),
+                    from,
+                    term,
+                    last_log_index,
+                    last_log_term,
+                    (pre_vote, transfer),
+                )| {
                     Input::Vote(pb::VoteRequest {
                         from,
                         term,
@@ -497,6 +511,7 @@ mod arbitrary_wire_messages {
                         pre_vote,
                         cluster_id,
                         to,
+                        transfer,
                     })
                 },
             );
