@@ -70,10 +70,13 @@ pub enum Plant {
     /// A leader asked to hand over leadership sends `TimeoutNow` before the target's
     /// log has caught up with its own (so the target cannot win).
     TimeoutNowBeforeCaughtUp,
+    /// The leader pairs a follower's ReadIndex answer with its request by the
+    /// follower's own read id, which a restarted follower reuses.
+    ReadIndexPairedByFollowerId,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 23] = [
+    pub const ALL: [Plant; 24] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -97,6 +100,7 @@ impl Plant {
         Plant::ConfChangeWithoutNoop,
         Plant::LeaderStarvesFollower,
         Plant::TimeoutNowBeforeCaughtUp,
+        Plant::ReadIndexPairedByFollowerId,
     ];
 
     pub fn name(self) -> &'static str {
@@ -124,6 +128,7 @@ impl Plant {
             Plant::ConfChangeWithoutNoop => "conf-change-without-noop",
             Plant::LeaderStarvesFollower => "leader-starves-follower",
             Plant::TimeoutNowBeforeCaughtUp => "timeout-now-before-caught-up",
+            Plant::ReadIndexPairedByFollowerId => "read-index-paired-by-follower-id",
         }
     }
 }

@@ -3,8 +3,13 @@
 //! after the persist its answer promises, as an ordinary outgoing message. Replies are
 //! matched to waiting requests per peer and kind, first come first served; every reply
 //! is self-describing (it carries its index, term or read round), so the pairing only
-//! has to preserve order. A ReadIndex request is paired by its id instead: the leader
-//! answers it in a later turn, after a heartbeat round.
+//! has to preserve order. A ReadIndex request is paired by a token of the leader's own
+//! instead of the follower's id: the leader answers it in a later turn, after a
+//! heartbeat round, and a follower that restarted meanwhile numbers its reads from 1
+//! again, so its new request may carry the id of an old one still waiting here. Paired
+//! by (follower, id), the old read's answer (an index from before the restart, maybe
+//! before writes the new read must see) went to the new request: a stale read, found
+//! by the simulator at seed 28691.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -64,22 +69,51 @@ fn response_kind(body: &Body) -> Option<ReplyKind> {
     }
 }
 
+/// How a waiting ReadIndex request is found: by the leader's token alone, or (the
+/// plant `read-index-paired-by-follower-id`, the old bug) by follower and its own id.
+type ReadKey = (NodeId, ReadId);
+
+fn read_key(follower: NodeId, id: ReadId) -> ReadKey {
+    match paired_by_follower_id() {
+        true => (follower, id),
+        false => (0, id),
+    }
+}
+
+fn paired_by_follower_id() -> bool {
+    crate::plant::active(crate::plant::Plant::ReadIndexPairedByFollowerId)
+}
+
 /// Peers' requests waiting for the core's reply.
 #[derive(Default)]
 pub(super) struct WaitingReplies {
     /// Requests stepped in this turn, per peer, in arrival order.
     this_turn: HashMap<NodeId, VecDeque<(ReplyKind, RaftReplySender)>>,
-    /// Followers' ReadIndex requests: answered in a later turn, after a heartbeat round.
-    read_index: HashMap<(NodeId, ReadId), RaftReplySender>,
+    /// Followers' ReadIndex requests, by the token the core sees as their id: the
+    /// follower and its own id, and the reply slot. Answered in a later turn, after a
+    /// heartbeat round.
+    read_index: HashMap<ReadKey, (NodeId, ReadId, RaftReplySender)>,
+    /// The next token: unique for as long as this driver runs.
+    next_read_token: ReadId,
 }
 
 impl WaitingReplies {
     /// Keeps `reply` until the core answers `msg`, a peer's request; a message that
     /// expects no answer is told so at once.
-    fn wait(&mut self, msg: &Message, reply: RaftReplySender) {
-        match &msg.body {
+    /// A ReadIndex request's id is replaced by a token in `msg` (see the module doc).
+    fn wait(&mut self, msg: &mut Message, reply: RaftReplySender) {
+        match &mut msg.body {
             Body::ReadIndex { id } => {
-                self.read_index.insert((msg.from, *id), reply);
+                let token = if paired_by_follower_id() {
+                    *id
+                } else {
+                    self.next_read_token += 1;
+                    self.next_read_token
+                };
+                let key = read_key(msg.from, token);
+                // Only the plant reuses a key: the older request is dropped unanswered.
+                self.read_index.insert(key, (msg.from, *id, reply));
+                *id = token;
             }
             body => match request_kind(body) {
                 Some(kind) => self
@@ -98,9 +132,23 @@ impl WaitingReplies {
     /// (or drops it, when its request is gone). Returns the message back when it
     /// answers nothing: a new message for the transport.
     pub(super) fn answer(&mut self, msg: Message) -> Option<Message> {
-        if let Body::ReadIndexResponse { id, .. } = &msg.body {
-            if let Some(reply) = self.read_index.remove(&(msg.to, *id)) {
-                let _ = reply.send(RaftReply::Answer(msg));
+        if let Body::ReadIndexResponse { id, index } = msg.body {
+            match self.read_index.remove(&read_key(msg.to, id)) {
+                Some((follower, original, reply)) if follower == msg.to => {
+                    let body = Body::ReadIndexResponse {
+                        id: original,
+                        index,
+                    };
+                    let _ = reply.send(RaftReply::Answer(Message { body, ..msg }));
+                }
+                Some(_) => debug!(
+                    to = msg.to,
+                    "dropping a read index answer for another member"
+                ),
+                None => debug!(
+                    to = msg.to,
+                    "dropping a read index answer whose request is gone"
+                ),
             }
             return None;
         }
@@ -133,7 +181,8 @@ impl WaitingReplies {
 
     /// Forgets ReadIndex requests whose callers gave up waiting.
     pub(super) fn purge_abandoned(&mut self) {
-        self.read_index.retain(|_, reply| !reply.is_closed());
+        self.read_index
+            .retain(|_, (_, _, reply)| !reply.is_closed());
     }
 
     /// Drops every waiting request unanswered (their callers see the node as crashed).
@@ -147,7 +196,7 @@ impl<T: Transport> Driver<T> {
     /// A message from a peer; `reply` when the peer waits for the answer (a request).
     pub(super) fn on_peer_message(
         &mut self,
-        msg: Message,
+        mut msg: Message,
         reply: Option<RaftReplySender>,
         snapshot: Option<Box<ReceivedSnapshot>>,
     ) {
@@ -156,7 +205,7 @@ impl<T: Transport> Driver<T> {
             return;
         }
         if let Some(reply) = reply {
-            self.replies.wait(&msg, reply);
+            self.replies.wait(&mut msg, reply);
         }
         self.received_snapshots
             .extend(snapshot.map(|received| *received));
