@@ -6,6 +6,7 @@
 mod access;
 mod api;
 mod faults;
+mod leadership;
 mod observability;
 mod storage;
 mod tls;

@@ -74,6 +74,15 @@ pub async fn delete(target: &Target, key: &str) -> anyhow::Result<()> {
     print_answer(http_client(target)?.delete(&url), &url).await
 }
 
+pub async fn transfer_leader(target: &Target, to: Option<&str>) -> anyhow::Result<()> {
+    let url = format!("{}/cluster/leader", target.url.trim_end_matches('/'));
+    let mut request = http_client(target)?.post(&url);
+    if let Some(to) = to {
+        request = request.json(&serde_json::json!({ "to": to }));
+    }
+    print_answer(request, &url).await
+}
+
 /// Sends the request and prints the node's answer; a non-2xx answer is printed too,
 /// then reported as an error so the exit status says it failed.
 async fn print_answer(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<()> {

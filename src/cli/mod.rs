@@ -49,6 +49,9 @@ pub enum Command {
         /// The key to remove.
         key: String,
     },
+    /// Leadership: `distraft leader transfer [--to NAME]`.
+    #[command(subcommand)]
+    Leader(LeaderCommand),
     /// Start a local cluster (3 nodes with the example env file): one process per member
     /// of its DISTRAFT_CLUSTER; print the curl lines to try; stop every node on Ctrl-C.
     Cluster(cluster::ClusterArgs),
@@ -58,6 +61,22 @@ pub enum Command {
     /// Load-test a cluster (distraft over HTTP or gRPC, or etcd's v2 API), measure
     /// failover, or find the leader; see `distraft bench --help`.
     Bench(Box<bench::BenchArgs>),
+}
+
+/// `distraft leader ...`
+#[derive(Debug, Subcommand)]
+pub enum LeaderCommand {
+    /// Hand leadership to another member (`POST /cluster/leader`), on any node: the
+    /// leader brings the target up to date and tells it to campaign; writes meanwhile
+    /// wait and go to the new leader. Prints the new leader once it is known.
+    Transfer {
+        #[command(flatten)]
+        target: Target,
+        /// The member to hand over to (its DISTRAFT_NAME); by default the one whose log
+        /// is the most up to date.
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 /// The node a client subcommand talks to.
@@ -82,6 +101,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Get { target, key, stale } => client::get(&target, &key, stale).await,
         Command::Put { target, key, value } => client::put(&target, &key, &value).await,
         Command::Delete { target, key } => client::delete(&target, &key).await,
+        Command::Leader(LeaderCommand::Transfer { target, to }) => {
+            client::transfer_leader(&target, to.as_deref()).await
+        }
         Command::Cluster(args) => cluster::run(args).await,
         Command::Certs(args) => certs::run(args),
         Command::Bench(args) => bench::run(*args).await,

@@ -4,10 +4,11 @@
 
 use std::time::Instant;
 
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::runner::Driver;
-use super::Transport;
+use super::{RequestError, Transport};
 use crate::metrics::metrics;
 use crate::raft::{NodeId, Role};
 
@@ -21,6 +22,23 @@ impl<T: Transport> Driver<T> {
             *leader = known;
             changed
         });
+    }
+
+    /// An operator asks this leader to hand over (see `RawNode::transfer_leader`).
+    pub(super) fn on_transfer_leader(
+        &mut self,
+        to: Option<NodeId>,
+        reply: oneshot::Sender<Result<NodeId, RequestError>>,
+    ) {
+        let answer = if self.up {
+            self.node.transfer_leader(to).map_err(RequestError::from)
+        } else {
+            Err(RequestError::Stopped)
+        };
+        if let Ok(target) = answer {
+            info!(to = self.name_of(target), "handing leadership over");
+        }
+        let _ = reply.send(answer);
     }
 
     /// Logs elections as this node sees them: its role, term and leader.

@@ -167,6 +167,12 @@ pub enum Event {
     Stop {
         reply: oneshot::Sender<()>,
     },
+    /// Hand leadership to `to` (or the most up-to-date voter): answered as soon as the
+    /// transfer began, with its target (the caller watches the leader change).
+    TransferLeader {
+        to: Option<NodeId>,
+        reply: oneshot::Sender<Result<NodeId, RequestError>>,
+    },
     Start {
         reply: oneshot::Sender<Result<(), RequestError>>,
     },
@@ -264,6 +270,14 @@ impl DriverHandle {
         let (reply, answer) = oneshot::channel();
         self.post(Event::Status { reply })?;
         answer.await.map_err(|_| RequestError::ShuttingDown)
+    }
+
+    /// Begins handing leadership to `to` (or to the most up-to-date voter), on the
+    /// leader; returns the target. Watch [`DriverHandle::leader_watch`] for the outcome.
+    pub async fn transfer_leader(&self, to: Option<NodeId>) -> Result<NodeId, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.post(Event::TransferLeader { to, reply })?;
+        answer.await.unwrap_or(Err(RequestError::ShuttingDown))
     }
 
     /// Leaves Raft as if crashed (idempotent).

@@ -318,6 +318,7 @@ impl<T: Transport> Driver<T> {
                 let _ = reply.send(self.status());
             }
             Event::Stop { reply } => self.on_stop(reply),
+            Event::TransferLeader { to, reply } => self.on_transfer_leader(to, reply),
             Event::Start { reply } => self.on_start(reply),
             Event::BeginSnapshot {
                 from,

@@ -125,6 +125,29 @@ pub(super) fn form_value(body: &[u8]) -> Result<String, ApiError> {
     Err(ApiError::bad_request("missing form field: value"))
 }
 
+/// The string member `name` of an optional JSON object body (the operations routes'
+/// options, as `POST /cluster/leader`'s `{"to": "<name>"}`): `None` when the body is
+/// empty or the member absent or null.
+pub(super) fn optional_json_string(body: &[u8], name: &str) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let parsed: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let Value::Object(mut members) = parsed else {
+        return Err(ApiError::bad_request(format!(
+            "invalid JSON body: expected an object {{\"{name}\": \"...\"}}"
+        )));
+    };
+    match members.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(value)) => Ok(Some(value)),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{name} must be a JSON string"
+        ))),
+    }
+}
+
 /// The `value` of a JSON body `{"value": "<v>"}`: an object whose `value` is a string
 /// (other members are ignored, as other form fields are; an empty one is refused with
 /// the other rules of values, in `Gateway::put`).

@@ -9,6 +9,7 @@
 //! | `GET /`          | Admin.Status  | `{"ok": true, "status": {...}}`          |
 //! | `GET /stop`      | Admin.Stop    | `{"ok": true}`                           |
 //! | `GET /start`     | Admin.Start   | `{"ok": true}`                           |
+//! | `POST /cluster/leader` | Admin.TransferLeader | `{"ok": true, "leader": l, "previous": p}` |
 //! | `GET /<key>`     | Kv.Get        | `{"ok": true, "key": k, "value": v}`     |
 //! | `POST /<key>`    | Kv.Put        | `{"ok": true, "key": k, "value": v}`     |
 //! | `DELETE /<key>`  | Kv.Delete     | `{"ok": true, "key": k, "existed": b}`   |
@@ -30,7 +31,7 @@ mod guard;
 mod response;
 mod server;
 
-use body::{discard_body, form_value, json_value, read_body, BodyFormat};
+use body::{discard_body, form_value, json_value, optional_json_string, read_body, BodyFormat};
 use dashboard::dashboard_routes;
 use decode::percent_decode_utf8;
 use guard::{allowed_host, authorized, check_request_size, cors, credentials};
@@ -42,7 +43,7 @@ use crate::dashboard::Dashboard;
 use crate::limits::Limits;
 use crate::proto::v1::{
     admin_server::Admin, kv_server::Kv, DeleteRequest, GetRequest, PutRequest, StartRequest,
-    StatusRequest, StopRequest,
+    StatusRequest, StopRequest, TransferLeaderRequest,
 };
 use crate::status::status_json;
 use crate::validation::{self, RequestRules};
@@ -148,6 +149,21 @@ pub fn routes(
         .and(authorized.clone())
         .and(with_gateway.clone())
         .then(|gw: Arc<Gateway>| async move { gw.respond(gw.start().await) });
+    // Cluster operations live under `/cluster/`, which no key can be (a key is one
+    // path segment, so `GET /cluster` is the key "cluster").
+    let transfer = warp::path!("cluster" / "leader")
+        .and(warp::post())
+        .and(credentials.clone())
+        .and(warp::header::optional::<u64>(
+            header::CONTENT_LENGTH.as_str(),
+        ))
+        .and(warp::body::stream())
+        .and(with_gateway.clone())
+        .then(
+            |authorized: Result<(), ApiError>, content_length, body, gw: Arc<Gateway>| async move {
+                gw.respond(gw.transfer_leader(authorized, content_length, body).await)
+            },
+        );
     // The path is matched before the method everywhere, so that an unknown path is a
     // 404 and a known path with the wrong method a 405.
     let key = warp::path::param::<String>().and(warp::path::end());
@@ -195,7 +211,7 @@ pub fn routes(
 
     let api = status.or(stop).unify().or(start).unify();
     let api = api.or(metrics).unify().or(livez).unify().or(readyz).unify();
-    let api = api.or(dashboard).unify();
+    let api = api.or(dashboard).unify().or(transfer).unify();
     let api = api.or(get).unify().or(put).unify().or(delete).unify();
     // The first recover turns route rejections into JSON *inside* the CORS wrapper, so
     // that browsers can read those errors too; the second one catches what the CORS
@@ -231,6 +247,7 @@ fn route_name(method: &Method, path: &str) -> &'static str {
     match (first, more) {
         ("", false) => "/",
         ("ui", _) => "/ui",
+        ("cluster", true) if path.trim_end_matches('/') == "/cluster/leader" => "/cluster/leader",
         (_, true) => "other",
         (name, false) if *method == Method::GET => match name {
             "stop" => "/stop",
@@ -262,6 +279,9 @@ enum Probe {
     Live,
     Ready,
 }
+
+/// The largest body of an operations route's options (`{"to": "<member>"}`).
+const MAX_OPTIONS_BODY_BYTES: usize = 4096;
 
 /// How long the health routes wait for the driver before calling it stuck.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -420,6 +440,40 @@ impl Gateway {
         }));
         let put = self.call(self.backend.kv.put(request)).await?;
         Ok(json!({"ok": true, "key": key, "value": put.value}))
+    }
+
+    /// `POST /cluster/leader` with an optional JSON body `{"to": "<member>"}`.
+    async fn transfer_leader<S, B>(
+        &self,
+        authorized: Result<(), ApiError>,
+        content_length: Option<u64>,
+        body: S,
+    ) -> Result<Value, ApiError>
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+        B: Buf,
+    {
+        if let Err(error) = authorized {
+            return Err(discard_body(body, error).await);
+        }
+        let body = tokio::time::timeout(
+            self.settings.body_read_timeout,
+            read_body(body, content_length, MAX_OPTIONS_BODY_BYTES),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            )
+            .closing_connection()
+        })??;
+        let to = optional_json_string(&body, "to")?.unwrap_or_default();
+        let request = self.request(TransferLeaderRequest { to });
+        let answer = self
+            .call(self.backend.admin.transfer_leader(request))
+            .await?;
+        Ok(json!({"ok": true, "leader": answer.leader, "previous": answer.previous}))
     }
 
     async fn delete(&self, raw_key: &str) -> Result<Value, ApiError> {

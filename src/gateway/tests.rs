@@ -8,7 +8,7 @@ use super::guard::MAX_HEADER_BYTES;
 use super::*;
 use crate::proto::v1::{
     DeleteResponse, FollowerLag, GetResponse, Member, PutResponse, StartResponse, StatusResponse,
-    StopResponse,
+    StopResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use std::{collections::HashMap, sync::Mutex, time::Instant};
 use tonic::{Code, Request, Status};
@@ -102,6 +102,20 @@ impl Admin for Arc<FakeNode> {
         _: Request<StartRequest>,
     ) -> Result<tonic::Response<StartResponse>, Status> {
         Ok(tonic::Response::new(StartResponse {}))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<tonic::Response<TransferLeaderResponse>, Status> {
+        let to = request.into_inner().to;
+        if to == "nobody" {
+            return Err(Status::not_found("no member is named \"nobody\""));
+        }
+        Ok(tonic::Response::new(TransferLeaderResponse {
+            leader: if to.is_empty() { "server2".into() } else { to },
+            previous: "server1".into(),
+        }))
     }
 
     async fn status(

@@ -1,26 +1,148 @@
-//! The Admin service: Stop, Start and Status of this node.
+//! The Admin service: Stop, Start and Status of this node, and leadership transfer.
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
+use super::deadline::Deadline;
+use super::kv::{forwarded_request, FORWARDED, RETRY_MAX, RETRY_MIN};
 use super::outcome::status_of;
+use super::peers::Peers;
 use crate::config::Config;
-use crate::driver::{DriverHandle, NodeStatus};
+use crate::driver::{DriverHandle, NodeStatus, RequestError};
 use crate::metrics::metrics;
 use crate::proto::v1 as pb;
+use crate::raft::NodeId;
 
-/// Stop and Start need the API token (if set); Status stays open, as `GET /` does
-/// (it names the members and the leader, nothing secret, and viewers poll it).
+/// Stop, Start and TransferLeader need the API token (if set); Status stays open, as
+/// `GET /` does (it names the members and the leader, nothing secret, and viewers poll
+/// it).
 pub struct AdminService {
     config: Arc<Config>,
     driver: DriverHandle,
+    /// To pass a transfer on to the leader.
+    peers: Peers,
 }
 
 impl AdminService {
-    pub(super) fn new(config: Arc<Config>, driver: DriverHandle) -> AdminService {
-        AdminService { config, driver }
+    pub(super) fn new(config: Arc<Config>, driver: DriverHandle, peers: Peers) -> AdminService {
+        AdminService {
+            config,
+            driver,
+            peers,
+        }
+    }
+
+    /// The transfer, from any member: the leader begins it and waits for the new
+    /// leader; a follower passes it on to the leader it knows (once: a passed-on
+    /// request is never passed on again); with no leader known, it waits for one,
+    /// within the deadline.
+    async fn transfer(
+        &self,
+        to: Option<NodeId>,
+        deadline: &Deadline,
+        forwarded: bool,
+    ) -> Result<pb::TransferLeaderResponse, Status> {
+        let mut pause = RETRY_MIN;
+        loop {
+            let mut leader = self.driver.leader_watch();
+            let known = *leader.borrow();
+            match known {
+                // The named member leads already: nothing to do.
+                Some(current) if to == Some(current) => {
+                    return Ok(self.response(current, current));
+                }
+                Some(current) if current == self.config.id => {
+                    match self.driver.transfer_leader(to).await {
+                        Ok(target) => return self.await_new_leader(target, deadline).await,
+                        // Lost the post meanwhile: look again.
+                        Err(RequestError::NotLeader { .. }) => {}
+                        Err(RequestError::Rejected(why)) => {
+                            return Err(Status::failed_precondition(why))
+                        }
+                        Err(err) => return Err(status_of(err)),
+                    }
+                }
+                Some(_) if forwarded => {
+                    return Err(Status::unavailable("not the leader any more; ask again"))
+                }
+                Some(current) => {
+                    if let Some(mut client) = self.peers.admin_client(current) {
+                        let message = pb::TransferLeaderRequest {
+                            to: to.map(|id| self.name(id)).unwrap_or_default(),
+                        };
+                        let request =
+                            forwarded_request(&self.config, message, deadline.remaining());
+                        match client.transfer_leader(request).await {
+                            Ok(response) => return Ok(response.into_inner()),
+                            // The leader changed under us (or went): look again.
+                            Err(status) if status.code() == tonic::Code::Unavailable => {}
+                            Err(status) => return Err(status),
+                        }
+                    }
+                }
+                None => {}
+            }
+            if deadline.remaining() <= pause {
+                return Err(deadline.expired(false));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = leader.changed() => {}
+            }
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Waits until another member is known to lead. The core abandons a transfer
+    /// after an election timeout; the target's election may take about as long again.
+    async fn await_new_leader(
+        &self,
+        target: NodeId,
+        deadline: &Deadline,
+    ) -> Result<pb::TransferLeaderResponse, Status> {
+        let give_up = Instant::now() + self.config.election_timeout * 2;
+        let mut leader = self.driver.leader_watch();
+        loop {
+            if let Some(current) = *leader.borrow_and_update() {
+                if current != self.config.id {
+                    return Ok(self.response(current, self.config.id));
+                }
+            }
+            tokio::select! {
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        return Err(Status::unavailable("the node is shutting down"));
+                    }
+                }
+                () = tokio::time::sleep_until(give_up.min(deadline.at)) => {
+                    if give_up > deadline.at {
+                        return Err(deadline.expired(false));
+                    }
+                    return Err(Status::aborted(format!(
+                        "{} did not take over within {:?}; {} leads on",
+                        self.name(target),
+                        self.config.election_timeout * 2,
+                        self.config.name
+                    )));
+                }
+            }
+        }
+    }
+
+    fn response(&self, leader: NodeId, previous: NodeId) -> pb::TransferLeaderResponse {
+        pb::TransferLeaderResponse {
+            leader: self.name(leader),
+            previous: self.name(previous),
+        }
+    }
+
+    fn name(&self, id: NodeId) -> String {
+        self.config
+            .member(id)
+            .map_or_else(|| id.to_string(), |m| m.name.clone())
     }
 }
 
@@ -42,6 +164,25 @@ impl pb::admin_server::Admin for AdminService {
         authorize(&self.config, &request)?;
         self.driver.start().await.map_err(status_of)?;
         Ok(Response::new(pb::StartResponse {}))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        authorize(&self.config, &request)?;
+        let deadline = Deadline::of(&request, self.config.request_timeout);
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let name = request.into_inner().to.trim().to_lowercase();
+        let to = match name.as_str() {
+            "" => None,
+            name => match self.config.member_named(name) {
+                Some(member) => Some(member.id),
+                None => return Err(Status::not_found(format!("no member is named {name:?}"))),
+            },
+        };
+        let response = self.transfer(to, &deadline, forwarded).await?;
+        Ok(Response::new(response))
     }
 
     async fn status(

@@ -26,11 +26,11 @@ use crate::validation::KeyValue;
 /// Marks a client request that a follower forwarded to the leader, so that it is
 /// never forwarded a second time (a leader that lost its post answers UNAVAILABLE and
 /// the first node retries with its fresher view).
-const FORWARDED: &str = "x-distraft-forwarded";
+pub(super) const FORWARDED: &str = "x-distraft-forwarded";
 /// Pause between attempts while the cluster has no leader, doubling up to the max;
 /// cut short when this node learns of a leader.
-const RETRY_MIN: Duration = Duration::from_millis(10);
-const RETRY_MAX: Duration = Duration::from_millis(100);
+pub(super) const RETRY_MIN: Duration = Duration::from_millis(10);
+pub(super) const RETRY_MAX: Duration = Duration::from_millis(100);
 
 pub struct KvService {
     config: Arc<Config>,
@@ -163,7 +163,7 @@ fn count_served(forwarded: bool, counter: &prometheus::IntCounterVec, label: &st
 
 /// A request forwarded to the leader, keeping what is left of the deadline, with this
 /// node's API token (the client's request was authorized here).
-fn forwarded_request<T>(config: &Config, message: T, remaining: Duration) -> Request<T> {
+pub(super) fn forwarded_request<T>(config: &Config, message: T, remaining: Duration) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(remaining);
     request

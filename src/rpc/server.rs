@@ -40,10 +40,10 @@ impl ClientServices {
             kv: Arc::new(KvService::new(
                 config.clone(),
                 driver.clone(),
-                peers,
+                peers.clone(),
                 forwarding,
             )),
-            admin: Arc::new(AdminService::new(config, driver)),
+            admin: Arc::new(AdminService::new(config, driver, peers)),
         }
     }
 }
