@@ -38,7 +38,9 @@ plants=(
   # breaks no safety property; the follower never converges).
   "leader-starves-follower|--test simulation"
   # Pinned seed 28691: a restarted follower's new read gets the answer of its old one.
-  "read-index-paired-by-follower-id|--test simulation three_nodes"
+  "read-index-paired-by-follower-id|--test simulation three_nodes_under_faults"
+  # The leadership-transfer nemesis: two leaders in one term (Election Safety).
+  "transfer-vote-ignores-earlier-vote|--test simulation three_nodes_with_leadership_transfers"
   "no-dir-lock|--test integration second_process"
   "no-quota|--test integration quota"
   "nospace-fatal|--lib driver::"

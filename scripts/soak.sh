@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soaks the Raft simulator far beyond CI's seeds: SEEDS seeds per configuration (three
-# and five nodes), in release mode, on every core, in chunks so that progress shows.
+# and five nodes, and three with leadership transfers), in release mode, on every core, in chunks so that progress shows.
 # Prints seeds/s after each chunk and every failing seed with the command that replays
 # it; exits non-zero if any seed failed. Bounded: SEEDS seeds, then it stops.
 #   ./scripts/soak.sh              100000 seeds per configuration, from seed 0
@@ -36,7 +36,7 @@ rm -f "$build_log"
 failures=()
 ran=0
 began=$SECONDS
-for test in three_nodes_under_faults five_nodes_under_faults; do
+for test in three_nodes_under_faults five_nodes_under_faults three_nodes_with_leadership_transfers; do
   for ((from = start; from < start + seeds; from += chunk)); do
     n=$((start + seeds - from < chunk ? start + seeds - from : chunk))
     log="$dir/$test-$from.log"

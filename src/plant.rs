@@ -73,10 +73,13 @@ pub enum Plant {
     /// The leader pairs a follower's ReadIndex answer with its request by the
     /// follower's own read id, which a restarted follower reuses.
     ReadIndexPairedByFollowerId,
+    /// A vote asked for by a leadership transfer is granted even by a node that
+    /// already voted for another candidate in that term ("the leader vouched for it").
+    TransferVoteIgnoresEarlierVote,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 24] = [
+    pub const ALL: [Plant; 25] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -101,6 +104,7 @@ impl Plant {
         Plant::LeaderStarvesFollower,
         Plant::TimeoutNowBeforeCaughtUp,
         Plant::ReadIndexPairedByFollowerId,
+        Plant::TransferVoteIgnoresEarlierVote,
     ];
 
     pub fn name(self) -> &'static str {
@@ -129,6 +133,7 @@ impl Plant {
             Plant::LeaderStarvesFollower => "leader-starves-follower",
             Plant::TimeoutNowBeforeCaughtUp => "timeout-now-before-caught-up",
             Plant::ReadIndexPairedByFollowerId => "read-index-paired-by-follower-id",
+            Plant::TransferVoteIgnoresEarlierVote => "transfer-vote-ignores-earlier-vote",
         }
     }
 }

@@ -21,6 +21,8 @@
 //!   (the real `Storage::reset`), pauses, clocks that drift;
 //! - the cores' flow-control limits (bytes per message, messages in flight), which
 //!   when small split batches the way commit-rule and back-off bugs need;
+//! - the operators (`three_nodes_with_leadership_transfers` only): leadership
+//!   transfers asked at random moments of random nodes, to random targets;
 //! - the clients: they talk to any node, as real clients do; a node that is not the
 //!   leader forwards a write to the leader it knows, and a failed forward is sent again
 //!   only by the rule the gRPC service follows (`rpc::server::forward_again`).
@@ -103,6 +105,9 @@ struct Scenario {
     max_msg_bytes: Option<usize>,
     max_inflight_msgs: Option<usize>,
     client_timeout: u64,
+    /// How often (per tick) an operator asks a node to hand leadership over, to a
+    /// random member or to none in particular (the leadership-transfer nemesis).
+    transfer_per_tick: f64,
 }
 
 impl Scenario {
@@ -127,6 +132,16 @@ impl Scenario {
             max_msg_bytes: None,
             max_inflight_msgs: None,
             client_timeout: 80,
+            transfer_per_tick: 0.0,
+        }
+    }
+
+    /// The same faults, plus leadership transfers asked at random moments of random
+    /// nodes (most of them leaders: a follower refuses), to random targets.
+    fn with_transfers(nodes: u64) -> Scenario {
+        Scenario {
+            transfer_per_tick: 0.02,
+            ..Scenario::new(nodes)
         }
     }
 }
@@ -349,6 +364,8 @@ struct Sim {
     settling: bool,
     /// How the healed cluster fared against the liveness bounds.
     stats: LivenessStats,
+    /// Leadership transfers a leader began (the nemesis of `with_transfers`).
+    transfers: u64,
     trace: Vec<String>,
 }
 
@@ -416,6 +433,7 @@ impl Sim {
             successes: 0,
             settling: false,
             stats: LivenessStats::default(),
+            transfers: 0,
             trace: Vec::new(),
             dir,
             sc,
@@ -939,12 +957,46 @@ impl Sim {
             self.node(id).full_until = now + ticks;
             self.log(format!("n{id}'s disk is full for {ticks}"));
         }
+        if self.sc.transfer_per_tick > 0.0 && self.rng.random_bool(self.sc.transfer_per_tick) {
+            self.ask_for_transfer()?;
+        }
         for id in self.ids() {
             self.update_disk(id);
             let node = &self.nodes[&id];
             if node.live.is_none() && node.restart_at <= self.now {
                 self.restart(id)?;
             }
+        }
+        Ok(())
+    }
+
+    /// An operator asks a node (usually the leader) to hand leadership over, to a
+    /// random member (itself included) or to the most up-to-date one.
+    fn ask_for_transfer(&mut self) -> Result<(), String> {
+        let n = self.sc.nodes;
+        let asked = match self.stable_leader() {
+            Some(leader) if self.rng.random_bool(0.8) => leader,
+            _ => self.rng.random_range(1..=n),
+        };
+        let to = self
+            .rng
+            .random_bool(0.7)
+            .then(|| self.rng.random_range(1..=n));
+        if !self.ready(asked) {
+            return Ok(());
+        }
+        let (reply, mut answer) = oneshot::channel();
+        self.handle(asked, Event::TransferLeader { to, reply })?;
+        let to = to.map_or("any".to_string(), |id| format!("n{id}"));
+        match answer.try_recv() {
+            Ok(Ok(target)) => {
+                self.transfers += 1;
+                self.log(format!(
+                    "n{asked} hands leadership to n{target} ({to} asked)"
+                ))
+            }
+            Ok(Err(e)) => self.log(format!("n{asked} refuses a transfer to {to}: {e}")),
+            Err(_) => {}
         }
         Ok(())
     }
@@ -1751,6 +1803,7 @@ enum Received {
 struct Outcome {
     operations: usize,
     successes: u64,
+    transfers: u64,
     liveness: LivenessStats,
 }
 
@@ -1763,6 +1816,7 @@ fn run_seed(sc: &Scenario, seed: u64) -> Result<Outcome, String> {
         result.map(|()| Outcome {
             operations: sim.history.len(),
             successes: sim.successes,
+            transfers: sim.transfers,
             liveness: LivenessStats {
                 max_delay: sim.sc.max_delay,
                 ..sim.stats
@@ -1793,8 +1847,9 @@ fn run_seed(sc: &Scenario, seed: u64) -> Result<Outcome, String> {
 }
 
 fn test_name(sc: &Scenario) -> &'static str {
-    match sc.nodes {
-        3 => "three_nodes_under_faults",
+    match (sc.nodes, sc.transfer_per_tick > 0.0) {
+        (3, true) => "three_nodes_with_leadership_transfers",
+        (3, false) => "three_nodes_under_faults",
         _ => "five_nodes_under_faults",
     }
 }
@@ -1836,14 +1891,18 @@ fn run_scenario(sc: Scenario) {
 /// the old request's answer went to the new one, which reused its id (the leader now
 /// pairs them by a token of its own; plant `read-index-paired-by-follower-id`).
 fn pinned_seeds(sc: &Scenario) -> Vec<u64> {
-    match sc.nodes {
-        3 => vec![9092, 5020, 28691],
+    match (sc.nodes, sc.transfer_per_tick > 0.0) {
+        (3, false) => vec![9092, 5020, 28691],
+        (3, true) => vec![],
         _ => vec![2894],
     }
 }
 
 /// Runs `seeds` on every core (or `DISTRAFT_SIM_THREADS`); fails with those that failed.
 fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
+    if seeds.is_empty() {
+        return;
+    }
     // Stop at the first failure (scripts/plants.sh only needs to know a plant is caught).
     let fail_fast = std::env::var("DISTRAFT_SIM_FAIL_FAST").is_ok();
     let failed = std::sync::atomic::AtomicBool::new(false);
@@ -1851,7 +1910,7 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u64))
         .max(1) as usize;
     let started = std::time::Instant::now();
-    type Result = (Vec<String>, usize, u64, BTreeMap<u64, LivenessStats>);
+    type Result = (Vec<String>, usize, u64, BTreeMap<u64, LivenessStats>, u64);
     let results: Vec<Result> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -1859,7 +1918,7 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
                 let failed = &failed;
                 s.spawn(move || {
                     let mut failures = Vec::new();
-                    let (mut ops, mut successes) = (0, 0);
+                    let (mut ops, mut successes, mut transfers) = (0, 0, 0);
                     let mut worst = BTreeMap::new();
                     for &seed in seeds.iter().skip(t).step_by(threads) {
                         if fail_fast && failed.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1869,6 +1928,7 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
                             Ok(o) => {
                                 ops += o.operations;
                                 successes += o.successes;
+                                transfers += o.transfers;
                                 merge_worst(&mut worst, o.liveness);
                             }
                             Err(e) => {
@@ -1884,7 +1944,7 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
                             }
                         }
                     }
-                    (failures, ops, successes, worst)
+                    (failures, ops, successes, worst, transfers)
                 })
             })
             .collect();
@@ -1895,6 +1955,7 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
     });
     let ops: usize = results.iter().map(|r| r.1).sum();
     let successes: u64 = results.iter().map(|r| r.2).sum();
+    let transfers: u64 = results.iter().map(|r| r.4).sum();
     let mut worst = BTreeMap::new();
     for r in &results {
         for stats in r.3.values() {
@@ -1911,6 +1972,9 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
         failures.len(),
         seeds.len() as f64 / elapsed.max(1e-9),
     );
+    if transfers > 0 {
+        println!("  {transfers} leadership transfers begun");
+    }
     for stats in worst.values() {
         let mut drawn = sc.clone();
         drawn.max_delay = stats.max_delay;
@@ -1960,4 +2024,9 @@ fn three_nodes_under_faults() {
 #[test]
 fn five_nodes_under_faults() {
     run_scenario(Scenario::new(5));
+}
+
+#[test]
+fn three_nodes_with_leadership_transfers() {
+    run_scenario(Scenario::with_transfers(3));
 }

@@ -413,9 +413,10 @@ impl RawNode {
             Body::Vote {
                 last_index,
                 last_term,
-                transfer: _,
+                transfer,
             } => {
-                let granted = self.vote.is_none_or(|v| v == m.from)
+                let forced = transfer && plant::active(Plant::TransferVoteIgnoresEarlierVote);
+                let granted = (self.vote.is_none_or(|v| v == m.from) || forced)
                     && self.may_vote()
                     && (self.log.is_up_to_date(last_index, last_term)
                         || plant::active(Plant::VoteWithoutLogCheck));
