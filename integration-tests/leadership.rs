@@ -189,3 +189,70 @@ async fn writes_see_no_error_while_leadership_moves() {
         "{body}"
     );
 }
+
+/// A rolling restart with SIGTERM (as `docker stop` does it): each leader hands
+/// leadership over before it stops, so no election timeout is waited out. A writer
+/// keeps writing through whichever node answers; the longest gap between two
+/// successful writes is printed (`-- --nocapture`), and every acknowledged write is
+/// there at the end.
+#[tokio::test]
+async fn a_leader_stopped_with_sigterm_hands_leadership_over_first() {
+    let mut cluster = Cluster::start(3).await;
+    let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
+    let http = cluster.http().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut written, mut longest, mut node) = (0u64, Duration::ZERO, 0);
+            let mut last = Instant::now();
+            // Bounded: at most 60 s, however the restarts go.
+            let end = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                let url = format!("{}/k", urls[node]);
+                let answer = http
+                    .post(&url)
+                    .form(&[("value", written.to_string())])
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                match answer {
+                    Ok(response) if response.status() == 200 => {
+                        written += 1;
+                        longest = longest.max(last.elapsed());
+                        last = Instant::now();
+                    }
+                    // Stopping or down: try the next node.
+                    _ => {
+                        node = (node + 1) % urls.len();
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            }
+            (written, longest)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let leader = cluster.wait_for_leader().await;
+        let status = cluster.terminate(leader);
+        assert!(status.success(), "{status:?}: {}", cluster.output(leader));
+        let output = cluster.output(leader);
+        assert!(
+            output.contains("handed leadership over before stopping"),
+            "{output}"
+        );
+        let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        cluster.wait_for_leader_among(&others).await;
+        cluster.restart(leader);
+        cluster.wait_for_leader().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (written, longest) = writer.await.unwrap();
+    println!("rolling restart with SIGTERM: {written} writes, longest gap {longest:?}");
+    assert!(written > 0);
+    let leader = cluster.wait_for_leader().await;
+    let (code, body) = cluster.get(leader, "k").await;
+    assert_eq!((code, &body["value"]), (200, &json!((written - 1).to_string())), "{body}");
+}

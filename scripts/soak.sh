@@ -7,7 +7,8 @@
 #   ./scripts/soak.sh 20000        fewer
 #   SOAK_START=100000 ./scripts/soak.sh   seeds 100000.. (a range not soaked yet)
 # SOAK_CHUNK (default 5000) seeds per run; SOAK_DIR (default target/soak) keeps each
-# run's log, with the full report of every failure.
+# run's log, with the full report of every failure; SOAK_CONFIGS picks configurations
+# (default: all three tests of tests/simulation.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +37,9 @@ rm -f "$build_log"
 failures=()
 ran=0
 began=$SECONDS
-for test in three_nodes_under_faults five_nodes_under_faults three_nodes_with_leadership_transfers; do
+configs=${SOAK_CONFIGS:-three_nodes_under_faults five_nodes_under_faults three_nodes_with_leadership_transfers}
+for test in $configs; do
+  [[ $test =~ ^[a-z_]+$ ]] || { echo "soak.sh: SOAK_CONFIGS holds '$test', not a test name" >&2; exit 2; }
   for ((from = start; from < start + seeds; from += chunk)); do
     n=$((start + seeds - from < chunk ? start + seeds - from : chunk))
     log="$dir/$test-$from.log"

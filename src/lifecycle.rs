@@ -147,6 +147,7 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
         signal = shutdown_signal() => {
             signal?;
             info!("signal received: shutting down");
+            hand_leadership_over(&driver, &config).await;
             None
         }
         result = &mut driver_done => Some({
@@ -185,6 +186,34 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
             info!("shut down cleanly");
             Ok(())
         }
+    }
+}
+
+/// A leader asked to stop first hands leadership to the most up-to-date follower, so
+/// that a rolling restart costs no election (the others would otherwise wait out an
+/// election timeout first). Bounded: the core abandons a transfer after an election
+/// timeout, and this waits at most two; meanwhile the node still serves, and writes
+/// wait for the new leader.
+async fn hand_leadership_over(driver: &driver::DriverHandle, config: &Config) {
+    if *driver.leader_watch().borrow() != Some(config.id) {
+        return;
+    }
+    match driver.transfer_leader(None).await {
+        Ok(target) => {
+            let within = config.election_timeout * 2;
+            match driver.other_leader(config.id, within).await {
+                Some(leader) => info!(
+                    leader = config.member(leader).map_or("?", |m| m.name.as_str()),
+                    "handed leadership over before stopping"
+                ),
+                None => warn!(
+                    to = config.member(target).map_or("?", |m| m.name.as_str()),
+                    "leadership was not taken over within {within:?}; stopping anyway"
+                ),
+            }
+        }
+        // A single-member cluster, or the post lost meanwhile: nothing to hand over.
+        Err(err) => info!("not handing leadership over: {err}"),
     }
 }
 

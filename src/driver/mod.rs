@@ -280,6 +280,25 @@ impl DriverHandle {
         answer.await.unwrap_or(Err(RequestError::ShuttingDown))
     }
 
+    /// Waits, at most `within`, until a member other than `me` is known to lead (after
+    /// a transfer); returns it, or `None` when none did in time.
+    pub async fn other_leader(&self, me: NodeId, within: std::time::Duration) -> Option<NodeId> {
+        let mut leader = self.leader_watch();
+        let wait = async {
+            loop {
+                if let Some(current) = *leader.borrow_and_update() {
+                    if current != me {
+                        return Some(current);
+                    }
+                }
+                if leader.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(within, wait).await.ok().flatten()
+    }
+
     /// Leaves Raft as if crashed (idempotent).
     pub async fn stop(&self) -> Result<(), RequestError> {
         let (reply, answer) = oneshot::channel();

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
@@ -103,32 +102,16 @@ impl AdminService {
         target: NodeId,
         deadline: &Deadline,
     ) -> Result<pb::TransferLeaderResponse, Status> {
-        let give_up = Instant::now() + self.config.election_timeout * 2;
-        let mut leader = self.driver.leader_watch();
-        loop {
-            if let Some(current) = *leader.borrow_and_update() {
-                if current != self.config.id {
-                    return Ok(self.response(current, self.config.id));
-                }
-            }
-            tokio::select! {
-                changed = leader.changed() => {
-                    if changed.is_err() {
-                        return Err(Status::unavailable("the node is shutting down"));
-                    }
-                }
-                () = tokio::time::sleep_until(give_up.min(deadline.at)) => {
-                    if give_up > deadline.at {
-                        return Err(deadline.expired(false));
-                    }
-                    return Err(Status::aborted(format!(
-                        "{} did not take over within {:?}; {} leads on",
-                        self.name(target),
-                        self.config.election_timeout * 2,
-                        self.config.name
-                    )));
-                }
-            }
+        let patience = self.config.election_timeout * 2;
+        let within = patience.min(deadline.remaining());
+        match self.driver.other_leader(self.config.id, within).await {
+            Some(leader) => Ok(self.response(leader, self.config.id)),
+            None if within < patience => Err(deadline.expired(false)),
+            None => Err(Status::aborted(format!(
+                "{} did not take over within {patience:?}; {} leads on",
+                self.name(target),
+                self.config.name
+            ))),
         }
     }
 

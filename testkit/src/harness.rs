@@ -328,6 +328,31 @@ impl Cluster {
         }
     }
 
+    /// `kill -TERM` of node `i` (what `docker stop` and Ctrl-C do), then waits for it
+    /// to exit: at most 15 s, after which it is killed and this panics.
+    pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        let Some(mut child) = self.nodes[i].child.take() else {
+            panic!("{} is not running", self.nodes[i].name);
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not exit within 15 s of SIGTERM", self.nodes[i].name);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Starts node `i` again from its persisted state (same ports and directories).
     pub fn restart(&mut self, i: usize) {
         self.spawn(i, &[]);
