@@ -185,7 +185,22 @@ async fn the_api_token_guards_every_route_but_status() {
         }
     }
 
-    // gRPC: Kv and Admin.Stop/Start need the token, Admin.Status does not.
+    // Moving leadership (here: to the leader itself, which changes nothing) needs the
+    // token too, asked of a follower.
+    let leader_name = cluster.nodes[leader].name.clone();
+    for credentials in [Credentials::None, Credentials::Wrong, Credentials::Right] {
+        let transfer = http
+            .post(format!("{base}/cluster/leader"))
+            .json(&serde_json::json!({ "to": leader_name }));
+        let answer = send(&cluster, transfer, credentials).await;
+        assert_json_error(
+            &answer,
+            credentials.expected(200),
+            &format!("/cluster/leader {credentials:?}"),
+        );
+    }
+
+    // gRPC: Kv and Admin.Stop/Start/TransferLeader need the token, Admin.Status does not.
     let mut kv = cluster.kv(follower).await;
     let mut admin = cluster.admin(follower).await;
     for credentials in [Credentials::None, Credentials::Wrong, Credentials::Right] {
@@ -222,6 +237,14 @@ async fn the_api_token_guards_every_route_but_status() {
             code(admin.start(credentials.grpc(StartRequest {})).await),
             credentials.grpc_code(),
             "Start {credentials:?}"
+        );
+        let transfer = distraft::proto::v1::TransferLeaderRequest {
+            to: leader_name.clone(),
+        };
+        assert_eq!(
+            code(admin.transfer_leader(credentials.grpc(transfer)).await),
+            credentials.grpc_code(),
+            "TransferLeader {credentials:?}"
         );
         let status = admin
             .status(credentials.grpc(distraft::proto::v1::StatusRequest {}))

@@ -254,5 +254,9 @@ async fn a_leader_stopped_with_sigterm_hands_leadership_over_first() {
     assert!(written > 0);
     let leader = cluster.wait_for_leader().await;
     let (code, body) = cluster.get(leader, "k").await;
-    assert_eq!((code, &body["value"]), (200, &json!((written - 1).to_string())), "{body}");
+    assert_eq!(
+        (code, &body["value"]),
+        (200, &json!((written - 1).to_string())),
+        "{body}"
+    );
 }

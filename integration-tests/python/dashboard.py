@@ -114,6 +114,16 @@ def main():
         wait_for("the old leader back as a follower",
                  lambda: roles(driver).get(args.leader) == "follower")
 
+        # Make it the leader again from the page (a leadership transfer).
+        lead = wait_for("its make-leader button enabled", lambda: (lambda b: b if b.is_enabled() else None)(
+            driver.find_element(
+                "css selector", '.card[data-member="%s"] button[data-action="lead"]' % args.leader)))
+        lead.click()
+        clicked = time.monotonic()
+        wait_for("the old leader leading again",
+                 lambda: roles(driver).get(args.leader) == "leader")
+        report["transfer_seen_s"] = round(time.monotonic() - clicked, 2)
+
         # The get/put form.
         driver.find_element("id", "kv-key").send_keys("from the browser")
         driver.find_element("id", "kv-value").send_keys("héllo ✓")

@@ -155,10 +155,12 @@ function cardOf(name) {
   const body = el("div");
   const stop = el("button", { type: "button", "data-action": "stop", text: "Stop" });
   const start = el("button", { type: "button", "data-action": "start", text: "Start" });
+  const lead = el("button", { type: "button", "data-action": "lead", text: "Make leader" });
   stop.addEventListener("click", () => act(name, "stop"));
   start.addEventListener("click", () => act(name, "start"));
-  box.append(head, body, el("div", { class: "actions" }, stop, start));
-  const card = { box, badge, alarm, body, stop, start };
+  lead.addEventListener("click", () => act(name, "lead"));
+  box.append(head, body, el("div", { class: "actions" }, stop, start, lead));
+  const card = { box, badge, alarm, body, stop, start, lead };
   state.cards.set(name, card);
   return card;
 }
@@ -175,6 +177,7 @@ function card(member) {
     c.body.replaceChildren(el("div", { class: "error", text: member.error || "unreachable" }));
     c.stop.disabled = true;
     c.start.disabled = true;
+    c.lead.disabled = true;
     return c.box;
   }
   const s = member.status;
@@ -200,6 +203,7 @@ function card(member) {
   c.body.replaceChildren(...parts);
   c.stop.disabled = !s.up;
   c.start.disabled = s.up;
+  c.lead.disabled = !s.up || s.is_leader;
   return c.box;
 }
 

@@ -16,6 +16,7 @@
 //! | `GET /ui/api/events`                    | the cluster view, every 500 ms (SSE) |
 //! | `POST /ui/api/members/<name>/stop`      | `Admin.Stop` on that member          |
 //! | `POST /ui/api/members/<name>/start`     | `Admin.Start` on that member         |
+//! | `POST /ui/api/members/<name>/lead`      | `Admin.TransferLeader` to that member (asked of this node) |
 //!
 //! Bounded: one fan-out serves every viewer (a view younger than [`VIEW_MAX_AGE`] is
 //! reused), at most [`MAX_VIEWERS`] event streams at once, each for at most
@@ -33,7 +34,7 @@ use tonic::transport::Channel;
 use crate::metrics::metrics;
 use crate::proto::v1::{
     admin_client::AdminClient, admin_server::Admin, StartRequest, StatusRequest, StatusResponse,
-    StopRequest,
+    StopRequest, TransferLeaderRequest,
 };
 use crate::status::status_json;
 
@@ -78,7 +79,7 @@ pub struct Dashboard {
     stop: watch::Receiver<bool>,
 }
 
-/// Why a stop/start from the page failed.
+/// Why a member button's request failed.
 #[derive(Debug)]
 pub enum ActionError {
     UnknownMember(String),
@@ -90,6 +91,9 @@ pub enum ActionError {
 pub enum Action {
     Stop,
     Start,
+    /// Make the member the leader (a leadership transfer, asked of this node, which
+    /// passes it on to the leader).
+    Lead,
 }
 
 impl Dashboard {
@@ -159,30 +163,46 @@ impl Dashboard {
         })
     }
 
-    /// Stops or starts member `name` (this node in process, another over gRPC).
+    /// Stops, starts or makes leader member `name`.
     pub async fn act(&self, name: &str, action: Action) -> Result<(), ActionError> {
+        let known = name == self.me || self.others.iter().any(|m| m.name == name);
+        if !known {
+            return Err(ActionError::UnknownMember(name.to_string()));
+        }
+        let result = match action {
+            // Asked of this node, which passes it on to the leader.
+            Action::Lead => {
+                let request = self.request(TransferLeaderRequest {
+                    to: name.to_string(),
+                });
+                self.own.transfer_leader(request).await.map(drop)
+            }
+            Action::Stop | Action::Start => self.stop_or_start(name, action).await,
+        };
+        result.map_err(ActionError::Failed)
+    }
+
+    /// Stops or starts `name`, a member: this node in process, another over gRPC.
+    async fn stop_or_start(&self, name: &str, action: Action) -> Result<(), tonic::Status> {
+        let stop = action == Action::Stop;
         if name == self.me {
-            let result = match action {
-                Action::Stop => self.own.stop(self.request(StopRequest {})).await.map(drop),
-                Action::Start => self
+            return match stop {
+                true => self.own.stop(self.request(StopRequest {})).await.map(drop),
+                false => self
                     .own
                     .start(self.request(StartRequest {}))
                     .await
                     .map(drop),
             };
-            return result.map_err(ActionError::Failed);
         }
-        let member = self
-            .others
-            .iter()
-            .find(|m| m.name == name)
-            .ok_or_else(|| ActionError::UnknownMember(name.to_string()))?;
-        let mut client = member.admin.clone();
-        let result = match action {
-            Action::Stop => client.stop(self.request(StopRequest {})).await.map(drop),
-            Action::Start => client.start(self.request(StartRequest {})).await.map(drop),
+        let Some(member) = self.others.iter().find(|m| m.name == name) else {
+            return Err(tonic::Status::not_found(format!("no such member: {name}")));
         };
-        result.map_err(ActionError::Failed)
+        let mut client = member.admin.clone();
+        match stop {
+            true => client.stop(self.request(StopRequest {})).await.map(drop),
+            false => client.start(self.request(StartRequest {})).await.map(drop),
+        }
     }
 
     /// A request with a deadline and the cluster's API token.

@@ -64,10 +64,11 @@ pub(super) fn dashboard_routes(
                 let action = match verb.as_str() {
                     "stop" => Action::Stop,
                     "start" => Action::Start,
+                    "lead" => Action::Lead,
                     _ => {
                         let error = ApiError::new(
                             StatusCode::NOT_FOUND,
-                            format!("no such action: {verb:?} (stop, start)"),
+                            format!("no such action: {verb:?} (stop, start, lead)"),
                         );
                         return error_response(&error, pretty);
                     }
