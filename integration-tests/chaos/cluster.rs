@@ -17,6 +17,7 @@ use std::{
 
 use distraft::proto::v1::{
     admin_client::AdminClient, StartRequest, StatusRequest, StatusResponse, StopRequest,
+    TransferLeaderRequest,
 };
 use distraft::tls::dev_certs::DevCerts;
 use distraft::tls::ClientTls;
@@ -274,6 +275,24 @@ impl ChaosCluster {
     pub async fn admin_start(&self, i: usize) -> Result<(), tonic::Status> {
         let mut admin = self.nodes[i].admin.clone();
         admin.start(StartRequest {}).await.map(|_| ())
+    }
+
+    /// Admin.TransferLeader asked of node `i`, to node `to` or (`None`) to the most
+    /// up-to-date member; answers the new leader's name. Bounded: a paused node, or
+    /// one cut off, does not answer.
+    pub async fn transfer_leader(
+        &self,
+        i: usize,
+        to: Option<usize>,
+    ) -> Result<String, tonic::Status> {
+        let mut admin = self.nodes[i].admin.clone();
+        let to = to.map(|t| self.name(t).to_string()).unwrap_or_default();
+        let mut request = tonic::Request::new(TransferLeaderRequest { to });
+        request.set_timeout(Duration::from_secs(3));
+        match tokio::time::timeout(Duration::from_secs(4), admin.transfer_leader(request)).await {
+            Ok(answer) => Ok(answer?.into_inner().leader),
+            Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 4 s")),
+        }
     }
 
     pub async fn status(&self, i: usize) -> Result<StatusResponse, tonic::Status> {

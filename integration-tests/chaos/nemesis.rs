@@ -33,10 +33,13 @@ enum Kind {
     IsolateLeader,
     /// Two halves that cannot talk to each other, and one node that talks to both.
     Bridge,
+    /// Not a fault but an operator: a healthy node is asked to move leadership, to a
+    /// random member or to the most up-to-date one (Admin.TransferLeader).
+    Transfer,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Kill,
         Kind::AdminStop,
         Kind::Pause,
@@ -44,6 +47,7 @@ impl Kind {
         Kind::OneWay,
         Kind::IsolateLeader,
         Kind::Bridge,
+        Kind::Transfer,
     ];
 
     fn name(self) -> &'static str {
@@ -55,6 +59,7 @@ impl Kind {
             Kind::OneWay => "one-way",
             Kind::IsolateLeader => "isolate-leader",
             Kind::Bridge => "bridge",
+            Kind::Transfer => "transfer",
         }
     }
 }
@@ -152,6 +157,28 @@ impl Nemesis {
         let healthy = (0..size).filter(|i| !faulty.contains(i));
 
         let (fault, new_faulty, cuts) = match kind {
+            Kind::Transfer => {
+                let Some(asked) = healthy.choose(&mut self.rng) else {
+                    return;
+                };
+                let to = self
+                    .rng
+                    .random_bool(0.7)
+                    .then(|| self.rng.random_range(0..size));
+                let target = to.map_or("any", |t| cluster.name(t)).to_string();
+                let answer = cluster.transfer_leader(asked, to).await;
+                let asked = cluster.name(asked);
+                match answer {
+                    Ok(leader) => self.log(format_args!(
+                        "transfer to {target} asked of {asked}: {leader} leads"
+                    )),
+                    Err(status) => self.log(format_args!(
+                        "transfer to {target} asked of {asked}: {status}"
+                    )),
+                }
+                *self.injected.entry(kind.name()).or_default() += 1;
+                return;
+            }
             Kind::Kill | Kind::AdminStop | Kind::Pause => {
                 if faulty.len() >= minority {
                     return;
@@ -289,7 +316,7 @@ impl Nemesis {
                 // From the bridge and the left, the right is the faulty side.
                 Some((right, cuts))
             }
-            Kind::Kill | Kind::AdminStop | Kind::Pause => None,
+            Kind::Kill | Kind::AdminStop | Kind::Pause | Kind::Transfer => None,
         }
     }
 
