@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
-use super::deadline::Deadline;
-use super::kv::{forwarded_request, FORWARDED, RETRY_MAX, RETRY_MIN};
+use super::deadline::{Backoff, Deadline};
+use super::kv::{forwarded_request, FORWARDED};
 use super::outcome::status_of;
 use super::peers::Peers;
 use crate::config::Config;
@@ -44,7 +44,7 @@ impl AdminService {
         deadline: &Deadline,
         forwarded: bool,
     ) -> Result<pb::TransferLeaderResponse, Status> {
-        let mut pause = RETRY_MIN;
+        let mut backoff = Backoff::new();
         loop {
             let mut leader = self.driver.leader_watch();
             let known = *leader.borrow();
@@ -84,14 +84,7 @@ impl AdminService {
                 }
                 None => {}
             }
-            if deadline.remaining() <= pause {
-                return Err(deadline.expired(false));
-            }
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                _ = leader.changed() => {}
-            }
-            pause = (pause * 2).min(RETRY_MAX);
+            backoff.wait(deadline, &mut leader, false).await?;
         }
     }
 

@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::{Request, Status};
+
+use crate::raft::NodeId;
 
 /// How much earlier than the client's own deadline a request gives up (at most).
 const CLIENT_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
@@ -58,6 +61,42 @@ impl Deadline {
         } else {
             Status::unavailable(message)
         }
+    }
+}
+
+/// Pause between attempts while the cluster has no leader, doubling up to the max;
+/// cut short when this node learns of a leader.
+const RETRY_MIN: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_millis(100);
+
+/// The pauses of a request that waits for a leader (writes, reads, transfers).
+pub(super) struct Backoff {
+    pause: Duration,
+}
+
+impl Backoff {
+    pub(super) fn new() -> Backoff {
+        Backoff { pause: RETRY_MIN }
+    }
+
+    /// Waits out the next pause, or less if `leader` changes meanwhile; fails with
+    /// the deadline's answer (see [`Deadline::expired`]) when the deadline would pass
+    /// first.
+    pub(super) async fn wait(
+        &mut self,
+        deadline: &Deadline,
+        leader: &mut watch::Receiver<Option<NodeId>>,
+        write: bool,
+    ) -> Result<(), Status> {
+        if deadline.remaining() <= self.pause {
+            return Err(deadline.expired(write));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(self.pause) => {}
+            _ = leader.changed() => {}
+        }
+        self.pause = (self.pause * 2).min(RETRY_MAX);
+        Ok(())
     }
 }
 

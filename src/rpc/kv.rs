@@ -13,7 +13,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::debug;
 
 use super::auth::{authorize, AUTHORIZATION};
-use super::deadline::Deadline;
+use super::deadline::{Backoff, Deadline};
 use super::outcome::{forward_again, status_of};
 use super::peers::Peers;
 use crate::config::Config;
@@ -27,10 +27,6 @@ use crate::validation::KeyValue;
 /// never forwarded a second time (a leader that lost its post answers UNAVAILABLE and
 /// the first node retries with its fresher view).
 pub(super) const FORWARDED: &str = "x-distraft-forwarded";
-/// Pause between attempts while the cluster has no leader, doubling up to the max;
-/// cut short when this node learns of a leader.
-pub(super) const RETRY_MIN: Duration = Duration::from_millis(10);
-pub(super) const RETRY_MAX: Duration = Duration::from_millis(100);
 
 pub struct KvService {
     config: Arc<Config>,
@@ -83,7 +79,7 @@ impl KvService {
         LocalFut: Future<Output = Result<R, RequestError>>,
         ForwardFut: Future<Output = Result<R, Status>>,
     {
-        let mut pause = RETRY_MIN;
+        let mut backoff = Backoff::new();
         loop {
             // Watched from before the attempt, so that a leader elected meanwhile
             // cuts the pause short.
@@ -141,14 +137,7 @@ impl KvService {
                 ) => {}
                 Err(err) => return Err(status_of(err)),
             }
-            if deadline.remaining() <= pause {
-                return Err(deadline.expired(write));
-            }
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                _ = leader.changed() => {}
-            }
-            pause = (pause * 2).min(RETRY_MAX);
+            backoff.wait(deadline, &mut leader, write).await?;
         }
     }
 }
