@@ -74,7 +74,13 @@ impl AdminService {
                         };
                         let request =
                             forwarded_request(&self.config, message, deadline.remaining());
-                        match client.transfer_leader(request).await {
+                        // Bounded here too: the deadline travels as grpc-timeout, which
+                        // only the server heeds, and a paused leader never answers.
+                        let call = client.transfer_leader(request);
+                        let answer = tokio::time::timeout(deadline.remaining(), call)
+                            .await
+                            .unwrap_or_else(|_| Err(deadline.expired(false)));
+                        match answer {
                             Ok(response) => return Ok(response.into_inner()),
                             // The leader changed under us (or went): look again.
                             Err(status) if status.code() == tonic::Code::Unavailable => {}
