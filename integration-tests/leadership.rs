@@ -194,8 +194,9 @@ async fn writes_see_no_error_while_leadership_moves() {
 /// leadership over before it stops, so no election timeout is waited out. A writer
 /// keeps writing through whichever node answers; the longest gap between two
 /// successful writes is printed (`-- --nocapture`), and every acknowledged write is
-/// there at the end.
-#[tokio::test]
+/// there at the end. Two worker threads: `terminate` waits for the process by
+/// blocking its thread, and the writer must keep writing meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stopped_with_sigterm_hands_leadership_over_first() {
     let mut cluster = Cluster::start(3).await;
     let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
