@@ -258,6 +258,9 @@ pub struct Config {
     /// back-off bugs show.
     pub max_inflight_msgs: usize,
     pub max_msg_bytes: usize,
+    /// The core's stall timer (`raft::Config::stalled_heartbeats`); likewise only the
+    /// simulator varies it, to measure it.
+    pub stalled_heartbeats: u32,
     /// Writes that would take the state's key and value bytes past this are refused.
     pub quota_bytes: u64,
     /// Who may use the client API (token, CORS, Host).
@@ -401,6 +404,7 @@ impl Config {
             log_cache_bytes: usize::try_from(log_cache_bytes).unwrap_or(usize::MAX),
             max_inflight_msgs: MAX_INFLIGHT_MSGS,
             max_msg_bytes: MAX_MSG_BYTES,
+            stalled_heartbeats: raft::STALLED_HEARTBEATS,
             quota_bytes,
             access,
             limits,
@@ -471,6 +475,7 @@ impl Config {
             max_inflight_msgs: self.max_inflight_msgs,
             max_msg_bytes: self.max_msg_bytes,
             max_cached_bytes: self.log_cache_bytes,
+            stalled_heartbeats: self.stalled_heartbeats,
         }
     }
 

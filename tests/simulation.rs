@@ -366,6 +366,9 @@ struct Sim {
     stats: LivenessStats,
     /// Leadership transfers a leader began (the nemesis of `with_transfers`).
     transfers: u64,
+    /// AppendEntries carrying entries that nodes sent (re-sends included): what the
+    /// stall timer costs (see `DISTRAFT_SIM_STALLED_HEARTBEATS`).
+    appends_sent: u64,
     trace: Vec<String>,
 }
 
@@ -406,6 +409,11 @@ fn node_config(sc: &Scenario, id: NodeId, dir: &Path) -> Result<Config, String> 
     // No flag sets these: the simulator alone varies them.
     config.max_msg_bytes = sc.max_msg_bytes.unwrap_or(config.max_msg_bytes);
     config.max_inflight_msgs = sc.max_inflight_msgs.unwrap_or(config.max_inflight_msgs);
+    // Issue #24's measurement of the stall timer: compare the appends sent and the
+    // convergence times printed for, say, 2 (the default) and 8.
+    if let Some(heartbeats) = env_number("DISTRAFT_SIM_STALLED_HEARTBEATS") {
+        config.stalled_heartbeats = u32::try_from(heartbeats.max(1)).unwrap_or(u32::MAX);
+    }
     Ok(config)
 }
 
@@ -434,6 +442,7 @@ impl Sim {
             settling: false,
             stats: LivenessStats::default(),
             transfers: 0,
+            appends_sent: 0,
             trace: Vec::new(),
             dir,
             sc,
@@ -1382,6 +1391,9 @@ impl Sim {
 
     fn send(&mut self, from: NodeId, out: Outgoing) {
         let to = out.msg.to;
+        if matches!(&out.msg.body, Body::Append { entries, .. } if !entries.is_empty()) {
+            self.appends_sent += 1;
+        }
         if self.blocked.contains(&(from, to)) || self.rng.random_bool(self.sc.drop) {
             return;
         }
@@ -1804,6 +1816,7 @@ struct Outcome {
     operations: usize,
     successes: u64,
     transfers: u64,
+    appends_sent: u64,
     liveness: LivenessStats,
 }
 
@@ -1817,6 +1830,7 @@ fn run_seed(sc: &Scenario, seed: u64) -> Result<Outcome, String> {
             operations: sim.history.len(),
             successes: sim.successes,
             transfers: sim.transfers,
+            appends_sent: sim.appends_sent,
             liveness: LivenessStats {
                 max_delay: sim.sc.max_delay,
                 ..sim.stats
@@ -1910,7 +1924,7 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u64))
         .max(1) as usize;
     let started = std::time::Instant::now();
-    type Result = (Vec<String>, usize, u64, BTreeMap<u64, LivenessStats>, u64);
+    type Result = (Vec<String>, Totals, BTreeMap<u64, LivenessStats>);
     let results: Vec<Result> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -1918,7 +1932,7 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
                 let failed = &failed;
                 s.spawn(move || {
                     let mut failures = Vec::new();
-                    let (mut ops, mut successes, mut transfers) = (0, 0, 0);
+                    let mut totals = Totals::default();
                     let mut worst = BTreeMap::new();
                     for &seed in seeds.iter().skip(t).step_by(threads) {
                         if fail_fast && failed.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1926,9 +1940,7 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
                         }
                         match run_seed(sc, seed) {
                             Ok(o) => {
-                                ops += o.operations;
-                                successes += o.successes;
-                                transfers += o.transfers;
+                                totals.add(&o);
                                 merge_worst(&mut worst, o.liveness);
                             }
                             Err(e) => {
@@ -1944,7 +1956,7 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
                             }
                         }
                     }
-                    (failures, ops, successes, worst, transfers)
+                    (failures, totals, worst)
                 })
             })
             .collect();
@@ -1953,15 +1965,20 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
             .map(|h| h.join().expect("simulation thread"))
             .collect()
     });
-    let ops: usize = results.iter().map(|r| r.1).sum();
-    let successes: u64 = results.iter().map(|r| r.2).sum();
-    let transfers: u64 = results.iter().map(|r| r.4).sum();
+    let mut totals = Totals::default();
     let mut worst = BTreeMap::new();
     for r in &results {
-        for stats in r.3.values() {
+        totals.merge(&r.1);
+        for stats in r.2.values() {
             merge_worst(&mut worst, *stats);
         }
     }
+    let Totals {
+        operations: ops,
+        successes,
+        transfers,
+        ..
+    } = totals;
     let failures: Vec<String> = results.into_iter().flat_map(|r| r.0).collect();
     let elapsed = started.elapsed().as_secs_f64();
     println!(
@@ -1975,6 +1992,12 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
     if transfers > 0 {
         println!("  {transfers} leadership transfers begun");
     }
+    println!(
+        "  {} appends with entries sent, mean convergence {:.1} ticks after healing (stall timer: {} heartbeats)",
+        totals.appends_sent,
+        totals.converged_sum as f64 / (totals.seeds.max(1)) as f64,
+        env_number("DISTRAFT_SIM_STALLED_HEARTBEATS").unwrap_or(u64::from(distraft::raft::STALLED_HEARTBEATS)),
+    );
     for stats in worst.values() {
         let mut drawn = sc.clone();
         drawn.max_delay = stats.max_delay;
@@ -2002,6 +2025,39 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+    }
+}
+
+/// Sums over the seeds that passed.
+#[derive(Default)]
+struct Totals {
+    seeds: u64,
+    operations: usize,
+    successes: u64,
+    transfers: u64,
+    appends_sent: u64,
+    converged_sum: u64,
+}
+
+impl Totals {
+    fn add(&mut self, o: &Outcome) {
+        self.merge(&Totals {
+            seeds: 1,
+            operations: o.operations,
+            successes: o.successes,
+            transfers: o.transfers,
+            appends_sent: o.appends_sent,
+            converged_sum: o.liveness.converged_after,
+        });
+    }
+
+    fn merge(&mut self, other: &Totals) {
+        self.seeds += other.seeds;
+        self.operations += other.operations;
+        self.successes += other.successes;
+        self.transfers += other.transfers;
+        self.appends_sent += other.appends_sent;
+        self.converged_sum += other.converged_sum;
     }
 }
 

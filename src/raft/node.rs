@@ -22,9 +22,6 @@ use transfer::Transfer;
 
 /// A snapshot still unacknowledged after this many heartbeat intervals is sent again.
 const SNAPSHOT_RETRY_HEARTBEATS: u32 = 10;
-/// Heartbeat intervals in which a follower that is behind made no progress before we
-/// presume the in-flight AppendEntries lost and probe again.
-const STALLED_HEARTBEATS: u32 = 2;
 
 /// What a node reports about itself (for `GET /` and Admin.Status).
 #[derive(Clone, Debug, PartialEq, Eq)]

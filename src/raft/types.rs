@@ -294,7 +294,15 @@ pub struct Config {
     /// Payload bytes of log entries kept in memory; the oldest applied and persisted
     /// ones beyond this are dropped and read back through a [`LogReader`] when needed.
     pub max_cached_bytes: usize,
+    /// Heartbeat intervals in which a follower that is behind made no progress before
+    /// the leader presumes its in-flight AppendEntries lost and probes again.
+    /// [`STALLED_HEARTBEATS`] everywhere but in the simulator's measurement of it
+    /// (issue #24: a longer timer halves re-sends on slow links but converges no faster).
+    pub stalled_heartbeats: u32,
 }
+
+/// The default of [`Config::stalled_heartbeats`].
+pub const STALLED_HEARTBEATS: u32 = 2;
 
 impl Config {
     /// Defaults for tests and simulations: 10-tick elections, 2-tick heartbeats.
@@ -309,6 +317,7 @@ impl Config {
             max_inflight_msgs: 16,
             max_msg_bytes: 64 * 1024,
             max_cached_bytes: usize::MAX,
+            stalled_heartbeats: STALLED_HEARTBEATS,
         }
     }
 }

@@ -146,7 +146,7 @@ impl RawNode {
                 // falling back to `match_index + 1` (0 + 1 for a new leader) would send
                 // a snapshot to a follower that may well have every entry.
                 Mode::Probe => pr.probe_sent = false,
-                Mode::Replicate if pr.stalled >= STALLED_HEARTBEATS => {
+                Mode::Replicate if pr.stalled >= self.cfg.stalled_heartbeats => {
                     let next = pr.match_index + 1;
                     pr.become_probe(next);
                 }
