@@ -8,7 +8,8 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::config::{ConfigError, Member};
+use crate::config::cluster::Member;
+use crate::config::parse::ConfigError;
 
 /// The access settings as given on the command line or in the environment.
 #[derive(Clone, clap::Args)]

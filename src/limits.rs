@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::{parse_positive, parse_seconds, ConfigError};
+use crate::config::parse::{parse_positive, parse_seconds, ConfigError};
 
 /// HTTP/2 streams (concurrent requests) a gRPC client may open on one connection; a
 /// well-behaved client queues beyond it.

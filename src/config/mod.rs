@@ -1,0 +1,354 @@
+//! Node configuration: the original `distraft-config.env` variables (same names, meanings
+//! and defaults), each also a command-line flag, plus a few new ones.
+//!
+//! Clap collects raw strings (flag > environment > default); [`Config::from_args`] then
+//! validates them, so that every mistake is reported as one line naming the variable and
+//! the offending value, whichever way it was given.
+
+mod args;
+pub(crate) mod cluster;
+pub(crate) mod parse;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use args::{NodeArgs, TlsArgs};
+use cluster::own_id;
+pub use cluster::{cluster_id, parse_cluster, Member};
+pub use parse::{ConfigError, LogFormat};
+
+use crate::access::Access;
+use crate::limits::Limits;
+use crate::raft::{self, NodeId};
+use crate::tls::NodeTls;
+use crate::validation::RequestRules;
+use parse::*;
+
+/// How often the driver ticks the Raft core, unless heartbeats are so short that a
+/// finer tick is needed (see [`Config::tick`]).
+const DEFAULT_TICK: Duration = Duration::from_millis(10);
+/// Per follower: AppendEntries batches in flight before the leader waits for answers.
+const MAX_INFLIGHT_MSGS: usize = 64;
+/// Bytes of entries per AppendEntries batch (a single larger entry still goes alone).
+const MAX_MSG_BYTES: usize = 1024 * 1024;
+
+/// The validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub id: NodeId,
+    pub host: String,
+    pub raft_port: u16,
+    pub client_host: String,
+    pub client_port: u16,
+    /// Sorted by name; a member's id is its position + 1, so every node that has the
+    /// same list derives the same ids.
+    pub members: Vec<Member>,
+    pub log_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub timeout_spread_ratio: f64,
+    pub heartbeat_timeout: Duration,
+    pub missed_heartbeats: u32,
+    pub election_timeout: Duration,
+    pub reset_logs: bool,
+    pub pretty_print_responses: bool,
+    pub web_server_debug: bool,
+    /// A `tracing_subscriber::EnvFilter` directive.
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub request_timeout: Duration,
+    /// DISTRAFT_MAX_KEY_BYTES and DISTRAFT_MAX_VALUE_BYTES.
+    pub request_rules: RequestRules,
+    pub snapshot_threshold: u64,
+    /// The cluster's identity, derived from `members` and DISTRAFT_CLUSTER_TOKEN (see
+    /// [`cluster_id`]); persisted and checked at start by `storage::identity`.
+    pub cluster_id: u64,
+    /// Largest snapshot image accepted from a leader (DISTRAFT_MAX_SNAPSHOT_BYTES).
+    pub max_snapshot_bytes: u64,
+    pub snapshot_log_bytes: u64,
+    pub snapshot_log_ratio: f64,
+    pub snapshot_log_max_bytes: u64,
+    pub log_cache_bytes: usize,
+    /// The Raft core's flow control per follower: AppendEntries batches in flight, and
+    /// bytes of entries per batch. No flag sets them (always the defaults); they are
+    /// fields so that the simulator can vary them, which is where commit-rule and
+    /// back-off bugs show.
+    pub max_inflight_msgs: usize,
+    pub max_msg_bytes: usize,
+    /// The core's stall timer (`raft::Config::stalled_heartbeats`); likewise only the
+    /// simulator varies it, to measure it.
+    pub stalled_heartbeats: u32,
+    /// Writes that would take the state's key and value bytes past this are refused.
+    pub quota_bytes: u64,
+    /// Who may use the client API (token, CORS, Host).
+    pub access: Access,
+    /// Bounds at the edges.
+    pub limits: Limits,
+    /// Mutual TLS on the gRPC port and HTTPS on the gateway; `None`: plaintext.
+    pub tls: Option<Arc<NodeTls>>,
+}
+
+impl Config {
+    /// Validates raw arguments.
+    pub fn from_args(args: &NodeArgs) -> Result<Config, ConfigError> {
+        // The original lower-cases names and addresses; so do we, so that the same
+        // env file names the same nodes.
+        let name = args.name.trim().to_lowercase();
+        if name.is_empty() {
+            return Err(ConfigError::new("DISTRAFT_NAME", &args.name, "is empty"));
+        }
+        let host = parse_host("DISTRAFT_HOST", &args.host)?;
+        let raft_port = parse_port("DISTRAFT_UDP_PORT", &args.raft_port)?;
+        let client_host = parse_host("DISTRAFT_CLIENT_HOST", &args.client_host)?;
+        let client_port = parse_port("DISTRAFT_TCP_PORT", &args.client_port)?;
+
+        let members = match &args.cluster {
+            Some(spec) => parse_cluster(spec)?,
+            None => vec![Member {
+                id: 1,
+                name: name.clone(),
+                peer_host: host.clone(),
+                peer_port: raft_port,
+                client_host: client_host.clone(),
+                client_port,
+            }],
+        };
+        let id = own_id(&members, &name, &args.name)?;
+        let timeouts = Timeouts::from_args(args)?;
+
+        let request_timeout = parse_seconds("DISTRAFT_REQUEST_TIMEOUT", &args.request_timeout)?;
+        let max_key_bytes = parse_positive("DISTRAFT_MAX_KEY_BYTES", &args.max_key_bytes)?;
+        let max_value_bytes = parse_positive("DISTRAFT_MAX_VALUE_BYTES", &args.max_value_bytes)?;
+        let snapshot_threshold =
+            parse_positive("DISTRAFT_SNAPSHOT_THRESHOLD", &args.snapshot_threshold)?;
+        let max_snapshot_bytes =
+            parse_positive("DISTRAFT_MAX_SNAPSHOT_BYTES", &args.max_snapshot_bytes)?;
+        let cluster_id = cluster_id(&members, &args.cluster_token);
+        let snapshot_log_bytes =
+            parse_positive("DISTRAFT_SNAPSHOT_LOG_BYTES", &args.snapshot_log_bytes)?;
+        let snapshot_log_ratio =
+            parse_f64("DISTRAFT_SNAPSHOT_LOG_RATIO", &args.snapshot_log_ratio)?;
+        if snapshot_log_ratio < 0.0 {
+            return Err(ConfigError::new(
+                "DISTRAFT_SNAPSHOT_LOG_RATIO",
+                &args.snapshot_log_ratio,
+                "must not be negative",
+            ));
+        }
+        let snapshot_log_max_bytes = parse_positive(
+            "DISTRAFT_SNAPSHOT_LOG_MAX_BYTES",
+            &args.snapshot_log_max_bytes,
+        )?;
+        let log_cache_bytes = parse_positive("DISTRAFT_LOG_CACHE_BYTES", &args.log_cache_bytes)?;
+        let quota_bytes = parse_positive("DISTRAFT_QUOTA_BYTES", &args.quota_bytes)?;
+        let access = Access::from_args(&args.access, &members, &[&host, &client_host])?;
+        let limits = Limits::from_args(&args.limits)?;
+
+        Ok(Config {
+            id,
+            log_dir: PathBuf::from(args.log_path.trim()).join(&name),
+            data_dir: PathBuf::from(args.data_path.trim()).join(&name),
+            name,
+            host,
+            raft_port,
+            client_host,
+            client_port,
+            members,
+            timeout_spread_ratio: timeouts.spread_ratio,
+            heartbeat_timeout: timeouts.heartbeat,
+            missed_heartbeats: timeouts.missed_heartbeats,
+            election_timeout: timeouts.election,
+            reset_logs: parse_bool("DISTRAFT_RESET_LOGS", &args.reset_logs)?,
+            pretty_print_responses: parse_bool(
+                "DISTRAFT_PRETTY_PRINT_RESPONSES",
+                &args.pretty_print_responses,
+            )?,
+            web_server_debug: parse_bool("DISTRAFT_WEB_SERVER_DEBUG", &args.web_server_debug)?,
+            log_filter: parse_log_level(&args.log_level)?,
+            log_format: LogFormat::parse(&args.log_format)?,
+            request_timeout,
+            request_rules: RequestRules {
+                max_key_bytes: usize::try_from(max_key_bytes).unwrap_or(usize::MAX),
+                max_value_bytes: usize::try_from(max_value_bytes).unwrap_or(usize::MAX),
+            },
+            snapshot_threshold,
+            cluster_id,
+            max_snapshot_bytes,
+            snapshot_log_bytes,
+            snapshot_log_ratio,
+            snapshot_log_max_bytes,
+            log_cache_bytes: usize::try_from(log_cache_bytes).unwrap_or(usize::MAX),
+            max_inflight_msgs: MAX_INFLIGHT_MSGS,
+            max_msg_bytes: MAX_MSG_BYTES,
+            stalled_heartbeats: raft::STALLED_HEARTBEATS,
+            quota_bytes,
+            access,
+            limits,
+            tls: parse_tls(&args.tls)?,
+        })
+    }
+
+    /// The URI this node dials `member`'s gRPC server at: https:// when TLS is on (tonic
+    /// then checks the member's certificate against its host in DISTRAFT_CLUSTER).
+    pub fn peer_uri(&self, member: &Member) -> String {
+        let uri = member.grpc_uri();
+        match &self.tls {
+            Some(_) => uri.replacen("http://", "https://", 1),
+            None => uri,
+        }
+    }
+
+    /// This node's own entry in the member list.
+    pub fn me(&self) -> &Member {
+        // `from_args` guarantees the entry exists; ids are positions + 1.
+        &self.members[(self.id - 1) as usize]
+    }
+
+    /// The member with Raft id `id`.
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        let position = usize::try_from(id.checked_sub(1)?).ok()?;
+        self.members.get(position)
+    }
+
+    /// The member called `name`.
+    pub fn member_named(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// Every member but this node.
+    pub fn peers(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(move |m| m.id != self.id)
+    }
+
+    /// The length of one tick of the Raft core: 10 ms, or finer when heartbeats are
+    /// shorter than two ticks, so that every timeout is a whole number of ticks.
+    pub fn tick(&self) -> Duration {
+        let half_heartbeat = self.heartbeat_timeout / 2;
+        DEFAULT_TICK
+            .min(half_heartbeat)
+            .max(Duration::from_millis(1))
+    }
+
+    /// The Raft core's tuning, with the timeouts converted to ticks.
+    pub fn raft_config(&self) -> raft::Config {
+        let ticks = |d: Duration| -> u64 {
+            let n = (d.as_secs_f64() / self.tick().as_secs_f64()).round();
+            (n as u64).max(1)
+        };
+        let heartbeat_ticks = ticks(self.heartbeat_timeout);
+        let election_ticks_min = ticks(self.election_timeout).max(heartbeat_ticks + 1);
+        // The core draws from a half-open range; +1 so that timeout × ratio is included.
+        let election_ticks_max =
+            ((election_ticks_min as f64 * self.timeout_spread_ratio).floor() as u64 + 1)
+                .max(election_ticks_min + 1);
+        raft::Config {
+            id: self.id,
+            voters: self.members.iter().map(|m| m.id).collect(),
+            election_ticks_min,
+            election_ticks_max,
+            heartbeat_ticks,
+            check_quorum_ticks: heartbeat_ticks * u64::from(self.missed_heartbeats),
+            max_inflight_msgs: self.max_inflight_msgs,
+            max_msg_bytes: self.max_msg_bytes,
+            max_cached_bytes: self.log_cache_bytes,
+            stalled_heartbeats: self.stalled_heartbeats,
+        }
+    }
+
+    /// The largest Kv request or Raft message (one entry) this node must accept.
+    pub fn max_message_bytes(&self) -> usize {
+        let largest_entry = self.request_rules.largest_pair_bytes();
+        self.max_msg_bytes
+            .saturating_add(largest_entry)
+            .saturating_add(64 * 1024)
+    }
+}
+
+/// The Raft timing settings, checked against each other.
+struct Timeouts {
+    spread_ratio: f64,
+    heartbeat: Duration,
+    missed_heartbeats: u32,
+    election: Duration,
+}
+
+impl Timeouts {
+    fn from_args(args: &NodeArgs) -> Result<Timeouts, ConfigError> {
+        let timeout_spread_ratio =
+            parse_f64("DISTRAFT_TIMEOUT_SPREAD_RATIO", &args.timeout_spread_ratio)?;
+        if timeout_spread_ratio < 1.0 {
+            return Err(ConfigError::new(
+                "DISTRAFT_TIMEOUT_SPREAD_RATIO",
+                &args.timeout_spread_ratio,
+                "must be at least 1.0",
+            ));
+        }
+        let heartbeat_timeout =
+            parse_seconds("DISTRAFT_HEARTBEAT_TIMEOUT", &args.heartbeat_timeout)?;
+        let missed_heartbeats =
+            parse_positive("DISTRAFT_MISSED_HEARTBEATS", &args.missed_heartbeats)?;
+        let missed_heartbeats = u32::try_from(missed_heartbeats).map_err(|_| {
+            ConfigError::new(
+                "DISTRAFT_MISSED_HEARTBEATS",
+                &args.missed_heartbeats,
+                "is too large",
+            )
+        })?;
+        let election_timeout = parse_seconds("DISTRAFT_ELECTION_TIMEOUT", &args.election_timeout)?;
+        if election_timeout <= heartbeat_timeout {
+            return Err(ConfigError::new(
+                "DISTRAFT_ELECTION_TIMEOUT",
+                &args.election_timeout,
+                format!(
+                    "must be greater than DISTRAFT_HEARTBEAT_TIMEOUT ({})",
+                    args.heartbeat_timeout.trim()
+                ),
+            ));
+        }
+        Ok(Timeouts {
+            spread_ratio: timeout_spread_ratio,
+            heartbeat: heartbeat_timeout,
+            missed_heartbeats,
+            election: election_timeout,
+        })
+    }
+}
+
+/// The TLS files: all three or none (an empty value counts as unset), each loaded and
+/// checked now so that a bad file is reported at start-up.
+fn parse_tls(args: &TlsArgs) -> Result<Option<Arc<NodeTls>>, ConfigError> {
+    fn given(value: &Option<String>) -> Option<&Path> {
+        value
+            .as_deref()
+            .map(str::trim)
+            .filter(|value| !value.is_empty())
+            .map(Path::new)
+    }
+    match (given(&args.cert), given(&args.key), given(&args.ca)) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => match NodeTls::load(cert, key, ca) {
+            Ok(tls) => Ok(Some(Arc::new(tls))),
+            Err(err) => Err(ConfigError::new(
+                err.file.var(),
+                &err.path.to_string_lossy(),
+                err.problem,
+            )),
+        },
+        (cert, key, ca) => {
+            let (var, value) = match (cert, key, ca) {
+                (None, _, _) => ("DISTRAFT_TLS_CERT", args.cert.as_deref()),
+                (_, None, _) => ("DISTRAFT_TLS_KEY", args.key.as_deref()),
+                _ => ("DISTRAFT_TLS_CA", args.ca.as_deref()),
+            };
+            Err(ConfigError::new(
+                var,
+                value.unwrap_or(""),
+                "is not set: DISTRAFT_TLS_CERT, DISTRAFT_TLS_KEY and DISTRAFT_TLS_CA go together \
+                 (set all three for TLS, none for plaintext)",
+            ))
+        }
+    }
+}
