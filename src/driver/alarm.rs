@@ -9,8 +9,7 @@ use rand::Rng;
 use tracing::{error, info, warn};
 
 use super::recovery::OpenNode;
-use super::runner::Driver;
-use super::{DriverError, Transport};
+use super::{Driver, DriverError, Transport};
 use crate::raft::NodeId;
 use crate::storage::StorageError;
 

@@ -7,8 +7,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::runner::Driver;
-use super::{RequestError, Transport};
+use super::{Driver, RequestError, Transport};
 use crate::metrics::metrics;
 use crate::raft::{NodeId, Role};
 

@@ -26,18 +26,27 @@ mod status;
 mod tests;
 mod trigger;
 
-use std::sync::mpsc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
-use crate::kv::Applied;
-use crate::raft::{Index, Message, NodeId, RaftError, SnapshotMeta, Term};
-use crate::storage::{SnapshotFile, SnapshotWriter, StorageError};
+use crate::kv::{Applied, Kv};
+use crate::raft::{Index, Message, NodeId, RaftError, RawNode, ReadId, Role, SnapshotMeta, Term};
+use crate::storage::{SnapshotFile, SnapshotWriter, Storage, StorageError, StorageOptions};
+use alarm::NoSpaceAlarm;
+use lag::ReplicationClock;
+use replies::WaitingReplies;
+use requests::{PendingProposal, ReadReply};
+use snapshots::SnapshotInFlight;
+use trigger::{SinceSnapshot, SnapshotTrigger};
 
 pub use background::{Background, Job, Threads};
-pub use runner::{spawn, Driver};
+pub use runner::spawn;
 pub use status::{Alarm, FollowerLag, NodeStatus};
 
 /// How many events may wait for the driver before new ones are refused. Raft messages
@@ -374,4 +383,60 @@ fn channel() -> (
 /// Where this node's log and snapshots live.
 pub fn storage_options(config: &Config) -> crate::storage::StorageOptions {
     crate::storage::StorageOptions::new(&config.log_dir, &config.data_dir)
+}
+
+/// One node's driver: its core, storage and state machine, and the requests waiting on
+/// them. Deterministic given its events: a node runs it on a thread of its own
+/// ([`spawn`], [`Driver::run`]); the simulator (`tests/simulation.rs`) calls the same
+/// steps a turn of `run` is made of ([`Driver::handle_batch`], [`Driver::tick`],
+/// [`Driver::end_turn`]) in an order of its choosing.
+///
+/// The fields are private to `driver/`: its files, each of which handles one concern
+/// of the same state, see them as the children of this module.
+pub struct Driver<T> {
+    config: Arc<Config>,
+    storage_options: StorageOptions,
+    /// Runs the snapshot writer.
+    background: Box<dyn Background>,
+    /// Seeds the core at every (re)start, so that a simulated node is reproducible.
+    seeds: rand::rngs::SmallRng,
+    /// Posts to this driver's own queue (see `Event::SnapshotWritten`).
+    wake: SyncSender<Event>,
+    transport: T,
+    node: RawNode,
+    /// `None` only while stopped (closed so that Start reopens it as a restart would).
+    storage: Option<Storage>,
+    kv: Kv,
+    applied: Index,
+    applied_term: Term,
+    snapshot_index: Index,
+    /// When to snapshot, and what was applied since the last snapshot.
+    trigger: SnapshotTrigger,
+    since_snapshot: SinceSnapshot,
+    up: bool,
+    proposals: BTreeMap<Index, PendingProposal>,
+    /// Linearizable reads handed to the core, by read id.
+    reads: HashMap<ReadId, (String, ReadReply)>,
+    /// Reads confirmed by the core at an index this node has not applied yet.
+    confirmed_reads: Vec<(Index, String, ReadReply)>,
+    next_read_id: ReadId,
+    /// Peers' requests waiting for the core's reply.
+    replies: WaitingReplies,
+    /// Snapshot images received in this turn, for the core to install (or not).
+    received_snapshots: Vec<ReceivedSnapshot>,
+    /// Role, term and leader last logged.
+    last_role: Option<(Role, Term, Option<NodeId>)>,
+    /// Whether the core may vote, as last logged (false only after a wipe).
+    last_may_vote: bool,
+    /// At most one snapshot of our own is written at a time.
+    snapshot_in_flight: Option<SnapshotInFlight>,
+    /// Deletes the files the last adopted snapshot made useless.
+    cleanup: Option<JoinHandle<()>>,
+    next_snapshot_id: u64,
+    /// The leader as published to waiting requests ([`DriverHandle::leader_watch`]).
+    leader: watch::Sender<Option<NodeId>>,
+    /// Raised while this node's disk is full.
+    no_space: Option<NoSpaceAlarm>,
+    /// Replication lag in time (leader only), for status and metrics.
+    lag: ReplicationClock,
 }

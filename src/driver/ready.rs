@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use tracing::{error, warn};
 
-use super::runner::Driver;
-use super::{Committed, DriverError, RequestError, Transport};
+use super::{Committed, Driver, DriverError, RequestError, Transport};
 use crate::kv::Applied;
 use crate::raft::{Body, Entry, EntryKind, Index, LogReader, Message, Ready};
 use crate::storage::{Storage, StorageError};

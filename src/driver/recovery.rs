@@ -7,9 +7,8 @@ use rand::Rng;
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
-use super::runner::Driver;
 use super::trigger::SinceSnapshot;
-use super::{DriverError, RequestError, Transport};
+use super::{Driver, DriverError, RequestError, Transport};
 use crate::config::Config;
 use crate::kv::Kv;
 use crate::raft::{Index, RawNode, Term};

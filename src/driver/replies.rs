@@ -16,8 +16,7 @@ use std::time::Instant;
 
 use tracing::{debug, info};
 
-use super::runner::Driver;
-use super::{RaftReply, RaftReplySender, ReceivedSnapshot, Transport};
+use super::{Driver, RaftReply, RaftReplySender, ReceivedSnapshot, Transport};
 use crate::raft::{Body, Message, NodeId, ReadId};
 
 /// Which answer a peer's request waits for.

@@ -5,8 +5,7 @@
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::runner::Driver;
-use super::{Committed, RequestError, Transport, WriteKind};
+use super::{Committed, Driver, RequestError, Transport, WriteKind};
 use crate::metrics::metrics;
 use crate::plant::{self, Plant};
 use crate::raft::{Role, Term};

@@ -7,35 +7,31 @@
 //! answers; `requests.rs`: clients' writes and reads; `recovery.rs`: Stop, Start and
 //! opening storage; `snapshots.rs`: our snapshots and the leader's; `alarm.rs`: the
 //! NOSPACE alarm; `ready.rs`: carrying out a `Ready`; `leadership.rs`: what elections
-//! make known; `status.rs`: the status report).
+//! make known; `status.rs`: the status report). The [`Driver`] they share is defined in
+//! `mod.rs`, the parent of them all, so that none of them imports another's home.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tracing::info;
 
-use super::alarm::{NoSpaceAlarm, SPACE_POLL};
+use super::alarm::SPACE_POLL;
 use super::background::{Background, Threads};
 use super::lag::ReplicationClock;
 use super::recovery::OpenNode;
 use super::replies::WaitingReplies;
-use super::requests::{PendingProposal, ReadReply};
-use super::snapshots::SnapshotInFlight;
 use super::trigger::{SinceSnapshot, SnapshotTrigger};
 use super::{
-    channel, storage_options, DriverError, DriverHandle, Event, ReceivedSnapshot, RequestError,
-    Transport,
+    channel, storage_options, Driver, DriverError, DriverHandle, Event, RequestError, Transport,
 };
 use crate::config::Config;
-use crate::kv::Kv;
 use crate::plant::{self, Plant};
-use crate::raft::{Index, NodeId, RawNode, ReadId, Role, Term};
-use crate::storage::{Storage, StorageError, StorageOptions};
+use crate::raft::{NodeId, RawNode};
+use crate::storage::{StorageError, StorageOptions};
 
 /// At most this many events are folded into one turn, so that a flood of requests
 /// cannot postpone ticks and fsyncs without bound.
@@ -78,62 +74,6 @@ pub(super) fn spawn_with_storage(
         })
         .map_err(DriverError::Thread)?;
     Ok((handle, done_rx))
-}
-
-/// One node's driver: its core, storage and state machine, and the requests waiting on
-/// them. Deterministic given its events: a node runs it on a thread of its own
-/// ([`spawn`], [`Driver::run`]); the simulator (`tests/simulation.rs`) calls the same
-/// steps a turn of `run` is made of ([`Driver::handle_batch`], [`Driver::tick`],
-/// [`Driver::end_turn`]) in an order of its choosing.
-///
-/// The fields are shared with the other files of `driver/`, each of which handles one
-/// concern of the same state.
-pub struct Driver<T> {
-    pub(super) config: Arc<Config>,
-    pub(super) storage_options: StorageOptions,
-    /// Runs the snapshot writer.
-    pub(super) background: Box<dyn Background>,
-    /// Seeds the core at every (re)start, so that a simulated node is reproducible.
-    pub(super) seeds: rand::rngs::SmallRng,
-    /// Posts to this driver's own queue (see `Event::SnapshotWritten`).
-    pub(super) wake: SyncSender<Event>,
-    pub(super) transport: T,
-    pub(super) node: RawNode,
-    /// `None` only while stopped (closed so that Start reopens it as a restart would).
-    pub(super) storage: Option<Storage>,
-    pub(super) kv: Kv,
-    pub(super) applied: Index,
-    pub(super) applied_term: Term,
-    pub(super) snapshot_index: Index,
-    /// When to snapshot, and what was applied since the last snapshot.
-    pub(super) trigger: SnapshotTrigger,
-    pub(super) since_snapshot: SinceSnapshot,
-    pub(super) up: bool,
-    pub(super) proposals: BTreeMap<Index, PendingProposal>,
-    /// Linearizable reads handed to the core, by read id.
-    pub(super) reads: HashMap<ReadId, (String, ReadReply)>,
-    /// Reads confirmed by the core at an index this node has not applied yet.
-    pub(super) confirmed_reads: Vec<(Index, String, ReadReply)>,
-    pub(super) next_read_id: ReadId,
-    /// Peers' requests waiting for the core's reply.
-    pub(super) replies: WaitingReplies,
-    /// Snapshot images received in this turn, for the core to install (or not).
-    pub(super) received_snapshots: Vec<ReceivedSnapshot>,
-    /// Role, term and leader last logged.
-    pub(super) last_role: Option<(Role, Term, Option<NodeId>)>,
-    /// Whether the core may vote, as last logged (false only after a wipe).
-    pub(super) last_may_vote: bool,
-    /// At most one snapshot of our own is written at a time.
-    pub(super) snapshot_in_flight: Option<SnapshotInFlight>,
-    /// Deletes the files the last adopted snapshot made useless.
-    pub(super) cleanup: Option<JoinHandle<()>>,
-    pub(super) next_snapshot_id: u64,
-    /// The leader as published to waiting requests ([`DriverHandle::leader_watch`]).
-    pub(super) leader: watch::Sender<Option<NodeId>>,
-    /// Raised while this node's disk is full.
-    pub(super) no_space: Option<NoSpaceAlarm>,
-    /// Replication lag in time (leader only), for status and metrics.
-    pub(super) lag: ReplicationClock,
 }
 
 impl<T: Transport> Driver<T> {

@@ -10,9 +10,10 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use super::background::Job;
-use super::runner::Driver;
 use super::trigger::SinceSnapshot;
-use super::{DriverError, Event, ReceivedSnapshot, RequestError, SnapshotAdmission, Transport};
+use super::{
+    Driver, DriverError, Event, ReceivedSnapshot, RequestError, SnapshotAdmission, Transport,
+};
 use crate::metrics::metrics;
 use crate::raft::{NodeId, SnapshotMeta, Term};
 use crate::storage::{Garbage, SnapshotFile, StorageError};

@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::runner::Driver;
-use super::Transport;
+use super::{Driver, Transport};
 use crate::raft::{Index, NodeId, Role, Term};
 
 /// A raised alarm: a condition that keeps the node from serving writes until it clears.
