@@ -1,10 +1,10 @@
 //! Transcript tests of the Raft core, in the style of etcd-raft's datadriven tests and
 //! toyDB's goldenscripts: each file in `tests/scripts/raft/` drives a small in-memory
 //! cluster of real `RawNode`s with commands (tick, campaign, propose, read, deliver,
-//! partition, crash, compact, ...) and records what happened: every message sent,
-//! every change of a node's role, term, vote, leader, log or commit index, every
-//! entry applied and every read served. The recorded output is the expected
-//! transcript, so a script reads as a walk through the protocol.
+//! partition, crash, compact, change, ...) and records what happened: every message
+//! sent, every change of a node's role, term, vote, leader, log, commit index or
+//! membership, every entry applied and every read served. The recorded output is the
+//! expected transcript, so a script reads as a walk through the protocol.
 //!
 //! After a change that alters a transcript on purpose, regenerate the files and
 //! review the diff:
@@ -22,12 +22,22 @@
 //!   starts with 3); `max_msg_bytes=1` makes every append carry one entry.
 //!   Elections time out after exactly 10 ticks, heartbeats go every 2, and a leader
 //!   checks its quorum every 10, so scripts can count ticks.
-//! - `tick IDS|all [n=N]`: N ticks (default 1) on each node.
+//! - `join ID`: a new node with an empty disk that is no member yet. It starts, as
+//!   every node does, from the cluster's bootstrap list (`Config::voters`, 1..=N), in
+//!   which it is not: it never campaigns, and learns its membership from the log once
+//!   a `change` adds it. (The bootstrap voters are in no entry, so a node that knew
+//!   none would rebuild the membership of the log on an empty set and, once promoted,
+//!   count itself the only voter.) Messages to a node that does not exist are dropped.
+//! - `tick IDS|all [n=N]`: N ticks (default 1) on each node (`all`: every node,
+//!   joined ones too).
 //! - `campaign ID`: ticks the node until its election timer fires.
 //! - `transfer ID [to=ID]`: asks leader ID to hand leadership over (to the most up
 //!   to date voter when `to` is not given).
 //! - `propose ID DATA`: a client's write; `read ID READ_ID...`: linearizable reads,
 //!   arriving together.
+//! - `change ID add-learner=N | add-voter=N | remove=N`: proposes a membership change
+//!   at node ID (with no context); prints the index it got, or why the core refused
+//!   it (not the leader, another change pending, a change that cannot apply).
 //! - `deliver [from=ID] [to=ID]`: delivers the messages in flight (those between
 //!   the given nodes), once; the answers they cause stay in flight.
 //! - `stabilize`: delivers until nothing is in flight.
@@ -37,9 +47,13 @@
 //! - `crash ID`: the node stops, keeping only its disk; `restart ID` starts it
 //!   again from the disk.
 //! - `compact ID INDEX`: the node snapshots its state machine at an applied index
-//!   and drops its log up to there.
-//! - `status [IDS]`, `log [IDS]`: a node's full state, or its disk (log, and the
-//!   snapshot with the commands it holds).
+//!   and drops its log up to there; prints the membership the snapshot records.
+//! - `status [IDS]`, `log [IDS]`: a node's full state (its membership too when it is
+//!   not the bootstrap one), or its disk (log, and the snapshot with the commands it
+//!   holds).
+//!
+//! A node's membership (`voters=[..] learners=[..]`) is printed whenever it changes,
+//! like the rest of its state; until then it is the bootstrap list.
 //!
 //! One scenario per file, named for the behaviour. A scenario that continues from an
 //! earlier one replays that one's commands silently first (goldenscript's `(command)`
@@ -52,8 +66,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 use distraft::raft::{
-    AppendOutcome, Body, Config, Entry, EntryKind, HardState, Index, Message, NodeId, RawNode,
-    ReadId, RejectHint, Restored, Role, SnapshotMeta,
+    AppendOutcome, Body, Config, ConfChange, Entry, EntryKind, HardState, Index, Membership,
+    Message, NodeId, RawNode, ReadId, RejectHint, Restored, Role, SnapshotMeta,
 };
 use goldenscript::{Argument, Command};
 
@@ -79,6 +93,8 @@ struct Node {
     incoming_image: Option<Applied>,
     /// The state last printed, to print only changes.
     shown: String,
+    /// The membership last printed (at first, the bootstrap voters).
+    shown_membership: Membership,
     starts: u64,
 }
 
@@ -90,6 +106,7 @@ struct InFlight {
 
 struct Cluster {
     settings: Settings,
+    /// The bootstrap list every node starts from (`Config::voters`): 1..=N.
     voters: Vec<NodeId>,
     nodes: BTreeMap<NodeId, Node>,
     network: VecDeque<InFlight>,
@@ -119,23 +136,28 @@ fn config(id: NodeId, voters: &[NodeId], settings: Settings) -> Config {
     cfg
 }
 
+impl Node {
+    /// A node with an empty disk, started from the bootstrap list `voters`.
+    fn fresh(id: NodeId, voters: &[NodeId], settings: Settings) -> Node {
+        let raw = RawNode::new(config(id, voters, settings), Restored::default(), id);
+        Node {
+            shown_membership: raw.membership().clone(),
+            raw: Some(raw),
+            disk: Disk::default(),
+            applied: Vec::new(),
+            incoming_image: None,
+            shown: String::new(),
+            starts: 1,
+        }
+    }
+}
+
 impl Cluster {
     fn new(n: u64, settings: Settings) -> Cluster {
         let voters: Vec<NodeId> = (1..=n).collect();
         let nodes = voters
             .iter()
-            .map(|&id| {
-                let raw = RawNode::new(config(id, &voters, settings), Restored::default(), id);
-                let node = Node {
-                    raw: Some(raw),
-                    disk: Disk::default(),
-                    applied: Vec::new(),
-                    incoming_image: None,
-                    shown: String::new(),
-                    starts: 1,
-                };
-                (id, node)
-            })
+            .map(|&id| (id, Node::fresh(id, &voters, settings)))
             .collect();
         Cluster {
             settings,
@@ -144,6 +166,11 @@ impl Cluster {
             network: VecDeque::new(),
             cut: BTreeSet::new(),
         }
+    }
+
+    /// Every node, members or not.
+    fn all(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
     }
 
     fn node(&mut self, id: NodeId) -> Result<&mut Node> {
@@ -169,6 +196,12 @@ impl Cluster {
         if state != node.shown {
             writeln!(out, "n{id}: {state}")?;
             node.shown = state;
+        }
+        if let Some(raw) = &node.raw {
+            if *raw.membership() != node.shown_membership {
+                writeln!(out, "n{id}: {}", show_membership(raw.membership()))?;
+                node.shown_membership = raw.membership().clone();
+            }
         }
         Ok(())
     }
@@ -218,7 +251,9 @@ impl Cluster {
             for entry in rd.committed {
                 let data = String::from_utf8_lossy(&entry.data).into_owned();
                 writeln!(out, "n{id}: applies {}", show_entry(&entry))?;
-                if !data.is_empty() {
+                // The state machine holds the commands; no-ops and membership
+                // changes are the core's.
+                if entry.kind == EntryKind::Normal {
                     node.applied.push((entry.index, data));
                 }
             }
@@ -249,7 +284,10 @@ impl Cluster {
                 writeln!(out, "dropped (partition): {}", show_message(&msg))?;
                 continue;
             }
-            let node = self.node(to)?;
+            let Some(node) = self.nodes.get_mut(&to) else {
+                writeln!(out, "dropped (no n{to}): {}", show_message(&msg))?;
+                continue;
+            };
             let Some(raw) = node.raw.as_mut() else {
                 writeln!(out, "dropped (n{to} is down): {}", show_message(&msg))?;
                 continue;
@@ -269,28 +307,28 @@ impl Cluster {
         if index > raw.status().applied {
             return Err(format!("n{id} has not applied {index}").into());
         }
-        let term = node
-            .disk
-            .entries
-            .get(&index)
-            .map(|e| e.term)
-            .ok_or_else(|| format!("n{id} has no entry {index} on disk"))?;
+        if !node.disk.entries.contains_key(&index) {
+            return Err(format!("n{id} has no entry {index} on disk").into());
+        }
         raw.compact(index);
-        let membership = raw.membership().clone();
+        // What the core says a snapshot at `index` holds: its term, and the
+        // membership as of that entry.
+        let meta = raw.snapshot_meta();
         let image: Applied = node
             .applied
             .iter()
             .filter(|(i, _)| *i <= index)
             .cloned()
             .collect();
-        let meta = SnapshotMeta {
-            index,
-            term,
-            membership,
-        };
+        writeln!(
+            out,
+            "n{id}: snapshot at {}@{} ({}), log compacted",
+            meta.index,
+            meta.term,
+            show_membership(&meta.membership)
+        )?;
         node.disk.entries.retain(|&i, _| i > index);
         node.disk.snapshot = Some((meta, image));
-        writeln!(out, "n{id}: snapshot at {index}@{term}, log compacted")?;
         Ok(())
     }
 
@@ -342,16 +380,32 @@ fn summary(raw: &RawNode) -> String {
 }
 
 fn show_entry(e: &Entry) -> String {
-    if e.kind == EntryKind::Noop {
-        format!("{}@{} no-op", e.index, e.term)
-    } else {
-        format!(
-            "{}@{} {}",
-            e.index,
-            e.term,
-            String::from_utf8_lossy(&e.data)
-        )
+    let what = match e.kind {
+        EntryKind::Noop => "no-op".to_string(),
+        EntryKind::Normal => String::from_utf8_lossy(&e.data).into_owned(),
+        EntryKind::ConfChange => match ConfChange::decode(&e.data) {
+            Ok((change, _)) => show_change(change),
+            Err(err) => format!("<bad membership change: {err}>"),
+        },
+    };
+    format!("{}@{} {what}", e.index, e.term)
+}
+
+/// A membership change as a script writes it.
+fn show_change(change: ConfChange) -> String {
+    match change {
+        ConfChange::AddLearner(id) => format!("add-learner={id}"),
+        ConfChange::AddVoter(id) => format!("add-voter={id}"),
+        ConfChange::Remove(id) => format!("remove={id}"),
     }
+}
+
+fn show_membership(m: &Membership) -> String {
+    let list = |ids: &BTreeSet<NodeId>| {
+        let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        ids.join(" ")
+    };
+    format!("voters=[{}] learners=[{}]", list(&m.voters), list(&m.learners))
 }
 
 /// One message, every kind spelled out (a new kind does not compile until it is
@@ -442,7 +496,7 @@ impl Filter {
 /// Node ids among positional arguments; `all` means every node.
 fn ids(cluster: &Cluster, args: &[&Argument]) -> Result<Vec<NodeId>> {
     if args.iter().any(|a| a.value == "all") {
-        return Ok(cluster.voters.clone());
+        return Ok(cluster.all());
     }
     args.iter().map(|a| a.parse()).collect()
 }
@@ -498,7 +552,8 @@ impl goldenscript::Runner for Cluster {
                     }
                     self.process(id, &mut out)?;
                 }
-                return Err(format!("n{id} did not campaign in 100 ticks").into());
+                // With what the ticks did print, which an error would hide.
+                return Err(format!("{out}n{id} did not campaign in 100 ticks").into());
             }
             "propose" => {
                 let mut args = command.consume_args();
@@ -521,6 +576,44 @@ impl goldenscript::Runner for Cluster {
                     Ok(target) => writeln!(out, "n{id}: transferring leadership to n{target}")?,
                     Err(err) => writeln!(out, "n{id}: transfer refused: {err}")?,
                 }
+                self.process(id, &mut out)?;
+            }
+            "change" => {
+                let mut args = command.consume_args();
+                let usage = "change ID add-learner=N | add-voter=N | remove=N";
+                let id: NodeId = args.next_pos().ok_or(usage)?.parse()?;
+                let change = match (
+                    args.lookup_parse("add-learner")?,
+                    args.lookup_parse("add-voter")?,
+                    args.lookup_parse("remove")?,
+                ) {
+                    (Some(n), None, None) => ConfChange::AddLearner(n),
+                    (None, Some(n), None) => ConfChange::AddVoter(n),
+                    (None, None, Some(n)) => ConfChange::Remove(n),
+                    _ => return Err(usage.into()),
+                };
+                args.reject_rest()?;
+                let raw = self.raw(id)?;
+                match raw.propose_conf_change(change, b"") {
+                    Ok(index) => writeln!(
+                        out,
+                        "n{id}: proposed {} at {index}@{}",
+                        show_change(change),
+                        raw.term()
+                    )?,
+                    Err(err) => writeln!(out, "n{id}: change refused: {err}")?,
+                }
+                self.process(id, &mut out)?;
+            }
+            "join" => {
+                let mut args = command.consume_args();
+                let id: NodeId = args.next_pos().ok_or("join ID")?.parse()?;
+                args.reject_rest()?;
+                if self.nodes.contains_key(&id) {
+                    return Err(format!("n{id} exists").into());
+                }
+                let node = Node::fresh(id, &self.voters, self.settings);
+                self.nodes.insert(id, node);
                 self.process(id, &mut out)?;
             }
             "read" => {
@@ -556,9 +649,8 @@ impl goldenscript::Runner for Cluster {
             "partition" => {
                 let group = ids(self, &command.consume_args().rest_pos())?;
                 let others: Vec<NodeId> = self
-                    .voters
-                    .iter()
-                    .copied()
+                    .all()
+                    .into_iter()
                     .filter(|v| !group.contains(v))
                     .collect();
                 for &a in &group {
@@ -596,11 +688,8 @@ impl goldenscript::Runner for Cluster {
             }
             "status" => {
                 let ids = ids(self, &command.consume_args().rest_pos())?;
-                let ids = if ids.is_empty() {
-                    self.voters.clone()
-                } else {
-                    ids
-                };
+                let ids = if ids.is_empty() { self.all() } else { ids };
+                let bootstrap = Membership::with_voters(self.voters.iter().copied());
                 for id in ids {
                     let node = self.node(id)?;
                     let Some(raw) = &node.raw else {
@@ -609,6 +698,9 @@ impl goldenscript::Runner for Cluster {
                     };
                     let s = raw.status();
                     writeln!(out, "n{id}: {} snapshot={}", summary(raw), s.snapshot_index)?;
+                    if *raw.membership() != bootstrap {
+                        writeln!(out, "    {}", show_membership(raw.membership()))?;
+                    }
                     for (peer, matched, next) in s.progress {
                         writeln!(out, "    n{peer}: match={matched} next={next}")?;
                     }
@@ -616,11 +708,7 @@ impl goldenscript::Runner for Cluster {
             }
             "log" => {
                 let ids = ids(self, &command.consume_args().rest_pos())?;
-                let ids = if ids.is_empty() {
-                    self.voters.clone()
-                } else {
-                    ids
-                };
+                let ids = if ids.is_empty() { self.all() } else { ids };
                 for id in ids {
                     let disk = &self.node(id)?.disk;
                     let mut line = format!("n{id}:");
