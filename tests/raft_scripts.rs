@@ -785,4 +785,13 @@ scripts!(
     transfer,
     transfer_catch_up,
     transfer_abandoned,
+    membership_learner,
+    membership_learner_quorum,
+    membership_learner_vote,
+    membership_promote,
+    membership_one_at_a_time,
+    membership_noop_first,
+    membership_remove_leader,
+    membership_removed_node,
+    membership_truncated_change,
 );
