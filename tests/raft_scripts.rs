@@ -769,6 +769,8 @@ scripts!(
     election,
     election_split_vote,
     election_log_check,
+    election_vote_persisted,
+    election_stickiness,
     pre_vote,
     check_quorum,
     check_quorum_new_leader,
