@@ -1,5 +1,11 @@
-//! Unit tests of the individual Raft rules. Whole-cluster behaviour under faults is the
-//! simulator's job (`tests/simulation.rs`).
+//! Unit tests of single Raft rules, kept where a transcript cannot say them: the
+//! protocol's behaviour is told by the transcripts in `tests/scripts/raft/` (run by
+//! `tests/raft_scripts.rs`), which show every message and state change of a small
+//! cluster, and whole-cluster behaviour under faults is the simulator's job
+//! (`tests/simulation.rs`). What is left here needs hand-built state (logs no script
+//! reaches, a wiped log, a message only the transport makes), a driver input that is
+//! no message, or a look inside one `Ready`, which the transcript runner carries out
+//! whole; each test says which.
 
 use std::collections::BTreeMap;
 
@@ -28,23 +34,20 @@ fn node(id: NodeId, n: u64, term: Term, entries: Vec<Entry>) -> RawNode {
 
 /// Carries out a Ready the way a driver would (persisting is implicit: the core's own
 /// log is the disk here) and returns its messages and committed entries.
-fn drain(node: &mut RawNode) -> (Vec<Message>, Vec<Entry>, Vec<ReadState>) {
-    let (mut msgs, mut committed, mut reads) = (Vec::new(), Vec::new(), Vec::new());
+fn drain(node: &mut RawNode) -> (Vec<Message>, Vec<Entry>) {
+    let (mut msgs, mut committed) = (Vec::new(), Vec::new());
     while node.has_ready() {
         let rd = node.ready();
         msgs.extend(rd.messages);
         msgs.extend(rd.persisted_messages);
         node.advance();
         committed.extend(rd.committed);
-        reads.extend(rd.reads);
     }
-    (msgs, committed, reads)
+    (msgs, committed)
 }
 
 struct Cluster {
     nodes: BTreeMap<NodeId, RawNode>,
-    /// Messages for which this returns false are dropped.
-    filter: Box<dyn Fn(&Message) -> bool>,
     committed: BTreeMap<NodeId, Vec<Entry>>,
 }
 
@@ -52,7 +55,6 @@ impl Cluster {
     fn new(nodes: Vec<RawNode>) -> Cluster {
         Cluster {
             nodes: nodes.into_iter().map(|n| (n.id(), n)).collect(),
-            filter: Box::new(|_| true),
             committed: BTreeMap::new(),
         }
     }
@@ -62,7 +64,7 @@ impl Cluster {
         for _ in 0..1000 {
             let mut msgs = Vec::new();
             for (id, node) in self.nodes.iter_mut() {
-                let (m, c, _) = drain(node);
+                let (m, c) = drain(node);
                 msgs.extend(m);
                 self.committed.entry(*id).or_default().extend(c);
             }
@@ -70,10 +72,8 @@ impl Cluster {
                 return;
             }
             for m in msgs {
-                if (self.filter)(&m) {
-                    if let Some(n) = self.nodes.get_mut(&m.to) {
-                        n.step(m);
-                    }
+                if let Some(n) = self.nodes.get_mut(&m.to) {
+                    n.step(m);
                 }
             }
         }
@@ -101,6 +101,11 @@ impl Cluster {
     }
 }
 
+/// The transcripts show one vote per term (`election_split_vote`) and a vote that
+/// survives a restart (`election_vote_persisted`); this looks inside the Ready: the
+/// vote travels in its hard state, and the grant among the messages that wait for
+/// that persist (`persisted_messages`), which the runner sends after persisting
+/// anyway.
 #[test]
 fn a_vote_is_given_once_per_term() {
     let mut n = node(1, 3, 1, vec![]);
@@ -141,34 +146,9 @@ fn a_vote_is_given_once_per_term() {
     assert_eq!(grants, vec![(2, true), (3, false)]);
 }
 
-#[test]
-fn a_restarted_node_remembers_its_vote() {
-    let restored = Restored {
-        hard_state: HardState {
-            term: 2,
-            vote: Some(2),
-            commit: 0,
-        },
-        ..Default::default()
-    };
-    let mut n = RawNode::new(Config::for_tests(1, vec![1, 2, 3]), restored, 7);
-    n.step(Message {
-        from: 3,
-        to: 1,
-        term: 2,
-        body: Body::Vote {
-            last_index: 0,
-            last_term: 0,
-            transfer: false,
-        },
-    });
-    let rd = n.ready();
-    assert_eq!(
-        rd.persisted_messages[0].body,
-        Body::VoteResponse { granted: false }
-    );
-}
-
+/// The comparison of §5.4.1 on hand-built logs. `election_log_check` shows a shorter
+/// log of the same last term refused; the longer log of an older last term is met
+/// here only.
 #[test]
 fn votes_go_only_to_candidates_with_up_to_date_logs() {
     // Our log ends at (2, term 2).
@@ -195,7 +175,7 @@ fn votes_go_only_to_candidates_with_up_to_date_logs() {
             transfer: false,
         },
     });
-    let (msgs, _, _) = drain(&mut n);
+    let (msgs, _) = drain(&mut n);
     assert!(
         msgs.iter()
             .all(|m| m.body == Body::VoteResponse { granted: false }),
@@ -212,60 +192,12 @@ fn votes_go_only_to_candidates_with_up_to_date_logs() {
             transfer: false,
         },
     });
-    let (msgs, _, _) = drain(&mut n);
+    let (msgs, _) = drain(&mut n);
     assert_eq!(msgs[0].body, Body::VoteResponse { granted: true });
 }
 
-#[test]
-fn pre_vote_does_not_change_terms_and_a_partitioned_node_cannot_disrupt() {
-    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
-    c.elect(1);
-    let term = c.nodes[&1].term();
-    // Node 3 is cut off and times out repeatedly: it only ever pre-votes.
-    c.filter = Box::new(|m| m.from != 3 && m.to != 3);
-    for _ in 0..200 {
-        c.node(3).tick();
-        c.node(1).tick();
-        c.node(2).tick();
-        c.settle();
-    }
-    assert_eq!(
-        c.nodes[&3].term(),
-        term,
-        "a pre-candidate does not bump its term"
-    );
-    // Healed: node 3 rejoins without deposing the leader.
-    c.filter = Box::new(|_| true);
-    for _ in 0..50 {
-        for id in 1..=3 {
-            c.node(id).tick();
-        }
-        c.settle();
-    }
-    assert_eq!(c.nodes[&1].role(), Role::Leader);
-    assert_eq!(c.nodes[&1].term(), term);
-    assert_eq!(c.nodes[&3].leader(), Some(1));
-}
-
-#[test]
-fn leader_stickiness_ignores_votes_while_the_leader_is_heard() {
-    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
-    c.elect(1);
-    let term = c.nodes[&1].term();
-    c.node(2).step(Message {
-        from: 3,
-        to: 2,
-        term: term + 1,
-        body: Body::Vote {
-            last_index: 9,
-            last_term: 9,
-            transfer: false,
-        },
-    });
-    assert_eq!(c.nodes[&2].term(), term);
-    assert_eq!(c.nodes[&2].leader(), Some(1));
-}
-
+/// Looks inside one Ready (one persist for the whole batch, one append per follower);
+/// the transcript runner carries a Ready out whole, one per command.
 #[test]
 fn proposals_are_batched_into_one_append_per_follower() {
     let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
@@ -290,101 +222,8 @@ fn proposals_are_batched_into_one_append_per_follower() {
     assert_eq!(c.committed[&3].len(), 51);
 }
 
-#[test]
-fn followers_refuse_appends_that_do_not_match_and_hint_the_conflict() {
-    let mut n = node(2, 3, 2, vec![entry(1, 1), entry(2, 2), entry(3, 2)]);
-    n.step(Message {
-        from: 1,
-        to: 2,
-        term: 3,
-        body: Body::Append {
-            prev_index: 3,
-            prev_term: 3,
-            entries: vec![],
-            commit: 0,
-        },
-    });
-    let (msgs, _, _) = drain(&mut n);
-    assert_eq!(
-        msgs[0].body,
-        Body::AppendResponse {
-            outcome: AppendOutcome::Reject {
-                index: 3,
-                hint: Some(RejectHint::Conflict {
-                    term: 2,
-                    first_index: 2
-                })
-            }
-        }
-    );
-    // The leader's matching suffix replaces the conflicting one.
-    n.step(Message {
-        from: 1,
-        to: 2,
-        term: 3,
-        body: Body::Append {
-            prev_index: 1,
-            prev_term: 1,
-            entries: vec![entry(2, 3)],
-            commit: 2,
-        },
-    });
-    let rd = n.ready();
-    assert_eq!(rd.entries, vec![entry(2, 3)]);
-    assert_eq!(
-        rd.committed.iter().map(|e| e.term).collect::<Vec<_>>(),
-        vec![1, 3]
-    );
-    assert_eq!(n.status().last_index, 2);
-}
-
-#[test]
-fn read_index_waits_for_a_heartbeat_round_and_is_refused_when_partitioned() {
-    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
-    c.elect(1);
-    c.node(1).read_index(7);
-    // Without any answer from the followers the read is not served.
-    let rd = c.node(1).ready();
-    assert!(rd.reads.is_empty());
-    assert!(rd.persisted_messages.is_empty());
-    assert!(rd
-        .messages
-        .iter()
-        .all(|m| matches!(m.body, Body::Heartbeat { read_seq: 1, .. })));
-    c.node(1).advance();
-    // One follower confirms: with the leader that is a majority.
-    let m = rd.messages.into_iter().find(|m| m.to == 2).unwrap();
-    c.node(2).step(m);
-    let (answers, _, _) = drain(c.node(2));
-    for a in answers {
-        c.node(1).step(a);
-    }
-    let (_, _, reads) = drain(c.node(1));
-    assert_eq!(reads, vec![ReadState { id: 7, index: 1 }]);
-}
-
-#[test]
-fn a_follower_read_asks_the_leader_and_waits_for_its_own_commit() {
-    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
-    c.elect(1);
-    c.node(2).read_index(9);
-    let mut served = Vec::new();
-    for _ in 0..20 {
-        let mut msgs = Vec::new();
-        for id in 1..=3 {
-            let (m, _, r) = drain(c.node(id));
-            msgs.extend(m);
-            if id == 2 {
-                served.extend(r);
-            }
-        }
-        for m in msgs {
-            c.node(m.to).step(m);
-        }
-    }
-    assert_eq!(served, vec![ReadState { id: 9, index: 1 }]);
-}
-
+/// Hand-built: the message the transport makes of a failed request, which no core
+/// sends.
 #[test]
 fn a_forwarded_read_fails_at_once_when_the_transport_reports_a_failure() {
     let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
@@ -406,19 +245,10 @@ fn a_forwarded_read_fails_at_once_when_the_transport_reports_a_failure() {
     );
 }
 
-#[test]
-fn a_non_leader_refuses_proposals_with_a_hint() {
-    let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
-    c.elect(2);
-    assert_eq!(
-        c.node(1).propose(Bytes::from_static(b"x")),
-        Err(RaftError::NotLeader { leader: Some(2) })
-    );
-}
-
 /// §10.2.1: the leader's appends leave before its own persist, so its own copy must
 /// not count until `advance`; a follower's acknowledgement must wait for the
-/// follower's persist.
+/// follower's persist. Steps a core between its `ready` and its `advance`, which the
+/// transcript runner never does (it carries each Ready out whole).
 #[test]
 fn replication_may_leave_before_the_leaders_persist_but_acks_may_not() {
     let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
@@ -453,6 +283,8 @@ fn replication_may_leave_before_the_leaders_persist_but_acks_may_not() {
 
 /// A broken connection from the leader ends its lease and hastens an election, but
 /// changes nothing Raft's safety rests on: the follower's vote of this term holds.
+/// The input is the driver's report of the broken connection, not a message, and the
+/// vote request is hand-made.
 #[test]
 fn leader_disconnected_keeps_the_vote_and_only_shortens_the_wait() {
     let mut c = Cluster::new((1..=3).map(|i| node(i, 3, 0, vec![])).collect());
@@ -476,7 +308,7 @@ fn leader_disconnected_keeps_the_vote_and_only_shortens_the_wait() {
             transfer: false,
         },
     });
-    let (answers, _, _) = drain(c.node(2));
+    let (answers, _) = drain(c.node(2));
     assert!(
         answers
             .iter()
@@ -491,6 +323,7 @@ fn leader_disconnected_keeps_the_vote_and_only_shortens_the_wait() {
     assert_ne!(c.nodes[&2].role(), Role::Follower);
 }
 
+/// Hand-built: a node restored wiped (`reset_term`), with hand-made messages.
 #[test]
 fn a_wiped_node_withholds_its_vote_until_it_holds_an_entry_of_a_later_term() {
     // Wiped in term 3 (DISTRAFT_RESET_LOGS): term and vote kept, log gone.
