@@ -66,7 +66,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use distraft::raft::{
-    AppendOutcome, Body, Config, ConfChange, Entry, EntryKind, HardState, Index, Membership,
+    AppendOutcome, Body, ConfChange, Config, Entry, EntryKind, HardState, Index, Membership,
     Message, NodeId, RawNode, ReadId, RejectHint, Restored, Role, SnapshotMeta,
 };
 use goldenscript::{Argument, Command};
@@ -405,7 +405,11 @@ fn show_membership(m: &Membership) -> String {
         let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
         ids.join(" ")
     };
-    format!("voters=[{}] learners=[{}]", list(&m.voters), list(&m.learners))
+    format!(
+        "voters=[{}] learners=[{}]",
+        list(&m.voters),
+        list(&m.learners)
+    )
 }
 
 /// One message, every kind spelled out (a new kind does not compile until it is
