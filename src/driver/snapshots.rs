@@ -128,7 +128,9 @@ impl<T: Transport> Driver<T> {
         let meta = SnapshotMeta {
             index: self.applied,
             term: self.applied_term,
-            membership: self.node.membership().clone(),
+            // The membership in force at the applied index, not the latest one: a
+            // change appended but not applied may still be taken back.
+            membership: self.node.membership_at(self.applied),
         };
         // Whatever happens, the next attempt is a threshold away.
         self.snapshot_index = meta.index;
