@@ -331,6 +331,73 @@ impl RawNode {
         if m.term > MAX_TERM {
             return;
         }
+        if !self.step_term(&m) {
+            return;
+        }
+
+        match m.body {
+            Body::PreVote {
+                last_index,
+                last_term,
+            } => self.handle_pre_vote(&m, last_index, last_term),
+            Body::Vote {
+                last_index,
+                last_term,
+                transfer,
+            } => self.handle_vote(m.from, last_index, last_term, transfer),
+            Body::PreVoteResponse { granted } => {
+                if self.role == Role::PreCandidate && m.term == self.term + 1 {
+                    self.count_vote(m.from, granted);
+                }
+            }
+            Body::VoteResponse { granted } => {
+                if self.role == Role::Candidate {
+                    self.count_vote(m.from, granted);
+                }
+            }
+            Body::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                self.follow(m.from);
+                self.handle_append(m.from, prev_index, prev_term, entries, commit);
+            }
+            Body::Heartbeat { commit, read_seq } => {
+                self.follow(m.from);
+                self.handle_heartbeat(m.from, commit, read_seq);
+            }
+            Body::Snapshot { meta } => {
+                self.follow(m.from);
+                self.handle_snapshot(m.from, meta);
+            }
+            Body::AppendResponse { outcome } => {
+                if self.role == Role::Leader {
+                    self.handle_append_response(m.from, outcome);
+                }
+            }
+            Body::HeartbeatResponse { read_seq } => {
+                if self.role == Role::Leader {
+                    self.handle_heartbeat_response(m.from, read_seq);
+                }
+            }
+            Body::ReadIndex { id } => {
+                if self.role == Role::Leader {
+                    self.leader_read(id, m.from);
+                } else {
+                    self.send(m.from, Body::ReadIndexResponse { id, index: None });
+                }
+            }
+            Body::ReadIndexResponse { id, index } => self.reads.answered(id, index, self.leader),
+            Body::TimeoutNow => self.handle_timeout_now(m.from),
+        }
+    }
+
+    /// Brings our term in line with a message's, as §5.1 says (a newer term makes us a
+    /// follower, except for pre-votes and stickiness), and answers a message of an
+    /// older term. Returns whether the message still needs handling.
+    fn step_term(&mut self, m: &Message) -> bool {
         if m.term > self.term {
             let is_vote = matches!(
                 m.body,
@@ -342,7 +409,7 @@ impl RawNode {
             if is_vote && self.in_lease() {
                 // Leader stickiness: while we hear from a live leader, ignore anyone
                 // trying to replace it.
-                return;
+                return false;
             }
             match m.body {
                 Body::PreVote { .. } | Body::PreVoteResponse { granted: true } => {}
@@ -388,108 +455,62 @@ impl RawNode {
                 | Body::HeartbeatResponse { .. }
                 | Body::ReadIndexResponse { index: Some(_), .. } => {}
             }
-            return;
+            return false;
         }
+        true
+    }
 
-        match m.body {
-            Body::PreVote {
-                last_index,
-                last_term,
-            } => {
-                let granted = m.term > self.term
-                    && self.may_vote()
-                    && (self.log.is_up_to_date(last_index, last_term)
-                        || plant::active(Plant::VoteWithoutLogCheck));
-                let term = if granted { m.term } else { self.term };
-                self.msgs.push(Message {
-                    from: self.cfg.id,
-                    to: m.from,
-                    term,
-                    body: Body::PreVoteResponse { granted },
-                });
-            }
-            Body::Vote {
-                last_index,
-                last_term,
-                transfer,
-            } => {
-                let forced = transfer && plant::active(Plant::TransferVoteIgnoresEarlierVote);
-                let granted = (self.vote.is_none_or(|v| v == m.from) || forced)
-                    && self.may_vote()
-                    && (self.log.is_up_to_date(last_index, last_term)
-                        || plant::active(Plant::VoteWithoutLogCheck));
-                if granted {
-                    self.vote = Some(m.from);
-                    self.election_elapsed = 0;
-                }
-                self.send(m.from, Body::VoteResponse { granted });
-            }
-            Body::PreVoteResponse { granted } => {
-                if self.role == Role::PreCandidate && m.term == self.term + 1 {
-                    self.count_vote(m.from, granted);
-                }
-            }
-            Body::VoteResponse { granted } => {
-                if self.role == Role::Candidate {
-                    self.count_vote(m.from, granted);
-                }
-            }
-            Body::Append {
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-            } => {
-                self.follow(m.from);
-                self.handle_append(m.from, prev_index, prev_term, entries, commit);
-            }
-            Body::Heartbeat { commit, read_seq } => {
-                self.follow(m.from);
-                let last_index = self.log.last_index();
-                if commit > last_index {
-                    // The leader sends a commit index up to what we acknowledged, so we
-                    // acknowledged entries we no longer hold: our log was wiped. Say so
-                    // (instead of confirming the read round), or, with no new writes to
-                    // send, the leader would never send them again.
-                    self.send(
-                        m.from,
-                        Body::AppendResponse {
-                            outcome: AppendOutcome::Reject {
-                                index: commit,
-                                hint: Some(RejectHint::LogEnds {
-                                    next_index: last_index + 1,
-                                }),
-                            },
-                        },
-                    );
-                } else {
-                    self.log.commit_to(commit);
-                    self.send(m.from, Body::HeartbeatResponse { read_seq });
-                }
-            }
-            Body::Snapshot { meta } => {
-                self.follow(m.from);
-                self.handle_snapshot(m.from, meta);
-            }
-            Body::AppendResponse { outcome } => {
-                if self.role == Role::Leader {
-                    self.handle_append_response(m.from, outcome);
-                }
-            }
-            Body::HeartbeatResponse { read_seq } => {
-                if self.role == Role::Leader {
-                    self.handle_heartbeat_response(m.from, read_seq);
-                }
-            }
-            Body::ReadIndex { id } => {
-                if self.role == Role::Leader {
-                    self.leader_read(id, m.from);
-                } else {
-                    self.send(m.from, Body::ReadIndexResponse { id, index: None });
-                }
-            }
-            Body::ReadIndexResponse { id, index } => self.reads.answered(id, index, self.leader),
-            Body::TimeoutNow => self.handle_timeout_now(m.from),
+    /// A pre-candidate asks whether we would vote for it in the next term.
+    fn handle_pre_vote(&mut self, m: &Message, last_index: Index, last_term: Term) {
+        let granted = m.term > self.term
+            && self.may_vote()
+            && (self.log.is_up_to_date(last_index, last_term)
+                || plant::active(Plant::VoteWithoutLogCheck));
+        let term = if granted { m.term } else { self.term };
+        self.msgs.push(Message {
+            from: self.cfg.id,
+            to: m.from,
+            term,
+            body: Body::PreVoteResponse { granted },
+        });
+    }
+
+    /// A candidate asks for our vote in this term (§5.2, §5.4.1).
+    fn handle_vote(&mut self, from: NodeId, last_index: Index, last_term: Term, transfer: bool) {
+        let forced = transfer && plant::active(Plant::TransferVoteIgnoresEarlierVote);
+        let granted = (self.vote.is_none_or(|v| v == from) || forced)
+            && self.may_vote()
+            && (self.log.is_up_to_date(last_index, last_term)
+                || plant::active(Plant::VoteWithoutLogCheck));
+        if granted {
+            self.vote = Some(from);
+            self.election_elapsed = 0;
+        }
+        self.send(from, Body::VoteResponse { granted });
+    }
+
+    /// The leader's heartbeat: its commit index and a read round to confirm.
+    fn handle_heartbeat(&mut self, from: NodeId, commit: Index, read_seq: u64) {
+        let last_index = self.log.last_index();
+        if commit > last_index {
+            // The leader sends a commit index up to what we acknowledged, so we
+            // acknowledged entries we no longer hold: our log was wiped. Say so
+            // (instead of confirming the read round), or, with no new writes to
+            // send, the leader would never send them again.
+            self.send(
+                from,
+                Body::AppendResponse {
+                    outcome: AppendOutcome::Reject {
+                        index: commit,
+                        hint: Some(RejectHint::LogEnds {
+                            next_index: last_index + 1,
+                        }),
+                    },
+                },
+            );
+        } else {
+            self.log.commit_to(commit);
+            self.send(from, Body::HeartbeatResponse { read_seq });
         }
     }
 
