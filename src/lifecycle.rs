@@ -25,37 +25,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// fatal failure (returns the error).
 pub async fn run_node(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let me = config.me();
-    if (me.peer_port, me.client_port) != (config.raft_port, config.client_port) {
-        warn!(
-            "DISTRAFT_CLUSTER lists {} with ports {}/{}, but this node listens on {}/{}: \
-             peers and clients following the cluster list will miss it",
-            config.name, me.peer_port, me.client_port, config.raft_port, config.client_port
-        );
-    }
-    // Before anything in them is read or wiped: one process per data directory.
-    // Held until this function returns, across Admin.Stop/Start (which reopen storage
-    // in this process).
-    let _dir_lock = match plant::active(Plant::NoDirLock) {
-        true => None,
-        false => Some(crate::storage::DirLock::acquire(&[
-            &config.log_dir,
-            &config.data_dir,
-        ])?),
-    };
-    // Before anything touches the data directory (the reset included): refuse to
-    // start on another cluster's data, or adopt the configured identity at the first
-    // start.
-    identity::establish(&config, &config.data_dir)?;
-    if config.reset_logs {
-        let wiped = Storage::reset(&driver::storage_options(&config))
-            .context("DISTRAFT_RESET_LOGS: wiping the log and data")?;
-        if wiped {
-            info!("reset: log and snapshots wiped; term and vote kept");
-        } else {
-            info!("reset: no log or snapshot to wipe");
-        }
-    }
+    let _dir_lock = open_data_dir(&config)?;
 
     // Bind first: a port in use is the most common start-up failure.
     let raft_listener = bind(
@@ -84,29 +54,7 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
     peer_tasks.run(driver.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let others = config
-        .peers()
-        .filter_map(|member| {
-            let admin = peers.admin_client(member.id)?;
-            Some(RemoteMember {
-                name: member.name.clone(),
-                admin,
-            })
-        })
-        .collect();
-    let services = ClientServices::new(config.clone(), driver.clone(), peers);
-    let dashboard = Dashboard::new(
-        config.name.clone(),
-        services.admin.clone(),
-        others,
-        config.access.bearer(),
-        stop_rx.clone(),
-    );
-    let backend = Backend {
-        kv: services.kv.clone(),
-        admin: services.admin.clone(),
-        dashboard: Arc::new(dashboard),
-    };
+    let (services, backend) = client_backend(&config, &driver, peers, &stop_rx);
     let mut grpc = tokio::spawn(rpc::serve(
         config.clone(),
         driver.clone(),
@@ -114,16 +62,8 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
         raft_listener,
         stop_rx.clone(),
     ));
-    let settings = GatewaySettings {
-        request_rules: config.request_rules,
-        request_timeout: config.request_timeout,
-        pretty: config.pretty_print_responses,
-        access: config.access.clone(),
-        body_read_timeout: config.limits.body_read_timeout,
-        max_connections: config.limits.max_http_connections,
-    };
     let mut http = tokio::spawn(gateway::serve(
-        settings,
+        gateway_settings(&config),
         client_listener,
         config.tls.as_ref().map(|tls| tls.gateway_acceptor()),
         backend,
@@ -186,6 +126,89 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
             info!("shut down cleanly");
             Ok(())
         }
+    }
+}
+
+/// Checks this node's entry in the member list, takes the data directory's lock (held
+/// until the returned guard is dropped, across Admin.Stop/Start, which reopen storage
+/// in this process), checks or adopts the cluster identity, and carries out
+/// DISTRAFT_RESET_LOGS: all before anything in the directory is read.
+fn open_data_dir(config: &Config) -> anyhow::Result<Option<crate::storage::DirLock>> {
+    let me = config.me();
+    if (me.peer_port, me.client_port) != (config.raft_port, config.client_port) {
+        warn!(
+            "DISTRAFT_CLUSTER lists {} with ports {}/{}, but this node listens on {}/{}: \
+             peers and clients following the cluster list will miss it",
+            config.name, me.peer_port, me.client_port, config.raft_port, config.client_port
+        );
+    }
+    // Before anything in them is read or wiped: one process per data directory.
+    let dir_lock = match plant::active(Plant::NoDirLock) {
+        true => None,
+        false => Some(crate::storage::DirLock::acquire(&[
+            &config.log_dir,
+            &config.data_dir,
+        ])?),
+    };
+    // Before anything touches the data directory (the reset included): refuse to
+    // start on another cluster's data, or adopt the configured identity at the first
+    // start.
+    identity::establish(config, &config.data_dir)?;
+    if config.reset_logs {
+        let wiped = Storage::reset(&driver::storage_options(config))
+            .context("DISTRAFT_RESET_LOGS: wiping the log and data")?;
+        if wiped {
+            info!("reset: log and snapshots wiped; term and vote kept");
+        } else {
+            info!("reset: no log or snapshot to wipe");
+        }
+    }
+    Ok(dir_lock)
+}
+
+/// The client services (Kv, Admin) and what the gateway serves from them, the
+/// dashboard included.
+fn client_backend(
+    config: &Arc<Config>,
+    driver: &driver::DriverHandle,
+    peers: Peers,
+    stop_rx: &watch::Receiver<bool>,
+) -> (ClientServices, Backend) {
+    let others = config
+        .peers()
+        .filter_map(|member| {
+            let admin = peers.admin_client(member.id)?;
+            Some(RemoteMember {
+                name: member.name.clone(),
+                admin,
+            })
+        })
+        .collect();
+    let services = ClientServices::new(config.clone(), driver.clone(), peers);
+    let dashboard = Dashboard::new(
+        config.name.clone(),
+        services.admin.clone(),
+        others,
+        config.access.bearer(),
+        stop_rx.clone(),
+    );
+    let backend = Backend {
+        kv: services.kv.clone(),
+        admin: services.admin.clone(),
+        dashboard: Arc::new(dashboard),
+    };
+    (services, backend)
+}
+
+/// The gateway's share of the configuration.
+fn gateway_settings(config: &Config) -> GatewaySettings {
+    GatewaySettings {
+        request_rules: config.request_rules,
+        request_timeout: config.request_timeout,
+        pretty: config.pretty_print_responses,
+        access: config.access.clone(),
+        body_read_timeout: config.limits.body_read_timeout,
+        max_connections: config.limits.max_http_connections,
     }
 }
 
