@@ -71,6 +71,30 @@ where
     Ok(collected.freeze())
 }
 
+/// [`read_body`] bounded in time too: a body that has not arrived within `timeout`
+/// is answered 408 and its connection closed (a slow sender holds one of the bounded
+/// connections for no longer than that).
+pub(super) async fn read_body_within<S, B>(
+    body: S,
+    content_length: Option<u64>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    tokio::time::timeout(timeout, read_body(body, content_length, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                warp::http::StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {timeout:?}"),
+            )
+            .closing_connection()
+        })?
+}
+
 /// At most this much of a rejected body is read and dropped, within this time; past
 /// that the connection is closed instead.
 pub(super) const MAX_DISCARD_BYTES: usize = 16 * 1024 * 1024;

@@ -31,7 +31,9 @@ mod guard;
 mod response;
 mod server;
 
-use body::{discard_body, form_value, json_value, optional_json_string, read_body, BodyFormat};
+use body::{
+    discard_body, form_value, json_value, optional_json_string, read_body_within, BodyFormat,
+};
 use dashboard::dashboard_routes;
 use decode::percent_decode_utf8;
 use guard::{allowed_host, authorized, check_request_size, cors, credentials};
@@ -414,21 +416,13 @@ impl Gateway {
             true => Duration::from_secs(3600),
             false => self.settings.body_read_timeout,
         };
-        let body = tokio::time::timeout(
+        let body = read_body_within(
+            body,
+            content_length,
+            self.max_body_bytes(),
             body_read_timeout,
-            read_body(body, content_length, self.max_body_bytes()),
         )
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {:?}",
-                    self.settings.body_read_timeout
-                ),
-            )
-            .closing_connection()
-        })??;
+        .await?;
         let value = match format {
             BodyFormat::Form => form_value(&body)?,
             BodyFormat::Json => json_value(&body)?,
@@ -456,18 +450,13 @@ impl Gateway {
         if let Err(error) = authorized {
             return Err(discard_body(body, error).await);
         }
-        let body = tokio::time::timeout(
+        let body = read_body_within(
+            body,
+            content_length,
+            MAX_OPTIONS_BODY_BYTES,
             self.settings.body_read_timeout,
-            read_body(body, content_length, MAX_OPTIONS_BODY_BYTES),
         )
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body did not arrive in time",
-            )
-            .closing_connection()
-        })??;
+        .await?;
         let to = optional_json_string(&body, "to")?.unwrap_or_default();
         let request = self.request(TransferLeaderRequest { to });
         let answer = self
