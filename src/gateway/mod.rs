@@ -57,7 +57,7 @@ use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 use warp::{
     http::{header, Method, StatusCode},
     reply::Response,
-    Filter, Reply,
+    Filter, Rejection, Reply,
 };
 
 /// What the gateway needs from the node's configuration.
@@ -120,6 +120,47 @@ pub fn routes(
     let gateway = Arc::new(Gateway { backend, settings });
     let with_gateway = warp::any().map(move || gateway.clone());
 
+    let api = operation_routes(with_gateway.clone(), authorized.clone())
+        .or(dashboard)
+        .unify()
+        .or(cluster_routes(with_gateway.clone(), credentials.clone()))
+        .unify()
+        .or(key_routes(with_gateway, authorized, credentials))
+        .unify();
+    // The first recover turns route rejections into JSON *inside* the CORS wrapper, so
+    // that browsers can read those errors too; the second one catches what the CORS
+    // filter itself rejects (a disallowed origin: no CORS headers). A preflight from an
+    // allowed origin is answered by the CORS filter itself, on every route.
+    check_request_size()
+        .and(allowed_host)
+        .and(api)
+        .recover(move |rejection| async move {
+            Ok::<_, Infallible>(rejection_response(rejection, pretty))
+        })
+        .unify()
+        .with(cors)
+        .recover(move |rejection| async move {
+            Ok::<_, Infallible>(rejection_response(rejection, pretty))
+        })
+        .with(warp::log::custom(|info| {
+            crate::metrics::metrics().http_request(
+                route_name(info.method(), info.path()),
+                info.method().as_str(),
+                info.status().as_u16(),
+                info.elapsed(),
+            )
+        }))
+}
+
+/// `/`, `/stop`, `/start`, `/metrics`, `/livez` and `/readyz`.
+fn operation_routes(
+    with_gateway: impl Filter<Extract = (Arc<Gateway>,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    authorized: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     // Operations routes, next to `/`, `/stop` and `/start`: GET of the keys `metrics`,
     // `livez` and `readyz` is theirs (those keys are read over gRPC).
     let metrics = warp::path!("metrics")
@@ -151,6 +192,32 @@ pub fn routes(
         .and(authorized.clone())
         .and(with_gateway.clone())
         .then(|gw: Arc<Gateway>| async move { gw.respond(gw.start().await) });
+    status
+        .or(stop)
+        .unify()
+        .or(start)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(livez)
+        .unify()
+        .or(readyz)
+        .unify()
+}
+
+/// `/cluster/…`: what changes the cluster rather than a key.
+fn cluster_routes(
+    with_gateway: impl Filter<Extract = (Arc<Gateway>,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    credentials: impl Filter<Extract = (Result<(), ApiError>,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     // Cluster operations live under `/cluster/`, which no key can be (a key is one
     // path segment, so `GET /cluster` is the key "cluster").
     let transfer = warp::path!("cluster" / "leader")
@@ -166,6 +233,23 @@ pub fn routes(
                 gw.respond(gw.transfer_leader(authorized, content_length, body).await)
             },
         );
+    transfer
+}
+
+/// `GET`, `POST` and `DELETE /<key>`.
+fn key_routes(
+    with_gateway: impl Filter<Extract = (Arc<Gateway>,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    authorized: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
+    credentials: impl Filter<Extract = (Result<(), ApiError>,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     // The path is matched before the method everywhere, so that an unknown path is a
     // 404 and a known path with the wrong method a 405.
     let key = warp::path::param::<String>().and(warp::path::end());
@@ -210,34 +294,7 @@ pub fn routes(
         .and(authorized)
         .and(with_gateway)
         .then(|raw: String, gw: Arc<Gateway>| async move { gw.respond(gw.delete(&raw).await) });
-
-    let api = status.or(stop).unify().or(start).unify();
-    let api = api.or(metrics).unify().or(livez).unify().or(readyz).unify();
-    let api = api.or(dashboard).unify().or(transfer).unify();
-    let api = api.or(get).unify().or(put).unify().or(delete).unify();
-    // The first recover turns route rejections into JSON *inside* the CORS wrapper, so
-    // that browsers can read those errors too; the second one catches what the CORS
-    // filter itself rejects (a disallowed origin: no CORS headers). A preflight from an
-    // allowed origin is answered by the CORS filter itself, on every route.
-    check_request_size()
-        .and(allowed_host)
-        .and(api)
-        .recover(move |rejection| async move {
-            Ok::<_, Infallible>(rejection_response(rejection, pretty))
-        })
-        .unify()
-        .with(cors)
-        .recover(move |rejection| async move {
-            Ok::<_, Infallible>(rejection_response(rejection, pretty))
-        })
-        .with(warp::log::custom(|info| {
-            crate::metrics::metrics().http_request(
-                route_name(info.method(), info.path()),
-                info.method().as_str(),
-                info.status().as_u16(),
-                info.elapsed(),
-            )
-        }))
+    get.or(put).unify().or(delete).unify()
 }
 
 /// The route a request took, as the label of the HTTP metrics: never the path itself,
