@@ -91,9 +91,11 @@ impl Backoff {
         if deadline.remaining() <= self.pause {
             return Err(deadline.expired(write));
         }
+        // A closed watch (the driver has ended) is no news: only a real change cuts the
+        // pause short, or the caller's loop would spin until its deadline.
         tokio::select! {
             () = tokio::time::sleep(self.pause) => {}
-            _ = leader.changed() => {}
+            Ok(()) = leader.changed() => {}
         }
         self.pause = (self.pause * 2).min(RETRY_MAX);
         Ok(())
