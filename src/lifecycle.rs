@@ -221,20 +221,26 @@ async fn hand_leadership_over(driver: &driver::DriverHandle, config: &Config) {
     if *driver.leader_watch().borrow() != Some(config.id) {
         return;
     }
-    match driver.transfer_leader(None).await {
-        Ok(target) => {
-            let within = config.election_timeout * 2;
-            match driver.other_leader(config.id, within).await {
-                Some(leader) => info!(
-                    leader = config.member(leader).map_or("?", |m| m.name.as_str()),
-                    "handed leadership over before stopping"
-                ),
-                None => warn!(
-                    to = config.member(target).map_or("?", |m| m.name.as_str()),
-                    "leadership was not taken over within {within:?}; stopping anyway"
-                ),
-            }
-        }
+    // One bound for the whole hand-over, even if the driver never answers (a disk
+    // that hangs): stopping waits no longer than this for it.
+    let within = config.election_timeout * 2;
+    let until = tokio::time::Instant::now() + within;
+    let Ok(begun) = tokio::time::timeout_at(until, driver.transfer_leader(None)).await else {
+        warn!("the driver did not begin a hand-over within {within:?}; stopping anyway");
+        return;
+    };
+    let left = until.saturating_duration_since(tokio::time::Instant::now());
+    match begun {
+        Ok(target) => match driver.other_leader(config.id, left).await {
+            Some(leader) => info!(
+                leader = config.member(leader).map_or("?", |m| m.name.as_str()),
+                "handed leadership over before stopping"
+            ),
+            None => warn!(
+                to = config.member(target).map_or("?", |m| m.name.as_str()),
+                "leadership was not taken over within {within:?}; stopping anyway"
+            ),
+        },
         // A single-member cluster, or the post lost meanwhile: nothing to hand over.
         Err(err) => info!("not handing leadership over: {err}"),
     }
