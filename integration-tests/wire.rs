@@ -86,6 +86,8 @@ fn append(
     commit: u64,
 ) -> pb::AppendEntriesRequest {
     pb::AppendEntriesRequest {
+        from_id: 0,
+        to_id: 0,
         from: seen.leader.clone(),
         term,
         cluster_id: seen.cluster_id,
@@ -116,9 +118,13 @@ fn first_chunk(
     image: &[u8],
 ) -> pb::InstallSnapshotChunk {
     pb::InstallSnapshotChunk {
+        from_id: 0,
+        to_id: 0,
         from: from.to_string(),
         term,
         meta: Some(pb::SnapshotMeta {
+            learner_ids: Vec::new(),
+            voter_ids: Vec::new(),
             index: 1_000_000,
             term,
             voters: vec!["node1".into(), "node2".into(), "node3".into()],
@@ -365,6 +371,8 @@ async fn hostile_raft_traffic_is_refused_and_changes_nothing() {
     assert!(answer.is_ok(), "huge commit: {answer:?}");
 
     let vote = pb::VoteRequest {
+        from_id: 0,
+        to_id: 0,
         from: seen.leader.clone(),
         term: u64::MAX,
         last_log_index: u64::MAX,
@@ -377,6 +385,8 @@ async fn hostile_raft_traffic_is_refused_and_changes_nothing() {
     let refused = client.request_vote(vote).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "vote term 2^64-1");
     let read = pb::ReadIndexRequest {
+        from_id: 0,
+        to_id: 0,
         from: seen.leader.clone(),
         term: 0,
         id: 1,

@@ -10,9 +10,16 @@ use std::sync::Arc;
 use prost::Message as _;
 
 use crate::proto::v1::{command::Op, Command, DeleteRequest, PutRequest};
+use crate::raft::{ConfChange, NodeId};
+use crate::registry::Record;
 
 /// Marks the start of a snapshot image, so that a foreign file is rejected early.
-const IMAGE_MAGIC: &[u8; 8] = b"DKVIMG01";
+/// Image 02 added the member table; 01 (pairs only) is still read.
+const IMAGE_MAGIC: &[u8; 8] = b"DKVIMG02";
+const IMAGE_MAGIC_V1: &[u8; 8] = b"DKVIMG01";
+/// Bounds the member table an image may claim (as the snapshot header bounds its
+/// member lists), so that a damaged count cannot make loading loop for long.
+const MAX_IMAGE_MEMBERS: u64 = 1 << 16;
 /// A corrupt length must not make loading allocate without bound.
 const MAX_IMAGE_FIELD_BYTES: u32 = 256 * 1024 * 1024;
 
@@ -21,6 +28,8 @@ const MAX_IMAGE_FIELD_BYTES: u32 = 256 * 1024 * 1024;
 pub enum Applied {
     /// The leader's no-op entry: nothing to apply.
     Noop,
+    /// A membership change: its member's record is in the member table.
+    Membership,
     Put,
     Delete {
         existed: bool,
@@ -54,6 +63,9 @@ pub struct Kv {
     /// The sum of key and value bytes: what the quota limits (`state_bytes`).
     bytes: u64,
     digest: u64,
+    /// Every member ever added by a membership change, by id (see `registry.rs`: the
+    /// address book of the members the bootstrap list does not name).
+    members: BTreeMap<NodeId, Record>,
 }
 
 /// A key and its value in one allocation, key first: for the short keys and values a
@@ -153,14 +165,17 @@ impl Pairs {
 pub struct KvImage {
     map: Arc<Pairs>,
     digest: u64,
+    members: Vec<Record>,
 }
 
 impl KvImage {
-    /// Streams the contents as a snapshot image:
-    /// magic, count (u64), then per pair key length (u32), key, value length (u32),
-    /// value, and finally the digest (u64), all little-endian.
+    /// Streams the contents as a snapshot image: magic (`DKVIMG02`), the member
+    /// count (u64), then per member its id (u64) and record (length u32, the JSON of
+    /// [`Record::encode`]); the pair count (u64), then per pair key length (u32), key,
+    /// value length (u32), value; and finally the digest (u64), all little-endian.
+    /// Image 01 was the same without the member table.
     pub fn write(&self, out: impl Write) -> io::Result<()> {
-        write_image(&self.map, self.digest, out)
+        write_image(self, out)
     }
 }
 
@@ -169,6 +184,7 @@ impl PartialEq for Kv {
         // Equal sizes, and every key this one has or had the same in the other.
         self.len == other.len
             && self.digest == other.digest
+            && self.members == other.members
             && (self
                 .base
                 .keys()
@@ -216,6 +232,25 @@ impl Kv {
             }
             None => Applied::Rejected("command without an operation".to_string()),
         }
+    }
+
+    /// Applies the change of one committed entry of kind `ConfChange`: its member's
+    /// record goes into the member table (kept after a removal: ids are never reused).
+    pub fn apply_conf_change(&mut self, data: &[u8]) -> Applied {
+        let record = ConfChange::decode(data)
+            .and_then(|(change, context)| Record::decode(change.id(), context));
+        match record {
+            Ok(record) => {
+                self.members.insert(record.member.id, record);
+                Applied::Membership
+            }
+            Err(reason) => Applied::Rejected(reason),
+        }
+    }
+
+    /// The member table: every member a membership change ever added.
+    pub fn members(&self) -> impl Iterator<Item = &Record> {
+        self.members.values()
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -309,6 +344,7 @@ impl Kv {
         KvImage {
             map: self.base.clone(),
             digest: self.digest,
+            members: self.members.values().cloned().collect(),
         }
     }
 
@@ -318,13 +354,15 @@ impl Kv {
         let mut input = BufReader::with_capacity(256 * 1024, input);
         let mut magic = [0u8; 8];
         input.read_exact(&mut magic)?;
-        if &magic != IMAGE_MAGIC {
+        let mut kv = Kv::new();
+        if &magic == IMAGE_MAGIC {
+            kv.members = read_members(&mut input)?;
+        } else if &magic != IMAGE_MAGIC_V1 {
             return Err(KvError::Malformed(
                 "not a distraft key-value image".to_string(),
             ));
         }
         let count = read_u64(&mut input)?;
-        let mut kv = Kv::new();
         for _ in 0..count {
             let key = read_field(&mut input)?;
             let value = read_field(&mut input)?;
@@ -350,16 +388,44 @@ impl Kv {
     }
 }
 
-fn write_image(map: &Pairs, digest: u64, out: impl Write) -> io::Result<()> {
+fn write_image(image: &KvImage, out: impl Write) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(256 * 1024, out);
     out.write_all(IMAGE_MAGIC)?;
-    out.write_all(&(map.len() as u64).to_le_bytes())?;
-    for (key, value) in map.iter() {
+    out.write_all(&(image.members.len() as u64).to_le_bytes())?;
+    for record in &image.members {
+        out.write_all(&record.member.id.to_le_bytes())?;
+        let encoded = String::from_utf8(record.encode()).unwrap_or_default();
+        write_field(&mut out, &encoded)?;
+    }
+    out.write_all(&(image.map.len() as u64).to_le_bytes())?;
+    for (key, value) in image.map.iter() {
         write_field(&mut out, key)?;
         write_field(&mut out, value)?;
     }
-    out.write_all(&digest.to_le_bytes())?;
+    out.write_all(&image.digest.to_le_bytes())?;
     out.flush()
+}
+
+/// The member table of an image, each record checked as the wire checks it.
+fn read_members(input: &mut impl Read) -> Result<BTreeMap<NodeId, Record>, KvError> {
+    let count = read_u64(input)?;
+    if count > MAX_IMAGE_MEMBERS {
+        return Err(KvError::Malformed(format!(
+            "{count} members (at most {MAX_IMAGE_MEMBERS})"
+        )));
+    }
+    let mut members = BTreeMap::new();
+    for _ in 0..count {
+        let id = read_u64(input)?;
+        let record = Record::decode(id, read_field(input)?.as_bytes())
+            .map_err(|reason| KvError::Malformed(format!("member {id}: {reason}")))?;
+        if id == 0 || members.insert(id, record).is_some() {
+            return Err(KvError::Malformed(format!(
+                "member id {id} is invalid or twice"
+            )));
+        }
+    }
+    Ok(members)
 }
 
 fn write_field(out: &mut impl Write, field: &str) -> io::Result<()> {

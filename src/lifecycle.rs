@@ -16,16 +16,17 @@ use crate::driver;
 use crate::gateway::{self, Backend, GatewaySettings};
 use crate::plant::{self, Plant};
 use crate::rpc::{self, ClientServices, Peers};
-use crate::storage::{identity, Storage};
+use crate::storage::identity::{self, Identity};
+use crate::storage::Storage;
 
 /// How long shutdown waits for each part to finish what is in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs a node until SIGTERM/SIGINT (then shuts down cleanly and returns `Ok`) or a
 /// fatal failure (returns the error).
-pub async fn run_node(config: Config) -> anyhow::Result<()> {
+pub async fn run_node(mut config: Config) -> anyhow::Result<()> {
+    let _dir_lock = open_data_dir(&mut config).await?;
     let config = Arc::new(config);
-    let _dir_lock = open_data_dir(&config)?;
 
     // Bind first: a port in use is the most common start-up failure.
     let raft_listener = bind(
@@ -132,8 +133,10 @@ pub async fn run_node(config: Config) -> anyhow::Result<()> {
 /// Checks this node's entry in the member list, takes the data directory's lock (held
 /// until the returned guard is dropped, across Admin.Stop/Start, which reopen storage
 /// in this process), checks or adopts the cluster identity, and carries out
-/// DISTRAFT_RESET_LOGS: all before anything in the directory is read.
-fn open_data_dir(config: &Config) -> anyhow::Result<Option<crate::storage::DirLock>> {
+/// DISTRAFT_RESET_LOGS: all before anything in the directory is read. A node that
+/// joined (or joins now: DISTRAFT_JOIN with no identity yet) takes the id, cluster id
+/// and bootstrap voters the cluster gave it.
+async fn open_data_dir(config: &mut Config) -> anyhow::Result<Option<crate::storage::DirLock>> {
     let me = config.me();
     if (me.peer_port, me.client_port) != (config.raft_port, config.client_port) {
         warn!(
@@ -153,7 +156,20 @@ fn open_data_dir(config: &Config) -> anyhow::Result<Option<crate::storage::DirLo
     // Before anything touches the data directory (the reset included): refuse to
     // start on another cluster's data, or adopt the configured identity at the first
     // start.
-    identity::establish(config, &config.data_dir)?;
+    let joining = !config.join.is_empty();
+    match identity::establish(config, &config.data_dir, joining)? {
+        Identity::Bootstrapped => {
+            if joining {
+                info!("DISTRAFT_JOIN is ignored: this node's data directory holds its identity");
+            }
+        }
+        Identity::Joined(joined) => adopt(config, joined),
+        Identity::Unset => {
+            let joined = crate::join::join(config).await?;
+            identity::record_join(config, &config.data_dir, &joined)?;
+            adopt(config, joined);
+        }
+    }
     if config.reset_logs {
         let wiped = Storage::reset(&driver::storage_options(config))
             .context("DISTRAFT_RESET_LOGS: wiping the log and data")?;
@@ -166,6 +182,16 @@ fn open_data_dir(config: &Config) -> anyhow::Result<Option<crate::storage::DirLo
     Ok(dir_lock)
 }
 
+/// Takes what the cluster told this node when it joined.
+fn adopt(config: &mut Config, joined: identity::Joined) {
+    info!(
+        id = joined.id,
+        cluster_id = format!("{:016x}", joined.cluster_id),
+        "a member that joined a running cluster"
+    );
+    config.adopt(joined.id, joined.cluster_id, joined.bootstrap, joined.known);
+}
+
 /// The client services (Kv, Admin) and what the gateway serves from them, the
 /// dashboard included.
 fn client_backend(
@@ -174,8 +200,10 @@ fn client_backend(
     peers: Peers,
     stop_rx: &watch::Receiver<bool>,
 ) -> (ClientServices, Backend) {
-    let others = config
-        .peers()
+    let roster = config.registry.roster();
+    let others = roster
+        .current()
+        .filter(|member| member.id != config.id)
         .filter_map(|member| {
             let admin = peers.admin_client(member.id)?;
             Some(RemoteMember {
@@ -233,11 +261,11 @@ async fn hand_leadership_over(driver: &driver::DriverHandle, config: &Config) {
     match begun {
         Ok(target) => match driver.other_leader(config.id, left).await {
             Some(leader) => info!(
-                leader = config.member(leader).map_or("?", |m| m.name.as_str()),
+                leader = config.name_of(leader),
                 "handed leadership over before stopping"
             ),
             None => warn!(
-                to = config.member(target).map_or("?", |m| m.name.as_str()),
+                to = config.name_of(target),
                 "leadership was not taken over within {within:?}; stopping anyway"
             ),
         },

@@ -8,8 +8,9 @@ use crate::proto::v1::StatusResponse;
 
 /// The JSON `status` object of `GET /`: the original's fields and types, plus
 /// `snapshot_index`, `state_digest`, `cluster_id`, `voting`, `state_bytes`, `alarm`,
-/// `keys`, `followers`, `quorum_ack_ms`, `proposals_pending`, `reads_total` and
-/// `writes_total` (docs/api.md).
+/// `keys`, `followers`, `quorum_ack_ms`, `proposals_pending`, `reads_total`,
+/// `writes_total`, `learners` and `member_ids` (docs/api.md). `members` holds the
+/// voters, `learners` the learners, in the original's shape.
 pub fn status_json(status: StatusResponse) -> Value {
     let followers: serde_json::Map<String, Value> = status
         .followers
@@ -23,14 +24,24 @@ pub fn status_json(status: StatusResponse) -> Value {
             (name, lag)
         })
         .collect();
-    let members: serde_json::Map<String, Value> = status
+    // The original's shape: name → [peer host, peer port, client host, client port].
+    let shape = |members: &std::collections::HashMap<String, crate::proto::v1::Member>| {
+        members
+            .iter()
+            .map(|(name, m)| {
+                let addresses = json!([m.peer_host, m.peer_port, m.client_host, m.client_port]);
+                (name.clone(), addresses)
+            })
+            .collect::<serde_json::Map<String, Value>>()
+    };
+    let member_ids: serde_json::Map<String, Value> = status
         .members
-        .into_iter()
-        .map(|(name, m)| {
-            let addresses = json!([m.peer_host, m.peer_port, m.client_host, m.client_port]);
-            (name, addresses)
-        })
+        .iter()
+        .chain(&status.learners)
+        .map(|(name, m)| (name.clone(), json!(m.id)))
         .collect();
+    let members = shape(&status.members);
+    let learners = shape(&status.learners);
     json!({
         "commit_index": status.commit_index,
         "id": status.id,
@@ -41,6 +52,8 @@ pub fn status_json(status: StatusResponse) -> Value {
         "leader": status.leader,
         "match_index": status.match_index,
         "members": members,
+        "learners": learners,
+        "member_ids": member_ids,
         "next_index": status.next_index,
         "state": status.state,
         "term": status.term,

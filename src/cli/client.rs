@@ -1,11 +1,11 @@
-//! `status`, `get`, `put`, `delete`: one HTTP call to a node's gateway, whose JSON answer
+//! `status`, `get`, `put`, `delete`, `leader`, `member`: one HTTP call to a node's gateway, whose JSON answer
 //! is printed as it came. Redirects are followed, like `curl -L`.
 
 use anyhow::{bail, Context};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::time::Duration;
 
-use super::Target;
+use super::{ChangeFlags, MemberCommand, Target};
 
 /// Everything but RFC 3986's unreserved characters is escaped, so any key (spaces,
 /// slashes, unicode) travels as one path segment.
@@ -81,6 +81,60 @@ pub async fn transfer_leader(target: &Target, to: Option<&str>) -> anyhow::Resul
         request = request.json(&serde_json::json!({ "to": to }));
     }
     print_answer(request, &url).await
+}
+
+/// `distraft member ...`.
+pub async fn member(command: MemberCommand) -> anyhow::Result<()> {
+    let base = |target: &Target| format!("{}/cluster/members", target.url.trim_end_matches('/'));
+    let query =
+        |change: &ChangeFlags| format!("?dry_run={}&force={}", change.dry_run, change.force);
+    let (request, url) = match &command {
+        MemberCommand::List { target } => {
+            let url = base(target);
+            (http_client(target)?.get(&url), url)
+        }
+        MemberCommand::Add {
+            target,
+            name,
+            peer,
+            client,
+            learner,
+            change,
+        } => {
+            let url = format!("{}{}", base(target), query(change));
+            let body = serde_json::json!({
+                "name": name, "peer": peer, "client": client, "learner": learner,
+            });
+            (http_client(target)?.post(&url).json(&body), url)
+        }
+        MemberCommand::Promote {
+            target,
+            name,
+            change,
+        } => {
+            let url = format!(
+                "{}/{}/promote{}",
+                base(target),
+                segment(name),
+                query(change)
+            );
+            (http_client(target)?.post(&url), url)
+        }
+        MemberCommand::Remove {
+            target,
+            name,
+            change,
+        } => {
+            let url = format!("{}/{}{}", base(target), segment(name), query(change));
+            (http_client(target)?.delete(&url), url)
+        }
+    };
+    print_answer(request, &url).await
+}
+
+/// `text` as one URL path segment.
+fn segment(text: &str) -> String {
+    utf8_percent_encode(text, KEY_ESCAPES).to_string()
 }
 
 /// Sends the request and prints the node's answer; a non-2xx answer is printed too,

@@ -52,6 +52,9 @@ pub enum Command {
     /// Leadership: `distraft leader transfer [--to NAME]`.
     #[command(subcommand)]
     Leader(LeaderCommand),
+    /// Membership: `distraft member list|add|promote|remove` (docs/operations.md).
+    #[command(subcommand)]
+    Member(MemberCommand),
     /// Start a local cluster (3 nodes with the example env file): one process per member
     /// of its DISTRAFT_CLUSTER; print the curl lines to try; stop every node on Ctrl-C.
     Cluster(cluster::ClusterArgs),
@@ -79,6 +82,65 @@ pub enum LeaderCommand {
     },
 }
 
+/// `distraft member ...`: on any node (a follower passes changes on to the leader).
+/// Every change passes the safety check first and is refused, with the reason, when
+/// it would leave the reachable voters short of a quorum; `--force` makes it anyway,
+/// `--dry-run` only prints the assessment.
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// The members, voters and learners, with their ids (`GET /cluster/members`).
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Add a member (`POST /cluster/members`); start it afterwards with
+    /// DISTRAFT_JOIN, or let it join by itself (DISTRAFT_JOIN does this step).
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// Its name (its DISTRAFT_NAME).
+        name: String,
+        /// Its Raft address, host:port.
+        #[arg(long)]
+        peer: String,
+        /// Its client (HTTP) address, host:port.
+        #[arg(long)]
+        client: String,
+        /// As a learner: it receives the log but does not vote until promoted.
+        #[arg(long)]
+        learner: bool,
+        #[command(flatten)]
+        change: ChangeFlags,
+    },
+    /// Make a learner a voter (`POST /cluster/members/NAME/promote`).
+    Promote {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+        #[command(flatten)]
+        change: ChangeFlags,
+    },
+    /// Remove a voter or a learner (`DELETE /cluster/members/NAME`).
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+        #[command(flatten)]
+        change: ChangeFlags,
+    },
+}
+
+/// The options of every membership change.
+#[derive(Debug, Args)]
+pub struct ChangeFlags {
+    /// Make the change even if the safety check advises against it.
+    #[arg(long)]
+    pub force: bool,
+    /// Only print the safety check's assessment; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// The node a client subcommand talks to.
 #[derive(Debug, Args)]
 pub struct Target {
@@ -104,6 +166,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Leader(LeaderCommand::Transfer { target, to }) => {
             client::transfer_leader(&target, to.as_deref()).await
         }
+        Command::Member(command) => client::member(command).await,
         Command::Cluster(args) => cluster::run(args).await,
         Command::Certs(args) => certs::run(args),
         Command::Bench(args) => bench::run(*args).await,

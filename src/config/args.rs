@@ -90,6 +90,21 @@ pub struct NodeArgs {
     /// the log also holds DISTRAFT_SNAPSHOT_LOG_RATIO x the state's size).
     #[arg(long, env = "DISTRAFT_SNAPSHOT_THRESHOLD", default_value = "10000")]
     pub snapshot_threshold: String,
+    /// Join a running cluster at the first start: client URLs of some of its members
+    /// (comma-separated; any of them, followers pass the request on). This node asks
+    /// to be added as a learner with the addresses of its own entry in
+    /// DISTRAFT_CLUSTER (which may name only itself), adopts the cluster's id, and
+    /// catches up. Ignored once the data directory holds an identity.
+    #[arg(long = "join", env = "DISTRAFT_JOIN", default_value = "")]
+    pub join: String,
+    /// With DISTRAFT_JOIN: the leader promotes this node to voter by itself once it
+    /// has caught up (true), or it stays a learner until `distraft member promote`.
+    #[arg(
+        long = "auto-promote",
+        env = "DISTRAFT_AUTO_PROMOTE",
+        default_value = "true"
+    )]
+    pub auto_promote: String,
     /// Mixed into the cluster id (with the member list), so that two clusters with the
     /// same member list still tell each other apart. Same on every member.
     #[arg(

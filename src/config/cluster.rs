@@ -2,24 +2,7 @@
 
 use super::parse::ConfigError;
 use crate::raft::NodeId;
-
-/// One cluster member as listed in `DISTRAFT_CLUSTER`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub id: NodeId,
-    pub name: String,
-    pub peer_host: String,
-    pub peer_port: u16,
-    pub client_host: String,
-    pub client_port: u16,
-}
-
-impl Member {
-    /// The URI of this member's gRPC server.
-    pub fn grpc_uri(&self) -> String {
-        format!("http://{}:{}", self.peer_host, self.peer_port)
-    }
-}
+pub use crate::registry::Member;
 
 /// Parses `name=peer_host:peer_port:client_host:client_port,...` (DISTRAFT_CLUSTER)
 /// into members sorted by name, with ids assigned by position.
@@ -40,6 +23,8 @@ pub fn parse_cluster(spec: &str) -> Result<Vec<Member>, ConfigError> {
         if name.is_empty() || parts.len() != 4 || parts.iter().any(|p| p.is_empty()) {
             return Err(ConfigError::new(VAR, item, SHAPE));
         }
+        crate::registry::check_name(&name)
+            .map_err(|problem| ConfigError::new(VAR, item, problem))?;
         let port = |s: &str| -> Result<u16, ConfigError> {
             match s.parse::<u16>() {
                 Ok(p) if p > 0 => Ok(p),

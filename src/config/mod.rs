@@ -22,7 +22,8 @@ pub use parse::{ConfigError, LogFormat};
 
 use crate::access::Access;
 use crate::limits::Limits;
-use crate::raft::{self, NodeId};
+use crate::raft::{self, Membership, NodeId};
+use crate::registry::{Record, Registry};
 use crate::tls::NodeTls;
 use crate::validation::RequestRules;
 use parse::*;
@@ -44,9 +45,26 @@ pub struct Config {
     pub raft_port: u16,
     pub client_host: String,
     pub client_port: u16,
-    /// Sorted by name; a member's id is its position + 1, so every node that has the
-    /// same list derives the same ids.
+    /// The bootstrap members: the voters the cluster's log starts from. Sorted by
+    /// name; a member's id is its position + 1, so every node that has the same list
+    /// derives the same ids. A node that joined a running cluster has the list it was
+    /// given when it joined ([`Config::adopt`]). Who the members are *now* is the
+    /// registry's to say.
     pub members: Vec<Member>,
+    /// This node's own entry.
+    own: Member,
+    /// DISTRAFT_JOIN: client URLs of members to ask for membership at the first start
+    /// (empty: bootstrap from DISTRAFT_CLUSTER).
+    pub join: Vec<String>,
+    /// DISTRAFT_AUTO_PROMOTE.
+    pub auto_promote: bool,
+    /// How to reach the members' HTTPS gateways when joining: this node's CA and
+    /// certificate, when TLS is on.
+    pub join_tls: crate::tls::ClientTlsArgs,
+    /// The live member registry (the one part of the configuration that changes while
+    /// the node runs: membership changes; see `registry.rs`). Here because every layer
+    /// that names or reaches a member already holds the configuration.
+    pub registry: Registry,
     pub log_dir: PathBuf,
     pub data_dir: PathBuf,
     pub timeout_spread_ratio: f64,
@@ -147,8 +165,32 @@ impl Config {
         let access = Access::from_args(&args.access, &members, &[&host, &client_host])?;
         let limits = Limits::from_args(&args.limits)?;
 
+        let own = members
+            .iter()
+            .find(|m| m.id == id)
+            .cloned()
+            .ok_or_else(|| ConfigError::new("DISTRAFT_NAME", &args.name, "has no entry"))?;
+        let registry = bootstrap_registry(&members);
+        let join = parse_join(&args.join)?;
+        let tls_path = |value: &Option<String>| {
+            value
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let join_tls = crate::tls::ClientTlsArgs {
+            cacert: tls_path(&args.tls.ca),
+            cert: tls_path(&args.tls.cert),
+            key: tls_path(&args.tls.key),
+        };
         Ok(Config {
+            join,
+            auto_promote: parse_bool("DISTRAFT_AUTO_PROMOTE", &args.auto_promote)?,
+            join_tls,
             id,
+            own,
+            registry,
             log_dir: PathBuf::from(args.log_path.trim()).join(&name),
             data_dir: PathBuf::from(args.data_path.trim()).join(&name),
             name,
@@ -201,26 +243,39 @@ impl Config {
         }
     }
 
-    /// This node's own entry in the member list.
+    /// Member `id`'s name, for logs and answers ("?" for an id never recorded).
+    pub fn name_of(&self, id: NodeId) -> String {
+        self.registry
+            .roster()
+            .member(id)
+            .map_or_else(|| "?".to_string(), |m| m.name.clone())
+    }
+
+    /// This node's own entry.
     pub fn me(&self) -> &Member {
-        // `from_args` guarantees the entry exists; ids are positions + 1.
-        &self.members[(self.id - 1) as usize]
+        &self.own
     }
 
-    /// The member with Raft id `id`.
-    pub fn member(&self, id: NodeId) -> Option<&Member> {
-        let position = usize::try_from(id.checked_sub(1)?).ok()?;
-        self.members.get(position)
-    }
-
-    /// The member called `name`.
-    pub fn member_named(&self, name: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.name == name)
-    }
-
-    /// Every member but this node.
-    pub fn peers(&self) -> impl Iterator<Item = &Member> {
-        self.members.iter().filter(move |m| m.id != self.id)
+    /// Makes this the configuration of a node that joined a running cluster (or
+    /// restarts after joining): its id and the cluster's, the bootstrap voters its log
+    /// starts from, and the members it was told of.
+    pub fn adopt(
+        &mut self,
+        id: NodeId,
+        cluster_id: u64,
+        bootstrap: Vec<Member>,
+        known: impl IntoIterator<Item = Record>,
+    ) {
+        self.id = id;
+        self.own.id = id;
+        self.cluster_id = cluster_id;
+        self.registry = bootstrap_registry(&bootstrap);
+        self.registry.learn(known);
+        self.registry.learn([Record {
+            member: self.own.clone(),
+            auto_promote: false,
+        }]);
+        self.members = bootstrap;
     }
 
     /// The length of one tick of the Raft core: 10 ms, or finer when heartbeats are
@@ -351,4 +406,37 @@ fn parse_tls(args: &TlsArgs) -> Result<Option<Arc<NodeTls>>, ConfigError> {
             ))
         }
     }
+}
+
+/// DISTRAFT_JOIN: comma-separated http(s):// URLs.
+fn parse_join(raw: &str) -> Result<Vec<String>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            let valid = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.len() <= 2048
+                && url.chars().all(|c| c.is_ascii_graphic());
+            match valid {
+                true => Ok(url.trim_end_matches('/').to_string()),
+                false => Err(ConfigError::new(
+                    "DISTRAFT_JOIN",
+                    url,
+                    "is not an http:// or https:// URL of a member's client port",
+                )),
+            }
+        })
+        .collect()
+}
+
+/// A registry of the bootstrap voters.
+fn bootstrap_registry(members: &[Member]) -> Registry {
+    let records = members.iter().map(|m| Record {
+        member: m.clone(),
+        auto_promote: false,
+    });
+    Registry::new(
+        records,
+        Membership::with_voters(members.iter().map(|m| m.id)),
+    )
 }

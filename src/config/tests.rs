@@ -113,11 +113,16 @@ fn cluster_ids_follow_sorted_names() {
     assert_eq!(names, [("a", 1), ("b", 2), ("c", 3)]);
     assert_eq!(config.id, 1);
     assert_eq!(config.me().peer_port, 9001);
-    assert_eq!(config.member(3).unwrap().client_port, 5003);
-    assert!(config.member(0).is_none() && config.member(4).is_none());
-    assert_eq!(config.peers().map(|m| m.id).collect::<Vec<_>>(), [2, 3]);
+    let roster = config.registry.roster();
+    assert_eq!(roster.member(3).unwrap().client_port, 5003);
+    assert!(roster.member(0).is_none() && roster.member(4).is_none());
     assert_eq!(
-        config.member_named("b").unwrap().grpc_uri(),
+        roster.current().map(|m| m.id).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(roster.next_id(), 4);
+    assert_eq!(
+        roster.named("b").unwrap().grpc_uri(),
         "http://127.0.0.1:9002"
     );
 }

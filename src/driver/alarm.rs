@@ -64,7 +64,7 @@ impl<T: Transport> Driver<T> {
                 return Some(leader);
             }
         }
-        let peers: Vec<NodeId> = self.config.peers().map(|m| m.id).collect();
+        let peers: Vec<NodeId> = self.node.membership().peers_of(me).collect();
         let turn = self.next_read_id as usize;
         self.next_read_id += 1;
         peers.get(turn.checked_rem(peers.len())?).copied()

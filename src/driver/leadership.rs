@@ -61,9 +61,8 @@ impl<T: Transport> Driver<T> {
             self.lag
                 .leadership_changed(role == Role::Leader, Instant::now());
         }
-        let leader = leader
-            .and_then(|id| self.config.member(id))
-            .map(|m| m.name.as_str());
+        let leader = leader.map(|id| self.config.name_of(id));
+        let leader = leader.as_deref();
         if leader_changed {
             metrics().leader_changed(term, leader.unwrap_or(""));
         }
@@ -101,9 +100,9 @@ impl<T: Transport> Driver<T> {
     /// Logs (leader only) each follower that stopped answering for an election
     /// timeout; its return is logged when it answers (see `on_peer_message`).
     pub(super) fn watch_members(&mut self, now: Instant) {
-        let followers = self.config.peers().map(|m| m.id);
+        let followers: Vec<NodeId> = self.node.membership().peers_of(self.config.id).collect();
         let after = self.config.election_timeout;
-        for id in self.lag.newly_silent(followers, now, after) {
+        for id in self.lag.newly_silent(followers.into_iter(), now, after) {
             warn!(
                 member = self.name_of(id),
                 silent_ms = after.as_millis() as u64,
@@ -113,7 +112,7 @@ impl<T: Transport> Driver<T> {
     }
 
     /// A member's name, for logs.
-    pub(super) fn name_of(&self, id: NodeId) -> &str {
-        self.config.member(id).map_or("?", |m| m.name.as_str())
+    pub(super) fn name_of(&self, id: NodeId) -> String {
+        self.config.name_of(id)
     }
 }

@@ -15,6 +15,7 @@ mod alarm;
 mod background;
 mod lag;
 mod leadership;
+mod members;
 mod ready;
 mod recovery;
 mod replies;
@@ -46,6 +47,10 @@ use snapshots::SnapshotInFlight;
 use trigger::{SinceSnapshot, SnapshotTrigger};
 
 pub use background::{Background, Job, Threads};
+pub use members::{
+    Assessment, ChangeError, ChangeOutcome, ChangeRequest, FaultTolerance, MemberChange,
+    CAUGHT_UP_ENTRIES,
+};
 pub use runner::spawn;
 pub use status::{Alarm, FollowerLag, NodeStatus};
 
@@ -185,6 +190,12 @@ pub enum Event {
     Start {
         reply: oneshot::Sender<Result<(), RequestError>>,
     },
+    /// An operator's membership change (on the leader): answered with the safety
+    /// check's assessment and, when proposed, where its commit will be told.
+    ChangeMembership {
+        request: ChangeRequest,
+        reply: members::ChangeReply,
+    },
     BeginSnapshot {
         from: NodeId,
         term: Term,
@@ -315,6 +326,26 @@ impl DriverHandle {
         answer.await.map_err(|_| RequestError::ShuttingDown)
     }
 
+    /// Makes a membership change on the leader and waits until it is applied (a dry
+    /// run: only its assessment). The caller bounds the wait; giving up makes the
+    /// outcome unknown.
+    pub async fn change_membership(
+        &self,
+        request: ChangeRequest,
+    ) -> Result<ChangeOutcome, ChangeError> {
+        let (reply, answer) = oneshot::channel();
+        self.post(Event::ChangeMembership { request, reply })?;
+        let proposed = answer
+            .await
+            .unwrap_or(Err(RequestError::ShuttingDown.into()))?;
+        if let Some(committed) = proposed.committed {
+            committed
+                .await
+                .unwrap_or(Err(RequestError::Indeterminate))?;
+        }
+        Ok(proposed.outcome)
+    }
+
     /// Rejoins Raft from the persisted state (idempotent).
     pub async fn start(&self) -> Result<(), RequestError> {
         let (reply, answer) = oneshot::channel();
@@ -439,4 +470,6 @@ pub struct Driver<T> {
     no_space: Option<NoSpaceAlarm>,
     /// Replication lag in time (leader only), for status and metrics.
     lag: ReplicationClock,
+    /// Ticks since the leader last looked for learners to promote.
+    ticks_since_promote_check: u64,
 }

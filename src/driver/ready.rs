@@ -43,6 +43,8 @@ impl<T: Transport> Driver<T> {
             reads,
             failed_reads,
         } = ready;
+        // The members these entries add must be known before any message leaves.
+        self.follow_membership(&entries);
         // 0. The leader's appends go out first: the followers write them while we do
         //    (Raft thesis §10.2.1; the core counts our copy only after `advance`).
         for msg in messages {
@@ -126,10 +128,9 @@ impl<T: Transport> Driver<T> {
         let applied = match entry.kind {
             EntryKind::Normal => self.kv.apply(&entry.data),
             EntryKind::Noop => Applied::Noop,
-            // The wire refuses them (`rpc::convert`) and nothing here proposes one.
-            EntryKind::ConfChange => {
-                Applied::Rejected("membership changes are not supported by this version".into())
-            }
+            // In force since it reached the log (`raft/node/conf.rs`); applying it
+            // keeps its member's record in the state machine's member table.
+            EntryKind::ConfChange => self.kv.apply_conf_change(&entry.data),
         };
         if let Applied::Rejected(reason) = &applied {
             warn!(

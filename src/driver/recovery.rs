@@ -51,7 +51,14 @@ impl OpenNode {
             .snapshot
             .as_ref()
             .map_or(0, SnapshotFile::data_len);
+        // The records of the members the bootstrap list does not name: in the
+        // snapshot's member table and in the log's membership changes.
+        config.registry.learn(kv.members().cloned());
+        config
+            .registry
+            .learn(super::members::records_in(&recovered.restored.entries));
         let node = RawNode::new(config.raft_config(), recovered.restored, seed);
+        config.registry.set_membership(node.membership());
         Ok(OpenNode {
             node,
             storage,

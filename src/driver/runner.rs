@@ -128,6 +128,7 @@ impl<T: Transport> Driver<T> {
             leader,
             no_space: None,
             lag: ReplicationClock::default(),
+            ticks_since_promote_check: 0,
         };
         Ok((driver, handle, events))
     }
@@ -195,6 +196,7 @@ impl<T: Transport> Driver<T> {
         if self.up {
             self.node.tick();
             self.watch_members(now);
+            self.auto_promote();
         }
     }
 
@@ -220,6 +222,7 @@ impl<T: Transport> Driver<T> {
         self.received_snapshots.clear();
         self.replies.answer_unanswered();
         self.publish_leader();
+        self.follow_membership(&[]);
         Ok(())
     }
 
@@ -260,6 +263,7 @@ impl<T: Transport> Driver<T> {
             Event::Stop { reply } => self.on_stop(reply),
             Event::TransferLeader { to, reply } => self.on_transfer_leader(to, reply),
             Event::Start { reply } => self.on_start(reply),
+            Event::ChangeMembership { request, reply } => self.on_change_membership(request, reply),
             Event::BeginSnapshot {
                 from,
                 term,

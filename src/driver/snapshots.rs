@@ -95,6 +95,8 @@ impl<T: Transport> Driver<T> {
         // (and a crash in between recovers one or the other, see finish_snapshot).
         let ReceivedSnapshot { writer, kv } = self.received_snapshots.swap_remove(position);
         let file = self.storage()?.finish_snapshot(writer)?;
+        // Members the snapshot's own log added: their records are in its image.
+        self.config.registry.learn(kv.members().cloned());
         self.kv = kv;
         self.applied = meta.index;
         self.applied_term = meta.term;

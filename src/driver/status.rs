@@ -93,8 +93,9 @@ impl<T: Transport> Driver<T> {
     /// This node's report, as `Event::Status` answers it.
     pub(super) fn status(&self) -> NodeStatus {
         let config = &self.config;
+        let roster = config.registry.roster();
         let name_of = |id: NodeId| {
-            config
+            roster
                 .member(id)
                 .map(|m| m.name.clone())
                 .unwrap_or_default()
@@ -143,7 +144,11 @@ impl<T: Transport> Driver<T> {
             quorum_ack_ms: match status.role {
                 Role::Leader => self
                     .lag
-                    .quorum_ack_age(config.id, config.members.iter().map(|m| m.id), now)
+                    .quorum_ack_age(
+                        config.id,
+                        self.node.membership().voters.iter().copied(),
+                        now,
+                    )
                     .map(millis),
                 Role::Follower | Role::PreCandidate | Role::Candidate => None,
             },

@@ -28,6 +28,7 @@ mod body;
 mod dashboard;
 mod decode;
 mod guard;
+mod members;
 mod response;
 mod server;
 
@@ -124,6 +125,11 @@ pub fn routes(
         .or(dashboard)
         .unify()
         .or(cluster_routes(with_gateway.clone(), credentials.clone()))
+        .unify()
+        .or(members::member_routes(
+            with_gateway.clone(),
+            credentials.clone(),
+        ))
         .unify()
         .or(key_routes(with_gateway, authorized, credentials))
         .unify();
@@ -340,7 +346,7 @@ enum Probe {
 }
 
 /// The largest body of an operations route's options (`{"to": "<member>"}`).
-const MAX_OPTIONS_BODY_BYTES: usize = 4096;
+pub(super) const MAX_OPTIONS_BODY_BYTES: usize = 4096;
 
 /// How long the health routes wait for the driver before calling it stuck.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);

@@ -118,6 +118,35 @@ impl Admin for Arc<FakeNode> {
         }))
     }
 
+    // The membership routes are tested on real nodes (integration-tests/members.rs).
+    async fn list_members(
+        &self,
+        _: Request<crate::proto::v1::ListMembersRequest>,
+    ) -> Result<tonic::Response<crate::proto::v1::ListMembersResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn add_member(
+        &self,
+        _: Request<crate::proto::v1::AddMemberRequest>,
+    ) -> Result<tonic::Response<crate::proto::v1::MemberChangeResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn promote_member(
+        &self,
+        _: Request<crate::proto::v1::PromoteMemberRequest>,
+    ) -> Result<tonic::Response<crate::proto::v1::MemberChangeResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn remove_member(
+        &self,
+        _: Request<crate::proto::v1::RemoveMemberRequest>,
+    ) -> Result<tonic::Response<crate::proto::v1::MemberChangeResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
     async fn status(
         &self,
         _: Request<StatusRequest>,
@@ -127,8 +156,10 @@ impl Admin for Arc<FakeNode> {
             peer_port: 9000 + n,
             client_host: "127.0.0.1".into(),
             client_port: 5000 + n,
+            id: u64::from(n),
         };
         Ok(tonic::Response::new(StatusResponse {
+            learners: HashMap::new(),
             id: "server1".into(),
             state: "Leader".into(),
             term: 3,

@@ -42,6 +42,13 @@ const OP_ADD_VOTER: u8 = 2;
 const OP_REMOVE: u8 = 3;
 
 impl ConfChange {
+    /// The member the change is about.
+    pub fn id(self) -> NodeId {
+        match self {
+            ConfChange::AddLearner(id) | ConfChange::AddVoter(id) | ConfChange::Remove(id) => id,
+        }
+    }
+
     /// The data of a `ConfChange` entry:
     /// `version u8 = 1 | op u8 (1 add learner, 2 add voter, 3 remove) | id u64 | context`.
     pub fn encode(self, context: &[u8]) -> bytes::Bytes {

@@ -17,9 +17,10 @@ use crate::config::Config;
 use crate::plant::{self, Plant};
 use crate::proto::v1 as pb;
 use crate::raft::{
-    AppendOutcome, Body, Entry, EntryKind, Index, Membership, Message, NodeId, RejectHint,
-    SnapshotMeta, Term, MAX_TERM,
+    AppendOutcome, Body, ConfChange, Entry, EntryKind, Index, Membership, Message, NodeId,
+    RejectHint, SnapshotMeta, Term, MAX_TERM,
 };
+use crate::registry::Record;
 
 /// At most 64 characters of `text`, for messages that quote what a peer sent.
 fn quoted(text: &str) -> String {
@@ -30,18 +31,24 @@ fn quoted(text: &str) -> String {
 /// A request must be meant for this cluster and this member: FAILED_PRECONDITION
 /// otherwise (a misconfigured cluster that lists our address, or a request routed to
 /// the wrong member).
-pub fn check_addressee(config: &Config, cluster_id: u64, to: &str) -> Result<(), Status> {
+pub fn check_addressee(
+    config: &Config,
+    cluster_id: u64,
+    to: &str,
+    to_id: NodeId,
+) -> Result<(), Status> {
     if cluster_id != config.cluster_id {
         return Err(Status::failed_precondition(format!(
             "the request is for cluster {cluster_id:016x}, this is cluster {:016x}",
             config.cluster_id
         )));
     }
-    if to != config.name {
+    if to != config.name || (to_id != 0 && to_id != config.id) {
         return Err(Status::failed_precondition(format!(
-            "the request is for member {}, this is {:?}",
+            "the request is for member {} (id {to_id}), this is {:?} (id {})",
             quoted(to),
-            config.name
+            config.name,
+            config.id
         )));
     }
     Ok(())
@@ -51,9 +58,9 @@ pub fn check_addressee(config: &Config, cluster_id: u64, to: &str) -> Result<(),
 /// cluster, with a term a request could carry; otherwise it is discarded. Returns its
 /// term.
 fn check_answer(config: &Config, peer: NodeId, answer: &impl Signature) -> Result<Term, Status> {
-    let (from, cluster_id, term) = answer.signature();
+    let (from, cluster_id, term, from_id) = answer.signature();
     let called = name_of(config, peer);
-    if from != called || cluster_id != config.cluster_id {
+    if from != called || (from_id != 0 && from_id != peer) || cluster_id != config.cluster_id {
         return Err(Status::failed_precondition(format!(
             "called {called:?} of cluster {:016x} but {} of cluster {cluster_id:016x} answered",
             config.cluster_id,
@@ -70,14 +77,34 @@ fn check_answer(config: &Config, peer: NodeId, answer: &impl Signature) -> Resul
 
 /// The id of the member called `name`, or INVALID_ARGUMENT for a stranger.
 pub fn id_of(config: &Config, name: &str) -> Result<NodeId, Status> {
-    config.member_named(name).map(|m| m.id).ok_or_else(|| {
-        Status::invalid_argument(format!("{} is not a cluster member", quoted(name)))
-    })
+    config
+        .registry
+        .roster()
+        .named(name)
+        .map(|m| m.id)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("{} is not a cluster member", quoted(name)))
+        })
 }
 
-/// The id of the member that sent a request: a member, and not this node.
-fn sender_id(config: &Config, name: &str) -> Result<NodeId, Status> {
-    let id = id_of(config, name)?;
+/// The id of the member that sent a request, not this node. With an id (`from_id`,
+/// 0 from older versions) the id identifies it: one this node has not heard of yet
+/// (a member whose joining has not reached its log) is taken as it comes, one it
+/// knows must carry its name. Without, the name must be a member's.
+fn sender_id(config: &Config, name: &str, from_id: NodeId) -> Result<NodeId, Status> {
+    let id = match from_id {
+        0 => id_of(config, name)?,
+        id => match config.registry.roster().member(id) {
+            Some(known) if known.name != name => {
+                return Err(Status::invalid_argument(format!(
+                    "the request claims id {id} and name {}, but member {id} is {:?}",
+                    quoted(name),
+                    known.name
+                )))
+            }
+            _ => id,
+        },
+    };
     if id == config.id {
         return Err(Status::invalid_argument(
             "the request claims to come from this node itself",
@@ -116,6 +143,8 @@ fn names(config: &Config, ids: &BTreeSet<NodeId>) -> Vec<String> {
 
 fn name_of(config: &Config, id: NodeId) -> String {
     config
+        .registry
+        .roster()
         .member(id)
         .map(|m| m.name.clone())
         .unwrap_or_default()
@@ -181,7 +210,7 @@ fn check_append(term: Term, append: &pb::Append) -> Result<(), Status> {
 }
 
 /// Whether snapshot metadata is sane for a message of term `term`: index and term
-/// positive, the term at most the message's, the voters exactly this cluster.
+/// positive, the term at most the message's, at least one voter.
 pub fn check_snapshot_meta(config: &Config, term: Term, meta: &SnapshotMeta) -> Result<(), Status> {
     if meta.index == 0 || meta.term == 0 || meta.term > term {
         return Err(Status::invalid_argument(format!(
@@ -189,12 +218,9 @@ pub fn check_snapshot_meta(config: &Config, term: Term, meta: &SnapshotMeta) -> 
             meta.index, meta.term
         )));
     }
-    // Membership is static: a snapshot's must be this cluster's.
-    let members = Membership::with_voters(config.members.iter().map(|m| m.id));
-    if meta.membership != members {
-        return Err(Status::invalid_argument(
-            "the snapshot's voters are not this cluster's members",
-        ));
+    let _ = config;
+    if meta.membership.voters.is_empty() {
+        return Err(Status::invalid_argument("the snapshot names no voter"));
     }
     Ok(())
 }
@@ -210,12 +236,16 @@ fn entry_kind(entry: &pb::Entry) -> Result<EntryKind, Status> {
         // A node of an older version sends no kind: its no-op is the empty entry.
         Ok(pb::EntryKind::Unspecified) if entry.data.is_empty() => Ok(EntryKind::Noop),
         Ok(pb::EntryKind::Unspecified) => Ok(EntryKind::Normal),
-        // Until this version applies membership changes, a peer that sends one (a
-        // newer version) is refused rather than followed with a different membership.
-        Ok(pb::EntryKind::ConfChange) => Err(Status::invalid_argument(format!(
-            "entry {} is a membership change, which this version does not support",
-            entry.index
-        ))),
+        // The core trusts the change it is given: checked here, record included.
+        Ok(pb::EntryKind::ConfChange) => ConfChange::decode(&entry.data)
+            .and_then(|(change, context)| Record::decode(change.id(), context))
+            .map(|_| EntryKind::ConfChange)
+            .map_err(|reason| {
+                Status::invalid_argument(format!(
+                    "entry {} is not a valid membership change: {reason}",
+                    entry.index
+                ))
+            }),
         Err(_) => Err(Status::invalid_argument(format!(
             "entry {} has an unknown kind {}",
             entry.index, entry.kind
@@ -238,16 +268,29 @@ pub fn meta_to_proto(config: &Config, meta: &SnapshotMeta) -> pb::SnapshotMeta {
         term: meta.term,
         voters: names(config, &meta.membership.voters),
         learners: names(config, &meta.membership.learners),
+        voter_ids: meta.membership.voters.iter().copied().collect(),
+        learner_ids: meta.membership.learners.iter().copied().collect(),
     }
 }
 
 pub fn meta_from_proto(config: &Config, meta: pb::SnapshotMeta) -> Result<SnapshotMeta, Status> {
-    let ids = |names: &[String]| -> Result<BTreeSet<NodeId>, Status> {
-        names.iter().map(|name| id_of(config, name)).collect()
+    // By id when the sender gives them (it may name members this node has not heard
+    // of yet), else by name.
+    let ids = |names: &[String], ids: &[NodeId]| -> Result<BTreeSet<NodeId>, Status> {
+        let by_id = !meta.voter_ids.is_empty() || !meta.learner_ids.is_empty();
+        if !by_id {
+            return names.iter().map(|name| id_of(config, name)).collect();
+        }
+        if ids.len() != names.len() || ids.contains(&0) {
+            return Err(Status::invalid_argument(
+                "the snapshot's member ids do not match its names",
+            ));
+        }
+        Ok(ids.iter().copied().collect())
     };
     let membership = Membership {
-        voters: ids(&meta.voters)?,
-        learners: ids(&meta.learners)?,
+        voters: ids(&meta.voters, &meta.voter_ids)?,
+        learners: ids(&meta.learners, &meta.learner_ids)?,
     };
     if membership.voters.len() != meta.voters.len()
         || membership.learners.len() != meta.learners.len()
@@ -271,14 +314,17 @@ pub fn meta_from_proto(config: &Config, meta: pb::SnapshotMeta) -> Result<Snapsh
 trait Envelope {
     /// `(from, to, cluster_id, term)`.
     fn envelope(&self) -> (&str, &str, u64, Term);
+    /// `(from_id, to_id)`.
+    fn ids(&self) -> (NodeId, NodeId);
     fn address(&mut self, from: String, to: String, cluster_id: u64, term: Term);
+    fn address_ids(&mut self, from_id: NodeId, to_id: NodeId);
 }
 
 /// The signature of every answer: who answered, in which cluster, at which term.
 trait Signature: Default {
-    /// `(from, cluster_id, term)`.
-    fn signature(&self) -> (&str, u64, Term);
-    fn sign(&mut self, from: String, cluster_id: u64);
+    /// `(from, cluster_id, term, from_id)`.
+    fn signature(&self) -> (&str, u64, Term, NodeId);
+    fn sign(&mut self, from: String, cluster_id: u64, from_id: NodeId);
 }
 
 macro_rules! envelope {
@@ -287,8 +333,14 @@ macro_rules! envelope {
             fn envelope(&self) -> (&str, &str, u64, Term) {
                 (&self.from, &self.to, self.cluster_id, self.term)
             }
+            fn ids(&self) -> (NodeId, NodeId) {
+                (self.from_id, self.to_id)
+            }
             fn address(&mut self, from: String, to: String, cluster_id: u64, term: Term) {
                 (self.from, self.to, self.cluster_id, self.term) = (from, to, cluster_id, term);
+            }
+            fn address_ids(&mut self, from_id: NodeId, to_id: NodeId) {
+                (self.from_id, self.to_id) = (from_id, to_id);
             }
         }
     )*};
@@ -297,11 +349,11 @@ macro_rules! envelope {
 macro_rules! signature {
     ($($response:ty),*) => {$(
         impl Signature for $response {
-            fn signature(&self) -> (&str, u64, Term) {
-                (&self.from, self.cluster_id, self.term)
+            fn signature(&self) -> (&str, u64, Term, NodeId) {
+                (&self.from, self.cluster_id, self.term, self.from_id)
             }
-            fn sign(&mut self, from: String, cluster_id: u64) {
-                (self.from, self.cluster_id) = (from, cluster_id);
+            fn sign(&mut self, from: String, cluster_id: u64, from_id: NodeId) {
+                (self.from, self.cluster_id, self.from_id) = (from, cluster_id, from_id);
             }
         }
     )*};
@@ -324,6 +376,7 @@ signature!(
 fn addressed<R: Envelope>(config: &Config, msg: &Message, mut request: R) -> R {
     let to = name_of(config, msg.to);
     request.address(config.name.clone(), to, config.cluster_id, msg.term);
+    request.address_ids(config.id, msg.to);
     request
 }
 
@@ -332,9 +385,10 @@ fn addressed<R: Envelope>(config: &Config, msg: &Message, mut request: R) -> R {
 /// another member. Returns the sender.
 fn open_request(config: &Config, request: &impl Envelope) -> Result<NodeId, Status> {
     let (from, to, cluster_id, term) = request.envelope();
-    check_addressee(config, cluster_id, to)?;
+    let (from_id, to_id) = request.ids();
+    check_addressee(config, cluster_id, to, to_id)?;
     check_term(term)?;
-    sender_id(config, from)
+    sender_id(config, from, from_id)
 }
 
 /// The core message a checked request of `from` at `term` becomes.
@@ -351,7 +405,7 @@ fn received(config: &Config, from: NodeId, term: Term, body: Body) -> Message {
 /// when the core did not answer).
 fn unanswered<R: Signature>(config: &Config) -> R {
     let mut response = R::default();
-    response.sign(config.name.clone(), config.cluster_id);
+    response.sign(config.name.clone(), config.cluster_id, config.id);
     response
 }
 

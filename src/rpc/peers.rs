@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -71,10 +71,25 @@ enum Outbound {
     Snapshot(Message, SnapshotFile),
 }
 
-/// The set of peer connections; cheap to clone.
+/// The set of peer connections; cheap to clone. A link is made for each member the
+/// registry knows of, when first needed: the members at start, then each one a
+/// membership change adds (the driver learns its record before the first message to
+/// it leaves). A removed member's link stays, idle: ids are never reused, and a link
+/// costs a task and a lazy channel.
 #[derive(Clone)]
 pub struct Peers {
-    links: Arc<HashMap<NodeId, PeerLink>>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Arc<Config>,
+    links: RwLock<HashMap<NodeId, Arc<PeerLink>>>,
+    /// Where link tasks run: links are also made from the driver's thread.
+    runtime: tokio::runtime::Handle,
+    /// Set once the driver exists ([`PeerTasks::run`]); a link made later starts its
+    /// task at once, one made before waits in `waiting`.
+    driver: OnceLock<DriverHandle>,
+    waiting: Mutex<Vec<(Member, Channel, mpsc::Receiver<Outbound>)>>,
 }
 
 struct PeerLink {
@@ -92,10 +107,9 @@ struct DroppedMessages {
     logged_at: Option<Instant>,
 }
 
-/// The receiving ends of the peers' outboxes, to be run once the driver exists.
+/// Starts the links' tasks once the driver exists.
 pub struct PeerTasks {
-    config: Arc<Config>,
-    tasks: Vec<(Member, Channel, mpsc::Receiver<Outbound>)>,
+    peers: Peers,
 }
 
 /// A channel to a member's gRPC server, connected on first use.
@@ -124,34 +138,78 @@ fn connect_lazy(config: &Config, member: &Member) -> Result<Channel, tonic::tran
 }
 
 impl Peers {
-    /// Creates the links (nothing connects yet). Must run inside a tokio runtime.
+    /// Creates the links to the members known now (nothing connects yet). Must run
+    /// inside a tokio runtime.
     pub fn new(config: Arc<Config>) -> Result<(Peers, PeerTasks), tonic::transport::Error> {
-        let mut links = HashMap::new();
-        let mut tasks = Vec::new();
-        for member in config.peers() {
-            let channel = connect_lazy(&config, member)?;
-            let (outbox, inbox) = mpsc::channel(PEER_OUTBOX);
-            links.insert(
-                member.id,
-                PeerLink {
-                    outbox,
-                    channel: channel.clone(),
-                    dropped: Mutex::new(DroppedMessages::default()),
-                },
-            );
-            tasks.push((member.clone(), channel, inbox));
+        let peers = Peers {
+            shared: Arc::new(Shared {
+                config: config.clone(),
+                links: RwLock::new(HashMap::new()),
+                runtime: tokio::runtime::Handle::current(),
+                driver: OnceLock::new(),
+                waiting: Mutex::new(Vec::new()),
+            }),
+        };
+        let roster = config.registry.roster();
+        for member in roster.current().filter(|m| m.id != config.id) {
+            peers.make_link(member)?;
         }
-        Ok((
-            Peers {
-                links: Arc::new(links),
-            },
-            PeerTasks { config, tasks },
-        ))
+        Ok((peers.clone(), PeerTasks { peers }))
+    }
+
+    /// The link to member `id`, made now if the registry knows it and none exists.
+    fn link(&self, id: NodeId) -> Option<Arc<PeerLink>> {
+        if let Some(link) = read(&self.shared.links).get(&id) {
+            return Some(link.clone());
+        }
+        let config = &self.shared.config;
+        let member = config.registry.roster().member(id)?.clone();
+        if id == config.id {
+            return None;
+        }
+        match self.make_link(&member) {
+            Ok(link) => Some(link),
+            Err(err) => {
+                warn!(to = id, "cannot make a link to {}: {err}", member.name);
+                None
+            }
+        }
+    }
+
+    fn make_link(&self, member: &Member) -> Result<Arc<PeerLink>, tonic::transport::Error> {
+        let shared = &self.shared;
+        let mut links = write(&shared.links);
+        if let Some(link) = links.get(&member.id) {
+            return Ok(link.clone());
+        }
+        // A lazy channel starts a worker task: in the runtime, whichever thread asks.
+        let _runtime = shared.runtime.enter();
+        let channel = connect_lazy(&shared.config, member)?;
+        let (outbox, inbox) = mpsc::channel(PEER_OUTBOX);
+        let link = Arc::new(PeerLink {
+            outbox,
+            channel: channel.clone(),
+            dropped: Mutex::new(DroppedMessages::default()),
+        });
+        links.insert(member.id, link.clone());
+        match shared.driver.get() {
+            Some(driver) => {
+                let task = LinkTask::new(
+                    shared.config.clone(),
+                    member.clone(),
+                    channel,
+                    driver.clone(),
+                );
+                shared.runtime.spawn(task.run(inbox));
+            }
+            None => lock(&shared.waiting).push((member.clone(), channel, inbox)),
+        }
+        Ok(link)
     }
 
     /// A Kv client for forwarding client requests to member `id`.
     pub fn kv_client(&self, id: NodeId, max_message_bytes: usize) -> Option<KvClient<Channel>> {
-        let link = self.links.get(&id)?;
+        let link = self.link(id)?;
         Some(
             KvClient::new(link.channel.clone())
                 .max_decoding_message_size(max_message_bytes)
@@ -162,7 +220,7 @@ impl Peers {
     /// An Admin client for member `id` (the dashboard's view of the cluster, and its
     /// stop/start buttons).
     pub fn admin_client(&self, id: NodeId) -> Option<AdminClient<Channel>> {
-        let link = self.links.get(&id)?;
+        let link = self.link(id)?;
         Some(
             AdminClient::new(link.channel.clone())
                 .max_decoding_message_size(crate::limits::GRPC_MAX_ADMIN_MESSAGE_BYTES),
@@ -171,8 +229,8 @@ impl Peers {
 
     /// Never blocks the driver: a message that does not fit is dropped and counted.
     fn post(&self, to: NodeId, outbound: Outbound) {
-        let Some(link) = self.links.get(&to) else {
-            warn!(to, "no link to this node");
+        let Some(link) = self.link(to) else {
+            warn!(to, "no link to this node: the registry has no record of it");
             return;
         };
         match link.outbox.try_send(outbound) {
@@ -202,7 +260,7 @@ impl Peers {
 
     /// Messages to member `id` dropped so far because its outbox was full.
     pub fn dropped_messages(&self, id: NodeId) -> u64 {
-        self.links
+        read(&self.shared.links)
             .get(&id)
             .map_or(0, |link| lock(&link.dropped).total)
     }
@@ -221,9 +279,13 @@ impl Transport for Peers {
 impl PeerTasks {
     /// Starts one task per peer, delivering answers to `driver`.
     pub fn run(self, driver: DriverHandle) {
-        for (member, channel, inbox) in self.tasks {
-            let link = LinkTask::new(self.config.clone(), member, channel, driver.clone());
-            tokio::spawn(link.run(inbox));
+        let shared = &self.peers.shared;
+        // Under the links' lock, so that a link made meanwhile is started once.
+        let _links = write(&shared.links);
+        let _ = shared.driver.set(driver.clone());
+        for (member, channel, inbox) in std::mem::take(&mut *lock(&shared.waiting)) {
+            let link = LinkTask::new(shared.config.clone(), member, channel, driver.clone());
+            shared.runtime.spawn(link.run(inbox));
         }
     }
 }
@@ -541,6 +603,8 @@ impl LinkTask {
                 to: peer_name.clone(),
                 image_bytes: file.data_len(),
                 image_crc32c: file.data_crc(),
+                from_id: config.id,
+                to_id: peer,
             };
             let (chunks, outgoing) = mpsc::channel(4);
             let (read_failed_tx, read_failed) = tokio::sync::oneshot::channel::<String>();
@@ -615,6 +679,16 @@ fn read_chunks(
 }
 
 /// Locks a mutex that only guards plain data (no invariant can be broken by a panic).
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()

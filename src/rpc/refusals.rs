@@ -33,7 +33,7 @@ impl Refusals {
     /// kind were logged within the interval.
     pub fn note(&self, config: &Config, claimed_from: &str, what: &'static str, status: &Status) {
         // A stranger's name is not worth a slot of its own (nor trusted in the log).
-        let source = match config.member_named(claimed_from) {
+        let source = match config.registry.roster().named(claimed_from) {
             Some(member) => member.name.clone(),
             None => "a non-member".to_string(),
         };

@@ -21,9 +21,15 @@ use super::error::io_error;
 use super::files::{create_dir_durably, replace_file_durably};
 use super::StorageError;
 use crate::config::{Config, Member};
+use crate::raft::NodeId;
+use crate::registry::Record;
 
 pub const IDENTITY_FILE: &str = "cluster.id";
+/// Format 1: the bootstrap list. Format 2 adds `joined`, for a node that joined a
+/// running cluster; a bootstrapped node still writes format 1, so that an older
+/// binary can start on its data directory.
 const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION_JOINED: u32 = 2;
 /// Far above any real member list; a larger file is damage, not an identity.
 const MAX_FILE_BYTES: u64 = 1 << 20;
 
@@ -53,7 +59,41 @@ struct StoredIdentity {
     version: u32,
     /// 16 hex digits.
     cluster_id: String,
+    /// DISTRAFT_CLUSTER as configured.
     members: Vec<StoredMember>,
+    /// Format 2: what the cluster told this node when it joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    joined: Option<StoredJoin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredJoin {
+    /// This node's member id.
+    id: NodeId,
+    /// The bootstrap voters (where the cluster's log starts) and every member known
+    /// at the join, as `Record::encode` writes them, by id.
+    bootstrap: Vec<(NodeId, String)>,
+    known: Vec<(NodeId, String)>,
+}
+
+/// What a node that joined a running cluster was told (see [`Config::adopt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub id: NodeId,
+    pub cluster_id: u64,
+    pub bootstrap: Vec<Member>,
+    pub known: Vec<Record>,
+}
+
+/// What the data directory says about who this node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// One of the bootstrap members (as configured).
+    Bootstrapped,
+    /// A node that joined a running cluster.
+    Joined(Joined),
+    /// No identity yet, and the node is to join (DISTRAFT_JOIN): nothing was written.
+    Unset,
 }
 
 impl StoredIdentity {
@@ -61,6 +101,7 @@ impl StoredIdentity {
         StoredIdentity {
             version: FORMAT_VERSION,
             cluster_id: format!("{:016x}", config.cluster_id),
+            joined: None,
             members: config
                 .members
                 .iter()
@@ -74,22 +115,91 @@ impl StoredIdentity {
     }
 }
 
-/// Writes the identity file if `data_dir` has none, or checks that the configuration
-/// matches the one it holds.
-pub fn establish(config: &Config, data_dir: &Path) -> Result<(), IdentityError> {
+/// Writes the identity file if `data_dir` has none (unless the node is to join:
+/// `joining`), or checks that the configuration matches the one it holds.
+pub fn establish(
+    config: &Config,
+    data_dir: &Path,
+    joining: bool,
+) -> Result<Identity, IdentityError> {
     let path = data_dir.join(IDENTITY_FILE);
     let wanted = StoredIdentity::of(config);
     match read(&path)? {
+        None if joining => Ok(Identity::Unset),
         None => {
             write(data_dir, &wanted)?;
-            Ok(())
+            Ok(Identity::Bootstrapped)
         }
-        Some(stored) if stored == wanted => Ok(()),
+        Some(stored) if stored.joined.is_some() => {
+            // The cluster id was adopted, not derived: only the list is compared.
+            if stored.members != wanted.members {
+                return Err(IdentityError::Mismatch {
+                    difference: difference(&stored, &wanted),
+                    path,
+                });
+            }
+            joined_of(&stored)
+                .map(Identity::Joined)
+                .map_err(|reason| IdentityError::Storage(corrupt(&path, reason)))
+        }
+        Some(stored) if stored == wanted => Ok(Identity::Bootstrapped),
         Some(stored) => Err(IdentityError::Mismatch {
             difference: difference(&stored, &wanted),
             path,
         }),
     }
+}
+
+/// Durably records that this node joined (before it takes part in anything), so that
+/// a restart, even mid-catch-up, continues as the same member.
+pub fn record_join(config: &Config, data_dir: &Path, joined: &Joined) -> Result<(), IdentityError> {
+    let records = |members: &mut dyn Iterator<Item = Record>| -> Vec<(NodeId, String)> {
+        members
+            .map(|r| {
+                (
+                    r.member.id,
+                    String::from_utf8_lossy(&r.encode()).into_owned(),
+                )
+            })
+            .collect()
+    };
+    let bootstrap = joined.bootstrap.iter().map(|m| Record {
+        member: m.clone(),
+        auto_promote: false,
+    });
+    let identity = StoredIdentity {
+        version: FORMAT_VERSION_JOINED,
+        cluster_id: format!("{:016x}", joined.cluster_id),
+        joined: Some(StoredJoin {
+            id: joined.id,
+            bootstrap: records(&mut bootstrap.into_iter()),
+            known: records(&mut joined.known.iter().cloned()),
+        }),
+        ..StoredIdentity::of(config)
+    };
+    write(data_dir, &identity)?;
+    Ok(())
+}
+
+fn joined_of(stored: &StoredIdentity) -> Result<Joined, String> {
+    let join = stored.joined.as_ref().ok_or("no join record")?;
+    let decode = |list: &[(NodeId, String)]| -> Result<Vec<Record>, String> {
+        list.iter()
+            .map(|(id, text)| Record::decode(*id, text.as_bytes()))
+            .collect()
+    };
+    let cluster_id =
+        u64::from_str_radix(&stored.cluster_id, 16).map_err(|_| "a malformed cluster id")?;
+    let bootstrap = decode(&join.bootstrap)?;
+    if bootstrap.is_empty() || join.id == 0 {
+        return Err("a join record without bootstrap voters or id".into());
+    }
+    Ok(Joined {
+        id: join.id,
+        cluster_id,
+        bootstrap: bootstrap.into_iter().map(|r| r.member).collect(),
+        known: decode(&join.known)?,
+    })
 }
 
 /// What differs between the stored identity and the configured one, in one line.
@@ -169,10 +279,18 @@ fn read(path: &Path) -> Result<Option<StoredIdentity>, StorageError> {
     }
     let identity: StoredIdentity =
         serde_json::from_str(&body).map_err(|err| corrupt(path, format!("unreadable: {err}")))?;
-    if identity.version != FORMAT_VERSION {
+    let expected = match identity.joined {
+        None => FORMAT_VERSION,
+        Some(_) => FORMAT_VERSION_JOINED,
+    };
+    if identity.version != expected {
         return Err(corrupt(
             path,
-            format!("unsupported version {}", identity.version),
+            format!(
+                "unsupported version {} (this distraft reads {FORMAT_VERSION} and \
+                 {FORMAT_VERSION_JOINED}): written by a newer distraft?",
+                identity.version
+            ),
         ));
     }
     Ok(Some(identity))
@@ -218,14 +336,14 @@ mod tests {
     fn first_start_writes_later_starts_check() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("a");
-        establish(&config(ABC, ""), &data).unwrap();
-        establish(&config(ABC, ""), &data).unwrap();
+        establish(&config(ABC, ""), &data, false).unwrap();
+        establish(&config(ABC, ""), &data, false).unwrap();
         assert!(data.join(IDENTITY_FILE).exists());
         // DISTRAFT_RESET_LOGS wipes the log and snapshots, not the identity.
         crate::storage::Storage::reset(&crate::storage::StorageOptions::new(&data, &data)).unwrap();
         assert!(data.join(IDENTITY_FILE).exists());
 
-        let err = establish(&config("a=h:1:h:2,b=h:3:h:9,d=h:7:h:8", ""), &data)
+        let err = establish(&config("a=h:1:h:2,b=h:3:h:9,d=h:7:h:8", ""), &data, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("added d (h:7 h:8)"), "{err}");
@@ -237,7 +355,7 @@ mod tests {
         assert!(err.contains("DISTRAFT_CLUSTER"), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
 
-        let err = establish(&config(ABC, "other"), &data)
+        let err = establish(&config(ABC, "other"), &data, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("DISTRAFT_CLUSTER_TOKEN differs"), "{err}");
@@ -246,13 +364,13 @@ mod tests {
     #[test]
     fn a_damaged_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        establish(&config(ABC, ""), dir.path()).unwrap();
+        establish(&config(ABC, ""), dir.path(), false).unwrap();
         let path = dir.path().join(IDENTITY_FILE);
         let text = fs::read_to_string(&path).unwrap();
         fs::write(&path, text.replacen("h:3", "h:7", 1)).unwrap();
-        let err = establish(&config(ABC, ""), dir.path()).unwrap_err();
+        let err = establish(&config(ABC, ""), dir.path(), false).unwrap_err();
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
         fs::write(&path, "garbage").unwrap();
-        assert!(establish(&config(ABC, ""), dir.path()).is_err());
+        assert!(establish(&config(ABC, ""), dir.path(), false).is_err());
     }
 }

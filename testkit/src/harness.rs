@@ -286,6 +286,36 @@ impl Cluster {
         command
     }
 
+    /// Starts a new node `name` that joins the running cluster through the members
+    /// `via` (DISTRAFT_JOIN); its DISTRAFT_CLUSTER names only itself. Returns its
+    /// index. `extra_env` stays with it across restarts.
+    pub fn join_node(&mut self, name: &str, via: &[usize], extra_env: &[(&str, &str)]) -> usize {
+        let ports = free_ports(2);
+        let i = self.nodes.len();
+        let own = format!("{name}=127.0.0.1:{}:127.0.0.1:{}", ports[0], ports[1]);
+        let join: Vec<String> = via.iter().map(|&v| self.url(v)).collect();
+        let mut env = vec![
+            ("DISTRAFT_CLUSTER".to_string(), own),
+            ("DISTRAFT_JOIN".to_string(), join.join(",")),
+        ];
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        self.nodes.push(Node {
+            name: name.to_string(),
+            raft_port: ports[0],
+            http_port: ports[1],
+            output: self.dir.path().join(format!("{name}.{i}.out")),
+            child: None,
+            env,
+            tls: self.certs.is_some(),
+        });
+        self.spawn(i, &[]);
+        i
+    }
+
     /// Runs a second process as node `i` (same name and directories, other ports)
     /// while node `i` may still be running, and returns how it ended; killed if it
     /// has not exited within `within`.
@@ -501,7 +531,8 @@ impl Cluster {
         }
     }
 
-    async fn request(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
+    /// As [`Cluster::answer`], with a node that does not answer an `Err`.
+    pub async fn request(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
         let response = request
             .send()
             .await

@@ -1,19 +1,23 @@
-//! The Admin service: Stop, Start and Status of this node, and leadership transfer.
+//! The Admin service: Stop, Start and Status of this node, leadership transfer, and
+//! the membership RPCs (`members.rs`).
+
+mod members;
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::auth::authorize;
-use super::deadline::{Backoff, Deadline};
-use super::kv::{forwarded_request, FORWARDED};
-use super::outcome::status_of;
-use super::peers::Peers;
 use crate::config::Config;
 use crate::driver::{DriverHandle, NodeStatus, RequestError};
 use crate::metrics::metrics;
 use crate::proto::v1 as pb;
 use crate::raft::NodeId;
+use crate::rpc::auth::authorize;
+use crate::rpc::deadline::{Backoff, Deadline};
+use crate::rpc::kv::{forwarded_request, FORWARDED};
+use crate::rpc::outcome::status_of;
+use crate::rpc::peers::Peers;
+use members::Ask;
 
 /// Stop, Start and TransferLeader need the API token (if set); Status stays open, as
 /// `GET /` does (it names the members and the leader, nothing secret, and viewers poll
@@ -114,6 +118,18 @@ impl AdminService {
         }
     }
 
+    pub(super) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(super) fn driver(&self) -> &DriverHandle {
+        &self.driver
+    }
+
+    pub(super) fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
     fn response(&self, leader: NodeId, previous: NodeId) -> pb::TransferLeaderResponse {
         pb::TransferLeaderResponse {
             leader: self.name(leader),
@@ -122,9 +138,7 @@ impl AdminService {
     }
 
     fn name(&self, id: NodeId) -> String {
-        self.config
-            .member(id)
-            .map_or_else(|| id.to_string(), |m| m.name.clone())
+        self.config.name_of(id)
     }
 }
 
@@ -158,12 +172,43 @@ impl pb::admin_server::Admin for AdminService {
         let name = request.into_inner().to.trim().to_lowercase();
         let to = match name.as_str() {
             "" => None,
-            name => match self.config.member_named(name) {
+            name => match self.config.registry.roster().named(name) {
                 Some(member) => Some(member.id),
                 None => return Err(Status::not_found(format!("no member is named {name:?}"))),
             },
         };
         let response = self.transfer(to, &deadline, forwarded).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_members(
+        &self,
+        _: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        Ok(Response::new(self.list_members().await))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let response = self.change_members(request, Ask::Add).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn promote_member(
+        &self,
+        request: Request<pb::PromoteMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let response = self.change_members(request, Ask::Promote).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let response = self.change_members(request, Ask::Remove).await?;
         Ok(Response::new(response))
     }
 
@@ -180,21 +225,27 @@ impl pb::admin_server::Admin for AdminService {
     }
 }
 
-/// The driver's report as `Admin.Status` answers it, with the members as configured.
+/// The driver's report as `Admin.Status` answers it, with the members as the registry
+/// has them: the voters in `members`, the learners in `learners`.
 fn status_response(config: &Config, status: NodeStatus) -> pb::StatusResponse {
-    let members = config
-        .members
-        .iter()
-        .map(|m| {
-            let member = pb::Member {
-                peer_host: m.peer_host.clone(),
-                peer_port: u32::from(m.peer_port),
-                client_host: m.client_host.clone(),
-                client_port: u32::from(m.client_port),
-            };
-            (m.name.clone(), member)
-        })
-        .collect();
+    let roster = config.registry.roster();
+    let by_name = |ids: &std::collections::BTreeSet<NodeId>| {
+        ids.iter()
+            .filter_map(|id| roster.member(*id))
+            .map(|m| {
+                let member = pb::Member {
+                    peer_host: m.peer_host.clone(),
+                    peer_port: u32::from(m.peer_port),
+                    client_host: m.client_host.clone(),
+                    client_port: u32::from(m.client_port),
+                    id: m.id,
+                };
+                (m.name.clone(), member)
+            })
+            .collect()
+    };
+    let members = by_name(&roster.membership.voters);
+    let learners = by_name(&roster.membership.learners);
     pb::StatusResponse {
         id: config.name.clone(),
         state: status.role_name().to_string(),
@@ -208,6 +259,7 @@ fn status_response(config: &Config, status: NodeStatus) -> pb::StatusResponse {
         match_index: status.match_index.into_iter().collect(),
         next_index: status.next_index.into_iter().collect(),
         members,
+        learners,
         up: status.up,
         snapshot_index: status.snapshot_index,
         state_digest: status.state_digest,
