@@ -111,8 +111,13 @@ async fn a_cluster_grows_from_three_to_five_under_writes_and_restarts_with_its_b
     let status = grown.status(four).await.unwrap();
     assert_eq!(status["members"].as_object().unwrap().len(), 5, "{status}");
     assert_eq!(status["learners"], json!({}), "{status}");
-    assert_eq!(status["member_ids"]["node4"], 4, "{status}");
-    assert_eq!(status["member_ids"]["node5"], 5, "{status}");
+    // The joined ones got the next ids, in the order they were added.
+    let mut new_ids = [
+        &status["member_ids"]["node4"],
+        &status["member_ids"]["node5"],
+    ];
+    new_ids.sort_by_key(|id| id.as_u64());
+    assert_eq!(new_ids, [&json!(4), &json!(5)], "{status}");
 
     // Restart all five with their first environment: the three bootstrap members
     // with the 3-member list, the joined ones with DISTRAFT_JOIN (now ignored).
@@ -216,6 +221,16 @@ async fn a_dead_member_is_replaced_and_unsafe_changes_are_refused_unless_forced(
         "the removed member disturbed the cluster"
     );
     cluster.put_eventually(four, "still", "fine").await;
+    // Its campaigns are refused with the reason, which its log shows.
+    let told = eventually(Duration::from_secs(10), || async {
+        let out = cluster.output(2);
+        out.contains("was removed from the cluster")
+            .then_some(())
+            .ok_or(String::new())
+    })
+    .await;
+    assert!(told.is_ok(), "{}", cluster.output(2));
+    cluster.kill(2);
 
     // A second join of a member is a no-op answered with the member as it is.
     let me = &cluster.nodes[four];

@@ -134,7 +134,27 @@ impl<T: Transport> Driver<T> {
     pub(super) fn follow_membership(&self, entries: &[Entry]) {
         let registry = &self.config.registry;
         registry.learn(entries.iter().filter_map(record_of));
+        let id = self.config.id;
+        let was_member = registry.roster().membership.contains(id);
         registry.set_membership(self.node.membership());
+        if was_member && !self.node.membership().contains(id) {
+            warn!(
+                "this node was removed from the cluster: it takes no part any more; \
+                 stop it, wipe its data, and join again to come back"
+            );
+        }
+    }
+
+    /// `Some` when this node was a member (a bootstrap voter, or added by a change
+    /// this node applied) and the membership in force no longer has it.
+    pub(super) fn removed_member(&self) -> Option<super::DriverError> {
+        let id = self.config.id;
+        let was_member = self.config.members.iter().any(|m| m.id == id)
+            || self.kv.members().any(|r| r.member.id == id);
+        (was_member && !self.node.membership().contains(id)).then(|| super::DriverError::Removed {
+            name: self.config.name.clone(),
+            id,
+        })
     }
 
     /// An operator's change, on the leader: checked, assessed, then proposed.

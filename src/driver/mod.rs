@@ -223,6 +223,12 @@ pub enum DriverError {
     NotOpen,
     #[error("starting the driver thread: {0}")]
     Thread(std::io::Error),
+    #[error(
+        "this data directory belongs to {name} (member id {id}), which the cluster \
+         removed: it cannot take part again. Wipe its data and log directories and \
+         join again with DISTRAFT_JOIN (docs/operations.md, \"Replacing a member\")"
+    )]
+    Removed { name: String, id: NodeId },
 }
 
 /// A handle to post work to the driver; cheap to clone.

@@ -63,6 +63,11 @@ pub(super) fn spawn_with_storage(
         Box::new(Threads),
         rand::random(),
     )?;
+    // A process, not a restart inside one (Admin.Start, the simulator): a member the
+    // cluster removed does not come back on its old data.
+    if let Some(removed) = driver.removed_member() {
+        return Err(removed);
+    }
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("raft-driver".to_string())

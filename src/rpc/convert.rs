@@ -521,6 +521,20 @@ pub fn read_index_request(config: &Config, msg: &Message) -> Option<pb::ReadInde
 
 pub fn vote_request_message(config: &Config, req: pb::VoteRequest) -> Result<Message, Status> {
     let from = open_request(config, &req)?;
+    // The core ignores a non-voter's campaign anyway; a member this node knows was
+    // removed is told so, so that its log says why it gets no vote (it never learns
+    // of its removal otherwise: the leader stops replicating to it at once).
+    let roster = config.registry.roster();
+    if let Some(removed) = roster
+        .member(from)
+        .filter(|_| !roster.membership.contains(from))
+    {
+        return Err(Status::failed_precondition(format!(
+            "{:?} (member id {from}) was removed from the cluster: stop it, wipe its \
+             data and log directories, and join again with DISTRAFT_JOIN",
+            removed.name
+        )));
+    }
     let (last_index, last_term) = (req.last_log_index, req.last_log_term);
     if last_term > req.term {
         return Err(Status::invalid_argument(format!(

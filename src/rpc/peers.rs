@@ -519,6 +519,7 @@ impl LinkTask {
         let mut client = self.client.clone();
         let (config, driver, peer) = (self.config.clone(), self.driver.clone(), self.peer.id);
         let refusals = self.refusals.clone();
+        let peer_name = self.peer.name.clone();
         let deadline = raft_rpc_timeout(&config);
         tokio::spawn(async move {
             let mut request = tonic::Request::new(request);
@@ -536,6 +537,10 @@ impl LinkTask {
                             refusals.note(&config, &from, "an answer to RequestVote", &status)
                         }
                     }
+                }
+                // Refused: another cluster or member, or this node was removed.
+                Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                    refusals.note(&config, &peer_name, "a vote request", &status)
                 }
                 Ok(Err(status)) => debug!(to = peer, "vote request failed: {status}"),
                 Err(_) => debug!(to = peer, "vote request timed out"),
