@@ -133,10 +133,44 @@ async fn a_cluster_grows_from_three_to_five_under_writes_and_restarts_with_its_b
         grown.assert_value_eventually(i, "after", "restart").await;
     }
     assert!(
-        grown.output(four).contains("DISTRAFT_JOIN is ignored")
-            || grown.output(four).contains("a member that joined"),
+        grown.output(four).contains("a member that joined"),
         "{}",
         grown.output(four)
+    );
+
+    // A bootstrap member may also restart with the current membership as its list;
+    // any other list is refused, naming both lists.
+    let spec = |nodes: &[usize]| {
+        nodes
+            .iter()
+            .map(|&i| {
+                let n = &grown.nodes[i];
+                format!(
+                    "{}=127.0.0.1:{}:127.0.0.1:{}",
+                    n.name, n.raft_port, n.http_port
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (current, wrong) = (spec(&[0, 1, 2, 3, 4]), spec(&[0, 1, 2, 3]));
+    grown.terminate(0);
+    grown.restart_with(0, &[("DISTRAFT_CLUSTER", &current)]);
+    grown.put_eventually(0, "listed", "currently").await;
+    grown.terminate(1);
+    grown.restart_with(1, &[("DISTRAFT_CLUSTER", &wrong)]);
+    let mut exited = false;
+    for _ in 0..100 {
+        if !grown.alive(1) {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = grown.output(1);
+    assert!(
+        exited && out.contains("neither the list this node was bootstrapped with"),
+        "{out}"
     );
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -25,7 +25,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Runs a node until SIGTERM/SIGINT (then shuts down cleanly and returns `Ok`) or a
 /// fatal failure (returns the error).
 pub async fn run_node(mut config: Config) -> anyhow::Result<()> {
-    let _dir_lock = open_data_dir(&mut config).await?;
+    let (_dir_lock, list_check) = open_data_dir(&mut config).await?;
     let config = Arc::new(config);
 
     // Bind first: a port in use is the most common start-up failure.
@@ -53,6 +53,12 @@ pub async fn run_node(mut config: Config) -> anyhow::Result<()> {
             )
         })?;
     peer_tasks.run(driver.clone());
+    if let Some(check) = list_check {
+        if let Err(err) = check.against(&config) {
+            driver.shutdown();
+            return Err(err);
+        }
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (services, backend) = client_backend(&config, &driver, peers, &stop_rx);
@@ -136,7 +142,9 @@ pub async fn run_node(mut config: Config) -> anyhow::Result<()> {
 /// DISTRAFT_RESET_LOGS: all before anything in the directory is read. A node that
 /// joined (or joins now: DISTRAFT_JOIN with no identity yet) takes the id, cluster id
 /// and bootstrap voters the cluster gave it.
-async fn open_data_dir(config: &mut Config) -> anyhow::Result<Option<crate::storage::DirLock>> {
+async fn open_data_dir(
+    config: &mut Config,
+) -> anyhow::Result<(Option<crate::storage::DirLock>, Option<ListCheck>)> {
     let me = config.me();
     if (me.peer_port, me.client_port) != (config.raft_port, config.client_port) {
         warn!(
@@ -157,7 +165,26 @@ async fn open_data_dir(config: &mut Config) -> anyhow::Result<Option<crate::stor
     // start on another cluster's data, or adopt the configured identity at the first
     // start.
     let joining = !config.join.is_empty();
+    let mut list_check = None;
     match identity::establish(config, &config.data_dir, joining)? {
+        Identity::Reconfigured {
+            bootstrap,
+            cluster_id,
+            mismatch,
+        } => {
+            let configured = config.members.clone();
+            let own = bootstrap
+                .iter()
+                .find(|m| m.name == config.name)
+                .map(|m| m.id)
+                .ok_or(mismatch)?;
+            let bootstrap_list = bootstrap.clone();
+            config.adopt(own, cluster_id, bootstrap, []);
+            list_check = Some(ListCheck {
+                configured,
+                bootstrap: bootstrap_list,
+            });
+        }
         Identity::Bootstrapped => {
             if joining {
                 info!("DISTRAFT_JOIN is ignored: this node's data directory holds its identity");
@@ -179,7 +206,52 @@ async fn open_data_dir(config: &mut Config) -> anyhow::Result<Option<crate::stor
             info!("reset: no log or snapshot to wipe");
         }
     }
-    Ok(dir_lock)
+    Ok((dir_lock, list_check))
+}
+
+/// A DISTRAFT_CLUSTER other than the bootstrap list: it must be the current
+/// membership, which is known once storage is open.
+struct ListCheck {
+    configured: Vec<crate::config::Member>,
+    bootstrap: Vec<crate::config::Member>,
+}
+
+impl ListCheck {
+    fn against(&self, config: &Config) -> anyhow::Result<()> {
+        let roster = config.registry.roster();
+        let key = |m: &crate::config::Member| {
+            (
+                m.name.clone(),
+                (m.peer_host.clone(), m.peer_port),
+                (m.client_host.clone(), m.client_port),
+            )
+        };
+        let current: std::collections::BTreeSet<_> = roster.current().map(key).collect();
+        let configured: std::collections::BTreeSet<_> = self.configured.iter().map(key).collect();
+        if current == configured {
+            info!("DISTRAFT_CLUSTER lists the current members (not the bootstrap list): fine");
+            return Ok(());
+        }
+        let list = |members: &mut dyn Iterator<Item = &crate::config::Member>| {
+            members
+                .map(|m| {
+                    format!(
+                        "{}={}:{}:{}:{}",
+                        m.name, m.peer_host, m.peer_port, m.client_host, m.client_port
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        bail!(
+            "DISTRAFT_CLUSTER is neither the list this node was bootstrapped with ({}) nor \
+             the current membership ({}): start with one of them. Change the membership \
+             with `distraft member add|promote|remove` (docs/operations.md), not with \
+             DISTRAFT_CLUSTER",
+            list(&mut self.bootstrap.iter()),
+            list(&mut roster.current())
+        )
+    }
 }
 
 /// Takes what the cluster told this node when it joined.

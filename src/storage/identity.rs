@@ -86,7 +86,7 @@ pub struct Joined {
 }
 
 /// What the data directory says about who this node is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Identity {
     /// One of the bootstrap members (as configured).
     Bootstrapped,
@@ -94,6 +94,15 @@ pub enum Identity {
     Joined(Joined),
     /// No identity yet, and the node is to join (DISTRAFT_JOIN): nothing was written.
     Unset,
+    /// One of the bootstrap members, configured with another list than it was
+    /// bootstrapped with: acceptable only if that list is the current membership,
+    /// which the caller checks once storage is open. `bootstrap` is the stored list
+    /// (with its ids), `mismatch` the refusal if it is not.
+    Reconfigured {
+        bootstrap: Vec<Member>,
+        cluster_id: u64,
+        mismatch: IdentityError,
+    },
 }
 
 impl StoredIdentity {
@@ -143,11 +152,37 @@ pub fn establish(
                 .map_err(|reason| IdentityError::Storage(corrupt(&path, reason)))
         }
         Some(stored) if stored == wanted => Ok(Identity::Bootstrapped),
-        Some(stored) => Err(IdentityError::Mismatch {
-            difference: difference(&stored, &wanted),
-            path,
-        }),
+        Some(stored) => {
+            let mismatch = IdentityError::Mismatch {
+                difference: difference(&stored, &wanted),
+                path: path.clone(),
+            };
+            let own = stored.members.iter().any(|m| m.name == config.name);
+            // The same members with another token, or a list without this node: no
+            // membership can make that right.
+            if stored.members == wanted.members || !own {
+                return Err(mismatch);
+            }
+            let bootstrap = bootstrap_of(&stored).map_err(|reason| corrupt(&path, reason))?;
+            let cluster_id = u64::from_str_radix(&stored.cluster_id, 16)
+                .map_err(|_| corrupt(&path, "a malformed cluster id"))?;
+            Ok(Identity::Reconfigured {
+                bootstrap,
+                cluster_id,
+                mismatch,
+            })
+        }
     }
+}
+
+/// The stored bootstrap list as members, with the ids their positions give.
+fn bootstrap_of(stored: &StoredIdentity) -> Result<Vec<Member>, String> {
+    let spec: Vec<String> = stored
+        .members
+        .iter()
+        .map(|m| format!("{}={}:{}", m.name, m.peer, m.client))
+        .collect();
+    crate::config::parse_cluster(&spec.join(",")).map_err(|err| err.to_string())
 }
 
 /// Durably records that this node joined (before it takes part in anything), so that
@@ -343,9 +378,19 @@ mod tests {
         crate::storage::Storage::reset(&crate::storage::StorageOptions::new(&data, &data)).unwrap();
         assert!(data.join(IDENTITY_FILE).exists());
 
-        let err = establish(&config("a=h:1:h:2,b=h:3:h:9,d=h:7:h:8", ""), &data, false)
-            .unwrap_err()
-            .to_string();
+        // Another list is left to the caller to compare with the current membership,
+        // with the bootstrap list (and its ids) and the refusal if it is not.
+        let Identity::Reconfigured {
+            bootstrap,
+            mismatch,
+            ..
+        } = establish(&config("a=h:1:h:2,b=h:3:h:9,d=h:7:h:8", ""), &data, false).unwrap()
+        else {
+            panic!("not reconfigured");
+        };
+        let names: Vec<(u64, &str)> = bootstrap.iter().map(|m| (m.id, m.name.as_str())).collect();
+        assert_eq!(names, [(1, "a"), (2, "b"), (3, "c")]);
+        let err = mismatch.to_string();
         assert!(err.contains("added d (h:7 h:8)"), "{err}");
         assert!(
             err.contains("changed b (was h:3 h:4, now h:3 h:9)"),

@@ -496,15 +496,21 @@ impl Cluster {
 
     /// Puts, retrying while the cluster answers 503 (an election in progress).
     pub async fn put_eventually(&self, i: usize, key: &str, value: &str) {
+        // A node still starting does not answer yet: that is tried again too.
         let done = eventually(CONVERGE, || async {
-            match self.put(i, key, value).await {
-                (200, _) => Ok(()),
+            let url = distraft::cli::key_url(&self.url(i), key);
+            let put = self.http.post(url).form(&[("value", value)]);
+            match self.request(put).await {
+                Ok((200, _)) => Ok(()),
                 answer => Err(format!("{answer:?}")),
             }
         })
         .await;
         if let Err(last) = done {
-            panic!("PUT {key} on node {i} kept failing: {last}");
+            panic!(
+                "PUT {key} on node {i} kept failing: {last}\n{}",
+                self.output(i)
+            );
         }
     }
 
