@@ -6,6 +6,8 @@
 #   3. `docker network disconnect` of the leader -> the majority elects a new leader, the
 #      isolated node serves no stale read and accepts no write; after `docker network
 #      connect` it converges;
+#   3b. membership: server6 (the `grow` profile) joins with DISTRAFT_JOIN and is promoted,
+#      then `distraft member remove` takes it out and its container and volume go;
 #   4. `docker-compose down` then `up` -> every key written is still there;
 #   5. mutual TLS: scripts/compose-certs.sh, `up` with docker-compose.tls.yml -> healthy
 #      over HTTPS, every key still there, a new write on all 5 nodes, plain HTTP refused.
@@ -59,7 +61,7 @@ binary_dir=$repo/target/compose-test-bin-$$
 network=${project}_default
 nodes=(server1 server2 server3 server4 server5)
 # Empty published ports: Docker picks free host ports (looked up with `docker port`).
-for n in 1 2 3 4 5; do
+for n in 1 2 3 4 5 6; do
     export "DISTRAFT_SERVER${n}_PORT=" "DISTRAFT_SERVER${n}_GRPC_PORT="
 done
 export DISTRAFT_IMAGE=$image
@@ -74,7 +76,7 @@ cleanup() {
         compose logs --no-color --tail 30 >&2 2>&1 || true
     fi
     step "cleaning up project $project and image $image"
-    compose down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+    compose --profile grow down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
     docker image rm "$image" >/dev/null 2>&1 || true
     rm -rf "$certs_dir" "$binary_dir"
     exit "$status"
@@ -325,6 +327,36 @@ wait_until 20 "$isolated serving linearizable reads again" has_value "$isolated"
 for node in "${nodes[@]}"; do
     expect_value "$node" partition after
 done
+
+# --- 3b. membership: a sixth node joins, then leaves --------------------------------------
+
+# roles_seen_by NODE: the members as NODE sees them, "name:role" sorted, one line.
+roles_seen_by() { http "$1" /cluster/members | jq -r '[.members[] | "\(.name):\(.role)"] | sort | join(",")'; }
+six_voters="server1:voter,server2:voter,server3:voter,server4:voter,server5:voter,server6:voter"
+five_voters="server1:voter,server2:voter,server3:voter,server4:voter,server5:voter"
+has_roles() { [ "$(roles_seen_by "$1" 2>/dev/null)" = "$2" ]; }
+
+step "docker-compose --profile grow up -d server6: it joins, catches up and is promoted"
+put server2 before-growing yes
+compose --profile grow up -d server6 >/dev/null 2>&1 || fail "starting server6 failed"
+nodes+=(server6)
+refresh_nodes
+wait_until 60 "server6 a voter, as server1 sees it" has_roles server1 "$six_voters"
+wait_until 30 "server6 sees six voters" has_roles server6 "$six_voters"
+wait_until 30 "server6 has every earlier write" has_value server6 before-growing yes "?stale=true"
+put server6 grown six
+for node in "${nodes[@]}"; do
+    expect_value "$node" grown six
+done
+
+step "distraft member remove server6 (inside server1's container), then remove its container"
+in_container server1 member remove server6 >/dev/null || fail "removing server6 failed"
+wait_until 30 "five voters again, as server1 sees it" has_roles server1 "$five_voters"
+compose --profile grow rm -sf server6 >/dev/null 2>&1 || fail "removing server6's container failed"
+docker volume rm "${project}_server6" >/dev/null 2>&1 || fail "removing server6's volume failed"
+nodes=(server1 server2 server3 server4 server5)
+put server3 after-shrinking yes
+expect_value server5 after-shrinking yes
 
 # --- 4. down and up: the volumes keep everything ----------------------------------------
 
