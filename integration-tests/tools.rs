@@ -230,6 +230,30 @@ async fn grpcurl_lists_describes_and_calls() {
     assert!(health.contains("SERVING"), "{health}");
     // What gRPC wrote, HTTP reads.
     assert_eq!(cluster.get(2, "from-grpcurl").await.1["value"], "hello");
+
+    // Membership over gRPC: the list, and a dry run of a removal with its assessment.
+    let members = run_grpcurl(
+        &grpcurl,
+        &["-plaintext", address, "distraft.v1.Admin/ListMembers"],
+    );
+    assert!(
+        members.contains("\"name\": \"node3\"") && members.contains("\"bootstrap\""),
+        "{members}"
+    );
+    let dry_run = run_grpcurl(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"name": "node3", "dry_run": true}"#,
+            address,
+            "distraft.v1.Admin/RemoveMember",
+        ],
+    );
+    assert!(
+        dry_run.contains("\"dryRun\": true") && dry_run.contains("\"mayFail\": 1"),
+        "{dry_run}"
+    );
 }
 
 /// Kills the launcher (and so, through kill-on-drop, its nodes) if the test fails.

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::dashboard::{Dashboard, RemoteMember};
+use crate::dashboard::{Dashboard, MemberList, RemoteMember};
 use crate::driver;
 use crate::gateway::{self, Backend, GatewaySettings};
 use crate::plant::{self, Plant};
@@ -272,23 +272,36 @@ fn client_backend(
     peers: Peers,
     stop_rx: &watch::Receiver<bool>,
 ) -> (ClientServices, Backend) {
-    let roster = config.registry.roster();
-    let others = roster
-        .current()
-        .filter(|member| member.id != config.id)
-        .filter_map(|member| {
-            let admin = peers.admin_client(member.id)?;
-            Some(RemoteMember {
-                name: member.name.clone(),
-                admin,
-            })
+    let members: crate::dashboard::Members = {
+        let (config, peers) = (config.clone(), peers.clone());
+        Arc::new(move || {
+            let roster = config.registry.roster();
+            let others = roster
+                .current()
+                .filter(|member| member.id != config.id)
+                .filter_map(|member| {
+                    let admin = peers.admin_client(member.id)?;
+                    Some(RemoteMember {
+                        name: member.name.clone(),
+                        admin,
+                    })
+                })
+                .collect();
+            let learners = roster
+                .membership
+                .learners
+                .iter()
+                .filter_map(|id| roster.member(*id))
+                .map(|m| m.name.clone())
+                .collect();
+            MemberList { others, learners }
         })
-        .collect();
+    };
     let services = ClientServices::new(config.clone(), driver.clone(), peers);
     let dashboard = Dashboard::new(
         config.name.clone(),
         services.admin.clone(),
-        others,
+        members,
         config.access.bearer(),
         stop_rx.clone(),
     );

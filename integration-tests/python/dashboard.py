@@ -1,7 +1,8 @@
 """Drives the dashboard (/ui/) in a real headless Chromium with Selenium, as an operator
 would during a failover: the page must load without console errors and show every
 member with the right leader; stopping the leader from the page must make its card show
-stopped and another card become leader within seconds; its get/put form must work.
+stopped and another card become leader within seconds; its get/put form must work;
+its remove button must show the safety check's answer before removing a follower.
 Screenshots go to --artifacts.
 
 Exit codes: 0 passed, 1 failed (the reason on stderr), 3 no browser to run (Selenium,
@@ -134,6 +135,33 @@ def main():
                  lambda: "héllo ✓" in driver.find_element("id", "kv-result").text
                  and driver.find_element("id", "kv-result").text.startswith("200"))
         shot("form.png")
+
+        # Remove a follower from the page: the safety check's answer is shown first
+        # (a confirmation), then its card goes.
+        # Not the node serving the page: a removed node hears of no later change.
+        served_by = driver.find_element("id", "served-by").text.split()[-1]
+        follower = [name for name, role in roles(driver).items()
+                    if role == "follower" and name != served_by][0]
+        driver.find_element(
+            "css selector", '.card[data-member="%s"] button[data-action="remove"]' % follower).click()
+        from selenium.webdriver.support.ui import WebDriverWait
+        from selenium.webdriver.support import expected_conditions
+        WebDriverWait(driver, 10).until(expected_conditions.alert_is_present())
+        alert = driver.switch_to.alert
+        question = alert.text
+        if "Remove %s?" % follower not in question or "voters 3 → 2" not in question \
+                or "Safe" not in question:
+            fail("the removal's confirmation does not show the safety check: %r" % question)
+        report["remove_question"] = question
+        alert.accept()
+        wait_for("the removal answered (%s)" % follower,
+                 lambda: "removed" in driver.find_element("id", "kv-result").text
+                 or driver.find_element("id", "kv-result").text)
+        result = driver.find_element("id", "kv-result").text
+        if "removed" not in result:
+            fail("the removal failed: %r" % result)
+        wait_for("the removed member's card gone", lambda: follower not in roles(driver))
+        shot("removed.png")
 
         errors = [entry for entry in driver.get_log("browser") if entry.get("level") == "SEVERE"]
         if errors:

@@ -111,6 +111,8 @@ function startPolling() {
 function roleOf(member) {
   if (!member.reachable) return "unreachable";
   if (!member.status.up) return "stopped";
+  // A learner receives the log but does not vote: it is never a candidate or leader.
+  if (member.learner) return "learner";
   return member.status.state.toLowerCase();
 }
 
@@ -156,11 +158,13 @@ function cardOf(name) {
   const stop = el("button", { type: "button", "data-action": "stop", text: "Stop" });
   const start = el("button", { type: "button", "data-action": "start", text: "Start" });
   const lead = el("button", { type: "button", "data-action": "lead", text: "Make leader" });
+  const remove = el("button", { type: "button", "data-action": "remove", text: "Remove" });
   stop.addEventListener("click", () => act(name, "stop"));
   start.addEventListener("click", () => act(name, "start"));
   lead.addEventListener("click", () => act(name, "lead"));
-  box.append(head, body, el("div", { class: "actions" }, stop, start, lead));
-  const card = { box, badge, alarm, body, stop, start, lead };
+  remove.addEventListener("click", () => removeMember(name));
+  box.append(head, body, el("div", { class: "actions" }, stop, start, lead, remove));
+  const card = { box, badge, alarm, body, stop, start, lead, remove };
   state.cards.set(name, card);
   return card;
 }
@@ -203,7 +207,7 @@ function card(member) {
   c.body.replaceChildren(...parts);
   c.stop.disabled = !s.up;
   c.start.disabled = s.up;
-  c.lead.disabled = !s.up || s.is_leader;
+  c.lead.disabled = !s.up || s.is_leader || member.learner;
   return c.box;
 }
 
@@ -346,6 +350,33 @@ async function act(name, action) {
     const body = await answer.json().catch(() => ({}));
     showResult(action + " " + name + ": " + answer.status + " " + (body.error || ""));
   }
+}
+
+// Removes a member after showing the safety check's answer: a dry run first, then,
+// if the operator confirms, the removal (forced only when the check advised against
+// it and the operator confirmed that too).
+async function removeMember(name) {
+  const base = "/cluster/members/" + encodeURIComponent(name);
+  const dry = await fetch(base + "?dry_run=true", { method: "DELETE", headers: headers() });
+  const check = await dry.json().catch(() => ({}));
+  if (!dry.ok) {
+    showResult("remove " + name + ": " + dry.status + " " + (check.error || ""));
+    return;
+  }
+  const a = check.assessment;
+  const question =
+    "Remove " + name + "?\n" +
+    "voters " + a.before.voters + " → " + a.after.voters +
+    ", quorum " + a.before.quorum + " → " + a.after.quorum +
+    ", may fail " + a.before.may_fail + " → " + a.after.may_fail + "\n" +
+    (a.safe ? "Safe: the reachable voters make a quorum after it." : "UNSAFE: " + a.risk + "\nRemove anyway?");
+  if (!window.confirm(question)) {
+    showResult("remove " + name + ": cancelled");
+    return;
+  }
+  const done = await fetch(base + (a.safe ? "" : "?force=true"), { method: "DELETE", headers: headers() });
+  const body = await done.json().catch(() => ({}));
+  showResult("remove " + name + ": " + done.status + (done.ok ? " removed" : " " + (body.error || "")));
 }
 
 function showResult(text) {

@@ -6,7 +6,10 @@
 //! channels) and streams the whole view to the page as server-sent events, so it needs no
 //! CORS and works behind one published port. Its stop/start buttons go the same way
 //! (`Admin.Stop`/`Admin.Start` on the chosen member, with the cluster's API token), and
-//! its get/put form uses the ordinary key routes.
+//! its get/put form uses the ordinary key routes, and its remove button the membership
+//! route (`DELETE /cluster/members/<name>`, first with `?dry_run=true` to show the
+//! safety check's answer before the operator confirms). The members are the
+//! registry's, at every view: a member that joins appears, one removed goes.
 //!
 //! | route                                   | answer                               |
 //! |-----------------------------------------|--------------------------------------|
@@ -61,14 +64,25 @@ pub struct RemoteMember {
     pub admin: AdminClient<Channel>,
 }
 
+/// The members now, as this node's registry has them: the others (to ask over gRPC)
+/// and the names of the learners. Asked at every view, so that members added or
+/// removed while the page is open appear or go.
+pub struct MemberList {
+    pub others: Vec<RemoteMember>,
+    pub learners: Vec<String>,
+}
+
+/// Where the dashboard learns the current members.
+pub type Members = Arc<dyn Fn() -> MemberList + Send + Sync>;
+
 /// What the dashboard's routes share.
 pub struct Dashboard {
     /// This node's name.
     me: String,
     /// This node's Admin service, called in process.
     own: Arc<dyn Admin>,
-    /// Every other member, in the cluster list's order.
-    others: Vec<RemoteMember>,
+    /// The current members (see [`MemberList`]).
+    members: Members,
     /// The API token (if set) to present to the other members for stop/start.
     bearer: Option<String>,
     /// The last view and when it was made; the lock also makes concurrent viewers
@@ -100,14 +114,14 @@ impl Dashboard {
     pub fn new(
         me: String,
         own: Arc<dyn Admin>,
-        others: Vec<RemoteMember>,
+        members: Members,
         bearer: Option<String>,
         stop: watch::Receiver<bool>,
     ) -> Dashboard {
         Dashboard {
             me,
             own,
-            others,
+            members,
             bearer,
             last_view: Mutex::new(None),
             viewers: Arc::new(Semaphore::new(MAX_VIEWERS)),
@@ -139,12 +153,13 @@ impl Dashboard {
     }
 
     async fn fan_out(&self) -> Value {
+        let MemberList { others, learners } = (self.members)();
         let own = async {
             let request = tonic::Request::new(StatusRequest {});
             let answer = tokio::time::timeout(MEMBER_TIMEOUT, self.own.status(request)).await;
             member_json(&self.me, answer)
         };
-        let others = self.others.iter().map(|member| async move {
+        let others = others.iter().map(|member| async move {
             let mut request = tonic::Request::new(StatusRequest {});
             request.set_timeout(MEMBER_TIMEOUT);
             let mut client = member.admin.clone();
@@ -154,6 +169,12 @@ impl Dashboard {
         let (own, others) = futures::join!(own, join_all(others));
         let mut members = vec![own];
         members.extend(others.into_iter().map(|(_, member)| member));
+        for member in &mut members {
+            let learner = member["name"]
+                .as_str()
+                .is_some_and(|name| learners.iter().any(|l| l == name));
+            member["learner"] = Value::Bool(learner);
+        }
         json!({
             "ok": true,
             "served_by": self.me,
@@ -165,7 +186,7 @@ impl Dashboard {
 
     /// Stops, starts or makes leader member `name`.
     pub async fn act(&self, name: &str, action: Action) -> Result<(), ActionError> {
-        let known = name == self.me || self.others.iter().any(|m| m.name == name);
+        let known = name == self.me || (self.members)().others.iter().any(|m| m.name == name);
         if !known {
             return Err(ActionError::UnknownMember(name.to_string()));
         }
@@ -195,7 +216,8 @@ impl Dashboard {
                     .map(drop),
             };
         }
-        let Some(member) = self.others.iter().find(|m| m.name == name) else {
+        let others = (self.members)().others;
+        let Some(member) = others.iter().find(|m| m.name == name) else {
             return Err(tonic::Status::not_found(format!("no such member: {name}")));
         };
         let mut client = member.admin.clone();

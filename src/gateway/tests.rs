@@ -204,7 +204,11 @@ fn fake_node() -> (Arc<FakeNode>, Backend) {
     let node = Arc::new(FakeNode::default());
     let admin: Arc<dyn Admin> = Arc::new(node.clone());
     let (_, stopping) = tokio::sync::watch::channel(false);
-    let dashboard = Dashboard::new("server1".into(), admin.clone(), Vec::new(), None, stopping);
+    let no_others: crate::dashboard::Members = Arc::new(|| crate::dashboard::MemberList {
+        others: Vec::new(),
+        learners: Vec::new(),
+    });
+    let dashboard = Dashboard::new("server1".into(), admin.clone(), no_others, None, stopping);
     let backend = Backend {
         kv: Arc::new(node.clone()),
         admin,
