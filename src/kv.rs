@@ -241,7 +241,9 @@ impl Kv {
             .and_then(|(change, context)| Record::decode(change.id(), context));
         match record {
             Ok(record) => {
-                self.members.insert(record.member.id, record);
+                // The first record of a member is its record (the one its addition
+                // carried); later changes of it carry the same member.
+                self.members.entry(record.member.id).or_insert(record);
                 Applied::Membership
             }
             Err(reason) => Applied::Rejected(reason),

@@ -229,15 +229,22 @@ impl Registry {
         }
     }
 
-    /// Records members (a record already held is replaced: same id, same member).
+    /// Records members. A record already held is kept: an id names one member for
+    /// good, and the addresses this node was configured with for a bootstrap member
+    /// (its own view, maybe through a proxy or a NAT) stay its own, whatever view of
+    /// them the leader wrote into a later change of that member.
     pub fn learn(&self, records: impl IntoIterator<Item = Record>) {
-        let records: Vec<Record> = records.into_iter().collect();
-        if records.is_empty() {
+        let roster = self.roster();
+        let new: Vec<Record> = records
+            .into_iter()
+            .filter(|r| !roster.book.contains_key(&r.member.id))
+            .collect();
+        if new.is_empty() {
             return;
         }
         self.update(|roster| {
-            for record in records {
-                roster.book.insert(record.member.id, record);
+            for record in new {
+                roster.book.entry(record.member.id).or_insert(record);
             }
         });
     }

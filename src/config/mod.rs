@@ -269,8 +269,23 @@ impl Config {
         self.id = id;
         self.own.id = id;
         self.cluster_id = cluster_id;
+        // Where this node's own DISTRAFT_CLUSTER names a member, its addresses are
+        // this node's view of it (through a proxy, a NAT): they win over the view in
+        // the answer.
+        let configured = std::mem::take(&mut self.members);
+        let own_view = |mut member: Member| {
+            if let Some(mine) = configured.iter().find(|m| m.name == member.name) {
+                member.peer_host.clone_from(&mine.peer_host);
+                member.peer_port = mine.peer_port;
+            }
+            member
+        };
+        let bootstrap: Vec<Member> = bootstrap.into_iter().map(own_view).collect();
         self.registry = bootstrap_registry(&bootstrap);
-        self.registry.learn(known);
+        self.registry.learn(known.into_iter().map(|record| Record {
+            member: own_view(record.member),
+            ..record
+        }));
         self.registry.learn([Record {
             member: self.own.clone(),
             auto_promote: false,

@@ -309,15 +309,26 @@ impl<T: Transport> Driver<T> {
             let same_client = (&member.client_host, member.client_port)
                 == (&wanted.client_host, wanted.client_port);
             if same_name && same_peer && same_client {
-                // Asked to add a voter, a learner is not what was asked for.
-                if !learner && membership.learners.contains(&member.id) {
-                    return Err(ChangeError::Conflict(format!(
+                let is_learner = membership.learners.contains(&member.id);
+                return match (learner, is_learner) {
+                    // A repeated join: the node may have died before it recorded its
+                    // identity. A learner that lost its data only catches up again.
+                    (true, true) => Ok(Some(member.clone())),
+                    // A voter that asks to join again has lost its data (a node that
+                    // holds data never asks): taking its old id back would let a
+                    // voter with an empty log vote, which Raft's safety cannot allow.
+                    (true, false) => Err(ChangeError::Conflict(format!(
+                        "{} (id {}) is already a voter; if it lost its data, remove it \
+                         and let it join again",
+                        member.name, member.id
+                    ))),
+                    (false, true) => Err(ChangeError::Conflict(format!(
                         "{} is already a learner: promote it",
                         member.name
-                    )));
-                }
-                // A repeated join (a learner asked again, or since promoted).
-                return Ok(Some(member.clone()));
+                    ))),
+                    // Added as a voter again, as it is: nothing to do.
+                    (false, false) => Ok(Some(member.clone())),
+                };
             }
             if same_name || same_peer || same_client {
                 return Err(ChangeError::Conflict(format!(
