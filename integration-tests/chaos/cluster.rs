@@ -9,6 +9,7 @@
 //! so the handshakes pass through them (and are cut, lost or delayed like any bytes).
 
 use std::{
+    collections::BTreeMap,
     fs::OpenOptions,
     path::PathBuf,
     process::{Child, Stdio},
@@ -84,6 +85,8 @@ struct Process {
     output: PathBuf,
     child: Option<Child>,
     admin: AdminClient<Channel>,
+    /// DISTRAFT_JOIN, once the node was replaced by a fresh member of its name.
+    join: Option<String>,
 }
 
 /// One cluster at a time across this target's tests: two would starve the 2-core
@@ -150,6 +153,7 @@ impl ChaosCluster {
                     cluster_spec,
                     child: None,
                     admin: AdminClient::new(admin),
+                    join: None,
                 }
             })
             .collect();
@@ -214,6 +218,7 @@ impl ChaosCluster {
             )
             .env("DISTRAFT_SNAPSHOT_THRESHOLD", SNAPSHOT_THRESHOLD)
             .env("DISTRAFT_LOG_LEVEL", log_level())
+            .envs(node.join.iter().map(|urls| ("DISTRAFT_JOIN", urls)))
             .envs(self.certs.iter().flat_map(|certs| {
                 [
                     ("DISTRAFT_TLS_CERT", &certs.node_cert),
@@ -293,6 +298,68 @@ impl ChaosCluster {
             Ok(answer) => Ok(answer?.into_inner().leader),
             Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 4 s")),
         }
+    }
+
+    /// `DELETE /cluster/members/<target>` asked of node `i` (the safety check on, no
+    /// force). Bounded; an error may still have removed it (the answer was lost).
+    pub async fn remove_member(&self, i: usize, target: usize) -> Result<(), String> {
+        let node = &self.nodes[i].address;
+        let url = format!("{}/cluster/members/{}", node.url(), self.name(target));
+        let client = node
+            .http_client()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let answer = client.delete(url).send().await.map_err(|e| e.to_string())?;
+        let code = answer.status();
+        let body = answer.text().await.unwrap_or_default();
+        match code.is_success() {
+            true => Ok(()),
+            false => Err(format!("{code}: {body}")),
+        }
+    }
+
+    /// The current members as node `i` sees them: name → voter (false: learner).
+    pub async fn members_seen_by(&self, i: usize) -> Result<BTreeMap<String, bool>, String> {
+        let node = &self.nodes[i].address;
+        let client = node
+            .http_client()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let answer = client
+            .get(format!("{}/cluster/members", node.url()))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let list: serde_json::Value = answer.json().await.map_err(|e| e.to_string())?;
+        let members = list["members"].as_array().ok_or("no members")?;
+        Ok(members
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap_or_default().to_string(),
+                    m["role"] == "voter",
+                )
+            })
+            .collect())
+    }
+
+    /// Node `i` anew, as an operator replaces a member whose disk is gone: killed, its
+    /// data deleted, started with DISTRAFT_JOIN (every other node's client URL), so
+    /// that it joins as a new member of the same name, catches up and is promoted.
+    pub fn rejoin_fresh(&mut self, i: usize) {
+        self.kill(i);
+        let name = self.name(i).to_string();
+        for dir in ["log", "state"] {
+            let _ = std::fs::remove_dir_all(self.dir.path().join(dir).join(&name));
+        }
+        let urls: Vec<String> = (0..self.size())
+            .filter(|&j| j != i)
+            .map(|j| self.nodes[j].address.url())
+            .collect();
+        self.nodes[i].join = Some(urls.join(","));
+        self.spawn(i);
     }
 
     pub async fn status(&self, i: usize) -> Result<StatusResponse, tonic::Status> {

@@ -1,7 +1,10 @@
 //! Chaos runs: real `distraft` processes on loopback, concurrent clients, and a seeded
 //! nemesis that kills (`kill -9`), stops (Admin), pauses (SIGSTOP) and partitions nodes
 //! (symmetric, one-way, leader isolation, bridge) through a proxy on every link, whose
-//! cut directions hold bytes back, reset connections or lose them for good. Each run
+//! cut directions hold bytes back, reset connections or lose them for good, and, as an
+//! operator, moves leadership and replaces members (removed, wiped, joined again as a
+//! new member with DISTRAFT_JOIN). A replaced node advertises its own address when it
+//! joins, so the links to it bypass the proxies from then on. Each run
 //! then heals everything and demands that
 //! - the whole history (every request's call, return and answer, plus a read of every
 //!   key from every node after healing) is linearizable, as decided by

@@ -36,10 +36,14 @@ enum Kind {
     /// Not a fault but an operator: a healthy node is asked to move leadership, to a
     /// random member or to the most up-to-date one (Admin.TransferLeader).
     Transfer,
+    /// An operator replacing a member whose disk is gone: a healthy node is asked to
+    /// remove it (the safety check may refuse), then it comes back with no data and
+    /// joins as a new member of the same name (DISTRAFT_JOIN), and is promoted.
+    Replace,
 }
 
 impl Kind {
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 9] = [
         Kind::Kill,
         Kind::AdminStop,
         Kind::Pause,
@@ -48,6 +52,7 @@ impl Kind {
         Kind::IsolateLeader,
         Kind::Bridge,
         Kind::Transfer,
+        Kind::Replace,
     ];
 
     fn name(self) -> &'static str {
@@ -60,6 +65,7 @@ impl Kind {
             Kind::IsolateLeader => "isolate-leader",
             Kind::Bridge => "bridge",
             Kind::Transfer => "transfer",
+            Kind::Replace => "replace",
         }
     }
 }
@@ -75,6 +81,8 @@ enum Fault {
     Pause(usize),
     /// The network's rules; only one network fault is active at a time.
     Network,
+    /// A node replaced by a fresh member: faulty until it has joined and caught up.
+    Rejoin(usize),
 }
 
 struct Active {
@@ -131,6 +139,7 @@ impl Nemesis {
         while let Some(active) = self.active.pop() {
             self.heal(cluster, active).await;
         }
+        self.restore_members(cluster).await;
     }
 
     fn millis(&mut self, range: std::ops::Range<u64>) -> Duration {
@@ -157,6 +166,33 @@ impl Nemesis {
         let healthy = (0..size).filter(|i| !faulty.contains(i));
 
         let (fault, new_faulty, cuts) = match kind {
+            Kind::Replace => {
+                if faulty.len() >= minority {
+                    return;
+                }
+                let healthy: Vec<usize> = healthy.collect();
+                let (Some(&node), Some(&asked)) = (
+                    healthy.iter().choose(&mut self.rng),
+                    healthy.iter().choose(&mut self.rng),
+                ) else {
+                    return;
+                };
+                let (name, asked_name) = (cluster.name(node).to_string(), cluster.name(asked));
+                match cluster.remove_member(asked, node).await {
+                    Ok(()) => {
+                        self.log(format_args!("removed {name} (asked of {asked_name})"));
+                        cluster.rejoin_fresh(node);
+                    }
+                    Err(why) => {
+                        self.log(format_args!(
+                            "removing {name} (asked of {asked_name}): {why}"
+                        ));
+                        *self.injected.entry("replace-refused").or_default() += 1;
+                        return;
+                    }
+                }
+                (Fault::Rejoin(node), BTreeSet::from([node]), Vec::new())
+            }
             Kind::Transfer => {
                 let Some(asked) = healthy.choose(&mut self.rng) else {
                     return;
@@ -214,6 +250,8 @@ impl Nemesis {
                 }
             }
             Fault::Pause(node) => cluster.pause(*node),
+            // Done above: removed and started anew.
+            Fault::Rejoin(_) => {}
             Fault::Network => {
                 let flow = Flow::FAULTS[self.rng.random_range(0..Flow::FAULTS.len())];
                 cluster.network().apply(&cuts, flow);
@@ -228,7 +266,12 @@ impl Nemesis {
                 ));
             }
         }
-        let heal_at = Instant::now() + self.millis(FAULT_MS);
+        // A replaced node counts as faulty for as long as a fault may last: joining
+        // and catching up take a few seconds, under the other faults.
+        let heal_at = match fault {
+            Fault::Rejoin(_) => Instant::now() + Duration::from_millis(FAULT_MS.end),
+            _ => Instant::now() + self.millis(FAULT_MS),
+        };
         let names: Vec<&str> = new_faulty.iter().map(|&i| cluster.name(i)).collect();
         self.log(format_args!(
             "{} {names:?} for {:.1}s",
@@ -316,7 +359,7 @@ impl Nemesis {
                 // From the bridge and the left, the right is the faulty side.
                 Some((right, cuts))
             }
-            Kind::Kill | Kind::AdminStop | Kind::Pause | Kind::Transfer => None,
+            Kind::Kill | Kind::AdminStop | Kind::Pause | Kind::Transfer | Kind::Replace => None,
         }
     }
 
@@ -347,6 +390,46 @@ impl Nemesis {
                 cluster.network().heal();
                 self.log(format_args!("healed the network"));
             }
+            Fault::Rejoin(node) => {
+                self.log(format_args!(
+                    "{} rejoined, as a new member",
+                    cluster.name(node)
+                ));
+            }
+        }
+    }
+
+    /// After the last heal: every node a voter again. A removal whose answer was lost
+    /// may have happened anyway; such a node is replaced as the nemesis would have.
+    async fn restore_members(&mut self, cluster: &mut ChaosCluster) {
+        let names: Vec<String> = (0..cluster.size())
+            .map(|i| cluster.name(i).to_string())
+            .collect();
+        let view = eventually(CONVERGE, || async {
+            let leader = cluster.leader().await.ok_or("no leader")?;
+            cluster.members_seen_by(leader).await
+        })
+        .await;
+        let Ok(view) = view else {
+            panic!("no member list after healing: {view:?}");
+        };
+        for (i, name) in names.iter().enumerate() {
+            if !view.contains_key(name) {
+                self.log(format_args!("{name} was removed: it joins again"));
+                cluster.rejoin_fresh(i);
+            }
+        }
+        let all_voters = eventually(CONVERGE, || async {
+            let leader = cluster.leader().await.ok_or("no leader")?;
+            let view = cluster.members_seen_by(leader).await?;
+            match names.iter().all(|n| view.get(n) == Some(&true)) {
+                true => Ok(()),
+                false => Err(format!("members: {view:?}")),
+            }
+        })
+        .await;
+        if let Err(why) = all_voters {
+            panic!("the replaced nodes never became voters again: {why}");
         }
     }
 }
