@@ -15,8 +15,10 @@
 //!
 //! A leader that is not a voter of its latest membership (it removed itself) keeps
 //! leading, without counting itself, until that membership is committed, then steps
-//! down. A node that is not a voter never campaigns, and vote requests from non-voters
-//! are ignored, so a removed node can neither win nor disrupt an election.
+//! down. A node that is not a voter never campaigns (but for one removed by a change
+//! it does not know committed: see [`RawNode::may_campaign`]), and vote requests from
+//! non-voters are ignored, so a removed node can neither win nor disrupt an election
+//! among the members that know of its removal.
 
 use super::*;
 use crate::raft::membership::{ConfChange, ConfChangeError};
@@ -135,6 +137,21 @@ impl RawNode {
         let base = self.membership_at(index);
         self.conf_history.retain(|(at, _)| *at > index);
         self.conf_history.insert(0, (index, base));
+    }
+
+    /// Whether this node may stand for election: a voter of its latest membership,
+    /// or a node that an uncommitted change removed while it was a voter. That one
+    /// may still be needed to commit its own removal (thesis §4.2.2): a leader that
+    /// removed itself from two voters and lost its post before the other one got the
+    /// entry holds the only log that can win, and the other cannot be elected without
+    /// its vote, which it refuses (the other's log is behind). It counts the votes of
+    /// its latest membership only, so it wins only as any candidate of it would, then
+    /// leads without counting itself and steps down once the removal commits.
+    /// Members that hold the removal ignore its requests (it is no voter of theirs).
+    pub(super) fn may_campaign(&self) -> bool {
+        self.membership.is_voter(self.cfg.id)
+            || (self.latest_conf_index() > self.log.commit
+                && self.membership_at(self.log.commit).is_voter(self.cfg.id))
     }
 
     /// The commit index moved: a leader that removed itself steps down once its
