@@ -527,6 +527,7 @@ impl RawNode {
             );
         } else {
             self.log.commit_to(commit);
+            self.conf_committed();
             self.send(from, Body::HeartbeatResponse { read_seq });
         }
     }

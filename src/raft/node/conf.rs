@@ -81,12 +81,33 @@ impl RawNode {
     /// change that cannot apply (see [`ConfChangeError`]) changes nothing, on every
     /// node alike.
     fn conf_entry_appended(&mut self, index: Index, change: ConfChange) {
-        let next = self
-            .membership
+        // (Under the plant the membership in force lags the log's: a change applies
+        // to the latest one in the log.)
+        let latest = self.conf_history.last().map(|(_, m)| m.clone());
+        let base = match latest {
+            Some(latest) if plant::active(Plant::ConfChangeOnCommit) => latest,
+            _ => self.membership.clone(),
+        };
+        let next = base
             .apply(change)
-            .unwrap_or_else(|_: ConfChangeError| self.membership.clone());
+            .unwrap_or_else(|_: ConfChangeError| base.clone());
         self.conf_history.push((index, next.clone()));
+        if plant::active(Plant::ConfChangeOnCommit) {
+            // The plant: the membership waits for the commit index (`conf_committed`).
+            return;
+        }
         self.set_membership(next);
+    }
+
+    /// The commit index moved. Only the plant `conf-change-on-commit` acts on it: the
+    /// membership of the latest committed change takes effect.
+    pub(super) fn conf_committed(&mut self) {
+        if plant::active(Plant::ConfChangeOnCommit) {
+            let committed = self.membership_at(self.log.commit);
+            if committed != self.membership {
+                self.set_membership(committed);
+            }
+        }
     }
 
     /// Entries from `from` to the end of the log were just written (appended, or
@@ -176,7 +197,9 @@ impl RawNode {
         }
         let next_index = self.log.last_index() + 1;
         let peers: Vec<NodeId> = self.membership.peers_of(self.cfg.id).collect();
-        self.progress.retain(|id, _| peers.contains(id));
+        let keep_removed = plant::active(Plant::LeaderCountsRemovedVoter);
+        self.progress
+            .retain(|id, _| peers.contains(id) || keep_removed);
         for id in peers {
             self.progress
                 .entry(id)
