@@ -76,10 +76,16 @@ pub enum Plant {
     /// A vote asked for by a leadership transfer is granted even by a node that
     /// already voted for another candidate in that term ("the leader vouched for it").
     TransferVoteIgnoresEarlierVote,
+    /// A leader keeps replicating to a voter it removed and counts its
+    /// acknowledgements toward commit, as if it were still a voter.
+    LeaderCountsRemovedVoter,
+    /// A node applies a membership change only once its entry is committed, instead
+    /// of as soon as it is in its log (the rule the core follows, thesis §4.1).
+    ConfChangeOnCommit,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 25] = [
+    pub const ALL: [Plant; 27] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -105,6 +111,8 @@ impl Plant {
         Plant::TimeoutNowBeforeCaughtUp,
         Plant::ReadIndexPairedByFollowerId,
         Plant::TransferVoteIgnoresEarlierVote,
+        Plant::LeaderCountsRemovedVoter,
+        Plant::ConfChangeOnCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -134,6 +142,8 @@ impl Plant {
             Plant::TimeoutNowBeforeCaughtUp => "timeout-now-before-caught-up",
             Plant::ReadIndexPairedByFollowerId => "read-index-paired-by-follower-id",
             Plant::TransferVoteIgnoresEarlierVote => "transfer-vote-ignores-earlier-vote",
+            Plant::LeaderCountsRemovedVoter => "leader-counts-removed-voter",
+            Plant::ConfChangeOnCommit => "conf-change-on-commit",
         }
     }
 }

@@ -799,5 +799,6 @@ scripts!(
     membership_noop_first,
     membership_remove_leader,
     membership_removed_node,
+    membership_removed_voter_not_counted,
     membership_truncated_change,
 );

@@ -70,6 +70,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot::{self, error::TryRecvError};
 
+/// The membership nemesis (`membership_changes`).
+#[path = "simulation/members.rs"]
+mod members;
+
 /// How hostile one configuration is.
 #[derive(Clone, Debug)]
 struct Scenario {
@@ -108,6 +112,10 @@ struct Scenario {
     /// How often (per tick) an operator asks a node to hand leadership over, to a
     /// random member or to none in particular (the leadership-transfer nemesis).
     transfer_per_tick: f64,
+    /// How often (per tick) an operator asks a node for a membership change (the
+    /// membership nemesis, `members.rs`); with it, `nodes` is drawn per seed and
+    /// names only the bootstrap voters.
+    membership_per_tick: f64,
 }
 
 impl Scenario {
@@ -133,6 +141,7 @@ impl Scenario {
             max_inflight_msgs: None,
             client_timeout: 80,
             transfer_per_tick: 0.0,
+            membership_per_tick: 0.0,
         }
     }
 
@@ -143,6 +152,21 @@ impl Scenario {
             transfer_per_tick: 0.02,
             ..Scenario::new(nodes)
         }
+    }
+
+    /// The same faults, plus membership changes and transfers asked at random moments
+    /// of random nodes: clusters of 1 to 3 bootstrap voters grow to 5 members and
+    /// shrink again (see `members.rs`).
+    fn with_membership_changes() -> Scenario {
+        Scenario {
+            transfer_per_tick: 0.01,
+            membership_per_tick: 0.03,
+            ..Scenario::new(3)
+        }
+    }
+
+    fn dynamic(&self) -> bool {
+        self.membership_per_tick > 0.0
     }
 }
 
@@ -366,6 +390,8 @@ struct Sim {
     stats: LivenessStats,
     /// Leadership transfers a leader began (the nemesis of `with_transfers`).
     transfers: u64,
+    /// The membership nemesis's state (`with_membership_changes` only).
+    members: members::Members,
     /// AppendEntries carrying entries that nodes sent (re-sends included): what the
     /// stall timer costs (see `DISTRAFT_SIM_STALLED_HEARTBEATS`).
     appends_sent: u64,
@@ -380,14 +406,28 @@ struct Cli {
 
 /// A node's configuration, as its command line would give it.
 fn node_config(sc: &Scenario, id: NodeId, dir: &Path) -> Result<Config, String> {
-    let cluster: Vec<String> = (1..=sc.nodes)
+    node_config_named(sc, &format!("n{id}"), &bootstrap_cluster(sc), dir)
+}
+
+/// The bootstrap voters' DISTRAFT_CLUSTER entries.
+fn bootstrap_cluster(sc: &Scenario) -> Vec<String> {
+    (1..=sc.nodes)
         .map(|n| format!("n{n}=127.0.0.1:{}:127.0.0.1:{}", 9000 + n, 5000 + n))
-        .collect();
-    let home = dir.join(format!("n{id}"));
+        .collect()
+}
+
+/// The configuration of the node called `name`, whose DISTRAFT_CLUSTER is `cluster`.
+fn node_config_named(
+    sc: &Scenario,
+    name: &str,
+    cluster: &[String],
+    dir: &Path,
+) -> Result<Config, String> {
+    let home = dir.join(name);
     let (log, data) = (home.join("log"), home.join("data"));
     let args = [
         "distraft".to_string(),
-        format!("--name=n{id}"),
+        format!("--name={name}"),
         format!("--cluster={}", cluster.join(",")),
         format!("--log-path={}", log.display()),
         format!("--data-path={}", data.display()),
@@ -442,6 +482,7 @@ impl Sim {
             settling: false,
             stats: LivenessStats::default(),
             transfers: 0,
+            members: members::Members::default(),
             appends_sent: 0,
             trace: Vec::new(),
             dir,
@@ -460,28 +501,14 @@ impl Sim {
         sim.sc.log_cache_bytes = [1, 100, usize::MAX][sim.rng.random_range(0..3)];
         sim.sc.max_msg_bytes = [Some(1), Some(64), None][sim.rng.random_range(0..3)];
         sim.sc.max_inflight_msgs = [Some(1), Some(4), None][sim.rng.random_range(0..3)];
+        if sim.sc.dynamic() {
+            // Half the runs start from one voter, so that the cluster grows from 1.
+            sim.sc.nodes = [1, 1, 2, 3][sim.rng.random_range(0..4)];
+            sim.members = members::Members::new(sim.sc.nodes);
+        }
         for id in 1..=sim.sc.nodes {
             let config = node_config(&sim.sc, id, sim.dir.path())?;
-            let io = Arc::new(Io::default());
-            let mut options = StorageOptions::new(&config.log_dir, &config.data_dir);
-            options.disk_fault = Some(Io::disk_fault(io.clone()));
-            let node = Node {
-                config: Arc::new(config),
-                options,
-                io,
-                live: None,
-                incarnation: 0,
-                restart_at: 0,
-                paused_until: 0,
-                busy_until: 0,
-                held: Vec::new(),
-                wal_before_slow: None,
-                full_until: 0,
-                tick_skip: sim.rng.random_range(0.0..0.4),
-                wiped: false,
-                seen_commit: 0,
-            };
-            sim.nodes.insert(id, node);
+            sim.add_node(id, config);
         }
         for id in 1..=sim.sc.nodes {
             sim.restart(id)?;
@@ -489,8 +516,58 @@ impl Sim {
         Ok(sim)
     }
 
+    /// A node the simulator runs from now on (not started yet).
+    fn add_node(&mut self, id: NodeId, config: Config) {
+        let io = Arc::new(Io::default());
+        let mut options = StorageOptions::new(&config.log_dir, &config.data_dir);
+        options.disk_fault = Some(Io::disk_fault(io.clone()));
+        let node = Node {
+            config: Arc::new(config),
+            options,
+            io,
+            live: None,
+            incarnation: 0,
+            restart_at: 0,
+            paused_until: 0,
+            busy_until: 0,
+            held: Vec::new(),
+            wal_before_slow: None,
+            full_until: 0,
+            tick_skip: self.rng.random_range(0.0..0.4),
+            wiped: false,
+            seen_commit: 0,
+        };
+        self.nodes.insert(id, node);
+    }
+
     fn ids(&self) -> Vec<NodeId> {
         self.nodes.keys().copied().collect()
+    }
+
+    /// A node drawn at random: with membership changes, any node the simulator runs
+    /// (removed ones too); otherwise drawn as it always was, so that the pinned seeds
+    /// of the other configurations replay as they did.
+    fn random_node(&mut self) -> NodeId {
+        if self.sc.dynamic() {
+            let ids = self.ids();
+            ids[self.rng.random_range(0..ids.len())]
+        } else {
+            self.rng.random_range(1..=self.sc.nodes)
+        }
+    }
+
+    /// Whether `id` is a member (voter or learner) of the latest committed membership
+    /// the simulator saw; without membership changes, every node is.
+    fn is_member(&self, id: NodeId) -> bool {
+        !self.sc.dynamic() || self.members.committed.1.contains(id)
+    }
+
+    /// The voters of the latest committed membership the simulator saw.
+    fn voters(&self) -> BTreeSet<NodeId> {
+        match self.sc.dynamic() {
+            true => self.members.committed.1.voters.clone(),
+            false => self.nodes.keys().copied().collect(),
+        }
     }
 
     fn log(&mut self, line: String) {
@@ -565,7 +642,8 @@ impl Sim {
             self.rng.random_range(5..60)
         };
         let others_wiped = self.nodes.iter().any(|(&o, n)| o != id && n.wiped);
-        let wipe = !others_wiped && self.rng.random_bool(self.sc.wipe_per_crash);
+        let wipe =
+            !others_wiped && self.rng.random_bool(self.sc.wipe_per_crash) && self.may_wipe(id);
         // Of unsynced writes: all lost, torn somewhere, or all kept.
         let torn_at = [0.0, self.rng.random_range(0.0..1.0), 1.0][self.rng.random_range(0..3)];
         let now = self.now;
@@ -763,10 +841,13 @@ impl Sim {
                 let first = applied.first().cloned();
                 let all_same = applied.iter().all(|a| Some(a) == first.as_ref());
                 if all_same
-                    && applied.len() as u64 == self.sc.nodes
+                    && applied.len() == self.nodes.keys().filter(|&&id| self.is_member(id)).count()
                     && first.is_some_and(|(i, _)| i >= index)
                 {
                     self.stats.converged_after = self.now - healed_at;
+                    if self.sc.dynamic() {
+                        self.check_undisturbed()?;
+                    }
                     break;
                 }
             }
@@ -856,7 +937,13 @@ impl Sim {
     /// Each node's applied index and state digest, from its status (as `GET /` shows).
     fn applied_and_digests(&mut self) -> Vec<(Index, String)> {
         let mut out = Vec::new();
-        for id in self.ids() {
+        // A removed node never converges: only the members must.
+        let members: Vec<NodeId> = self
+            .ids()
+            .into_iter()
+            .filter(|&id| self.is_member(id))
+            .collect();
+        for id in members {
             let Some(live) = self.node(id).live.as_mut() else {
                 continue;
             };
@@ -903,9 +990,11 @@ impl Sim {
     }
 
     fn stable_leader(&self) -> Option<NodeId> {
+        // Among the members: a removed node may linger in a term of its own.
         let cores = self
             .nodes
             .iter()
+            .filter(|(&id, _)| self.is_member(id))
             .filter_map(|(&id, n)| Some((id, n.live.as_ref()?)))
             .filter(|(_, l)| l.driver.is_up())
             .map(|(id, l)| (id, l.driver.core()));
@@ -917,15 +1006,18 @@ impl Sim {
     }
 
     fn inject_faults(&mut self) -> Result<(), String> {
-        let n = self.sc.nodes;
+        let n = self.nodes.len() as u64;
         // A connection breaks while both ends live (a stream reopened, a glitch).
         if self.rng.random_bool(self.sc.partition_per_tick) {
-            let (from, to) = (self.rng.random_range(1..=n), self.rng.random_range(1..=n));
+            let (from, to) = (self.random_node(), self.random_node());
             if from != to {
                 self.connection_broke(from, to);
             }
         }
-        let max_faulty = ((n - 1) / 2) as usize;
+        // At most a minority of the voters is down or paused at a time; other nodes
+        // (learners, removed ones) fail freely.
+        let voters = self.voters();
+        let max_faulty = voters.len().saturating_sub(1) / 2;
         if self.now >= self.heal_partition_at && !self.blocked.is_empty() {
             self.blocked.clear();
             self.log("partition healed".into());
@@ -935,32 +1027,42 @@ impl Sim {
         }
         let faulty = |sim: &Sim| {
             sim.nodes
-                .values()
-                .filter(|n| n.live.is_none() || n.paused_until > sim.now)
+                .iter()
+                .filter(|(id, n)| {
+                    voters.contains(id) && (n.live.is_none() || n.paused_until > sim.now)
+                })
                 .count()
         };
-        if faulty(self) < max_faulty && self.rng.random_bool(self.sc.crash_per_tick * n as f64) {
-            let id = self.rng.random_range(1..=n);
-            if self.nodes[&id].live.is_some() {
+        let may_fail = |sim: &Sim, id: NodeId| !voters.contains(&id) || faulty(sim) < max_faulty;
+        let dynamic = self.sc.dynamic();
+        if (dynamic || faulty(self) < max_faulty)
+            && self.rng.random_bool(self.sc.crash_per_tick * n as f64)
+        {
+            let id = self.random_node();
+            if self.nodes[&id].live.is_some() && may_fail(self, id) {
                 self.crash(id, None, "killed");
             }
         }
-        if faulty(self) < max_faulty && self.rng.random_bool(self.sc.pause_per_tick * n as f64) {
+        if (dynamic || faulty(self) < max_faulty)
+            && self.rng.random_bool(self.sc.pause_per_tick * n as f64)
+        {
             // Pausing the leader is the interesting case: it wakes up believing it leads.
             let id = match self.stable_leader() {
                 Some(leader) if self.rng.random_bool(0.5) => leader,
-                _ => self.rng.random_range(1..=n),
+                _ => self.random_node(),
             };
             let pause = self.rng.random_range(5..60);
-            let now = self.now;
-            self.node(id).paused_until = now + pause;
-            self.log(format!("n{id} pauses for {pause}"));
+            if may_fail(self, id) {
+                let now = self.now;
+                self.node(id).paused_until = now + pause;
+                self.log(format!("n{id} pauses for {pause}"));
+            }
         }
         if self
             .rng
             .random_bool((self.sc.disk_full_per_tick * n as f64).min(1.0))
         {
-            let id = self.rng.random_range(1..=n);
+            let id = self.random_node();
             let ticks = self.rng.random_range(5..40);
             let now = self.now;
             self.node(id).full_until = now + ticks;
@@ -968,6 +1070,9 @@ impl Sim {
         }
         if self.sc.transfer_per_tick > 0.0 && self.rng.random_bool(self.sc.transfer_per_tick) {
             self.ask_for_transfer()?;
+        }
+        if dynamic && self.rng.random_bool(self.sc.membership_per_tick) {
+            self.ask_for_change()?;
         }
         for id in self.ids() {
             self.update_disk(id);
@@ -982,15 +1087,11 @@ impl Sim {
     /// An operator asks a node (usually the leader) to hand leadership over, to a
     /// random member (itself included) or to the most up-to-date one.
     fn ask_for_transfer(&mut self) -> Result<(), String> {
-        let n = self.sc.nodes;
         let asked = match self.stable_leader() {
             Some(leader) if self.rng.random_bool(0.8) => leader,
-            _ => self.rng.random_range(1..=n),
+            _ => self.random_node(),
         };
-        let to = self
-            .rng
-            .random_bool(0.7)
-            .then(|| self.rng.random_range(1..=n));
+        let to = self.rng.random_bool(0.7).then(|| self.random_node());
         if !self.ready(asked) {
             return Ok(());
         }
@@ -1068,6 +1169,9 @@ impl Sim {
 
     fn tick(&mut self, faults: bool) -> Result<(), String> {
         self.now += 1;
+        if self.sc.dynamic() {
+            self.follow_members()?;
+        }
         // Slow fsyncs that return now: the rest of their turn leaves. Sometimes the
         // process dies first, and the turn's writes may be lost with it.
         for id in self.ids() {
@@ -1076,7 +1180,17 @@ impl Sim {
                 continue;
             }
             if faults && self.rng.random_bool(0.1) {
-                let before = self.node(id).wal_before_slow.take();
+                let mut before = self.node(id).wal_before_slow.take();
+                // A leader that is a quorum on its own committed the turn's entries
+                // on its fsync alone, within the turn (as a real one does once the
+                // fsync returns): they are durable, whatever the simulated delay.
+                let alone = self.core(id).is_some_and(|c| {
+                    let m = c.membership();
+                    c.role() == Role::Leader && m.is_voter(id) && m.quorum() == 1
+                });
+                if alone {
+                    before = None;
+                }
                 self.crash(id, before, "during a slow fsync");
                 continue;
             }
@@ -1439,7 +1553,7 @@ impl Sim {
             {
                 continue;
             }
-            let origin = self.rng.random_range(1..=self.sc.nodes);
+            let origin = self.random_node();
             if !self.ready(origin) {
                 continue;
             }
@@ -1816,6 +1930,7 @@ struct Outcome {
     operations: usize,
     successes: u64,
     transfers: u64,
+    changes: members::ChangeCounts,
     appends_sent: u64,
     liveness: LivenessStats,
 }
@@ -1830,6 +1945,7 @@ fn run_seed(sc: &Scenario, seed: u64) -> Result<Outcome, String> {
             operations: sim.history.len(),
             successes: sim.successes,
             transfers: sim.transfers,
+            changes: sim.members.counts,
             appends_sent: sim.appends_sent,
             liveness: LivenessStats {
                 max_delay: sim.sc.max_delay,
@@ -1861,6 +1977,9 @@ fn run_seed(sc: &Scenario, seed: u64) -> Result<Outcome, String> {
 }
 
 fn test_name(sc: &Scenario) -> &'static str {
+    if sc.dynamic() {
+        return "membership_changes";
+    }
     match (sc.nodes, sc.transfer_per_tick > 0.0) {
         (3, true) => "three_nodes_with_leadership_transfers",
         (3, false) => "three_nodes_under_faults",
@@ -1905,6 +2024,13 @@ fn run_scenario(sc: Scenario) {
 /// the old request's answer went to the new one, which reused its id (the leader now
 /// pairs them by a token of its own; plant `read-index-paired-by-follower-id`).
 fn pinned_seeds(sc: &Scenario) -> Vec<u64> {
+    if sc.dynamic() {
+        // membership_changes: 33 (a leader that removed itself from two voters lost
+        // its post; it may now campaign until its removal commits), 164 and 68 (a
+        // voter behind on the membership ignored the only candidates that could win;
+        // it now hears a non-voter whose log is ahead of its own).
+        return vec![33, 68, 164];
+    }
     match (sc.nodes, sc.transfer_per_tick > 0.0) {
         (3, false) => vec![9092, 5020, 28691],
         (3, true) => vec![],
@@ -1977,6 +2103,7 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
         operations: ops,
         successes,
         transfers,
+        changes,
         ..
     } = totals;
     let failures: Vec<String> = results.into_iter().flat_map(|r| r.0).collect();
@@ -1991,6 +2118,12 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
     );
     if transfers > 0 {
         println!("  {transfers} leadership transfers begun");
+    }
+    if sc.dynamic() {
+        println!(
+            "  membership changes committed: {} learners added, {} promoted, {} members removed",
+            changes.added, changes.promoted, changes.removed
+        );
     }
     println!(
         "  {} appends with entries sent, mean convergence {:.1} ticks after healing (stall timer: {} heartbeats)",
@@ -2035,6 +2168,7 @@ struct Totals {
     operations: usize,
     successes: u64,
     transfers: u64,
+    changes: members::ChangeCounts,
     appends_sent: u64,
     converged_sum: u64,
 }
@@ -2046,6 +2180,7 @@ impl Totals {
             operations: o.operations,
             successes: o.successes,
             transfers: o.transfers,
+            changes: o.changes,
             appends_sent: o.appends_sent,
             converged_sum: o.liveness.converged_after,
         });
@@ -2056,6 +2191,7 @@ impl Totals {
         self.operations += other.operations;
         self.successes += other.successes;
         self.transfers += other.transfers;
+        self.changes.merge(&other.changes);
         self.appends_sent += other.appends_sent;
         self.converged_sum += other.converged_sum;
     }
@@ -2085,4 +2221,9 @@ fn five_nodes_under_faults() {
 #[test]
 fn three_nodes_with_leadership_transfers() {
     run_scenario(Scenario::with_transfers(3));
+}
+
+#[test]
+fn membership_changes() {
+    run_scenario(Scenario::with_membership_changes());
 }

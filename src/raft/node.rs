@@ -321,9 +321,26 @@ impl RawNode {
         // Messages from non-members are heard: a leader that removed itself leads
         // until its removal commits, and a new member hears from a leader it does
         // not know yet. But only voters may ask for votes: a learner never campaigns,
-        // and a removed node must not be able to disrupt the cluster.
+        // and a removed node must not be able to disrupt the cluster. Unless the
+        // asker's log is ahead of ours: then it may know a membership we do not yet
+        // (a learner promoted while behind does not know the members added since, and
+        // a node must not ignore the only candidates that can win), and a removed node
+        // is never ahead of the members that hold its removal.
+        let asker_ahead = match m.body {
+            Body::Vote {
+                last_index,
+                last_term,
+                ..
+            }
+            | Body::PreVote {
+                last_index,
+                last_term,
+            } => (last_term, last_index) > (self.log.last_term(), self.log.last_index()),
+            _ => false,
+        };
         if matches!(m.body, Body::Vote { .. } | Body::PreVote { .. })
             && !self.membership.is_voter(m.from)
+            && !asker_ahead
         {
             return;
         }
@@ -510,6 +527,7 @@ impl RawNode {
             );
         } else {
             self.log.commit_to(commit);
+            self.conf_committed();
             self.send(from, Body::HeartbeatResponse { read_seq });
         }
     }
@@ -559,7 +577,7 @@ impl RawNode {
         // A wiped node that may not vote must not ask for votes either; and only a
         // term persisted before the ceiling existed can be at it: stay a follower
         // rather than take a term past it.
-        if !self.may_vote() || !self.membership.is_voter(self.cfg.id) || self.term >= MAX_TERM {
+        if !self.may_vote() || !self.may_campaign() || self.term >= MAX_TERM {
             self.reset_election_timer();
             return;
         }

@@ -15,8 +15,10 @@
 //!
 //! A leader that is not a voter of its latest membership (it removed itself) keeps
 //! leading, without counting itself, until that membership is committed, then steps
-//! down. A node that is not a voter never campaigns, and vote requests from non-voters
-//! are ignored, so a removed node can neither win nor disrupt an election.
+//! down. A node that is not a voter never campaigns (but for one removed by a change
+//! it does not know committed: see [`RawNode::may_campaign`]), and vote requests from
+//! non-voters are ignored, so a removed node can neither win nor disrupt an election
+//! among the members that know of its removal.
 
 use super::*;
 use crate::raft::membership::{ConfChange, ConfChangeError};
@@ -79,12 +81,33 @@ impl RawNode {
     /// change that cannot apply (see [`ConfChangeError`]) changes nothing, on every
     /// node alike.
     fn conf_entry_appended(&mut self, index: Index, change: ConfChange) {
-        let next = self
-            .membership
+        // (Under the plant the membership in force lags the log's: a change applies
+        // to the latest one in the log.)
+        let latest = self.conf_history.last().map(|(_, m)| m.clone());
+        let base = match latest {
+            Some(latest) if plant::active(Plant::ConfChangeOnCommit) => latest,
+            _ => self.membership.clone(),
+        };
+        let next = base
             .apply(change)
-            .unwrap_or_else(|_: ConfChangeError| self.membership.clone());
+            .unwrap_or_else(|_: ConfChangeError| base.clone());
         self.conf_history.push((index, next.clone()));
+        if plant::active(Plant::ConfChangeOnCommit) {
+            // The plant: the membership waits for the commit index (`conf_committed`).
+            return;
+        }
         self.set_membership(next);
+    }
+
+    /// The commit index moved. Only the plant `conf-change-on-commit` acts on it: the
+    /// membership of the latest committed change takes effect.
+    pub(super) fn conf_committed(&mut self) {
+        if plant::active(Plant::ConfChangeOnCommit) {
+            let committed = self.membership_at(self.log.commit);
+            if committed != self.membership {
+                self.set_membership(committed);
+            }
+        }
     }
 
     /// Entries from `from` to the end of the log were just written (appended, or
@@ -137,6 +160,21 @@ impl RawNode {
         self.conf_history.insert(0, (index, base));
     }
 
+    /// Whether this node may stand for election: a voter of its latest membership,
+    /// or a node that an uncommitted change removed while it was a voter. That one
+    /// may still be needed to commit its own removal (thesis §4.2.2): a leader that
+    /// removed itself from two voters and lost its post before the other one got the
+    /// entry holds the only log that can win, and the other cannot be elected without
+    /// its vote, which it refuses (the other's log is behind). It counts the votes of
+    /// its latest membership only, so it wins only as any candidate of it would, then
+    /// leads without counting itself and steps down once the removal commits.
+    /// Members that hold the removal ignore its requests (it is no voter of theirs).
+    pub(super) fn may_campaign(&self) -> bool {
+        self.membership.is_voter(self.cfg.id)
+            || (self.latest_conf_index() > self.log.commit
+                && self.membership_at(self.log.commit).is_voter(self.cfg.id))
+    }
+
     /// The commit index moved: a leader that removed itself steps down once its
     /// removal is committed, first telling the others the commit index, so that they
     /// apply the removal (and elect a leader of their own) without waiting.
@@ -159,7 +197,9 @@ impl RawNode {
         }
         let next_index = self.log.last_index() + 1;
         let peers: Vec<NodeId> = self.membership.peers_of(self.cfg.id).collect();
-        self.progress.retain(|id, _| peers.contains(id));
+        let keep_removed = plant::active(Plant::LeaderCountsRemovedVoter);
+        self.progress
+            .retain(|id, _| peers.contains(id) || keep_removed);
         for id in peers {
             self.progress
                 .entry(id)

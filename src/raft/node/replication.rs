@@ -38,6 +38,7 @@ impl RawNode {
             self.conf_log_rewritten(first_written);
         }
         self.log.commit_to(commit.min(last_new));
+        self.conf_committed();
         self.ack(from, last_new);
     }
 
@@ -50,6 +51,7 @@ impl RawNode {
         if self.log.term(meta.index) == Some(meta.term) {
             // We already have the snapshot's last entry: our log matches up to there.
             self.log.commit_to(meta.index);
+            self.conf_committed();
         } else {
             self.log.install_snapshot(&meta);
             self.conf_snapshot_installed(&meta);
@@ -286,17 +288,34 @@ impl RawNode {
         } else {
             self.log.persisted
         };
-        let candidate = self.membership.majority_value(|id| {
+        let mut candidate = self.membership.majority_value(|id| {
             if id == self.cfg.id {
                 Some(own)
             } else {
                 self.progress.get(&id).map(|pr| pr.match_index)
             }
         });
+        if plant::active(Plant::LeaderCountsRemovedVoter) {
+            // The plant: the voters it still tracks (removed ones too) count, against
+            // the quorum of the voters it has.
+            let mut values: Vec<Index> = self
+                .progress
+                .iter()
+                .filter(|(id, _)| !self.membership.learners.contains(id))
+                .map(|(_, pr)| pr.match_index)
+                .chain(self.membership.is_voter(self.cfg.id).then_some(own))
+                .collect();
+            values.sort_unstable_by(|a, b| b.cmp(a));
+            candidate = values
+                .get(self.membership.quorum() - 1)
+                .copied()
+                .unwrap_or(0);
+        }
         let of_this_term = self.log.term(candidate) == Some(self.term)
             || plant::active(Plant::CommitByCountingOldTerms);
         if candidate > self.log.commit && of_this_term {
             self.log.commit_to(candidate);
+            self.conf_committed();
             self.reads.committed(self.log.commit);
             self.complete_reads();
             self.conf_check_commit();

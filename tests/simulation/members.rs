@@ -1,0 +1,340 @@
+//! The membership nemesis of `membership_changes` (issue #19): at random moments, under
+//! every fault of the other configurations, an operator asks a random node for a
+//! membership change — a new learner, a learner promoted, a member removed — forced,
+//! so that the unsafe-but-legal ones are made too. A follower answers NotLeader: the
+//! operator then asks the leader it names, as the transfer nemesis does.
+//!
+//! A node added by a committed change is started as a joining node is, with
+//! `Config::adopt` (the id the leader gave it, the cluster's id, the bootstrap voters
+//! its core starts from, the member records known); only a committed one, because an
+//! added member whose entry is taken back may see its id given to another. A removed
+//! node keeps running (its process, faults included), since nobody stops it in a
+//! real cluster either: it must neither be waited for by the liveness check nor
+//! disturb the members, which `check_undisturbed` judges once they have converged.
+
+use distraft::driver::{ChangeError, ChangeRequest, MemberChange};
+use distraft::raft::Membership;
+use distraft::registry::{Member, Record};
+
+use super::*;
+
+/// The most members (voters and learners) the nemesis grows a cluster to.
+const MAX_MEMBERS: usize = 5;
+/// Ticks the members must keep their terms and leader once converged.
+const UNDISTURBED_TICKS: u64 = 60;
+
+#[derive(Default)]
+pub(super) struct Members {
+    /// The committed membership at the highest commit index any core showed, and
+    /// that index: what the simulator takes for "the members".
+    pub committed: (Index, Membership),
+    /// Joining nodes are named j1, j2, ... (their ids are the leader's to give).
+    joiners: u64,
+    /// Changes proposed, waiting for the leader to say they committed.
+    pending: Vec<(Kind, ProposeAnswer)>,
+    pub counts: ChangeCounts,
+}
+
+impl Members {
+    pub(super) fn new(bootstrap: u64) -> Members {
+        Members {
+            committed: (0, Membership::with_voters(1..=bootstrap)),
+            ..Members::default()
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Add,
+    Promote,
+    Remove,
+}
+
+/// Changes that the leader that proposed them saw committed (a change whose leader
+/// lost its post may commit unseen: a lower bound).
+#[derive(Clone, Copy, Default, Debug)]
+pub(super) struct ChangeCounts {
+    pub added: u64,
+    pub promoted: u64,
+    pub removed: u64,
+}
+
+impl ChangeCounts {
+    pub(super) fn merge(&mut self, other: &ChangeCounts) {
+        self.added += other.added;
+        self.promoted += other.promoted;
+        self.removed += other.removed;
+    }
+}
+
+impl Sim {
+    /// Every tick: follows the committed membership, starts the members it added,
+    /// and counts the changes that committed.
+    pub(super) fn follow_members(&mut self) -> Result<(), String> {
+        let furthest = self
+            .nodes
+            .values()
+            .filter_map(|n| n.live.as_ref())
+            .map(|l| l.driver.core())
+            .max_by_key(|c| c.commit_index());
+        if let Some(core) = furthest {
+            let commit = core.commit_index();
+            if commit > self.members.committed.0 {
+                let membership = core.membership_at(commit);
+                if membership != self.members.committed.1 {
+                    self.log(format!("committed membership at {commit}: {membership:?}"));
+                }
+                self.members.committed = (commit, membership);
+            }
+        }
+        let committed = &self.members.committed.1;
+        let new: Vec<NodeId> = committed
+            .voters
+            .iter()
+            .chain(&committed.learners)
+            .copied()
+            .filter(|id| !self.nodes.contains_key(id))
+            .collect();
+        for id in new {
+            self.start_joiner(id)?;
+        }
+        let mut counts = self.members.counts;
+        self.members
+            .pending
+            .retain_mut(|(kind, answer)| match answer.try_recv() {
+                Err(TryRecvError::Empty) => true,
+                Ok(Ok(_)) => {
+                    match kind {
+                        Kind::Add => counts.added += 1,
+                        Kind::Promote => counts.promoted += 1,
+                        Kind::Remove => counts.removed += 1,
+                    }
+                    false
+                }
+                _ => false,
+            });
+        self.members.counts = counts;
+        Ok(())
+    }
+
+    /// Starts member `id`, added by a committed change, as a joining node: its own
+    /// DISTRAFT_CLUSTER entry, then `Config::adopt` with what the cluster told it.
+    fn start_joiner(&mut self, id: NodeId) -> Result<(), String> {
+        // Its record, from a node whose log (or snapshot) held the change.
+        let Some(record) = self
+            .nodes
+            .values()
+            .find_map(|n| n.config.registry.roster().record(id).cloned())
+        else {
+            return Ok(());
+        };
+        let m = &record.member;
+        let mut cluster = bootstrap_cluster(&self.sc);
+        cluster.push(format!(
+            "{}={}:{}:{}:{}",
+            m.name, m.peer_host, m.peer_port, m.client_host, m.client_port
+        ));
+        let mut config = node_config_named(&self.sc, &m.name, &cluster, self.dir.path())?;
+        let first = &self.nodes[&1].config;
+        let known: Vec<Record> = first.registry.roster().records().cloned().collect();
+        config.adopt(id, first.cluster_id, first.members.clone(), known);
+        self.log(format!("n{id} ({}) joins", m.name));
+        self.add_node(id, config);
+        self.restart(id)
+    }
+
+    /// An operator asks a random node (usually the leader) for a random change.
+    pub(super) fn ask_for_change(&mut self) -> Result<(), String> {
+        let committed = self.members.committed.1.clone();
+        let members: Vec<NodeId> = committed
+            .voters
+            .iter()
+            .chain(&committed.learners)
+            .copied()
+            .collect();
+        let learners: Vec<NodeId> = committed.learners.iter().copied().collect();
+        let mut kinds = Vec::new();
+        if members.len() < MAX_MEMBERS {
+            kinds.push(Kind::Add);
+        }
+        if !learners.is_empty() {
+            kinds.push(Kind::Promote);
+        }
+        // Never the last voter (the core refuses it anyway; asking proves nothing).
+        // No voter either while a wiped node catches up: it withholds its vote until
+        // then, and DISTRAFT_RESET_LOGS is safe and live only with the others a
+        // majority (an operator who forces a removal then may lose the cluster).
+        let wiped = self.nodes.values().any(|n| n.wiped);
+        let removable: Vec<NodeId> = members
+            .iter()
+            .copied()
+            .filter(|&id| {
+                committed.learners.contains(&id) || (committed.voters.len() > 1 && !wiped)
+            })
+            .collect();
+        if !removable.is_empty() {
+            kinds.push(Kind::Remove);
+        }
+        if kinds.is_empty() {
+            return Ok(());
+        }
+        let kind = kinds[self.rng.random_range(0..kinds.len())];
+        let change = match kind {
+            Kind::Add => {
+                self.members.joiners += 1;
+                let j = self.members.joiners;
+                let port = u16::try_from(j).unwrap_or(u16::MAX - 200);
+                MemberChange::Add {
+                    record: Record {
+                        member: Member {
+                            // The leader gives the id.
+                            id: 0,
+                            name: format!("j{j}"),
+                            peer_host: "127.0.0.1".into(),
+                            peer_port: 9100 + port,
+                            client_host: "127.0.0.1".into(),
+                            client_port: 5100 + port,
+                        },
+                        // Some ask the leader to promote them once caught up.
+                        auto_promote: self.rng.random_bool(0.3),
+                    },
+                    learner: true,
+                }
+            }
+            Kind::Promote => {
+                let id = learners[self.rng.random_range(0..learners.len())];
+                MemberChange::Promote {
+                    name: self.name(id),
+                }
+            }
+            Kind::Remove => {
+                let id = removable[self.rng.random_range(0..removable.len())];
+                MemberChange::Remove {
+                    name: self.name(id),
+                }
+            }
+        };
+        let asked = match self.stable_leader() {
+            Some(leader) if self.rng.random_bool(0.7) => leader,
+            _ => self.random_node(),
+        };
+        let request = ChangeRequest {
+            change,
+            force: true,
+            dry_run: false,
+        };
+        self.post_change(asked, kind, request, true)
+    }
+
+    /// Hands `request` to `asked`; on NotLeader, to the leader it names (once).
+    fn post_change(
+        &mut self,
+        asked: NodeId,
+        kind: Kind,
+        request: ChangeRequest,
+        redirect: bool,
+    ) -> Result<(), String> {
+        if !self.ready(asked) {
+            return Ok(());
+        }
+        let (reply, mut answer) = oneshot::channel();
+        let event = Event::ChangeMembership {
+            request: request.clone(),
+            reply,
+        };
+        self.handle(asked, event)?;
+        match answer.try_recv() {
+            Ok(Ok(proposed)) => {
+                self.log(format!(
+                    "n{asked} proposes {:?} at {:?}",
+                    request.change, proposed.outcome.index
+                ));
+                if let Some(committed) = proposed.committed {
+                    self.members.pending.push((kind, committed));
+                }
+            }
+            Ok(Err(ChangeError::Request(RequestError::NotLeader {
+                leader: Some(leader),
+            }))) if redirect && leader != asked => {
+                return self.post_change(leader, kind, request, false);
+            }
+            Ok(Err(e)) => self.log(format!("n{asked} refuses {:?}: {e}", request.change)),
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The name of node `id`, as its record (its configuration) has it.
+    fn name(&self, id: NodeId) -> String {
+        self.nodes
+            .get(&id)
+            .map_or_else(|| format!("n{id}"), |n| n.config.name.clone())
+    }
+
+    /// Whether a crash may wipe a node (as DISTRAFT_RESET_LOGS would): only where the
+    /// reset is meant to be safe and live, with at least three voters in every
+    /// membership in use, committed or not (the others hold every committed entry on
+    /// a majority of them, and the wiped node withholds its vote until it has caught
+    /// up; with one voter the wipe loses the only copy, with two the other cannot be
+    /// elected without the wiped one's vote).
+    ///
+    /// Nor in a cluster bootstrapped from one voter: a wiped node restarts from the
+    /// bootstrap membership, and `RawNode::may_vote` lets the wiped voter of a
+    /// one-voter membership vote (and elect itself) at once, so the first node of a
+    /// cluster that grew from one becomes the leader of a second, empty cluster, with
+    /// a term of its own or one the members use too (seed 76 showed it: "leader n1 of
+    /// term 6 lacks entry 1"). A known hazard of DISTRAFT_RESET_LOGS, not fixed here.
+    pub(super) fn may_wipe(&self, _id: NodeId) -> bool {
+        let three = |m: &Membership| m.voters.len() >= 3;
+        self.sc.nodes > 1
+            && three(&self.members.committed.1)
+            && self
+                .nodes
+                .values()
+                .filter_map(|n| n.live.as_ref())
+                .all(|l| three(l.driver.core().membership()))
+    }
+
+    /// Once converged: for a while longer, no member's term moves and the leader stays,
+    /// whatever the removed nodes (still running, some believing they are voters) do.
+    pub(super) fn check_undisturbed(&mut self) -> Result<(), String> {
+        // The highest term of a member (a follower that had not heard of its leader's
+        // term yet is no disturbance when it does).
+        let terms = |sim: &Sim| -> Option<Term> {
+            sim.nodes
+                .keys()
+                .filter(|&&id| sim.is_member(id))
+                .filter_map(|&id| Some(sim.core(id)?.term()))
+                .max()
+        };
+        // From a leader on: the members may have converged between two leaders (one
+        // that removed itself steps down once its removal commits).
+        let bound = Bounds::of(&self.sc).leader;
+        for _ in 0..bound {
+            if self.stable_leader().is_some() {
+                break;
+            }
+            self.tick(false)?;
+        }
+        let (before, leader) = (terms(self), self.stable_leader());
+        if leader.is_none() {
+            return Err(format!("no leader {bound} ticks after converging"));
+        }
+        for _ in 0..UNDISTURBED_TICKS {
+            self.tick(false)?;
+        }
+        let (after, now_leader) = (terms(self), self.stable_leader());
+        if before != after || leader != now_leader {
+            return Err(format!(
+                "the members were disturbed after converging: terms {before:?} became \
+                 {after:?}, leader {leader:?} became {now_leader:?}; removed nodes: {:?}",
+                self.nodes
+                    .keys()
+                    .filter(|&&id| !self.is_member(id))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        Ok(())
+    }
+}
