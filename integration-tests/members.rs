@@ -434,4 +434,22 @@ async fn learners_stay_learners_until_promoted_and_a_joining_node_killed_mid_cat
     let promote = format!("{}/cluster/members/node4/promote", cluster.url(four));
     let (code, answer) = cluster.answer(cluster.http().post(&promote)).await;
     assert_eq!(code, 409, "promoting a voter again: {answer}");
+
+    // A wipe would take a member back to the bootstrap membership, no longer the
+    // cluster's: refused, saying how to replace the member instead.
+    cluster.terminate(2);
+    cluster.restart_with(2, &[("DISTRAFT_RESET_LOGS", "true")]);
+    let mut exited = false;
+    for _ in 0..100 {
+        if !cluster.alive(2) {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = cluster.output(2);
+    assert!(
+        exited && out.contains("DISTRAFT_RESET_LOGS refused") && out.contains("member remove"),
+        "{out}"
+    );
 }

@@ -35,6 +35,9 @@ plants=(
   "leader-counts-removed-voter|--test raft_scripts membership_removed_voter_not_counted"
   # The membership then changes only at commit: every membership transcript differs.
   "conf-change-on-commit|--test raft_scripts membership_promote"
+  # A learner kept a silent leader's lease and ignored its successor's votes (pinned
+  # simulator seed 1510 of membership_changes; the transcript shows it directly).
+  "non-campaigner-keeps-leader|--test raft_scripts membership_learner"
   # The transcript of a transfer to a follower that is behind.
   "timeout-now-before-caught-up|--test raft_scripts transfer_catch_up"
   "reset-node-votes|--test simulation"

@@ -198,6 +198,23 @@ async fn open_data_dir(
         }
     }
     if config.reset_logs {
+        let bootstrap = crate::raft::Membership::with_voters(config.members.iter().map(|m| m.id));
+        let changed = Storage::membership_changed(&driver::storage_options(config), &bootstrap)
+            .context("DISTRAFT_RESET_LOGS: reading the membership the node's files record")?;
+        // A wiped node restarts from the bootstrap membership: with another in force
+        // it would count votes by the wrong members (with one bootstrap voter, it
+        // would elect itself).
+        if changed || !is_bootstrap_member(config) {
+            bail!(
+                "DISTRAFT_RESET_LOGS refused: this cluster's membership changed since it \
+                 was bootstrapped (or this node joined it later), and a wiped node would \
+                 restart from the bootstrap membership. Replace the member instead: \
+                 `distraft member remove {}`, delete its data and log directories, and \
+                 start it with DISTRAFT_JOIN (docs/operations.md, \"Replacing a dead \
+                 member\")",
+                config.name
+            );
+        }
         let wiped = Storage::reset(&driver::storage_options(config))
             .context("DISTRAFT_RESET_LOGS: wiping the log and data")?;
         if wiped {
@@ -252,6 +269,11 @@ impl ListCheck {
             list(&mut roster.current())
         )
     }
+}
+
+/// Whether this node is one of the bootstrap voters (not one that joined later).
+fn is_bootstrap_member(config: &Config) -> bool {
+    config.members.iter().any(|m| m.id == config.id)
 }
 
 /// Takes what the cluster told this node when it joined.

@@ -82,10 +82,13 @@ pub enum Plant {
     /// A node applies a membership change only once its entry is committed, instead
     /// of as soon as it is in its log (the rule the core follows, thesis §4.1).
     ConfChangeOnCommit,
+    /// A node that may not campaign keeps the leader it no longer hears from, and so
+    /// its lease, ignoring the vote requests of that leader's successor.
+    NonCampaignerKeepsLeader,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 27] = [
+    pub const ALL: [Plant; 28] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -113,6 +116,7 @@ impl Plant {
         Plant::TransferVoteIgnoresEarlierVote,
         Plant::LeaderCountsRemovedVoter,
         Plant::ConfChangeOnCommit,
+        Plant::NonCampaignerKeepsLeader,
     ];
 
     pub fn name(self) -> &'static str {
@@ -144,6 +148,7 @@ impl Plant {
             Plant::TransferVoteIgnoresEarlierVote => "transfer-vote-ignores-earlier-vote",
             Plant::LeaderCountsRemovedVoter => "leader-counts-removed-voter",
             Plant::ConfChangeOnCommit => "conf-change-on-commit",
+            Plant::NonCampaignerKeepsLeader => "non-campaigner-keeps-leader",
         }
     }
 }

@@ -233,18 +233,28 @@ impl Registry {
     /// good, and the addresses this node was configured with for a bootstrap member
     /// (its own view, maybe through a proxy or a NAT) stay its own, whatever view of
     /// them the leader wrote into a later change of that member.
+    ///
+    /// One exception: a record of another *name* replaces the one held. An addition
+    /// that never committed can be taken back by a truncation, and a later leader
+    /// that never saw it may give its id to another member; the newer entry then
+    /// speaks for the id.
     pub fn learn(&self, records: impl IntoIterator<Item = Record>) {
         let roster = self.roster();
         let new: Vec<Record> = records
             .into_iter()
-            .filter(|r| !roster.book.contains_key(&r.member.id))
+            .filter(|r| {
+                roster
+                    .book
+                    .get(&r.member.id)
+                    .is_none_or(|held| held.member.name != r.member.name)
+            })
             .collect();
         if new.is_empty() {
             return;
         }
         self.update(|roster| {
             for record in new {
-                roster.book.entry(record.member.id).or_insert(record);
+                roster.book.insert(record.member.id, record);
             }
         });
     }

@@ -578,6 +578,13 @@ impl RawNode {
         // term persisted before the ceiling existed can be at it: stay a follower
         // rather than take a term past it.
         if !self.may_vote() || !self.may_campaign() || self.term >= MAX_TERM {
+            // No word from a leader for a whole election timeout: it is gone, as far as
+            // we know. Forget it, or we would keep claiming its lease and ignore the
+            // votes a successor needs: a learner (never campaigning, so never changing
+            // term by itself) refused a promoted voter's vote requests for good.
+            if !plant::active(Plant::NonCampaignerKeepsLeader) {
+                self.leader = None;
+            }
             self.reset_election_timer();
             return;
         }

@@ -181,6 +181,30 @@ impl Storage {
     /// docs/storage.md, "Wiping a node"). Only distraft's own files are removed, so a
     /// misconfigured path cannot wipe anything else. Returns false when there was no
     /// data to wipe (a new node), in which case nothing changes.
+    /// Whether the node's files record a membership other than `bootstrap`: a
+    /// membership change in the WAL, or a snapshot of another membership. A wipe
+    /// (`DISTRAFT_RESET_LOGS`) would take such a node back to the bootstrap
+    /// membership, which is no longer the cluster's, so the caller refuses it.
+    pub fn membership_changed(
+        opts: &StorageOptions,
+        bootstrap: &crate::raft::Membership,
+    ) -> Result<bool, StorageError> {
+        let replay = replay_wal(&opts.log_dir)?;
+        if replay
+            .entries
+            .iter()
+            .any(|e| e.kind == crate::raft::EntryKind::ConfChange)
+        {
+            return Ok(true);
+        }
+        Ok(
+            match list_numbered(&opts.data_dir, SNAPSHOT_SUFFIX)?.last() {
+                Some((_, path)) => SnapshotFile::load(path)?.meta.membership != *bootstrap,
+                None => false,
+            },
+        )
+    }
+
     pub fn reset(opts: &StorageOptions) -> Result<bool, StorageError> {
         // The term and vote to keep: the WAL's, or those of an earlier wipe if it had
         // a later term (a wipe cut short by a crash, its WAL partly deleted). Only the
