@@ -133,11 +133,18 @@ impl<T: Transport> Driver<T> {
     /// first append for them does.
     pub(super) fn follow_membership(&self, entries: &[Entry]) {
         let registry = &self.config.registry;
-        registry.learn(entries.iter().filter_map(record_of));
+        // Called on every turn: in the common case (no change) one read of the roster.
+        if entries.iter().any(|e| e.kind == EntryKind::ConfChange) {
+            registry.learn(entries.iter().filter_map(record_of));
+        }
+        let now = self.node.membership();
+        let before = registry.roster();
+        if before.membership == *now {
+            return;
+        }
+        registry.set_membership(now);
         let id = self.config.id;
-        let was_member = registry.roster().membership.contains(id);
-        registry.set_membership(self.node.membership());
-        if was_member && !self.node.membership().contains(id) {
+        if before.membership.contains(id) && !now.contains(id) {
             warn!(
                 "this node was removed from the cluster: it takes no part any more; \
                  stop it, wipe its data, and join again to come back"
