@@ -172,6 +172,11 @@ async fn open_data_dir(
             cluster_id,
             mismatch,
         } => {
+            // A wipe must not run on a list that may turn out not to be this node's:
+            // refused before anything in the directory is touched.
+            if config.reset_logs {
+                return Err(mismatch.into());
+            }
             let configured = config.members.clone();
             let own = bootstrap
                 .iter()
