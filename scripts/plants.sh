@@ -38,6 +38,9 @@ plants=(
   # A learner kept a silent leader's lease and ignored its successor's votes (pinned
   # simulator seed 1510 of membership_changes; the transcript shows it directly).
   "non-campaigner-keeps-leader|--test raft_scripts membership_learner"
+  # Vote requests of every non-voter heard: the membership nemesis finds two leaders
+  # in one term (seed 279, Election Safety).
+  "non-voter-votes-heard|--test simulation membership_changes"
   # The transcript of a transfer to a follower that is behind.
   "timeout-now-before-caught-up|--test raft_scripts transfer_catch_up"
   "reset-node-votes|--test simulation"

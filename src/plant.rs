@@ -85,10 +85,13 @@ pub enum Plant {
     /// A node that may not campaign keeps the leader it no longer hears from, and so
     /// its lease, ignoring the vote requests of that leader's successor.
     NonCampaignerKeepsLeader,
+    /// Vote requests from any non-voter are heard, so a removed node that keeps
+    /// campaigning raises the members' terms.
+    NonVoterVotesHeard,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 28] = [
+    pub const ALL: [Plant; 29] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -117,6 +120,7 @@ impl Plant {
         Plant::LeaderCountsRemovedVoter,
         Plant::ConfChangeOnCommit,
         Plant::NonCampaignerKeepsLeader,
+        Plant::NonVoterVotesHeard,
     ];
 
     pub fn name(self) -> &'static str {
@@ -149,6 +153,7 @@ impl Plant {
             Plant::LeaderCountsRemovedVoter => "leader-counts-removed-voter",
             Plant::ConfChangeOnCommit => "conf-change-on-commit",
             Plant::NonCampaignerKeepsLeader => "non-campaigner-keeps-leader",
+            Plant::NonVoterVotesHeard => "non-voter-votes-heard",
         }
     }
 }

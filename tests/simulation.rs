@@ -1291,10 +1291,22 @@ impl Sim {
     /// image streamed into the receiver's storage as the gRPC handler does), or an
     /// answer to one of the receiver's requests.
     fn deliver(&mut self, out: Outgoing) -> Result<(), String> {
-        let to = out.msg.to;
+        let (from, to) = (out.msg.from, out.msg.to);
         if !self.ready(to) {
             return Ok(());
         }
+        let watched = self.sc.dynamic() && self.is_member(to) && !self.is_member(from);
+        let term_before = watched
+            .then(|| self.core(to).map(|core| core.term()))
+            .flatten();
+        let delivered = self.deliver_to(out, to);
+        if watched {
+            self.note_delivery(from, to, term_before);
+        }
+        delivered
+    }
+
+    fn deliver_to(&mut self, out: Outgoing, to: NodeId) -> Result<(), String> {
         if !out.request {
             if out.incarnation != self.nodes[&to].incarnation {
                 // The process that asked is gone, and its call with it.

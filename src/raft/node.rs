@@ -341,6 +341,7 @@ impl RawNode {
         if matches!(m.body, Body::Vote { .. } | Body::PreVote { .. })
             && !self.membership.is_voter(m.from)
             && !asker_ahead
+            && !plant::active(Plant::NonVoterVotesHeard)
         {
             return;
         }
