@@ -43,7 +43,10 @@ plants=(
   "non-voter-votes-heard|--test simulation membership_changes"
   # The transcript of a transfer to a follower that is behind.
   "timeout-now-before-caught-up|--test raft_scripts transfer_catch_up"
-  "reset-node-votes|--test simulation"
+  # Caught by membership_changes at once (seed 18); the three other configurations no
+  # longer catch it within 8,000 seeds each (they did in session 8; see the note of
+  # session 9), and running them all here cost 6 minutes of CI.
+  "reset-node-votes|--test simulation membership_changes"
   "skip-wire-validation|--lib rpc::convert"
   "skip-read-back|--test simulation"
   # The simulator's liveness check (a leader that starves one follower after healing
