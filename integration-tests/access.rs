@@ -207,6 +207,7 @@ async fn the_api_token_guards_every_route_but_status() {
         let put = PutRequest {
             key: "g".into(),
             value: "v".into(),
+            precondition: None,
         };
         assert_eq!(
             code(kv.put(credentials.grpc(put)).await),
@@ -222,7 +223,10 @@ async fn the_api_token_guards_every_route_but_status() {
             credentials.grpc_code(),
             "Get {credentials:?}"
         );
-        let delete = DeleteRequest { key: "g".into() };
+        let delete = DeleteRequest {
+            key: "g".into(),
+            precondition: None,
+        };
         assert_eq!(
             code(kv.delete(credentials.grpc(delete)).await),
             credentials.grpc_code(),

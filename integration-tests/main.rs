@@ -13,6 +13,7 @@ mod storage;
 mod tls;
 mod tools;
 mod upgrade;
+mod versions;
 mod wipe;
 mod wire;
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::harness::{eventually, Cluster};
+use crate::harness::{eventually, run_cli, Cluster};
 use serde_json::{json, Value};
 
 /// `GET /cluster/members` on node `i`: name → role (empty if it does not answer).
@@ -46,21 +46,6 @@ async fn wait_for_roles(cluster: &Cluster, i: usize, expected: &[(&str, &str)]) 
             cluster.output(i)
         );
     }
-}
-
-/// `distraft ARGS...` (the client subcommands); whether it succeeded, and its output.
-async fn cli(args: &[&str]) -> (bool, String) {
-    let output = tokio::process::Command::from(crate::harness::distraft_command())
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
 }
 
 /// Puts keys `w0, w1, ...` through node `via` until `stop`; returns those acknowledged.
@@ -394,7 +379,7 @@ async fn learners_stay_learners_until_promoted_and_a_joining_node_killed_mid_cat
     // The CLI: a learner added by hand (not started: adding a learner costs no
     // quorum), listed, assessed and removed; node4 promoted, asked of the learner.
     let url = |i: usize| cluster.url(i);
-    let (ok, out) = cli(&[
+    let (ok, out) = run_cli(&[
         "member",
         "add",
         "node9",
@@ -408,15 +393,15 @@ async fn learners_stay_learners_until_promoted_and_a_joining_node_killed_mid_cat
     ])
     .await;
     assert!(ok && out.contains("\"safe\":true"), "{out}");
-    let (ok, out) = cli(&["member", "list", "--url", &url(0)]).await;
+    let (ok, out) = run_cli(&["member", "list", "--url", &url(0)]).await;
     assert!(ok && out.contains("\"name\":\"node9\""), "{out}");
-    let (ok, out) = cli(&["member", "remove", "node9", "--dry-run", "--url", &url(0)]).await;
+    let (ok, out) = run_cli(&["member", "remove", "node9", "--dry-run", "--url", &url(0)]).await;
     assert!(ok && out.contains("\"dry_run\":true"), "{out}");
-    let (ok, out) = cli(&["member", "remove", "node9", "--url", &url(1)]).await;
+    let (ok, out) = run_cli(&["member", "remove", "node9", "--url", &url(1)]).await;
     assert!(ok, "{out}");
-    let (ok, out) = cli(&["member", "remove", "node9", "--url", &url(1)]).await;
+    let (ok, out) = run_cli(&["member", "remove", "node9", "--url", &url(1)]).await;
     assert!(!ok && out.contains("404"), "removing it twice: {out}");
-    let (ok, out) = cli(&["member", "promote", "node4", "--url", &url(four)]).await;
+    let (ok, out) = run_cli(&["member", "promote", "node4", "--url", &url(four)]).await;
     assert!(ok, "{out}");
     let answer: Value = serde_json::from_str(out.lines().next().unwrap_or_default()).unwrap();
     assert_eq!(answer["assessment"]["after"]["voters"], 4, "{answer}");

@@ -97,6 +97,7 @@ async fn writes_past_the_quota_are_refused_and_deletes_make_room() {
         .put(distraft::proto::v1::PutRequest {
             key: "key-3".into(),
             value: value.repeat(2),
+            precondition: None,
         })
         .await
         .unwrap_err();

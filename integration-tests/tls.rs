@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use crate::harness::{eventually, Cluster, CONVERGE};
-use crate::tools::{grpcurl, run_grpcurl};
+use crate::tools::{grpcurl, grpcurl_refused, run_grpcurl};
 
 /// Runs curl; returns (exit success, stdout, stderr).
 fn curl(args: &[&str]) -> (bool, String, String) {
@@ -19,24 +19,6 @@ fn curl(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-/// Runs grpcurl expecting it to fail; returns what it said.
-fn grpcurl_refused(args: &[&str]) -> String {
-    let output = Command::new(grpcurl())
-        .args(args)
-        .output()
-        .expect("running grpcurl");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        !output.status.success(),
-        "grpcurl {args:?} succeeded: {said}"
-    );
-    said
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ async fn generated_rust_grpc_client() {
         .put(PutRequest {
             key: "g".into(),
             value: "rpc".into(),
+            precondition: None,
         })
         .await
         .expect("Put through a follower")
@@ -65,6 +66,7 @@ async fn generated_rust_grpc_client() {
         .put(PutRequest {
             key: String::new(),
             value: "v".into(),
+            precondition: None,
         })
         .await;
     // The rules and messages of src/validation.rs, as over HTTP.
@@ -75,6 +77,7 @@ async fn generated_rust_grpc_client() {
         .put(PutRequest {
             key: "g".into(),
             value: "v".repeat(1024 * 1024 + 1),
+            precondition: None,
         })
         .await;
     let refused = large_value.unwrap_err();
@@ -85,7 +88,10 @@ async fn generated_rust_grpc_client() {
     );
 
     let deleted = kv
-        .delete(DeleteRequest { key: "g".into() })
+        .delete(DeleteRequest {
+            key: "g".into(),
+            precondition: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -154,6 +160,24 @@ pub fn python_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("integration-tests/python")
         .join(name)
+}
+
+/// Runs grpcurl expecting it to fail; returns what it said.
+pub fn grpcurl_refused(args: &[&str]) -> String {
+    let output = std::process::Command::new(grpcurl())
+        .args(args)
+        .output()
+        .expect("running grpcurl");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !output.status.success(),
+        "grpcurl {args:?} succeeded: {said}"
+    );
+    said
 }
 
 pub fn run_grpcurl(grpcurl: &Path, args: &[&str]) -> String {
@@ -230,6 +254,26 @@ async fn grpcurl_lists_describes_and_calls() {
     assert!(health.contains("SERVING"), "{health}");
     // What gRPC wrote, HTTP reads.
     assert_eq!(cluster.get(2, "from-grpcurl").await.1["value"], "hello");
+
+    // Conditional writes as the README shows them: create only, then compare-and-set
+    // on the mod_index grpcurl read (proto3 JSON writes uint64 as a string).
+    let create = r#"{"key": "lock", "value": "me", "precondition": {"absent": true}}"#;
+    let created = run_grpcurl(
+        &grpcurl,
+        &["-plaintext", "-d", create, address, "distraft.v1.Kv/Put"],
+    );
+    let created: serde_json::Value = serde_json::from_str(&created).expect("JSON");
+    let mod_index = created["index"].as_str().expect("the index").to_string();
+    let refused = grpcurl_refused(&["-plaintext", "-d", create, address, "distraft.v1.Kv/Put"]);
+    assert!(refused.contains("FailedPrecondition"), "{refused}");
+    let cas = format!(
+        r#"{{"key": "lock", "value": "you", "precondition": {{"mod_index": {mod_index}}}}}"#
+    );
+    let swapped = run_grpcurl(
+        &grpcurl,
+        &["-plaintext", "-d", &cas, address, "distraft.v1.Kv/Put"],
+    );
+    assert!(swapped.contains("\"version\": \"2\""), "{swapped}");
 
     // Membership over gRPC: the list, and a dry run of a removal with its assessment.
     let members = run_grpcurl(

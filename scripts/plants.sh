@@ -66,6 +66,8 @@ plants=(
   "tls-optional-client-cert|--test integration tls::mutual_tls"
   # One chaos run (seed 1, 45 s): a node answering INTERNAL must fail it even though
   # every failed write was, in truth, not applied (the history stays linearizable).
+  # The first compare-and-set with the version a read returned is refused (412).
+  "cas-compares-stale-version|--test integration versions"
   "writes-fail-internally|--test chaos -- --exact histories_under_faults_are_linearizable_and_replicas_converge"
 )
 

@@ -88,10 +88,13 @@ pub enum Plant {
     /// Vote requests from any non-voter are heard, so a removed node that keeps
     /// campaigning raises the members' terms.
     NonVoterVotesHeard,
+    /// A conditional write compares its expected `mod_index` with the one the key had
+    /// before its last write (a stale version), on every replica alike.
+    CasComparesStaleVersion,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 29] = [
+    pub const ALL: [Plant; 30] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -121,6 +124,7 @@ impl Plant {
         Plant::ConfChangeOnCommit,
         Plant::NonCampaignerKeepsLeader,
         Plant::NonVoterVotesHeard,
+        Plant::CasComparesStaleVersion,
     ];
 
     pub fn name(self) -> &'static str {
@@ -154,6 +158,7 @@ impl Plant {
             Plant::ConfChangeOnCommit => "conf-change-on-commit",
             Plant::NonCampaignerKeepsLeader => "non-campaigner-keeps-leader",
             Plant::NonVoterVotesHeard => "non-voter-votes-heard",
+            Plant::CasComparesStaleVersion => "cas-compares-stale-version",
         }
     }
 }

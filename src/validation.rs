@@ -233,6 +233,7 @@ mod tests {
         tonic::Request::new(PutRequest {
             key: key.into(),
             value: value.into(),
+            precondition: None,
         })
     }
 
@@ -256,7 +257,10 @@ mod tests {
             stale: false,
         });
         assert!(RULES.check_unless_checked(&get).is_err());
-        let delete = tonic::Request::new(DeleteRequest { key: String::new() });
+        let delete = tonic::Request::new(DeleteRequest {
+            key: String::new(),
+            precondition: None,
+        });
         assert_eq!(
             RULES.check_unless_checked(&delete),
             Err(InvalidRequest::EmptyKey)

@@ -354,7 +354,7 @@ enum Waiting {
     },
     Read {
         at: NodeId,
-        answer: oneshot::Receiver<Result<Option<String>, RequestError>>,
+        answer: oneshot::Receiver<Result<distraft::driver::ReadAnswer, RequestError>>,
     },
     /// Waits for a leader, then tries again at the origin.
     Retry {
@@ -1661,7 +1661,7 @@ impl Sim {
                 },
                 Waiting::Read { at: node, answer } if *node == at => match answer.try_recv() {
                     Err(TryRecvError::Empty) => continue,
-                    Ok(Ok(value)) => Ok(KvOutcome::Get(value)),
+                    Ok(Ok(read)) => Ok(KvOutcome::Get(read.found.map(|found| found.value))),
                     Ok(Err(err)) => Err(err),
                     Err(TryRecvError::Closed) => Err(RequestError::ShuttingDown),
                 },

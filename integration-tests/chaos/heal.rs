@@ -117,6 +117,7 @@ async fn a_healed_follower_serves_reads_promptly() {
         let put = |value: &str| PutRequest {
             key: key.clone(),
             value: value.into(),
+            precondition: None,
         };
         writes.put(put("before")).await.unwrap();
         let (warm, failures) = first_read(&mut reads, &key, "before", CONVERGE).await;

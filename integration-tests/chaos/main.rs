@@ -264,6 +264,7 @@ async fn converge(cluster: &ChaosCluster, seed: u64) -> (u64, String) {
         let put = PutRequest {
             key: "chaos-final".into(),
             value: format!("seed {seed}"),
+            precondition: None,
         };
         let answer = kv.put(put).await.map_err(|s| s.to_string())?;
         Ok(answer.into_inner().index)

@@ -212,6 +212,7 @@ impl Client {
                 .put(with_deadline(PutRequest {
                     key: key.clone(),
                     value: value.clone(),
+                    precondition: None,
                 }))
                 .await
                 .map(|r| {
@@ -219,7 +220,10 @@ impl Client {
                     (r.key == *key && r.value == *value).then_some(KvOutcome::Put)
                 }),
             KvOp::Delete { key } => client
-                .delete(with_deadline(DeleteRequest { key: key.clone() }))
+                .delete(with_deadline(DeleteRequest {
+                    key: key.clone(),
+                    precondition: None,
+                }))
                 .await
                 .map(|r| (r.into_inner().key == *key).then_some(KvOutcome::Delete)),
         };

@@ -63,15 +63,32 @@ pub async fn get(target: &Target, key: &str, stale: bool) -> anyhow::Result<()> 
     print_answer(request, &url).await
 }
 
-pub async fn put(target: &Target, key: &str, value: &str) -> anyhow::Result<()> {
+/// `condition`: a conditional header (`If-Match`, `If-None-Match`) and its value.
+pub async fn put(
+    target: &Target,
+    key: &str,
+    value: &str,
+    condition: Option<(&'static str, String)>,
+) -> anyhow::Result<()> {
     let url = key_url(&target.url, key);
-    let request = http_client(target)?.post(&url).form(&[("value", value)]);
+    let mut request = http_client(target)?.post(&url).form(&[("value", value)]);
+    if let Some((name, value)) = condition {
+        request = request.header(name, value);
+    }
     print_answer(request, &url).await
 }
 
-pub async fn delete(target: &Target, key: &str) -> anyhow::Result<()> {
+pub async fn delete(
+    target: &Target,
+    key: &str,
+    condition: Option<(&'static str, String)>,
+) -> anyhow::Result<()> {
     let url = key_url(&target.url, key);
-    print_answer(http_client(target)?.delete(&url), &url).await
+    let mut request = http_client(target)?.delete(&url);
+    if let Some((name, value)) = condition {
+        request = request.header(name, value);
+    }
+    print_answer(request, &url).await
 }
 
 pub async fn transfer_leader(target: &Target, to: Option<&str>) -> anyhow::Result<()> {

@@ -41,6 +41,8 @@ pub enum Command {
         key: String,
         /// Its new value (non-empty).
         value: String,
+        #[command(flatten)]
+        condition: WriteCondition,
     },
     /// Remove a key (`DELETE /<key>`); answers once committed.
     Delete {
@@ -48,6 +50,10 @@ pub enum Command {
         target: Target,
         /// The key to remove.
         key: String,
+        /// Only if the key was last written at this index (its mod_index, the ETag of
+        /// its answers): `If-Match: "<INDEX>"`. Else 412 and nothing is removed.
+        #[arg(long, value_name = "INDEX")]
+        if_match: Option<u64>,
     },
     /// Leadership: `distraft leader transfer [--to NAME]`.
     #[command(subcommand)]
@@ -155,14 +161,50 @@ pub struct Target {
     pub tls: crate::tls::ClientTlsArgs,
 }
 
+/// The condition of `distraft put`: at most one of them.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[group(multiple = false)]
+pub struct WriteCondition {
+    /// Only if the key was last written at this index (its mod_index, the ETag of its
+    /// answers): `If-Match: "<INDEX>"`. Else 412 and nothing is written.
+    #[arg(long, value_name = "INDEX")]
+    if_match: Option<u64>,
+    /// Only if the key does not exist (create only): `If-None-Match: *`.
+    #[arg(long)]
+    if_absent: bool,
+}
+
+impl WriteCondition {
+    /// The conditional header it sends, if any.
+    fn header(&self) -> Option<(&'static str, String)> {
+        match (self.if_match, self.if_absent) {
+            (Some(index), _) => Some(("if-match", format!("\"{index}\""))),
+            (None, true) => Some(("if-none-match", "*".to_string())),
+            (None, false) => None,
+        }
+    }
+}
+
 /// Runs a client subcommand.
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Status(target) => client::status(&target).await,
         Command::Ready(target) => client::ready(&target).await,
         Command::Get { target, key, stale } => client::get(&target, &key, stale).await,
-        Command::Put { target, key, value } => client::put(&target, &key, &value).await,
-        Command::Delete { target, key } => client::delete(&target, &key).await,
+        Command::Put {
+            target,
+            key,
+            value,
+            condition,
+        } => client::put(&target, &key, &value, condition.header()).await,
+        Command::Delete {
+            target,
+            key,
+            if_match,
+        } => {
+            let condition = if_match.map(|index| ("if-match", format!("\"{index}\"")));
+            client::delete(&target, &key, condition).await
+        }
         Command::Leader(LeaderCommand::Transfer { target, to }) => {
             client::transfer_leader(&target, to.as_deref()).await
         }

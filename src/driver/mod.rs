@@ -36,7 +36,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
-use crate::kv::{Applied, Kv};
+use crate::kv::{Applied, Kv, Versioned};
 use crate::raft::{Index, Message, NodeId, RaftError, RawNode, ReadId, Role, SnapshotMeta, Term};
 use crate::storage::{SnapshotFile, SnapshotWriter, Storage, StorageError, StorageOptions};
 use alarm::NoSpaceAlarm;
@@ -113,6 +113,24 @@ pub enum RequestError {
     /// write until space is freed.
     #[error("no space left on this node's disk: writes are refused until space is freed")]
     NoSpace,
+    /// The write was committed but changed nothing: its precondition did not hold of
+    /// the key, which is as `current` says (`None`: absent).
+    #[error("precondition failed: {}", describe_key(.key, .current))]
+    PreconditionFailed {
+        key: String,
+        current: Option<Versioned>,
+    },
+}
+
+/// How a precondition failure describes the key it found.
+fn describe_key(key: &str, current: &Option<Versioned>) -> String {
+    match current {
+        Some(current) => format!(
+            "key {key:?} has mod_index {} (version {})",
+            current.versions.mod_index, current.versions.version
+        ),
+        None => format!("key {key:?} does not exist"),
+    }
 }
 
 /// What a proposed write does to the state's size, for the quota check.
@@ -140,6 +158,14 @@ impl From<RaftError> for RequestError {
             RaftError::TransferInProgress => RequestError::NotLeader { leader: None },
         }
     }
+}
+
+/// A read's answer: the key's value and versions, if it exists, as of `index`
+/// (the last entry applied when it was served).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadAnswer {
+    pub index: Index,
+    pub found: Option<Versioned>,
 }
 
 /// A write that was committed and applied.
@@ -173,7 +199,7 @@ pub enum Event {
     Read {
         key: String,
         stale: bool,
-        reply: oneshot::Sender<Result<Option<String>, RequestError>>,
+        reply: oneshot::Sender<Result<ReadAnswer, RequestError>>,
     },
     Status {
         reply: oneshot::Sender<NodeStatus>,
@@ -286,7 +312,7 @@ impl DriverHandle {
     }
 
     /// Reads a key: linearizable (ReadIndex) unless `stale`.
-    pub async fn read(&self, key: String, stale: bool) -> Result<Option<String>, RequestError> {
+    pub async fn read(&self, key: String, stale: bool) -> Result<ReadAnswer, RequestError> {
         let (reply, answer) = oneshot::channel();
         self.post(Event::Read { key, stale, reply })?;
         answer.await.unwrap_or(Err(RequestError::ShuttingDown))

@@ -126,7 +126,7 @@ impl<T: Transport> Driver<T> {
         self.since_snapshot.entries += 1;
         self.since_snapshot.log_bytes += entry.size() as u64;
         let applied = match entry.kind {
-            EntryKind::Normal => self.kv.apply(&entry.data),
+            EntryKind::Normal => self.kv.apply(entry.index, &entry.data),
             EntryKind::Noop => Applied::Noop,
             // In force since it reached the log (`raft/node/conf.rs`); applying it
             // keeps its member's record in the state machine's member table.

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{Committed, Driver, RequestError, Transport, WriteKind};
+use super::{Committed, Driver, ReadAnswer, RequestError, Transport, WriteKind};
 use crate::metrics::metrics;
 use crate::plant::{self, Plant};
 use crate::raft::{Role, Term};
@@ -26,7 +26,7 @@ impl PendingProposal {
     }
 }
 
-pub(super) type ReadReply = oneshot::Sender<Result<Option<String>, RequestError>>;
+pub(super) type ReadReply = oneshot::Sender<Result<ReadAnswer, RequestError>>;
 
 impl<T: Transport> Driver<T> {
     /// A client's write: refused at once when this node cannot take it, else handed to
@@ -80,7 +80,7 @@ impl<T: Transport> Driver<T> {
             // applied: stale reads are served from it, linearizable ones are sent
             // elsewhere.
             let answer = match stale {
-                true => Ok(self.kv.get(&key).map(str::to_string)),
+                true => Ok(self.read_now(&key)),
                 false => Err(RequestError::NotLeader {
                     leader: self.read_elsewhere(),
                 }),
@@ -89,7 +89,7 @@ impl<T: Transport> Driver<T> {
         } else if !self.up {
             let _ = reply.send(Err(RequestError::Stopped));
         } else if stale {
-            let _ = reply.send(Ok(self.kv.get(&key).map(str::to_string)));
+            let _ = reply.send(Ok(self.read_now(&key)));
         } else {
             let id = self.next_read_id;
             self.next_read_id += 1;
@@ -119,6 +119,14 @@ impl<T: Transport> Driver<T> {
         Ok(())
     }
 
+    /// A read of `key` served from the state machine as it is now.
+    fn read_now(&self, key: &str) -> ReadAnswer {
+        ReadAnswer {
+            index: self.applied,
+            found: self.kv.versioned(key),
+        }
+    }
+
     /// Serves the confirmed reads whose index has been applied.
     pub(super) fn serve_confirmed_reads(&mut self) {
         let applied = self.applied;
@@ -127,7 +135,7 @@ impl<T: Transport> Driver<T> {
             .partition(|(index, _, _)| *index <= applied);
         self.confirmed_reads = waiting;
         for (_, key, reply) in due {
-            let _ = reply.send(Ok(self.kv.get(&key).map(str::to_string)));
+            let _ = reply.send(Ok(self.read_now(&key)));
         }
     }
 

@@ -133,7 +133,8 @@ fn disk_fault(full: &Arc<AtomicBool>, broken: &Arc<AtomicBool>) -> DiskFault {
 async fn assert_all_keys(handle: &DriverHandle, count: usize) {
     for i in 0..count {
         let value = within("a read", handle.read(format!("key {i}"), false)).await;
-        assert_eq!(value.unwrap(), Some(format!("value {i}")), "key {i}");
+        let found = value.unwrap().found.map(|found| found.value);
+        assert_eq!(found, Some(format!("value {i}")), "key {i}");
     }
 }
 
@@ -325,6 +326,7 @@ async fn a_full_disk_raises_the_alarm_keeps_reads_and_resumes_when_space_is_back
     let refused = try_put(&handle, "key 0".into(), "new".into()).await;
     assert_eq!(refused, Err(RequestError::NoSpace));
     let stale = within("a stale read", handle.read("key 3".into(), true)).await;
+    let stale = stale.map(|answer| answer.found.map(|found| found.value));
     assert_eq!(stale, Ok(Some("value 3".to_string())));
     let linearizable = within("a read", handle.read("key 3".into(), false)).await;
     assert_eq!(linearizable, Err(RequestError::NotLeader { leader: None }));

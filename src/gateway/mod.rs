@@ -25,6 +25,7 @@
 //! (401 without, 403 with a wrong one), and CORS answers only the allowed origins.
 
 mod body;
+mod conditions;
 mod dashboard;
 mod decode;
 mod guard;
@@ -35,18 +36,21 @@ mod server;
 use body::{
     discard_body, form_value, json_value, optional_json_string, read_body_within, BodyFormat,
 };
+use conditions::{precondition_failed, version_headers, versions_json};
 use dashboard::dashboard_routes;
 use decode::percent_decode_utf8;
 use guard::{allowed_host, authorized, check_request_size, cors, credentials};
-use response::{error_response, json_response, rejection_response, text_response, ApiError};
+use response::{
+    error_response, json_response, json_response_with, rejection_response, text_response, ApiError,
+};
 pub use server::serve;
 
 use crate::access::Access;
 use crate::dashboard::Dashboard;
 use crate::limits::Limits;
 use crate::proto::v1::{
-    admin_server::Admin, kv_server::Kv, DeleteRequest, GetRequest, PutRequest, StartRequest,
-    StatusRequest, StopRequest, TransferLeaderRequest,
+    admin_server::Admin, kv_server::Kv, DeleteRequest, GetRequest, Precondition, PutRequest,
+    StartRequest, StatusRequest, StopRequest, TransferLeaderRequest,
 };
 use crate::status::status_json;
 use crate::validation::{self, RequestRules};
@@ -266,7 +270,7 @@ fn key_routes(
         .and(with_gateway.clone())
         .then(
             |raw: String, options: GetOptions, gw: Arc<Gateway>| async move {
-                gw.respond(gw.get(&raw, options.stale).await)
+                gw.respond_with(gw.get(&raw, options.stale).await)
             },
         );
     // The body of a refused write is read and dropped (see `discard_body`), so the
@@ -274,6 +278,7 @@ fn key_routes(
     let put = key
         .and(warp::post())
         .and(credentials)
+        .and(conditions())
         .and(warp::header::optional::<String>(
             header::CONTENT_TYPE.as_str(),
         ))
@@ -285,22 +290,54 @@ fn key_routes(
         .then(
             |raw: String,
              authorized: Result<(), ApiError>,
+             conditions: Conditions,
              content_type,
              content_length,
              body,
              gw: Arc<Gateway>| async move {
+                let authorized = authorized.and_then(|()| conditions.precondition());
                 let result = gw
                     .put(&raw, authorized, content_type, content_length, body)
                     .await;
-                gw.respond(result)
+                gw.respond_with(result)
             },
         );
     let delete = key
         .and(warp::delete())
         .and(authorized)
+        .and(conditions())
         .and(with_gateway)
-        .then(|raw: String, gw: Arc<Gateway>| async move { gw.respond(gw.delete(&raw).await) });
+        .then(
+            |raw: String, conditions: Conditions, gw: Arc<Gateway>| async move {
+                gw.respond_with(gw.delete(&raw, conditions).await)
+            },
+        );
     get.or(put).unify().or(delete).unify()
+}
+
+/// The conditional-request headers of a write, parsed in its handler (so that a
+/// refused write's body is still read and dropped first).
+#[derive(Debug, Clone, Default)]
+struct Conditions {
+    if_match: Option<String>,
+    if_none_match: Option<String>,
+}
+
+impl Conditions {
+    fn precondition(&self) -> Result<Option<Precondition>, ApiError> {
+        conditions::precondition(self.if_match.as_deref(), self.if_none_match.as_deref())
+    }
+}
+
+fn conditions() -> impl Filter<Extract = (Conditions,), Error = Rejection> + Clone {
+    warp::header::optional::<String>(header::IF_MATCH.as_str())
+        .and(warp::header::optional::<String>(
+            header::IF_NONE_MATCH.as_str(),
+        ))
+        .map(|if_match, if_none_match| Conditions {
+            if_match,
+            if_none_match,
+        })
 }
 
 /// The route a request took, as the label of the HTTP metrics: never the path itself,
@@ -437,41 +474,54 @@ impl Gateway {
         Ok(json!({"ok": true}))
     }
 
-    async fn get(&self, raw_key: &str, stale: bool) -> Result<Value, ApiError> {
+    async fn get(&self, raw_key: &str, stale: bool) -> Result<Answer, ApiError> {
         let key = self.key(raw_key)?;
         let request = validation::checked(self.request(GetRequest {
             key: key.clone(),
             stale,
         }));
-        let found = self.call(self.backend.kv.get(request)).await?;
-        if !found.found {
-            return Err(key_not_found(&key));
-        }
-        Ok(json!({"ok": true, "key": key, "value": found.value}))
+        let found = match self.call_kv(self.backend.kv.get(request)).await {
+            Ok(found) if found.found => found,
+            // An answer without the key is one the service did not send; taken as
+            // absent all the same.
+            Ok(found) => return Err(key_not_found(&key, found.index)),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                return Err(key_not_found(&key, crate::rpc::index_of_not_found(&status)))
+            }
+            Err(status) => return Err(ApiError::from(status)),
+        };
+        let mut body = versions_json(found.create_index, found.mod_index, found.version);
+        body["ok"] = Value::Bool(true);
+        body["key"] = Value::String(key);
+        body["value"] = Value::String(found.value);
+        Ok((body, version_headers(Some(found.mod_index), found.index)))
     }
 
+    /// `POST /<key>`; `checked` is the token check and the write's precondition (from
+    /// its headers), refused before the body is read.
     async fn put<S, B>(
         &self,
         raw_key: &str,
-        authorized: Result<(), ApiError>,
+        checked: Result<Option<Precondition>, ApiError>,
         content_type: Option<String>,
         content_length: Option<u64>,
         body: S,
-    ) -> Result<Value, ApiError>
+    ) -> Result<Answer, ApiError>
     where
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
         B: Buf,
     {
-        let checked = authorized.and_then(|()| self.key(raw_key)).and_then(|key| {
+        let checked = checked.and_then(|precondition| {
+            let key = self.key(raw_key)?;
             match content_type.as_deref().and_then(BodyFormat::of) {
-                Some(format) => Ok((key, format)),
+                Some(format) => Ok((key, format, precondition)),
                 None => Err(ApiError::bad_request(
                     "expected a form body (Content-Type: application/x-www-form-urlencoded) with value=<value>, \
                      or a JSON body (Content-Type: application/json) {\"value\": \"<value>\"}",
                 )),
             }
         });
-        let (key, format) = match checked {
+        let (key, format, precondition) = match checked {
             Ok(checked) => checked,
             Err(error) => return Err(discard_body(body, error).await),
         };
@@ -494,9 +544,17 @@ impl Gateway {
         let request = validation::checked(self.request(PutRequest {
             key: key.clone(),
             value,
+            precondition,
         }));
-        let put = self.call(self.backend.kv.put(request)).await?;
-        Ok(json!({"ok": true, "key": key, "value": put.value}))
+        let put = self
+            .call_kv(self.backend.kv.put(request))
+            .await
+            .map_err(write_failure)?;
+        let mut body = versions_json(put.create_index, put.index, put.version);
+        body["ok"] = Value::Bool(true);
+        body["key"] = Value::String(key);
+        body["value"] = Value::String(put.value);
+        Ok((body, version_headers(Some(put.index), put.index)))
     }
 
     /// `POST /cluster/leader` with an optional JSON body `{"to": "<member>"}`.
@@ -528,11 +586,20 @@ impl Gateway {
         Ok(json!({"ok": true, "leader": answer.leader, "previous": answer.previous}))
     }
 
-    async fn delete(&self, raw_key: &str) -> Result<Value, ApiError> {
+    async fn delete(&self, raw_key: &str, conditions: Conditions) -> Result<Answer, ApiError> {
+        let precondition = conditions.precondition()?;
         let key = self.key(raw_key)?;
-        let request = validation::checked(self.request(DeleteRequest { key: key.clone() }));
-        let deleted = self.call(self.backend.kv.delete(request)).await?;
-        Ok(json!({"ok": true, "key": key, "existed": deleted.existed}))
+        let request = validation::checked(self.request(DeleteRequest {
+            key: key.clone(),
+            precondition,
+        }));
+        let deleted = self
+            .call_kv(self.backend.kv.delete(request))
+            .await
+            .map_err(write_failure)?;
+        let body =
+            json!({"ok": true, "key": key, "existed": deleted.existed, "index": deleted.index});
+        Ok((body, version_headers(None, deleted.index)))
     }
 
     /// Decodes a key from its path segment and checks it.
@@ -582,6 +649,28 @@ impl Gateway {
         }
     }
 
+    /// Awaits a Kv call, bounded even if it never answers, keeping its status whole
+    /// (its metadata and details say more than an [`ApiError`] holds).
+    async fn call_kv<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        match tokio::time::timeout(self.settings.request_timeout + DEADLINE_GRACE, call).await {
+            Ok(answer) => answer.map(tonic::Response::into_inner),
+            Err(_elapsed) => Err(tonic::Status::unavailable(format!(
+                "no answer from the cluster within {:?}",
+                self.settings.request_timeout
+            ))),
+        }
+    }
+
+    fn respond_with(&self, result: Result<Answer, ApiError>) -> Response {
+        match result {
+            Ok((body, headers)) => json_response_with(&body, headers, self.settings.pretty),
+            Err(error) => error_response(&error, self.settings.pretty),
+        }
+    }
+
     fn respond(&self, result: Result<Value, ApiError>) -> Response {
         match result {
             Ok(body) => json_response(StatusCode::OK, &body, self.settings.pretty),
@@ -590,8 +679,26 @@ impl Gateway {
     }
 }
 
-fn key_not_found(key: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("key not found: {key}"))
+/// A JSON answer and its headers.
+type Answer = (
+    Value,
+    Vec<(warp::http::HeaderName, warp::http::HeaderValue)>,
+);
+
+fn key_not_found(key: &str, index: u64) -> ApiError {
+    let mut error = ApiError::new(StatusCode::NOT_FOUND, format!("key not found: {key}"));
+    for (name, value) in version_headers(None, index) {
+        error = error.with_header(name, value);
+    }
+    error
+}
+
+/// A failed write as HTTP: a failed precondition is 412 with the key as it is.
+fn write_failure(status: tonic::Status) -> ApiError {
+    match crate::rpc::precondition_failure(&status) {
+        Some(state) => precondition_failed(status.message().to_string(), state),
+        None => ApiError::from(status),
+    }
 }
 
 #[cfg(test)]

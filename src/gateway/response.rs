@@ -1,10 +1,10 @@
 //! The gateway's answers: a failed request ([`ApiError`], also what its filters reject
 //! with) and its mapping from gRPC statuses, and the JSON and text responses.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tonic::Code;
 use warp::{
-    http::{header, HeaderValue, StatusCode},
+    http::{header, HeaderName, HeaderValue, StatusCode},
     reply::Response,
     Rejection, Reply,
 };
@@ -20,6 +20,10 @@ pub(super) struct ApiError {
     /// Answer with `Connection: close`: part of the request body was left unread, so
     /// the connection cannot carry another request.
     pub(super) close_connection: bool,
+    /// More of the JSON answer besides `ok` and `error` (a 412's `current`).
+    pub(super) fields: serde_json::Map<String, Value>,
+    /// Headers of the answer (a 404's `X-Distraft-Index`, a 412's `ETag`).
+    pub(super) headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -30,7 +34,19 @@ impl ApiError {
             status,
             message: message.into(),
             close_connection: false,
+            fields: serde_json::Map::new(),
+            headers: Vec::new(),
         }
+    }
+
+    pub(super) fn with_field(mut self, name: &str, value: Value) -> Self {
+        self.fields.insert(name.to_string(), value);
+        self
+    }
+
+    pub(super) fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     pub(super) fn closing_connection(self) -> Self {
@@ -139,15 +155,30 @@ pub(super) fn rejection_response(rejection: Rejection, pretty: bool) -> Response
 }
 
 pub(super) fn error_response(error: &ApiError, pretty: bool) -> Response {
-    let mut response = json_response(
-        error.status,
-        &json!({"ok": false, "error": error.message}),
-        pretty,
-    );
+    let mut body = error.fields.clone();
+    body.insert("ok".to_string(), Value::Bool(false));
+    body.insert("error".to_string(), Value::String(error.message.clone()));
+    let mut response = json_response(error.status, &Value::Object(body), pretty);
+    for (name, value) in &error.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
     if error.close_connection {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A JSON answer with headers besides the JSON (a key's `ETag`, `X-Distraft-Index`).
+pub(super) fn json_response_with(
+    body: &Value,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    pretty: bool,
+) -> Response {
+    let mut response = json_response(StatusCode::OK, body, pretty);
+    for (name, value) in headers {
+        response.headers_mut().insert(name, value);
     }
     response
 }

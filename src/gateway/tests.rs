@@ -52,6 +52,10 @@ impl Kv for Arc<FakeNode> {
                 key,
                 value: value.clone(),
                 found: true,
+                create_index: 5,
+                mod_index: 7,
+                version: 2,
+                index: 9,
             })),
             None => Err(Status::not_found(format!("key not found: {key}"))),
         }
@@ -62,9 +66,25 @@ impl Kv for Arc<FakeNode> {
         request: Request<PutRequest>,
     ) -> Result<tonic::Response<PutResponse>, Status> {
         self.note_mark(&request);
-        let PutRequest { key, value } = request.into_inner();
+        let PutRequest { key, value, .. } = request.into_inner();
         if key == "unavailable" {
             return Err(Status::unavailable("no leader"));
+        }
+        if key == "conflict" {
+            let current = crate::kv::Versioned {
+                value: "theirs".to_string(),
+                versions: crate::kv::Versions {
+                    create_index: 3,
+                    mod_index: 4,
+                    version: 2,
+                },
+            };
+            return Err(crate::rpc::status_of(
+                crate::driver::RequestError::PreconditionFailed {
+                    key,
+                    current: Some(current),
+                },
+            ));
         }
         *self.writes.lock().unwrap() += 1;
         self.data.lock().unwrap().insert(key.clone(), value.clone());
@@ -72,6 +92,8 @@ impl Kv for Arc<FakeNode> {
             key,
             value,
             index: 7,
+            create_index: 5,
+            version: 2,
         }))
     }
 
@@ -80,7 +102,7 @@ impl Kv for Arc<FakeNode> {
         request: Request<DeleteRequest>,
     ) -> Result<tonic::Response<DeleteResponse>, Status> {
         self.note_mark(&request);
-        let DeleteRequest { key } = request.into_inner();
+        let DeleteRequest { key, .. } = request.into_inner();
         *self.writes.lock().unwrap() += 1;
         let existed = self.data.lock().unwrap().remove(&key).is_some();
         Ok(tonic::Response::new(DeleteResponse {
@@ -308,7 +330,10 @@ async fn put_get_delete_round_trip_with_decoded_keys_and_values() {
     // A path keeps '+', a form body turns it into a space.
     let (code, body) = send(&routes, post_form("/a%20b+%C3%A9", "value=x+y%26z&other=1")).await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(body, json!({"ok": true, "key": "a b+é", "value": "x y&z"}));
+    assert_eq!(
+        body,
+        json!({"ok": true, "key": "a b+é", "value": "x y&z", "create_index": 5, "mod_index": 7, "version": 2})
+    );
     assert_eq!(
         node.data.lock().unwrap().get("a b+é").map(String::as_str),
         Some("x y&z")
@@ -316,12 +341,18 @@ async fn put_get_delete_round_trip_with_decoded_keys_and_values() {
 
     let (code, body) = send(&routes, warp::test::request().path("/a%20b+%C3%A9")).await;
     assert_eq!(code, StatusCode::OK);
-    assert_eq!(body, json!({"ok": true, "key": "a b+é", "value": "x y&z"}));
+    assert_eq!(
+        body,
+        json!({"ok": true, "key": "a b+é", "value": "x y&z", "create_index": 5, "mod_index": 7, "version": 2})
+    );
 
     let delete = || warp::test::request().method("DELETE").path("/a%20b+%C3%A9");
     let (code, body) = send(&routes, delete()).await;
     assert_eq!(code, StatusCode::OK);
-    assert_eq!(body, json!({"ok": true, "key": "a b+é", "existed": true}));
+    assert_eq!(
+        body,
+        json!({"ok": true, "key": "a b+é", "existed": true, "index": 8})
+    );
     let (_, body) = send(&routes, delete()).await;
     assert_eq!(body["existed"], false);
 
@@ -684,7 +715,7 @@ async fn a_json_body_puts_like_a_form() {
         (code, body),
         (
             StatusCode::OK,
-            json!({"ok": true, "key": "k", "value": "x y&z"})
+            json!({"ok": true, "key": "k", "value": "x y&z", "create_index": 5, "mod_index": 7, "version": 2})
         )
     );
     for (bad, fragment) in [
@@ -757,4 +788,76 @@ fn http_metrics_label_routes_not_paths() {
     assert_eq!(route_name(&get, "/ui/api/events"), "/ui");
     assert_eq!(route_name(&get, "/a/b"), "other");
     assert_eq!(route_name(&get, "/stop"), "/stop");
+}
+
+/// A key's answers carry its ETag and the index they reflect; the conditional headers
+/// are checked before anything is sent, and a failed precondition is 412 with the key
+/// as the write found it.
+#[tokio::test]
+async fn versions_and_conditional_writes_over_http() {
+    let (node, backend) = fake_node();
+    let routes = routes(settings(), backend);
+    let header_of = |response: &warp::http::Response<bytes::Bytes>, name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+
+    let put = post_form("/k", "value=v").header("if-match", "\"6\"");
+    let response = put.reply(&routes).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "etag").as_deref(), Some("\"7\""));
+    assert_eq!(
+        header_of(&response, "x-distraft-index").as_deref(),
+        Some("7")
+    );
+    let response = warp::test::request().path("/k").reply(&routes).await;
+    assert_eq!(header_of(&response, "etag").as_deref(), Some("\"7\""));
+    assert_eq!(
+        header_of(&response, "x-distraft-index").as_deref(),
+        Some("9")
+    );
+
+    let response = post_form("/conflict", "value=mine")
+        .header("if-none-match", "*")
+        .reply(&routes)
+        .await;
+    assert_eq!(response.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(header_of(&response, "etag").as_deref(), Some("\"4\""));
+    let body: Value = serde_json::from_slice(response.body()).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "ok": false,
+            "error": "precondition failed: key \"conflict\" has mod_index 4 (version 2)",
+            "key": "conflict",
+            "current": {"value": "theirs", "create_index": 3, "mod_index": 4, "version": 2},
+        })
+    );
+
+    let writes = *node.writes.lock().unwrap();
+    for (name, value) in [
+        ("if-match", "7"),
+        ("if-match", "W/\"7\""),
+        ("if-match", "\"1\", \"2\""),
+        ("if-none-match", "\"7\""),
+    ] {
+        let post = send(&routes, post_form("/k", "value=v").header(name, value)).await;
+        assert_error(post, StatusCode::BAD_REQUEST, "If-");
+        let delete = warp::test::request()
+            .method("DELETE")
+            .path("/k")
+            .header(name, value);
+        assert_error(send(&routes, delete).await, StatusCode::BAD_REQUEST, "If-");
+    }
+    let both = post_form("/k", "value=v")
+        .header("if-match", "*")
+        .header("if-none-match", "*");
+    assert_error(
+        send(&routes, both).await,
+        StatusCode::BAD_REQUEST,
+        "not both",
+    );
+    assert_eq!(*node.writes.lock().unwrap(), writes, "nothing was sent");
 }

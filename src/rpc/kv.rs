@@ -14,11 +14,11 @@ use tracing::debug;
 
 use super::auth::{authorize, AUTHORIZATION};
 use super::deadline::{Backoff, Deadline};
-use super::outcome::{forward_again, status_of};
+use super::outcome::{forward_again, index_of_not_found, status_of, INDEX};
 use super::peers::Peers;
 use crate::config::Config;
-use crate::driver::{DriverHandle, RequestError, WriteKind};
-use crate::kv::{Applied, Kv};
+use crate::driver::{DriverHandle, ReadAnswer, RequestError, WriteKind};
+use crate::kv::{Applied, Command, Precondition};
 use crate::metrics::metrics;
 use crate::proto::v1::{self as pb, kv_client::KvClient};
 use crate::validation::KeyValue;
@@ -165,6 +165,56 @@ pub(super) fn forwarded_request<T>(config: &Config, message: T, remaining: Durat
     request
 }
 
+/// A read's answer as the Get response (`found` false when the key is absent).
+fn get_response(key: &str, answer: ReadAnswer) -> pb::GetResponse {
+    match answer.found {
+        Some(found) => pb::GetResponse {
+            key: key.to_string(),
+            value: found.value,
+            found: true,
+            create_index: found.versions.create_index,
+            mod_index: found.versions.mod_index,
+            version: found.versions.version,
+            index: answer.index,
+        },
+        None => pb::GetResponse {
+            key: key.to_string(),
+            index: answer.index,
+            ..pb::GetResponse::default()
+        },
+    }
+}
+
+/// A write's precondition, checked: a precondition that names no condition (or one
+/// set to false) is refused, so that a client's mistake is never taken for "no
+/// condition".
+fn precondition(wire: Option<pb::Precondition>) -> Result<Option<Precondition>, Status> {
+    use pb::precondition::Must;
+    let Some(wire) = wire else {
+        return Ok(None);
+    };
+    match wire.must {
+        Some(Must::ModIndex(index)) => Ok(Some(Precondition::ModIndex(index))),
+        Some(Must::Absent(true)) => Ok(Some(Precondition::Absent)),
+        Some(Must::Exists(true)) => Ok(Some(Precondition::Exists)),
+        Some(Must::Absent(false) | Must::Exists(false)) | None => Err(Status::invalid_argument(
+            "precondition: set one of mod_index, absent: true or exists: true",
+        )),
+    }
+}
+
+/// What a write's outcome is when its entry applied as something else than the write:
+/// a failed precondition, or (never expected) another kind of outcome.
+fn unexpected(key: &str, applied: Applied) -> RequestError {
+    match applied {
+        Applied::PreconditionFailed { current } => RequestError::PreconditionFailed {
+            key: key.to_string(),
+            current,
+        },
+        other => RequestError::Rejected(format!("the write applied as {other:?}")),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn get(
@@ -176,22 +226,32 @@ impl pb::kv_server::Kv for KvService {
         // confirm the read index), which spreads read load over the replicas and never
         // ships the value twice. They are forwarded to the leader only when this node
         // cannot take part (out of Raft for lack of space: the NOSPACE alarm).
-        let value = self
+        let answer = self
             .run(
                 &deadline,
                 forwarded,
                 false,
-                || self.driver.read(key.clone(), stale),
+                || async {
+                    Ok(get_response(
+                        &key,
+                        self.driver.read(key.clone(), stale).await?,
+                    ))
+                },
                 |mut client, remaining| {
                     let request = pb::GetRequest {
                         key: key.clone(),
                         stale,
                     };
                     let request = forwarded_request(&self.config, request, remaining);
+                    let key = key.clone();
                     async move {
                         match client.get(request).await {
-                            Ok(found) => Ok(Some(found.into_inner().value)),
-                            Err(status) if status.code() == Code::NotFound => Ok(None),
+                            Ok(found) => Ok(found.into_inner()),
+                            Err(status) if status.code() == Code::NotFound => Ok(pb::GetResponse {
+                                key,
+                                index: index_of_not_found(&status),
+                                ..pb::GetResponse::default()
+                            }),
                             Err(status) => Err(status),
                         }
                     }
@@ -200,22 +260,35 @@ impl pb::kv_server::Kv for KvService {
             .await?;
         let consistency = if stale { "stale" } else { "linearizable" };
         count_served(forwarded, &metrics().reads, consistency);
-        match value {
-            Some(value) => Ok(Response::new(pb::GetResponse {
-                key,
-                value,
-                found: true,
-            })),
-            None => Err(Status::not_found(format!("key {key:?} not found"))),
+        if answer.found {
+            return Ok(Response::new(answer));
         }
+        let mut status = Status::not_found(format!("key {key:?} not found"));
+        status
+            .metadata_mut()
+            .insert(INDEX, tonic::metadata::MetadataValue::from(answer.index));
+        Err(status)
     }
 
     async fn put(
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        let (deadline, forwarded, pb::PutRequest { key, value }) = self.open(request)?;
-        let command = Kv::put_command(key.clone(), value.clone());
+        let (
+            deadline,
+            forwarded,
+            pb::PutRequest {
+                key,
+                value,
+                precondition: wire_precondition,
+            },
+        ) = self.open(request)?;
+        let command = Command::Put {
+            key: key.clone(),
+            value: value.clone(),
+            precondition: precondition(wire_precondition)?,
+        }
+        .encode();
         let response = self
             .run(
                 &deadline,
@@ -227,16 +300,22 @@ impl pb::kv_server::Kv for KvService {
                         value_bytes: value.len(),
                     };
                     let committed = self.driver.propose(command.clone(), kind).await?;
-                    Ok(pb::PutResponse {
-                        key: key.clone(),
-                        value: value.clone(),
-                        index: committed.index,
-                    })
+                    match committed.applied {
+                        Applied::Put { versions } => Ok(pb::PutResponse {
+                            key: key.clone(),
+                            value: value.clone(),
+                            index: committed.index,
+                            create_index: versions.create_index,
+                            version: versions.version,
+                        }),
+                        other => Err(unexpected(&key, other)),
+                    }
                 },
                 |mut client, remaining| {
                     let request = pb::PutRequest {
                         key: key.clone(),
                         value: value.clone(),
+                        precondition: wire_precondition,
                     };
                     let request = forwarded_request(&self.config, request, remaining);
                     async move { Ok(client.put(request).await?.into_inner()) }
@@ -251,8 +330,19 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let (deadline, forwarded, pb::DeleteRequest { key }) = self.open(request)?;
-        let command = Kv::delete_command(key.clone());
+        let (
+            deadline,
+            forwarded,
+            pb::DeleteRequest {
+                key,
+                precondition: wire_precondition,
+            },
+        ) = self.open(request)?;
+        let command = Command::Delete {
+            key: key.clone(),
+            precondition: precondition(wire_precondition)?,
+        }
+        .encode();
         let response = self
             .run(
                 &deadline,
@@ -263,15 +353,20 @@ impl pb::kv_server::Kv for KvService {
                         .driver
                         .propose(command.clone(), WriteKind::Delete)
                         .await?;
-                    let existed = matches!(committed.applied, Applied::Delete { existed: true });
-                    Ok(pb::DeleteResponse {
-                        key: key.clone(),
-                        existed,
-                        index: committed.index,
-                    })
+                    match committed.applied {
+                        Applied::Delete { existed } => Ok(pb::DeleteResponse {
+                            key: key.clone(),
+                            existed,
+                            index: committed.index,
+                        }),
+                        other => Err(unexpected(&key, other)),
+                    }
                 },
                 |mut client, remaining| {
-                    let request = pb::DeleteRequest { key: key.clone() };
+                    let request = pb::DeleteRequest {
+                        key: key.clone(),
+                        precondition: wire_precondition,
+                    };
                     let request = forwarded_request(&self.config, request, remaining);
                     async move { Ok(client.delete(request).await?.into_inner()) }
                 },

@@ -31,6 +31,9 @@ mod stop;
 pub use admin::AdminService;
 pub use instrument::GrpcMetricsLayer;
 pub use kv::KvService;
-pub use outcome::{forward_again, status_of, INSUFFICIENT_STORAGE, NOT_APPLIED};
+pub use outcome::{
+    forward_again, index_of_not_found, precondition_failure, status_of, INDEX,
+    INSUFFICIENT_STORAGE, NOT_APPLIED,
+};
 pub use peers::{PeerTasks, Peers};
 pub use server::{serve, ClientServices};

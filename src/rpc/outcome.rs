@@ -3,7 +3,11 @@
 
 use tonic::{Code, Status};
 
+use prost::Message as _;
+
 use crate::driver::RequestError;
+use crate::kv::Versioned;
+use crate::proto::v1 as pb;
 
 /// Marks a failure that certainly left the cluster unchanged (the request never made
 /// it into the log), so that the node that forwarded it may try again. UNAVAILABLE
@@ -15,6 +19,21 @@ pub const NOT_APPLIED: &str = "x-distraft-not-applied";
 /// at the gateway) rather than load (the forwarding cap, load shedding: HTTP 503, try
 /// again soon).
 pub const INSUFFICIENT_STORAGE: &str = "x-distraft-insufficient-storage";
+
+/// The metadata of a NOT_FOUND from `Kv.Get`: the index the answer reflects (the
+/// gateway's `X-Distraft-Index`).
+pub const INDEX: &str = "x-distraft-index";
+
+/// The index a NOT_FOUND of `Kv.Get` reflects (0 from a node of an earlier version,
+/// which did not say).
+pub fn index_of_not_found(status: &Status) -> u64 {
+    status
+        .metadata()
+        .get(INDEX)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(0)
+}
 
 /// The gRPC status for a failed client request.
 pub fn status_of(err: RequestError) -> Status {
@@ -45,6 +64,26 @@ pub fn status_of(err: RequestError) -> Status {
         RequestError::QuotaExceeded { .. } | RequestError::NoSpace => {
             Status::resource_exhausted(err.to_string())
         }
+        // HTTP 412 at the gateway, which reads the key's state from the details.
+        RequestError::PreconditionFailed {
+            ref key,
+            ref current,
+        } => {
+            let message = err.to_string();
+            let details = RpcStatus {
+                code: Code::FailedPrecondition as i32,
+                message: message.clone(),
+                details: vec![Any {
+                    type_url: KEY_STATE_TYPE.to_string(),
+                    value: key_state(key, current.as_ref()).encode_to_vec(),
+                }],
+            };
+            Status::with_details(
+                Code::FailedPrecondition,
+                message,
+                details.encode_to_vec().into(),
+            )
+        }
     };
     if not_applied {
         status.metadata_mut().insert(
@@ -59,6 +98,64 @@ pub fn status_of(err: RequestError) -> Status {
         );
     }
     status
+}
+
+/// A key as a precondition failure found it, for the status details.
+pub fn key_state(key: &str, current: Option<&Versioned>) -> pb::KeyState {
+    match current {
+        Some(current) => pb::KeyState {
+            key: key.to_string(),
+            found: true,
+            value: current.value.clone(),
+            create_index: current.versions.create_index,
+            mod_index: current.versions.mod_index,
+            version: current.versions.version,
+        },
+        None => pb::KeyState {
+            key: key.to_string(),
+            ..pb::KeyState::default()
+        },
+    }
+}
+
+/// The key state a FAILED_PRECONDITION carries, if it carries one.
+pub fn precondition_failure(status: &Status) -> Option<pb::KeyState> {
+    if status.code() != Code::FailedPrecondition {
+        return None;
+    }
+    let details = RpcStatus::decode(status.details()).ok()?;
+    let any = details
+        .details
+        .into_iter()
+        .find(|any| any.type_url == KEY_STATE_TYPE)?;
+    pb::KeyState::decode(any.value.as_slice()).ok()
+}
+
+/// How a [`pb::KeyState`] is named in the status details.
+const KEY_STATE_TYPE: &str = "type.googleapis.com/distraft.v1.KeyState";
+
+// The status details (`grpc-status-details-bin`) are a `google.rpc.Status` whose
+// `details` are `google.protobuf.Any`s, as every gRPC client expects (grpcurl refuses
+// anything else). The two messages, as small as they are, defined here.
+
+/// `google.rpc.Status`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<Any>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Any {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
 }
 
 /// Whether a write forwarded to the leader certainly did not happen: the leader said
@@ -125,6 +222,7 @@ mod tests {
             .put(pb::PutRequest {
                 key: "k".into(),
                 value: "v".into(),
+                precondition: None,
             })
             .await
             .unwrap_err();

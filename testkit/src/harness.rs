@@ -599,6 +599,22 @@ impl Drop for Cluster {
     }
 }
 
+/// `distraft ARGS...` (the client subcommands): whether it succeeded, and its output
+/// (standard output, then standard error).
+pub async fn run_cli(args: &[&str]) -> (bool, String) {
+    let output = tokio::process::Command::from(distraft_command())
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 /// The last `bytes` of a file, for failure reports.
 pub fn tail(path: &Path, bytes: u64) -> String {
     let Ok(mut file) = File::open(path) else {

@@ -278,6 +278,7 @@ impl distraft_bench::Connection for Connection {
                     PutRequest {
                         key: key.to_string(),
                         value: value.text.clone(),
+                        precondition: None,
                     },
                     *timeout,
                     authorization.as_ref(),

@@ -1,0 +1,345 @@
+//! The commands the log stores: the state machine's own, versioned type, kept apart
+//! from the client-facing request messages of `proto/`, so that a field added for
+//! clients can never change what the log holds by accident.
+//!
+//! An entry of kind `Normal` holds one command: the format byte [`FORMAT_1`] and then
+//! the protobuf encoding of [`WireCommand`] (defined here, not in `proto/`: no client
+//! ever sees it). Entries written before the format byte existed hold a bare
+//! `Command` message of the old client proto (a Put or Delete request); they are still
+//! read ([`Format::Unversioned`], see docs/storage.md). No such entry can start with
+//! byte 1: that would be field number 0, which protobuf forbids.
+
+use bytes::Bytes;
+use prost::Message as _;
+
+/// The first byte of a command in format 1.
+const FORMAT_1: u8 = 0x01;
+
+/// What a write expects of its key's current state; checked when the entry is
+/// applied, the same on every replica. A write whose expectation fails changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// The key exists and was last written at this index (HTTP `If-Match: "<index>"`).
+    ModIndex(u64),
+    /// The key does not exist (HTTP `If-None-Match: *`).
+    Absent,
+    /// The key exists, whatever its value (HTTP `If-Match: *`).
+    Exists,
+}
+
+impl Precondition {
+    /// Whether the expectation holds of a key last written at `current` (`None`:
+    /// absent).
+    pub fn holds(self, current: Option<u64>) -> bool {
+        match (self, current) {
+            (Precondition::ModIndex(expected), Some(mod_index)) => expected == mod_index,
+            (Precondition::ModIndex(_), None) => false,
+            (Precondition::Absent, current) => current.is_none(),
+            (Precondition::Exists, current) => current.is_some(),
+        }
+    }
+}
+
+/// One command of the state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Put {
+        key: String,
+        value: String,
+        precondition: Option<Precondition>,
+    },
+    Delete {
+        key: String,
+        precondition: Option<Precondition>,
+    },
+}
+
+/// Which format an entry's command was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Format 1: the entry's index becomes the key's `mod_index`.
+    Versioned,
+    /// Written before versions existed: such writes carry no versions (all zero), so
+    /// that a replica that applies the entry and one that loads a snapshot holding its
+    /// result (an image without versions) agree.
+    Unversioned,
+}
+
+impl Command {
+    /// The command as an entry's data: the format byte, then the protobuf encoding.
+    pub fn encode(&self) -> Bytes {
+        let op = match self {
+            Command::Put {
+                key,
+                value,
+                precondition,
+            } => WireOp::Put(WirePut {
+                key: key.clone(),
+                value: value.clone(),
+                precondition: precondition.map(WirePrecondition::from),
+            }),
+            Command::Delete { key, precondition } => WireOp::Delete(WireDelete {
+                key: key.clone(),
+                precondition: precondition.map(WirePrecondition::from),
+            }),
+        };
+        let wire = WireCommand { op: Some(op) };
+        let mut data = Vec::with_capacity(1 + wire.encoded_len());
+        data.push(FORMAT_1);
+        wire.encode(&mut data)
+            .expect("a Vec grows to hold any encoding");
+        data.into()
+    }
+
+    /// Decodes an entry's data; what is not a command (damaged, or written by a newer
+    /// version) is refused with the reason.
+    pub fn decode(data: &[u8]) -> Result<(Command, Format), String> {
+        match data.split_first() {
+            None => Err("an empty command".to_string()),
+            Some((&FORMAT_1, rest)) => {
+                let wire = WireCommand::decode(rest)
+                    .map_err(|err| format!("undecodable command: {err}"))?;
+                let command = match wire.op {
+                    Some(WireOp::Put(put)) => Command::Put {
+                        key: put.key,
+                        value: put.value,
+                        precondition: precondition(put.precondition)?,
+                    },
+                    Some(WireOp::Delete(delete)) => Command::Delete {
+                        key: delete.key,
+                        precondition: precondition(delete.precondition)?,
+                    },
+                    None => return Err("a command without an operation".to_string()),
+                };
+                Ok((command, Format::Versioned))
+            }
+            Some(_) => {
+                let legacy = LegacyCommand::decode(data)
+                    .map_err(|err| format!("undecodable command: {err}"))?;
+                let command = match legacy.op {
+                    Some(LegacyOp::Put(put)) => Command::Put {
+                        key: put.key,
+                        value: put.value,
+                        precondition: None,
+                    },
+                    Some(LegacyOp::Delete(delete)) => Command::Delete {
+                        key: delete.key,
+                        precondition: None,
+                    },
+                    None => return Err("a command without an operation".to_string()),
+                };
+                Ok((command, Format::Unversioned))
+            }
+        }
+    }
+}
+
+fn precondition(wire: Option<WirePrecondition>) -> Result<Option<Precondition>, String> {
+    let Some(wire) = wire else {
+        return Ok(None);
+    };
+    match wire.must {
+        Some(WireMust::ModIndex(index)) => Ok(Some(Precondition::ModIndex(index))),
+        Some(WireMust::Absent(true)) => Ok(Some(Precondition::Absent)),
+        Some(WireMust::Exists(true)) => Ok(Some(Precondition::Exists)),
+        Some(WireMust::Absent(false) | WireMust::Exists(false)) | None => {
+            Err("a precondition without a condition".to_string())
+        }
+    }
+}
+
+impl From<Precondition> for WirePrecondition {
+    fn from(precondition: Precondition) -> WirePrecondition {
+        let must = match precondition {
+            Precondition::ModIndex(index) => WireMust::ModIndex(index),
+            Precondition::Absent => WireMust::Absent(true),
+            Precondition::Exists => WireMust::Exists(true),
+        };
+        WirePrecondition { must: Some(must) }
+    }
+}
+
+// Format 1 on the wire. Field numbers are forever: add, never renumber or reuse.
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireCommand {
+    #[prost(oneof = "WireOp", tags = "1, 2")]
+    op: Option<WireOp>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum WireOp {
+    #[prost(message, tag = "1")]
+    Put(WirePut),
+    #[prost(message, tag = "2")]
+    Delete(WireDelete),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WirePut {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(string, tag = "2")]
+    value: String,
+    #[prost(message, optional, tag = "3")]
+    precondition: Option<WirePrecondition>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireDelete {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(message, optional, tag = "2")]
+    precondition: Option<WirePrecondition>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WirePrecondition {
+    #[prost(oneof = "WireMust", tags = "1, 2, 3")]
+    must: Option<WireMust>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum WireMust {
+    #[prost(uint64, tag = "1")]
+    ModIndex(u64),
+    #[prost(bool, tag = "2")]
+    Absent(bool),
+    #[prost(bool, tag = "3")]
+    Exists(bool),
+}
+
+// The format before: `distraft.v1.Command` of the client proto as it was, holding the
+// client's own Put and Delete requests. Read only.
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LegacyCommand {
+    #[prost(oneof = "LegacyOp", tags = "1, 2")]
+    op: Option<LegacyOp>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum LegacyOp {
+    #[prost(message, tag = "1")]
+    Put(LegacyPut),
+    #[prost(message, tag = "2")]
+    Delete(LegacyDelete),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LegacyPut {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(string, tag = "2")]
+    value: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LegacyDelete {
+    #[prost(string, tag = "1")]
+    key: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip() {
+        let commands = [
+            Command::Put {
+                key: "k".into(),
+                value: "v".into(),
+                precondition: None,
+            },
+            Command::Put {
+                key: "".into(),
+                value: "".into(),
+                precondition: Some(Precondition::Absent),
+            },
+            Command::Put {
+                key: "k".into(),
+                value: "ü".into(),
+                precondition: Some(Precondition::ModIndex(0)),
+            },
+            Command::Delete {
+                key: "k".into(),
+                precondition: Some(Precondition::ModIndex(u64::MAX)),
+            },
+            Command::Delete {
+                key: "k".into(),
+                precondition: Some(Precondition::Exists),
+            },
+            Command::Delete {
+                key: "k".into(),
+                precondition: None,
+            },
+        ];
+        for command in commands {
+            let data = command.encode();
+            assert_eq!(data[0], FORMAT_1);
+            assert_eq!(
+                Command::decode(&data),
+                Ok((command.clone(), Format::Versioned))
+            );
+        }
+    }
+
+    /// Bytes exactly as the version before wrote them (a `distraft.v1.Command` with a
+    /// PutRequest / DeleteRequest), spelled out, so that no change of ours can alter
+    /// what they mean.
+    #[test]
+    fn entries_of_the_format_before_are_read() {
+        // field 1 (put), length 7: field 1 "ab", field 2 "c".
+        let put = [0x0a, 0x07, 0x0a, 0x02, b'a', b'b', 0x12, 0x01, b'c'];
+        assert_eq!(
+            Command::decode(&put),
+            Ok((
+                Command::Put {
+                    key: "ab".into(),
+                    value: "c".into(),
+                    precondition: None
+                },
+                Format::Unversioned
+            ))
+        );
+        // field 2 (delete): field 1 "ab".
+        let delete = [0x12, 0x04, 0x0a, 0x02, b'a', b'b'];
+        assert_eq!(
+            Command::decode(&delete),
+            Ok((
+                Command::Delete {
+                    key: "ab".into(),
+                    precondition: None
+                },
+                Format::Unversioned
+            ))
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_command_is_refused() {
+        for bad in [
+            &[][..],
+            &[0xff, 0xff, 0xff],
+            &[FORMAT_1],
+            &[FORMAT_1, 0xff],
+            // Format 1, a Put whose precondition names no condition.
+            &[FORMAT_1, 0x0a, 0x02, 0x1a, 0x00],
+            // Only an unknown field: no operation.
+            &[0x1a, 0x00],
+        ] {
+            assert!(Command::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn preconditions() {
+        use Precondition::*;
+        assert!(ModIndex(5).holds(Some(5)));
+        assert!(!ModIndex(5).holds(Some(6)));
+        assert!(!ModIndex(0).holds(None));
+        assert!(Absent.holds(None) && !Absent.holds(Some(1)));
+        assert!(Exists.holds(Some(0)) && !Exists.holds(None));
+    }
+}

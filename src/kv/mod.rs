@@ -1,0 +1,481 @@
+//! The replicated state machine: a map from key to value and versions, changed only by
+//! applying committed log entries, and saved to / loaded from snapshot images.
+//!
+//! - `command.rs`: the commands the log stores, and their format.
+//! - `image.rs`: the snapshot image, and its format.
+
+mod command;
+mod image;
+
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::Arc;
+
+pub use command::{Command, Format, Precondition};
+pub use image::KvImage;
+
+use crate::raft::{ConfChange, NodeId};
+use crate::registry::Record;
+
+/// The versions of a key, as etcd keeps them: the index of the entry that created it
+/// (since it last did not exist), the index of the entry that last wrote it, and how
+/// many writes it has had since it was created. Writes made before versions existed
+/// count as index 0 and version 0 (see [`Format::Unversioned`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    pub create_index: u64,
+    pub mod_index: u64,
+    pub version: u64,
+}
+
+/// A key's value and versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub value: String,
+    pub versions: Versions,
+}
+
+/// What applying one log entry did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The leader's no-op entry: nothing to apply.
+    Noop,
+    /// A membership change: its member's record is in the member table.
+    Membership,
+    /// The key's versions after the put.
+    Put {
+        versions: Versions,
+    },
+    Delete {
+        existed: bool,
+    },
+    /// The write's precondition did not hold of the key: nothing changed. `current` is
+    /// the key as it is (`None`: absent).
+    PreconditionFailed {
+        current: Option<Versioned>,
+    },
+    /// The entry held no valid command. Every replica skips it alike, so the replicas
+    /// stay identical; the proposer is told why.
+    Rejected(String),
+}
+
+/// Loading a snapshot image failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("reading the snapshot image: {0}")]
+    Io(#[from] io::Error),
+    #[error("the snapshot image is malformed: {0}")]
+    Malformed(String),
+}
+
+/// The key-value state machine, with an order-independent digest of its contents
+/// (values and versions) kept up to date on every change, so that replicas can be
+/// compared cheaply.
+///
+/// Copy-on-write, so that a snapshot costs no copy: [`Kv::capture`] shares `base` with
+/// the snapshot thread, and while it is shared, changes go to `delta`; they are folded
+/// into `base` by the first change after the snapshot thread let go of it.
+#[derive(Debug, Default, Clone)]
+pub struct Kv {
+    base: Arc<Pairs>,
+    /// Changes not in `base` (`None`: deleted); empty unless `base` is shared.
+    delta: BTreeMap<String, Option<Versioned>>,
+    len: usize,
+    /// The sum of key and value bytes: what the quota limits (`state_bytes`).
+    bytes: u64,
+    digest: u64,
+    /// Every member ever added by a membership change, by id (see `registry.rs`: the
+    /// address book of the members the bootstrap list does not name).
+    members: BTreeMap<NodeId, Record>,
+}
+
+/// A key, its value and its versions in one allocation, key first: for the short keys
+/// and values a store mostly holds, far less memory than separate strings (one heap
+/// block instead of two, each at least 32 bytes with glibc). The state machine's pairs
+/// are most of a node's memory.
+#[derive(Clone, Debug)]
+struct Pair {
+    text: Box<str>,
+    key_len: usize,
+    versions: Versions,
+}
+
+impl Pair {
+    fn new(key: &str, value: &str, versions: Versions) -> Pair {
+        let mut text = String::with_capacity(key.len() + value.len());
+        text.push_str(key);
+        text.push_str(value);
+        Pair {
+            text: text.into_boxed_str(),
+            key_len: key.len(),
+            versions,
+        }
+    }
+
+    fn key(&self) -> &str {
+        &self.text[..self.key_len]
+    }
+
+    fn value(&self) -> &str {
+        &self.text[self.key_len..]
+    }
+}
+
+/// Pairs are ordered, compared and looked up by key alone.
+impl Borrow<str> for Pair {
+    fn borrow(&self) -> &str {
+        self.key()
+    }
+}
+
+impl PartialEq for Pair {
+    fn eq(&self, other: &Pair) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Pair {}
+
+impl PartialOrd for Pair {
+    fn partial_cmp(&self, other: &Pair) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Pair {
+    fn cmp(&self, other: &Pair) -> Ordering {
+        self.key().cmp(other.key())
+    }
+}
+
+/// Key → value and versions, ordered by key, stored as [`Pair`]s.
+#[derive(Clone, Debug, Default)]
+struct Pairs(BTreeSet<Pair>);
+
+impl Pairs {
+    fn get(&self, key: &str) -> Option<(&str, Versions)> {
+        self.0.get(key).map(|pair| (pair.value(), pair.versions))
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.0.contains(key)
+    }
+
+    fn insert(&mut self, key: &str, value: &str, versions: Versions) {
+        self.0.replace(Pair::new(key, value, versions));
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(Pair::key)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Pair> {
+        self.0.iter()
+    }
+}
+
+impl PartialEq for Kv {
+    fn eq(&self, other: &Kv) -> bool {
+        // Equal sizes, and every key this one has or had the same in the other.
+        self.len == other.len
+            && self.digest == other.digest
+            && self.members == other.members
+            && (self
+                .base
+                .keys()
+                .chain(self.delta.keys().map(String::as_str)))
+            .all(|k| self.entry(k) == other.entry(k))
+    }
+}
+
+impl Eq for Kv {}
+
+impl Kv {
+    pub fn new() -> Kv {
+        Kv::default()
+    }
+
+    /// Encodes an unconditional Put command for a log entry.
+    pub fn put_command(key: String, value: String) -> bytes::Bytes {
+        Command::Put {
+            key,
+            value,
+            precondition: None,
+        }
+        .encode()
+    }
+
+    /// Encodes an unconditional Delete command for a log entry.
+    pub fn delete_command(key: String) -> bytes::Bytes {
+        Command::Delete {
+            key,
+            precondition: None,
+        }
+        .encode()
+    }
+
+    /// Applies the command of the committed entry of kind `Normal` at `index`.
+    pub fn apply(&mut self, index: u64, data: &[u8]) -> Applied {
+        let (command, format) = match Command::decode(data) {
+            Ok(decoded) => decoded,
+            Err(reason) => return Applied::Rejected(reason),
+        };
+        let at = match format {
+            Format::Versioned => index,
+            Format::Unversioned => 0,
+        };
+        match command {
+            Command::Put {
+                key,
+                value,
+                precondition,
+            } => {
+                if let Some(failed) = self.unmet(&key, precondition) {
+                    return failed;
+                }
+                let versions = self.versions_after_put(&key, at);
+                self.insert(key, value, versions);
+                Applied::Put { versions }
+            }
+            Command::Delete { key, precondition } => {
+                if let Some(failed) = self.unmet(&key, precondition) {
+                    return failed;
+                }
+                let existed = self.remove(&key);
+                Applied::Delete { existed }
+            }
+        }
+    }
+
+    /// The failure of a write whose precondition does not hold, if it does not.
+    fn unmet(&self, key: &str, precondition: Option<Precondition>) -> Option<Applied> {
+        let precondition = precondition?;
+        let current = self.entry(key);
+        let mut compared = current.map(|(_, versions)| versions.mod_index);
+        if crate::plant::active(crate::plant::Plant::CasComparesStaleVersion) {
+            // The version the key had before its last write, as a replica that read
+            // its versions from an old copy would see them.
+            compared = compared.map(|mod_index| mod_index.saturating_sub(1));
+        }
+        match precondition.holds(compared) {
+            true => None,
+            false => Some(Applied::PreconditionFailed {
+                current: current.map(|(value, versions)| Versioned {
+                    value: value.to_string(),
+                    versions,
+                }),
+            }),
+        }
+    }
+
+    /// The versions of `key` once written at index `at` (0: a write without versions).
+    fn versions_after_put(&self, key: &str, at: u64) -> Versions {
+        if at == 0 {
+            return Versions::default();
+        }
+        match self.entry(key) {
+            Some((_, old)) => Versions {
+                create_index: old.create_index,
+                mod_index: at,
+                version: old.version + 1,
+            },
+            None => Versions {
+                create_index: at,
+                mod_index: at,
+                version: 1,
+            },
+        }
+    }
+
+    /// Applies the change of one committed entry of kind `ConfChange`: its member's
+    /// record goes into the member table (kept after a removal: ids are never reused).
+    pub fn apply_conf_change(&mut self, data: &[u8]) -> Applied {
+        let record = ConfChange::decode(data)
+            .and_then(|(change, context)| Record::decode(change.id(), context));
+        match record {
+            Ok(record) => {
+                // The first record of a member is its record (the one its addition
+                // carried); later changes of it carry the same member.
+                self.members.entry(record.member.id).or_insert(record);
+                Applied::Membership
+            }
+            Err(reason) => Applied::Rejected(reason),
+        }
+    }
+
+    /// The member table: every member a membership change ever added.
+    pub fn members(&self) -> impl Iterator<Item = &Record> {
+        self.members.values()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entry(key).map(|(value, _)| value)
+    }
+
+    /// The value and versions of `key`, if it exists.
+    pub fn versioned(&self, key: &str) -> Option<Versioned> {
+        self.entry(key).map(|(value, versions)| Versioned {
+            value: value.to_string(),
+            versions,
+        })
+    }
+
+    fn entry(&self, key: &str) -> Option<(&str, Versions)> {
+        match self.delta.get(key) {
+            Some(changed) => changed.as_ref().map(|v| (v.value.as_str(), v.versions)),
+            None => self.base.get(key),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The size of the state as the quota counts it: the sum of key and value bytes
+    /// (not the memory or the snapshot file, which add a few bytes per pair).
+    pub fn state_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// What [`Kv::state_bytes`] would be after putting a value of `value_bytes` at
+    /// `key` (replacing the value it has, if any).
+    pub fn bytes_after_put(&self, key: &str, value_bytes: usize) -> u64 {
+        let old = match self.get(key) {
+            Some(old) => (key.len() + old.len()) as u64,
+            None => 0,
+        };
+        self.bytes - old + (key.len() + value_bytes) as u64
+    }
+
+    /// A digest of the contents (not of the history), as 16 hex digits.
+    pub fn digest_hex(&self) -> String {
+        format!("{:016x}", self.digest)
+    }
+
+    fn insert(&mut self, key: String, value: String, versions: Versions) {
+        self.bytes = self.bytes_after_put(&key, value.len());
+        match self.entry(&key) {
+            Some((old, old_versions)) => {
+                self.digest = self.digest.wrapping_sub(pair_hash(&key, old, old_versions))
+            }
+            None => self.len += 1,
+        }
+        self.digest = self.digest.wrapping_add(pair_hash(&key, &value, versions));
+        match self.writable_base() {
+            Some(base) => base.insert(&key, &value, versions),
+            None => {
+                self.delta.insert(key, Some(Versioned { value, versions }));
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> bool {
+        let Some((old, old_versions)) = self.entry(key) else {
+            return false;
+        };
+        let old_bytes = (key.len() + old.len()) as u64;
+        self.digest = self.digest.wrapping_sub(pair_hash(key, old, old_versions));
+        self.bytes -= old_bytes;
+        self.len -= 1;
+        if let Some(base) = self.writable_base() {
+            base.remove(key);
+        } else if self.base.contains_key(key) {
+            self.delta.insert(key.to_string(), None);
+        } else {
+            self.delta.remove(key);
+        }
+        true
+    }
+
+    /// `base`, up to date, if no snapshot shares it any more (else changes go to
+    /// `delta`). The fold costs one map operation per change made while it was shared.
+    fn writable_base(&mut self) -> Option<&mut Pairs> {
+        let base = Arc::get_mut(&mut self.base)?;
+        for (key, change) in std::mem::take(&mut self.delta) {
+            match change {
+                Some(Versioned { value, versions }) => base.insert(&key, &value, versions),
+                None => base.remove(&key),
+            }
+        }
+        Some(base)
+    }
+
+    /// The contents now, for a snapshot: no copy, only the changes made while the
+    /// previous image was still shared are folded in first (one map operation each);
+    /// if that image is still held (abandoned), the map is copied once.
+    pub fn capture(&mut self) -> KvImage {
+        Arc::make_mut(&mut self.base);
+        let _ = self.writable_base();
+        KvImage::new(
+            self.base.clone(),
+            self.digest,
+            self.members.values().cloned().collect(),
+        )
+    }
+
+    /// Loads a state machine from an image written by [`KvImage::write`], checking its
+    /// shape and digest.
+    pub fn read_image(input: impl io::Read) -> Result<Kv, KvError> {
+        image::read(input)
+    }
+}
+
+/// A stable 64-bit hash of one pair with its versions (FNV-1a over the length-prefixed
+/// key, the value and the versions, then a 64-bit finalizer so that the sum over pairs
+/// mixes well). Summing per-pair hashes makes the digest independent of insertion
+/// order and cheap to update.
+fn pair_hash(key: &str, value: &str, versions: Versions) -> u64 {
+    let key_len = (key.len() as u64).to_le_bytes();
+    let numbers =
+        [versions.create_index, versions.mod_index, versions.version].map(u64::to_le_bytes);
+    finalize(fnv1a(
+        key_len
+            .iter()
+            .chain(key.as_bytes())
+            .chain(value.as_bytes())
+            .chain(numbers.iter().flatten()),
+    ))
+}
+
+/// The pair hash of images 01 and 02, which held no versions: what their digest sums.
+fn unversioned_pair_hash(key: &str, value: &str) -> u64 {
+    let key_len = (key.len() as u64).to_le_bytes();
+    finalize(fnv1a(
+        key_len.iter().chain(key.as_bytes()).chain(value.as_bytes()),
+    ))
+}
+
+fn fnv1a<'a>(bytes: impl Iterator<Item = &'a u8>) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = FNV_OFFSET;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+/// splitmix64's finalizer.
+fn finalize(mut hash: u64) -> u64 {
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
+}
+
+#[cfg(test)]
+mod tests;

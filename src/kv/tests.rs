@@ -1,0 +1,357 @@
+use super::*;
+
+fn put(kv: &mut Kv, index: u64, key: &str, value: &str) -> Applied {
+    kv.apply(index, &Kv::put_command(key.to_string(), value.to_string()))
+}
+
+fn delete(kv: &mut Kv, index: u64, key: &str) -> Applied {
+    kv.apply(index, &Kv::delete_command(key.to_string()))
+}
+
+fn put_if(kv: &mut Kv, index: u64, key: &str, value: &str, must: Precondition) -> Applied {
+    let command = Command::Put {
+        key: key.to_string(),
+        value: value.to_string(),
+        precondition: Some(must),
+    };
+    kv.apply(index, &command.encode())
+}
+
+fn delete_if(kv: &mut Kv, index: u64, key: &str, must: Precondition) -> Applied {
+    let command = Command::Delete {
+        key: key.to_string(),
+        precondition: Some(must),
+    };
+    kv.apply(index, &command.encode())
+}
+
+fn versions(create_index: u64, mod_index: u64, version: u64) -> Versions {
+    Versions {
+        create_index,
+        mod_index,
+        version,
+    }
+}
+
+fn image_of(kv: &mut Kv) -> Vec<u8> {
+    let mut image = Vec::new();
+    kv.capture().write(&mut image).unwrap();
+    image
+}
+
+#[test]
+fn put_get_delete() {
+    let mut kv = Kv::new();
+    assert!(matches!(kv.apply(1, &[]), Applied::Rejected(_)));
+    assert_eq!(
+        put(&mut kv, 2, "a", "1"),
+        Applied::Put {
+            versions: versions(2, 2, 1)
+        }
+    );
+    assert_eq!(
+        put(&mut kv, 3, "a", "2"),
+        Applied::Put {
+            versions: versions(2, 3, 2)
+        }
+    );
+    assert_eq!(kv.get("a"), Some("2"));
+    assert_eq!(delete(&mut kv, 4, "a"), Applied::Delete { existed: true });
+    assert_eq!(delete(&mut kv, 5, "a"), Applied::Delete { existed: false });
+    assert_eq!(kv.get("a"), None);
+    assert!(kv.is_empty());
+    // Created again: its versions start over.
+    put(&mut kv, 6, "a", "3");
+    assert_eq!(
+        kv.versioned("a"),
+        Some(Versioned {
+            value: "3".to_string(),
+            versions: versions(6, 6, 1)
+        })
+    );
+}
+
+#[test]
+fn preconditions_decide_whether_a_write_happens() {
+    let mut kv = Kv::new();
+    put(&mut kv, 1, "k", "v1");
+    let current = Some(Versioned {
+        value: "v1".to_string(),
+        versions: versions(1, 1, 1),
+    });
+    let failed = |current: &Option<Versioned>| Applied::PreconditionFailed {
+        current: current.clone(),
+    };
+    assert_eq!(
+        put_if(&mut kv, 2, "k", "x", Precondition::ModIndex(7)),
+        failed(&current)
+    );
+    assert_eq!(
+        put_if(&mut kv, 3, "k", "x", Precondition::Absent),
+        failed(&current)
+    );
+    assert_eq!(
+        delete_if(&mut kv, 4, "k", Precondition::ModIndex(0)),
+        failed(&current)
+    );
+    assert_eq!(kv.versioned("k"), current, "nothing changed");
+    assert_eq!(
+        put_if(&mut kv, 5, "k", "v2", Precondition::ModIndex(1)),
+        Applied::Put {
+            versions: versions(1, 5, 2)
+        }
+    );
+    assert_eq!(
+        put_if(&mut kv, 6, "k", "v3", Precondition::Exists),
+        Applied::Put {
+            versions: versions(1, 6, 3)
+        }
+    );
+    assert_eq!(
+        delete_if(&mut kv, 7, "k", Precondition::ModIndex(6)),
+        Applied::Delete { existed: true }
+    );
+    assert_eq!(
+        put_if(&mut kv, 8, "k", "x", Precondition::Exists),
+        failed(&None)
+    );
+    assert_eq!(
+        delete_if(&mut kv, 9, "k", Precondition::ModIndex(6)),
+        failed(&None)
+    );
+    assert_eq!(
+        put_if(&mut kv, 10, "k", "v4", Precondition::Absent),
+        Applied::Put {
+            versions: versions(10, 10, 1)
+        }
+    );
+}
+
+#[test]
+fn state_bytes_count_keys_and_values() {
+    let mut kv = Kv::new();
+    assert_eq!(kv.state_bytes(), 0);
+    put(&mut kv, 1, "ab", "123");
+    assert_eq!(kv.state_bytes(), 5);
+    assert_eq!(
+        kv.bytes_after_put("ab", 1),
+        3,
+        "a replaced value no longer counts"
+    );
+    assert_eq!(kv.bytes_after_put("c", 4), 10);
+    put(&mut kv, 2, "ab", "1");
+    put(&mut kv, 3, "c", "4444");
+    assert_eq!(kv.state_bytes(), 8);
+    delete(&mut kv, 4, "ab");
+    delete(&mut kv, 5, "missing");
+    assert_eq!(kv.state_bytes(), 5);
+    // A snapshot image restores the count.
+    let image = image_of(&mut kv);
+    assert_eq!(Kv::read_image(&image[..]).unwrap().state_bytes(), 5);
+}
+
+#[test]
+fn garbage_is_rejected_without_changing_state() {
+    let mut kv = Kv::new();
+    put(&mut kv, 1, "k", "v");
+    let before = kv.clone();
+    assert!(matches!(
+        kv.apply(2, &[0xff, 0xff, 0xff]),
+        Applied::Rejected(_)
+    ));
+    // A well-formed message without an operation (only an unknown field).
+    assert!(matches!(kv.apply(3, &[0x1a, 0x00]), Applied::Rejected(_)));
+    assert_eq!(kv, before);
+}
+
+#[test]
+fn digest_depends_on_contents_and_versions_not_on_order() {
+    let mut one = Kv::new();
+    put(&mut one, 1, "a", "1");
+    put(&mut one, 2, "b", "2");
+    let mut two = Kv::new();
+    put(&mut two, 2, "b", "2");
+    put(&mut two, 1, "a", "1");
+    assert_eq!(one.digest_hex(), two.digest_hex());
+    put(&mut two, 3, "c", "3");
+    assert_ne!(one.digest_hex(), two.digest_hex());
+    delete(&mut two, 4, "c");
+    assert_eq!(one.digest_hex(), two.digest_hex());
+    // The same value written again is a new version.
+    put(&mut two, 5, "a", "1");
+    assert_ne!(one.digest_hex(), two.digest_hex());
+    assert_eq!(Kv::new().digest_hex(), "0000000000000000");
+    for key in ["a", "b"] {
+        delete(&mut two, 6, key);
+    }
+    assert_eq!(two.digest_hex(), "0000000000000000");
+    // Moving bytes between key and value changes the digest.
+    let (mut x, mut y) = (Kv::new(), Kv::new());
+    put(&mut x, 1, "ab", "c");
+    put(&mut y, 1, "a", "bc");
+    assert_ne!(x.digest_hex(), y.digest_hex());
+}
+
+#[test]
+fn image_round_trip() {
+    let mut kv = Kv::new();
+    for i in 0..1000 {
+        put(
+            &mut kv,
+            i + 1,
+            &format!("key {} ü", i % 700),
+            &"v".repeat(i as usize % 37),
+        );
+    }
+    put(&mut kv, 2000, "", "empty key survives too");
+    let image = image_of(&mut kv);
+    let loaded = Kv::read_image(image.as_slice()).unwrap();
+    assert_eq!(loaded, kv);
+    assert_eq!(loaded.versioned("key 5 ü"), kv.versioned("key 5 ü"));
+    assert_eq!(
+        loaded.versioned("key 5 ü").map(|v| v.versions),
+        Some(versions(6, 706, 2))
+    );
+
+    let empty = image_of(&mut Kv::new());
+    assert_eq!(Kv::read_image(empty.as_slice()).unwrap(), Kv::new());
+}
+
+/// An image as versions before 03 wrote it: magic, the member table (02 only), the
+/// pairs without versions, and the digest of the pairs without versions.
+fn unversioned_image(magic: &[u8; 8], pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut image = magic.to_vec();
+    if magic == b"DKVIMG02" {
+        image.extend(0u64.to_le_bytes());
+    }
+    image.extend((pairs.len() as u64).to_le_bytes());
+    let mut digest = 0u64;
+    for (key, value) in pairs {
+        for field in [key, value] {
+            image.extend((field.len() as u32).to_le_bytes());
+            image.extend(field.as_bytes());
+        }
+        digest = digest.wrapping_add(unversioned_pair_hash(key, value));
+    }
+    image.extend(digest.to_le_bytes());
+    image
+}
+
+/// A replica that loads an image without versions and one that applies the entries
+/// of the format before agree: both give those keys versions of zero.
+#[test]
+fn state_from_before_versions_is_the_same_however_it_is_reached() {
+    for magic in [b"DKVIMG01", b"DKVIMG02"] {
+        let image = unversioned_image(magic, &[("a", "1"), ("b", "2")]);
+        let loaded = Kv::read_image(image.as_slice()).unwrap();
+
+        let mut replayed = Kv::new();
+        // Entries of the format before: a bare `distraft.v1.Command` with a Put.
+        for (index, (key, value)) in [(7, (b'a', b'1')), (9, (b'b', b'2'))] {
+            let entry = [0x0a, 0x06, 0x0a, 0x01, key, 0x12, 0x01, value];
+            assert_eq!(
+                replayed.apply(index, &entry),
+                Applied::Put {
+                    versions: Versions::default()
+                }
+            );
+        }
+        assert_eq!(loaded, replayed);
+        assert_eq!(loaded.digest_hex(), replayed.digest_hex());
+
+        // Written again with versions, they count from there.
+        let mut after = loaded.clone();
+        assert_eq!(
+            put_if(&mut after, 12, "a", "3", Precondition::ModIndex(0)),
+            Applied::Put {
+                versions: versions(0, 12, 1)
+            }
+        );
+    }
+    let mut bad = unversioned_image(b"DKVIMG02", &[("a", "1")]);
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(Kv::read_image(bad.as_slice()).is_err(), "digest checked");
+}
+
+#[test]
+fn images_with_unknown_sections_are_refused() {
+    let mut kv = Kv::new();
+    put(&mut kv, 1, "a", "1");
+    let mut image = image_of(&mut kv);
+    // Replace "no sections" (the u64 before the digest) by one section of tag 9.
+    let at = image.len() - 16;
+    let digest = image.split_off(at + 8);
+    image.truncate(at);
+    image.extend(1u64.to_le_bytes());
+    image.extend(9u32.to_le_bytes());
+    image.extend(0u64.to_le_bytes());
+    image.extend(digest);
+    let err = Kv::read_image(image.as_slice()).unwrap_err().to_string();
+    assert!(err.contains("section 9"), "{err}");
+}
+
+#[test]
+fn a_captured_image_does_not_change_and_costs_no_copy() {
+    let mut kv = Kv::new();
+    for i in 0..100 {
+        put(&mut kv, 1, &format!("k{i}"), "before");
+    }
+    let before = kv.clone();
+    let image = kv.capture();
+    assert!(Arc::ptr_eq(&image.map, &kv.base), "shared, not copied");
+    // Changes while the image is held: overwrite, delete, add, add then delete.
+    let changes = |kv: &mut Kv| {
+        put(kv, 2, "k1", "after");
+        delete(kv, 3, "k2");
+        put(kv, 4, "new", "after");
+        put(kv, 5, "gone", "x");
+        delete(kv, 6, "gone");
+    };
+    changes(&mut kv);
+    let mut expected = before.clone();
+    changes(&mut expected);
+    assert_eq!(kv, expected);
+    assert_eq!((kv.len(), kv.get("k2"), kv.get("gone")), (100, None, None));
+    assert_eq!(
+        kv.versioned("k1").map(|v| v.versions),
+        Some(versions(1, 2, 2))
+    );
+    assert_eq!(kv.digest_hex(), expected.digest_hex());
+    let mut held = Vec::new();
+    image.write(&mut held).unwrap();
+    assert_eq!(Kv::read_image(held.as_slice()).unwrap(), before);
+    // A copy made while the image is held captures the changes as well.
+    let merged = image_of(&mut kv.clone());
+    assert_eq!(Kv::read_image(merged.as_slice()).unwrap(), expected);
+
+    // Released, the next change folds the others into the map itself.
+    drop(image);
+    put(&mut kv, 7, "k3", "after");
+    put(&mut expected, 7, "k3", "after");
+    assert!(kv.delta.is_empty());
+    assert_eq!(kv, expected);
+    assert_eq!(kv.capture().map.len(), 100);
+}
+
+#[test]
+fn damaged_images_are_refused() {
+    let mut kv = Kv::new();
+    put(&mut kv, 1, "alpha", "one");
+    put(&mut kv, 2, "beta", "two");
+    let image = image_of(&mut kv);
+
+    // Every truncation fails.
+    for cut in 0..image.len() {
+        assert!(Kv::read_image(&image[..cut]).is_err(), "cut at {cut}");
+    }
+    // Every single-byte change fails (magic, lengths, contents, versions or digest).
+    for at in 0..image.len() {
+        let mut bad = image.clone();
+        bad[at] ^= 0x01;
+        assert!(Kv::read_image(bad.as_slice()).is_err(), "flip at {at}");
+    }
+    let mut longer = image.clone();
+    longer.push(0);
+    assert!(Kv::read_image(longer.as_slice()).is_err());
+}
