@@ -228,6 +228,15 @@ async fn versions_and_conditional_writes_over_http_grpc_and_the_cli() {
     assert!(ok, "{out}");
     let (ok, out) = run_cli(&["delete", "--url", &url, "cli", "--if-match", &index]).await;
     assert!(!ok && out.contains("412"), "{out}");
+    // Every key is reachable: the CLI goes by /v1/kv/<key>, so `get stop` reads the
+    // key `stop` (GET /stop would stop the node).
+    let (ok, out) = run_cli(&["put", "--url", &url, "stop", "a key"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = run_cli(&["get", "--url", &url, "stop"]).await;
+    assert!(ok && out.contains("a key"), "{out}");
+    assert_eq!(cluster.status(follower).await.unwrap()["up"], true);
+    let (code, _, body) = send(http.get(format!("{}/v1/kv/stop", cluster.url(leader)))).await;
+    assert_eq!((code, body["value"].clone()), (200, json!("a key")));
     let (ok, out) = run_cli(&[
         "put",
         "--url",

@@ -15,10 +15,22 @@ const KEY_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-/// The URL of `key` on the node at `base` (e.g. `http://127.0.0.1:5001`).
+/// The URL of `key` on the node at `base` (e.g. `http://127.0.0.1:5001`) by the
+/// original route, `/<key>` (which the operations routes hide: `GET /stop` stops).
 pub fn key_url(base: &str, key: &str) -> String {
     format!(
         "{}/{}",
+        base.trim_end_matches('/'),
+        utf8_percent_encode(key, KEY_ESCAPES)
+    )
+}
+
+/// The URL of `key` on the node at `base` by the path that reaches every key,
+/// `/v1/kv/<key>`: what the client subcommands use, so that `distraft get stop` reads
+/// the key `stop`.
+pub fn kv_url(base: &str, key: &str) -> String {
+    format!(
+        "{}/v1/kv/{}",
         base.trim_end_matches('/'),
         utf8_percent_encode(key, KEY_ESCAPES)
     )
@@ -55,7 +67,7 @@ pub async fn ready(target: &Target) -> anyhow::Result<()> {
 }
 
 pub async fn get(target: &Target, key: &str, stale: bool) -> anyhow::Result<()> {
-    let url = key_url(&target.url, key);
+    let url = kv_url(&target.url, key);
     let mut request = http_client(target)?.get(&url);
     if stale {
         request = request.query(&[("stale", "true")]);
@@ -70,7 +82,7 @@ pub async fn put(
     value: &str,
     condition: Option<(&'static str, String)>,
 ) -> anyhow::Result<()> {
-    let url = key_url(&target.url, key);
+    let url = kv_url(&target.url, key);
     let mut request = http_client(target)?.post(&url).form(&[("value", value)]);
     if let Some((name, value)) = condition {
         request = request.header(name, value);
@@ -83,7 +95,7 @@ pub async fn delete(
     key: &str,
     condition: Option<(&'static str, String)>,
 ) -> anyhow::Result<()> {
-    let url = key_url(&target.url, key);
+    let url = kv_url(&target.url, key);
     let mut request = http_client(target)?.delete(&url);
     if let Some((name, value)) = condition {
         request = request.header(name, value);
@@ -185,5 +197,7 @@ mod tests {
         assert_eq!(key_url("http://h:1/", "a b/c"), "http://h:1/a%20b%2Fc");
         assert_eq!(key_url("http://h:1", "é-_.~"), "http://h:1/%C3%A9-_.~");
         assert_eq!(key_url("http://h:1", "100%+"), "http://h:1/100%25%2B");
+        assert_eq!(kv_url("http://h:1/", "stop"), "http://h:1/v1/kv/stop");
+        assert_eq!(kv_url("http://h:1", "a b/c"), "http://h:1/v1/kv/a%20b%2Fc");
     }
 }

@@ -11,7 +11,7 @@ mod certs;
 mod client;
 mod cluster;
 
-pub use client::key_url;
+pub use client::{key_url, kv_url};
 
 use clap::{Args, Subcommand};
 

@@ -10,9 +10,13 @@
 //! | `GET /stop`      | Admin.Stop    | `{"ok": true}`                           |
 //! | `GET /start`     | Admin.Start   | `{"ok": true}`                           |
 //! | `POST /cluster/leader` | Admin.TransferLeader | `{"ok": true, "leader": l, "previous": p}` |
-//! | `GET /<key>`     | Kv.Get        | `{"ok": true, "key": k, "value": v}`     |
-//! | `POST /<key>`    | Kv.Put        | `{"ok": true, "key": k, "value": v}`     |
+//! | `GET /<key>`     | Kv.Get        | `{"ok": true, "key": k, "value": v, ...}`|
+//! | `POST /<key>`    | Kv.Put        | `{"ok": true, "key": k, "value": v, ...}`|
 //! | `DELETE /<key>`  | Kv.Delete     | `{"ok": true, "key": k, "existed": b}`   |
+//! | `… /v1/kv/<key>` | the same      | the same, for every key (`stop` too)     |
+//!
+//! Key answers carry the key's versions, `ETag` and `X-Distraft-Index`; writes take
+//! `If-Match` / `If-None-Match` (`conditions.rs`).
 //!
 //! Every failure, including the ones warp itself makes (unknown route, wrong method),
 //! is `{"ok": false, "error": "..."}` with a fitting status code. All input is checked
@@ -246,7 +250,9 @@ fn cluster_routes(
     transfer
 }
 
-/// `GET`, `POST` and `DELETE /<key>`.
+/// `GET`, `POST` and `DELETE /<key>`, and the same at `/v1/kv/<key>`: the path that
+/// reaches every key, `stop` and `metrics` included (the single-segment routes of the
+/// operations come first).
 fn key_routes(
     with_gateway: impl Filter<Extract = (Arc<Gateway>,), Error = Infallible>
         + Clone
@@ -262,7 +268,10 @@ fn key_routes(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     // The path is matched before the method everywhere, so that an unknown path is a
     // 404 and a known path with the wrong method a 405.
-    let key = warp::path::param::<String>().and(warp::path::end());
+    let key = warp::path::param::<String>()
+        .and(warp::path::end())
+        .or(warp::path!("v1" / "kv" / String))
+        .unify();
     let get = key
         .and(warp::get())
         .and(authorized.clone())
@@ -350,6 +359,9 @@ fn route_name(method: &Method, path: &str) -> &'static str {
         ("", false) => "/",
         ("ui", _) => "/ui",
         ("cluster", true) if path.trim_end_matches('/') == "/cluster/leader" => "/cluster/leader",
+        ("v1", true) if path.starts_with("/v1/kv/") && path.matches('/').count() == 3 => {
+            "/v1/kv/{key}"
+        }
         (_, true) => "other",
         (name, false) if *method == Method::GET => match name {
             "stop" => "/stop",

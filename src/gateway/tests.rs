@@ -788,6 +788,34 @@ fn http_metrics_label_routes_not_paths() {
     assert_eq!(route_name(&get, "/ui/api/events"), "/ui");
     assert_eq!(route_name(&get, "/a/b"), "other");
     assert_eq!(route_name(&get, "/stop"), "/stop");
+    assert_eq!(route_name(&get, "/v1/kv/stop"), "/v1/kv/{key}");
+    assert_eq!(route_name(&get, "/v1/kv/a/b"), "other");
+}
+
+/// Every key has the path `/v1/kv/<key>`, the names of the operations routes too.
+#[tokio::test]
+async fn every_key_is_reachable_under_v1_kv() {
+    let (node, backend) = fake_node();
+    let routes = routes(settings(), backend);
+    for key in ["stop", "metrics", "a%2Fb", "v1"] {
+        let path = format!("/v1/kv/{key}");
+        let (code, body) = send(&routes, post_form(&path, "value=x")).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let (code, body) = send(&routes, warp::test::request().path(&path)).await;
+        assert_eq!((code, body["value"].clone()), (StatusCode::OK, json!("x")));
+    }
+    assert!(node.data.lock().unwrap().contains_key("a/b"));
+    let (code, body) = send(
+        &routes,
+        warp::test::request().method("DELETE").path("/v1/kv/stop"),
+    )
+    .await;
+    assert_eq!(
+        (code, body["existed"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+    let nested = send(&routes, warp::test::request().path("/v1/kv/a/b")).await;
+    assert_error(nested, StatusCode::NOT_FOUND, "no such route");
 }
 
 /// A key's answers carry its ETag and the index they reflect; the conditional headers
