@@ -7,6 +7,7 @@ mod access;
 mod api;
 mod faults;
 mod leadership;
+mod listing;
 mod members;
 mod observability;
 mod storage;

@@ -1604,9 +1604,11 @@ impl Sim {
             KvOp::Get { key } => {
                 let (reply, answer) = oneshot::channel();
                 let event = Event::Read {
-                    key: key.clone(),
+                    read: distraft::driver::Read::Get {
+                        key: key.clone(),
+                        reply,
+                    },
                     stale: false,
-                    reply,
                 };
                 (event, Waiting::Read { at, answer })
             }

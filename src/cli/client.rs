@@ -1,5 +1,6 @@
-//! `status`, `get`, `put`, `delete`, `leader`, `member`: one HTTP call to a node's gateway, whose JSON answer
-//! is printed as it came. Redirects are followed, like `curl -L`.
+//! `status`, `get`, `put`, `delete`, `list`, `leader`, `member`: HTTP calls to a
+//! node's gateway, whose JSON answers are printed as they came (`list`: a line per
+//! key). Redirects are followed, like `curl -L`.
 
 use anyhow::{bail, Context};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -101,6 +102,65 @@ pub async fn delete(
         request = request.header(name, value);
     }
     print_answer(request, &url).await
+}
+
+/// Prints every key `prefix` lists (at most `limit`), one JSON line each, following
+/// the pages' continuation tokens.
+pub async fn list(
+    target: &Target,
+    prefix: &str,
+    limit: Option<u64>,
+    keys_only: bool,
+    stale: bool,
+) -> anyhow::Result<()> {
+    let url = format!("{}/v1/keys", target.url.trim_end_matches('/'));
+    let client = http_client(target)?;
+    let mut after = String::new();
+    let mut left = limit.unwrap_or(u64::MAX);
+    while left > 0 {
+        let page_limit = left.min(1000).to_string();
+        let mut query = vec![
+            ("prefix", prefix),
+            ("after", after.as_str()),
+            ("limit", page_limit.as_str()),
+        ];
+        if keys_only {
+            query.push(("keys_only", "true"));
+        }
+        if stale {
+            query.push(("stale", "true"));
+        }
+        let response = client
+            .get(&url)
+            .query(&query)
+            .send()
+            .await
+            .with_context(|| format!("no answer from {url}"))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("reading the answer from {url}"))?;
+        if !status.is_success() {
+            println!("{}", text.trim_end());
+            bail!("{url} answered {status}");
+        }
+        let page: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{url} answered something else than JSON"))?;
+        for key in page["keys"].as_array().into_iter().flatten() {
+            println!("{key}");
+            left = left.saturating_sub(1);
+        }
+        match page["next"].as_str() {
+            // Keys come in order: a token that does not move on would loop forever.
+            Some(next) if next <= after.as_str() => {
+                bail!("{url} answered a continuation token {next:?} that does not move past {after:?}")
+            }
+            Some(next) if !next.is_empty() => after = next.to_string(),
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 pub async fn transfer_leader(target: &Target, to: Option<&str>) -> anyhow::Result<()> {

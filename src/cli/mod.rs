@@ -23,7 +23,7 @@ pub enum Command {
     /// Check that a node is ready to serve (`GET /readyz?verbose`): prints each check
     /// and exits non-zero unless all pass (the docker-compose healthcheck).
     Ready(Target),
-    /// Read a key (`GET /<key>`); linearizable unless --stale.
+    /// Read a key (`GET /v1/kv/<key>`); linearizable unless --stale.
     Get {
         #[command(flatten)]
         target: Target,
@@ -33,7 +33,7 @@ pub enum Command {
         #[arg(long)]
         stale: bool,
     },
-    /// Set a key (`POST /<key>` with `value=<value>`); answers once committed.
+    /// Set a key (`POST /v1/kv/<key>` with `value=<value>`); answers once committed.
     Put {
         #[command(flatten)]
         target: Target,
@@ -44,7 +44,7 @@ pub enum Command {
         #[command(flatten)]
         condition: WriteCondition,
     },
-    /// Remove a key (`DELETE /<key>`); answers once committed.
+    /// Remove a key (`DELETE /v1/kv/<key>`); answers once committed.
     Delete {
         #[command(flatten)]
         target: Target,
@@ -54,6 +54,24 @@ pub enum Command {
         /// its answers): `If-Match: "<INDEX>"`. Else 412 and nothing is removed.
         #[arg(long, value_name = "INDEX")]
         if_match: Option<u64>,
+    },
+    /// List keys in order (`GET /v1/keys`, page after page): one JSON object per line
+    /// with the key, its value and its versions.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Only the keys that begin with it.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// At most this many keys in all (default: every one).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Leave the values out.
+        #[arg(long)]
+        keys_only: bool,
+        /// Serve from the node's own state machine: faster, maybe stale.
+        #[arg(long)]
+        stale: bool,
     },
     /// Leadership: `distraft leader transfer [--to NAME]`.
     #[command(subcommand)]
@@ -205,6 +223,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let condition = if_match.map(|index| ("if-match", format!("\"{index}\"")));
             client::delete(&target, &key, condition).await
         }
+        Command::List {
+            target,
+            prefix,
+            limit,
+            keys_only,
+            stale,
+        } => client::list(&target, &prefix, limit, keys_only, stale).await,
         Command::Leader(LeaderCommand::Transfer { target, to }) => {
             client::transfer_leader(&target, to.as_deref()).await
         }

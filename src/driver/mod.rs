@@ -36,13 +36,14 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
-use crate::kv::{Applied, Kv, Versioned};
+use crate::kv::{Applied, Kv, ListPage, ListQuery, Versioned};
 use crate::raft::{Index, Message, NodeId, RaftError, RawNode, ReadId, Role, SnapshotMeta, Term};
 use crate::storage::{SnapshotFile, SnapshotWriter, Storage, StorageError, StorageOptions};
 use alarm::NoSpaceAlarm;
 use lag::ReplicationClock;
 use replies::WaitingReplies;
-use requests::{PendingProposal, ReadReply};
+use requests::PendingProposal;
+pub use requests::Read;
 use snapshots::SnapshotInFlight;
 use trigger::{SinceSnapshot, SnapshotTrigger};
 
@@ -168,6 +169,13 @@ pub struct ReadAnswer {
     pub found: Option<Versioned>,
 }
 
+/// A page of a listing, as of `index` (the last entry applied when it was served).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListAnswer {
+    pub index: Index,
+    pub page: ListPage,
+}
+
 /// A write that was committed and applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -197,9 +205,8 @@ pub enum Event {
         reply: oneshot::Sender<Result<Committed, RequestError>>,
     },
     Read {
-        key: String,
+        read: Read,
         stale: bool,
-        reply: oneshot::Sender<Result<ReadAnswer, RequestError>>,
     },
     Status {
         reply: oneshot::Sender<NodeStatus>,
@@ -314,7 +321,16 @@ impl DriverHandle {
     /// Reads a key: linearizable (ReadIndex) unless `stale`.
     pub async fn read(&self, key: String, stale: bool) -> Result<ReadAnswer, RequestError> {
         let (reply, answer) = oneshot::channel();
-        self.post(Event::Read { key, stale, reply })?;
+        let read = Read::Get { key, reply };
+        self.post(Event::Read { read, stale })?;
+        answer.await.unwrap_or(Err(RequestError::ShuttingDown))
+    }
+
+    /// Lists keys: linearizable (ReadIndex) unless `stale`.
+    pub async fn list(&self, query: ListQuery, stale: bool) -> Result<ListAnswer, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        let read = Read::List { query, reply };
+        self.post(Event::Read { read, stale })?;
         answer.await.unwrap_or(Err(RequestError::ShuttingDown))
     }
 
@@ -479,9 +495,9 @@ pub struct Driver<T> {
     up: bool,
     proposals: BTreeMap<Index, PendingProposal>,
     /// Linearizable reads handed to the core, by read id.
-    reads: HashMap<ReadId, (String, ReadReply)>,
+    reads: HashMap<ReadId, Read>,
     /// Reads confirmed by the core at an index this node has not applied yet.
-    confirmed_reads: Vec<(Index, String, ReadReply)>,
+    confirmed_reads: Vec<(Index, Read)>,
     next_read_id: ReadId,
     /// Peers' requests waiting for the core's reply.
     replies: WaitingReplies,

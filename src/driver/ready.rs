@@ -77,14 +77,14 @@ impl<T: Transport> Driver<T> {
 
         // 5. Answer reads, now that the state machine has caught up with them.
         for read in reads {
-            if let Some((key, reply)) = self.reads.remove(&read.id) {
-                self.confirmed_reads.push((read.index, key, reply));
+            if let Some(waiting) = self.reads.remove(&read.id) {
+                self.confirmed_reads.push((read.index, waiting));
             }
         }
         self.serve_confirmed_reads();
         for (id, err) in failed_reads {
-            if let Some((_, reply)) = self.reads.remove(&id) {
-                let _ = reply.send(Err(err.into()));
+            if let Some(read) = self.reads.remove(&id) {
+                read.fail(err.into());
             }
         }
 

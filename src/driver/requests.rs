@@ -5,10 +5,11 @@
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{Committed, Driver, ReadAnswer, RequestError, Transport, WriteKind};
+use super::{Committed, Driver, ListAnswer, ReadAnswer, RequestError, Transport, WriteKind};
+use crate::kv::{Kv, ListQuery};
 use crate::metrics::metrics;
 use crate::plant::{self, Plant};
-use crate::raft::{Role, Term};
+use crate::raft::{Index, Role, Term};
 
 /// A proposal waiting for its entry to be applied.
 pub(super) struct PendingProposal {
@@ -26,7 +27,58 @@ impl PendingProposal {
     }
 }
 
-pub(super) type ReadReply = oneshot::Sender<Result<ReadAnswer, RequestError>>;
+/// A client's read: what it asks, and where its answer goes.
+pub enum Read {
+    Get {
+        key: String,
+        reply: oneshot::Sender<Result<ReadAnswer, RequestError>>,
+    },
+    List {
+        query: ListQuery,
+        reply: oneshot::Sender<Result<ListAnswer, RequestError>>,
+    },
+}
+
+impl Read {
+    /// Answers from the state machine as it is, `applied` the last entry in it.
+    fn serve(self, kv: &Kv, applied: Index) {
+        match self {
+            Read::Get { key, reply } => {
+                let found = kv.versioned(&key);
+                let _ = reply.send(Ok(ReadAnswer {
+                    index: applied,
+                    found,
+                }));
+            }
+            Read::List { query, reply } => {
+                let page = kv.list(&query);
+                let _ = reply.send(Ok(ListAnswer {
+                    index: applied,
+                    page,
+                }));
+            }
+        }
+    }
+
+    pub(super) fn fail(self, err: RequestError) {
+        match self {
+            Read::Get { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Read::List { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+
+    /// Whether the caller gave up waiting.
+    fn abandoned(&self) -> bool {
+        match self {
+            Read::Get { reply, .. } => reply.is_closed(),
+            Read::List { reply, .. } => reply.is_closed(),
+        }
+    }
+}
 
 impl<T: Transport> Driver<T> {
     /// A client's write: refused at once when this node cannot take it, else handed to
@@ -74,26 +126,25 @@ impl<T: Transport> Driver<T> {
 
     /// A client's read: stale ones are served from the state machine at once,
     /// linearizable ones go to the core for a read index.
-    pub(super) fn on_read(&mut self, key: String, stale: bool, reply: ReadReply) {
+    pub(super) fn on_read(&mut self, read: Read, stale: bool) {
         if self.left_raft_for_space() {
             // Out of Raft for lack of space, but the state machine holds what was
             // applied: stale reads are served from it, linearizable ones are sent
             // elsewhere.
-            let answer = match stale {
-                true => Ok(self.read_now(&key)),
-                false => Err(RequestError::NotLeader {
+            match stale {
+                true => read.serve(&self.kv, self.applied),
+                false => read.fail(RequestError::NotLeader {
                     leader: self.read_elsewhere(),
                 }),
-            };
-            let _ = reply.send(answer);
+            }
         } else if !self.up {
-            let _ = reply.send(Err(RequestError::Stopped));
+            read.fail(RequestError::Stopped);
         } else if stale {
-            let _ = reply.send(Ok(self.read_now(&key)));
+            read.serve(&self.kv, self.applied);
         } else {
             let id = self.next_read_id;
             self.next_read_id += 1;
-            self.reads.insert(id, (key, reply));
+            self.reads.insert(id, read);
             self.node.read_index(id);
         }
     }
@@ -119,32 +170,23 @@ impl<T: Transport> Driver<T> {
         Ok(())
     }
 
-    /// A read of `key` served from the state machine as it is now.
-    fn read_now(&self, key: &str) -> ReadAnswer {
-        ReadAnswer {
-            index: self.applied,
-            found: self.kv.versioned(key),
-        }
-    }
-
     /// Serves the confirmed reads whose index has been applied.
     pub(super) fn serve_confirmed_reads(&mut self) {
         let applied = self.applied;
         let (due, waiting) = std::mem::take(&mut self.confirmed_reads)
             .into_iter()
-            .partition(|(index, _, _)| *index <= applied);
+            .partition(|(index, _)| *index <= applied);
         self.confirmed_reads = waiting;
-        for (_, key, reply) in due {
-            let _ = reply.send(Ok(self.read_now(&key)));
+        for (_, read) in due {
+            read.serve(&self.kv, applied);
         }
     }
 
     /// Forgets requests whose callers gave up waiting.
     pub fn purge_abandoned(&mut self) {
         self.proposals.retain(|_, p| !p.reply.is_closed());
-        self.reads.retain(|_, (_, reply)| !reply.is_closed());
-        self.confirmed_reads
-            .retain(|(_, _, reply)| !reply.is_closed());
+        self.reads.retain(|_, read| !read.abandoned());
+        self.confirmed_reads.retain(|(_, read)| !read.abandoned());
         self.replies.purge_abandoned();
     }
 
@@ -158,11 +200,11 @@ impl<T: Transport> Driver<T> {
         for (_, proposal) in std::mem::take(&mut self.proposals) {
             proposal.answer(Err(proposal_err.clone()));
         }
-        for (_, (_, reply)) in self.reads.drain() {
-            let _ = reply.send(Err(err.clone()));
+        for (_, read) in self.reads.drain() {
+            read.fail(err.clone());
         }
-        for (_, _, reply) in self.confirmed_reads.drain(..) {
-            let _ = reply.send(Err(err.clone()));
+        for (_, read) in self.confirmed_reads.drain(..) {
+            read.fail(err.clone());
         }
         self.replies.clear();
         self.received_snapshots.clear();

@@ -261,7 +261,7 @@ impl<T: Transport> Driver<T> {
             } => self.on_peer_message(msg, reply, snapshot),
             Event::ConnectionLost { from } => self.on_connection_lost(from),
             Event::Propose { data, kind, reply } => self.on_propose(data, kind, reply),
-            Event::Read { key, stale, reply } => self.on_read(key, stale, reply),
+            Event::Read { read, stale } => self.on_read(read, stale),
             Event::Status { reply } => {
                 let _ = reply.send(self.status());
             }

@@ -53,8 +53,8 @@ use crate::access::Access;
 use crate::dashboard::Dashboard;
 use crate::limits::Limits;
 use crate::proto::v1::{
-    admin_server::Admin, kv_server::Kv, DeleteRequest, GetRequest, Precondition, PutRequest,
-    StartRequest, StatusRequest, StopRequest, TransferLeaderRequest,
+    admin_server::Admin, kv_server::Kv, DeleteRequest, GetRequest, ListRequest, Precondition,
+    PutRequest, StartRequest, StatusRequest, StopRequest, TransferLeaderRequest,
 };
 use crate::status::status_json;
 use crate::validation::{self, RequestRules};
@@ -138,6 +138,8 @@ pub fn routes(
             with_gateway.clone(),
             credentials.clone(),
         ))
+        .unify()
+        .or(list_route(with_gateway.clone(), authorized.clone()))
         .unify()
         .or(key_routes(with_gateway, authorized, credentials))
         .unify();
@@ -324,6 +326,45 @@ fn key_routes(
     get.or(put).unify().or(delete).unify()
 }
 
+/// `GET /v1/keys`: a page of a listing (a path no key can be: two segments).
+fn list_route(
+    with_gateway: impl Filter<Extract = (Arc<Gateway>,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    authorized: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("v1" / "keys")
+        .and(warp::get())
+        .and(authorized)
+        .and(warp::query::<ListOptions>())
+        .and(with_gateway)
+        .then(|options: ListOptions, gw: Arc<Gateway>| async move {
+            gw.respond_with(gw.list(options).await)
+        })
+}
+
+/// Query options of `GET /v1/keys` (as `Kv.List`'s request).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListOptions {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    start: String,
+    #[serde(default)]
+    end: String,
+    #[serde(default)]
+    after: String,
+    #[serde(default)]
+    limit: u32,
+    #[serde(default)]
+    keys_only: bool,
+    #[serde(default)]
+    stale: bool,
+}
+
 /// The conditional-request headers of a write, parsed in its handler (so that a
 /// refused write's body is still read and dropped first).
 #[derive(Debug, Clone, Default)]
@@ -362,6 +403,7 @@ fn route_name(method: &Method, path: &str) -> &'static str {
         ("v1", true) if path.starts_with("/v1/kv/") && path.matches('/').count() == 3 => {
             "/v1/kv/{key}"
         }
+        ("v1", true) if path == "/v1/keys" => "/v1/keys",
         (_, true) => "other",
         (name, false) if *method == Method::GET => match name {
             "stop" => "/stop",
@@ -612,6 +654,46 @@ impl Gateway {
         let body =
             json!({"ok": true, "key": key, "existed": deleted.existed, "index": deleted.index});
         Ok((body, version_headers(None, deleted.index)))
+    }
+
+    /// `GET /v1/keys`: `{"ok": true, "keys": [...], "next": token or null, "index": i}`.
+    async fn list(&self, options: ListOptions) -> Result<Answer, ApiError> {
+        let request = ListRequest {
+            prefix: options.prefix,
+            start: options.start,
+            end: options.end,
+            after: options.after,
+            limit: options.limit,
+            keys_only: options.keys_only,
+            stale: options.stale,
+        };
+        // Checked here as the service checks it, so that bad input is a 400 before
+        // any call.
+        crate::rpc::list_query(&self.settings.request_rules, &request)
+            .map_err(|status| ApiError::bad_request(status.message()))?;
+        let keys_only = request.keys_only;
+        let page = self
+            .call_kv(self.backend.kv.list(self.request(request)))
+            .await
+            .map_err(ApiError::from)?;
+        let keys: Vec<Value> = page
+            .keys
+            .into_iter()
+            .map(|listed| {
+                let mut item = versions_json(listed.create_index, listed.mod_index, listed.version);
+                item["key"] = Value::String(listed.key);
+                if !keys_only {
+                    item["value"] = Value::String(listed.value);
+                }
+                item
+            })
+            .collect();
+        let next = match page.next.is_empty() {
+            true => Value::Null,
+            false => Value::String(page.next),
+        };
+        let body = json!({"ok": true, "keys": keys, "next": next, "index": page.index});
+        Ok((body, version_headers(None, page.index)))
     }
 
     /// Decodes a key from its path segment and checks it.

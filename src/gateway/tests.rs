@@ -97,6 +97,41 @@ impl Kv for Arc<FakeNode> {
         }))
     }
 
+    async fn list(
+        &self,
+        request: Request<crate::proto::v1::ListRequest>,
+    ) -> Result<tonic::Response<crate::proto::v1::ListResponse>, Status> {
+        self.note_mark(&request);
+        let request = request.into_inner();
+        let data = self.data.lock().unwrap();
+        let mut keys: Vec<_> = data
+            .iter()
+            .filter(|(key, _)| key.starts_with(&request.prefix) && **key > request.after)
+            .map(|(key, value)| crate::proto::v1::KeyValue {
+                key: key.clone(),
+                value: match request.keys_only {
+                    true => String::new(),
+                    false => value.clone(),
+                },
+                create_index: 1,
+                mod_index: 2,
+                version: 3,
+            })
+            .collect();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        let limit = request.limit.max(1) as usize;
+        let next = match keys.len() > limit {
+            true => keys[limit - 1].key.clone(),
+            false => String::new(),
+        };
+        keys.truncate(limit);
+        Ok(tonic::Response::new(crate::proto::v1::ListResponse {
+            keys,
+            next,
+            index: 11,
+        }))
+    }
+
     async fn delete(
         &self,
         request: Request<DeleteRequest>,

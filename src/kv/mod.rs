@@ -37,6 +37,37 @@ pub struct Versioned {
     pub versions: Versions,
 }
 
+/// Which keys a listing asks for: those in `[start, end)` that begin with `prefix`,
+/// after `after` (a continuation: the last key of the page before), in key order, at
+/// most `limit` of them and about `max_bytes` of keys and values (at least one key).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub prefix: String,
+    pub start: String,
+    /// `None`: no end.
+    pub end: Option<String>,
+    pub after: Option<String>,
+    pub limit: usize,
+    pub max_bytes: usize,
+    /// Leave the values out (their sizes still count toward nothing).
+    pub keys_only: bool,
+}
+
+/// One key of a listing (`value` empty when the listing asked for keys only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub value: String,
+    pub versions: Versions,
+}
+
+/// A page of a listing: its keys, and whether more keys follow the last one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub keys: Vec<Listed>,
+    pub more: bool,
+}
+
 /// What applying one log entry did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -328,6 +359,85 @@ impl Kv {
             value: value.to_string(),
             versions,
         })
+    }
+
+    /// A page of the keys `query` asks for, as of now.
+    pub fn list(&self, query: &ListQuery) -> ListPage {
+        use std::ops::Bound;
+        // The first key that may be listed: the largest of the lower bounds.
+        let mut from = Bound::Included(query.start.as_str());
+        if query.prefix.as_str() > query.start.as_str() {
+            from = Bound::Included(query.prefix.as_str());
+        }
+        if let Some(after) = query.after.as_deref() {
+            let later = match from {
+                Bound::Included(lower) => after >= lower,
+                _ => true,
+            };
+            if later {
+                from = Bound::Excluded(after);
+            }
+        }
+        let in_range = |key: &str| {
+            key.starts_with(query.prefix.as_str())
+                && query.end.as_deref().is_none_or(|end| key < end)
+        };
+        // The base, with the changes a snapshot in progress keeps aside merged in
+        // (a change overrides the base's pair of its key; `None`: deleted).
+        let mut base = self
+            .base
+            .0
+            .range::<str, _>((from, Bound::Unbounded))
+            .map(|pair| (pair.key(), Some((pair.value(), pair.versions))))
+            .peekable();
+        let mut delta = self
+            .delta
+            .range::<str, _>((from, Bound::Unbounded))
+            .map(|(key, change)| {
+                let change = change.as_ref().map(|v| (v.value.as_str(), v.versions));
+                (key.as_str(), change)
+            })
+            .peekable();
+        let mut page = ListPage::default();
+        let mut bytes = 0usize;
+        loop {
+            let next = match (base.peek(), delta.peek()) {
+                (None, None) => break,
+                (Some(_), None) => base.next(),
+                (None, Some(_)) => delta.next(),
+                (Some((b, _)), Some((d, _))) => match (*b).cmp(*d) {
+                    Ordering::Less => base.next(),
+                    Ordering::Greater => delta.next(),
+                    Ordering::Equal => {
+                        base.next();
+                        delta.next()
+                    }
+                },
+            };
+            let Some((key, Some((value, versions)))) = next else {
+                continue;
+            };
+            if !in_range(key) {
+                // Keys come in order: past the range, nothing further is in it.
+                break;
+            }
+            if page.keys.len() >= query.limit.max(1)
+                || (!page.keys.is_empty() && bytes >= query.max_bytes)
+            {
+                page.more = true;
+                break;
+            }
+            bytes += key.len() + if query.keys_only { 0 } else { value.len() };
+            page.keys.push(Listed {
+                key: key.to_string(),
+                value: match query.keys_only {
+                    true => String::new(),
+                    false => value.to_string(),
+                },
+                versions,
+            });
+        }
+        page
     }
 
     fn entry(&self, key: &str) -> Option<(&str, Versions)> {

@@ -355,3 +355,96 @@ fn damaged_images_are_refused() {
     longer.push(0);
     assert!(Kv::read_image(longer.as_slice()).is_err());
 }
+
+fn keys_of(page: &ListPage) -> Vec<&str> {
+    page.keys.iter().map(|listed| listed.key.as_str()).collect()
+}
+
+fn query(prefix: &str, limit: usize) -> ListQuery {
+    ListQuery {
+        prefix: prefix.to_string(),
+        limit,
+        max_bytes: usize::MAX,
+        ..ListQuery::default()
+    }
+}
+
+#[test]
+fn listing_by_prefix_and_range_in_pages() {
+    let mut kv = Kv::new();
+    for (i, key) in ["a", "app/1", "app/2", "app/3", "apq", "b", "c"]
+        .iter()
+        .enumerate()
+    {
+        put(&mut kv, i as u64 + 1, key, &format!("v{i}"));
+    }
+    let page = kv.list(&query("app/", 10));
+    assert_eq!(keys_of(&page), ["app/1", "app/2", "app/3"]);
+    assert!(!page.more);
+    assert_eq!(page.keys[1].value, "v2");
+    assert_eq!(page.keys[1].versions, versions(3, 3, 1));
+
+    // Page by page, each continuing after the last key of the one before.
+    let mut first = query("app/", 2);
+    let page = kv.list(&first);
+    assert_eq!((keys_of(&page), page.more), (vec!["app/1", "app/2"], true));
+    first.after = Some("app/2".to_string());
+    let page = kv.list(&first);
+    assert_eq!((keys_of(&page), page.more), (vec!["app/3"], false));
+
+    // A range, with or without values; an `after` below the start changes nothing.
+    let range = ListQuery {
+        start: "apq".to_string(),
+        end: Some("c".to_string()),
+        after: Some("a".to_string()),
+        keys_only: true,
+        ..query("", 100)
+    };
+    let page = kv.list(&range);
+    assert_eq!(keys_of(&page), ["apq", "b"]);
+    assert!(page.keys.iter().all(|listed| listed.value.is_empty()));
+    assert_eq!(keys_of(&kv.list(&query("zzz", 10))), Vec::<&str>::new());
+
+    // The byte budget ends a page early, but never before its first key.
+    let small = ListQuery {
+        max_bytes: 1,
+        ..query("", 100)
+    };
+    let page = kv.list(&small);
+    assert_eq!((keys_of(&page), page.more), (vec!["a"], true));
+}
+
+/// While a snapshot holds the map, changes wait aside; a listing sees them merged.
+#[test]
+fn listing_merges_the_changes_a_snapshot_keeps_aside() {
+    let mut kv = Kv::new();
+    for (i, key) in ["k1", "k2", "k3", "k5"].iter().enumerate() {
+        put(&mut kv, i as u64 + 1, key, "old");
+    }
+    let image = kv.capture();
+    put(&mut kv, 10, "k2", "new");
+    delete(&mut kv, 11, "k3");
+    put(&mut kv, 12, "k4", "new");
+    put(&mut kv, 13, "k0", "new");
+    assert!(!kv.delta.is_empty());
+    let page = kv.list(&query("k", 100));
+    let listed: Vec<(&str, &str)> = page
+        .keys
+        .iter()
+        .map(|l| (l.key.as_str(), l.value.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("k0", "new"),
+            ("k1", "old"),
+            ("k2", "new"),
+            ("k4", "new"),
+            ("k5", "old")
+        ]
+    );
+    let mut paged = query("k", 2);
+    paged.after = Some("k1".to_string());
+    assert_eq!(keys_of(&kv.list(&paged)), ["k2", "k4"]);
+    drop(image);
+}

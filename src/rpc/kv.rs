@@ -17,11 +17,11 @@ use super::deadline::{Backoff, Deadline};
 use super::outcome::{forward_again, index_of_not_found, status_of, INDEX};
 use super::peers::Peers;
 use crate::config::Config;
-use crate::driver::{DriverHandle, ReadAnswer, RequestError, WriteKind};
-use crate::kv::{Applied, Command, Precondition};
+use crate::driver::{DriverHandle, ListAnswer, ReadAnswer, RequestError, WriteKind};
+use crate::kv::{Applied, Command, ListQuery, Precondition};
 use crate::metrics::metrics;
 use crate::proto::v1::{self as pb, kv_client::KvClient};
-use crate::validation::KeyValue;
+use crate::validation::{KeyValue, RequestRules};
 
 /// Marks a client request that a follower forwarded to the leader, so that it is
 /// never forwarded a second time (a leader that lost its post answers UNAVAILABLE and
@@ -215,8 +215,111 @@ fn unexpected(key: &str, applied: Applied) -> RequestError {
     }
 }
 
+/// The most keys a page of a listing holds.
+pub const MAX_LIST_LIMIT: u32 = 10_000;
+/// The keys a page holds when the request does not say.
+const DEFAULT_LIST_LIMIT: u32 = 1_000;
+/// About how many bytes of keys and values a page holds at most (always below the
+/// largest gRPC message, which fits the largest pair).
+const LIST_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A listing's query, checked: a bound longer than any key may be, or a limit over
+/// [`MAX_LIST_LIMIT`], is refused.
+pub fn list_query(rules: &RequestRules, request: &pb::ListRequest) -> Result<ListQuery, Status> {
+    for (name, bound) in [
+        ("prefix", &request.prefix),
+        ("start", &request.start),
+        ("end", &request.end),
+        ("after", &request.after),
+    ] {
+        if bound.len() > rules.max_key_bytes {
+            return Err(Status::invalid_argument(format!(
+                "the {name} is {} bytes, more than a key may be ({})",
+                bound.len(),
+                rules.max_key_bytes
+            )));
+        }
+    }
+    let limit = match request.limit {
+        0 => DEFAULT_LIST_LIMIT,
+        limit if limit > MAX_LIST_LIMIT => {
+            return Err(Status::invalid_argument(format!(
+                "the limit is {limit}, more than {MAX_LIST_LIMIT}"
+            )))
+        }
+        limit => limit,
+    };
+    let optional = |bound: &str| (!bound.is_empty()).then(|| bound.to_string());
+    Ok(ListQuery {
+        prefix: request.prefix.clone(),
+        start: request.start.clone(),
+        end: optional(&request.end),
+        after: optional(&request.after),
+        limit: limit as usize,
+        max_bytes: LIST_PAGE_BYTES,
+        keys_only: request.keys_only,
+    })
+}
+
+fn list_response(answer: ListAnswer) -> pb::ListResponse {
+    let next = match answer.page.more {
+        true => answer
+            .page
+            .keys
+            .last()
+            .map(|last| last.key.clone())
+            .unwrap_or_default(),
+        false => String::new(),
+    };
+    let keys = answer
+        .page
+        .keys
+        .into_iter()
+        .map(|listed| pb::KeyValue {
+            key: listed.key,
+            value: listed.value,
+            create_index: listed.versions.create_index,
+            mod_index: listed.versions.mod_index,
+            version: listed.versions.version,
+        })
+        .collect();
+    pb::ListResponse {
+        keys,
+        next,
+        index: answer.index,
+    }
+}
+
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        authorize(&self.config, &request)?;
+        let deadline = Deadline::of(&request, self.config.request_timeout);
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let wire = request.into_inner();
+        let query = list_query(&self.config.request_rules, &wire)?;
+        let stale = wire.stale;
+        // Served here by ReadIndex, as Get is.
+        let answer = self
+            .run(
+                &deadline,
+                forwarded,
+                false,
+                || async { Ok(list_response(self.driver.list(query.clone(), stale).await?)) },
+                |mut client, remaining| {
+                    let request = forwarded_request(&self.config, wire.clone(), remaining);
+                    async move { Ok(client.list(request).await?.into_inner()) }
+                },
+            )
+            .await?;
+        let consistency = if stale { "stale" } else { "linearizable" };
+        count_served(forwarded, &metrics().reads, consistency);
+        Ok(Response::new(answer))
+    }
+
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
