@@ -53,10 +53,11 @@ source scripts/test-env.sh
 # plants took as long as the build itself. `cargo build`, releases and the image never
 # have the feature.
 # The simulator runs four times its default seeds here: 8,000 per configuration, the
-# four configurations (the fourth, membership_changes, is the quickest per seed) side by side in about 5 1/2 minutes on 2 cores (320 s on a quiet
-# machine; 4,000 took half that). Issue #24 asks for as many as CI's 25-minute budget
-# allows: with them the whole run takes about 17 minutes, which leaves room for the
-# suites to come.
+# four configurations (the fourth, membership_changes, is the quickest per seed) side
+# by side in about 7 minutes on 2 cores (408 s in CI at c8c5d4f; 4,000 took half
+# that). Issue #24 asks for as many as CI's 25-minute budget allows: with them the
+# whole run took 19 minutes on a fresh machine (installs included, at c8c5d4f), which
+# leaves some room for the suites to come.
 export DISTRAFT_SIM_SEEDS=${DISTRAFT_SIM_SEEDS:-8000}
 cargo test --features plants "$@"
 

@@ -15,7 +15,10 @@
 //!   and no stretch longer than [`MAX_WRITE_GAP`] went without a successful write (an
 //!   all-failed history is trivially linearizable);
 //! - every node converges to the same state (same `last_applied` and `state_digest`
-//!   after a final write).
+//!   after a final write);
+//! - a compare-and-set counter, incremented by [`COUNTER_TASKS`] tasks meanwhile,
+//!   counts every acknowledged increment and no more than the unknown ones besides,
+//!   with no more conflicts than its increments can explain (`counter.rs`).
 //!
 //! `cargo test --test chaos` runs the CI schedule: seeds 1, 2 and 3, 45 s each.
 //! Environment variables change it (for long soaks, or to replay a seed):
@@ -33,6 +36,7 @@
 //! Add `-- --nocapture` to watch the nemesis and read each run's figures.
 
 mod cluster;
+mod counter;
 mod heal;
 mod nemesis;
 mod proxy;
@@ -126,6 +130,9 @@ async fn with_mutual_tls_histories_under_faults_are_linearizable_and_replicas_co
 
 /// One run (with mutual TLS if `tls`): returns its one-line summary, panics with the
 /// evidence on failure.
+/// Compare-and-set increment tasks beside the clients (`counter.rs`).
+const COUNTER_TASKS: u64 = 2;
+
 async fn run(seed: u64, settings: &Settings, tls: bool) -> String {
     println!(
         "===== chaos run: seed {seed}, {} s, {} nodes, {} clients{}",
@@ -161,12 +168,30 @@ async fn run(seed: u64, settings: &Settings, tls: bool) -> String {
             tokio::spawn(client.run(seed * 1000 + id, until))
         })
         .collect();
+    let counters: Vec<_> = (0..COUNTER_TASKS)
+        .map(|task| {
+            tokio::spawn(counter::increment(
+                nodes.clone(),
+                seed * 1000 + 500 + task,
+                until,
+            ))
+        })
+        .collect();
     let mut nemesis = Nemesis::new(seed, origin);
     nemesis.run(&mut cluster, until).await;
     let end = clock(origin);
     let mut logs = Vec::new();
     for client in clients {
         logs.push(client.await.unwrap());
+    }
+    let mut tally = counter::Tally::default();
+    for task in counters {
+        let (counted, unexpected) = task.await.unwrap();
+        tally.add(counted);
+        logs.push(ClientLog {
+            unexpected,
+            ..ClientLog::default()
+        });
     }
 
     // Safety before liveness: the history is judged before any complaint about
@@ -230,12 +255,23 @@ async fn run(seed: u64, settings: &Settings, tls: bool) -> String {
         );
     }
     let (applied, digest) = converge(&cluster, seed).await;
+    let count = match counter::final_value(&nodes, CONVERGE).await {
+        Ok(count) => count,
+        Err(e) => fail(
+            &cluster,
+            &format!("seed {seed}: reading the CAS counter: {e}"),
+        ),
+    };
+    if let Err(e) = counter::judge(count, tally, COUNTER_TASKS) {
+        fail(&cluster, &format!("seed {seed}: {e}"));
+    }
 
     let summary = format!(
         "seed {seed}: {} ops, {} ok ({:.1}% available), {} failed indeterminately ({} of them \
          transport failures), {} unknown writes, longest without a successful write {:.2} s; \
          faults {:?}; checked {} ops on {} keys in {:.2} s (max {} steps/key): linearizable; \
-         {} nodes converged at index {applied}, digest {digest}",
+         {} nodes converged at index {applied}, digest {digest}; CAS counter {count}: {} \
+         increments acknowledged, {} unknown, {} conflicts",
         figures.ops,
         figures.ok,
         100.0 * ok_share,
@@ -249,6 +285,9 @@ async fn run(seed: u64, settings: &Settings, tls: bool) -> String {
         check_time.as_secs_f64(),
         max_steps(&stats),
         settings.nodes,
+        tally.acked,
+        tally.unknown,
+        tally.conflicts,
     );
     println!("{summary}");
     summary
