@@ -3,9 +3,11 @@
 //! Image 03 (written): magic `DKVIMG03`; the member count (u64), then per member its
 //! id (u64) and record (a field: the JSON of [`Record::encode`]); the pair count
 //! (u64), then per pair its key and value (fields) and `create_index`, `mod_index`,
-//! `version` (u64 each); the section count (u64), then per section its tag (u32) and
-//! its bytes (length u64, then the bytes); and last the digest (u64). A field is its
-//! length (u32) and its UTF-8 bytes; every number is little-endian.
+//! `version` (LEB128 varints: 7 bytes or so for the three, where fixed u64s would take
+//! 24 — for the small pairs a store mostly holds, as much again as the pair itself);
+//! the section count (u64), then per section its tag (u32) and its bytes (length u64,
+//! then the bytes); and last the digest (u64). A field is its length (u32) and its
+//! UTF-8 bytes; every other number is little-endian.
 //!
 //! Sections are where later state goes (none is defined yet): a reader refuses a tag
 //! it does not know, loudly, rather than drop state it cannot read.
@@ -65,7 +67,7 @@ impl KvImage {
             write_field(&mut out, pair.value())?;
             let versions = pair.versions;
             for number in [versions.create_index, versions.mod_index, versions.version] {
-                out.write_all(&number.to_le_bytes())?;
+                write_varint(&mut out, number)?;
             }
         }
         // No sections yet.
@@ -102,9 +104,9 @@ pub(super) fn read(input: impl Read) -> Result<Kv, KvError> {
         let value = read_field(&mut input)?;
         let versions = match version {
             3 => Versions {
-                create_index: read_u64(&mut input)?,
-                mod_index: read_u64(&mut input)?,
-                version: read_u64(&mut input)?,
+                create_index: read_varint(&mut input)?,
+                mod_index: read_varint(&mut input)?,
+                version: read_varint(&mut input)?,
             },
             _ => {
                 unversioned_digest =
@@ -184,6 +186,44 @@ fn write_field(out: &mut impl Write, field: &str) -> io::Result<()> {
         })?;
     out.write_all(&len.to_le_bytes())?;
     out.write_all(field.as_bytes())
+}
+
+/// LEB128: seven bits a byte, low first, the high bit set on every byte but the last.
+fn write_varint(out: &mut impl Write, mut number: u64) -> io::Result<()> {
+    let mut bytes = [0u8; 10];
+    let mut len = 0;
+    loop {
+        let low = (number & 0x7f) as u8;
+        number >>= 7;
+        if number == 0 {
+            bytes[len] = low;
+            len += 1;
+            break;
+        }
+        bytes[len] = low | 0x80;
+        len += 1;
+    }
+    out.write_all(&bytes[..len])
+}
+
+/// A varint of [`write_varint`]; more than ten bytes, or more than 64 bits, is damage.
+fn read_varint(input: &mut impl Read) -> Result<u64, KvError> {
+    let mut number = 0u64;
+    for shift in (0..64).step_by(7) {
+        let mut byte = [0u8; 1];
+        input.read_exact(&mut byte)?;
+        let low = u64::from(byte[0] & 0x7f);
+        if shift == 63 && low > 1 {
+            break;
+        }
+        number |= low << shift;
+        if byte[0] & 0x80 == 0 {
+            return Ok(number);
+        }
+    }
+    Err(KvError::Malformed(
+        "a version number is damaged".to_string(),
+    ))
 }
 
 fn read_u64(input: &mut impl Read) -> io::Result<u64> {

@@ -448,3 +448,31 @@ fn listing_merges_the_changes_a_snapshot_keeps_aside() {
     assert_eq!(keys_of(&kv.list(&paged)), ["k2", "k4"]);
     drop(image);
 }
+
+#[test]
+fn versions_survive_an_image_whatever_their_size() {
+    let mut kv = Kv::new();
+    for (i, index) in [
+        1u64,
+        127,
+        128,
+        16_383,
+        16_384,
+        u32::MAX as u64,
+        u64::MAX - 1,
+        u64::MAX,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        put(&mut kv, index, &format!("k{i}"), "v");
+        put(&mut kv, index, &format!("k{i}"), "w");
+    }
+    let image = image_of(&mut kv);
+    let loaded = Kv::read_image(image.as_slice()).unwrap();
+    assert_eq!(loaded, kv);
+    assert_eq!(
+        loaded.versioned("k7").map(|v| v.versions),
+        Some(versions(u64::MAX, u64::MAX, 2))
+    );
+}
