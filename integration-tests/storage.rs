@@ -107,6 +107,18 @@ async fn writes_past_the_quota_are_refused_and_deletes_make_room() {
         "{refused:?}"
     );
 
+    // A transaction whose larger branch would pass the quota: 507 too, nothing written
+    // (its other branch would fit, but which runs is known only when it applies).
+    let txn = serde_json::json!({
+        "compare": [{"key": "key-0", "version": 0}],
+        "success": [{"put": {"key": "t1", "value": "x"}}],
+        "failure": [{"put": {"key": "t2", "value": value.repeat(2)}}],
+    });
+    let url = format!("{}/v1/txn", cluster.url(follower));
+    let (code, body) = cluster.answer(cluster.http().post(url).json(&txn)).await;
+    assert_eq!(code, 507, "{body}");
+    assert_eq!(cluster.get(leader, "t1").await.0, 404);
+
     // Deletes still work and make room.
     assert_eq!(cluster.delete(follower, "key-1").await.0, 200);
     assert_eq!(cluster.put(follower, "key-3", &value).await.0, 200);

@@ -250,3 +250,112 @@ async fn versions_and_conditional_writes_over_http_grpc_and_the_cli() {
     .await;
     assert!(!ok && out.contains("cannot be used with"), "{out}");
 }
+
+/// Transactions on a real cluster: the branch the comparisons choose is written whole,
+/// through any node, over HTTP and gRPC; bad transactions are refused before anything
+/// is written.
+#[tokio::test]
+async fn transactions_compare_and_write_atomically() {
+    use distraft::proto::v1::{compare::Target, txn_op::Op, Compare, TxnOp, TxnPut, TxnRequest};
+
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let http = cluster.http();
+    let txn_url = |i: usize| format!("{}/v1/txn", cluster.url(i));
+    let (code, created) = cluster.put(leader, "from", "100").await;
+    assert_eq!(code, 200, "{created}");
+    let from_index = created["mod_index"].as_u64().unwrap();
+
+    // A transfer: both keys or neither. Through a follower.
+    let transfer = json!({
+        "compare": [{"key": "from", "mod_index": from_index}, {"key": "to", "version": 0}],
+        "success": [{"put": {"key": "from", "value": "60"}}, {"put": {"key": "to", "value": "40"}}],
+        "failure": [{"put": {"key": "conflicts", "value": "1"}}],
+    });
+    let (code, headers, done) = send(http.post(txn_url(follower)).json(&transfer)).await;
+    assert_eq!(code, 200, "{done}");
+    assert_eq!(done["succeeded"], true, "{done}");
+    let index = done["index"].as_u64().unwrap();
+    assert_eq!(index_header(&headers), index);
+    assert_eq!(
+        done["results"],
+        json!([
+            {"key": "from", "create_index": from_index, "mod_index": index, "version": 2},
+            {"key": "to", "create_index": index, "mod_index": index, "version": 1},
+        ])
+    );
+    for i in 0..3 {
+        assert_eq!(cluster.get(i, "to").await.1["value"], "40");
+        assert_eq!(cluster.get(i, "from").await.1["mod_index"], index);
+    }
+    // The same again: its comparisons no longer hold, so only the failure branch.
+    let (code, _, again) = send(http.post(txn_url(leader)).json(&transfer)).await;
+    assert_eq!(
+        (code, again["succeeded"].clone()),
+        (200, json!(false)),
+        "{again}"
+    );
+    assert_eq!(cluster.get(follower, "from").await.1["value"], "60");
+    assert_eq!(cluster.get(follower, "conflicts").await.1["value"], "1");
+
+    // Bad transactions: 400, nothing written.
+    let writes_twice = json!({"success": [
+        {"put": {"key": "x", "value": "1"}}, {"delete": {"key": "x"}}
+    ]});
+    let too_many: Vec<Value> = (0..65)
+        .map(|i| json!({"put": {"key": format!("k{i}"), "value": "v"}}))
+        .collect();
+    for bad in [
+        writes_twice,
+        json!({"success": too_many}),
+        json!({"compare": [{"key": "a", "value": "1", "version": 1}]}),
+        json!({"compare": [{"key": "a"}]}),
+        json!({"success": [{"put": {"key": "a", "value": "1"}, "delete": {"key": "b"}}]}),
+        json!({"success": [{"put": {"key": "", "value": "1"}}]}),
+        json!({"success": [{"put": {"key": "a", "value": ""}}]}),
+        json!({"unknown": []}),
+    ] {
+        let (code, _, body) = send(http.post(txn_url(leader)).json(&bad)).await;
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+    let (code, _, body) = send(http.post(txn_url(leader)).body("not json")).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(cluster.get(leader, "x").await.0, 404);
+    assert_eq!(cluster.get(leader, "k0").await.0, 404);
+
+    // gRPC, through a follower: compare on the value.
+    let mut kv = cluster.kv(follower).await;
+    let put = |key: &str, value: &str| TxnOp {
+        op: Some(Op::Put(TxnPut {
+            key: key.into(),
+            value: value.into(),
+        })),
+    };
+    let answer = kv
+        .txn(TxnRequest {
+            compare: vec![Compare {
+                key: "to".into(),
+                target: Some(Target::Value("40".into())),
+            }],
+            success: vec![put("to", "41"), put("audit", "moved one")],
+            failure: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.succeeded);
+    assert_eq!(answer.results.len(), 2);
+    assert_eq!(
+        (answer.results[0].version, answer.results[1].version),
+        (2, 1)
+    );
+    let refused = kv
+        .txn(TxnRequest {
+            success: vec![put("a", "1"), put("a", "2")],
+            ..TxnRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+}

@@ -143,6 +143,11 @@ pub enum WriteKind {
     },
     /// Never refused by the quota: it is how room is made.
     Delete,
+    /// A transaction: the puts (key, value size) of each branch; the larger growth
+    /// counts.
+    Txn {
+        branches: Vec<Vec<(String, usize)>>,
+    },
 }
 
 impl From<RaftError> for RequestError {

@@ -154,14 +154,28 @@ impl<T: Transport> Driver<T> {
     /// state: writes proposed but not yet applied are not counted, so the state may
     /// pass the quota by at most what is in flight when it is reached.
     fn check_quota(&self, kind: &WriteKind) -> Result<(), RequestError> {
-        let WriteKind::Put { key, value_bytes } = kind else {
-            return Ok(());
-        };
         if self.node.role() != Role::Leader || plant::active(Plant::NoQuota) {
             return Ok(());
         }
         let quota = self.config.quota_bytes;
-        let would_be = self.kv.bytes_after_put(key, *value_bytes);
+        let now = self.kv.state_bytes();
+        // What a branch's puts add (keys are distinct within a branch; its deletes,
+        // which only make room, are not counted).
+        let after_puts = |puts: &[(String, usize)]| {
+            puts.iter().fold(now, |total, (key, value_bytes)| {
+                let after = self.kv.bytes_after_put(key, *value_bytes);
+                total.saturating_add(after).saturating_sub(now)
+            })
+        };
+        let would_be = match kind {
+            WriteKind::Put { key, value_bytes } => self.kv.bytes_after_put(key, *value_bytes),
+            WriteKind::Delete => return Ok(()),
+            WriteKind::Txn { branches } => branches
+                .iter()
+                .map(|puts| after_puts(puts))
+                .max()
+                .unwrap_or(now),
+        };
         // A put that does not grow the state is fine even past the quota (which a
         // lowered DISTRAFT_QUOTA_BYTES can leave behind).
         if would_be > quota && would_be > self.kv.state_bytes() {

@@ -54,7 +54,7 @@ use crate::dashboard::Dashboard;
 use crate::limits::Limits;
 use crate::proto::v1::{
     admin_server::Admin, kv_server::Kv, DeleteRequest, GetRequest, ListRequest, Precondition,
-    PutRequest, StartRequest, StatusRequest, StopRequest, TransferLeaderRequest,
+    PutRequest, StartRequest, StatusRequest, StopRequest, TransferLeaderRequest, TxnRequest,
 };
 use crate::status::status_json;
 use crate::validation::{self, RequestRules};
@@ -140,6 +140,8 @@ pub fn routes(
         ))
         .unify()
         .or(list_route(with_gateway.clone(), authorized.clone()))
+        .unify()
+        .or(txn_route(with_gateway.clone(), credentials.clone()))
         .unify()
         .or(key_routes(with_gateway, authorized, credentials))
         .unify();
@@ -345,6 +347,129 @@ fn list_route(
         })
 }
 
+/// `POST /v1/txn` with a JSON body: a transaction (a path no key can be).
+fn txn_route(
+    with_gateway: impl Filter<Extract = (Arc<Gateway>,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    credentials: impl Filter<Extract = (Result<(), ApiError>,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("v1" / "txn")
+        .and(warp::post())
+        .and(credentials)
+        .and(warp::header::optional::<u64>(
+            header::CONTENT_LENGTH.as_str(),
+        ))
+        .and(warp::body::stream())
+        .and(with_gateway)
+        .then(
+            |authorized: Result<(), ApiError>, content_length, body, gw: Arc<Gateway>| async move {
+                gw.respond_with(gw.txn(authorized, content_length, body).await)
+            },
+        )
+}
+
+/// The JSON of `POST /v1/txn`: `{"compare": [...], "success": [...], "failure": [...]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnBody {
+    #[serde(default)]
+    compare: Vec<CompareBody>,
+    #[serde(default)]
+    success: Vec<TxnOpBody>,
+    #[serde(default)]
+    failure: Vec<TxnOpBody>,
+}
+
+/// `{"key": k, "value": v}`, `{"key": k, "version": n}` or `{"key": k, "mod_index": i}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareBody {
+    key: String,
+    value: Option<String>,
+    version: Option<u64>,
+    mod_index: Option<u64>,
+}
+
+/// `{"put": {"key": k, "value": v}}` or `{"delete": {"key": k}}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnOpBody {
+    put: Option<TxnPutBody>,
+    delete: Option<TxnDeleteBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnPutBody {
+    key: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnDeleteBody {
+    key: String,
+}
+
+impl TxnBody {
+    /// The request it stands for; a comparison or write that is not exactly one thing
+    /// is refused.
+    fn into_request(self) -> Result<TxnRequest, ApiError> {
+        use crate::proto::v1::{compare::Target, txn_op::Op, Compare, TxnDelete, TxnOp, TxnPut};
+        let compare = self
+            .compare
+            .into_iter()
+            .map(|c| {
+                let target = match (c.value, c.version, c.mod_index) {
+                    (Some(value), None, None) => Target::Value(value),
+                    (None, Some(version), None) => Target::Version(version),
+                    (None, None, Some(index)) => Target::ModIndex(index),
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                        "the comparison of {:?} needs exactly one of value, version and mod_index",
+                        c.key
+                    )))
+                    }
+                };
+                Ok(Compare {
+                    key: c.key,
+                    target: Some(target),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let ops = |ops: Vec<TxnOpBody>| {
+            ops.into_iter()
+                .map(|op| match (op.put, op.delete) {
+                    (Some(put), None) => Ok(TxnOp {
+                        op: Some(Op::Put(TxnPut {
+                            key: put.key,
+                            value: put.value,
+                        })),
+                    }),
+                    (None, Some(delete)) => Ok(TxnOp {
+                        op: Some(Op::Delete(TxnDelete { key: delete.key })),
+                    }),
+                    _ => Err(ApiError::bad_request(
+                        "each write is exactly one of {\"put\": {...}} and {\"delete\": {...}}",
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(TxnRequest {
+            compare,
+            success: ops(self.success)?,
+            failure: ops(self.failure)?,
+        })
+    }
+}
+
 /// Query options of `GET /v1/keys` (as `Kv.List`'s request).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -404,6 +529,7 @@ fn route_name(method: &Method, path: &str) -> &'static str {
             "/v1/kv/{key}"
         }
         ("v1", true) if path == "/v1/keys" => "/v1/keys",
+        ("v1", true) if path == "/v1/txn" => "/v1/txn",
         (_, true) => "other",
         (name, false) if *method == Method::GET => match name {
             "stop" => "/stop",
@@ -694,6 +820,59 @@ impl Gateway {
         };
         let body = json!({"ok": true, "keys": keys, "next": next, "index": page.index});
         Ok((body, version_headers(None, page.index)))
+    }
+
+    /// `POST /v1/txn`: `{"ok": true, "succeeded": b, "index": i, "results": [...]}`.
+    async fn txn<S, B>(
+        &self,
+        authorized: Result<(), ApiError>,
+        content_length: Option<u64>,
+        body: S,
+    ) -> Result<Answer, ApiError>
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+        B: Buf,
+    {
+        if let Err(error) = authorized {
+            return Err(discard_body(body, error).await);
+        }
+        let body = read_body_within(
+            body,
+            content_length,
+            self.max_body_bytes(),
+            self.settings.body_read_timeout,
+        )
+        .await?;
+        let parsed: TxnBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid transaction: {e}")))?;
+        let request = parsed.into_request()?;
+        // Checked here as the service checks it: bad input is a 400 before any call.
+        crate::rpc::txn_command(&self.settings.request_rules, &request)
+            .map_err(|status| ApiError::bad_request(status.message()))?;
+        let answer = self
+            .call_kv(self.backend.kv.txn(self.request(request)))
+            .await
+            .map_err(ApiError::from)?;
+        let results: Vec<Value> = answer
+            .results
+            .into_iter()
+            .map(|result| match result.put {
+                true => {
+                    let mut item =
+                        versions_json(result.create_index, result.mod_index, result.version);
+                    item["key"] = Value::String(result.key);
+                    item
+                }
+                false => json!({"key": result.key, "existed": result.existed}),
+            })
+            .collect();
+        let body = json!({
+            "ok": true,
+            "succeeded": answer.succeeded,
+            "index": answer.index,
+            "results": results,
+        });
+        Ok((body, version_headers(None, answer.index)))
     }
 
     /// Decodes a key from its path segment and checks it.

@@ -97,6 +97,13 @@ impl Kv for Arc<FakeNode> {
         }))
     }
 
+    async fn txn(
+        &self,
+        _: Request<crate::proto::v1::TxnRequest>,
+    ) -> Result<tonic::Response<crate::proto::v1::TxnResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no transactions"))
+    }
+
     async fn list(
         &self,
         request: Request<crate::proto::v1::ListRequest>,

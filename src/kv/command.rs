@@ -40,6 +40,46 @@ impl Precondition {
     }
 }
 
+/// What a transaction compares a key with, as the key is when it is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The key exists with this value.
+    Value(String),
+    /// The key's version is this (0: the key does not exist).
+    Version(u64),
+    /// The key exists and was last written at this index.
+    ModIndex(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compare {
+    pub key: String,
+    pub target: Target,
+}
+
+/// A write of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    Put { key: String, value: String },
+    Delete { key: String },
+}
+
+impl TxnOp {
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
+        }
+    }
+}
+
+/// Writes applied atomically: `success` if every comparison holds, else `failure`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
 /// One command of the state machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -52,6 +92,7 @@ pub enum Command {
         key: String,
         precondition: Option<Precondition>,
     },
+    Txn(Txn),
 }
 
 /// Which format an entry's command was written in.
@@ -82,6 +123,11 @@ impl Command {
                 key: key.clone(),
                 precondition: precondition.map(WirePrecondition::from),
             }),
+            Command::Txn(txn) => WireOp::Txn(WireTxn {
+                compares: txn.compares.iter().map(WireCompare::from).collect(),
+                success: txn.success.iter().map(WireTxnOp::from).collect(),
+                failure: txn.failure.iter().map(WireTxnOp::from).collect(),
+            }),
         };
         let wire = WireCommand { op: Some(op) };
         let mut data = Vec::with_capacity(1 + wire.encoded_len());
@@ -109,6 +155,23 @@ impl Command {
                         key: delete.key,
                         precondition: precondition(delete.precondition)?,
                     },
+                    Some(WireOp::Txn(txn)) => Command::Txn(Txn {
+                        compares: txn
+                            .compares
+                            .into_iter()
+                            .map(Compare::try_from)
+                            .collect::<Result<_, _>>()?,
+                        success: txn
+                            .success
+                            .into_iter()
+                            .map(TxnOp::try_from)
+                            .collect::<Result<_, _>>()?,
+                        failure: txn
+                            .failure
+                            .into_iter()
+                            .map(TxnOp::try_from)
+                            .collect::<Result<_, _>>()?,
+                    }),
                     None => return Err("a command without an operation".to_string()),
                 };
                 Ok((command, Format::Versioned))
@@ -159,11 +222,68 @@ impl From<Precondition> for WirePrecondition {
     }
 }
 
+impl From<&Compare> for WireCompare {
+    fn from(compare: &Compare) -> WireCompare {
+        let target = match &compare.target {
+            Target::Value(value) => WireTarget::Value(value.clone()),
+            Target::Version(version) => WireTarget::Version(*version),
+            Target::ModIndex(index) => WireTarget::ModIndex(*index),
+        };
+        WireCompare {
+            key: compare.key.clone(),
+            target: Some(target),
+        }
+    }
+}
+
+impl TryFrom<WireCompare> for Compare {
+    type Error = String;
+    fn try_from(wire: WireCompare) -> Result<Compare, String> {
+        let target = match wire.target {
+            Some(WireTarget::Value(value)) => Target::Value(value),
+            Some(WireTarget::Version(version)) => Target::Version(version),
+            Some(WireTarget::ModIndex(index)) => Target::ModIndex(index),
+            None => return Err("a comparison without a target".to_string()),
+        };
+        Ok(Compare {
+            key: wire.key,
+            target,
+        })
+    }
+}
+
+impl From<&TxnOp> for WireTxnOp {
+    fn from(op: &TxnOp) -> WireTxnOp {
+        let op = match op {
+            TxnOp::Put { key, value } => WireTxnOpKind::Put(WireKeyValue {
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            TxnOp::Delete { key } => WireTxnOpKind::Delete(WireKey { key: key.clone() }),
+        };
+        WireTxnOp { op: Some(op) }
+    }
+}
+
+impl TryFrom<WireTxnOp> for TxnOp {
+    type Error = String;
+    fn try_from(wire: WireTxnOp) -> Result<TxnOp, String> {
+        match wire.op {
+            Some(WireTxnOpKind::Put(put)) => Ok(TxnOp::Put {
+                key: put.key,
+                value: put.value,
+            }),
+            Some(WireTxnOpKind::Delete(delete)) => Ok(TxnOp::Delete { key: delete.key }),
+            None => Err("a transaction write without an operation".to_string()),
+        }
+    }
+}
+
 // Format 1 on the wire. Field numbers are forever: add, never renumber or reuse.
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct WireCommand {
-    #[prost(oneof = "WireOp", tags = "1, 2")]
+    #[prost(oneof = "WireOp", tags = "1, 2, 3")]
     op: Option<WireOp>,
 }
 
@@ -173,6 +293,52 @@ enum WireOp {
     Put(WirePut),
     #[prost(message, tag = "2")]
     Delete(WireDelete),
+    #[prost(message, tag = "3")]
+    Txn(WireTxn),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireTxn {
+    #[prost(message, repeated, tag = "1")]
+    compares: Vec<WireCompare>,
+    #[prost(message, repeated, tag = "2")]
+    success: Vec<WireTxnOp>,
+    #[prost(message, repeated, tag = "3")]
+    failure: Vec<WireTxnOp>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireCompare {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(oneof = "WireTarget", tags = "2, 3, 4")]
+    target: Option<WireTarget>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum WireTarget {
+    #[prost(string, tag = "2")]
+    Value(String),
+    #[prost(uint64, tag = "3")]
+    Version(u64),
+    #[prost(uint64, tag = "4")]
+    ModIndex(u64),
+}
+
+/// A write of a transaction: a put (key, value) or a delete (key), spelled as the
+/// format before spells its Put and Delete.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireTxnOp {
+    #[prost(oneof = "WireTxnOpKind", tags = "1, 2")]
+    op: Option<WireTxnOpKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum WireTxnOpKind {
+    #[prost(message, tag = "1")]
+    Put(WireKeyValue),
+    #[prost(message, tag = "2")]
+    Delete(WireKey),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -221,13 +387,13 @@ struct LegacyCommand {
 #[derive(Clone, PartialEq, prost::Oneof)]
 enum LegacyOp {
     #[prost(message, tag = "1")]
-    Put(LegacyPut),
+    Put(WireKeyValue),
     #[prost(message, tag = "2")]
-    Delete(LegacyDelete),
+    Delete(WireKey),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct LegacyPut {
+struct WireKeyValue {
     #[prost(string, tag = "1")]
     key: String,
     #[prost(string, tag = "2")]
@@ -235,7 +401,7 @@ struct LegacyPut {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct LegacyDelete {
+struct WireKey {
     #[prost(string, tag = "1")]
     key: String,
 }
@@ -274,6 +440,31 @@ mod tests {
                 key: "k".into(),
                 precondition: None,
             },
+            Command::Txn(Txn::default()),
+            Command::Txn(Txn {
+                compares: vec![
+                    Compare {
+                        key: "a".into(),
+                        target: Target::Value("x".into()),
+                    },
+                    Compare {
+                        key: "b".into(),
+                        target: Target::Version(0),
+                    },
+                    Compare {
+                        key: "c".into(),
+                        target: Target::ModIndex(9),
+                    },
+                ],
+                success: vec![
+                    TxnOp::Put {
+                        key: "a".into(),
+                        value: "y".into(),
+                    },
+                    TxnOp::Delete { key: "c".into() },
+                ],
+                failure: vec![TxnOp::Delete { key: "a".into() }],
+            }),
         ];
         for command in commands {
             let data = command.encode();

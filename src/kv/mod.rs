@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
 
-pub use command::{Command, Format, Precondition};
+pub use command::{Command, Compare, Format, Precondition, Target, Txn, TxnOp};
 pub use image::KvImage;
 
 use crate::raft::{ConfChange, NodeId};
@@ -87,9 +87,21 @@ pub enum Applied {
     PreconditionFailed {
         current: Option<Versioned>,
     },
+    /// A transaction: which branch ran, and what each of its writes did, in order.
+    Txn {
+        succeeded: bool,
+        results: Vec<TxnResult>,
+    },
     /// The entry held no valid command. Every replica skips it alike, so the replicas
     /// stay identical; the proposer is told why.
     Rejected(String),
+}
+
+/// What one write of a transaction did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnResult {
+    Put { key: String, versions: Versions },
+    Delete { key: String, existed: bool },
 }
 
 /// Loading a snapshot image failed.
@@ -285,6 +297,41 @@ impl Kv {
                 let existed = self.remove(&key);
                 Applied::Delete { existed }
             }
+            Command::Txn(txn) => {
+                // Every comparison sees the state before any write of the branch.
+                let succeeded = txn.compares.iter().all(|compare| self.holds(compare));
+                let writes = match succeeded {
+                    true => txn.success,
+                    false => txn.failure,
+                };
+                let results = writes
+                    .into_iter()
+                    .map(|write| match write {
+                        TxnOp::Put { key, value } => {
+                            let versions = self.versions_after_put(&key, at);
+                            self.insert(key.clone(), value, versions);
+                            TxnResult::Put { key, versions }
+                        }
+                        TxnOp::Delete { key } => {
+                            let existed = self.remove(&key);
+                            TxnResult::Delete { key, existed }
+                        }
+                    })
+                    .collect();
+                Applied::Txn { succeeded, results }
+            }
+        }
+    }
+
+    /// Whether a transaction's comparison holds of the state now.
+    fn holds(&self, compare: &Compare) -> bool {
+        let current = self.entry(&compare.key);
+        match (&compare.target, current) {
+            (Target::Value(expected), Some((value, _))) => expected == value,
+            (Target::Version(expected), Some((_, versions))) => *expected == versions.version,
+            (Target::ModIndex(expected), Some((_, versions))) => *expected == versions.mod_index,
+            (Target::Version(expected), None) => *expected == 0,
+            (Target::Value(_) | Target::ModIndex(_), None) => false,
         }
     }
 

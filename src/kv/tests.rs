@@ -476,3 +476,86 @@ fn versions_survive_an_image_whatever_their_size() {
         Some(versions(u64::MAX, u64::MAX, 2))
     );
 }
+
+#[test]
+fn a_transaction_compares_then_writes_one_branch_atomically() {
+    let mut kv = Kv::new();
+    put(&mut kv, 1, "a", "1");
+    put(&mut kv, 2, "b", "2");
+    let compare = |key: &str, target: Target| Compare {
+        key: key.to_string(),
+        target,
+    };
+    let txn = |compares: Vec<Compare>| {
+        Command::Txn(Txn {
+            compares,
+            success: vec![
+                TxnOp::Put {
+                    key: "a".into(),
+                    value: "won".into(),
+                },
+                TxnOp::Delete { key: "b".into() },
+            ],
+            failure: vec![TxnOp::Put {
+                key: "lost".into(),
+                value: "yes".into(),
+            }],
+        })
+        .encode()
+    };
+    // One comparison off: the failure branch, and nothing of the success branch.
+    let applied = kv.apply(
+        3,
+        &txn(vec![
+            compare("a", Target::Value("1".into())),
+            compare("b", Target::ModIndex(1)),
+        ]),
+    );
+    assert_eq!(
+        applied,
+        Applied::Txn {
+            succeeded: false,
+            results: vec![TxnResult::Put {
+                key: "lost".into(),
+                versions: versions(3, 3, 1)
+            }]
+        }
+    );
+    assert_eq!((kv.get("a"), kv.get("b")), (Some("1"), Some("2")));
+    // All hold (an absent key has version 0): both writes, at the same index.
+    let applied = kv.apply(
+        4,
+        &txn(vec![
+            compare("a", Target::Value("1".into())),
+            compare("a", Target::Version(1)),
+            compare("b", Target::ModIndex(2)),
+            compare("never", Target::Version(0)),
+        ]),
+    );
+    assert_eq!(
+        applied,
+        Applied::Txn {
+            succeeded: true,
+            results: vec![
+                TxnResult::Put {
+                    key: "a".into(),
+                    versions: versions(1, 4, 2)
+                },
+                TxnResult::Delete {
+                    key: "b".into(),
+                    existed: true
+                },
+            ]
+        }
+    );
+    assert_eq!((kv.get("a"), kv.get("b")), (Some("won"), None));
+    // An absent key matches no value and no mod_index.
+    let applied = kv.apply(5, &txn(vec![compare("b", Target::ModIndex(0))]));
+    assert!(matches!(
+        applied,
+        Applied::Txn {
+            succeeded: false,
+            ..
+        }
+    ));
+}

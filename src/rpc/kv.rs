@@ -18,7 +18,9 @@ use super::outcome::{forward_again, index_of_not_found, status_of, INDEX};
 use super::peers::Peers;
 use crate::config::Config;
 use crate::driver::{DriverHandle, ListAnswer, ReadAnswer, RequestError, WriteKind};
-use crate::kv::{Applied, Command, ListQuery, Precondition};
+use crate::kv::{
+    Applied, Command, Compare, ListQuery, Precondition, Target, Txn, TxnOp, TxnResult,
+};
 use crate::metrics::metrics;
 use crate::proto::v1::{self as pb, kv_client::KvClient};
 use crate::validation::{KeyValue, RequestRules};
@@ -261,6 +263,140 @@ pub fn list_query(rules: &RequestRules, request: &pb::ListRequest) -> Result<Lis
     })
 }
 
+/// The most comparisons of a transaction, and the most writes of each branch.
+pub const MAX_TXN_COMPARES: usize = 64;
+pub const MAX_TXN_WRITES: usize = 64;
+
+/// A transaction's command and what it does to the state's size, checked: every key
+/// and value as a put's, at most [`MAX_TXN_COMPARES`] comparisons and
+/// [`MAX_TXN_WRITES`] writes a branch, no key written twice in a branch, and no more
+/// bytes of keys and values in all than the largest single put (so that its entry is
+/// no larger than any the log already carries).
+pub fn txn_command(
+    rules: &RequestRules,
+    request: &pb::TxnRequest,
+) -> Result<(Command, WriteKind), Status> {
+    use pb::{compare::Target as WireTarget, txn_op::Op};
+    let invalid = |message: String| Status::invalid_argument(message);
+    if request.compare.len() > MAX_TXN_COMPARES {
+        return Err(invalid(format!(
+            "{} comparisons, more than {MAX_TXN_COMPARES}",
+            request.compare.len()
+        )));
+    }
+    let mut bytes = 0usize;
+    let mut compares = Vec::with_capacity(request.compare.len());
+    for compare in &request.compare {
+        rules.check_key(&compare.key)?;
+        bytes += compare.key.len();
+        let target = match &compare.target {
+            Some(WireTarget::Value(value)) => {
+                bytes += value.len();
+                Target::Value(value.clone())
+            }
+            Some(WireTarget::Version(version)) => Target::Version(*version),
+            Some(WireTarget::ModIndex(index)) => Target::ModIndex(*index),
+            None => {
+                return Err(invalid(format!(
+                    "the comparison of {:?} names no target: value, version or mod_index",
+                    compare.key
+                )))
+            }
+        };
+        compares.push(Compare {
+            key: compare.key.clone(),
+            target,
+        });
+    }
+    let mut branches = Vec::with_capacity(2);
+    let mut writes = Vec::with_capacity(2);
+    for (name, ops) in [("success", &request.success), ("failure", &request.failure)] {
+        if ops.len() > MAX_TXN_WRITES {
+            return Err(invalid(format!(
+                "{} writes in {name}, more than {MAX_TXN_WRITES}",
+                ops.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut puts = Vec::new();
+        let mut branch = Vec::with_capacity(ops.len());
+        for op in ops {
+            let write = match &op.op {
+                Some(Op::Put(put)) => {
+                    rules.check_key(&put.key)?;
+                    rules.check_value(&put.value)?;
+                    bytes += put.key.len() + put.value.len();
+                    puts.push((put.key.clone(), put.value.len()));
+                    TxnOp::Put {
+                        key: put.key.clone(),
+                        value: put.value.clone(),
+                    }
+                }
+                Some(Op::Delete(delete)) => {
+                    rules.check_key(&delete.key)?;
+                    bytes += delete.key.len();
+                    TxnOp::Delete {
+                        key: delete.key.clone(),
+                    }
+                }
+                None => return Err(invalid(format!("a write in {name} names no operation"))),
+            };
+            if !seen.insert(write.key().to_string()) {
+                return Err(invalid(format!(
+                    "{name} writes the key {:?} twice",
+                    write.key()
+                )));
+            }
+            branch.push(write);
+        }
+        branches.push(puts);
+        writes.push(branch);
+    }
+    let largest = rules.largest_pair_bytes();
+    if bytes > largest {
+        return Err(invalid(format!(
+            "the transaction carries {bytes} bytes of keys and values, more than the largest put ({largest})"
+        )));
+    }
+    let failure = writes.pop().unwrap_or_default();
+    let success = writes.pop().unwrap_or_default();
+    let txn = Txn {
+        compares,
+        success,
+        failure,
+    };
+    Ok((Command::Txn(txn), WriteKind::Txn { branches }))
+}
+
+fn txn_response(index: u64, applied: Applied, key: &str) -> Result<pb::TxnResponse, RequestError> {
+    let Applied::Txn { succeeded, results } = applied else {
+        return Err(unexpected(key, applied));
+    };
+    let results = results
+        .into_iter()
+        .map(|result| match result {
+            TxnResult::Put { key, versions } => pb::TxnOpResult {
+                key,
+                put: true,
+                create_index: versions.create_index,
+                mod_index: versions.mod_index,
+                version: versions.version,
+                existed: false,
+            },
+            TxnResult::Delete { key, existed } => pb::TxnOpResult {
+                key,
+                existed,
+                ..pb::TxnOpResult::default()
+            },
+        })
+        .collect();
+    Ok(pb::TxnResponse {
+        succeeded,
+        index,
+        results,
+    })
+}
+
 fn list_response(answer: ListAnswer) -> pb::ListResponse {
     let next = match answer.page.more {
         true => answer
@@ -292,6 +428,35 @@ fn list_response(answer: ListAnswer) -> pb::ListResponse {
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        authorize(&self.config, &request)?;
+        let deadline = Deadline::of(&request, self.config.request_timeout);
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let wire = request.into_inner();
+        let (command, kind) = txn_command(&self.config.request_rules, &wire)?;
+        let data = command.encode();
+        let response = self
+            .run(
+                &deadline,
+                forwarded,
+                true,
+                || async {
+                    let committed = self.driver.propose(data.clone(), kind.clone()).await?;
+                    txn_response(committed.index, committed.applied, "a transaction")
+                },
+                |mut client, remaining| {
+                    let request = forwarded_request(&self.config, wire.clone(), remaining);
+                    async move { Ok(client.txn(request).await?.into_inner()) }
+                },
+            )
+            .await?;
+        count_served(forwarded, &metrics().writes, "txn");
+        Ok(Response::new(response))
+    }
+
     async fn list(
         &self,
         request: Request<pb::ListRequest>,

@@ -30,7 +30,9 @@ mod stop;
 
 pub use admin::AdminService;
 pub use instrument::GrpcMetricsLayer;
-pub use kv::{list_query, KvService, MAX_LIST_LIMIT};
+pub use kv::{
+    list_query, txn_command, KvService, MAX_LIST_LIMIT, MAX_TXN_COMPARES, MAX_TXN_WRITES,
+};
 pub use outcome::{
     forward_again, index_of_not_found, precondition_failure, status_of, INDEX,
     INSUFFICIENT_STORAGE, NOT_APPLIED,
