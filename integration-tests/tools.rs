@@ -274,6 +274,27 @@ async fn grpcurl_lists_describes_and_calls() {
         &["-plaintext", "-d", &cas, address, "distraft.v1.Kv/Put"],
     );
     assert!(swapped.contains("\"version\": \"2\""), "{swapped}");
+    // A transaction and a listing, as the README writes them.
+    let txn = r#"{"compare": [{"key": "to", "version": 0}], "success": [{"put": {"key": "to", "value": "40"}}]}"#;
+    let done = run_grpcurl(
+        &grpcurl,
+        &["-plaintext", "-d", txn, address, "distraft.v1.Kv/Txn"],
+    );
+    assert!(done.contains("\"succeeded\": true"), "{done}");
+    let again = run_grpcurl(
+        &grpcurl,
+        &["-plaintext", "-d", txn, address, "distraft.v1.Kv/Txn"],
+    );
+    assert!(
+        !again.contains("succeeded"),
+        "the failure branch (false is not printed): {again}"
+    );
+    let list = r#"{"prefix": "lo", "limit": 100}"#;
+    let listed = run_grpcurl(
+        &grpcurl,
+        &["-plaintext", "-d", list, address, "distraft.v1.Kv/List"],
+    );
+    assert!(listed.contains("\"key\": \"lock\""), "{listed}");
 
     // Membership over gRPC: the list, and a dry run of a removal with its assessment.
     let members = run_grpcurl(
