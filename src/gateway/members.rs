@@ -23,7 +23,6 @@ use tonic::Code;
 use warp::http::header;
 use warp::{Filter, Rejection};
 
-use super::body::{discard_body, read_body_within};
 use super::response::ApiError;
 use super::{Gateway, Response, MAX_OPTIONS_BODY_BYTES};
 use crate::proto::v1 as pb;
@@ -163,16 +162,9 @@ impl Gateway {
         S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
         B: Buf,
     {
-        if let Err(error) = authorized {
-            return Err(discard_body(body, error).await);
-        }
-        let body = read_body_within(
-            body,
-            content_length,
-            MAX_OPTIONS_BODY_BYTES,
-            self.settings.body_read_timeout,
-        )
-        .await?;
+        let body = self
+            .authorized_body(authorized, content_length, body, MAX_OPTIONS_BODY_BYTES)
+            .await?;
         let new: NewMember = serde_json::from_slice(&body).map_err(|err| {
             ApiError::bad_request(format!(
                 "the body must be JSON with the strings name, peer (host:port) and \

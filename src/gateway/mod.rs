@@ -748,16 +748,9 @@ impl Gateway {
         S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
         B: Buf,
     {
-        if let Err(error) = authorized {
-            return Err(discard_body(body, error).await);
-        }
-        let body = read_body_within(
-            body,
-            content_length,
-            MAX_OPTIONS_BODY_BYTES,
-            self.settings.body_read_timeout,
-        )
-        .await?;
+        let body = self
+            .authorized_body(authorized, content_length, body, MAX_OPTIONS_BODY_BYTES)
+            .await?;
         let to = optional_json_string(&body, "to")?.unwrap_or_default();
         let request = self.request(TransferLeaderRequest { to });
         let answer = self
@@ -833,16 +826,10 @@ impl Gateway {
         S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
         B: Buf,
     {
-        if let Err(error) = authorized {
-            return Err(discard_body(body, error).await);
-        }
-        let body = read_body_within(
-            body,
-            content_length,
-            self.max_body_bytes(),
-            self.settings.body_read_timeout,
-        )
-        .await?;
+        let max = self.max_body_bytes();
+        let body = self
+            .authorized_body(authorized, content_length, body, max)
+            .await?;
         let parsed: TxnBody = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid transaction: {e}")))?;
         let request = parsed.into_request()?;
@@ -873,6 +860,31 @@ impl Gateway {
             "results": results,
         });
         Ok((body, version_headers(None, answer.index)))
+    }
+
+    /// The body of a request with a JSON body, read within `max_bytes` and the body read
+    /// timeout; a refused request's body is read and dropped first ([`discard_body`]).
+    async fn authorized_body<S, B>(
+        &self,
+        authorized: Result<(), ApiError>,
+        content_length: Option<u64>,
+        body: S,
+        max_bytes: usize,
+    ) -> Result<bytes::Bytes, ApiError>
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+        B: Buf,
+    {
+        if let Err(error) = authorized {
+            return Err(discard_body(body, error).await);
+        }
+        read_body_within(
+            body,
+            content_length,
+            max_bytes,
+            self.settings.body_read_timeout,
+        )
+        .await
     }
 
     /// Decodes a key from its path segment and checks it.

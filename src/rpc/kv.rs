@@ -57,10 +57,19 @@ impl KvService {
     /// another node forwarded it, and its key and value checked unless this node's
     /// gateway did; then its message.
     fn open<M: KeyValue>(&self, request: Request<M>) -> Result<(Deadline, bool, M), Status> {
+        // The token first: a client without it learns nothing about its input.
+        let checked = self.config.request_rules.check_unless_checked(&request);
+        let opened = self.begin(request)?;
+        checked?;
+        Ok(opened)
+    }
+
+    /// The API token checked, the request's deadline, whether another node forwarded
+    /// it, and its message (whose fields the caller checks).
+    fn begin<M>(&self, request: Request<M>) -> Result<(Deadline, bool, M), Status> {
         authorize(&self.config, &request)?;
         let deadline = Deadline::of(&request, self.config.request_timeout);
         let forwarded = request.metadata().contains_key(FORWARDED);
-        self.config.request_rules.check_unless_checked(&request)?;
         Ok((deadline, forwarded, request.into_inner()))
     }
 
@@ -432,10 +441,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
-        authorize(&self.config, &request)?;
-        let deadline = Deadline::of(&request, self.config.request_timeout);
-        let forwarded = request.metadata().contains_key(FORWARDED);
-        let wire = request.into_inner();
+        let (deadline, forwarded, wire) = self.begin(request)?;
         let (command, kind) = txn_command(&self.config.request_rules, &wire)?;
         let data = command.encode();
         let response = self
@@ -461,10 +467,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        authorize(&self.config, &request)?;
-        let deadline = Deadline::of(&request, self.config.request_timeout);
-        let forwarded = request.metadata().contains_key(FORWARDED);
-        let wire = request.into_inner();
+        let (deadline, forwarded, wire) = self.begin(request)?;
         let query = list_query(&self.config.request_rules, &wire)?;
         let stale = wire.stale;
         // Served here by ReadIndex, as Get is.
