@@ -164,7 +164,9 @@ declare -A expected
 put() {
     local answer
     answer=$(http "$1" "/$2" -X POST --data-urlencode "value=$3") || fail "POST /$2 on $1 got no answer"
-    [ "$(jq -cS . <<<"$answer")" = "$(jq -cSn --arg k "$2" --arg v "$3" '{ok: true, key: $k, value: $v}')" ] ||
+    # The original answer's fields, and the key's versions.
+    [ "$(jq -cS '{ok, key, value}' <<<"$answer")" = "$(jq -cSn --arg k "$2" --arg v "$3" '{ok: true, key: $k, value: $v}')" ] &&
+        [ "$(jq -r '(.mod_index > 0) and (.version >= 1)' <<<"$answer")" = true ] ||
         fail "POST /$2 on $1 answered $answer"
     expected[$2]=$3
 }
