@@ -23,7 +23,7 @@ plants=(
   # leader's own count is never ahead of its disk there. Only a core stepped while its
   # persist runs shows it, which the unit test does.
   "leader-counts-unpersisted|--lib raft::tests::replication_may_leave_before_the_leaders_persist_but_acks_may_not"
-  "retry-ambiguous-forward|--test simulation"
+  "retry-applied-twice|--test simulation"
   # The transcripts of membership changes catch these reliably. The membership
   # nemesis (simulation membership_changes) catches two as well: two-conf-changes-in-
   # flight at seed 2 (Leader Completeness), learner-counts-toward-quorum at seed 12

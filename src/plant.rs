@@ -25,9 +25,6 @@ pub enum Plant {
     /// The leader counts its own log towards a majority before it is persisted
     /// (thesis §10.2.1 requires the persist first).
     LeaderCountsUnpersisted,
-    /// A follower forwards a write to the leader again after a failure that may have
-    /// applied it (a write applied twice).
-    RetryAmbiguousForward,
     /// A node wiped by `DISTRAFT_RESET_LOGS` votes at once with its empty log.
     ResetNodeVotes,
     /// The Raft port stops checking that an AppendEntries' entries follow
@@ -91,6 +88,9 @@ pub enum Plant {
     /// A conditional write compares its expected `mod_index` with the one the key had
     /// before its last write (a stale version), on every replica alike.
     CasComparesStaleVersion,
+    /// The state machine forgets nothing but replays nothing: a retry of a write with
+    /// the same idempotency key is applied again.
+    RetryAppliedTwice,
 }
 
 impl Plant {
@@ -100,7 +100,6 @@ impl Plant {
         Plant::VoteNotPersisted,
         Plant::ReadWithoutConfirmingLeadership,
         Plant::LeaderCountsUnpersisted,
-        Plant::RetryAmbiguousForward,
         Plant::ResetNodeVotes,
         Plant::SkipWireValidation,
         Plant::SkipReadBack,
@@ -125,6 +124,7 @@ impl Plant {
         Plant::NonCampaignerKeepsLeader,
         Plant::NonVoterVotesHeard,
         Plant::CasComparesStaleVersion,
+        Plant::RetryAppliedTwice,
     ];
 
     pub fn name(self) -> &'static str {
@@ -134,7 +134,6 @@ impl Plant {
             Plant::VoteNotPersisted => "vote-not-persisted",
             Plant::ReadWithoutConfirmingLeadership => "read-without-confirming-leadership",
             Plant::LeaderCountsUnpersisted => "leader-counts-unpersisted",
-            Plant::RetryAmbiguousForward => "retry-ambiguous-forward",
             Plant::ResetNodeVotes => "reset-node-votes",
             Plant::SkipWireValidation => "skip-wire-validation",
             Plant::SkipReadBack => "skip-read-back",
@@ -159,6 +158,7 @@ impl Plant {
             Plant::NonCampaignerKeepsLeader => "non-campaigner-keeps-leader",
             Plant::NonVoterVotesHeard => "non-voter-votes-heard",
             Plant::CasComparesStaleVersion => "cas-compares-stale-version",
+            Plant::RetryAppliedTwice => "retry-applied-twice",
         }
     }
 }

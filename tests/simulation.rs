@@ -59,7 +59,7 @@ use distraft::driver::{
     Background, Committed, Driver, DriverError, Event, Job, RaftReply, ReceivedSnapshot,
     RequestError, SnapshotAdmission, Transport, WriteKind,
 };
-use distraft::kv::Kv;
+use distraft::kv::{Command, Kv};
 use distraft::raft::{
     AppendOutcome, Body, Index, Message, NodeId, RawNode, Role, SnapshotMeta, Term,
 };
@@ -69,6 +69,13 @@ use distraft_testkit::linearizability::{self, KvOp, KvOutcome, Operation};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot::{self, error::TryRecvError};
+
+/// The idempotency key of a client's request: the same for every time it is sent, as
+/// the Kv service's forwarding key is (`rpc/idempotency.rs`), so that a write sent again
+/// after an ambiguous failure is answered with its first outcome.
+fn idempotency_key(client: u64, call: u64) -> String {
+    format!("c{client}-{call}")
+}
 
 /// The membership nemesis (`membership_changes`).
 #[path = "simulation/members.rs"]
@@ -345,6 +352,9 @@ struct Pending {
     started: u64,
     origin: NodeId,
     state: Waiting,
+    /// An earlier attempt failed in a way that may have applied it: a later failure
+    /// that says "not applied" speaks for its own attempt only.
+    maybe_applied: bool,
 }
 
 enum Waiting {
@@ -716,13 +726,13 @@ impl Sim {
             if pending.origin == id {
                 self.finish(client, KvOutcome::Unknown);
             } else if at == Some(id) {
-                let write = !matches!(pending.op, KvOp::Get { .. });
                 let status = tonic::Status::unavailable("the connection broke");
-                if forward_again(write, &status) {
+                if forward_again(&status) {
                     let retry = Waiting::Retry {
                         at_tick: self.now + 2,
                     };
                     self.set_state(client, retry);
+                    self.attempt_may_have_applied(client, &status);
                 } else {
                     self.fail(client, &status);
                 }
@@ -1588,6 +1598,7 @@ impl Sim {
                 started: self.now,
                 origin,
                 state: Waiting::Retry { at_tick: self.now },
+                maybe_applied: false,
             };
             self.clients.insert(client, Some(pending));
             self.submit(client, origin)?;
@@ -1614,8 +1625,14 @@ impl Sim {
             }
             KvOp::Put { key, value } => {
                 let (reply, answer) = oneshot::channel();
+                let command = Command::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    precondition: None,
+                };
                 let event = Event::Propose {
-                    data: Kv::put_command(key.clone(), value.clone()),
+                    data: command
+                        .encode_idempotent(&idempotency_key(client, pending.call), self.now),
                     kind: WriteKind::Put {
                         key: key.clone(),
                         value_bytes: value.len(),
@@ -1626,8 +1643,13 @@ impl Sim {
             }
             KvOp::Delete { key } => {
                 let (reply, answer) = oneshot::channel();
+                let command = Command::Delete {
+                    key: key.clone(),
+                    precondition: None,
+                };
                 let event = Event::Propose {
-                    data: Kv::delete_command(key.clone()),
+                    data: command
+                        .encode_idempotent(&idempotency_key(client, pending.call), self.now),
                     kind: WriteKind::Delete,
                     reply,
                 };
@@ -1649,7 +1671,6 @@ impl Sim {
                 continue;
             };
             let origin = pending.origin;
-            let write = !matches!(pending.op, KvOp::Get { .. });
             let result = match &mut pending.state {
                 Waiting::Write { at: node, answer } if *node == at => match answer.try_recv() {
                     Err(TryRecvError::Empty) => continue,
@@ -1681,8 +1702,9 @@ impl Sim {
                 // Forwarded: the origin gets the leader's failure over gRPC.
                 Err(err) if at != origin => {
                     let status = status_of(err);
-                    if forward_again(write, &status) {
+                    if forward_again(&status) {
                         self.set_state(client, retry);
+                        self.attempt_may_have_applied(client, &status);
                     } else {
                         self.fail(client, &status);
                     }
@@ -1714,10 +1736,26 @@ impl Sim {
         }
     }
 
-    /// The client gets a failure: a write that certainly did not happen leaves no
-    /// trace in the history; any other is indeterminate.
+    /// Notes that an attempt of the client's request failed without saying it was not
+    /// applied (it is sent again, with its idempotency key).
+    fn attempt_may_have_applied(&mut self, client: u64, status: &tonic::Status) {
+        if status.metadata().contains_key(NOT_APPLIED) {
+            return;
+        }
+        if let Some(pending) = self.clients.get_mut(&client).and_then(Option::as_mut) {
+            pending.maybe_applied = true;
+        }
+    }
+
+    /// The client gets a failure: a write that certainly did not happen (in any of its
+    /// attempts) leaves no trace in the history; any other is indeterminate.
     fn fail(&mut self, client: u64, status: &tonic::Status) {
-        let not_applied = status.metadata().contains_key(NOT_APPLIED);
+        let maybe_applied = self
+            .clients
+            .get(&client)
+            .and_then(Option::as_ref)
+            .is_some_and(|pending| pending.maybe_applied);
+        let not_applied = status.metadata().contains_key(NOT_APPLIED) && !maybe_applied;
         if not_applied {
             self.clients.insert(client, None);
         } else {

@@ -121,6 +121,15 @@ pub enum RequestError {
         key: String,
         current: Option<Versioned>,
     },
+    /// Nothing was done: the write's idempotency key was used by a different request.
+    #[error(
+        "the idempotency key {key:?} was used by a different request; \
+         a retry must repeat its request exactly, a new request needs a new key"
+    )]
+    IdempotencyMismatch { key: String },
+    /// The failure of a retry: the first write's, replayed.
+    #[error("{0}")]
+    Replayed(Box<RequestError>),
 }
 
 /// How a precondition failure describes the key it found.

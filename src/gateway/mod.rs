@@ -56,6 +56,7 @@ use crate::proto::v1::{
     admin_server::Admin, kv_server::Kv, DeleteRequest, GetRequest, ListRequest, Precondition,
     PutRequest, StartRequest, StatusRequest, StopRequest, TransferLeaderRequest, TxnRequest,
 };
+use crate::rpc::idempotency;
 use crate::status::status_json;
 use crate::validation::{self, RequestRules};
 use bytes::Buf;
@@ -64,7 +65,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 use warp::{
-    http::{header, Method, StatusCode},
+    http::{header, HeaderName, HeaderValue, Method, StatusCode},
     reply::Response,
     Filter, Rejection, Reply,
 };
@@ -310,7 +311,14 @@ fn key_routes(
              gw: Arc<Gateway>| async move {
                 let authorized = authorized.and_then(|()| conditions.precondition());
                 let result = gw
-                    .put(&raw, authorized, content_type, content_length, body)
+                    .put(
+                        &raw,
+                        authorized,
+                        conditions.idempotency_key,
+                        content_type,
+                        content_length,
+                        body,
+                    )
                     .await;
                 gw.respond_with(result)
             },
@@ -363,14 +371,27 @@ fn txn_route(
     warp::path!("v1" / "txn")
         .and(warp::post())
         .and(credentials)
+        .and(conditions())
         .and(warp::header::optional::<u64>(
             header::CONTENT_LENGTH.as_str(),
         ))
         .and(warp::body::stream())
         .and(with_gateway)
         .then(
-            |authorized: Result<(), ApiError>, content_length, body, gw: Arc<Gateway>| async move {
-                gw.respond_with(gw.txn(authorized, content_length, body).await)
+            |authorized: Result<(), ApiError>,
+             conditions: Conditions,
+             content_length,
+             body,
+             gw: Arc<Gateway>| async move {
+                // A transaction's conditions are its comparisons.
+                let authorized = authorized.and_then(|()| match conditions.precondition()? {
+                    Some(_) => Err(ApiError::bad_request(
+                        "a transaction takes no If-Match or If-None-Match: put its conditions in \"compare\"",
+                    )),
+                    None => Ok(()),
+                });
+                let key = conditions.idempotency_key;
+                gw.respond_with(gw.txn(authorized, key, content_length, body).await)
             },
         )
 }
@@ -490,12 +511,14 @@ struct ListOptions {
     stale: bool,
 }
 
-/// The conditional-request headers of a write, parsed in its handler (so that a
-/// refused write's body is still read and dropped first).
+/// The headers that qualify a write: its conditional-request headers, parsed in its
+/// handler (so that a refused write's body is still read and dropped first), and its
+/// `Idempotency-Key` (checked where the Kv service checks it).
 #[derive(Debug, Clone, Default)]
 struct Conditions {
     if_match: Option<String>,
     if_none_match: Option<String>,
+    idempotency_key: Option<String>,
 }
 
 impl Conditions {
@@ -509,9 +532,11 @@ fn conditions() -> impl Filter<Extract = (Conditions,), Error = Rejection> + Clo
         .and(warp::header::optional::<String>(
             header::IF_NONE_MATCH.as_str(),
         ))
-        .map(|if_match, if_none_match| Conditions {
+        .and(warp::header::optional::<String>(IDEMPOTENCY_KEY))
+        .map(|if_match, if_none_match, idempotency_key| Conditions {
             if_match,
             if_none_match,
+            idempotency_key,
         })
 }
 
@@ -683,6 +708,7 @@ impl Gateway {
         &self,
         raw_key: &str,
         checked: Result<Option<Precondition>, ApiError>,
+        idempotency_key: Option<String>,
         content_type: Option<String>,
         content_length: Option<u64>,
         body: S,
@@ -726,15 +752,14 @@ impl Gateway {
             value,
             precondition,
         }));
-        let put = self
-            .call_kv(self.backend.kv.put(request))
-            .await
-            .map_err(write_failure)?;
+        let request = with_idempotency_key(request, idempotency_key)?;
+        let (put, replayed) = self.call_kv_write(self.backend.kv.put(request)).await?;
         let mut body = versions_json(put.create_index, put.index, put.version);
         body["ok"] = Value::Bool(true);
         body["key"] = Value::String(key);
         body["value"] = Value::String(put.value);
-        Ok((body, version_headers(Some(put.index), put.index)))
+        let headers = version_headers(Some(put.index), put.index);
+        Ok((body, replay_headers(headers, replayed)))
     }
 
     /// `POST /cluster/leader` with an optional JSON body `{"to": "<member>"}`.
@@ -766,13 +791,12 @@ impl Gateway {
             key: key.clone(),
             precondition,
         }));
-        let deleted = self
-            .call_kv(self.backend.kv.delete(request))
-            .await
-            .map_err(write_failure)?;
+        let request = with_idempotency_key(request, conditions.idempotency_key)?;
+        let (deleted, replayed) = self.call_kv_write(self.backend.kv.delete(request)).await?;
         let body =
             json!({"ok": true, "key": key, "existed": deleted.existed, "index": deleted.index});
-        Ok((body, version_headers(None, deleted.index)))
+        let headers = version_headers(None, deleted.index);
+        Ok((body, replay_headers(headers, replayed)))
     }
 
     /// `GET /v1/keys`: `{"ok": true, "keys": [...], "next": token or null, "index": i}`.
@@ -819,6 +843,7 @@ impl Gateway {
     async fn txn<S, B>(
         &self,
         authorized: Result<(), ApiError>,
+        idempotency_key: Option<String>,
         content_length: Option<u64>,
         body: S,
     ) -> Result<Answer, ApiError>
@@ -836,10 +861,8 @@ impl Gateway {
         // Checked here as the service checks it: bad input is a 400 before any call.
         crate::rpc::txn_command(&self.settings.request_rules, &request)
             .map_err(|status| ApiError::bad_request(status.message()))?;
-        let answer = self
-            .call_kv(self.backend.kv.txn(self.request(request)))
-            .await
-            .map_err(ApiError::from)?;
+        let request = with_idempotency_key(self.request(request), idempotency_key)?;
+        let (answer, replayed) = self.call_kv_write(self.backend.kv.txn(request)).await?;
         let results: Vec<Value> = answer
             .results
             .into_iter()
@@ -859,7 +882,8 @@ impl Gateway {
             "index": answer.index,
             "results": results,
         });
-        Ok((body, version_headers(None, answer.index)))
+        let headers = version_headers(None, answer.index);
+        Ok((body, replay_headers(headers, replayed)))
     }
 
     /// The body of a request with a JSON body, read within `max_bytes` and the body read
@@ -949,6 +973,21 @@ impl Gateway {
         }
     }
 
+    /// Awaits a write, bounded: its answer and whether it is a retry's replay of the
+    /// first outcome, or its failure as HTTP (412, 422), marked when replayed.
+    async fn call_kv_write<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<(T, bool), ApiError> {
+        let call = async {
+            call.await.map(|response| {
+                let replayed = idempotency::replayed(response.metadata());
+                tonic::Response::new((response.into_inner(), replayed))
+            })
+        };
+        self.call_kv(call).await.map_err(write_failure)
+    }
+
     fn respond_with(&self, result: Result<Answer, ApiError>) -> Response {
         match result {
             Ok((body, headers)) => json_response_with(&body, headers, self.settings.pretty),
@@ -978,12 +1017,55 @@ fn key_not_found(key: &str, index: u64) -> ApiError {
     error
 }
 
-/// A failed write as HTTP: a failed precondition is 412 with the key as it is.
+/// A failed write as HTTP: a failed precondition is 412 with the key as it is, an
+/// idempotency key used by another request 422; a retry's replayed failure is marked.
 fn write_failure(status: tonic::Status) -> ApiError {
-    match crate::rpc::precondition_failure(&status) {
+    let replayed = idempotency::replayed(status.metadata());
+    let error = match crate::rpc::precondition_failure(&status) {
         Some(state) => precondition_failed(status.message().to_string(), state),
+        None if status.code() == tonic::Code::AlreadyExists => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, status.message())
+        }
         None => ApiError::from(status),
+    };
+    match replayed {
+        true => error.with_header(idempotent_replayed(), HeaderValue::from_static("true")),
+        false => error,
     }
+}
+
+/// `Idempotency-Key` (IETF httpapi draft): a write sent again with the same key is
+/// answered with its first outcome instead of being applied again.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+fn idempotent_replayed() -> HeaderName {
+    HeaderName::from_static(idempotency::REPLAYED)
+}
+
+/// A write's request with the client's idempotency key, as the Kv service reads it.
+fn with_idempotency_key<T>(
+    mut request: tonic::Request<T>,
+    key: Option<String>,
+) -> Result<tonic::Request<T>, ApiError> {
+    if let Some(key) = key {
+        let value = tonic::metadata::MetadataValue::try_from(key.as_str())
+            .map_err(|_| ApiError::bad_request("the Idempotency-Key is not visible ASCII"))?;
+        request
+            .metadata_mut()
+            .insert(idempotency::IDEMPOTENCY_KEY, value);
+    }
+    Ok(request)
+}
+
+/// An answer's headers, with `Idempotent-Replayed: true` when it is a retry's.
+fn replay_headers(
+    mut headers: Vec<(HeaderName, HeaderValue)>,
+    replayed: bool,
+) -> Vec<(HeaderName, HeaderValue)> {
+    if replayed {
+        headers.push((idempotent_replayed(), HeaderValue::from_static("true")));
+    }
+    headers
 }
 
 #[cfg(test)]

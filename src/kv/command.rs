@@ -80,6 +80,19 @@ pub struct Txn {
     pub failure: Vec<TxnOp>,
 }
 
+/// A client's idempotency key on a write (the `Idempotency-Key` header, gRPC metadata
+/// `idempotency-key`), with what the state machine needs to remember it the same way
+/// on every replica: the proposer's clock (the table's only clock: no replica reads
+/// its own) and a fingerprint of the request, to tell a retry from a different request
+/// under the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    /// Milliseconds since the Unix epoch, on the proposer's clock.
+    pub at_ms: u64,
+    pub fingerprint: u64,
+}
+
 /// One command of the state machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -109,7 +122,29 @@ pub enum Format {
 impl Command {
     /// The command as an entry's data: the format byte, then the protobuf encoding.
     pub fn encode(&self) -> Bytes {
-        let op = match self {
+        WireCommand {
+            op: Some(self.wire_op()),
+            ..WireCommand::default()
+        }
+        .to_entry()
+    }
+
+    /// The command with a client's idempotency key (see [`Idempotency`]), stamped
+    /// with `at_ms`; its fingerprint is a hash of the command's own encoding.
+    pub fn encode_idempotent(&self, key: &str, at_ms: u64) -> Bytes {
+        let op = self.wire_op();
+        let fingerprint = super::fnv1a(op_bytes(&op).iter());
+        WireCommand {
+            op: Some(op),
+            idempotency_key: key.to_string(),
+            at_ms,
+            fingerprint,
+        }
+        .to_entry()
+    }
+
+    fn wire_op(&self) -> WireOp {
+        match self {
             Command::Put {
                 key,
                 value,
@@ -128,18 +163,13 @@ impl Command {
                 success: txn.success.iter().map(WireTxnOp::from).collect(),
                 failure: txn.failure.iter().map(WireTxnOp::from).collect(),
             }),
-        };
-        let wire = WireCommand { op: Some(op) };
-        let mut data = Vec::with_capacity(1 + wire.encoded_len());
-        data.push(FORMAT_1);
-        wire.encode(&mut data)
-            .expect("a Vec grows to hold any encoding");
-        data.into()
+        }
     }
 
-    /// Decodes an entry's data; what is not a command (damaged, or written by a newer
-    /// version) is refused with the reason.
-    pub fn decode(data: &[u8]) -> Result<(Command, Format), String> {
+    /// Decodes an entry's data: the command, its format and its idempotency key, if it
+    /// has one; what is not a command (damaged, or written by a newer version) is
+    /// refused with the reason.
+    pub fn decode(data: &[u8]) -> Result<Decoded, String> {
         match data.split_first() {
             None => Err("an empty command".to_string()),
             Some((&FORMAT_1, rest)) => {
@@ -174,7 +204,19 @@ impl Command {
                     }),
                     None => return Err("a command without an operation".to_string()),
                 };
-                Ok((command, Format::Versioned))
+                let idempotency = match wire.idempotency_key.is_empty() {
+                    true => None,
+                    false => Some(Idempotency {
+                        key: wire.idempotency_key,
+                        at_ms: wire.at_ms,
+                        fingerprint: wire.fingerprint,
+                    }),
+                };
+                Ok(Decoded {
+                    command,
+                    format: Format::Versioned,
+                    idempotency,
+                })
             }
             Some(_) => {
                 let legacy = LegacyCommand::decode(data)
@@ -191,10 +233,40 @@ impl Command {
                     },
                     None => return Err("a command without an operation".to_string()),
                 };
-                Ok((command, Format::Unversioned))
+                Ok(Decoded {
+                    command,
+                    format: Format::Unversioned,
+                    idempotency: None,
+                })
             }
         }
     }
+}
+
+/// An entry's command, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub command: Command,
+    pub format: Format,
+    pub idempotency: Option<Idempotency>,
+}
+
+impl WireCommand {
+    fn to_entry(&self) -> Bytes {
+        let mut data = Vec::with_capacity(1 + self.encoded_len());
+        data.push(FORMAT_1);
+        self.encode(&mut data)
+            .expect("a Vec grows to hold any encoding");
+        data.into()
+    }
+}
+
+/// The protobuf encoding of an operation alone: what a fingerprint hashes (prost
+/// encodes the same fields the same way, always).
+fn op_bytes(op: &WireOp) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(op.encoded_len());
+    op.encode(&mut bytes);
+    bytes
 }
 
 fn precondition(wire: Option<WirePrecondition>) -> Result<Option<Precondition>, String> {
@@ -285,6 +357,13 @@ impl TryFrom<WireTxnOp> for TxnOp {
 struct WireCommand {
     #[prost(oneof = "WireOp", tags = "1, 2, 3")]
     op: Option<WireOp>,
+    /// Empty: none. See [`Idempotency`].
+    #[prost(string, tag = "4")]
+    idempotency_key: String,
+    #[prost(uint64, tag = "5")]
+    at_ms: u64,
+    #[prost(fixed64, tag = "6")]
+    fingerprint: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -471,9 +550,59 @@ mod tests {
             assert_eq!(data[0], FORMAT_1);
             assert_eq!(
                 Command::decode(&data),
-                Ok((command.clone(), Format::Versioned))
+                Ok(plain(command.clone(), Format::Versioned))
+            );
+            let data = command.encode_idempotent("retry-1", 77);
+            let decoded = Command::decode(&data).unwrap();
+            assert_eq!(
+                (decoded.command, decoded.format),
+                (command, Format::Versioned)
+            );
+            let idempotency = decoded.idempotency.unwrap();
+            assert_eq!(
+                (idempotency.key.as_str(), idempotency.at_ms),
+                ("retry-1", 77)
             );
         }
+    }
+
+    fn plain(command: Command, format: Format) -> Decoded {
+        Decoded {
+            command,
+            format,
+            idempotency: None,
+        }
+    }
+
+    /// The same request has the same fingerprint whenever and under whatever key it is
+    /// sent; a different one (another value, another precondition) has another.
+    #[test]
+    fn fingerprints_tell_requests_apart() {
+        let fingerprint = |command: &Command, key: &str, at_ms: u64| {
+            let data = command.encode_idempotent(key, at_ms);
+            Command::decode(&data)
+                .unwrap()
+                .idempotency
+                .unwrap()
+                .fingerprint
+        };
+        let put = |value: &str, precondition| Command::Put {
+            key: "k".into(),
+            value: value.into(),
+            precondition,
+        };
+        let a = fingerprint(&put("v", None), "x", 1);
+        assert_eq!(a, fingerprint(&put("v", None), "y", 99));
+        assert_ne!(a, fingerprint(&put("w", None), "x", 1));
+        assert_ne!(
+            a,
+            fingerprint(&put("v", Some(Precondition::Absent)), "x", 1)
+        );
+        let delete = Command::Delete {
+            key: "k".into(),
+            precondition: None,
+        };
+        assert_ne!(a, fingerprint(&delete, "x", 1));
     }
 
     /// Bytes exactly as the version before wrote them (a `distraft.v1.Command` with a
@@ -485,7 +614,7 @@ mod tests {
         let put = [0x0a, 0x07, 0x0a, 0x02, b'a', b'b', 0x12, 0x01, b'c'];
         assert_eq!(
             Command::decode(&put),
-            Ok((
+            Ok(plain(
                 Command::Put {
                     key: "ab".into(),
                     value: "c".into(),
@@ -498,7 +627,7 @@ mod tests {
         let delete = [0x12, 0x04, 0x0a, 0x02, b'a', b'b'];
         assert_eq!(
             Command::decode(&delete),
-            Ok((
+            Ok(plain(
                 Command::Delete {
                     key: "ab".into(),
                     precondition: None

@@ -9,8 +9,11 @@
 //! then the bytes); and last the digest (u64). A field is its length (u32) and its
 //! UTF-8 bytes; every other number is little-endian.
 //!
-//! Sections are where later state goes (none is defined yet): a reader refuses a tag
-//! it does not know, loudly, rather than drop state it cannot read.
+//! Sections are where later state goes: a reader refuses a tag it does not know,
+//! loudly, rather than drop state it cannot read. Section 1 is the idempotency table
+//! (`idempotency.rs`), as the protobuf message [`WireTable`] below; an image without
+//! it has an empty table. It is outside the digest, which sums the pairs alone (the
+//! snapshot file's own checksum guards the whole image).
 //!
 //! Images 02 (the same up to the pairs, which had no versions, and no sections) and 01
 //! (no member table either) are still read: their keys get versions of zero, as the
@@ -20,7 +23,10 @@ use std::collections::BTreeMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::sync::Arc;
 
-use super::{unversioned_pair_hash, Kv, KvError, Pairs, Versions};
+use prost::Message as _;
+
+use super::idempotency::{Remembered, Table};
+use super::{unversioned_pair_hash, Applied, Kv, KvError, Pairs, TxnResult, Versioned, Versions};
 use crate::raft::NodeId;
 use crate::registry::Record;
 
@@ -40,14 +46,24 @@ pub struct KvImage {
     pub(super) map: Arc<Pairs>,
     digest: u64,
     members: Vec<Record>,
+    idempotency: Table,
 }
 
+/// The tag of the idempotency table's section.
+const SECTION_IDEMPOTENCY: u32 = 1;
+
 impl KvImage {
-    pub(super) fn new(map: Arc<Pairs>, digest: u64, members: Vec<Record>) -> KvImage {
+    pub(super) fn new(
+        map: Arc<Pairs>,
+        digest: u64,
+        members: Vec<Record>,
+        idempotency: Table,
+    ) -> KvImage {
         KvImage {
             map,
             digest,
             members,
+            idempotency,
         }
     }
 
@@ -70,8 +86,17 @@ impl KvImage {
                 write_varint(&mut out, number)?;
             }
         }
-        // No sections yet.
-        out.write_all(&0u64.to_le_bytes())?;
+        // One section: the idempotency table, when it holds anything.
+        match self.idempotency.len() {
+            0 => out.write_all(&0u64.to_le_bytes())?,
+            _ => {
+                let section = WireTable::of(&self.idempotency).encode_to_vec();
+                out.write_all(&1u64.to_le_bytes())?;
+                out.write_all(&SECTION_IDEMPOTENCY.to_le_bytes())?;
+                out.write_all(&(section.len() as u64).to_le_bytes())?;
+                out.write_all(&section)?;
+            }
+        }
         out.write_all(&self.digest.to_le_bytes())?;
         out.flush()
     }
@@ -120,7 +145,7 @@ pub(super) fn read(input: impl Read) -> Result<Kv, KvError> {
         return Err(KvError::Malformed("duplicate keys".to_string()));
     }
     if version == 3 {
-        read_sections(&mut input)?;
+        read_sections(&mut input, &mut kv)?;
     }
     let digest = read_u64(&mut input)?;
     let expected = match version {
@@ -141,18 +166,239 @@ pub(super) fn read(input: impl Read) -> Result<Kv, KvError> {
     Ok(kv)
 }
 
-/// The sections of an image: none is known to this version, so any is refused.
-fn read_sections(input: &mut impl Read) -> Result<(), KvError> {
+/// The sections of an image, into `kv`: the idempotency table; any other tag is
+/// refused, as is a section twice.
+fn read_sections(input: &mut impl Read, kv: &mut Kv) -> Result<(), KvError> {
     let count = read_u64(input)?;
-    if count == 0 {
-        return Ok(());
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..count {
+        let mut tag = [0u8; 4];
+        input.read_exact(&mut tag)?;
+        let tag = u32::from_le_bytes(tag);
+        if tag != SECTION_IDEMPOTENCY {
+            return Err(KvError::Malformed(format!(
+                "section {tag} is unknown (written by a newer version of distraft?)"
+            )));
+        }
+        if !seen.insert(tag) {
+            return Err(KvError::Malformed(format!("section {tag} twice")));
+        }
+        let len = read_u64(input)?;
+        if len > u64::from(MAX_IMAGE_FIELD_BYTES) {
+            return Err(KvError::Malformed(format!(
+                "section {tag} claims {len} bytes"
+            )));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        input.read_exact(&mut bytes)?;
+        let wire = WireTable::decode(bytes.as_slice())
+            .map_err(|err| KvError::Malformed(format!("the idempotency table: {err}")))?;
+        kv.idempotency = wire
+            .into_table()
+            .map_err(|reason| KvError::Malformed(format!("the idempotency table: {reason}")))?;
     }
-    let mut tag = [0u8; 4];
-    input.read_exact(&mut tag)?;
-    Err(KvError::Malformed(format!(
-        "section {} of {count} is unknown (written by a newer version of distraft?)",
-        u32::from_le_bytes(tag)
-    )))
+    Ok(())
+}
+
+// Section 1, the idempotency table. Field numbers are forever.
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireTable {
+    #[prost(uint64, tag = "1")]
+    now_ms: u64,
+    /// In the order remembered (the order they are forgotten in).
+    #[prost(message, repeated, tag = "2")]
+    entries: Vec<WireRemembered>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireRemembered {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(fixed64, tag = "2")]
+    fingerprint: u64,
+    #[prost(uint64, tag = "3")]
+    at_ms: u64,
+    #[prost(uint64, tag = "4")]
+    index: u64,
+    #[prost(oneof = "WireOutcome", tags = "5, 6, 7, 8")]
+    outcome: Option<WireOutcome>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum WireOutcome {
+    #[prost(message, tag = "5")]
+    Put(WireVersions),
+    #[prost(bool, tag = "6")]
+    Delete(bool),
+    #[prost(message, tag = "7")]
+    PreconditionFailed(WireCurrent),
+    #[prost(message, tag = "8")]
+    Txn(WireTxnOutcome),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireVersions {
+    #[prost(uint64, tag = "1")]
+    create_index: u64,
+    #[prost(uint64, tag = "2")]
+    mod_index: u64,
+    #[prost(uint64, tag = "3")]
+    version: u64,
+}
+
+/// The key as a failed precondition found it (`exists` false: absent).
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireCurrent {
+    #[prost(bool, tag = "1")]
+    exists: bool,
+    #[prost(string, tag = "2")]
+    value: String,
+    #[prost(message, optional, tag = "3")]
+    versions: Option<WireVersions>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireTxnOutcome {
+    #[prost(bool, tag = "1")]
+    succeeded: bool,
+    #[prost(message, repeated, tag = "2")]
+    results: Vec<WireTxnResult>,
+}
+
+/// A put (with versions) or a delete (with `existed`) of a transaction.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireTxnResult {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(message, optional, tag = "2")]
+    put: Option<WireVersions>,
+    #[prost(bool, tag = "3")]
+    existed: bool,
+}
+
+impl From<Versions> for WireVersions {
+    fn from(v: Versions) -> WireVersions {
+        WireVersions {
+            create_index: v.create_index,
+            mod_index: v.mod_index,
+            version: v.version,
+        }
+    }
+}
+
+impl From<WireVersions> for Versions {
+    fn from(v: WireVersions) -> Versions {
+        Versions {
+            create_index: v.create_index,
+            mod_index: v.mod_index,
+            version: v.version,
+        }
+    }
+}
+
+impl WireTable {
+    fn of(table: &Table) -> WireTable {
+        let entries = table
+            .entries()
+            .map(|(key, remembered)| WireRemembered {
+                key: key.to_string(),
+                fingerprint: remembered.fingerprint,
+                at_ms: remembered.at_ms,
+                index: remembered.index,
+                outcome: wire_outcome(&remembered.outcome),
+            })
+            .collect();
+        WireTable {
+            now_ms: table.now_ms(),
+            entries,
+        }
+    }
+
+    fn into_table(self) -> Result<Table, String> {
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for wire in self.entries {
+            let outcome = match wire.outcome {
+                Some(WireOutcome::Put(versions)) => Applied::Put {
+                    versions: versions.into(),
+                },
+                Some(WireOutcome::Delete(existed)) => Applied::Delete { existed },
+                Some(WireOutcome::PreconditionFailed(current)) => Applied::PreconditionFailed {
+                    current: current.exists.then(|| Versioned {
+                        value: current.value,
+                        versions: current.versions.unwrap_or_default().into(),
+                    }),
+                },
+                Some(WireOutcome::Txn(txn)) => Applied::Txn {
+                    succeeded: txn.succeeded,
+                    results: txn
+                        .results
+                        .into_iter()
+                        .map(|result| match result.put {
+                            Some(versions) => TxnResult::Put {
+                                key: result.key,
+                                versions: versions.into(),
+                            },
+                            None => TxnResult::Delete {
+                                key: result.key,
+                                existed: result.existed,
+                            },
+                        })
+                        .collect(),
+                },
+                None => return Err(format!("key {:?} has no outcome", wire.key)),
+            };
+            let remembered = Remembered {
+                fingerprint: wire.fingerprint,
+                at_ms: wire.at_ms,
+                index: wire.index,
+                outcome,
+            };
+            entries.push((wire.key, remembered));
+        }
+        Table::restore(self.now_ms, entries)
+    }
+}
+
+/// A remembered outcome on the wire: only writes' outcomes are ever remembered.
+fn wire_outcome(outcome: &Applied) -> Option<WireOutcome> {
+    match outcome {
+        Applied::Put { versions } => Some(WireOutcome::Put((*versions).into())),
+        Applied::Delete { existed } => Some(WireOutcome::Delete(*existed)),
+        Applied::PreconditionFailed { current } => {
+            Some(WireOutcome::PreconditionFailed(match current {
+                Some(current) => WireCurrent {
+                    exists: true,
+                    value: current.value.clone(),
+                    versions: Some(current.versions.into()),
+                },
+                None => WireCurrent::default(),
+            }))
+        }
+        Applied::Txn { succeeded, results } => Some(WireOutcome::Txn(WireTxnOutcome {
+            succeeded: *succeeded,
+            results: results
+                .iter()
+                .map(|result| match result {
+                    TxnResult::Put { key, versions } => WireTxnResult {
+                        key: key.clone(),
+                        put: Some((*versions).into()),
+                        existed: false,
+                    },
+                    TxnResult::Delete { key, existed } => WireTxnResult {
+                        key: key.clone(),
+                        put: None,
+                        existed: *existed,
+                    },
+                })
+                .collect(),
+        })),
+        Applied::Noop
+        | Applied::Membership
+        | Applied::Rejected(_)
+        | Applied::Replayed { .. }
+        | Applied::IdempotencyMismatch { .. } => None,
+    }
 }
 
 /// The member table of an image, each record checked as the wire checks it.

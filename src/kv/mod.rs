@@ -5,6 +5,7 @@
 //! - `image.rs`: the snapshot image, and its format.
 
 mod command;
+mod idempotency;
 mod image;
 
 use std::borrow::Borrow;
@@ -13,7 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
 
-pub use command::{Command, Compare, Format, Precondition, Target, Txn, TxnOp};
+pub use command::{
+    Command, Compare, Decoded, Format, Idempotency, Precondition, Target, Txn, TxnOp,
+};
+pub use idempotency::{Remembered, Seen};
 pub use image::KvImage;
 
 use crate::raft::{ConfChange, NodeId};
@@ -95,6 +99,16 @@ pub enum Applied {
     /// The entry held no valid command. Every replica skips it alike, so the replicas
     /// stay identical; the proposer is told why.
     Rejected(String),
+    /// A retry of a write with the same idempotency key: nothing changed; `index` and
+    /// `outcome` are the first write's.
+    Replayed {
+        index: u64,
+        outcome: Box<Applied>,
+    },
+    /// The write's idempotency key was used by a different request: nothing changed.
+    IdempotencyMismatch {
+        key: String,
+    },
 }
 
 /// What one write of a transaction did.
@@ -132,6 +146,8 @@ pub struct Kv {
     /// Every member ever added by a membership change, by id (see `registry.rs`: the
     /// address book of the members the bootstrap list does not name).
     members: BTreeMap<NodeId, Record>,
+    /// The outcomes of recent writes that carried an idempotency key.
+    idempotency: idempotency::Table,
 }
 
 /// A key, its value and its versions in one allocation, key first: for the short keys
@@ -233,6 +249,7 @@ impl PartialEq for Kv {
         self.len == other.len
             && self.digest == other.digest
             && self.members == other.members
+            && self.idempotency == other.idempotency
             && (self
                 .base
                 .keys()
@@ -267,12 +284,39 @@ impl Kv {
         .encode()
     }
 
-    /// Applies the command of the committed entry of kind `Normal` at `index`.
+    /// Applies the command of the committed entry of kind `Normal` at `index`. A write
+    /// with an idempotency key already remembered is not applied again: a retry gets
+    /// the first outcome, a different request under the key is refused.
     pub fn apply(&mut self, index: u64, data: &[u8]) -> Applied {
-        let (command, format) = match Command::decode(data) {
+        let Decoded {
+            command,
+            format,
+            idempotency,
+        } = match Command::decode(data) {
             Ok(decoded) => decoded,
             Err(reason) => return Applied::Rejected(reason),
         };
+        let Some(idempotency) = idempotency else {
+            return self.apply_command(index, command, format);
+        };
+        match self.idempotency.check(&idempotency) {
+            Seen::New => {
+                let applied = self.apply_command(index, command, format);
+                self.idempotency
+                    .remember(idempotency, index, applied.clone());
+                applied
+            }
+            Seen::Retry { index, outcome } => Applied::Replayed {
+                index,
+                outcome: Box::new(outcome),
+            },
+            Seen::Mismatch => Applied::IdempotencyMismatch {
+                key: idempotency.key,
+            },
+        }
+    }
+
+    fn apply_command(&mut self, index: u64, command: Command, format: Format) -> Applied {
         let at = match format {
             Format::Versioned => index,
             Format::Unversioned => 0,
@@ -389,6 +433,11 @@ impl Kv {
             }
             Err(reason) => Applied::Rejected(reason),
         }
+    }
+
+    /// How many idempotency keys the state machine remembers now.
+    pub fn idempotency_keys(&self) -> usize {
+        self.idempotency.len()
     }
 
     /// The member table: every member a membership change ever added.
@@ -581,6 +630,7 @@ impl Kv {
             self.base.clone(),
             self.digest,
             self.members.values().cloned().collect(),
+            self.idempotency.clone(),
         )
     }
 

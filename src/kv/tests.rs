@@ -559,3 +559,90 @@ fn a_transaction_compares_then_writes_one_branch_atomically() {
         }
     ));
 }
+
+fn idempotent(kv: &mut Kv, index: u64, command: &Command, key: &str, at_ms: u64) -> Applied {
+    kv.apply(index, &command.encode_idempotent(key, at_ms))
+}
+
+/// A retry of a write (same idempotency key, same request) is answered with the first
+/// outcome and changes nothing, however the state changed meanwhile; the key with a
+/// different request is refused; both survive a snapshot.
+#[test]
+fn retries_apply_once() {
+    let mut kv = Kv::new();
+    let create = Command::Put {
+        key: "k".into(),
+        value: "1".into(),
+        precondition: Some(Precondition::Absent),
+    };
+    let first = idempotent(&mut kv, 5, &create, "r1", 100);
+    assert_eq!(
+        first,
+        Applied::Put {
+            versions: versions(5, 5, 1)
+        }
+    );
+    put(&mut kv, 6, "k", "2");
+    let retry = idempotent(&mut kv, 7, &create, "r1", 200);
+    assert_eq!(
+        retry,
+        Applied::Replayed {
+            index: 5,
+            outcome: Box::new(first.clone())
+        }
+    );
+    assert_eq!(kv.get("k"), Some("2"), "the retry changed nothing");
+    let other = Command::Delete {
+        key: "k".into(),
+        precondition: None,
+    };
+    assert_eq!(
+        idempotent(&mut kv, 8, &other, "r1", 200),
+        Applied::IdempotencyMismatch { key: "r1".into() }
+    );
+    assert_eq!(kv.get("k"), Some("2"));
+    // A failed precondition is an outcome like any other.
+    let failed = idempotent(&mut kv, 9, &create, "r2", 300);
+    assert!(matches!(failed, Applied::PreconditionFailed { .. }));
+
+    let mut loaded = Kv::read_image(image_of(&mut kv).as_slice()).unwrap();
+    assert_eq!(loaded, kv);
+    assert_eq!(loaded.idempotency_keys(), 2);
+    assert!(matches!(
+        idempotent(&mut loaded, 10, &create, "r2", 300),
+        Applied::Replayed { index: 9, .. }
+    ));
+    assert!(matches!(
+        idempotent(&mut loaded, 11, &create, "r1", 300),
+        Applied::Replayed { index: 5, .. }
+    ));
+}
+
+/// A transaction's outcome is remembered whole, and the image keeps it.
+#[test]
+fn transaction_retries_apply_once() {
+    let mut kv = Kv::new();
+    let txn = Command::Txn(Txn {
+        compares: vec![Compare {
+            key: "a".into(),
+            target: Target::Version(0),
+        }],
+        success: vec![
+            TxnOp::Put {
+                key: "a".into(),
+                value: "x".into(),
+            },
+            TxnOp::Delete { key: "b".into() },
+        ],
+        failure: vec![],
+    });
+    let first = idempotent(&mut kv, 3, &txn, "t", 1);
+    let mut loaded = Kv::read_image(image_of(&mut kv).as_slice()).unwrap();
+    assert_eq!(
+        idempotent(&mut loaded, 4, &txn, "t", 2),
+        Applied::Replayed {
+            index: 3,
+            outcome: Box::new(first)
+        }
+    );
+}

@@ -14,7 +14,8 @@ use tracing::debug;
 
 use super::auth::{authorize, AUTHORIZATION};
 use super::deadline::{Backoff, Deadline};
-use super::outcome::{forward_again, index_of_not_found, status_of, INDEX};
+use super::idempotency::{self, settle};
+use super::outcome::{forward_again, index_of_not_found, status_of, INDEX, NOT_APPLIED};
 use super::peers::Peers;
 use crate::config::Config;
 use crate::driver::{DriverHandle, ListAnswer, ReadAnswer, RequestError, WriteKind};
@@ -73,6 +74,12 @@ impl KvService {
         Ok((deadline, forwarded, request.into_inner()))
     }
 
+    /// The idempotency key a write is forwarded with: the client's, or a new one (so
+    /// that the write may be sent again after any failure, see [`forward_again`]).
+    fn forwarding_key(&self, client_key: Option<String>) -> String {
+        client_key.unwrap_or_else(|| idempotency::forwarding_key(self.config.id))
+    }
+
     /// Runs `local` until it succeeds, fails for good, or the deadline passes. While
     /// there is no leader it retries; when another node leads, a write is forwarded to
     /// it once per attempt (never from a request that was itself forwarded), straight
@@ -91,6 +98,9 @@ impl KvService {
         ForwardFut: Future<Output = Result<R, Status>>,
     {
         let mut backoff = Backoff::new();
+        // Whether an earlier forward failed in a way that may have applied the write:
+        // then a later "not applied" speaks for its own attempt only.
+        let mut maybe_applied = false;
         loop {
             // Watched from before the attempt, so that a leader elected meanwhile
             // cuts the pause short.
@@ -130,12 +140,14 @@ impl KvService {
                             Err(_) if deadline.remaining().is_zero() => {
                                 return Err(deadline.expired(write))
                             }
-                            // The leader is gone, stopped or deposed: look again, unless
-                            // the write may have happened (never apply it twice).
-                            Err(status) if forward_again(write, &status) => {
+                            // The leader is gone, stopped or deposed: look again (a
+                            // write carries its idempotency key: never applied twice).
+                            Err(status) if forward_again(&status) => {
                                 debug!(leader, "forwarding to the leader failed: {status}");
+                                maybe_applied |=
+                                    write && !status.metadata().contains_key(NOT_APPLIED);
                             }
-                            Err(status) => return Err(status),
+                            Err(status) => return Err(unsettled(status, maybe_applied)),
                         }
                     }
                 }
@@ -146,11 +158,28 @@ impl KvService {
                     | RequestError::LeadershipLost
                     | RequestError::Overloaded,
                 ) => {}
-                Err(err) => return Err(status_of(err)),
+                Err(err) => return Err(unsettled(status_of(err), maybe_applied)),
             }
-            backoff.wait(deadline, &mut leader, write).await?;
+            backoff
+                .wait(deadline, &mut leader, write)
+                .await
+                .map_err(|status| unsettled(status, maybe_applied))?;
         }
     }
+}
+
+/// A write's final failure, when an earlier attempt may have applied it: whatever the
+/// last attempt says, the write may have happened, so it is not marked as certainly not
+/// applied (nor as a storage failure: the gateway's 507 says "nothing was written").
+fn unsettled(status: Status, maybe_applied: bool) -> Status {
+    if !maybe_applied || !status.metadata().contains_key(NOT_APPLIED) {
+        return status;
+    }
+    Status::unavailable(format!(
+        "{}; an earlier attempt of this write may have been applied: send it again with \
+         the same Idempotency-Key to learn its outcome",
+        status.message()
+    ))
 }
 
 /// Counts a client request served, at the node the client called only: a request
@@ -215,14 +244,19 @@ fn precondition(wire: Option<pb::Precondition>) -> Result<Option<Precondition>, 
 }
 
 /// What a write's outcome is when its entry applied as something else than the write:
-/// a failed precondition, or (never expected) another kind of outcome.
-fn unexpected(key: &str, applied: Applied) -> RequestError {
-    match applied {
+/// a failed precondition, or (never expected) another kind of outcome; marked when it
+/// is a retry's replay.
+fn unexpected(key: &str, applied: Applied, replayed: bool) -> RequestError {
+    let error = match applied {
         Applied::PreconditionFailed { current } => RequestError::PreconditionFailed {
             key: key.to_string(),
             current,
         },
         other => RequestError::Rejected(format!("the write applied as {other:?}")),
+    };
+    match replayed {
+        true => RequestError::Replayed(Box::new(error)),
+        false => error,
     }
 }
 
@@ -379,7 +413,7 @@ pub fn txn_command(
 
 fn txn_response(index: u64, applied: Applied, key: &str) -> Result<pb::TxnResponse, RequestError> {
     let Applied::Txn { succeeded, results } = applied else {
-        return Err(unexpected(key, applied));
+        return Err(unexpected(key, applied, false));
     };
     let results = results
         .into_iter()
@@ -441,26 +475,30 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        let client_key = idempotency::client_key(request.metadata())?;
         let (deadline, forwarded, wire) = self.begin(request)?;
         let (command, kind) = txn_command(&self.config.request_rules, &wire)?;
-        let data = command.encode();
-        let response = self
+        let data = idempotency::entry(&command, client_key.as_deref());
+        let key = self.forwarding_key(client_key);
+        let answer = self
             .run(
                 &deadline,
                 forwarded,
                 true,
                 || async {
                     let committed = self.driver.propose(data.clone(), kind.clone()).await?;
-                    txn_response(committed.index, committed.applied, "a transaction")
+                    let (index, applied, replayed) = settle(committed)?;
+                    txn_response(index, applied, "a transaction").map(|r| (r, replayed))
                 },
                 |mut client, remaining| {
                     let request = forwarded_request(&self.config, wire.clone(), remaining);
-                    async move { Ok(client.txn(request).await?.into_inner()) }
+                    let request = idempotency::with_key(request, &key);
+                    async move { forwarded_answer(client.txn(request).await) }
                 },
             )
             .await?;
         count_served(forwarded, &metrics().writes, "txn");
-        Ok(Response::new(response))
+        Ok(write_response(answer))
     }
 
     async fn list(
@@ -545,6 +583,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let client_key = idempotency::client_key(request.metadata())?;
         let (
             deadline,
             forwarded,
@@ -558,9 +597,10 @@ impl pb::kv_server::Kv for KvService {
             key: key.clone(),
             value: value.clone(),
             precondition: precondition(wire_precondition)?,
-        }
-        .encode();
-        let response = self
+        };
+        let data = idempotency::entry(&command, client_key.as_deref());
+        let forward_key = self.forwarding_key(client_key);
+        let answer = self
             .run(
                 &deadline,
                 forwarded,
@@ -570,16 +610,20 @@ impl pb::kv_server::Kv for KvService {
                         key: key.clone(),
                         value_bytes: value.len(),
                     };
-                    let committed = self.driver.propose(command.clone(), kind).await?;
-                    match committed.applied {
-                        Applied::Put { versions } => Ok(pb::PutResponse {
-                            key: key.clone(),
-                            value: value.clone(),
-                            index: committed.index,
-                            create_index: versions.create_index,
-                            version: versions.version,
-                        }),
-                        other => Err(unexpected(&key, other)),
+                    let committed = self.driver.propose(data.clone(), kind).await?;
+                    let (index, applied, replayed) = settle(committed)?;
+                    match applied {
+                        Applied::Put { versions } => Ok((
+                            pb::PutResponse {
+                                key: key.clone(),
+                                value: value.clone(),
+                                index,
+                                create_index: versions.create_index,
+                                version: versions.version,
+                            },
+                            replayed,
+                        )),
+                        other => Err(unexpected(&key, other, replayed)),
                     }
                 },
                 |mut client, remaining| {
@@ -589,18 +633,20 @@ impl pb::kv_server::Kv for KvService {
                         precondition: wire_precondition,
                     };
                     let request = forwarded_request(&self.config, request, remaining);
-                    async move { Ok(client.put(request).await?.into_inner()) }
+                    let request = idempotency::with_key(request, &forward_key);
+                    async move { forwarded_answer(client.put(request).await) }
                 },
             )
             .await?;
         count_served(forwarded, &metrics().writes, "put");
-        Ok(Response::new(response))
+        Ok(write_response(answer))
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let client_key = idempotency::client_key(request.metadata())?;
         let (
             deadline,
             forwarded,
@@ -612,25 +658,27 @@ impl pb::kv_server::Kv for KvService {
         let command = Command::Delete {
             key: key.clone(),
             precondition: precondition(wire_precondition)?,
-        }
-        .encode();
-        let response = self
+        };
+        let data = idempotency::entry(&command, client_key.as_deref());
+        let forward_key = self.forwarding_key(client_key);
+        let answer = self
             .run(
                 &deadline,
                 forwarded,
                 true,
                 || async {
-                    let committed = self
-                        .driver
-                        .propose(command.clone(), WriteKind::Delete)
-                        .await?;
-                    match committed.applied {
-                        Applied::Delete { existed } => Ok(pb::DeleteResponse {
-                            key: key.clone(),
-                            existed,
-                            index: committed.index,
-                        }),
-                        other => Err(unexpected(&key, other)),
+                    let committed = self.driver.propose(data.clone(), WriteKind::Delete).await?;
+                    let (index, applied, replayed) = settle(committed)?;
+                    match applied {
+                        Applied::Delete { existed } => Ok((
+                            pb::DeleteResponse {
+                                key: key.clone(),
+                                existed,
+                                index,
+                            },
+                            replayed,
+                        )),
+                        other => Err(unexpected(&key, other, replayed)),
                     }
                 },
                 |mut client, remaining| {
@@ -639,11 +687,28 @@ impl pb::kv_server::Kv for KvService {
                         precondition: wire_precondition,
                     };
                     let request = forwarded_request(&self.config, request, remaining);
-                    async move { Ok(client.delete(request).await?.into_inner()) }
+                    let request = idempotency::with_key(request, &forward_key);
+                    async move { forwarded_answer(client.delete(request).await) }
                 },
             )
             .await?;
         count_served(forwarded, &metrics().writes, "delete");
-        Ok(Response::new(response))
+        Ok(write_response(answer))
     }
+}
+
+/// A write's answer, marked when it is a retry's replay of the first outcome.
+fn write_response<T>((message, replayed): (T, bool)) -> Response<T> {
+    let mut response = Response::new(message);
+    if replayed {
+        idempotency::mark_replayed(response.metadata_mut());
+    }
+    response
+}
+
+/// The leader's answer to a forwarded write, with its replay mark.
+fn forwarded_answer<T>(answer: Result<Response<T>, Status>) -> Result<(T, bool), Status> {
+    let answer = answer?;
+    let replayed = idempotency::replayed(answer.metadata());
+    Ok((answer.into_inner(), replayed))
 }

@@ -19,6 +19,7 @@ mod auth;
 pub mod codec;
 pub mod convert;
 mod deadline;
+pub mod idempotency;
 pub mod instrument;
 mod kv;
 mod outcome;

@@ -37,6 +37,11 @@ pub fn index_of_not_found(status: &Status) -> u64 {
 
 /// The gRPC status for a failed client request.
 pub fn status_of(err: RequestError) -> Status {
+    if let RequestError::Replayed(first) = err {
+        let mut status = status_of(*first);
+        super::idempotency::mark_replayed(status.metadata_mut());
+        return status;
+    }
     let not_applied = matches!(
         err,
         RequestError::NotLeader { .. }
@@ -46,6 +51,7 @@ pub fn status_of(err: RequestError) -> Status {
             | RequestError::Overloaded
             | RequestError::QuotaExceeded { .. }
             | RequestError::NoSpace
+            | RequestError::IdempotencyMismatch { .. }
     );
     let storage = matches!(
         err,
@@ -64,6 +70,10 @@ pub fn status_of(err: RequestError) -> Status {
         RequestError::QuotaExceeded { .. } | RequestError::NoSpace => {
             Status::resource_exhausted(err.to_string())
         }
+        // HTTP 422 at the gateway.
+        RequestError::IdempotencyMismatch { .. } => Status::already_exists(err.to_string()),
+        // Unwrapped above.
+        RequestError::Replayed(_) => Status::internal(err.to_string()),
         // HTTP 412 at the gateway, which reads the key's state from the details.
         RequestError::PreconditionFailed {
             ref key,
@@ -158,74 +168,13 @@ struct Any {
     value: Vec<u8>,
 }
 
-/// Whether a write forwarded to the leader certainly did not happen: the leader said
-/// so, or the request never left (the connection could not be made).
 /// Whether a node that forwarded a request to the leader, and got `failure` back,
 /// looks for the leader again and sends it once more (else the client gets the
-/// failure): only when the leader is gone, stopped or deposed (UNAVAILABLE), and, for
-/// a write, only when it certainly did not happen (never apply a write twice). The
-/// simulator (`tests/simulation.rs`) follows the same rule.
-pub fn forward_again(write: bool, failure: &Status) -> bool {
-    failure.code() == Code::Unavailable && (!write || certainly_not_applied(failure))
-}
-
-pub(super) fn certainly_not_applied(status: &Status) -> bool {
-    if crate::plant::active(crate::plant::Plant::RetryAmbiguousForward) {
-        return true;
-    }
-    if status.metadata().contains_key(NOT_APPLIED) {
-        return true;
-    }
-    let mut source = std::error::Error::source(status);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        source = err.source();
-    }
-    false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::v1::{self as pb, kv_client::KvClient};
-
-    /// Only failures that certainly left the log unchanged let a forwarded write be
-    /// sent again: a write that may have committed must never be applied twice.
-    #[tokio::test]
-    async fn only_certain_failures_make_a_forwarded_write_retry() {
-        assert!(certainly_not_applied(&status_of(RequestError::NotLeader {
-            leader: None
-        })));
-        assert!(certainly_not_applied(&status_of(
-            RequestError::LeadershipLost
-        )));
-        assert!(!certainly_not_applied(&status_of(
-            RequestError::Indeterminate
-        )));
-        // A broken connection: the request may have arrived.
-        assert!(!certainly_not_applied(&Status::unavailable(
-            "transport error"
-        )));
-
-        // Nobody listens: the request never left.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
-        let refused = KvClient::new(channel)
-            .put(pb::PutRequest {
-                key: "k".into(),
-                value: "v".into(),
-                precondition: None,
-            })
-            .await
-            .unwrap_err();
-        assert!(certainly_not_applied(&refused), "{refused:?}");
-    }
+/// failure): when the leader is gone, stopped or deposed (UNAVAILABLE). A write may
+/// have happened all the same, but a forwarded write always travels with an
+/// idempotency key (the client's, or one the forwarding node made up: see
+/// `idempotency.rs`), so sending it again gets the first outcome instead of a second
+/// apply. The simulator (`tests/simulation.rs`) follows the same rule.
+pub fn forward_again(failure: &Status) -> bool {
+    failure.code() == Code::Unavailable
 }
