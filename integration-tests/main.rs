@@ -6,6 +6,7 @@
 mod access;
 mod api;
 mod faults;
+mod idempotency;
 mod leadership;
 mod listing;
 mod members;

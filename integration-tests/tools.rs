@@ -289,6 +289,24 @@ async fn grpcurl_lists_describes_and_calls() {
         !again.contains("succeeded"),
         "the failure branch (false is not printed): {again}"
     );
+    // A create-only write with an idempotency key, as the README writes it: its retry
+    // is the first answer, replayed, not FailedPrecondition.
+    let retry = r#"{"key": "retried", "value": "me", "precondition": {"absent": true}}"#;
+    let args = [
+        "-plaintext",
+        "-H",
+        "idempotency-key: 5d1c",
+        "-d",
+        retry,
+        address,
+        "distraft.v1.Kv/Put",
+    ];
+    let first = run_grpcurl(&grpcurl, &args);
+    let mut verbose = vec!["-v"];
+    verbose.extend(args);
+    let again = run_grpcurl(&grpcurl, &verbose);
+    assert!(again.contains("idempotent-replayed: true"), "{again}");
+    assert!(again.contains(first.trim()), "{first} vs {again}");
     let list = r#"{"prefix": "lo", "limit": 100}"#;
     let listed = run_grpcurl(
         &grpcurl,

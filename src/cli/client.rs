@@ -76,32 +76,78 @@ pub async fn get(target: &Target, key: &str, stale: bool) -> anyhow::Result<()> 
     print_answer(request, &url).await
 }
 
-/// `condition`: a conditional header (`If-Match`, `If-None-Match`) and its value.
+/// `condition`: a conditional header (`If-Match`, `If-None-Match`) and its value;
+/// `idempotency_key`: see [`send_write`].
 pub async fn put(
     target: &Target,
     key: &str,
     value: &str,
     condition: Option<(&'static str, String)>,
+    idempotency_key: &str,
 ) -> anyhow::Result<()> {
     let url = kv_url(&target.url, key);
     let mut request = http_client(target)?.post(&url).form(&[("value", value)]);
     if let Some((name, value)) = condition {
         request = request.header(name, value);
     }
-    print_answer(request, &url).await
+    send_write(request, &url, idempotency_key).await
 }
 
 pub async fn delete(
     target: &Target,
     key: &str,
     condition: Option<(&'static str, String)>,
+    idempotency_key: &str,
 ) -> anyhow::Result<()> {
     let url = kv_url(&target.url, key);
     let mut request = http_client(target)?.delete(&url);
     if let Some((name, value)) = condition {
         request = request.header(name, value);
     }
-    print_answer(request, &url).await
+    send_write(request, &url, idempotency_key).await
+}
+
+/// A new random idempotency key (128 bits, as hex).
+pub fn new_idempotency_key() -> String {
+    use rand::Rng as _;
+    let random: u128 = rand::rng().random();
+    format!("{random:032x}")
+}
+
+/// How often a write whose answer was lost is sent, in all.
+const WRITE_ATTEMPTS: u32 = 4;
+/// The pause before sending it again.
+const WRITE_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Sends a write with its `Idempotency-Key` and prints the node's answer. When the
+/// answer is lost (no answer, or 503: the cluster could not say), the write is sent
+/// again with the same key, a bounded number of times: applied at most once, the
+/// answer to a retry is the first outcome (`Idempotent-Replayed: true`).
+async fn send_write(
+    request: reqwest::RequestBuilder,
+    url: &str,
+    idempotency_key: &str,
+) -> anyhow::Result<()> {
+    let request = request.header("idempotency-key", idempotency_key);
+    for attempt in 1..WRITE_ATTEMPTS {
+        let Some(this) = request.try_clone() else {
+            break;
+        };
+        match this.send().await {
+            Ok(response) if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                return print_response(response, url).await;
+            }
+            Ok(response) => eprintln!(
+                "distraft: {url} answered {} (attempt {attempt} of {WRITE_ATTEMPTS}); sending it again with idempotency key {idempotency_key}",
+                response.status()
+            ),
+            Err(err) => eprintln!(
+                "distraft: no answer from {url}: {err} (attempt {attempt} of {WRITE_ATTEMPTS}); sending it again with idempotency key {idempotency_key}"
+            ),
+        }
+        tokio::time::sleep(WRITE_RETRY_PAUSE).await;
+    }
+    print_answer(request, url).await
 }
 
 /// Prints every key `prefix` lists (at most `limit`), one JSON line each, following
@@ -233,7 +279,19 @@ async fn print_answer(request: reqwest::RequestBuilder, url: &str) -> anyhow::Re
         .send()
         .await
         .with_context(|| format!("no answer from {url}"))?;
+    print_response(response, url).await
+}
+
+/// Prints an answer (see [`print_answer`]).
+async fn print_response(response: reqwest::Response, url: &str) -> anyhow::Result<()> {
     let status = response.status();
+    if response
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|value| value == "true")
+    {
+        eprintln!("distraft: the write had been applied already; this is its first outcome");
+    }
     let body = response
         .text()
         .await

@@ -11,7 +11,7 @@ mod certs;
 mod client;
 mod cluster;
 
-pub use client::{key_url, kv_url};
+pub use client::{key_url, kv_url, new_idempotency_key};
 
 use clap::{Args, Subcommand};
 
@@ -43,6 +43,8 @@ pub enum Command {
         value: String,
         #[command(flatten)]
         condition: WriteCondition,
+        #[command(flatten)]
+        retry: RetryKey,
     },
     /// Remove a key (`DELETE /v1/kv/<key>`); answers once committed.
     Delete {
@@ -54,6 +56,8 @@ pub enum Command {
         /// its answers): `If-Match: "<INDEX>"`. Else 412 and nothing is removed.
         #[arg(long, value_name = "INDEX")]
         if_match: Option<u64>,
+        #[command(flatten)]
+        retry: RetryKey,
     },
     /// List keys in order (`GET /v1/keys`, page after page): one JSON object per line
     /// with the key, its value and its versions.
@@ -179,6 +183,24 @@ pub struct Target {
     pub tls: crate::tls::ClientTlsArgs,
 }
 
+/// The idempotency key of `distraft put` and `delete`: the write is sent with it and,
+/// when its answer is lost (no answer, or 503), sent again with it, so that it is
+/// applied once (the second answer is the first outcome, `Idempotent-Replayed: true`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RetryKey {
+    /// The `Idempotency-Key` to send (default: a new random one). Give the key of an
+    /// earlier attempt to learn its outcome without applying it twice.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+}
+
+impl RetryKey {
+    fn key(self) -> String {
+        self.idempotency_key
+            .unwrap_or_else(client::new_idempotency_key)
+    }
+}
+
 /// The condition of `distraft put`: at most one of them.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[group(multiple = false)]
@@ -214,14 +236,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             key,
             value,
             condition,
-        } => client::put(&target, &key, &value, condition.header()).await,
+            retry,
+        } => client::put(&target, &key, &value, condition.header(), &retry.key()).await,
         Command::Delete {
             target,
             key,
             if_match,
+            retry,
         } => {
             let condition = if_match.map(|index| ("if-match", format!("\"{index}\"")));
-            client::delete(&target, &key, condition).await
+            client::delete(&target, &key, condition, &retry.key()).await
         }
         Command::List {
             target,

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::cli::key_url;
+use crate::cli::{key_url, new_idempotency_key};
 use crate::proto::v1::{admin_client::AdminClient, kv_client::KvClient, GetRequest, PutRequest};
 use crate::tls::ClientTls;
 
@@ -255,9 +255,13 @@ impl distraft_bench::Connection for Connection {
     async fn put(&mut self, key: &str, value: &FormValue) -> Result<(), OpError> {
         match self {
             Connection::Http { api, client, base } => {
+                // Every distraft write carries an idempotency key, as the CLI's do, so
+                // that the benchmark pays what exactly-once retries cost.
                 let request = match api {
                     Api::EtcdV2 => client.put(key_url(&format!("{base}/v2/keys"), key)),
-                    _ => client.post(key_url(base, key)),
+                    _ => client
+                        .post(key_url(base, key))
+                        .header("idempotency-key", new_idempotency_key()),
                 };
                 let response = request
                     .header(
@@ -283,6 +287,7 @@ impl distraft_bench::Connection for Connection {
                     *timeout,
                     authorization.as_ref(),
                 );
+                let request = crate::rpc::idempotency::with_key(request, &new_idempotency_key());
                 bounded(*timeout, kv.put(request)).await.map(drop)
             }
         }
