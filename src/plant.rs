@@ -91,10 +91,14 @@ pub enum Plant {
     /// A conditional write compares its expected `mod_index` with the one the key had
     /// before its last write (a stale version), on every replica alike.
     CasComparesStaleVersion,
+    /// A snapshot install (or a restart from disk) moves the watch history past the
+    /// jump without resyncing the watchers, which silently miss the changes the
+    /// snapshot jumped over.
+    WatchSkipsEventAfterSnapshotInstall,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 30] = [
+    pub const ALL: [Plant; 31] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -125,6 +129,7 @@ impl Plant {
         Plant::NonCampaignerKeepsLeader,
         Plant::NonVoterVotesHeard,
         Plant::CasComparesStaleVersion,
+        Plant::WatchSkipsEventAfterSnapshotInstall,
     ];
 
     pub fn name(self) -> &'static str {
@@ -159,6 +164,9 @@ impl Plant {
             Plant::NonCampaignerKeepsLeader => "non-campaigner-keeps-leader",
             Plant::NonVoterVotesHeard => "non-voter-votes-heard",
             Plant::CasComparesStaleVersion => "cas-compares-stale-version",
+            Plant::WatchSkipsEventAfterSnapshotInstall => {
+                "watch-skips-event-after-snapshot-install"
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - `command.rs`: the commands the log stores, and their format.
 //! - `image.rs`: the snapshot image, and its format.
 
+mod changes;
 mod command;
 mod image;
 
@@ -13,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
 
+pub use changes::Change;
 pub use command::{Command, Compare, Format, Precondition, Target, Txn, TxnOp};
 pub use image::KvImage;
 
@@ -132,6 +134,9 @@ pub struct Kv {
     /// Every member ever added by a membership change, by id (see `registry.rs`: the
     /// address book of the members the bootstrap list does not name).
     members: BTreeMap<NodeId, Record>,
+    /// The changes made since they were last taken, for watches (`changes.rs`);
+    /// `None`: not recorded (nobody takes them).
+    changes: Option<Vec<Change>>,
 }
 
 /// A key, its value and its versions in one allocation, key first: for the short keys
@@ -532,6 +537,7 @@ impl Kv {
             None => self.len += 1,
         }
         self.digest = self.digest.wrapping_add(pair_hash(&key, &value, versions));
+        self.record_put(&key, &value, versions);
         match self.writable_base() {
             Some(base) => base.insert(&key, &value, versions),
             None => {
@@ -548,6 +554,7 @@ impl Kv {
         self.digest = self.digest.wrapping_sub(pair_hash(key, old, old_versions));
         self.bytes -= old_bytes;
         self.len -= 1;
+        self.record_delete(key);
         if let Some(base) = self.writable_base() {
             base.remove(key);
         } else if self.base.contains_key(key) {
