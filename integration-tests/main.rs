@@ -15,6 +15,7 @@ mod tls;
 mod tools;
 mod upgrade;
 mod versions;
+mod watch;
 mod wipe;
 mod wire;
 
