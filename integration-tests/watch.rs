@@ -316,6 +316,21 @@ async fn watches_over_grpc_http_sse_and_the_cli_see_every_change_in_order() {
     assert_eq!(lines.len(), 3, "{out}");
     assert_eq!(lines[0]["key"], "w/a");
     assert_eq!(lines[2]["type"], "delete");
+
+    // Every client gone (curl ended its streams, the gRPC ones are dropped): the node
+    // lets go of every watcher, idle ones included.
+    drop((stream, resumed));
+    let metrics = format!("{}/metrics", cluster.url(follower));
+    crate::harness::eventually(Duration::from_secs(5), || async {
+        let text = http.get(&metrics).send().await.map_err(|e| e.to_string())?;
+        let text = text.text().await.map_err(|e| e.to_string())?;
+        match text.lines().any(|line| line == "distraft_watchers 0") {
+            true => Ok(()),
+            false => Err(text),
+        }
+    })
+    .await
+    .expect("no watcher left");
 }
 
 #[tokio::test]
@@ -355,6 +370,37 @@ async fn a_watch_resumed_from_a_compacted_index_gets_a_resync_then_the_changes()
     assert_eq!(body["resync"], true, "{body}");
     assert_eq!(body["events"].as_array().unwrap().len(), 12, "{body}");
     assert!(body["next"].as_u64() > Some(last), "{body}");
+
+    // A resync of more than one page (1,088 keys, written 64 to a transaction) comes
+    // whole in one long-poll answer.
+    let txn_url = format!("{}/v1/txn", cluster.url(0));
+    for t in 0..17 {
+        let puts: Vec<Value> = (0..64)
+            .map(
+                |i| serde_json::json!({"put": {"key": format!("big/{t:02}/{i:02}"), "value": "v"}}),
+            )
+            .collect();
+        let (code, body) = cluster
+            .answer(
+                cluster
+                    .http()
+                    .post(&txn_url)
+                    .json(&serde_json::json!({"success": puts})),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, body) = cluster
+        .answer(
+            cluster
+                .http()
+                .get(&url)
+                .query(&[("prefix", "big/"), ("index", "1")]),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["resync"], true, "{body}");
+    assert_eq!(body["events"].as_array().unwrap().len(), 17 * 64);
 }
 
 #[tokio::test]

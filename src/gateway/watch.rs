@@ -144,7 +144,7 @@ impl Gateway {
         let mut poll = Poll::default();
         // First what the watch brings at once: a resync or the history's changes, up
         // to the progress message that says it caught up.
-        while !poll.caught_up && poll.events.len() < MAX_POLL_EVENTS {
+        while !poll.caught_up && (poll.events.len() < MAX_POLL_EVENTS || poll.resync_open) {
             match tokio::time::timeout_at(deadline, stream.next()).await {
                 Ok(Some(Ok(response))) => poll.take(response),
                 Ok(Some(Err(status))) => return poll.answer_or(status, start),
@@ -159,9 +159,22 @@ impl Gateway {
                     Ok(response) => poll.take(response),
                     Err(status) => return poll.answer_or(status, start),
                 }
-                while poll.events.len() < MAX_POLL_EVENTS {
+                loop {
+                    if poll.resync_open {
+                        // The rest of a resync (a snapshot install while waiting).
+                        match tokio::time::timeout_at(deadline, stream.next()).await {
+                            Ok(Some(Ok(response))) => poll.take(response),
+                            _ => break,
+                        }
+                        continue;
+                    }
+                    if poll.resync || poll.events.len() >= MAX_POLL_EVENTS {
+                        break;
+                    }
                     match stream.next().now_or_never() {
-                        Some(Some(Ok(response))) => poll.take(response),
+                        // A resync after changes is left for the next poll, which
+                        // meets it again (its index is now before the history).
+                        Some(Some(Ok(response))) if !response.resync => poll.take(response),
                         _ => break,
                     }
                 }
@@ -206,6 +219,8 @@ struct Poll {
     /// Every change up to it was seen.
     index: Option<u64>,
     caught_up: bool,
+    /// A resync began and its last page has not come yet.
+    resync_open: bool,
 }
 
 impl Poll {
@@ -218,13 +233,20 @@ impl Poll {
         let progress = response.events.is_empty() && !response.resync;
         self.caught_up |= progress;
         self.events.extend(response.events.iter().map(event_json));
+        self.resync_open = response.more_resync;
         if !response.more_resync {
             self.index = Some(response.index);
         }
     }
 
     /// The answer; `next` is where the next poll continues.
-    fn answer(self, start: u64) -> Answer {
+    fn answer(mut self, start: u64) -> Answer {
+        if self.resync_open {
+            // Part of a resync would read as deletions of the keys it lacks: none of
+            // it, and the next poll asks again from the same index.
+            self.events.clear();
+            self.resync = false;
+        }
         let index = self.index.unwrap_or(start.saturating_sub(1));
         let next = (index + 1).max(start);
         let body = json!({
@@ -240,7 +262,7 @@ impl Poll {
     /// The watch ended with `status`: what came before it, if anything did (the next
     /// poll meets the status itself), else the status.
     fn answer_or(self, status: tonic::Status, start: u64) -> Result<Answer, ApiError> {
-        match self.events.is_empty() && self.index.is_none() {
+        match (self.events.is_empty() || self.resync_open) && self.index.is_none() {
             true => Err(ApiError::from(status)),
             false => Ok(self.answer(start)),
         }
@@ -278,7 +300,13 @@ fn sse_events(
     let (sender, receiver) = tokio::sync::mpsc::channel(SSE_RELAY);
     tokio::spawn(async move {
         loop {
-            let (events, keep_going) = match stream.next().await {
+            // A client that went away ends the relay at once, even while the watch is
+            // idle, so that the watcher is let go (the hub sweeps it).
+            let item = tokio::select! {
+                item = stream.next() => item,
+                () = sender.closed() => return,
+            };
+            let (events, keep_going) = match item {
                 Some(Ok(response)) => (response_events(response), true),
                 Some(Err(status)) => (vec![ended_event(&status)], false),
                 None => (Vec::new(), false),
