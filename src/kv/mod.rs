@@ -3,6 +3,7 @@
 //!
 //! - `command.rs`: the commands the log stores, and their format.
 //! - `image.rs`: the snapshot image, and its format.
+//! - `changes.rs`: the changes applied, recorded for watches (`src/watch/`).
 
 mod changes;
 mod command;
