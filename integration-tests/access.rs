@@ -136,6 +136,15 @@ async fn the_api_token_guards_every_route_but_status() {
             credentials.expected(200),
             &format!("DELETE {context}"),
         );
+        let watch = http
+            .get(format!("{base}/v1/watch"))
+            .query(&[("key", "k"), ("wait", "0s")]);
+        let answer = send(&cluster, watch, credentials).await;
+        assert_json_error(
+            &answer,
+            credentials.expected(200),
+            &format!("watch {context}"),
+        );
     }
     // The authorized write went through the leader, and nothing else did.
     let put = http
@@ -241,6 +250,16 @@ async fn the_api_token_guards_every_route_but_status() {
             code(admin.start(credentials.grpc(StartRequest {})).await),
             credentials.grpc_code(),
             "Start {credentials:?}"
+        );
+        let watch = distraft::proto::v1::WatchRequest {
+            key: "k".to_string(),
+            prefix: false,
+            start_index: 0,
+        };
+        assert_eq!(
+            code(kv.watch(credentials.grpc(watch)).await),
+            credentials.grpc_code(),
+            "Watch {credentials:?}"
         );
         let transfer = distraft::proto::v1::TransferLeaderRequest {
             to: leader_name.clone(),

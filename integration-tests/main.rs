@@ -16,6 +16,7 @@ mod tls;
 mod tools;
 mod upgrade;
 mod versions;
+mod watch;
 mod wipe;
 mod wire;
 

@@ -313,6 +313,22 @@ async fn grpcurl_lists_describes_and_calls() {
         &["-plaintext", "-d", list, address, "distraft.v1.Kv/List"],
     );
     assert!(listed.contains("\"key\": \"lock\""), "{listed}");
+    // A watch as the README writes it (a stream: grpcurl stops it at -max-time, which
+    // it reports as a failure), from index 1: the changes of the keys under "lo".
+    let watch = r#"{"key": "lo", "prefix": true, "start_index": 1}"#;
+    let watched = grpcurl_refused(&[
+        "-plaintext",
+        "-max-time",
+        "1",
+        "-d",
+        watch,
+        address,
+        "distraft.v1.Kv/Watch",
+    ]);
+    assert!(
+        watched.contains("\"key\": \"lock\"") && watched.contains("\"value\": \"you\""),
+        "{watched}"
+    );
 
     // Membership over gRPC: the list, and a dry run of a removal with its assessment.
     let members = run_grpcurl(

@@ -39,3 +39,4 @@ pub mod status;
 pub mod storage;
 pub mod tls;
 pub mod validation;
+pub mod watch;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::config::parse::{parse_positive, parse_seconds, ConfigError};
+use crate::watch::WatchLimits;
 
 /// HTTP/2 streams (concurrent requests) a gRPC client may open on one connection; a
 /// well-behaved client queues beyond it.
@@ -18,6 +19,8 @@ pub const GRPC_MAX_ADMIN_MESSAGE_BYTES: usize = 64 * 1024;
 /// The largest configurable count (far beyond any useful value; semaphores have a
 /// ceiling).
 const MAX_COUNT: usize = 1_000_000;
+/// The largest configurable size in bytes (16 GiB).
+const MAX_BYTES: usize = 16 << 30;
 
 /// The configurable limits, as given on the command line or in the environment.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,6 +36,21 @@ pub struct LimitArgs {
     /// refused with 503 / RESOURCE_EXHAUSTED.
     #[arg(long, env = "DISTRAFT_MAX_FORWARDED_REQUESTS", default_value = "1024")]
     pub max_forwarded_requests: String,
+    /// Watchers (gRPC Kv.Watch streams, HTTP long-polls and event streams) this node
+    /// serves at once; past it a new watch is refused with 503 / RESOURCE_EXHAUSTED.
+    #[arg(long, env = "DISTRAFT_MAX_WATCHERS", default_value = "20000")]
+    pub max_watchers: String,
+    /// Changes the watch history keeps; a watch from an older index gets a resync.
+    #[arg(long, env = "DISTRAFT_WATCH_HISTORY_EVENTS", default_value = "100000")]
+    pub watch_history_events: String,
+    /// Bytes of changes (keys, values, ~100 bytes each of overhead) the watch history
+    /// keeps.
+    #[arg(long, env = "DISTRAFT_WATCH_HISTORY_BYTES", default_value = "67108864")]
+    pub watch_history_bytes: String,
+    /// Messages buffered for one watcher; a watcher further behind is dropped and told
+    /// the index to resume from.
+    #[arg(long, env = "DISTRAFT_WATCH_BUFFER", default_value = "1024")]
+    pub watch_buffer: String,
 }
 
 /// The validated limits.
@@ -41,6 +59,7 @@ pub struct Limits {
     pub max_http_connections: usize,
     pub body_read_timeout: Duration,
     pub max_forwarded_requests: usize,
+    pub watch: WatchLimits,
 }
 
 impl Default for Limits {
@@ -49,6 +68,7 @@ impl Default for Limits {
             max_http_connections: 1024,
             body_read_timeout: Duration::from_secs(30),
             max_forwarded_requests: 1024,
+            watch: WatchLimits::default(),
         }
     }
 }
@@ -65,6 +85,16 @@ impl Limits {
                 )),
             }
         };
+        let bytes = |var: &'static str, raw: &str| -> Result<usize, ConfigError> {
+            match usize::try_from(parse_positive(var, raw)?) {
+                Ok(n) if n <= MAX_BYTES => Ok(n),
+                _ => Err(ConfigError::new(
+                    var,
+                    raw,
+                    format!("is too large (at most {MAX_BYTES})"),
+                )),
+            }
+        };
         Ok(Limits {
             max_http_connections: count(
                 "DISTRAFT_MAX_HTTP_CONNECTIONS",
@@ -78,6 +108,13 @@ impl Limits {
                 "DISTRAFT_MAX_FORWARDED_REQUESTS",
                 &args.max_forwarded_requests,
             )?,
+            watch: WatchLimits {
+                max_watchers: count("DISTRAFT_MAX_WATCHERS", &args.max_watchers)?,
+                history_events: count("DISTRAFT_WATCH_HISTORY_EVENTS", &args.watch_history_events)?,
+                history_bytes: bytes("DISTRAFT_WATCH_HISTORY_BYTES", &args.watch_history_bytes)?,
+                buffer: count("DISTRAFT_WATCH_BUFFER", &args.watch_buffer)?,
+                ..WatchLimits::default()
+            },
         })
     }
 }

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub state_bytes: IntGauge,
     pub reads: IntCounterVec,
     pub writes: IntCounterVec,
+    // --- watches ---
+    pub watchers: IntGauge,
+    pub watchers_dropped_slow: IntCounter,
     /// Leader changes seen by this node, newest last (not a metric: the dashboard's
     /// timeline).
     timeline: Mutex<VecDeque<LeaderChange>>,
@@ -283,6 +286,14 @@ impl Metrics {
                 "distraft_kv_writes_total",
                 "Writes committed for clients of this node, by operation (put, delete).",
                 &["op"],
+            ),
+            watchers: gauge(
+                "distraft_watchers",
+                "Watchers registered on this node (gRPC Kv.Watch, HTTP /v1/watch long-polls and streams).",
+            ),
+            watchers_dropped_slow: counter(
+                "distraft_watchers_dropped_slow_total",
+                "Watchers dropped for falling more than DISTRAFT_WATCH_BUFFER messages behind (told where to resume).",
             ),
             timeline: Mutex::new(VecDeque::new()),
             registry,

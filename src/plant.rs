@@ -91,10 +91,14 @@ pub enum Plant {
     /// The state machine forgets nothing but replays nothing: a retry of a write with
     /// the same idempotency key is applied again.
     RetryAppliedTwice,
+    /// A snapshot install (or a restart from disk) moves the watch history past the
+    /// jump without resyncing the watchers, which silently miss the changes the
+    /// snapshot jumped over.
+    WatchSkipsEventAfterSnapshotInstall,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 30] = [
+    pub const ALL: [Plant; 31] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -125,6 +129,7 @@ impl Plant {
         Plant::NonVoterVotesHeard,
         Plant::CasComparesStaleVersion,
         Plant::RetryAppliedTwice,
+        Plant::WatchSkipsEventAfterSnapshotInstall,
     ];
 
     pub fn name(self) -> &'static str {
@@ -159,6 +164,9 @@ impl Plant {
             Plant::NonVoterVotesHeard => "non-voter-votes-heard",
             Plant::CasComparesStaleVersion => "cas-compares-stale-version",
             Plant::RetryAppliedTwice => "retry-applied-twice",
+            Plant::WatchSkipsEventAfterSnapshotInstall => {
+                "watch-skips-event-after-snapshot-install"
+            }
         }
     }
 }

@@ -42,7 +42,7 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A client for `target`: sending its API token, if any, with every request; with
 /// --cacert (and --cert/--key), https:// URLs work.
-fn http_client(target: &Target) -> anyhow::Result<reqwest::Client> {
+pub(super) fn http_client(target: &Target) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = &target.token {
         let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))

@@ -10,6 +10,7 @@ mod bench;
 mod certs;
 mod client;
 mod cluster;
+mod watch;
 
 pub use client::{key_url, kv_url, new_idempotency_key};
 
@@ -76,6 +77,25 @@ pub enum Command {
         /// Serve from the node's own state machine: faster, maybe stale.
         #[arg(long)]
         stale: bool,
+    },
+    /// Follow the changes of a key, or with --prefix of every key under it
+    /// (`GET /v1/watch`, long-poll after long-poll): one JSON object per line per
+    /// change, and a `resync` line before a resync's keys. Resumes by itself from the
+    /// last index seen after a dropped connection.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+        /// The key (with --prefix: the prefix; "" watches every key).
+        key: String,
+        /// Watch every key that begins with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// The first index of interest (default: from now).
+        #[arg(long)]
+        index: Option<u64>,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// Leadership: `distraft leader transfer [--to NAME]`.
     #[command(subcommand)]
@@ -254,6 +274,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             keys_only,
             stale,
         } => client::list(&target, &prefix, limit, keys_only, stale).await,
+        Command::Watch {
+            target,
+            key,
+            prefix,
+            index,
+            count,
+        } => watch::watch(&target, &key, prefix, index, count).await,
         Command::Leader(LeaderCommand::Transfer { target, to }) => {
             client::transfer_leader(&target, to.as_deref()).await
         }

@@ -26,6 +26,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 mod trigger;
+mod watches;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{self, SyncSender};
@@ -254,6 +255,11 @@ pub enum Event {
     SnapshotWritten {
         id: u64,
     },
+    /// A client's watch (see `watches.rs`).
+    Watch {
+        request: crate::watch::WatchRequest,
+        reply: oneshot::Sender<Result<crate::watch::Watch, crate::watch::WatchError>>,
+    },
     Shutdown,
 }
 
@@ -433,6 +439,21 @@ impl DriverHandle {
         answer.await.unwrap_or(Err(RequestError::ShuttingDown))
     }
 
+    /// Registers a watch on this node's applied state.
+    pub async fn watch(
+        &self,
+        request: crate::watch::WatchRequest,
+    ) -> Result<crate::watch::Watch, crate::watch::WatchError> {
+        use crate::watch::WatchError;
+        let (reply, answer) = oneshot::channel();
+        self.post(Event::Watch { request, reply })
+            .map_err(|err| match err {
+                RequestError::Overloaded => WatchError::Overloaded,
+                _ => WatchError::ShuttingDown,
+            })?;
+        answer.await.unwrap_or(Err(WatchError::ShuttingDown))
+    }
+
     /// Asks the driver to fail what is pending and exit. Blocks only if the queue is
     /// full, which it cannot stay for long as the driver keeps draining it.
     pub fn shutdown(&self) {
@@ -534,4 +555,6 @@ pub struct Driver<T> {
     lag: ReplicationClock,
     /// Ticks since the leader last looked for learners to promote.
     ticks_since_promote_check: u64,
+    /// The watch history and watchers (`watches.rs`).
+    watches: crate::watch::Hub,
 }

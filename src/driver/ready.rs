@@ -132,6 +132,7 @@ impl<T: Transport> Driver<T> {
             // keeps its member's record in the state machine's member table.
             EntryKind::ConfChange => self.kv.apply_conf_change(&entry.data),
         };
+        self.watch_applied(entry.index);
         if let Applied::Rejected(reason) = &applied {
             warn!(
                 index = entry.index,

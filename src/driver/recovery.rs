@@ -131,6 +131,8 @@ impl<T: Transport> Driver<T> {
             state_bytes: open.state_bytes,
             ..SinceSnapshot::default()
         };
+        // Back to the snapshot's state: the log replay re-applies what came after it.
+        self.state_machine_reloaded();
         self.up = true;
     }
 }

@@ -202,6 +202,7 @@ impl<T: Transport> Driver<T> {
         self.reads.retain(|_, read| !read.abandoned());
         self.confirmed_reads.retain(|(_, read)| !read.abandoned());
         self.replies.purge_abandoned();
+        self.watches.sweep();
     }
 
     /// Fails every waiting client request and drops every waiting peer request.

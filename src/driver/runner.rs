@@ -100,6 +100,10 @@ impl<T: Transport> Driver<T> {
         let wake = handle.events.clone();
         let snapshot_index = open.applied;
         let trigger = SnapshotTrigger::from_config(&config);
+        let watches = crate::watch::Hub::new(config.limits.watch.clone(), open.applied);
+        let mut kv = open.kv;
+        // Entries replayed from the log are changes the watch history keeps.
+        kv.record_changes();
         let driver = Driver {
             config,
             storage_options,
@@ -109,7 +113,7 @@ impl<T: Transport> Driver<T> {
             transport,
             node: open.node,
             storage: Some(open.storage),
-            kv: open.kv,
+            kv,
             applied: open.applied,
             applied_term: open.applied_term,
             snapshot_index,
@@ -134,6 +138,7 @@ impl<T: Transport> Driver<T> {
             no_space: None,
             lag: ReplicationClock::default(),
             ticks_since_promote_check: 0,
+            watches,
         };
         Ok((driver, handle, events))
     }
@@ -276,6 +281,7 @@ impl<T: Transport> Driver<T> {
                 reply,
             } => self.on_begin_snapshot(from, term, meta, reply),
             Event::SnapshotWritten { id } => self.on_snapshot_written(id),
+            Event::Watch { request, reply } => self.on_watch(request, reply),
             Event::Shutdown => {}
         }
     }

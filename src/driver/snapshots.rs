@@ -105,6 +105,8 @@ impl<T: Transport> Driver<T> {
             state_bytes: file.data_len(),
             ..SinceSnapshot::default()
         };
+        // The watch history does not cover the entries the snapshot jumped over.
+        self.snapshot_installed();
         // Proposals the snapshot jumped over may or may not be in it.
         let kept = self.proposals.split_off(&(meta.index + 1));
         for (_, proposal) in std::mem::replace(&mut self.proposals, kept) {

@@ -14,6 +14,7 @@
 //! | `POST /<key>`    | Kv.Put        | `{"ok": true, "key": k, "value": v, ...}`|
 //! | `DELETE /<key>`  | Kv.Delete     | `{"ok": true, "key": k, "existed": b}`   |
 //! | `… /v1/kv/<key>` | the same      | the same, for every key (`stop` too)     |
+//! | `GET /v1/watch`  | Kv.Watch      | long-poll `{"events": [...], "next": n}`, or server-sent events (`watch.rs`) |
 //!
 //! Key answers carry the key's versions, `ETag` and `X-Distraft-Index`; writes take
 //! `If-Match` / `If-None-Match` (`conditions.rs`).
@@ -36,6 +37,7 @@ mod guard;
 mod members;
 mod response;
 mod server;
+mod watch;
 
 use body::{
     discard_body, form_value, json_value, optional_json_string, read_body_within, BodyFormat,
@@ -109,7 +111,7 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(500);
 /// process (the same code, deadlines and status codes as over gRPC).
 #[derive(Clone)]
 pub struct Backend {
-    pub kv: Arc<dyn Kv>,
+    pub kv: Arc<dyn Kv<WatchStream = crate::rpc::WatchStream>>,
     pub admin: Arc<dyn Admin>,
     /// The dashboard at `/ui/`, with its view of the other members.
     pub dashboard: Arc<Dashboard>,
@@ -143,6 +145,8 @@ pub fn routes(
         .or(list_route(with_gateway.clone(), authorized.clone()))
         .unify()
         .or(txn_route(with_gateway.clone(), credentials.clone()))
+        .unify()
+        .or(watch::watch_route(with_gateway.clone(), authorized.clone()))
         .unify()
         .or(key_routes(with_gateway, authorized, credentials))
         .unify();
@@ -555,6 +559,7 @@ fn route_name(method: &Method, path: &str) -> &'static str {
         }
         ("v1", true) if path == "/v1/keys" => "/v1/keys",
         ("v1", true) if path == "/v1/txn" => "/v1/txn",
+        ("v1", true) if path == "/v1/watch" => "/v1/watch",
         (_, true) => "other",
         (name, false) if *method == Method::GET => match name {
             "stop" => "/stop",

@@ -35,6 +35,15 @@ impl FakeNode {
 
 #[tonic::async_trait]
 impl Kv for Arc<FakeNode> {
+    type WatchStream = crate::rpc::WatchStream;
+
+    async fn watch(
+        &self,
+        _: Request<crate::proto::v1::WatchRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("the fake node has no watches"))
+    }
+
     async fn get(
         &self,
         request: Request<GetRequest>,

@@ -3,7 +3,9 @@
 //!
 //! - `command.rs`: the commands the log stores, and their format.
 //! - `image.rs`: the snapshot image, and its format.
+//! - `changes.rs`: the changes applied, recorded for watches (`src/watch/`).
 
+mod changes;
 mod command;
 mod idempotency;
 mod image;
@@ -14,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
 
+pub use changes::Change;
 pub use command::{
     Command, Compare, Decoded, Format, Idempotency, Precondition, Target, Txn, TxnOp,
 };
@@ -148,6 +151,9 @@ pub struct Kv {
     members: BTreeMap<NodeId, Record>,
     /// The outcomes of recent writes that carried an idempotency key.
     idempotency: idempotency::Table,
+    /// The changes made since they were last taken, for watches (`changes.rs`);
+    /// `None`: not recorded (nobody takes them).
+    changes: Option<Vec<Change>>,
 }
 
 /// A key, its value and its versions in one allocation, key first: for the short keys
@@ -581,6 +587,7 @@ impl Kv {
             None => self.len += 1,
         }
         self.digest = self.digest.wrapping_add(pair_hash(&key, &value, versions));
+        self.record_put(&key, &value, versions);
         match self.writable_base() {
             Some(base) => base.insert(&key, &value, versions),
             None => {
@@ -597,6 +604,7 @@ impl Kv {
         self.digest = self.digest.wrapping_sub(pair_hash(key, old, old_versions));
         self.bytes -= old_bytes;
         self.len -= 1;
+        self.record_delete(key);
         if let Some(base) = self.writable_base() {
             base.remove(key);
         } else if self.base.contains_key(key) {

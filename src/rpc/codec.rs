@@ -6,6 +6,11 @@ use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::{Code, Status};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
+/// The first encoding buffer of a Kv.Watch stream (a progress message is ~10 bytes).
+const WATCH_ENCODE_BUFFER: usize = 256;
+/// tonic's default: how much a stream encodes before it hands it to HTTP/2.
+const WATCH_YIELD_THRESHOLD: usize = 32 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct WireCodec<T, U>(ProstCodec<T, U>);
 
@@ -26,6 +31,17 @@ where
     type Decoder = WireDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
+        // A watch stream lives long and mostly idles, and tonic keeps each stream's
+        // first encoding buffer for as long as the stream lives: at its 8 KiB default
+        // that was most of what an idle watcher costs (measured: ~7.9 KiB of RSS per
+        // watcher, 10,000 watchers on one node). The buffer grows as a message needs.
+        if std::any::TypeId::of::<T>() == std::any::TypeId::of::<crate::proto::v1::WatchResponse>()
+        {
+            return ProstEncoder::new(BufferSettings::new(
+                WATCH_ENCODE_BUFFER,
+                WATCH_YIELD_THRESHOLD,
+            ));
+        }
         self.0.encoder()
     }
 

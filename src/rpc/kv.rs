@@ -471,6 +471,16 @@ fn list_response(answer: ListAnswer) -> pb::ListResponse {
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
+    type WatchStream = super::WatchStream;
+
+    /// Served by `watch.rs`.
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<super::WatchStream>, Status> {
+        super::watch::watch(&self.config, &self.driver, request).await
+    }
+
     async fn txn(
         &self,
         request: Request<pb::TxnRequest>,

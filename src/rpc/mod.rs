@@ -28,6 +28,7 @@ mod raft;
 pub mod refusals;
 pub mod server;
 mod stop;
+mod watch;
 
 pub use admin::AdminService;
 pub use instrument::GrpcMetricsLayer;
@@ -40,3 +41,4 @@ pub use outcome::{
 };
 pub use peers::{PeerTasks, Peers};
 pub use server::{serve, ClientServices};
+pub use watch::{watch_request, WatchStream, RESUME_INDEX};
