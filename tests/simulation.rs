@@ -28,7 +28,10 @@
 //!   by the rule the gRPC service follows (`rpc::forward_again`). They get and list
 //!   (prefix `k`, one linearizable `Read::List`), put and delete, and compare-and-set
 //!   (a `Command::Txn` comparing the value the client last saw of the key, or version
-//!   0 for absent, with a put on success and nothing on failure, so that many swap).
+//!   0 for absent, with a put on success and nothing on failure, so that many swap;
+//!   half of them, when the key's `mod_index` for that value is known from a read, as
+//!   a conditional put, `Precondition::ModIndex` or `Absent`: values are written once,
+//!   so testing the version is testing the value).
 //!   Every write carries an idempotency key per client operation; a client whose
 //!   origin node dies with its write sends it again, under the same key, to another
 //!   node (as distraft's CLI does on a broken connection), so retries of writes that
@@ -68,7 +71,7 @@ use distraft::driver::{
     Background, Committed, Driver, DriverError, Event, Job, RaftReply, ReceivedSnapshot,
     RequestError, SnapshotAdmission, Transport, WriteKind,
 };
-use distraft::kv::{Applied, Command, Compare, Kv, ListQuery, Target, Txn, TxnOp};
+use distraft::kv::{Applied, Command, Compare, Kv, ListQuery, Precondition, Target, Txn, TxnOp};
 use distraft::raft::{
     AppendOutcome, Body, Index, Message, NodeId, RawNode, Role, SnapshotMeta, Term,
 };
@@ -93,6 +96,9 @@ fn write_outcome(client: u64, op: &KvOp, applied: Applied) -> Result<KvOutcome, 
         (KvOp::Put { .. }, Applied::Put { .. }) => Ok(KvOutcome::Put),
         (KvOp::Delete { .. }, Applied::Delete { .. }) => Ok(KvOutcome::Delete),
         (KvOp::Cas { .. }, Applied::Txn { succeeded, .. }) => Ok(KvOutcome::Cas(succeeded)),
+        // Sent as a conditional put.
+        (KvOp::Cas { .. }, Applied::Put { .. }) => Ok(KvOutcome::Cas(true)),
+        (KvOp::Cas { .. }, Applied::PreconditionFailed { .. }) => Ok(KvOutcome::Cas(false)),
         (op, applied) => Err(format!("client {client}: {op:?} was answered {applied:?}")),
     }
 }
@@ -375,6 +381,9 @@ struct Pending {
     /// An earlier attempt failed in a way that may have applied it: a later failure
     /// that says "not applied" speaks for its own attempt only.
     maybe_applied: bool,
+    /// A compare-and-set sent as a conditional put (`If-Match`, `If-None-Match: *`)
+    /// rather than a transaction: the same test of the key, by its version.
+    precondition: Option<Precondition>,
 }
 
 enum Waiting {
@@ -422,6 +431,9 @@ struct Sim {
     /// What each client last saw of each key (read, listed or written): the expected
     /// value of its next compare-and-set on it, so that many of them swap.
     seen: BTreeMap<(u64, String), Option<String>>,
+    /// The `mod_index` of each (key, value) a read or listing returned: every value is
+    /// written once, so a compare-and-set of the value can test the index instead.
+    mod_indexes: BTreeMap<(String, String), u64>,
     /// The final write committed: clients start nothing new, so that the nodes can
     /// settle on one state (with small flow-control limits replication may trail a
     /// steady stream of writes for good).
@@ -521,6 +533,7 @@ impl Sim {
             successes: 0,
             replays: 0,
             seen: BTreeMap::new(),
+            mod_indexes: BTreeMap::new(),
             settling: false,
             stats: LivenessStats::default(),
             transfers: 0,
@@ -1637,6 +1650,7 @@ impl Sim {
                 continue;
             }
             let key = format!("k{}", self.rng.random_range(0..self.sc.keys));
+            let mut precondition = None;
             let op = match self.rng.random_range(0..20) {
                 0..=5 => KvOp::Get { key },
                 6..=7 => KvOp::List { prefix: "k".into() },
@@ -1650,6 +1664,17 @@ impl Sim {
                 14..=17 => {
                     self.next_value += 1;
                     let expected = self.seen.get(&(client, key.clone())).cloned().flatten();
+                    // Half of them as a conditional put on the version, as HTTP
+                    // clients write them.
+                    if self.rng.random_bool(0.5) {
+                        precondition = match &expected {
+                            None => Some(Precondition::Absent),
+                            Some(value) => self
+                                .mod_indexes
+                                .get(&(key.clone(), value.clone()))
+                                .map(|&index| Precondition::ModIndex(index)),
+                        };
+                    }
                     KvOp::Cas {
                         key,
                         expected,
@@ -1666,6 +1691,7 @@ impl Sim {
                 origin,
                 state: Waiting::Retry { at_tick: self.now },
                 maybe_applied: false,
+                precondition,
             };
             self.clients.insert(client, Some(pending));
             self.submit(client, origin)?;
@@ -1724,6 +1750,24 @@ impl Sim {
             }
             // A transaction, as the Kv service's Txn builds one: compare the value (or
             // version 0: absent), put on success, nothing on failure.
+            KvOp::Cas { key, new, .. } if pending.precondition.is_some() => {
+                let (reply, answer) = oneshot::channel();
+                let command = Command::Put {
+                    key: key.clone(),
+                    value: new.clone(),
+                    precondition: pending.precondition,
+                };
+                let event = Event::Propose {
+                    data: command
+                        .encode_idempotent(&idempotency_key(client, pending.call), self.now),
+                    kind: WriteKind::Put {
+                        key: key.clone(),
+                        value_bytes: new.len(),
+                    },
+                    reply,
+                };
+                (event, Waiting::Write { at, answer })
+            }
             KvOp::Cas { key, expected, new } => {
                 let (reply, answer) = oneshot::channel();
                 let target = match expected {
@@ -1783,6 +1827,7 @@ impl Sim {
             };
             let origin = pending.origin;
             let mut replayed = false;
+            let mut learned = Vec::new();
             let result = match &mut pending.state {
                 Waiting::Write { at: node, answer } if *node == at => match answer.try_recv() {
                     Err(TryRecvError::Empty) => continue,
@@ -1800,7 +1845,16 @@ impl Sim {
                 },
                 Waiting::Read { at: node, answer } if *node == at => match answer.try_recv() {
                     Err(TryRecvError::Empty) => continue,
-                    Ok(Ok(read)) => Ok(KvOutcome::Get(read.found.map(|found| found.value))),
+                    Ok(Ok(read)) => {
+                        if let (KvOp::Get { key }, Some(found)) = (&pending.op, &read.found) {
+                            learned.push((
+                                key.clone(),
+                                found.value.clone(),
+                                found.versions.mod_index,
+                            ));
+                        }
+                        Ok(KvOutcome::Get(read.found.map(|found| found.value)))
+                    }
                     Ok(Err(err)) => Err(err),
                     Err(TryRecvError::Closed) => Err(RequestError::ShuttingDown),
                 },
@@ -1813,7 +1867,11 @@ impl Sim {
                         list.page
                             .keys
                             .into_iter()
-                            .map(|listed| (listed.key, listed.value))
+                            .map(|listed| {
+                                let index = listed.versions.mod_index;
+                                learned.push((listed.key.clone(), listed.value.clone(), index));
+                                (listed.key, listed.value)
+                            })
                             .collect(),
                     )),
                     Ok(Err(err)) => Err(err),
@@ -1822,6 +1880,9 @@ impl Sim {
                 _ => continue,
             };
             self.replays += u64::from(replayed);
+            for (key, value, index) in learned {
+                self.mod_indexes.insert((key, value), index);
+            }
             let retry = Waiting::Retry {
                 at_tick: self.now + 2,
             };
