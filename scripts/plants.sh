@@ -26,9 +26,9 @@ plants=(
   # A compare-and-set retried under its idempotency key (its origin died, or its
   # forward broke) and applied again fails its comparison: the client is told
   # "failed" while its value is there (or a put applied again after a delete). Caught
-  # at once in every configuration: three_nodes_under_faults seed 5 (a read of a
-  # swap's value reported failed), five_nodes_under_faults pinned seed 2894,
-  # three_nodes_with_leadership_transfers seed 4, membership_changes seed 23.
+  # at once in every configuration: membership_changes pinned seed 33 (a swap from
+  # absent reported failed), five_nodes_under_faults seed 0,
+  # three_nodes_with_leadership_transfers seed 2, three_nodes_under_faults seed 3.
   "retry-applied-twice|--test simulation"
   # The transcripts of membership changes catch these reliably. The membership
   # nemesis (simulation membership_changes) catches two as well: two-conf-changes-in-
@@ -74,7 +74,8 @@ plants=(
   # every failed write was, in truth, not applied (the history stays linearizable).
   # The first compare-and-set with the version a read returned is refused (412).
   # The simulator catches it too, since half its compare-and-sets are conditional
-  # puts on the version (three_nodes_under_faults, pinned seed 28691, at once).
+  # puts on the version (at once: three_nodes_under_faults pinned seed 9092,
+  # five_nodes_under_faults seed 3, membership_changes seed 68).
   "cas-compares-stale-version|--test integration versions"
   "writes-fail-internally|--test chaos -- --exact histories_under_faults_are_linearizable_and_replicas_converge"
 )

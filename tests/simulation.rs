@@ -408,6 +408,10 @@ enum Waiting {
 struct Sim {
     sc: Scenario,
     rng: SmallRng,
+    /// The draws the clients' compare-and-sets, listings and retries added: a stream of
+    /// their own, so that `rng` draws what it drew before them and the pinned seeds
+    /// keep the schedules they were pinned for.
+    mix: SmallRng,
     now: u64,
     /// Every node's directories, deleted with the simulation.
     dir: tempfile::TempDir,
@@ -519,6 +523,7 @@ impl Sim {
         .map_err(|e| format!("temp dir: {e}"))?;
         let mut sim = Sim {
             rng: SmallRng::seed_from_u64(seed),
+            mix: SmallRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
             now: 0,
             nodes: BTreeMap::new(),
             net: Vec::new(),
@@ -783,7 +788,7 @@ impl Sim {
                 let others: Vec<NodeId> = self.ids().into_iter().filter(|&n| n != id).collect();
                 let origin = match others.is_empty() {
                     true => id,
-                    false => others[self.rng.random_range(0..others.len())],
+                    false => others[self.mix.random_range(0..others.len())],
                 };
                 if let Some(pending) = self.clients.get_mut(&client).and_then(Option::as_mut) {
                     pending.origin = origin;
@@ -1650,35 +1655,36 @@ impl Sim {
                 continue;
             }
             let key = format!("k{}", self.rng.random_range(0..self.sc.keys));
+            // Drawn as before compare-and-sets and listings existed (`rng`); a share of
+            // gets become listings and of puts compare-and-sets (`mix`): 30% get, 10%
+            // list, 30% put, 20% compare-and-set, 10% delete.
             let mut precondition = None;
-            let op = match self.rng.random_range(0..20) {
-                0..=5 => KvOp::Get { key },
-                6..=7 => KvOp::List { prefix: "k".into() },
-                8..=13 => {
+            let op = match self.rng.random_range(0..10) {
+                0..=3 if self.mix.random_ratio(1, 4) => KvOp::List { prefix: "k".into() },
+                0..=3 => KvOp::Get { key },
+                4..=8 => {
                     self.next_value += 1;
-                    KvOp::Put {
-                        key,
-                        value: format!("v{}", self.next_value),
-                    }
-                }
-                14..=17 => {
-                    self.next_value += 1;
-                    let expected = self.seen.get(&(client, key.clone())).cloned().flatten();
-                    // Half of them as a conditional put on the version, as HTTP
-                    // clients write them.
-                    if self.rng.random_bool(0.5) {
-                        precondition = match &expected {
-                            None => Some(Precondition::Absent),
-                            Some(value) => self
-                                .mod_indexes
-                                .get(&(key.clone(), value.clone()))
-                                .map(|&index| Precondition::ModIndex(index)),
-                        };
-                    }
-                    KvOp::Cas {
-                        key,
-                        expected,
-                        new: format!("v{}", self.next_value),
+                    let value = format!("v{}", self.next_value);
+                    if self.mix.random_ratio(2, 5) {
+                        let expected = self.seen.get(&(client, key.clone())).cloned().flatten();
+                        // Half of them as a conditional put on the version, as HTTP
+                        // clients write them.
+                        if self.mix.random_bool(0.5) {
+                            precondition = match &expected {
+                                None => Some(Precondition::Absent),
+                                Some(value) => self
+                                    .mod_indexes
+                                    .get(&(key.clone(), value.clone()))
+                                    .map(|&index| Precondition::ModIndex(index)),
+                            };
+                        }
+                        KvOp::Cas {
+                            key,
+                            expected,
+                            new: value,
+                        }
+                    } else {
+                        KvOp::Put { key, value }
                     }
                 }
                 _ => KvOp::Delete { key },
