@@ -424,8 +424,11 @@ fn compare_and_set_reported_failed_whose_value_is_read_is_a_violation() {
     ];
     let violation = violation(&history);
     assert_eq!(violation.culprit, 3);
-    // The failed swap wrote nothing: no write of "b" is left to explain the read.
-    assert_eq!(evidence_indices(&violation), [3]);
+    // The failed swap is kept as the only operation that names "b".
+    assert_eq!(evidence_indices(&violation), [1, 3]);
+    assert!(violation
+        .to_string()
+        .contains("cas \"a\" -> \"b\" -> compare failed"));
 }
 
 #[test]

@@ -370,8 +370,15 @@ const ABSENT: Value = 0;
 enum RegisterOp {
     Read(Value),
     Write(Value),
-    Cas { expected: Value, new: Value },
-    CasFailed { expected: Value },
+    Cas {
+        expected: Value,
+        new: Value,
+    },
+    /// `new` changes nothing; it is kept for the evidence (see [`keeps_sources`]).
+    CasFailed {
+        expected: Value,
+        new: Value,
+    },
 }
 
 impl RegisterOp {
@@ -382,7 +389,7 @@ impl RegisterOp {
             RegisterOp::Read(seen) => (seen == value).then_some(value),
             RegisterOp::Write(written) => Some(written),
             RegisterOp::Cas { expected, new } => (expected == value).then_some(new),
-            RegisterOp::CasFailed { expected } => (expected != value).then_some(value),
+            RegisterOp::CasFailed { expected, .. } => (expected != value).then_some(value),
         }
     }
 
@@ -407,11 +414,14 @@ impl RegisterOp {
         }
     }
 
-    /// The value it writes, if it writes.
-    fn writes(self) -> Option<Value> {
+    /// The value it writes, or would have written (a failed compare-and-set: when a
+    /// value is read that only such a one names, the evidence shows it).
+    fn names(self) -> Option<Value> {
         match self {
-            RegisterOp::Write(value) | RegisterOp::Cas { new: value, .. } => Some(value),
-            RegisterOp::Read(_) | RegisterOp::CasFailed { .. } => None,
+            RegisterOp::Write(value)
+            | RegisterOp::Cas { new: value, .. }
+            | RegisterOp::CasFailed { new: value, .. } => Some(value),
+            RegisterOp::Read(_) => None,
         }
     }
 }
@@ -455,8 +465,9 @@ fn to_register_history<'a>(
             (KvOp::Get { .. } | KvOp::List { .. }, _) => continue,
             (KvOp::Put { value, .. }, _) => RegisterOp::Write(intern(Some(value))),
             (KvOp::Delete { .. }, _) => RegisterOp::Write(ABSENT),
-            (KvOp::Cas { expected, .. }, KvOutcome::Cas(false)) => RegisterOp::CasFailed {
+            (KvOp::Cas { expected, new, .. }, KvOutcome::Cas(false)) => RegisterOp::CasFailed {
                 expected: intern(expected.as_deref()),
+                new: intern(Some(new)),
             },
             (KvOp::Cas { expected, new, .. }, _) => RegisterOp::Cas {
                 expected: intern(expected.as_deref()),
@@ -998,9 +1009,9 @@ fn explain(key: &str, history: &[Operation], ops: &[RegisterCall], budget: u64) 
 }
 
 /// Whether every value read (or expected) in `after` that some write in `before` wrote
-/// is still written in `after`.
+/// (or a failed compare-and-set would have written) is still named in `after`.
 fn keeps_sources(before: &[RegisterCall], after: &[RegisterCall]) -> bool {
-    let writes = |ops: &[RegisterCall], value| ops.iter().any(|op| op.op.writes() == Some(value));
+    let writes = |ops: &[RegisterCall], value| ops.iter().any(|op| op.op.names() == Some(value));
     after.iter().all(|op| match op.op.needs() {
         Some(value) if value != ABSENT => !writes(before, value) || writes(after, value),
         _ => true,
