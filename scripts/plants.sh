@@ -23,6 +23,12 @@ plants=(
   # leader's own count is never ahead of its disk there. Only a core stepped while its
   # persist runs shows it, which the unit test does.
   "leader-counts-unpersisted|--lib raft::tests::replication_may_leave_before_the_leaders_persist_but_acks_may_not"
+  # A compare-and-set retried under its idempotency key (its origin died, or its
+  # forward broke) and applied again fails its comparison: the client is told
+  # "failed" while its value is there (or a put applied again after a delete). Caught
+  # at once in every configuration: membership_changes pinned seed 33 (a swap from
+  # absent reported failed), five_nodes_under_faults seed 0,
+  # three_nodes_with_leadership_transfers seed 2, three_nodes_under_faults seed 3.
   "retry-applied-twice|--test simulation"
   # The transcripts of membership changes catch these reliably. The membership
   # nemesis (simulation membership_changes) catches two as well: two-conf-changes-in-
@@ -67,6 +73,9 @@ plants=(
   # One chaos run (seed 1, 45 s): a node answering INTERNAL must fail it even though
   # every failed write was, in truth, not applied (the history stays linearizable).
   # The first compare-and-set with the version a read returned is refused (412).
+  # The simulator catches it too, since half its compare-and-sets are conditional
+  # puts on the version (at once: three_nodes_under_faults pinned seed 9092,
+  # five_nodes_under_faults seed 3, membership_changes seed 68).
   "cas-compares-stale-version|--test integration versions"
   # A watcher on a follower that installs a snapshot misses the writes it jumped over.
   "watch-skips-event-after-snapshot-install|--test integration watch_on_a_follower_survives_a_snapshot_install"

@@ -58,6 +58,45 @@ fn get(client: u64, key: &str, seen: Option<&str>, call: u64, ret: u64) -> Opera
     }
 }
 
+fn cas(
+    client: u64,
+    key: &str,
+    expected: Option<&str>,
+    new: &str,
+    (call, ret): (u64, u64),
+    swapped: Option<bool>,
+) -> Operation {
+    let op = KvOp::Cas {
+        key: key.into(),
+        expected: expected.map(Into::into),
+        new: new.into(),
+    };
+    Operation {
+        client,
+        op,
+        call,
+        ret,
+        outcome: swapped.map_or(KvOutcome::Unknown, KvOutcome::Cas),
+    }
+}
+
+fn list(client: u64, prefix: &str, found: &[(&str, &str)], call: u64, ret: u64) -> Operation {
+    let op = KvOp::List {
+        prefix: prefix.into(),
+    };
+    let found = found
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+    Operation {
+        client,
+        op,
+        call,
+        ret,
+        outcome: KvOutcome::List(found),
+    }
+}
+
 fn get_unknown(client: u64, key: &str, call: u64) -> Operation {
     Operation {
         outcome: KvOutcome::Unknown,
@@ -370,6 +409,201 @@ fn a_violation_is_reported_before_an_inconclusive_key() {
     );
 }
 
+// ---- compare-and-set ----
+
+#[test]
+fn compare_and_set_reported_failed_whose_value_is_read_is_a_violation() {
+    // A retry applied twice: the first apply swapped, the second found its own value
+    // and reported failure; "b" has no other writer. A concurrent write may explain
+    // the failure, but not the read.
+    let history = [
+        put(1, "k", "a", 0, 10),
+        cas(2, "k", Some("a"), "b", (20, 30), Some(false)),
+        put(4, "k", "c", 20, 30),
+        get(3, "k", Some("b"), 40, 50),
+    ];
+    let violation = violation(&history);
+    assert_eq!(violation.culprit, 3);
+    // The failed swap is kept as the only operation that names "b".
+    assert_eq!(evidence_indices(&violation), [1, 3]);
+    assert!(violation
+        .to_string()
+        .contains("cas \"a\" -> \"b\" -> compare failed"));
+}
+
+#[test]
+fn compare_and_set_failing_on_its_expected_value_is_a_violation() {
+    let history = [
+        put(1, "k", "a", 0, 10),
+        cas(2, "k", Some("a"), "b", (20, 30), Some(false)),
+        get(3, "k", Some("a"), 40, 50),
+    ];
+    assert_eq!(evidence_indices(&violation(&history)), [0, 1]);
+    // Absent expected on an absent key.
+    violation(&[cas(1, "k", None, "b", (0, 10), Some(false))]);
+}
+
+#[test]
+fn two_compare_and_sets_from_one_value_cannot_both_swap() {
+    let history = [
+        put(1, "k", "a", 0, 10),
+        cas(2, "k", Some("a"), "b", (20, 30), Some(true)),
+        cas(3, "k", Some("a"), "c", (20, 30), Some(true)),
+    ];
+    violation(&history);
+    // Unless something wrote the value back in between.
+    let history = [
+        put(1, "k", "a", 0, 10),
+        cas(2, "k", Some("a"), "b", (20, 30), Some(true)),
+        cas(3, "k", Some("a"), "c", (20, 30), Some(true)),
+        put(4, "k", "a", 20, 30),
+    ];
+    assert_linearizable(&history);
+}
+
+#[test]
+fn a_swap_of_a_value_not_there_is_a_violation() {
+    let history = [
+        put(1, "k", "a", 0, 10),
+        cas(2, "k", Some("z"), "b", (20, 30), Some(true)),
+    ];
+    violation(&history);
+    // An unknown one cannot take effect either: "b" cannot be read.
+    let history = [
+        put(1, "k", "a", 0, 10),
+        cas(2, "k", Some("z"), "b", (20, 30), None),
+        get(3, "k", Some("b"), 40, 50),
+    ];
+    violation(&history);
+}
+
+#[test]
+fn concurrent_compare_and_sets_are_ordered_by_what_they_saw() {
+    let history = [
+        put(1, "k", "a", 0, 10),
+        cas(2, "k", Some("a"), "b", (20, 40), Some(true)),
+        cas(3, "k", Some("a"), "c", (25, 35), Some(false)),
+        cas(4, "k", None, "d", (26, 36), Some(false)),
+        get(5, "k", Some("b"), 45, 50),
+        cas(5, "k", Some("b"), "e", (51, 52), Some(true)),
+        get(5, "k", Some("e"), 53, 54),
+    ];
+    assert_linearizable(&history);
+    // A failed compare-and-set is explained by a write concurrent with it.
+    let history = [
+        put(1, "k", "a", 0, 10),
+        put(2, "k", "z", 15, 40),
+        cas(3, "k", Some("a"), "c", (20, 30), Some(false)),
+        get(4, "k", Some("a"), 21, 29),
+    ];
+    assert_linearizable(&history);
+}
+
+#[test]
+fn unknown_compare_and_sets_may_take_effect_in_a_chain_or_not_at_all() {
+    // An unknown delete and an unknown swap from absent explain the read of "x".
+    let history = [
+        put(1, "k", "a", 0, 10),
+        delete(2, "k", 20, 25),
+        put(2, "k", "b", 26, 30),
+        Operation {
+            outcome: KvOutcome::Unknown,
+            ..delete(3, "k", 31, 31)
+        },
+        cas(4, "k", None, "x", (32, 0), None),
+        get(5, "k", Some("x"), 50, 60),
+    ];
+    assert_linearizable(&history);
+    // Never taking effect.
+    let history = [
+        put(1, "k", "a", 0, 10),
+        cas(2, "k", Some("a"), "b", (20, 0), None),
+        get(3, "k", Some("a"), 40, 50),
+    ];
+    assert_linearizable(&history);
+    // An unknown write explains a failed compare-and-set.
+    let history = [
+        put(1, "k", "a", 0, 10),
+        put_unknown(2, "k", "q", 15),
+        cas(3, "k", Some("a"), "c", (20, 30), Some(false)),
+        get(4, "k", Some("q"), 40, 50),
+    ];
+    assert_linearizable(&history);
+}
+
+// ---- listings ----
+
+#[test]
+fn listings_read_every_key_under_their_prefix() {
+    let history = [
+        put(1, "k1", "a", 0, 10),
+        put(1, "k2", "b", 11, 20),
+        put(1, "other", "c", 21, 30),
+        list(2, "k", &[("k1", "a"), ("k2", "b")], 40, 50),
+        delete(1, "k1", 51, 60),
+        list(2, "k", &[("k2", "b")], 61, 70),
+    ];
+    assert_linearizable(&history);
+}
+
+#[test]
+fn listings_missing_or_keeping_keys_are_violations() {
+    // An acknowledged key is missing.
+    let history = [
+        put(1, "k1", "a", 0, 10),
+        put(1, "k2", "b", 11, 20),
+        list(2, "k", &[("k2", "b")], 40, 50),
+    ];
+    let missing = violation(&history);
+    assert_eq!((missing.key.as_str(), missing.culprit), ("k1", 2));
+    // A deleted key is still there.
+    let history = [
+        put(1, "k1", "a", 0, 10),
+        delete(1, "k1", 11, 20),
+        list(2, "k", &[("k1", "a")], 40, 50),
+    ];
+    violation(&history);
+    // A key nobody wrote.
+    violation(&[list(2, "k", &[("k9", "a")], 40, 50)]);
+}
+
+#[test]
+fn listings_are_checked_key_by_key() {
+    // The caveat of the per-key projection: each key's part of this listing has a
+    // linearization, yet no single instant had "k1" absent and "k2" present (client 4
+    // saw "k1" written before "k2" was). Accepted, though a joint check would refuse it.
+    let history = [
+        put(1, "k1", "a", 0, 20),
+        put(2, "k2", "b", 0, 20),
+        get(4, "k1", Some("a"), 1, 2),
+        get(4, "k2", None, 3, 4),
+        list(3, "k", &[("k2", "b")], 0, 30),
+    ];
+    assert_linearizable(&history);
+}
+
+#[test]
+fn malformed_listings_are_rejected() {
+    let outside = [list(1, "k", &[("z", "a")], 0, 1)];
+    assert!(matches!(
+        check(&outside),
+        Err(CheckError::InvalidOperation { index: 0, .. })
+    ));
+    let twice = [list(1, "k", &[("k1", "a"), ("k1", "b")], 0, 1)];
+    assert!(matches!(
+        check(&twice),
+        Err(CheckError::InvalidOperation { index: 0, .. })
+    ));
+    let wrong_kind = [Operation {
+        outcome: KvOutcome::Cas(true),
+        ..list(1, "k", &[], 0, 1)
+    }];
+    assert!(matches!(
+        check(&wrong_kind),
+        Err(CheckError::InvalidOperation { index: 0, .. })
+    ));
+}
+
 // ---- a brute-force oracle on small random histories ----
 
 /// Tries every order of the operations that respects real time, over the whole map.
@@ -393,28 +627,54 @@ fn brute_force_linearizable(history: &[Operation]) -> bool {
             let op = &history[i];
             let blocked = (0..history.len())
                 .any(|j| j != i && !done[j] && answered(&history[j]) && history[j].ret < op.call);
-            let unanswered_read = matches!(op.op, KvOp::Get { .. }) && !answered(op);
+            let unanswered_read =
+                matches!(op.op, KvOp::Get { .. } | KvOp::List { .. }) && !answered(op);
             if done[i] || blocked || unanswered_read {
                 continue;
             }
-            let before = map.get(op.op.key()).cloned();
+            let before = map.clone();
             match (&op.op, &op.outcome) {
-                (KvOp::Get { .. }, KvOutcome::Get(seen)) if *seen != before => continue,
+                (KvOp::Get { key }, KvOutcome::Get(seen)) if map.get(key) != seen.as_ref() => {
+                    continue
+                }
+                (KvOp::List { prefix }, KvOutcome::List(found)) => {
+                    let mut found = found.clone();
+                    found.sort();
+                    let present: Vec<(String, String)> = map
+                        .iter()
+                        .filter(|(key, _)| key.starts_with(prefix.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    if present != found {
+                        continue;
+                    }
+                }
                 (KvOp::Put { key, value }, _) => {
                     map.insert(key.clone(), value.clone());
                 }
                 (KvOp::Delete { key }, _) => {
                     map.remove(key);
                 }
+                (KvOp::Cas { key, expected, new }, outcome) => {
+                    let holds = map.get(key) == expected.as_ref();
+                    match outcome {
+                        KvOutcome::Cas(false) if holds => continue,
+                        KvOutcome::Cas(true) if !holds => continue,
+                        // An unknown one that does not hold is one that did not happen.
+                        KvOutcome::Unknown if !holds => {}
+                        _ => {
+                            if holds {
+                                map.insert(key.clone(), new.clone());
+                            }
+                        }
+                    }
+                }
                 _ => {}
             }
             done[i] = true;
             let found = extend(history, done, map);
             done[i] = false;
-            match before {
-                Some(value) => map.insert(op.op.key().to_string(), value),
-                None => map.remove(op.op.key()),
-            };
+            *map = before;
             if found {
                 return true;
             }
@@ -428,20 +688,42 @@ fn brute_force_linearizable(history: &[Operation]) -> bool {
     )
 }
 
-fn random_small_history(rng: &mut SmallRng) -> Vec<Operation> {
+/// `with_cas`: compare-and-sets and listings too.
+fn random_small_history(rng: &mut SmallRng, with_cas: bool) -> Vec<Operation> {
     let values = ["a", "b", "c"];
     (0..rng.random_range(1..=7))
         .map(|i| {
             let key = if rng.random_ratio(4, 5) { "x" } else { "y" };
             let call = rng.random_range(0..20);
             let ret = call + rng.random_range(0..10);
-            let mut op = match rng.random_range(0..10) {
+            let mut op = match rng.random_range(0..if with_cas { 16 } else { 10 }) {
                 0..5 => {
                     let seen = rng.random_range(0..=values.len());
                     get(i, key, values.get(seen).copied(), call, ret)
                 }
                 5..9 => put(i, key, values[rng.random_range(0..2)], call, ret),
-                _ => delete(i, key, call, ret),
+                9 => delete(i, key, call, ret),
+                10..14 => {
+                    let expected = values.get(rng.random_range(0..=values.len())).copied();
+                    let new = values[rng.random_range(0..values.len())];
+                    cas(
+                        i,
+                        key,
+                        expected,
+                        new,
+                        (call, ret),
+                        Some(rng.random_bool(0.5)),
+                    )
+                }
+                _ => {
+                    let mut found: Vec<(&str, &str)> = Vec::new();
+                    for key in ["x", "y"] {
+                        if rng.random_bool(0.5) {
+                            found.push((key, values[rng.random_range(0..values.len())]));
+                        }
+                    }
+                    list(i, "", &found, call, ret)
+                }
             };
             if rng.random_ratio(1, 5) {
                 op.outcome = KvOutcome::Unknown;
@@ -453,10 +735,19 @@ fn random_small_history(rng: &mut SmallRng) -> Vec<Operation> {
 
 #[test]
 fn agrees_with_brute_force_on_small_random_histories() {
+    agrees_with_brute_force(false, 5_000);
+}
+
+#[test]
+fn agrees_with_brute_force_with_compare_and_sets_and_listings() {
+    agrees_with_brute_force(true, 20_000);
+}
+
+fn agrees_with_brute_force(with_cas: bool, histories: usize) {
     let mut rng = SmallRng::seed_from_u64(7);
     let (mut good, mut bad) = (0, 0);
-    for _ in 0..5_000 {
-        let history = random_small_history(&mut rng);
+    for _ in 0..histories {
+        let history = random_small_history(&mut rng, with_cas);
         let expected = brute_force_linearizable(&history);
         match check(&history) {
             Ok(_) if expected => good += 1,
@@ -538,6 +829,7 @@ fn generate(rng: &mut SmallRng, shape: &Shape) -> Vec<Operation> {
                         map.remove(key);
                         KvOutcome::Delete
                     }
+                    KvOp::Cas { .. } | KvOp::List { .. } => unreachable!("not drawn here"),
                 };
                 in_flight[client] = Some((index, true));
             }
@@ -632,7 +924,9 @@ fn generated_histories_pass_and_mutated_reads_fail() {
             let mut others: Vec<Option<String>> = history
                 .iter()
                 .filter_map(|op| match &op.op {
-                    KvOp::Put { key: k, value } if k == key => Some(Some(value.clone())),
+                    KvOp::Put { key: k, value } if Some(k.as_str()) == key => {
+                        Some(Some(value.clone()))
+                    }
                     _ => None,
                 })
                 .collect();

@@ -25,7 +25,19 @@
 //!   transfers asked at random moments of random nodes, to random targets;
 //! - the clients: they talk to any node, as real clients do; a node that is not the
 //!   leader forwards a write to the leader it knows, and a failed forward is sent again
-//!   only by the rule the gRPC service follows (`rpc::server::forward_again`).
+//!   by the rule the gRPC service follows (`rpc::forward_again`). They get and list
+//!   (prefix `k`, one linearizable `Read::List`), put and delete, and compare-and-set
+//!   (a `Command::Txn` comparing the value the client last saw of the key, or version
+//!   0 for absent, with a put on success and nothing on failure, so that many swap;
+//!   half of them, when the key's `mod_index` for that value is known from a read, as
+//!   a conditional put, `Precondition::ModIndex` or `Absent`: values are written once,
+//!   so testing the version is testing the value).
+//!   Every write carries an idempotency key per client operation; a client whose
+//!   origin node dies with its write sends it again, under the same key, to another
+//!   node (as distraft's CLI does on a broken connection), so retries of writes that
+//!   may have applied, under another leader, are common. A retry applied twice shows
+//!   as a compare-and-set reported failed whose value is there. The summary counts the
+//!   writes answered by a replay of their first outcome.
 //!
 //! Safety is checked after every event a driver handles (each delivered message, each
 //! client request) and after every turn: Election Safety (at most one leader per term,
@@ -59,7 +71,7 @@ use distraft::driver::{
     Background, Committed, Driver, DriverError, Event, Job, RaftReply, ReceivedSnapshot,
     RequestError, SnapshotAdmission, Transport, WriteKind,
 };
-use distraft::kv::{Command, Kv};
+use distraft::kv::{Applied, Command, Compare, Kv, ListQuery, Precondition, Target, Txn, TxnOp};
 use distraft::raft::{
     AppendOutcome, Body, Index, Message, NodeId, RawNode, Role, SnapshotMeta, Term,
 };
@@ -75,6 +87,20 @@ use tokio::sync::oneshot::{self, error::TryRecvError};
 /// after an ambiguous failure is answered with its first outcome.
 fn idempotency_key(client: u64, call: u64) -> String {
     format!("c{client}-{call}")
+}
+
+/// What the client is told of its write, from what applying it did (a replay's first
+/// outcome already unwrapped). Anything else than the write's own kind is a bug.
+fn write_outcome(client: u64, op: &KvOp, applied: Applied) -> Result<KvOutcome, String> {
+    match (op, applied) {
+        (KvOp::Put { .. }, Applied::Put { .. }) => Ok(KvOutcome::Put),
+        (KvOp::Delete { .. }, Applied::Delete { .. }) => Ok(KvOutcome::Delete),
+        (KvOp::Cas { .. }, Applied::Txn { succeeded, .. }) => Ok(KvOutcome::Cas(succeeded)),
+        // Sent as a conditional put.
+        (KvOp::Cas { .. }, Applied::Put { .. }) => Ok(KvOutcome::Cas(true)),
+        (KvOp::Cas { .. }, Applied::PreconditionFailed { .. }) => Ok(KvOutcome::Cas(false)),
+        (op, applied) => Err(format!("client {client}: {op:?} was answered {applied:?}")),
+    }
 }
 
 /// The membership nemesis (`membership_changes`).
@@ -355,6 +381,9 @@ struct Pending {
     /// An earlier attempt failed in a way that may have applied it: a later failure
     /// that says "not applied" speaks for its own attempt only.
     maybe_applied: bool,
+    /// A compare-and-set sent as a conditional put (`If-Match`, `If-None-Match: *`)
+    /// rather than a transaction: the same test of the key, by its version.
+    precondition: Option<Precondition>,
 }
 
 enum Waiting {
@@ -366,6 +395,10 @@ enum Waiting {
         at: NodeId,
         answer: oneshot::Receiver<Result<distraft::driver::ReadAnswer, RequestError>>,
     },
+    List {
+        at: NodeId,
+        answer: oneshot::Receiver<Result<distraft::driver::ListAnswer, RequestError>>,
+    },
     /// Waits for a leader, then tries again at the origin.
     Retry {
         at_tick: u64,
@@ -375,6 +408,10 @@ enum Waiting {
 struct Sim {
     sc: Scenario,
     rng: SmallRng,
+    /// The draws the clients' compare-and-sets, listings and retries added: a stream of
+    /// their own, so that `rng` draws what it drew before them and the pinned seeds
+    /// keep the schedules they were pinned for.
+    mix: SmallRng,
     now: u64,
     /// Every node's directories, deleted with the simulation.
     dir: tempfile::TempDir,
@@ -392,6 +429,15 @@ struct Sim {
     /// first saw it committed (leaders of later terms must hold it).
     committed: BTreeMap<Index, (Term, Term)>,
     successes: u64,
+    /// Writes answered with the first outcome of an earlier attempt under the same
+    /// idempotency key (`Applied::Replayed`): retries that were applied once.
+    replays: u64,
+    /// What each client last saw of each key (read, listed or written): the expected
+    /// value of its next compare-and-set on it, so that many of them swap.
+    seen: BTreeMap<(u64, String), Option<String>>,
+    /// The `mod_index` of each (key, value) a read or listing returned: every value is
+    /// written once, so a compare-and-set of the value can test the index instead.
+    mod_indexes: BTreeMap<(String, String), u64>,
     /// The final write committed: clients start nothing new, so that the nodes can
     /// settle on one state (with small flow-control limits replication may trail a
     /// steady stream of writes for good).
@@ -477,6 +523,7 @@ impl Sim {
         .map_err(|e| format!("temp dir: {e}"))?;
         let mut sim = Sim {
             rng: SmallRng::seed_from_u64(seed),
+            mix: SmallRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
             now: 0,
             nodes: BTreeMap::new(),
             net: Vec::new(),
@@ -489,6 +536,9 @@ impl Sim {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             successes: 0,
+            replays: 0,
+            seen: BTreeMap::new(),
+            mod_indexes: BTreeMap::new(),
             settling: false,
             stats: LivenessStats::default(),
             transfers: 0,
@@ -720,10 +770,35 @@ impl Sim {
                 continue;
             };
             let at = match &pending.state {
-                Waiting::Write { at, .. } | Waiting::Read { at, .. } => Some(*at),
+                Waiting::Write { at, .. } | Waiting::Read { at, .. } | Waiting::List { at, .. } => {
+                    Some(*at)
+                }
                 Waiting::Retry { .. } => None,
             };
-            if pending.origin == id {
+            let write = matches!(
+                pending.op,
+                KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Cas { .. }
+            );
+            let from_origin = pending.origin == id;
+            if from_origin && write {
+                // The client lost its connection with the answer: as distraft's CLI
+                // does, it sends the write again, with the same idempotency key, to
+                // another node (until its deadline). The lost attempt may have
+                // applied it, and may still, under a later leader.
+                let others: Vec<NodeId> = self.ids().into_iter().filter(|&n| n != id).collect();
+                let origin = match others.is_empty() {
+                    true => id,
+                    false => others[self.mix.random_range(0..others.len())],
+                };
+                if let Some(pending) = self.clients.get_mut(&client).and_then(Option::as_mut) {
+                    pending.origin = origin;
+                    pending.maybe_applied = true;
+                    pending.state = Waiting::Retry {
+                        at_tick: self.now + 2,
+                    };
+                }
+                self.log(format!("client {client}: retries at n{origin}"));
+            } else if from_origin {
                 self.finish(client, KvOutcome::Unknown);
             } else if at == Some(id) {
                 let status = tonic::Status::unavailable("the connection broke");
@@ -1580,13 +1655,36 @@ impl Sim {
                 continue;
             }
             let key = format!("k{}", self.rng.random_range(0..self.sc.keys));
+            // Drawn as before compare-and-sets and listings existed (`rng`); a share of
+            // gets become listings and of puts compare-and-sets (`mix`): 30% get, 10%
+            // list, 30% put, 20% compare-and-set, 10% delete.
+            let mut precondition = None;
             let op = match self.rng.random_range(0..10) {
+                0..=3 if self.mix.random_ratio(1, 4) => KvOp::List { prefix: "k".into() },
                 0..=3 => KvOp::Get { key },
                 4..=8 => {
                     self.next_value += 1;
-                    KvOp::Put {
-                        key,
-                        value: format!("v{}", self.next_value),
+                    let value = format!("v{}", self.next_value);
+                    if self.mix.random_ratio(2, 5) {
+                        let expected = self.seen.get(&(client, key.clone())).cloned().flatten();
+                        // Half of them as a conditional put on the version, as HTTP
+                        // clients write them.
+                        if self.mix.random_bool(0.5) {
+                            precondition = match &expected {
+                                None => Some(Precondition::Absent),
+                                Some(value) => self
+                                    .mod_indexes
+                                    .get(&(key.clone(), value.clone()))
+                                    .map(|&index| Precondition::ModIndex(index)),
+                            };
+                        }
+                        KvOp::Cas {
+                            key,
+                            expected,
+                            new: value,
+                        }
+                    } else {
+                        KvOp::Put { key, value }
                     }
                 }
                 _ => KvOp::Delete { key },
@@ -1599,6 +1697,7 @@ impl Sim {
                 origin,
                 state: Waiting::Retry { at_tick: self.now },
                 maybe_applied: false,
+                precondition,
             };
             self.clients.insert(client, Some(pending));
             self.submit(client, origin)?;
@@ -1655,6 +1754,68 @@ impl Sim {
                 };
                 (event, Waiting::Write { at, answer })
             }
+            // A transaction, as the Kv service's Txn builds one: compare the value (or
+            // version 0: absent), put on success, nothing on failure.
+            KvOp::Cas { key, new, .. } if pending.precondition.is_some() => {
+                let (reply, answer) = oneshot::channel();
+                let command = Command::Put {
+                    key: key.clone(),
+                    value: new.clone(),
+                    precondition: pending.precondition,
+                };
+                let event = Event::Propose {
+                    data: command
+                        .encode_idempotent(&idempotency_key(client, pending.call), self.now),
+                    kind: WriteKind::Put {
+                        key: key.clone(),
+                        value_bytes: new.len(),
+                    },
+                    reply,
+                };
+                (event, Waiting::Write { at, answer })
+            }
+            KvOp::Cas { key, expected, new } => {
+                let (reply, answer) = oneshot::channel();
+                let target = match expected {
+                    Some(value) => Target::Value(value.clone()),
+                    None => Target::Version(0),
+                };
+                let command = Command::Txn(Txn {
+                    compares: vec![Compare {
+                        key: key.clone(),
+                        target,
+                    }],
+                    success: vec![TxnOp::Put {
+                        key: key.clone(),
+                        value: new.clone(),
+                    }],
+                    failure: Vec::new(),
+                });
+                let event = Event::Propose {
+                    data: command
+                        .encode_idempotent(&idempotency_key(client, pending.call), self.now),
+                    kind: WriteKind::Txn {
+                        branches: vec![vec![(key.clone(), new.len())], Vec::new()],
+                    },
+                    reply,
+                };
+                (event, Waiting::Write { at, answer })
+            }
+            KvOp::List { prefix } => {
+                let (reply, answer) = oneshot::channel();
+                let query = ListQuery {
+                    prefix: prefix.clone(),
+                    // All of it in one page: a listing is one read.
+                    limit: usize::MAX,
+                    max_bytes: usize::MAX,
+                    ..ListQuery::default()
+                };
+                let event = Event::Read {
+                    read: distraft::driver::Read::List { query, reply },
+                    stale: false,
+                };
+                (event, Waiting::List { at, answer })
+            }
         };
         pending.state = state;
         let line = format!("client {client}: {:?} to n{at}", pending.op);
@@ -1671,25 +1832,63 @@ impl Sim {
                 continue;
             };
             let origin = pending.origin;
+            let mut replayed = false;
+            let mut learned = Vec::new();
             let result = match &mut pending.state {
                 Waiting::Write { at: node, answer } if *node == at => match answer.try_recv() {
                     Err(TryRecvError::Empty) => continue,
-                    Ok(Ok(_)) => Ok(match pending.op {
-                        KvOp::Delete { .. } => KvOutcome::Delete,
-                        _ => KvOutcome::Put,
-                    }),
+                    Ok(Ok(committed)) => {
+                        let mut applied = committed.applied;
+                        if let Applied::Replayed { outcome, .. } = applied {
+                            replayed = true;
+                            applied = *outcome;
+                        }
+                        Ok(write_outcome(client, &pending.op, applied)?)
+                    }
                     Ok(Err(err)) => Err(err),
                     // The node died with the request (see DriverHandle::propose).
                     Err(TryRecvError::Closed) => Err(RequestError::Indeterminate),
                 },
                 Waiting::Read { at: node, answer } if *node == at => match answer.try_recv() {
                     Err(TryRecvError::Empty) => continue,
-                    Ok(Ok(read)) => Ok(KvOutcome::Get(read.found.map(|found| found.value))),
+                    Ok(Ok(read)) => {
+                        if let (KvOp::Get { key }, Some(found)) = (&pending.op, &read.found) {
+                            learned.push((
+                                key.clone(),
+                                found.value.clone(),
+                                found.versions.mod_index,
+                            ));
+                        }
+                        Ok(KvOutcome::Get(read.found.map(|found| found.value)))
+                    }
+                    Ok(Err(err)) => Err(err),
+                    Err(TryRecvError::Closed) => Err(RequestError::ShuttingDown),
+                },
+                Waiting::List { at: node, answer } if *node == at => match answer.try_recv() {
+                    Err(TryRecvError::Empty) => continue,
+                    Ok(Ok(list)) if list.page.more => {
+                        return Err(format!("client {client}: a listing without limits was cut"))
+                    }
+                    Ok(Ok(list)) => Ok(KvOutcome::List(
+                        list.page
+                            .keys
+                            .into_iter()
+                            .map(|listed| {
+                                let index = listed.versions.mod_index;
+                                learned.push((listed.key.clone(), listed.value.clone(), index));
+                                (listed.key, listed.value)
+                            })
+                            .collect(),
+                    )),
                     Ok(Err(err)) => Err(err),
                     Err(TryRecvError::Closed) => Err(RequestError::ShuttingDown),
                 },
                 _ => continue,
             };
+            self.replays += u64::from(replayed);
+            for (key, value, index) in learned {
+                self.mod_indexes.insert((key, value), index);
+            }
             let retry = Waiting::Retry {
                 at_tick: self.now + 2,
             };
@@ -1772,9 +1971,13 @@ impl Sim {
 
     fn finish(&mut self, client: u64, outcome: KvOutcome) {
         if let Some(p) = self.clients.get_mut(&client).and_then(Option::take) {
-            if matches!((&p.op, &outcome), (KvOp::Get { .. }, KvOutcome::Unknown)) {
+            if matches!(
+                (&p.op, &outcome),
+                (KvOp::Get { .. } | KvOp::List { .. }, KvOutcome::Unknown)
+            ) {
                 return; // an unanswered read tells nothing
             }
+            self.note_seen(client, &p.op, &outcome);
             let ret = self.next_event();
             let line = format!(
                 "client {client}: #{} {:?} [{}, {ret}] -> {outcome:?}",
@@ -1790,6 +1993,32 @@ impl Sim {
                 ret,
                 outcome,
             });
+        }
+    }
+
+    /// Remembers what the client learned of the keys (its next compare-and-sets expect
+    /// it).
+    fn note_seen(&mut self, client: u64, op: &KvOp, outcome: &KvOutcome) {
+        let mut note = |key: &str, value: Option<String>| {
+            self.seen.insert((client, key.to_string()), value);
+        };
+        match (op, outcome) {
+            (KvOp::Get { key }, KvOutcome::Get(value)) => note(key, value.clone()),
+            (KvOp::Put { key, value }, KvOutcome::Put) => note(key, Some(value.clone())),
+            (KvOp::Delete { key }, KvOutcome::Delete) => note(key, None),
+            (KvOp::Cas { key, new, .. }, KvOutcome::Cas(true)) => note(key, Some(new.clone())),
+            (KvOp::List { .. }, KvOutcome::List(found)) => {
+                for k in 0..self.sc.keys {
+                    let key = format!("k{k}");
+                    let value = found
+                        .iter()
+                        .find(|(f, _)| *f == key)
+                        .map(|(_, v)| v.clone());
+                    self.seen.insert((client, key), value);
+                }
+            }
+            // A failed swap or an unknown outcome tells nothing certain.
+            (_, _) => {}
         }
     }
 
@@ -1981,6 +2210,7 @@ enum Received {
 struct Outcome {
     operations: usize,
     successes: u64,
+    replays: u64,
     transfers: u64,
     changes: members::ChangeCounts,
     appends_sent: u64,
@@ -1996,6 +2226,7 @@ fn run_seed(sc: &Scenario, seed: u64) -> Result<Outcome, String> {
         result.map(|()| Outcome {
             operations: sim.history.len(),
             successes: sim.successes,
+            replays: sim.replays,
             transfers: sim.transfers,
             changes: sim.members.counts,
             appends_sent: sim.appends_sent,
@@ -2158,6 +2389,7 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
     let Totals {
         operations: ops,
         successes,
+        replays,
         transfers,
         changes,
         ..
@@ -2171,6 +2403,9 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
         seeds.first().copied().unwrap_or(0),
         failures.len(),
         seeds.len() as f64 / elapsed.max(1e-9),
+    );
+    println!(
+        "  {replays} writes answered by a replay: retries under the same idempotency key applied once"
     );
     if transfers > 0 {
         println!("  {transfers} leadership transfers begun");
@@ -2223,6 +2458,7 @@ struct Totals {
     seeds: u64,
     operations: usize,
     successes: u64,
+    replays: u64,
     transfers: u64,
     changes: members::ChangeCounts,
     appends_sent: u64,
@@ -2235,6 +2471,7 @@ impl Totals {
             seeds: 1,
             operations: o.operations,
             successes: o.successes,
+            replays: o.replays,
             transfers: o.transfers,
             changes: o.changes,
             appends_sent: o.appends_sent,
@@ -2246,6 +2483,7 @@ impl Totals {
         self.seeds += other.seeds;
         self.operations += other.operations;
         self.successes += other.successes;
+        self.replays += other.replays;
         self.transfers += other.transfers;
         self.changes.merge(&other.changes);
         self.appends_sent += other.appends_sent;

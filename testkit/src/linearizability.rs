@@ -5,31 +5,53 @@
 //! operation can be given one instant between its call and its return such that, taken
 //! in that order, the answers are those of a single sequential map that starts empty. A
 //! request whose answer never came ([`KvOutcome::Unknown`]: a timeout, a crash) may take
-//! effect at any instant after its call, or never.
+//! effect at any instant after its call, or never; for a compare-and-set that means
+//! "swapped at some instant after its call where the key held the expected value, or
+//! never" (failing changes nothing, which is the same as never).
+//!
+//! The operations: get, put, delete, compare-and-set on the value
+//! ([`KvOp::Cas`]: `expected: None` wants the key absent; answered swapped or not), and
+//! listing ([`KvOp::List`]: every key under a prefix, with its value).
 //!
 //! # How it decides
 //! - **Per key.** A map is linearizable iff the history of each of its keys, a single
 //!   register, is (P-compositionality, Herlihy & Wing), so keys are searched one by one.
+//!   That holds for operations on one key each; a compare-and-set is one.
+//! - **Listings are projected onto keys.** A listing reads many keys at one instant,
+//!   which no per-key search can see. It is checked as a read, on every key of the
+//!   history under its prefix, of the value it returned for that key (absent if it did
+//!   not return the key). That is sound (a linearizable history passes: the listing's
+//!   instant serves every key) but weaker than a joint check: each key's read may be
+//!   placed at a different instant, so a listing that mixes two states that never
+//!   coexisted inside its interval is accepted (a test shows one). A joint search over
+//!   all keys of a prefix would lose the per-key decomposition, and with it the bound
+//!   on the search that lets thousands of simulator seeds be checked.
+//! - **No multi-key transactions**, for the same reason: a transaction over several keys
+//!   couples their histories; checking it would need a search over the joint state of
+//!   its keys. The simulator's transactions are the single-key compare-and-set.
 //! - **Per register**, the Wing–Gong search with Lowe's just-in-time linearization, as
 //!   Porcupine does it: walk the call and return events in time order; an operation may
 //!   come next in the linearization if its call precedes the earliest pending return;
 //!   backtrack when the walk reaches a return. Explored configurations (the set of
 //!   linearized operations and the register's value) are remembered and pruned.
-//! - **Unknown operations.** An unknown write has no return event, so it can be
-//!   linearized anywhere after its call; the search succeeds once every *answered*
-//!   operation is linearized, leaving the remaining unknown writes out. An unknown write
-//!   only matters if a read of its value comes right after it (otherwise dropping it
-//!   changes nothing), so the search linearizes it only together with such a read. A
-//!   configuration is also pruned when an explored one had the same answered operations
-//!   and value with a subset of its unknown writes: having used fewer leaves more
-//!   options. This keeps many timeouts from blowing the search up. Unknown reads
-//!   constrain nothing and are dropped.
+//! - **Unknown operations.** An unknown write or compare-and-set has no return event,
+//!   so it can be linearized anywhere after its call; the search succeeds once every
+//!   *answered* operation is linearized, leaving the remaining unknown ones out. The
+//!   search linearizes an unknown operation only when an answered operation that may
+//!   come next cannot be explained by the current value and the unknown one's value
+//!   explains it, or starts an unknown compare-and-set that may (see `Move` for why
+//!   nothing is lost). Unknown operations with the same effect are interchangeable:
+//!   the earliest-called is used first. A configuration is also pruned when an explored
+//!   one had the same answered operations and value with a subset of its unknown
+//!   operations: having used fewer leaves more options. This keeps many timeouts from
+//!   blowing the search up. Unknown reads and listings constrain nothing and are
+//!   dropped.
 //! - **Bounded.** The search of a key stops after a step budget and the result is then
 //!   [`CheckError::Inconclusive`], never a success.
 //! - **Evidence.** A violation is explained by the shortest prefix of the key's history
 //!   (cut at a return) that already has no linearization, shrunk to a small set of
-//!   operations that still has none. A write whose value a kept read returned is kept
-//!   with it, so the evidence says where the value came from.
+//!   operations that still has none. A write whose value a kept read (or compare-and-set)
+//!   expects is kept with it, so the evidence says where the value came from.
 //!
 //! # Clocks
 //! `call` and `ret` may come from any monotonic clock shared by all clients (nanoseconds,
@@ -44,16 +66,38 @@ use std::fmt;
 /// A request to the key-value store.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum KvOp {
-    Get { key: String },
-    Put { key: String, value: String },
-    Delete { key: String },
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    /// Compare-and-set on the value: writes `new` if the key holds `expected` (`None`:
+    /// if the key is absent), else changes nothing.
+    Cas {
+        key: String,
+        expected: Option<String>,
+        new: String,
+    },
+    /// Reads every key that begins with `prefix`, with its value, at one instant.
+    List {
+        prefix: String,
+    },
 }
 
 impl KvOp {
-    /// The key the request reads or writes.
-    pub fn key(&self) -> &str {
+    /// The one key the request reads or writes; `None` for a listing (many keys).
+    pub fn key(&self) -> Option<&str> {
         match self {
-            KvOp::Get { key } | KvOp::Put { key, .. } | KvOp::Delete { key } => key,
+            KvOp::Get { key }
+            | KvOp::Put { key, .. }
+            | KvOp::Delete { key }
+            | KvOp::Cas { key, .. } => Some(key),
+            KvOp::List { .. } => None,
         }
     }
 }
@@ -67,6 +111,10 @@ pub enum KvOutcome {
     Put,
     /// The delete was acknowledged.
     Delete,
+    /// Whether the compare-and-set found its expected value (and wrote).
+    Cas(bool),
+    /// The keys a listing found, with their values, in any order.
+    List(Vec<(String, String)>),
     /// No answer (timeout, crash): the request may or may not have taken effect.
     Unknown,
 }
@@ -95,11 +143,19 @@ impl fmt::Display for Operation {
             KvOp::Get { .. } => write!(f, "get")?,
             KvOp::Put { value, .. } => write!(f, "put {value:?}")?,
             KvOp::Delete { .. } => write!(f, "delete")?,
+            KvOp::Cas { expected, new, .. } => match expected {
+                Some(expected) => write!(f, "cas {expected:?} -> {new:?}")?,
+                None => write!(f, "cas absent -> {new:?}")?,
+            },
+            KvOp::List { prefix } => write!(f, "list {prefix:?}")?,
         }
         match &self.outcome {
             KvOutcome::Get(Some(value)) => write!(f, " -> {value:?}"),
             KvOutcome::Get(None) => write!(f, " -> absent"),
             KvOutcome::Put | KvOutcome::Delete => write!(f, " -> ok"),
+            KvOutcome::Cas(true) => write!(f, " -> swapped"),
+            KvOutcome::Cas(false) => write!(f, " -> compare failed"),
+            KvOutcome::List(found) => write!(f, " -> {found:?}"),
             KvOutcome::Unknown => write!(f, " -> unknown"),
         }
     }
@@ -197,10 +253,37 @@ pub fn check_with_budget(
     history: &[Operation],
     steps_per_key: u64,
 ) -> Result<CheckStats, CheckError> {
+    // Every key the history names: a listing is a read of each of them under its prefix
+    // (absent if the listing did not return it).
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, op) in history.iter().enumerate() {
         validate(op).map_err(|reason| CheckError::InvalidOperation { index, reason })?;
-        by_key.entry(op.op.key()).or_default().push(index);
+        if let Some(key) = op.op.key() {
+            by_key.entry(key).or_default();
+        }
+        if let KvOutcome::List(found) = &op.outcome {
+            for (key, _) in found {
+                by_key.entry(key).or_default();
+            }
+        }
+    }
+    for (index, op) in history.iter().enumerate() {
+        match (&op.op, &op.outcome) {
+            // An unanswered listing constrains nothing.
+            (KvOp::List { .. }, KvOutcome::Unknown) => {}
+            (KvOp::List { prefix }, _) => {
+                for (key, indices) in by_key.iter_mut() {
+                    if key.starts_with(prefix.as_str()) {
+                        indices.push(index);
+                    }
+                }
+            }
+            (op, _) => {
+                if let Some(indices) = op.key().and_then(|key| by_key.get_mut(key)) {
+                    indices.push(index);
+                }
+            }
+        }
     }
 
     let mut stats = CheckStats {
@@ -209,7 +292,7 @@ pub fn check_with_budget(
     };
     let mut inconclusive = None;
     for (key, indices) in by_key {
-        let register = to_register_history(history, &indices);
+        let register = to_register_history(history, key, &indices);
         stats.ops += register.len();
         stats.unknown += register.iter().filter(|op| op.ret.is_none()).count();
         let (verdict, steps) = search(&register, steps_per_key);
@@ -249,12 +332,27 @@ fn validate(op: &Operation) -> Result<(), &'static str> {
             | (KvOp::Get { .. }, KvOutcome::Get(_))
             | (KvOp::Put { .. }, KvOutcome::Put)
             | (KvOp::Delete { .. }, KvOutcome::Delete)
+            | (KvOp::Cas { .. }, KvOutcome::Cas(_))
+            | (KvOp::List { .. }, KvOutcome::List(_))
     );
     if !matches {
         return Err("its outcome is not of the kind of its request");
     }
     if op.outcome != KvOutcome::Unknown && op.ret < op.call {
         return Err("it returns before it is called");
+    }
+    if let (KvOp::List { prefix }, KvOutcome::List(found)) = (&op.op, &op.outcome) {
+        if found
+            .iter()
+            .any(|(key, _)| !key.starts_with(prefix.as_str()))
+        {
+            return Err("a listing returned a key outside its prefix");
+        }
+        let mut keys: Vec<&str> = found.iter().map(|(key, _)| key.as_str()).collect();
+        keys.sort_unstable();
+        if keys.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err("a listing returned a key twice");
+        }
     }
     Ok(())
 }
@@ -263,12 +361,69 @@ fn validate(op: &Operation) -> Result<(), &'static str> {
 type Value = usize;
 const ABSENT: Value = 0;
 
-/// An operation on one key's register: a put or delete is a write (of [`ABSENT`] for a
-/// delete), a get is a read of the value it returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An operation on one key's register. A put or delete is a write (of [`ABSENT`] for a
+/// delete), a get (or a listing, for each key under its prefix) a read of the value it
+/// returned, a compare-and-set that swapped a [`RegisterOp::Cas`], one that did not a
+/// [`RegisterOp::CasFailed`]. An unanswered compare-and-set is a [`RegisterOp::Cas`]
+/// that may also never take effect, which is what failing would amount to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum RegisterOp {
     Read(Value),
     Write(Value),
+    Cas {
+        expected: Value,
+        new: Value,
+    },
+    /// `new` changes nothing; it is kept for the evidence (see [`keeps_sources`]).
+    CasFailed {
+        expected: Value,
+        new: Value,
+    },
+}
+
+impl RegisterOp {
+    /// The value after this operation, from `value`; `None` if its answer cannot be
+    /// given from `value`.
+    fn step(self, value: Value) -> Option<Value> {
+        match self {
+            RegisterOp::Read(seen) => (seen == value).then_some(value),
+            RegisterOp::Write(written) => Some(written),
+            RegisterOp::Cas { expected, new } => (expected == value).then_some(new),
+            RegisterOp::CasFailed { expected, .. } => (expected != value).then_some(value),
+        }
+    }
+
+    fn accepts(self, value: Value) -> bool {
+        self.step(value).is_some()
+    }
+
+    /// Whether it never changes the value (a read, a failed compare-and-set).
+    fn preserves(self) -> bool {
+        match self {
+            RegisterOp::Read(_) | RegisterOp::CasFailed { .. } => true,
+            RegisterOp::Write(_) | RegisterOp::Cas { .. } => false,
+        }
+    }
+
+    /// The values it needs to find to be explained (for the evidence).
+    fn needs(self) -> Option<Value> {
+        match self {
+            RegisterOp::Read(seen) => Some(seen),
+            RegisterOp::Cas { expected, .. } => Some(expected),
+            RegisterOp::Write(_) | RegisterOp::CasFailed { .. } => None,
+        }
+    }
+
+    /// The value it writes, or would have written (a failed compare-and-set: when a
+    /// value is read that only such a one names, the evidence shows it).
+    fn names(self) -> Option<Value> {
+        match self {
+            RegisterOp::Write(value)
+            | RegisterOp::Cas { new: value, .. }
+            | RegisterOp::CasFailed { new: value, .. } => Some(value),
+            RegisterOp::Read(_) => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -281,8 +436,12 @@ struct RegisterCall {
     index: usize,
 }
 
-/// The register history of one key: values interned, unanswered reads dropped.
-fn to_register_history<'a>(history: &'a [Operation], indices: &[usize]) -> Vec<RegisterCall> {
+/// The register history of `key`: values interned, unanswered reads dropped.
+fn to_register_history<'a>(
+    history: &'a [Operation],
+    key: &str,
+    indices: &[usize],
+) -> Vec<RegisterCall> {
     let mut values: HashMap<&'a str, Value> = HashMap::new();
     let mut intern = |value: Option<&'a str>| match value {
         None => ABSENT,
@@ -296,9 +455,24 @@ fn to_register_history<'a>(history: &'a [Operation], indices: &[usize]) -> Vec<R
         let entry = &history[index];
         let op = match (&entry.op, &entry.outcome) {
             (KvOp::Get { .. }, KvOutcome::Get(seen)) => RegisterOp::Read(intern(seen.as_deref())),
-            (KvOp::Get { .. }, _) => continue,
+            (KvOp::List { .. }, KvOutcome::List(found)) => {
+                let seen = found
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.as_str());
+                RegisterOp::Read(intern(seen))
+            }
+            (KvOp::Get { .. } | KvOp::List { .. }, _) => continue,
             (KvOp::Put { value, .. }, _) => RegisterOp::Write(intern(Some(value))),
             (KvOp::Delete { .. }, _) => RegisterOp::Write(ABSENT),
+            (KvOp::Cas { expected, new, .. }, KvOutcome::Cas(false)) => RegisterOp::CasFailed {
+                expected: intern(expected.as_deref()),
+                new: intern(Some(new)),
+            },
+            (KvOp::Cas { expected, new, .. }, _) => RegisterOp::Cas {
+                expected: intern(expected.as_deref()),
+                new: intern(Some(new)),
+            },
         };
         let ret = (entry.outcome != KvOutcome::Unknown).then_some(entry.ret);
         register.push(RegisterCall {
@@ -461,20 +635,29 @@ impl Memo {
     }
 }
 
-/// One step of a linearization: an answered operation, preceded, for a read, by the
-/// unknown write whose value it returned (`source`). An unknown write is linearized only
-/// that way: if anything but a read of its value came next, dropping it would change
-/// nothing, and unknown writes may be dropped. Trying them anywhere else only wastes the
-/// search's time.
+/// One step of a linearization: an answered operation, or an unknown one.
+///
+/// An unknown operation is linearized only where it is needed: when some answered
+/// operation that may come next cannot give its answer from the current value, and the
+/// unknown operation's value is one it (or an unknown compare-and-set expecting it) can
+/// start from. That loses no linearization: in one that uses the fewest unknown
+/// operations, an unknown operation followed by an operation that accepts the value
+/// before it could be moved after that operation or dropped (a write overwrites it; a
+/// successful compare-and-set writes the same either way; a read or a failed
+/// compare-and-set can go first instead, as unknown operations have no return to keep
+/// them early), so every run of unknown operations ends just before an answered one
+/// that needs it.
 #[derive(Clone, Copy)]
 struct Move {
-    source: Option<usize>,
     op: usize,
-    /// A read of the current value, made without considering alternatives: such a read
-    /// can be moved to the front of any linearization from here (its call precedes
-    /// every pending return, and reads change nothing), so if none follows it, none
-    /// exists from here at all.
+    /// An answered read or failed compare-and-set that the current value explains,
+    /// made without considering alternatives: it changes nothing and its call precedes
+    /// every pending return, so it can be moved to the front of any linearization from
+    /// here; if none follows it, none exists from here at all.
     forced: bool,
+    /// For an unknown operation: its place in [`Search::unknowns`], where the search
+    /// for alternatives resumes.
+    unknown_at: Option<usize>,
 }
 
 /// The state of the depth-first search over one register history.
@@ -485,8 +668,12 @@ struct Search<'a> {
     memo: Memo,
     answered: Bits,
     unknown: Bits,
-    /// Unknown writes by the value they write, in call order.
-    unknown_writes: HashMap<Value, Vec<usize>>,
+    /// The unknown operations, in call order.
+    unknowns: Vec<usize>,
+    /// For each unknown operation, the one called last before it with the same effect.
+    /// Neither ever returns, so they are interchangeable and the earlier is always
+    /// linearized first: the search never tries a later one while an earlier is unused.
+    previous_alike: Vec<Option<usize>>,
     answered_total: usize,
     answered_done: usize,
     value: Value,
@@ -507,24 +694,23 @@ impl<'a> Search<'a> {
                 unknown_total += 1;
             }
         }
-        let mut unknown_writes: HashMap<Value, Vec<usize>> = HashMap::new();
         let list = EventList::new(ops);
-        for (op, call) in ops.iter().enumerate() {
-            if let (None, RegisterOp::Write(value)) = (call.ret, call.op) {
-                unknown_writes.entry(value).or_default().push(op);
-            }
-        }
-        for writes in unknown_writes.values_mut() {
-            writes.sort_by_key(|&op| list.call_node[op]);
+        let mut unknowns: Vec<usize> = (0..ops.len()).filter(|&op| ops[op].ret.is_none()).collect();
+        unknowns.sort_by_key(|&op| list.call_node[op]);
+        let mut previous_alike = vec![None; ops.len()];
+        let mut last_alike: HashMap<RegisterOp, usize> = HashMap::new();
+        for &op in &unknowns {
+            previous_alike[op] = last_alike.insert(ops[op].op, op);
         }
         let mut search = Search {
             ops,
-            unknown_writes,
             slots,
             list,
             memo: Memo::default(),
             answered: Bits::new(answered_total),
             unknown: Bits::new(unknown_total),
+            unknowns,
+            previous_alike,
             answered_total,
             answered_done: 0,
             value: ABSENT,
@@ -534,38 +720,6 @@ impl<'a> Search<'a> {
         search
     }
 
-    /// The move that would linearize `op`, whose call is at `node`, next from this value.
-    fn move_for(&self, op: usize, node: usize) -> Option<Move> {
-        match self.ops[op].op {
-            RegisterOp::Write(_) => Some(Move {
-                source: None,
-                op,
-                forced: false,
-            }),
-            RegisterOp::Read(seen) if seen == self.value => Some(Move {
-                source: None,
-                op,
-                forced: false,
-            }),
-            RegisterOp::Read(seen) => {
-                // Any unused unknown write of `seen` called before the earliest pending
-                // return will do: none of them ever returns, so they stay
-                // interchangeable for the rest of the search.
-                let horizon = self.list.first_return_from(node);
-                self.unknown_writes
-                    .get(&seen)?
-                    .iter()
-                    .take_while(|&&write| self.list.call_node[write] < horizon)
-                    .find(|&&write| !self.is_linearized(write))
-                    .map(|&write| Move {
-                        source: Some(write),
-                        op,
-                        forced: false,
-                    })
-            }
-        }
-    }
-
     fn is_linearized(&self, op: usize) -> bool {
         match self.slots[op] {
             Slot::Answered(bit) => self.answered.get(bit),
@@ -573,56 +727,107 @@ impl<'a> Search<'a> {
         }
     }
 
-    fn flip(&mut self, mv: Move) {
-        for op in mv.source.into_iter().chain([mv.op]) {
-            match self.slots[op] {
-                Slot::Answered(bit) => self.answered.flip(bit),
-                Slot::Unknown(bit) => self.unknown.flip(bit),
-            }
+    fn flip(&mut self, op: usize) {
+        match self.slots[op] {
+            Slot::Answered(bit) => self.answered.flip(bit),
+            Slot::Unknown(bit) => self.unknown.flip(bit),
         }
     }
 
-    /// Makes the move unless an explored configuration covers the one it leads to.
+    /// Makes the move unless its operation cannot answer from the current value or an
+    /// explored configuration covers the one it leads to.
     fn try_move(&mut self, mv: Move) -> bool {
-        let after = match self.ops[mv.op].op {
-            RegisterOp::Read(seen) => seen,
-            RegisterOp::Write(written) => written,
+        let Some(after) = self.ops[mv.op].op.step(self.value) else {
+            return false;
         };
-        self.flip(mv);
+        self.flip(mv.op);
         if !self.memo.visit(&self.answered, &self.unknown, after) {
-            self.flip(mv);
+            self.flip(mv.op);
             return false;
         }
         self.linearized.push((mv, self.value));
         self.value = after;
-        self.answered_done += 1;
-        self.list.lift(mv.op);
+        if mv.unknown_at.is_none() {
+            self.answered_done += 1;
+            self.list.lift(mv.op);
+        }
         true
     }
 
-    /// A pending read of the current value, if any.
-    fn read_of_current_value(&self) -> Option<usize> {
+    /// The answered operations that may come next: those called before the earliest
+    /// pending return.
+    fn candidates(&self) -> Vec<usize> {
+        let mut ops = Vec::new();
         let mut node = self.list.next[HEAD];
         while let Some(&(op, true)) = self.list.event.get(node) {
-            if self.ops[op].op == RegisterOp::Read(self.value) {
-                return Some(op);
-            }
+            ops.push(op);
             node = self.list.next[node];
         }
-        None
+        ops
     }
 
-    /// Takes back moves up to the last one that has alternatives; returns the node to
-    /// resume the walk from, or `None` when the root is exhausted.
-    fn backtrack(&mut self) -> Option<usize> {
+    /// A candidate that the current value explains and that changes nothing, if any.
+    fn preserving_candidate(&self) -> Option<usize> {
+        self.candidates().into_iter().find(|&op| {
+            let op = self.ops[op].op;
+            op.preserves() && op.accepts(self.value)
+        })
+    }
+
+    /// The first unknown operation from `unknowns[from]` on that is worth linearizing
+    /// next (see [`Move`]); `horizon` is the earliest pending return's node.
+    fn next_unknown(&self, horizon: usize, from: usize) -> Option<usize> {
+        let value = self.value;
+        let candidates = self.candidates();
+        if candidates.iter().all(|&op| self.ops[op].op.accepts(value)) {
+            return None;
+        }
+        let callable = |&&op: &&usize| self.list.call_node[op] < horizon;
+        let useful = |after: Value| {
+            candidates.iter().any(|&op| {
+                let op = self.ops[op].op;
+                !op.accepts(value) && op.accepts(after)
+            }) || self.unknowns.iter().take_while(callable).any(|&op| {
+                !self.is_linearized(op)
+                    && matches!(self.ops[op].op, RegisterOp::Cas { expected, .. } if expected == after)
+            })
+        };
+        (from..self.unknowns.len())
+            .take_while(|&at| self.list.call_node[self.unknowns[at]] < horizon)
+            .find(|&at| {
+                let op = self.unknowns[at];
+                if self.is_linearized(op)
+                    || self.previous_alike[op].is_some_and(|alike| !self.is_linearized(alike))
+                {
+                    return false;
+                }
+                match self.ops[op].op.step(value) {
+                    Some(after) => after != value && useful(after),
+                    None => false,
+                }
+            })
+    }
+
+    /// Takes back moves up to the last one that has alternatives; returns where to
+    /// resume: the node of the walk over answered operations and the place in
+    /// `unknowns`; `None` when the root is exhausted.
+    fn backtrack(&mut self) -> Option<(usize, usize)> {
         loop {
             let (mv, before) = self.linearized.pop()?;
-            self.flip(mv);
+            self.flip(mv.op);
             self.value = before;
-            self.answered_done -= 1;
-            self.list.unlift(mv.op);
-            if !mv.forced {
-                return Some(self.list.next[self.list.call_node[mv.op]]);
+            match mv.unknown_at {
+                Some(at) => {
+                    let horizon = self.list.first_return_from(self.list.next[HEAD]);
+                    return Some((horizon, at + 1));
+                }
+                None => {
+                    self.answered_done -= 1;
+                    self.list.unlift(mv.op);
+                    if !mv.forced {
+                        return Some((self.list.next[self.list.call_node[mv.op]], 0));
+                    }
+                }
             }
         }
     }
@@ -632,6 +837,9 @@ impl<'a> Search<'a> {
         let mut node = self.list.next[HEAD];
         // Whether `node` is the start of a configuration just reached.
         let mut fresh = true;
+        // Where the turn of unknown operations resumes, once the answered ones were
+        // tried.
+        let mut unknown_from = 0;
         let mut steps = 0;
         loop {
             if self.answered_done == self.answered_total {
@@ -641,41 +849,60 @@ impl<'a> Search<'a> {
                 return (Verdict::Exhausted, steps);
             }
             steps += 1;
+            let mut moved = None;
             if std::mem::take(&mut fresh) {
-                if let Some(read) = self.read_of_current_value() {
-                    if self.try_move(Move {
-                        source: None,
-                        op: read,
-                        forced: true,
-                    }) {
-                        node = self.list.next[HEAD];
-                        fresh = true;
-                        continue;
-                    }
+                if let Some(op) = self.preserving_candidate() {
                     // Covered by an explored configuration that failed: so does this one.
-                    match self.backtrack() {
-                        Some(resume) => node = resume,
-                        None => return (Verdict::Violation, steps),
-                    }
-                    continue;
+                    moved = Some(self.try_move(Move {
+                        op,
+                        forced: true,
+                        unknown_at: None,
+                    }));
                 }
             }
-            // A call before the first pending return may be linearized next; reaching a
-            // return (or the end) means its operation had to come before all that is
-            // left, so the last choice was wrong.
-            match self.list.event.get(node) {
-                Some(&(op, true)) => {
-                    if self.move_for(op, node).is_some_and(|mv| self.try_move(mv)) {
-                        node = self.list.next[HEAD];
-                        fresh = true;
-                    } else {
-                        node = self.list.next[node];
+            if moved.is_none() {
+                // A call before the first pending return may be linearized next;
+                // reaching a return (or the end) means its operation had to come before
+                // all that is left: then an unknown operation may have to come first.
+                moved = match self.list.event.get(node) {
+                    Some(&(op, true)) => {
+                        let made = self.try_move(Move {
+                            op,
+                            forced: false,
+                            unknown_at: None,
+                        });
+                        if !made {
+                            node = self.list.next[node];
+                            continue;
+                        }
+                        Some(true)
                     }
-                }
-                _ => match self.backtrack() {
-                    Some(resume) => node = resume,
+                    _ => match self.next_unknown(node, unknown_from) {
+                        Some(at) => {
+                            unknown_from = at + 1;
+                            let made = self.try_move(Move {
+                                op: self.unknowns[at],
+                                forced: false,
+                                unknown_at: Some(at),
+                            });
+                            if !made {
+                                continue;
+                            }
+                            Some(true)
+                        }
+                        None => Some(false),
+                    },
+                };
+            }
+            if moved == Some(true) {
+                node = self.list.next[HEAD];
+                fresh = true;
+                unknown_from = 0;
+            } else {
+                match self.backtrack() {
+                    Some((resume, from)) => (node, unknown_from) = (resume, from),
                     None => return (Verdict::Violation, steps),
-                },
+                }
             }
         }
     }
@@ -707,7 +934,8 @@ fn prefix(ops: &[RegisterCall], answered: &[usize], cut: usize) -> Vec<RegisterC
         }
         if complete[i] || op.ret.is_none() {
             kept.push(*op);
-        } else if let RegisterOp::Write(_) = op.op {
+        } else if !op.op.preserves() {
+            // Not yet answered: it may or may not have taken effect.
             kept.push(RegisterCall { ret: None, ..*op });
         }
     }
@@ -780,15 +1008,12 @@ fn explain(key: &str, history: &[Operation], ops: &[RegisterCall], budget: u64) 
     }
 }
 
-/// Whether every value read in `after` that some write in `before` wrote is still
-/// written in `after`.
+/// Whether every value read (or expected) in `after` that some write in `before` wrote
+/// (or a failed compare-and-set would have written) is still named in `after`.
 fn keeps_sources(before: &[RegisterCall], after: &[RegisterCall]) -> bool {
-    let writes =
-        |ops: &[RegisterCall], value| ops.iter().any(|op| op.op == RegisterOp::Write(value));
-    after.iter().all(|op| match op.op {
-        RegisterOp::Read(value) if value != ABSENT => {
-            !writes(before, value) || writes(after, value)
-        }
+    let writes = |ops: &[RegisterCall], value| ops.iter().any(|op| op.op.names() == Some(value));
+    after.iter().all(|op| match op.op.needs() {
+        Some(value) if value != ABSENT => !writes(before, value) || writes(after, value),
         _ => true,
     })
 }
