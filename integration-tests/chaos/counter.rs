@@ -96,14 +96,17 @@ async fn read(client: &mut KvClient<Channel>) -> Result<(u64, Precondition), (bo
 
 /// Increments until `until` through random nodes; answers no correct node gives go to
 /// `unexpected`.
+/// Also returns the acknowledged increments: their index and the value they wrote
+/// (what the watcher, `watcher.rs`, must have seen).
 pub async fn increment(
     nodes: Arc<Vec<Address>>,
     seed: u64,
     until: Instant,
-) -> (Tally, Vec<String>) {
+) -> (Tally, Vec<(u64, u64)>, Vec<String>) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut grpc = clients(&nodes);
     let mut tally = Tally::default();
+    let mut acked = Vec::new();
     let mut unexpected = Vec::new();
     while Instant::now() < until {
         let node = rng.random_range(0..nodes.len());
@@ -125,7 +128,10 @@ pub async fn increment(
         };
         let answer = tokio::time::timeout(CLIENT_TIMEOUT, grpc[node].put(request(put))).await;
         match answer {
-            Ok(Ok(_)) => tally.acked += 1,
+            Ok(Ok(answer)) => {
+                tally.acked += 1;
+                acked.push((answer.into_inner().index, value + 1));
+            }
             Ok(Err(status)) if status.code() == Code::FailedPrecondition => {
                 tally.conflicts += 1;
                 if distraft::rpc::precondition_failure(&status).is_none() {
@@ -139,16 +145,23 @@ pub async fn increment(
             }
         }
     }
-    (tally, unexpected)
+    (tally, acked, unexpected)
 }
 
-/// The counter at the end (after healing), read from node 0 until it answers.
-pub async fn final_value(nodes: &[Address], within: Duration) -> Result<u64, String> {
+/// The counter at the end (after healing), read from node 0 until it answers: its
+/// value and its `mod_index` (0: never written).
+pub async fn final_value(nodes: &[Address], within: Duration) -> Result<(u64, u64), String> {
     let mut grpc = clients(nodes);
     let deadline = Instant::now() + within;
     loop {
         match read(&mut grpc[0]).await {
-            Ok((value, _)) => return Ok(value),
+            Ok((value, precondition)) => {
+                let mod_index = match precondition.must {
+                    Some(Must::ModIndex(index)) => index,
+                    _ => 0,
+                };
+                return Ok((value, mod_index));
+            }
             Err((true, what)) => return Err(what),
             Err((false, what)) if Instant::now() >= deadline => {
                 return Err(format!("no answer within {within:?}: {what}"))

@@ -18,7 +18,10 @@
 //!   after a final write);
 //! - a compare-and-set counter, incremented by [`COUNTER_TASKS`] tasks meanwhile,
 //!   counts every acknowledged increment and no more than the unknown ones besides,
-//!   with no more conflicts than its increments can explain (`counter.rs`).
+//!   with no more conflicts than its increments can explain (`counter.rs`);
+//! - a watcher of that counter, resuming on random nodes whenever its stream breaks,
+//!   saw every acknowledged increment once, in order, or a resync covering it, and
+//!   ends at the final counter (`watcher.rs`).
 //!
 //! `cargo test --test chaos` runs the CI schedule: seeds 1, 2 and 3, 45 s each.
 //! Environment variables change it (for long soaks, or to replay a seed):
@@ -40,6 +43,7 @@ mod counter;
 mod heal;
 mod nemesis;
 mod proxy;
+mod watcher;
 mod workload;
 
 use std::{
@@ -177,6 +181,15 @@ async fn run(seed: u64, settings: &Settings, tls: bool) -> String {
             ))
         })
         .collect();
+    // The counter's watcher: resumes on random nodes until it has seen the final
+    // counter (the index is sent once the counter is read after healing).
+    let (watch_until, watch_stop) = tokio::sync::watch::channel(None);
+    let watcher = tokio::spawn(watcher::follow(
+        nodes.clone(),
+        seed * 1000 + 900,
+        watch_stop,
+        until + 4 * CONVERGE,
+    ));
     let mut nemesis = Nemesis::new(seed, origin);
     nemesis.run(&mut cluster, until).await;
     let end = clock(origin);
@@ -185,9 +198,11 @@ async fn run(seed: u64, settings: &Settings, tls: bool) -> String {
         logs.push(client.await.unwrap());
     }
     let mut tally = counter::Tally::default();
+    let mut acked = Vec::new();
     for task in counters {
-        let (counted, unexpected) = task.await.unwrap();
+        let (counted, increments, unexpected) = task.await.unwrap();
         tally.add(counted);
+        acked.extend(increments);
         logs.push(ClientLog {
             unexpected,
             ..ClientLog::default()
@@ -255,8 +270,8 @@ async fn run(seed: u64, settings: &Settings, tls: bool) -> String {
         );
     }
     let (applied, digest) = converge(&cluster, seed).await;
-    let count = match counter::final_value(&nodes, CONVERGE).await {
-        Ok(count) => count,
+    let (count, counter_index) = match counter::final_value(&nodes, CONVERGE).await {
+        Ok(read) => read,
         Err(e) => fail(
             &cluster,
             &format!("seed {seed}: reading the CAS counter: {e}"),
@@ -265,13 +280,22 @@ async fn run(seed: u64, settings: &Settings, tls: bool) -> String {
     if let Err(e) = counter::judge(count, tally, COUNTER_TASKS) {
         fail(&cluster, &format!("seed {seed}: {e}"));
     }
+    let _ = watch_until.send(Some(counter_index));
+    let watched = watcher.await.unwrap();
+    if let Some(first) = watched.unexpected.first() {
+        fail(&cluster, &format!("seed {seed}: the watcher: {first}"));
+    }
+    if let Err(e) = watcher::judge(&watched, &acked, count) {
+        fail(&cluster, &format!("seed {seed}: {e}"));
+    }
 
     let summary = format!(
         "seed {seed}: {} ops, {} ok ({:.1}% available), {} failed indeterminately ({} of them \
          transport failures), {} unknown writes, longest without a successful write {:.2} s; \
          faults {:?}; checked {} ops on {} keys in {:.2} s (max {} steps/key): linearizable; \
          {} nodes converged at index {applied}, digest {digest}; CAS counter {count}: {} \
-         increments acknowledged, {} unknown, {} conflicts",
+         increments acknowledged, {} unknown, {} conflicts; its watcher saw {} changes \
+         and {} resyncs over {} streams",
         figures.ops,
         figures.ok,
         100.0 * ok_share,
@@ -288,6 +312,9 @@ async fn run(seed: u64, settings: &Settings, tls: bool) -> String {
         tally.acked,
         tally.unknown,
         tally.conflicts,
+        watched.seen.len() as u64 - watched.resyncs,
+        watched.resyncs,
+        watched.streams,
     );
     println!("{summary}");
     summary

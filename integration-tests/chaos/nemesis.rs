@@ -376,8 +376,9 @@ impl Nemesis {
                 .await;
                 if let Err(error) = started {
                     panic!(
-                        "Admin.Start of {} kept failing: {error}",
-                        cluster.name(node)
+                        "Admin.Start of {} kept failing: {error}\n{}",
+                        cluster.name(node),
+                        cluster.outputs()
                     );
                 }
                 self.log(format_args!("started {}", cluster.name(node)));
