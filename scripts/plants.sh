@@ -58,8 +58,12 @@ plants=(
   # The simulator's liveness check (a leader that starves one follower after healing
   # breaks no safety property; the follower never converges).
   "leader-starves-follower|--test simulation"
-  # Pinned seed 28691: a restarted follower's new read gets the answer of its old one.
-  "read-index-paired-by-follower-id|--test simulation three_nodes_under_faults"
+  # A restarted follower's new read gets the answer of its old one. Found by the
+  # simulator at seed 28691 (three nodes); since the clients changed in issue #20
+  # (idempotent retries, compare-and-set), seeds 0-7999 of three_nodes_under_faults
+  # and five_nodes_under_faults no longer reach such a schedule, so the driver's unit
+  # test holds the rule.
+  "read-index-paired-by-follower-id|--lib driver::replies"
   # The leadership-transfer nemesis: two leaders in one term (Election Safety).
   "transfer-vote-ignores-earlier-vote|--test simulation three_nodes_with_leadership_transfers"
   "no-dir-lock|--test integration second_process"

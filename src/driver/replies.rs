@@ -217,3 +217,65 @@ impl<T: Transport> Driver<T> {
         self.node.step(msg);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    fn read_index(from: NodeId, id: ReadId) -> Message {
+        Message {
+            from,
+            to: 1,
+            term: 1,
+            body: Body::ReadIndex { id },
+        }
+    }
+
+    fn token(msg: &Message) -> ReadId {
+        match msg.body {
+            Body::ReadIndex { id } => id,
+            ref other => panic!("not a read index request: {other:?}"),
+        }
+    }
+
+    /// A follower that restarted numbers its reads from 1 again, so its new read may
+    /// carry the id of an old one still waiting at the leader. The old read's answer
+    /// (the index of a round from before the restart, perhaps before writes the new
+    /// read must see) must never reach the new read: that was the stale read of
+    /// simulator seed 28691, and what the plant `read-index-paired-by-follower-id`
+    /// brings back.
+    #[test]
+    fn a_restarted_followers_new_read_never_gets_its_old_reads_answer() {
+        let mut waiting = WaitingReplies::default();
+        let (old_reply, _old_answer) = oneshot::channel();
+        let mut old = read_index(2, 1);
+        waiting.wait(&mut old, old_reply);
+        // Restarted: the same id again.
+        let (new_reply, mut new_answer) = oneshot::channel();
+        let mut new = read_index(2, 1);
+        waiting.wait(&mut new, new_reply);
+        let answer = |msg: &Message, index| Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: Body::ReadIndexResponse {
+                id: token(msg),
+                index: Some(index),
+            },
+        };
+        // The old round completes first, then the new one, at a later index.
+        assert!(waiting.answer(answer(&old, 5)).is_none());
+        assert!(waiting.answer(answer(&new, 9)).is_none());
+        match new_answer.try_recv() {
+            Ok(RaftReply::Answer(Message {
+                body: Body::ReadIndexResponse { id, index },
+                ..
+            })) => {
+                assert_eq!(id, 1, "the follower's own id comes back");
+                assert_eq!(index, Some(9), "the new read got the old read's index");
+            }
+            other => panic!("the new read got {other:?}"),
+        }
+    }
+}
