@@ -10,7 +10,9 @@
 #   bench/compare-builds.sh /tmp/before/target/release/distraft target/release/distraft
 #
 # Settings (environment): CLIENTS (32), DURATION (s per run, 10), RUNS (5),
-# VALUE_SIZE (16), BASE_PORT (23000; uses BASE_PORT+1..3, +11..13, +101..103,
+# VALUE_SIZE (16), LOADGEN (the binary whose `distraft bench` drives both; default
+# AFTER: since issue #20 it sends an Idempotency-Key with every write, which a build
+# before then ignores; give BEFORE to measure writes without keys), BASE_PORT (23000; uses BASE_PORT+1..3, +11..13, +101..103,
 # +111..113), OUT (results directory; default a new temporary one). Everything it
 # starts, it stops (by PID).
 set -euo pipefail
@@ -20,6 +22,7 @@ for build in before after; do
     [[ -x ${BIN[$build]} ]] || { echo "$0: ${BIN[$build]} is not an executable" >&2; exit 2; }
 done
 CLIENTS=${CLIENTS:-32}
+LOADGEN=$(realpath "${LOADGEN:-${BIN[after]}}")
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-5}
 VALUE_SIZE=${VALUE_SIZE:-16}
@@ -85,7 +88,7 @@ summarize() { # numbers on stdin -> "median min max"
 for run in $(seq "$RUNS"); do
     for build in before after; do
         # The same client binary (after's) drives both, so that only the servers differ.
-        "${BIN[after]}" bench --urls "${URLS[$build]}" --leader --clients "$CLIENTS" \
+        "$LOADGEN" bench --urls "${URLS[$build]}" --leader --clients "$CLIENTS" \
             --duration "$DURATION" --value-size "$VALUE_SIZE" --key-prefix "r$run-" \
             --json "$OUT/$build-$run.json" | sed "s/^/[$build run $run] /" >&2
     done
