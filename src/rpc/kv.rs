@@ -76,8 +76,12 @@ impl KvService {
 
     /// The idempotency key a write is forwarded with: the client's, or a new one (so
     /// that the write may be sent again after any failure, see [`forward_again`]).
-    fn forwarding_key(&self, client_key: Option<String>) -> String {
-        client_key.unwrap_or_else(|| idempotency::forwarding_key(self.config.id))
+    /// Made at its first forward (the same for every later one), not for every write.
+    fn forwarding_key(&self, client_key: &Option<String>) -> String {
+        match client_key {
+            Some(key) => key.clone(),
+            None => idempotency::forwarding_key(self.config.id),
+        }
     }
 
     /// Runs `local` until it succeeds, fails for good, or the deadline passes. While
@@ -489,7 +493,7 @@ impl pb::kv_server::Kv for KvService {
         let (deadline, forwarded, wire) = self.begin(request)?;
         let (command, kind) = txn_command(&self.config.request_rules, &wire)?;
         let data = idempotency::entry(&command, client_key.as_deref());
-        let key = self.forwarding_key(client_key);
+        let forward_key = std::sync::OnceLock::new();
         let answer = self
             .run(
                 &deadline,
@@ -502,7 +506,8 @@ impl pb::kv_server::Kv for KvService {
                 },
                 |mut client, remaining| {
                     let request = forwarded_request(&self.config, wire.clone(), remaining);
-                    let request = idempotency::with_key(request, &key);
+                    let key = forward_key.get_or_init(|| self.forwarding_key(&client_key));
+                    let request = idempotency::with_key(request, key);
                     async move { forwarded_answer(client.txn(request).await) }
                 },
             )
@@ -609,7 +614,7 @@ impl pb::kv_server::Kv for KvService {
             precondition: precondition(wire_precondition)?,
         };
         let data = idempotency::entry(&command, client_key.as_deref());
-        let forward_key = self.forwarding_key(client_key);
+        let forward_key = std::sync::OnceLock::new();
         let answer = self
             .run(
                 &deadline,
@@ -643,7 +648,8 @@ impl pb::kv_server::Kv for KvService {
                         precondition: wire_precondition,
                     };
                     let request = forwarded_request(&self.config, request, remaining);
-                    let request = idempotency::with_key(request, &forward_key);
+                    let key = forward_key.get_or_init(|| self.forwarding_key(&client_key));
+                    let request = idempotency::with_key(request, key);
                     async move { forwarded_answer(client.put(request).await) }
                 },
             )
@@ -670,7 +676,7 @@ impl pb::kv_server::Kv for KvService {
             precondition: precondition(wire_precondition)?,
         };
         let data = idempotency::entry(&command, client_key.as_deref());
-        let forward_key = self.forwarding_key(client_key);
+        let forward_key = std::sync::OnceLock::new();
         let answer = self
             .run(
                 &deadline,
@@ -697,7 +703,8 @@ impl pb::kv_server::Kv for KvService {
                         precondition: wire_precondition,
                     };
                     let request = forwarded_request(&self.config, request, remaining);
-                    let request = idempotency::with_key(request, &forward_key);
+                    let key = forward_key.get_or_init(|| self.forwarding_key(&client_key));
+                    let request = idempotency::with_key(request, key);
                     async move { forwarded_answer(client.delete(request).await) }
                 },
             )
