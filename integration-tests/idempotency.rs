@@ -222,4 +222,22 @@ async fn the_cli_sends_a_key_and_a_retry_with_it_is_replayed() {
         assert!(ok && !out.contains("applied already"), "{out}");
     }
     assert_eq!(cluster.get(0, "k").await.1["value"], "y");
+
+    // A transaction, as the README writes it: the first succeeds, a second (a new
+    // key) takes the failure branch; its retry with the first's key is the first's.
+    let txn = r#"{"compare": [{"key": "to", "version": 0}], "success": [{"put": {"key": "to", "value": "40"}}]}"#;
+    let first = ["txn", "--url", &url, "--idempotency-key", "txn-1", txn];
+    let (ok, out) = run_cli(&first).await;
+    assert!(ok && out.contains(r#""succeeded":true"#), "{out}");
+    let (ok, out) = run_cli(&["txn", "--url", &url, txn]).await;
+    assert!(ok && out.contains(r#""succeeded":false"#), "{out}");
+    let (ok, out) = run_cli(&first).await;
+    assert!(
+        ok && out.contains(r#""succeeded":true"#) && out.contains("applied already"),
+        "{out}"
+    );
+    let (ok, out) = run_cli(&["txn", "--url", &url, "{not json"]).await;
+    assert!(!ok && out.contains("not JSON"), "{out}");
+    let (ok, out) = run_cli(&["txn", "--url", &url, r#"{"compare": 5}"#]).await;
+    assert!(!ok && out.contains("400"), "{out}");
 }

@@ -107,6 +107,30 @@ pub async fn delete(
     send_write(request, &url, idempotency_key).await
 }
 
+/// `distraft txn`: the transaction's JSON (or `-`: standard input), checked to be JSON
+/// here, and everything else by the node (400 with the reason); sent as a write
+/// ([`send_write`]).
+pub async fn txn(target: &Target, txn: &str, idempotency_key: &str) -> anyhow::Result<()> {
+    let body = match txn {
+        "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading the transaction from standard input")?;
+            text
+        }
+        text => text.to_string(),
+    };
+    serde_json::from_str::<serde_json::Value>(&body).context(
+        "the transaction is not JSON: {\"compare\": [...], \"success\": [...], \"failure\": [...]}",
+    )?;
+    let url = format!("{}/v1/txn", target.url.trim_end_matches('/'));
+    let request = http_client(target)?
+        .post(&url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    send_write(request, &url, idempotency_key).await
+}
+
 /// A new random idempotency key (128 bits, as hex).
 pub fn new_idempotency_key() -> String {
     use rand::Rng as _;

@@ -60,6 +60,17 @@ pub enum Command {
         #[command(flatten)]
         retry: RetryKey,
     },
+    /// Compare keys and write one branch atomically (`POST /v1/txn`): TXN is the
+    /// transaction's JSON, `{"compare": [...], "success": [...], "failure": [...]}`
+    /// (docs/api.md), or `-` to read it from standard input. Prints the answer.
+    Txn {
+        #[command(flatten)]
+        target: Target,
+        /// The transaction as JSON, or `-` for standard input.
+        txn: String,
+        #[command(flatten)]
+        retry: RetryKey,
+    },
     /// List keys in order (`GET /v1/keys`, page after page): one JSON object per line
     /// with the key, its value and its versions.
     List {
@@ -281,6 +292,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             index,
             count,
         } => watch::watch(&target, &key, prefix, index, count).await,
+        Command::Txn { target, txn, retry } => client::txn(&target, &txn, &retry.key()).await,
         Command::Leader(LeaderCommand::Transfer { target, to }) => {
             client::transfer_leader(&target, to.as_deref()).await
         }
