@@ -360,6 +360,9 @@ struct Node {
     tick_skip: f64,
     /// Came back wiped and has not caught up yet (one such node at a time).
     wiped: bool,
+    /// The membership its core used when it last went down: its log still holds it
+    /// (committed or not) and will use it again when it comes back.
+    membership_when_down: Option<distraft::raft::Membership>,
     /// The commit index up to which this node's log was checked against `committed`.
     seen_commit: Index,
 }
@@ -595,6 +598,7 @@ impl Sim {
             full_until: 0,
             tick_skip: self.rng.random_range(0.0..0.4),
             wiped: false,
+            membership_when_down: None,
             seen_commit: 0,
         };
         self.nodes.insert(id, node);
@@ -709,6 +713,9 @@ impl Sim {
         let now = self.now;
         let node = self.node(id);
         let current_end = node.live.as_ref().and_then(|l| l.driver.wal_end());
+        if let Some(live) = &node.live {
+            node.membership_when_down = Some(live.driver.core().membership().clone());
+        }
         node.live = None;
         node.held.clear();
         node.busy_until = 0;

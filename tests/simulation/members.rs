@@ -290,15 +290,25 @@ impl Sim {
     /// cluster that grew from one becomes the leader of a second, empty cluster, with
     /// a term of its own or one the members use too (seed 76 showed it: "leader n1 of
     /// term 6 lacks entry 1"). A known hazard of DISTRAFT_RESET_LOGS, not fixed here.
+    ///
+    /// "In use" includes the logs of nodes that are down: a leader that proposed a
+    /// membership of two voters and crashed still holds it, and uses it again when it
+    /// comes back. Skipping them (as this check did before) let seeds 3027, 3971, 4528
+    /// and 5803 wipe the third voter while the most up-to-date log held a change to two:
+    /// that log's node needs the wiped node's vote and the other cannot win without
+    /// it, so no leader can ever be elected. docs/storage.md states the rule for
+    /// operators.
     pub(super) fn may_wipe(&self, _id: NodeId) -> bool {
         let three = |m: &Membership| m.voters.len() >= 3;
         self.sc.nodes > 1
             && three(&self.members.committed.1)
-            && self
-                .nodes
-                .values()
-                .filter_map(|n| n.live.as_ref())
-                .all(|l| three(l.driver.core().membership()))
+            // Nor while a change proposed may still commit (seed 3027: a leader's
+            // removal of itself, deposed before it committed, still in its log).
+            && self.members.pending.is_empty()
+            && self.nodes.values().all(|n| match &n.live {
+                Some(live) => three(live.driver.core().membership()),
+                None => n.membership_when_down.as_ref().is_none_or(three),
+            })
     }
 
     /// Once converged: for a while longer, no member's term moves and the leader stays,
