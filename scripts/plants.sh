@@ -46,7 +46,10 @@ plants=(
   "non-campaigner-keeps-leader|--test raft_scripts membership_learner"
   # Vote requests of every non-voter heard: the membership nemesis finds two leaders
   # in one term (seed 279, Election Safety).
-  "non-voter-votes-heard|--test simulation membership_changes"
+  # Since the simulator stopped wiping a node while a membership change may still
+  # commit (session 11), seeds 0-7999 no longer reach such a schedule; the core's
+  # unit test holds the rule directly.
+  "non-voter-votes-heard|--lib raft::tests::vote_requests_of_a_non_member_are_not_heard"
   # The transcript of a transfer to a follower that is behind.
   "timeout-now-before-caught-up|--test raft_scripts transfer_catch_up"
   # Caught by membership_changes at once (seed 18); the three other configurations no

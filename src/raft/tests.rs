@@ -400,3 +400,38 @@ fn a_wiped_node_withholds_its_vote_until_it_holds_an_entry_of_a_later_term() {
     n.step(up_to_date);
     assert!(granted(drain(&mut n).0));
 }
+
+/// A node outside the membership (a removed one that never learnt of its removal, and
+/// keeps campaigning) is not heard when it asks for votes, unless its log is ahead of
+/// ours: its vote requests neither raise our term nor get an answer, so it cannot
+/// disrupt the members (`membership_removed_node` shows its pre-votes ignored; here
+/// its votes, of a higher term). The plant `non-voter-votes-heard` breaks this.
+#[test]
+fn vote_requests_of_a_non_member_are_not_heard() {
+    let mut n = node(1, 3, 1, vec![entry(1, 1)]);
+    let _ = drain(&mut n);
+    for body in [
+        Body::Vote {
+            last_index: 1,
+            last_term: 1,
+            transfer: false,
+        },
+        Body::PreVote {
+            last_index: 1,
+            last_term: 1,
+        },
+    ] {
+        n.step(Message {
+            from: 9,
+            to: 1,
+            term: 7,
+            body,
+        });
+    }
+    let rd = n.ready();
+    assert_eq!(
+        rd.hard_state, None,
+        "a non-member's vote request moved our term"
+    );
+    assert!(rd.messages.is_empty() && rd.persisted_messages.is_empty());
+}
