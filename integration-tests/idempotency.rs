@@ -6,18 +6,11 @@
 
 use distraft::proto::v1::{self as pb, PutRequest};
 use reqwest::header::HeaderMap;
-use serde_json::{json, Value};
+use serde_json::json;
 use tonic::Code;
 
 use crate::harness::{run_cli, Cluster};
-
-async fn send(request: reqwest::RequestBuilder) -> (u16, HeaderMap, Value) {
-    let response = request.send().await.expect("an answer");
-    let code = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.json().await.expect("a JSON answer");
-    (code, headers, body)
-}
+use crate::versions::send;
 
 fn replayed(headers: &HeaderMap) -> bool {
     headers

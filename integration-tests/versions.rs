@@ -13,7 +13,7 @@ use tonic::Code;
 use crate::harness::{run_cli, Cluster};
 
 /// An answer's status, headers and JSON body.
-async fn send(request: reqwest::RequestBuilder) -> (u16, HeaderMap, Value) {
+pub(crate) async fn send(request: reqwest::RequestBuilder) -> (u16, HeaderMap, Value) {
     let response = request.send().await.expect("an answer");
     let code = response.status().as_u16();
     let headers = response.headers().clone();
