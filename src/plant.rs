@@ -88,6 +88,9 @@ pub enum Plant {
     /// A conditional write compares its expected `mod_index` with the one the key had
     /// before its last write (a stale version), on every replica alike.
     CasComparesStaleVersion,
+    /// A transaction applies only the first write of its branch, on every replica
+    /// alike (its answer still says the branch applied).
+    TxnAppliesPartOfABranch,
     /// The state machine forgets nothing but replays nothing: a retry of a write with
     /// the same idempotency key is applied again.
     RetryAppliedTwice,
@@ -98,7 +101,7 @@ pub enum Plant {
 }
 
 impl Plant {
-    pub const ALL: [Plant; 31] = [
+    pub const ALL: [Plant; 32] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -128,6 +131,7 @@ impl Plant {
         Plant::NonCampaignerKeepsLeader,
         Plant::NonVoterVotesHeard,
         Plant::CasComparesStaleVersion,
+        Plant::TxnAppliesPartOfABranch,
         Plant::RetryAppliedTwice,
         Plant::WatchSkipsEventAfterSnapshotInstall,
     ];
@@ -163,6 +167,7 @@ impl Plant {
             Plant::NonCampaignerKeepsLeader => "non-campaigner-keeps-leader",
             Plant::NonVoterVotesHeard => "non-voter-votes-heard",
             Plant::CasComparesStaleVersion => "cas-compares-stale-version",
+            Plant::TxnAppliesPartOfABranch => "txn-applies-part-of-a-branch",
             Plant::RetryAppliedTwice => "retry-applied-twice",
             Plant::WatchSkipsEventAfterSnapshotInstall => {
                 "watch-skips-event-after-snapshot-install"

@@ -97,6 +97,37 @@ fn list(client: u64, prefix: &str, found: &[(&str, &str)], call: u64, ret: u64) 
     }
 }
 
+/// Pairs of a key and a value (`None`: absent, or a delete).
+type Pairs<'a> = &'a [(&'a str, Option<&'a str>)];
+
+/// A transaction: `compares`, then `success` or `failure`; `succeeded: None` is
+/// unanswered.
+fn txn(
+    client: u64,
+    (compares, success, failure): (Pairs, Pairs, Pairs),
+    (call, ret): (u64, u64),
+    succeeded: Option<bool>,
+) -> Operation {
+    let owned = |pairs: Pairs| -> Vec<(String, Option<String>)> {
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.map(Into::into)))
+            .collect()
+    };
+    let op = KvOp::Txn {
+        compares: owned(compares),
+        success: owned(success),
+        failure: owned(failure),
+    };
+    Operation {
+        client,
+        op,
+        call,
+        ret,
+        outcome: succeeded.map_or(KvOutcome::Unknown, KvOutcome::Txn),
+    }
+}
+
 fn get_unknown(client: u64, key: &str, call: u64) -> Operation {
     Operation {
         outcome: KvOutcome::Unknown,
@@ -604,6 +635,171 @@ fn malformed_listings_are_rejected() {
     ));
 }
 
+// ---- transactions ----
+
+#[test]
+fn transactions_apply_one_branch_at_one_instant() {
+    let history = [
+        put(1, "x", "a", 0, 10),
+        // Compares x and y (absent): both hold, so x and y are written.
+        txn(
+            2,
+            (
+                &[("x", Some("a")), ("y", None)],
+                &[("x", Some("b")), ("y", Some("c"))],
+                &[("z", Some("d"))],
+            ),
+            (11, 20),
+            Some(true),
+        ),
+        get(3, "y", Some("c"), 21, 22),
+        get(3, "z", None, 23, 24),
+        // Compares x with a value it no longer holds: the failure branch deletes y.
+        txn(
+            2,
+            (&[("x", Some("a"))], &[("x", Some("e"))], &[("y", None)]),
+            (30, 40),
+            Some(false),
+        ),
+        get(3, "x", Some("b"), 41, 42),
+        get(3, "y", None, 43, 44),
+    ];
+    assert_linearizable(&history);
+}
+
+#[test]
+fn a_transaction_applied_in_part_is_a_violation() {
+    // Acknowledged as succeeded, but its write of y never shows.
+    let history = [
+        txn(
+            1,
+            (&[("x", None)], &[("x", Some("a")), ("y", Some("b"))], &[]),
+            (0, 10),
+            Some(true),
+        ),
+        get(2, "x", Some("a"), 11, 12),
+        get(2, "y", None, 13, 14),
+    ];
+    let v = violation(&history);
+    assert_eq!((v.key.as_str(), v.culprit), ("y", 2));
+    // Its failure branch, acknowledged, never shows either.
+    let history = [
+        put(1, "x", "a", 0, 10),
+        txn(
+            1,
+            (&[("x", None)], &[], &[("y", Some("b"))]),
+            (11, 20),
+            Some(false),
+        ),
+        get(2, "y", None, 21, 22),
+    ];
+    violation(&history);
+}
+
+#[test]
+fn a_transaction_against_a_compare_that_did_not_hold_is_a_violation() {
+    // It succeeded although x held "a", not "z".
+    let history = [
+        put(1, "x", "a", 0, 10),
+        txn(
+            2,
+            (&[("x", Some("z"))], &[("y", Some("b"))], &[]),
+            (11, 20),
+            Some(true),
+        ),
+    ];
+    assert_eq!(violation(&history).key, "x");
+    // It failed although its one compare held.
+    let history = [
+        put(1, "x", "a", 0, 10),
+        txn(
+            2,
+            (&[("x", Some("a"))], &[("y", Some("b"))], &[]),
+            (11, 20),
+            Some(false),
+        ),
+    ];
+    violation(&history);
+}
+
+#[test]
+fn unanswered_transactions_may_take_effect_or_not() {
+    let written = txn(
+        1,
+        (
+            &[("x", None)],
+            &[("x", Some("a")), ("y", Some("b"))],
+            &[("z", Some("c"))],
+        ),
+        (0, 10),
+        None,
+    );
+    // Taken effect (success branch), or never.
+    assert_linearizable(&[written.clone(), get(2, "y", Some("b"), 20, 21)]);
+    assert_linearizable(&[written.clone(), get(2, "y", None, 20, 21)]);
+    // Or the failure branch, after a concurrent put of x.
+    assert_linearizable(&[
+        put(3, "x", "q", 0, 10),
+        written.clone(),
+        get(2, "z", Some("c"), 20, 21),
+    ]);
+    // Never before its call.
+    let later = Operation { call: 5, ..written };
+    violation(&[get(2, "y", Some("b"), 0, 1), later]);
+}
+
+#[test]
+fn transactions_are_checked_key_by_key() {
+    // The caveat of the projection: with two compares, a failure is explained on each
+    // key alone (one of them failed), though here both held.
+    let history = [
+        put(1, "x", "a", 0, 10),
+        put(1, "y", "b", 11, 20),
+        txn(
+            2,
+            (
+                &[("x", Some("a")), ("y", Some("b"))],
+                &[("x", Some("c"))],
+                &[],
+            ),
+            (21, 30),
+            Some(false),
+        ),
+    ];
+    assert_linearizable(&history);
+}
+
+#[test]
+fn malformed_transactions_are_rejected() {
+    let refused = |history: &[Operation]| {
+        matches!(
+            check(history),
+            Err(CheckError::InvalidOperation { index: 0, .. })
+        )
+    };
+    let both_branches = txn(1, (&[], &[("x", Some("a"))], &[("x", None)]), (0, 1), None);
+    assert!(refused(&[both_branches]));
+    let compared_twice = txn(
+        1,
+        (&[("x", None), ("x", Some("a"))], &[], &[]),
+        (0, 1),
+        Some(true),
+    );
+    assert!(refused(&[compared_twice]));
+    let written_twice = txn(
+        1,
+        (&[], &[("x", Some("a")), ("x", None)], &[]),
+        (0, 1),
+        Some(true),
+    );
+    assert!(refused(&[written_twice]));
+    let wrong_kind = Operation {
+        outcome: KvOutcome::Cas(true),
+        ..txn(1, (&[], &[], &[]), (0, 1), Some(true))
+    };
+    assert!(refused(&[wrong_kind]));
+}
+
 // ---- a brute-force oracle on small random histories ----
 
 /// Tries every order of the operations that respects real time, over the whole map.
@@ -654,6 +850,28 @@ fn brute_force_linearizable(history: &[Operation]) -> bool {
                 }
                 (KvOp::Delete { key }, _) => {
                     map.remove(key);
+                }
+                (
+                    KvOp::Txn {
+                        compares,
+                        success,
+                        failure,
+                    },
+                    outcome,
+                ) => {
+                    let holds = compares
+                        .iter()
+                        .all(|(key, expected)| map.get(key) == expected.as_ref());
+                    if *outcome == KvOutcome::Txn(!holds) {
+                        continue;
+                    }
+                    let branch = if holds { success } else { failure };
+                    for (key, value) in branch {
+                        match value {
+                            Some(value) => map.insert(key.clone(), value.clone()),
+                            None => map.remove(key),
+                        };
+                    }
                 }
                 (KvOp::Cas { key, expected, new }, outcome) => {
                     let holds = map.get(key) == expected.as_ref();
@@ -731,6 +949,80 @@ fn random_small_history(rng: &mut SmallRng, with_cas: bool) -> Vec<Operation> {
             op
         })
         .collect()
+}
+
+/// Histories over x and y with transactions among gets and puts: compares on one or
+/// both keys, writes on either.
+fn random_small_history_with_txns(rng: &mut SmallRng) -> Vec<Operation> {
+    let values = ["a", "b", "c"];
+    let value = |rng: &mut SmallRng| values.get(rng.random_range(0..=values.len())).copied();
+    (0..rng.random_range(1..=6))
+        .map(|i| {
+            let key = if rng.random_bool(0.5) { "x" } else { "y" };
+            let call = rng.random_range(0..20);
+            let ret = call + rng.random_range(0..10);
+            let mut op = match rng.random_range(0..10) {
+                0..4 => get(i, key, value(rng), call, ret),
+                4..6 => put(i, key, values[rng.random_range(0..values.len())], call, ret),
+                _ => {
+                    let mut compares = vec![(key, value(rng))];
+                    if rng.random_bool(0.5) {
+                        compares.push((if key == "x" { "y" } else { "x" }, value(rng)));
+                    }
+                    let mut success = Vec::new();
+                    let mut failure = Vec::new();
+                    for key in ["x", "y"] {
+                        match rng.random_range(0..3) {
+                            0 => success.push((key, value(rng))),
+                            1 => failure.push((key, value(rng))),
+                            _ => {}
+                        }
+                    }
+                    txn(
+                        i,
+                        (&compares, &success, &failure),
+                        (call, ret),
+                        Some(rng.random_bool(0.5)),
+                    )
+                }
+            };
+            if rng.random_ratio(1, 5) {
+                op.outcome = KvOutcome::Unknown;
+            }
+            op
+        })
+        .collect()
+}
+
+/// The projection of transactions onto keys is sound: whatever the brute force calls
+/// linearizable the checker does, and every violation it reports is one. It is weaker:
+/// the share of violations only the joint search sees is printed.
+#[test]
+fn transactions_are_judged_soundly_against_brute_force() {
+    let mut rng = SmallRng::seed_from_u64(11);
+    let (mut good, mut caught, mut missed) = (0, 0, 0);
+    for _ in 0..20_000 {
+        let history = random_small_history_with_txns(&mut rng);
+        let expected = brute_force_linearizable(&history);
+        match check(&history) {
+            Ok(_) if expected => good += 1,
+            Ok(_) => missed += 1,
+            Err(CheckError::NotLinearizable(violation)) if !expected => {
+                assert_evidence_is_a_proof(&violation);
+                caught += 1;
+            }
+            result => panic!("brute force says {expected}, checker says {result:?}: {history:#?}"),
+        }
+    }
+    println!("transactions against brute force: {good} linearizable, {caught} violations caught, {missed} seen only jointly");
+    assert!(
+        good > 500 && caught > 500,
+        "both verdicts exercised: {good} good, {caught} caught"
+    );
+    assert!(
+        caught > 4 * missed,
+        "the projection should see most violations: {caught} caught, {missed} missed"
+    );
 }
 
 #[test]
@@ -829,7 +1121,9 @@ fn generate(rng: &mut SmallRng, shape: &Shape) -> Vec<Operation> {
                         map.remove(key);
                         KvOutcome::Delete
                     }
-                    KvOp::Cas { .. } | KvOp::List { .. } => unreachable!("not drawn here"),
+                    KvOp::Cas { .. } | KvOp::List { .. } | KvOp::Txn { .. } => {
+                        unreachable!("not drawn here")
+                    }
                 };
                 in_flight[client] = Some((index, true));
             }

@@ -31,7 +31,10 @@
 //!   0 for absent, with a put on success and nothing on failure, so that many swap;
 //!   half of them, when the key's `mod_index` for that value is known from a read, as
 //!   a conditional put, `Precondition::ModIndex` or `Absent`: values are written once,
-//!   so testing the version is testing the value).
+//!   so testing the version is testing the value). A quarter of the compare-and-sets
+//!   are transactions over the three keys instead: compares on what the client last
+//!   saw of one or two of them, puts (and a delete) on two on success, a put on the
+//!   third, or nothing, on failure.
 //!   Every write carries an idempotency key per client operation; a client whose
 //!   origin node dies with its write sends it again, under the same key, to another
 //!   node (as distraft's CLI does on a broken connection), so retries of writes that
@@ -99,8 +102,55 @@ fn write_outcome(client: u64, op: &KvOp, applied: Applied) -> Result<KvOutcome, 
         // Sent as a conditional put.
         (KvOp::Cas { .. }, Applied::Put { .. }) => Ok(KvOutcome::Cas(true)),
         (KvOp::Cas { .. }, Applied::PreconditionFailed { .. }) => Ok(KvOutcome::Cas(false)),
+        (KvOp::Txn { .. }, Applied::Txn { succeeded, .. }) => Ok(KvOutcome::Txn(succeeded)),
         (op, applied) => Err(format!("client {client}: {op:?} was answered {applied:?}")),
     }
+}
+
+/// A transaction as the Kv service's Txn builds one: compares on the value (version 0
+/// for absent), then one branch of puts (deletes for `None`).
+fn txn_command(
+    compares: &[(String, Option<String>)],
+    success: &[(String, Option<String>)],
+    failure: &[(String, Option<String>)],
+) -> (Command, WriteKind) {
+    let compares = compares
+        .iter()
+        .map(|(key, expected)| Compare {
+            key: key.clone(),
+            target: match expected {
+                Some(value) => Target::Value(value.clone()),
+                None => Target::Version(0),
+            },
+        })
+        .collect();
+    let writes = |branch: &[(String, Option<String>)]| -> Vec<TxnOp> {
+        branch
+            .iter()
+            .map(|(key, value)| match value {
+                Some(value) => TxnOp::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+                None => TxnOp::Delete { key: key.clone() },
+            })
+            .collect()
+    };
+    let puts = |branch: &[(String, Option<String>)]| -> Vec<(String, usize)> {
+        branch
+            .iter()
+            .filter_map(|(key, value)| value.as_ref().map(|value| (key.clone(), value.len())))
+            .collect()
+    };
+    let command = Command::Txn(Txn {
+        compares,
+        success: writes(success),
+        failure: writes(failure),
+    });
+    let kind = WriteKind::Txn {
+        branches: vec![puts(success), puts(failure)],
+    };
+    (command, kind)
 }
 
 /// The membership nemesis (`membership_changes`).
@@ -608,6 +658,46 @@ impl Sim {
         self.nodes.keys().copied().collect()
     }
 
+    /// A transaction over three keys: on `key` (which the client last saw holding
+    /// `expected`) and sometimes a second key, compares on what the client last saw;
+    /// then a put of `value` on `key` and a put or delete of the second key; else,
+    /// sometimes, a put on the third key. Values are new, as every write's are.
+    fn draw_txn(
+        &mut self,
+        client: u64,
+        key: String,
+        expected: Option<String>,
+        value: String,
+    ) -> KvOp {
+        let others: Vec<String> = (0..self.sc.keys)
+            .map(|k| format!("k{k}"))
+            .filter(|k| *k != key)
+            .collect();
+        let second = others[self.mix.random_range(0..others.len())].clone();
+        // The caller draws transactions only where there are three keys.
+        let third = others.iter().find(|k| **k != second).cloned().unwrap_or_default();
+        let mut compares = vec![(key.clone(), expected)];
+        if self.mix.random_bool(0.5) {
+            let seen = self.seen.get(&(client, second.clone())).cloned().flatten();
+            compares.push((second.clone(), seen));
+        }
+        let mut fresh = || {
+            self.next_value += 1;
+            format!("v{}", self.next_value)
+        };
+        let second_value = (!self.mix.random_ratio(1, 4)).then(&mut fresh);
+        let success = vec![(key, Some(value)), (second, second_value)];
+        let failure = match self.mix.random_bool(0.5) {
+            true => vec![(third, Some(fresh()))],
+            false => Vec::new(),
+        };
+        KvOp::Txn {
+            compares,
+            success,
+            failure,
+        }
+    }
+
     /// A node drawn at random: with membership changes, any node the simulator runs
     /// (removed ones too); otherwise drawn as it always was, so that the pinned seeds
     /// of the other configurations replay as they did.
@@ -784,7 +874,7 @@ impl Sim {
             };
             let write = matches!(
                 pending.op,
-                KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Cas { .. }
+                KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Cas { .. } | KvOp::Txn { .. }
             );
             let from_origin = pending.origin == id;
             if from_origin && write {
@@ -1675,7 +1765,9 @@ impl Sim {
                     if self.mix.random_ratio(2, 5) {
                         let expected = self.seen.get(&(client, key.clone())).cloned().flatten();
                         // Half of them as a conditional put on the version, as HTTP
-                        // clients write them.
+                        // clients write them; a quarter as a transaction over several
+                        // keys.
+                        let multi_key = self.sc.keys >= 3 && self.mix.random_bool(0.5);
                         if self.mix.random_bool(0.5) {
                             precondition = match &expected {
                                 None => Some(Precondition::Absent),
@@ -1685,10 +1777,13 @@ impl Sim {
                                     .map(|&index| Precondition::ModIndex(index)),
                             };
                         }
-                        KvOp::Cas {
-                            key,
-                            expected,
-                            new: value,
+                        match multi_key && precondition.is_none() {
+                            true => self.draw_txn(client, key, expected, value),
+                            false => KvOp::Cas {
+                                key,
+                                expected,
+                                new: value,
+                            },
                         }
                     } else {
                         KvOp::Put { key, value }
@@ -1782,28 +1877,29 @@ impl Sim {
                 (event, Waiting::Write { at, answer })
             }
             KvOp::Cas { key, expected, new } => {
+                let compares = [(key.clone(), expected.clone())];
+                let success = [(key.clone(), Some(new.clone()))];
+                let (command, kind) = txn_command(&compares, &success, &[]);
                 let (reply, answer) = oneshot::channel();
-                let target = match expected {
-                    Some(value) => Target::Value(value.clone()),
-                    None => Target::Version(0),
-                };
-                let command = Command::Txn(Txn {
-                    compares: vec![Compare {
-                        key: key.clone(),
-                        target,
-                    }],
-                    success: vec![TxnOp::Put {
-                        key: key.clone(),
-                        value: new.clone(),
-                    }],
-                    failure: Vec::new(),
-                });
                 let event = Event::Propose {
                     data: command
                         .encode_idempotent(&idempotency_key(client, pending.call), self.now),
-                    kind: WriteKind::Txn {
-                        branches: vec![vec![(key.clone(), new.len())], Vec::new()],
-                    },
+                    kind,
+                    reply,
+                };
+                (event, Waiting::Write { at, answer })
+            }
+            KvOp::Txn {
+                compares,
+                success,
+                failure,
+            } => {
+                let (command, kind) = txn_command(compares, success, failure);
+                let (reply, answer) = oneshot::channel();
+                let event = Event::Propose {
+                    data: command
+                        .encode_idempotent(&idempotency_key(client, pending.call), self.now),
+                    kind,
                     reply,
                 };
                 (event, Waiting::Write { at, answer })
@@ -2014,6 +2110,16 @@ impl Sim {
             (KvOp::Put { key, value }, KvOutcome::Put) => note(key, Some(value.clone())),
             (KvOp::Delete { key }, KvOutcome::Delete) => note(key, None),
             (KvOp::Cas { key, new, .. }, KvOutcome::Cas(true)) => note(key, Some(new.clone())),
+            (KvOp::Txn { success, .. }, KvOutcome::Txn(true)) => {
+                for (key, value) in success {
+                    note(key, value.clone());
+                }
+            }
+            (KvOp::Txn { failure, .. }, KvOutcome::Txn(false)) => {
+                for (key, value) in failure {
+                    note(key, value.clone());
+                }
+            }
             (KvOp::List { .. }, KvOutcome::List(found)) => {
                 for k in 0..self.sc.keys {
                     let key = format!("k{k}");
@@ -2218,6 +2324,9 @@ struct Outcome {
     operations: usize,
     successes: u64,
     replays: u64,
+    /// Multi-key transactions answered, and how many of them succeeded.
+    txns: u64,
+    txns_succeeded: u64,
     transfers: u64,
     changes: members::ChangeCounts,
     appends_sent: u64,
@@ -2230,10 +2339,19 @@ fn run_seed(sc: &Scenario, seed: u64) -> Result<Outcome, String> {
         let mut sim = Sim::new(sc.clone(), seed)?;
         let result = sim.run();
         trace = std::mem::take(&mut sim.trace);
+        let txns = sim.history.iter().filter_map(|op| match op.outcome {
+            KvOutcome::Txn(succeeded) => Some(succeeded),
+            _ => None,
+        });
+        let (txns, txns_succeeded) = txns.fold((0, 0), |(all, ok), succeeded| {
+            (all + 1, ok + u64::from(succeeded))
+        });
         result.map(|()| Outcome {
             operations: sim.history.len(),
             successes: sim.successes,
             replays: sim.replays,
+            txns,
+            txns_succeeded,
             transfers: sim.transfers,
             changes: sim.members.counts,
             appends_sent: sim.appends_sent,
@@ -2397,6 +2515,8 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
         operations: ops,
         successes,
         replays,
+        txns,
+        txns_succeeded,
         transfers,
         changes,
         ..
@@ -2413,6 +2533,9 @@ fn run_seeds(sc: &Scenario, seeds: Vec<u64>) {
     );
     println!(
         "  {replays} writes answered by a replay: retries under the same idempotency key applied once"
+    );
+    println!(
+        "  {txns} transactions over several keys answered, {txns_succeeded} of them succeeded"
     );
     if transfers > 0 {
         println!("  {transfers} leadership transfers begun");
@@ -2466,6 +2589,8 @@ struct Totals {
     operations: usize,
     successes: u64,
     replays: u64,
+    txns: u64,
+    txns_succeeded: u64,
     transfers: u64,
     changes: members::ChangeCounts,
     appends_sent: u64,
@@ -2479,6 +2604,8 @@ impl Totals {
             operations: o.operations,
             successes: o.successes,
             replays: o.replays,
+            txns: o.txns,
+            txns_succeeded: o.txns_succeeded,
             transfers: o.transfers,
             changes: o.changes,
             appends_sent: o.appends_sent,
@@ -2491,6 +2618,8 @@ impl Totals {
         self.operations += other.operations;
         self.successes += other.successes;
         self.replays += other.replays;
+        self.txns += other.txns;
+        self.txns_succeeded += other.txns_succeeded;
         self.transfers += other.transfers;
         self.changes.merge(&other.changes);
         self.appends_sent += other.appends_sent;

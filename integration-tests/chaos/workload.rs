@@ -227,7 +227,7 @@ impl Client {
                 .await
                 .map(|r| (r.into_inner().key == *key).then_some(KvOutcome::Delete)),
             // The simulator's operations; this workload never draws them.
-            KvOp::Cas { .. } | KvOp::List { .. } => return unsupported(op),
+            KvOp::Cas { .. } | KvOp::List { .. } | KvOp::Txn { .. } => return unsupported(op),
         };
         match result {
             Ok(Some(outcome)) => Answer::Outcome(outcome),
@@ -272,7 +272,7 @@ impl Client {
             KvOp::Get { .. } => self.http.get(url),
             KvOp::Put { value, .. } => self.http.post(url).form(&[("value", value)]),
             KvOp::Delete { .. } => self.http.delete(url),
-            KvOp::Cas { .. } | KvOp::List { .. } => return unsupported(op),
+            KvOp::Cas { .. } | KvOp::List { .. } | KvOp::Txn { .. } => return unsupported(op),
         };
         let response = match request.send().await {
             Ok(response) => response,

@@ -354,8 +354,14 @@ impl Kv {
                     true => txn.success,
                     false => txn.failure,
                 };
+                let applied =
+                    match crate::plant::active(crate::plant::Plant::TxnAppliesPartOfABranch) {
+                        true => 1,
+                        false => writes.len(),
+                    };
                 let results = writes
                     .into_iter()
+                    .take(applied)
                     .map(|write| match write {
                         TxnOp::Put { key, value } => {
                             let versions = self.versions_after_put(&key, at);

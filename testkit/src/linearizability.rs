@@ -10,8 +10,9 @@
 //! never" (failing changes nothing, which is the same as never).
 //!
 //! The operations: get, put, delete, compare-and-set on the value
-//! ([`KvOp::Cas`]: `expected: None` wants the key absent; answered swapped or not), and
-//! listing ([`KvOp::List`]: every key under a prefix, with its value).
+//! ([`KvOp::Cas`]: `expected: None` wants the key absent; answered swapped or not),
+//! listing ([`KvOp::List`]: every key under a prefix, with its value), and the atomic
+//! multi-key transaction ([`KvOp::Txn`]: compares on values, then one branch of writes).
 //!
 //! # How it decides
 //! - **Per key.** A map is linearizable iff the history of each of its keys, a single
@@ -26,9 +27,21 @@
 //!   coexisted inside its interval is accepted (a test shows one). A joint search over
 //!   all keys of a prefix would lose the per-key decomposition, and with it the bound
 //!   on the search that lets thousands of simulator seeds be checked.
-//! - **No multi-key transactions**, for the same reason: a transaction over several keys
-//!   couples their histories; checking it would need a search over the joint state of
-//!   its keys. The simulator's transactions are the single-key compare-and-set.
+//! - **Transactions are projected onto keys** too, for the same reason: a transaction
+//!   over several keys couples their histories, and a joint search over them would
+//!   lose the decomposition. On each key it names, an answered transaction is the
+//!   operation it amounts to there: one that succeeded is a compare-and-set on a key it
+//!   compared and wrote, a read of the compared value on a key it only compared, a
+//!   write on a key it only wrote; one that failed is a write on a key its failure
+//!   branch wrote, and a failed compare-and-set on its key if it had a single compare.
+//!   An unanswered one is, on each key a branch writes, an unknown compare-and-set (the
+//!   success branch, on a compared key) or an unknown write. That is sound (the
+//!   transaction's instant serves every key) and catches a transaction applied in part,
+//!   or applied against a compare that did not hold, wherever one key shows it; it
+//!   cannot see what only the keys together show (a failed transaction with several
+//!   compares where all of them held; a torn transaction seen by a listing). A
+//!   transaction that writes one key in both branches is refused as malformed: unanswered,
+//!   it would be two alternative writes of that key, which no single operation is.
 //! - **Per register**, the Wing–Gong search with Lowe's just-in-time linearization, as
 //!   Porcupine does it: walk the call and return events in time order; an operation may
 //!   come next in the linearization if its call precedes the earliest pending return;
@@ -87,6 +100,14 @@ pub enum KvOp {
     List {
         prefix: String,
     },
+    /// If every key of `compares` holds its value (`None`: is absent), the writes of
+    /// `success`, else those of `failure`, at one instant; a write is a value or `None`
+    /// (a delete).
+    Txn {
+        compares: Vec<(String, Option<String>)>,
+        success: Vec<(String, Option<String>)>,
+        failure: Vec<(String, Option<String>)>,
+    },
 }
 
 impl KvOp {
@@ -97,7 +118,28 @@ impl KvOp {
             | KvOp::Put { key, .. }
             | KvOp::Delete { key }
             | KvOp::Cas { key, .. } => Some(key),
-            KvOp::List { .. } => None,
+            KvOp::List { .. } | KvOp::Txn { .. } => None,
+        }
+    }
+
+    /// Every key the request names (a listing's keys are only known from its answer).
+    fn keys(&self) -> Vec<&str> {
+        match self {
+            KvOp::Txn {
+                compares,
+                success,
+                failure,
+            } => {
+                let mut keys: Vec<&str> = [compares, success, failure]
+                    .into_iter()
+                    .flatten()
+                    .map(|(key, _)| key.as_str())
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                keys
+            }
+            op => op.key().into_iter().collect(),
         }
     }
 }
@@ -115,6 +157,8 @@ pub enum KvOutcome {
     Cas(bool),
     /// The keys a listing found, with their values, in any order.
     List(Vec<(String, String)>),
+    /// Whether the transaction's compares all held (its success branch was applied).
+    Txn(bool),
     /// No answer (timeout, crash): the request may or may not have taken effect.
     Unknown,
 }
@@ -148,6 +192,29 @@ impl fmt::Display for Operation {
                 None => write!(f, "cas absent -> {new:?}")?,
             },
             KvOp::List { prefix } => write!(f, "list {prefix:?}")?,
+            KvOp::Txn {
+                compares,
+                success,
+                failure,
+            } => {
+                let show = |pairs: &[(String, Option<String>)]| {
+                    let shown: Vec<String> = pairs
+                        .iter()
+                        .map(|(key, value)| match value {
+                            Some(value) => format!("{key}={value:?}"),
+                            None => format!("{key}=absent"),
+                        })
+                        .collect();
+                    format!("[{}]", shown.join(" "))
+                };
+                write!(
+                    f,
+                    "txn if {} then {} else {}",
+                    show(compares),
+                    show(success),
+                    show(failure)
+                )?
+            }
         }
         match &self.outcome {
             KvOutcome::Get(Some(value)) => write!(f, " -> {value:?}"),
@@ -156,6 +223,8 @@ impl fmt::Display for Operation {
             KvOutcome::Cas(true) => write!(f, " -> swapped"),
             KvOutcome::Cas(false) => write!(f, " -> compare failed"),
             KvOutcome::List(found) => write!(f, " -> {found:?}"),
+            KvOutcome::Txn(true) => write!(f, " -> succeeded"),
+            KvOutcome::Txn(false) => write!(f, " -> failed"),
             KvOutcome::Unknown => write!(f, " -> unknown"),
         }
     }
@@ -258,7 +327,7 @@ pub fn check_with_budget(
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, op) in history.iter().enumerate() {
         validate(op).map_err(|reason| CheckError::InvalidOperation { index, reason })?;
-        if let Some(key) = op.op.key() {
+        for key in op.op.keys() {
             by_key.entry(key).or_default();
         }
         if let KvOutcome::List(found) = &op.outcome {
@@ -279,8 +348,10 @@ pub fn check_with_budget(
                 }
             }
             (op, _) => {
-                if let Some(indices) = op.key().and_then(|key| by_key.get_mut(key)) {
-                    indices.push(index);
+                for key in op.keys() {
+                    if let Some(indices) = by_key.get_mut(key) {
+                        indices.push(index);
+                    }
                 }
             }
         }
@@ -334,6 +405,7 @@ fn validate(op: &Operation) -> Result<(), &'static str> {
             | (KvOp::Delete { .. }, KvOutcome::Delete)
             | (KvOp::Cas { .. }, KvOutcome::Cas(_))
             | (KvOp::List { .. }, KvOutcome::List(_))
+            | (KvOp::Txn { .. }, KvOutcome::Txn(_))
     );
     if !matches {
         return Err("its outcome is not of the kind of its request");
@@ -352,6 +424,30 @@ fn validate(op: &Operation) -> Result<(), &'static str> {
         keys.sort_unstable();
         if keys.windows(2).any(|pair| pair[0] == pair[1]) {
             return Err("a listing returned a key twice");
+        }
+    }
+    if let KvOp::Txn {
+        compares,
+        success,
+        failure,
+    } = &op.op
+    {
+        let twice = |pairs: &[(String, Option<String>)]| {
+            let mut keys: Vec<&str> = pairs.iter().map(|(key, _)| key.as_str()).collect();
+            keys.sort_unstable();
+            keys.windows(2).any(|pair| pair[0] == pair[1])
+        };
+        if twice(compares) {
+            return Err("a transaction compares a key twice");
+        }
+        if twice(success) || twice(failure) {
+            return Err("a transaction's branch writes a key twice");
+        }
+        if success
+            .iter()
+            .any(|(key, _)| failure.iter().any(|(other, _)| other == key))
+        {
+            return Err("a transaction writes a key in both branches (not supported)");
         }
     }
     Ok(())
@@ -473,6 +569,47 @@ fn to_register_history<'a>(
                 expected: intern(expected.as_deref()),
                 new: intern(Some(new)),
             },
+            (
+                KvOp::Txn {
+                    compares,
+                    success,
+                    failure,
+                },
+                outcome,
+            ) => {
+                // What the transaction amounts to on this key (the module's doc).
+                let on = |pairs: &'a [(String, Option<String>)]| {
+                    pairs
+                        .iter()
+                        .find(|(k, _)| k == key)
+                        .map(|(_, value)| value.as_deref())
+                };
+                let (compared, then, otherwise) = (on(compares), on(success), on(failure));
+                match (outcome, compared, then, otherwise) {
+                    (KvOutcome::Txn(true), Some(expected), Some(new), _) => RegisterOp::Cas {
+                        expected: intern(expected),
+                        new: intern(new),
+                    },
+                    (KvOutcome::Txn(true), Some(seen), None, _) => RegisterOp::Read(intern(seen)),
+                    (KvOutcome::Txn(true), None, Some(new), _) => RegisterOp::Write(intern(new)),
+                    (KvOutcome::Txn(false), _, _, Some(new)) => RegisterOp::Write(intern(new)),
+                    (KvOutcome::Txn(false), Some(expected), then, None) if compares.len() == 1 => {
+                        RegisterOp::CasFailed {
+                            expected: intern(expected),
+                            new: intern(then.unwrap_or(expected)),
+                        }
+                    }
+                    (KvOutcome::Txn(_), _, _, _) => continue,
+                    (_, Some(expected), Some(new), _) => RegisterOp::Cas {
+                        expected: intern(expected),
+                        new: intern(new),
+                    },
+                    (_, _, Some(new), _) | (_, _, None, Some(new)) => {
+                        RegisterOp::Write(intern(new))
+                    }
+                    (_, _, None, None) => continue,
+                }
+            }
         };
         let ret = (entry.outcome != KvOutcome::Unknown).then_some(entry.ret);
         register.push(RegisterCall {
