@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::config::{Config, Member};
+use crate::driver::UNSAFE_CHANGE_HINT;
 use crate::registry::{host_port, Record};
 use crate::storage::identity::Joined;
 
@@ -154,8 +155,12 @@ async fn ask(
     match status.as_u16() {
         200 => serde_json::from_slice(&bytes)
             .map_err(|err| Failed(format!("an unreadable answer ({err}): {text}"))),
-        // Bad input, a taken name or address, the token, an unsafe change: asking
-        // again would meet the same answer.
+        // The safety check's refusal: too few voters are reachable and up to date
+        // for the change to commit now (a member down, partitioned or catching up).
+        // That passes; asking again within the patience is what an operator would do.
+        409 if text.contains(UNSAFE_CHANGE_HINT) => Err(Failed(format!("{status}: {text}"))),
+        // Bad input, a taken name or address, the token: asking again would meet the
+        // same answer.
         400 | 401 | 403 | 404 | 409 => Err(Refused(format!("{status}: {text}"))),
         _ => Err(Failed(format!("{status}: {text}"))),
     }
@@ -195,4 +200,83 @@ fn adopt(answer: Answer, me: &Member) -> anyhow::Result<Joined> {
         bootstrap,
         known,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{Assessment, ChangeError, FaultTolerance};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on loopback that answers every request with `status` and `body`, as
+    /// the gateway answers a refused change; returns its URL.
+    async fn answering(status: &'static str, body: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                // The whole request (headers, then content-length bytes), then the answer.
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n @ 1..) = stream.read(&mut chunk).await else {
+                        break;
+                    };
+                    request.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    fn error_body(message: String) -> String {
+        serde_json::json!({"error": message, "ok": false}).to_string()
+    }
+
+    #[tokio::test]
+    async fn the_safety_checks_refusal_is_asked_again_and_a_conflict_is_final() {
+        let tolerance = FaultTolerance {
+            voters: 4,
+            quorum: 3,
+            may_fail: 1,
+        };
+        let refusal = ChangeError::Unsafe(Box::new(Assessment {
+            before: tolerance,
+            after: tolerance,
+            reachable: vec!["node1".into()],
+            unreachable: vec!["node3".into(), "node4".into(), "node5".into()],
+            risk: Some("after the change 3 of its 4 voters must agree (its quorum), but only 1 would be reachable and up to date".into()),
+        }));
+        let client = reqwest::Client::new();
+        let body = serde_json::json!({"name": "node2"});
+
+        let unsafe_now = answering("409 Conflict", error_body(refusal.to_string())).await;
+        let answer = ask(&client, &format!("{unsafe_now}/cluster/members"), &body).await;
+        assert!(matches!(answer, Err(Failed(_))), "asked again later");
+
+        let taken = ChangeError::Conflict("the name node2 belongs to member 2".into());
+        let conflict = answering("409 Conflict", error_body(taken.to_string())).await;
+        let answer = ask(&client, &format!("{conflict}/cluster/members"), &body).await;
+        assert!(matches!(answer, Err(Refused(_))), "given up at once");
+    }
 }

@@ -380,6 +380,43 @@ impl ChaosCluster {
         best.map(|(_, i)| i)
     }
 
+    /// Copies every node's whole output where it outlives the run (under cargo's
+    /// target/tmp), for a failure report; says where, or why not.
+    pub fn keep_outputs(&self) -> String {
+        let name = self
+            .dir
+            .path()
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("chaos-failures")
+            .join(name.as_ref());
+        let copied = std::fs::create_dir_all(&kept).and_then(|()| {
+            self.nodes.iter().try_for_each(|n| {
+                std::fs::copy(&n.output, kept.join(format!("{}.out", n.address.name))).map(drop)
+            })
+        });
+        match copied {
+            Ok(()) => format!("every node's whole output is kept in {}", kept.display()),
+            Err(e) => format!(
+                "could not keep the nodes' outputs in {}: {e}",
+                kept.display()
+            ),
+        }
+    }
+
+    /// Fails the run with `reason`, after every node's last output and where their
+    /// whole outputs are kept. The reason comes last and without a backtrace
+    /// (`resume_unwind` skips the panic hook), so that the end of a long CI log says
+    /// why.
+    pub fn fail(&self, reason: &str) -> ! {
+        println!("{}", self.outputs());
+        println!("{}", self.keep_outputs());
+        println!("chaos check failed: {reason}");
+        std::panic::resume_unwind(Box::new(reason.to_string()))
+    }
+
     /// The last lines each node wrote, for a failure report.
     pub fn outputs(&self) -> String {
         self.nodes

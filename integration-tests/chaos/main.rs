@@ -409,7 +409,7 @@ fn max_steps(stats: &CheckStats) -> u64 {
     stats.per_key.iter().map(|k| k.steps).max().unwrap_or(0)
 }
 
-/// Fails the run with `reason` and every node's last output.
+/// Fails the run with `reason` (see [`ChaosCluster::fail`]).
 fn fail(cluster: &ChaosCluster, reason: &str) -> ! {
-    panic!("{reason}\n{}", cluster.outputs())
+    cluster.fail(reason)
 }

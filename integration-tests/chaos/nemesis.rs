@@ -375,11 +375,8 @@ impl Nemesis {
                 })
                 .await;
                 if let Err(error) = started {
-                    panic!(
-                        "Admin.Start of {} kept failing: {error}\n{}",
-                        cluster.name(node),
-                        cluster.outputs()
-                    );
+                    let name = cluster.name(node);
+                    cluster.fail(&format!("Admin.Start of {name} kept failing: {error}"));
                 }
                 self.log(format_args!("started {}", cluster.name(node)));
             }
@@ -412,7 +409,7 @@ impl Nemesis {
         })
         .await;
         let Ok(view) = view else {
-            panic!("no member list after healing: {view:?}");
+            cluster.fail(&format!("no member list after healing: {view:?}"));
         };
         for (i, name) in names.iter().enumerate() {
             if !view.contains_key(name) {
@@ -430,7 +427,9 @@ impl Nemesis {
         })
         .await;
         if let Err(why) = all_voters {
-            panic!("the replaced nodes never became voters again: {why}");
+            cluster.fail(&format!(
+                "the replaced nodes never became voters again: {why}"
+            ));
         }
     }
 }

@@ -97,6 +97,10 @@ pub struct ChangeOutcome {
     pub index: Option<Index>,
 }
 
+/// How the safety check's refusal ends. A joining node recognizes it by this (the
+/// refusal is temporary: members unreachable or behind now may be back soon).
+pub const UNSAFE_CHANGE_HINT: &str = "add force to make the change anyway";
+
 /// Why a change was not made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChangeError {
@@ -109,7 +113,7 @@ pub enum ChangeError {
     #[error("{0}")]
     Conflict(String),
     /// The safety check advises against it; `force` would carry it out.
-    #[error("refused: {}; add force to make the change anyway", .0.risk.as_deref().unwrap_or("unsafe"))]
+    #[error("refused: {}; {UNSAFE_CHANGE_HINT}", .0.risk.as_deref().unwrap_or("unsafe"))]
     Unsafe(Box<Assessment>),
     /// Another change is not committed yet, or this leader's term has nothing
     /// committed yet: try again shortly.

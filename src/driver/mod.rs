@@ -51,7 +51,7 @@ use trigger::{SinceSnapshot, SnapshotTrigger};
 pub use background::{Background, Job, Threads};
 pub use members::{
     Assessment, ChangeError, ChangeOutcome, ChangeRequest, FaultTolerance, MemberChange,
-    CAUGHT_UP_ENTRIES,
+    CAUGHT_UP_ENTRIES, UNSAFE_CHANGE_HINT,
 };
 pub use runner::spawn;
 pub use status::{Alarm, FollowerLag, NodeStatus};
