@@ -675,7 +675,11 @@ impl Sim {
             .collect();
         let second = others[self.mix.random_range(0..others.len())].clone();
         // The caller draws transactions only where there are three keys.
-        let third = others.iter().find(|k| **k != second).cloned().unwrap_or_default();
+        let third = others
+            .iter()
+            .find(|k| **k != second)
+            .cloned()
+            .unwrap_or_default();
         let mut compares = vec![(key.clone(), expected)];
         if self.mix.random_bool(0.5) {
             let seen = self.seen.get(&(client, second.clone())).cloned().flatten();
