@@ -87,6 +87,11 @@ plants=(
   # A transaction applies only the first write of its branch: the simulator's
   # transactions over several keys show it on the second key (seed 0 at once).
   "txn-applies-part-of-a-branch|--test simulation three_nodes_under_faults"
+  # A write forwarded under the node's own key, then proposed by that node once it
+  # leads, without the key: applied twice. Found by the chaos test (seed 6, about one
+  # run in ten: a forward applied by a leader cut off before it answered); the unit
+  # test holds the rule at once.
+  "local-retry-forgets-forwarding-key|--lib rpc::idempotency"
   # A watcher on a follower that installs a snapshot misses the writes it jumped over.
   "watch-skips-event-after-snapshot-install|--test integration watch_on_a_follower_survives_a_snapshot_install"
   "writes-fail-internally|--test chaos -- --exact histories_under_faults_are_linearizable_and_replicas_converge"

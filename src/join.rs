@@ -223,10 +223,7 @@ mod tests {
                 // The whole request (headers, then content-length bytes), then the answer.
                 let mut request = Vec::new();
                 let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n @ 1..) = stream.read(&mut chunk).await else {
-                        break;
-                    };
+                while let Ok(n @ 1..) = stream.read(&mut chunk).await {
                     request.extend_from_slice(&chunk[..n]);
                     let text = String::from_utf8_lossy(&request);
                     if let Some(end) = text.find("\r\n\r\n") {

@@ -91,6 +91,9 @@ pub enum Plant {
     /// A transaction applies only the first write of its branch, on every replica
     /// alike (its answer still says the branch applied).
     TxnAppliesPartOfABranch,
+    /// A write forwarded under a key of this node's making and then proposed here (this
+    /// node took over as leader) is proposed without that key.
+    LocalRetryForgetsForwardingKey,
     /// The state machine forgets nothing but replays nothing: a retry of a write with
     /// the same idempotency key is applied again.
     RetryAppliedTwice,
@@ -101,7 +104,7 @@ pub enum Plant {
 }
 
 impl Plant {
-    pub const ALL: [Plant; 32] = [
+    pub const ALL: [Plant; 33] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -132,6 +135,7 @@ impl Plant {
         Plant::NonVoterVotesHeard,
         Plant::CasComparesStaleVersion,
         Plant::TxnAppliesPartOfABranch,
+        Plant::LocalRetryForgetsForwardingKey,
         Plant::RetryAppliedTwice,
         Plant::WatchSkipsEventAfterSnapshotInstall,
     ];
@@ -168,6 +172,7 @@ impl Plant {
             Plant::NonVoterVotesHeard => "non-voter-votes-heard",
             Plant::CasComparesStaleVersion => "cas-compares-stale-version",
             Plant::TxnAppliesPartOfABranch => "txn-applies-part-of-a-branch",
+            Plant::LocalRetryForgetsForwardingKey => "local-retry-forgets-forwarding-key",
             Plant::RetryAppliedTwice => "retry-applied-twice",
             Plant::WatchSkipsEventAfterSnapshotInstall => {
                 "watch-skips-event-after-snapshot-install"

@@ -72,6 +72,58 @@ pub fn entry(command: &Command, key: Option<&str>) -> Bytes {
     }
 }
 
+/// One client write through all its attempts (`rpc::kv`'s retry loop): proposed here
+/// while this node leads, forwarded while another does. Every attempt after one that
+/// may have applied it must carry the same idempotency key, or it applies twice: a
+/// write the client gave no key is forwarded under a key of this node's making (made at
+/// the first forward), and once it has been, a later proposal here carries that key
+/// too. (It did not: a write forwarded to a leader that applied it and then fell behind
+/// a partition was proposed again, bare, when this node took over, and applied a second
+/// time after a later delete, found by the chaos test.)
+pub struct WriteAttempts {
+    command: Command,
+    client_key: Option<String>,
+    node: u64,
+    /// The entry of a proposal before any forward: with the client's key, if any.
+    first_entry: Bytes,
+    forwarding_key: std::sync::OnceLock<String>,
+}
+
+impl WriteAttempts {
+    pub fn new(command: Command, client_key: Option<String>, node: u64) -> WriteAttempts {
+        WriteAttempts {
+            first_entry: entry(&command, client_key.as_deref()),
+            command,
+            client_key,
+            node,
+            forwarding_key: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The entry this node proposes: under the key its forwards carried, once there
+    /// was one (the client's, or this node's own).
+    pub fn entry(&self) -> Bytes {
+        let forgets = crate::plant::active(crate::plant::Plant::LocalRetryForgetsForwardingKey);
+        match (&self.client_key, self.forwarding_key.get()) {
+            (None, Some(key)) if !forgets => entry(&self.command, Some(key)),
+            _ => self.first_entry.clone(),
+        }
+    }
+
+    /// The key a forward carries: the client's, or a new one of this node's, made at
+    /// the first forward (not for every write: most are proposed here) and the same for
+    /// every later one, so that a forward may be sent again after any failure (see
+    /// [`super::forward_again`]).
+    pub fn forwarding_key(&self) -> &str {
+        match &self.client_key {
+            Some(key) => key,
+            None => self
+                .forwarding_key
+                .get_or_init(|| forwarding_key(self.node)),
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -106,4 +158,50 @@ pub fn replayed(metadata: &MetadataMap) -> bool {
 /// Marks an answer as a replay.
 pub fn mark_replayed(metadata: &mut MetadataMap) {
     metadata.insert(REPLAYED, MetadataValue::from_static("true"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idempotency_of(entry: &[u8]) -> Option<crate::kv::Idempotency> {
+        Command::decode(entry).ok()?.idempotency
+    }
+
+    fn key_of(entry: &[u8]) -> Option<String> {
+        idempotency_of(entry).map(|i| i.key)
+    }
+
+    #[test]
+    fn every_attempt_after_a_forward_carries_the_forwarding_key() {
+        let put = Command::Put {
+            key: "k".into(),
+            value: "v".into(),
+            precondition: None,
+        };
+        // No key from the client: proposed bare until it is forwarded, then under the
+        // forward's key, which the leader would have stamped on the same command (the
+        // same fingerprint: the retry is recognized, not refused as another request).
+        let attempts = WriteAttempts::new(put.clone(), None, 3);
+        assert_eq!(key_of(&attempts.entry()), None);
+        let forwarded = attempts.forwarding_key().to_string();
+        assert!(forwarded.starts_with("distraft-forward-3-"), "{forwarded}");
+        assert_eq!(
+            attempts.forwarding_key(),
+            forwarded,
+            "one key for every forward"
+        );
+        let local = idempotency_of(&attempts.entry());
+        let at_leader = idempotency_of(&entry(&put, Some(&forwarded)));
+        assert_eq!(local.as_ref().map(|i| &i.key), Some(&forwarded));
+        assert_eq!(
+            local.map(|i| i.fingerprint),
+            at_leader.map(|i| i.fingerprint)
+        );
+        // The client's key: every attempt carries it.
+        let attempts = WriteAttempts::new(put, Some("client-1".into()), 3);
+        assert_eq!(key_of(&attempts.entry()).as_deref(), Some("client-1"));
+        assert_eq!(attempts.forwarding_key(), "client-1");
+        assert_eq!(key_of(&attempts.entry()).as_deref(), Some("client-1"));
+    }
 }

@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::auth::{authorize, AUTHORIZATION};
 use super::deadline::{Backoff, Deadline};
-use super::idempotency::{self, settle};
+use super::idempotency::{self, settle, WriteAttempts};
 use super::outcome::{forward_again, index_of_not_found, status_of, INDEX, NOT_APPLIED};
 use super::peers::Peers;
 use crate::config::Config;
@@ -72,16 +72,6 @@ impl KvService {
         let deadline = Deadline::of(&request, self.config.request_timeout);
         let forwarded = request.metadata().contains_key(FORWARDED);
         Ok((deadline, forwarded, request.into_inner()))
-    }
-
-    /// The idempotency key a write is forwarded with: the client's, or a new one (so
-    /// that the write may be sent again after any failure, see [`forward_again`]).
-    /// Made at its first forward (the same for every later one), not for every write.
-    fn forwarding_key(&self, client_key: &Option<String>) -> String {
-        match client_key {
-            Some(key) => key.clone(),
-            None => idempotency::forwarding_key(self.config.id),
-        }
     }
 
     /// Runs `local` until it succeeds, fails for good, or the deadline passes. While
@@ -492,22 +482,20 @@ impl pb::kv_server::Kv for KvService {
         let client_key = idempotency::client_key(request.metadata())?;
         let (deadline, forwarded, wire) = self.begin(request)?;
         let (command, kind) = txn_command(&self.config.request_rules, &wire)?;
-        let data = idempotency::entry(&command, client_key.as_deref());
-        let forward_key = std::sync::OnceLock::new();
+        let attempts = WriteAttempts::new(command, client_key, self.config.id);
         let answer = self
             .run(
                 &deadline,
                 forwarded,
                 true,
                 || async {
-                    let committed = self.driver.propose(data.clone(), kind.clone()).await?;
+                    let committed = self.driver.propose(attempts.entry(), kind.clone()).await?;
                     let (index, applied, replayed) = settle(committed)?;
                     txn_response(index, applied, "a transaction").map(|r| (r, replayed))
                 },
                 |mut client, remaining| {
                     let request = forwarded_request(&self.config, wire.clone(), remaining);
-                    let key = forward_key.get_or_init(|| self.forwarding_key(&client_key));
-                    let request = idempotency::with_key(request, key);
+                    let request = idempotency::with_key(request, attempts.forwarding_key());
                     async move { forwarded_answer(client.txn(request).await) }
                 },
             )
@@ -613,8 +601,7 @@ impl pb::kv_server::Kv for KvService {
             value: value.clone(),
             precondition: precondition(wire_precondition)?,
         };
-        let data = idempotency::entry(&command, client_key.as_deref());
-        let forward_key = std::sync::OnceLock::new();
+        let attempts = WriteAttempts::new(command, client_key, self.config.id);
         let answer = self
             .run(
                 &deadline,
@@ -625,7 +612,7 @@ impl pb::kv_server::Kv for KvService {
                         key: key.clone(),
                         value_bytes: value.len(),
                     };
-                    let committed = self.driver.propose(data.clone(), kind).await?;
+                    let committed = self.driver.propose(attempts.entry(), kind).await?;
                     let (index, applied, replayed) = settle(committed)?;
                     match applied {
                         Applied::Put { versions } => Ok((
@@ -648,8 +635,7 @@ impl pb::kv_server::Kv for KvService {
                         precondition: wire_precondition,
                     };
                     let request = forwarded_request(&self.config, request, remaining);
-                    let key = forward_key.get_or_init(|| self.forwarding_key(&client_key));
-                    let request = idempotency::with_key(request, key);
+                    let request = idempotency::with_key(request, attempts.forwarding_key());
                     async move { forwarded_answer(client.put(request).await) }
                 },
             )
@@ -675,15 +661,17 @@ impl pb::kv_server::Kv for KvService {
             key: key.clone(),
             precondition: precondition(wire_precondition)?,
         };
-        let data = idempotency::entry(&command, client_key.as_deref());
-        let forward_key = std::sync::OnceLock::new();
+        let attempts = WriteAttempts::new(command, client_key, self.config.id);
         let answer = self
             .run(
                 &deadline,
                 forwarded,
                 true,
                 || async {
-                    let committed = self.driver.propose(data.clone(), WriteKind::Delete).await?;
+                    let committed = self
+                        .driver
+                        .propose(attempts.entry(), WriteKind::Delete)
+                        .await?;
                     let (index, applied, replayed) = settle(committed)?;
                     match applied {
                         Applied::Delete { existed } => Ok((
@@ -703,8 +691,7 @@ impl pb::kv_server::Kv for KvService {
                         precondition: wire_precondition,
                     };
                     let request = forwarded_request(&self.config, request, remaining);
-                    let key = forward_key.get_or_init(|| self.forwarding_key(&client_key));
-                    let request = idempotency::with_key(request, key);
+                    let request = idempotency::with_key(request, attempts.forwarding_key());
                     async move { forwarded_answer(client.delete(request).await) }
                 },
             )
