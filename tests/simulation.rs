@@ -35,10 +35,14 @@
 //!   are transactions over the three keys instead: compares on what the client last
 //!   saw of one or two of them, puts (and a delete) on two on success, a put on the
 //!   third, or nothing, on failure.
-//!   Every write carries an idempotency key per client operation; a client whose
-//!   origin node dies with its write sends it again, under the same key, to another
-//!   node (as distraft's CLI does on a broken connection), so retries of writes that
-//!   may have applied, under another leader, are common. A retry applied twice shows
+//!   Three writes in four carry an idempotency key per client operation; a client
+//!   whose origin node dies with its write sends it again, under the same key, to
+//!   another node (as distraft's CLI does on a broken connection), so retries of
+//!   writes that may have applied, under another leader, are common. The fourth
+//!   carries none (as curl sends them): the origin makes its attempts with the Kv
+//!   service's own `rpc::idempotency::WriteAttempts` (bare while proposed at the
+//!   origin, under the origin's key once forwarded, and under that key when the origin
+//!   proposes it again, having become the leader). A retry applied twice shows
 //!   as a compare-and-set reported failed whose value is there. The summary counts the
 //!   writes answered by a replay of their first outcome.
 //!
@@ -78,6 +82,7 @@ use distraft::kv::{Applied, Command, Compare, Kv, ListQuery, Precondition, Targe
 use distraft::raft::{
     AppendOutcome, Body, Index, Message, NodeId, RawNode, Role, SnapshotMeta, Term,
 };
+use distraft::rpc::idempotency::WriteAttempts;
 use distraft::rpc::{forward_again, status_of, NOT_APPLIED};
 use distraft::storage::{DiskFault, DiskStep, SnapshotFile, Storage, StorageOptions};
 use distraft_testkit::linearizability::{self, KvOp, KvOutcome, Operation};
@@ -437,6 +442,43 @@ struct Pending {
     /// A compare-and-set sent as a conditional put (`If-Match`, `If-None-Match: *`)
     /// rather than a transaction: the same test of the key, by its version.
     precondition: Option<Precondition>,
+    keys: ClientKeys,
+}
+
+/// Whether a client's write carries its own idempotency key and, if not, the keys its
+/// origin's Kv service gives its attempts (`rpc::idempotency::WriteAttempts`, the real
+/// one: bare while proposed at the origin, under the origin's own key once forwarded,
+/// and under that key when the origin proposes it again after a forward).
+struct ClientKeys {
+    keyed: bool,
+    attempts: Option<WriteAttempts>,
+}
+
+impl ClientKeys {
+    /// The entry of the attempt at `at` of the write `call` of `client`, whose origin is
+    /// `origin`.
+    fn entry(
+        &mut self,
+        client: u64,
+        call: u64,
+        origin: NodeId,
+        at: NodeId,
+        command: &Command,
+        now: u64,
+    ) -> bytes::Bytes {
+        if self.keyed {
+            return command.encode_idempotent(&idempotency_key(client, call), now);
+        }
+        let attempts = self.attempts.get_or_insert_with(|| {
+            WriteAttempts::new(command.clone(), None, origin)
+                .with_own_key(format!("distraft-forward-{origin}-c{client}-{call}"))
+        });
+        match at == origin {
+            true => attempts.entry(now),
+            // Forwarded: the leader's Kv service stamps the forward's key.
+            false => command.encode_idempotent(attempts.forwarding_key(), now),
+        }
+    }
 }
 
 enum Waiting {
@@ -881,7 +923,8 @@ impl Sim {
                 KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Cas { .. } | KvOp::Txn { .. }
             );
             let from_origin = pending.origin == id;
-            if from_origin && write {
+            // Without a key of its own, a client cannot send the write again safely.
+            if from_origin && write && pending.keys.keyed {
                 // The client lost its connection with the answer: as distraft's CLI
                 // does, it sends the write again, with the same idempotency key, to
                 // another node (until its deadline). The lost attempt may have
@@ -1804,6 +1847,12 @@ impl Sim {
                 state: Waiting::Retry { at_tick: self.now },
                 maybe_applied: false,
                 precondition,
+                // A quarter of the writes without a key of the client's (as curl sends
+                // them): only the origin's forwarding makes them idempotent.
+                keys: ClientKeys {
+                    keyed: !self.mix.random_ratio(1, 4),
+                    attempts: None,
+                },
             };
             self.clients.insert(client, Some(pending));
             self.submit(client, origin)?;
@@ -1836,8 +1885,14 @@ impl Sim {
                     precondition: None,
                 };
                 let event = Event::Propose {
-                    data: command
-                        .encode_idempotent(&idempotency_key(client, pending.call), self.now),
+                    data: pending.keys.entry(
+                        client,
+                        pending.call,
+                        pending.origin,
+                        at,
+                        &command,
+                        self.now,
+                    ),
                     kind: WriteKind::Put {
                         key: key.clone(),
                         value_bytes: value.len(),
@@ -1853,8 +1908,14 @@ impl Sim {
                     precondition: None,
                 };
                 let event = Event::Propose {
-                    data: command
-                        .encode_idempotent(&idempotency_key(client, pending.call), self.now),
+                    data: pending.keys.entry(
+                        client,
+                        pending.call,
+                        pending.origin,
+                        at,
+                        &command,
+                        self.now,
+                    ),
                     kind: WriteKind::Delete,
                     reply,
                 };
@@ -1870,8 +1931,14 @@ impl Sim {
                     precondition: pending.precondition,
                 };
                 let event = Event::Propose {
-                    data: command
-                        .encode_idempotent(&idempotency_key(client, pending.call), self.now),
+                    data: pending.keys.entry(
+                        client,
+                        pending.call,
+                        pending.origin,
+                        at,
+                        &command,
+                        self.now,
+                    ),
                     kind: WriteKind::Put {
                         key: key.clone(),
                         value_bytes: new.len(),
@@ -1886,8 +1953,14 @@ impl Sim {
                 let (command, kind) = txn_command(&compares, &success, &[]);
                 let (reply, answer) = oneshot::channel();
                 let event = Event::Propose {
-                    data: command
-                        .encode_idempotent(&idempotency_key(client, pending.call), self.now),
+                    data: pending.keys.entry(
+                        client,
+                        pending.call,
+                        pending.origin,
+                        at,
+                        &command,
+                        self.now,
+                    ),
                     kind,
                     reply,
                 };
@@ -1901,8 +1974,14 @@ impl Sim {
                 let (command, kind) = txn_command(compares, success, failure);
                 let (reply, answer) = oneshot::channel();
                 let event = Event::Propose {
-                    data: command
-                        .encode_idempotent(&idempotency_key(client, pending.call), self.now),
+                    data: pending.keys.entry(
+                        client,
+                        pending.call,
+                        pending.origin,
+                        at,
+                        &command,
+                        self.now,
+                    ),
                     kind,
                     reply,
                 };

@@ -87,6 +87,9 @@ pub struct WriteAttempts {
     /// The entry of a proposal before any forward: with the client's key, if any.
     first_entry: Bytes,
     forwarding_key: std::sync::OnceLock<String>,
+    /// The key a first forward takes when the client gave none: random unless given
+    /// ([`WriteAttempts::with_own_key`]).
+    own_key: Option<String>,
 }
 
 impl WriteAttempts {
@@ -97,15 +100,24 @@ impl WriteAttempts {
             client_key,
             node,
             forwarding_key: std::sync::OnceLock::new(),
+            own_key: None,
         }
     }
 
+    /// The key to forward under, should the write be forwarded without a client's key,
+    /// instead of a random one: for a simulator, whose runs must replay exactly.
+    pub fn with_own_key(mut self, key: String) -> WriteAttempts {
+        self.own_key = Some(key);
+        self
+    }
+
     /// The entry this node proposes: under the key its forwards carried, once there
-    /// was one (the client's, or this node's own).
-    pub fn entry(&self) -> Bytes {
+    /// was one (the client's, or this node's own), stamped `at_ms` (this node's clock,
+    /// [`now_ms`]).
+    pub fn entry(&self, at_ms: u64) -> Bytes {
         let forgets = crate::plant::active(crate::plant::Plant::LocalRetryForgetsForwardingKey);
         match (&self.client_key, self.forwarding_key.get()) {
-            (None, Some(key)) if !forgets => entry(&self.command, Some(key)),
+            (None, Some(key)) if !forgets => self.command.encode_idempotent(key, at_ms),
             _ => self.first_entry.clone(),
         }
     }
@@ -117,14 +129,16 @@ impl WriteAttempts {
     pub fn forwarding_key(&self) -> &str {
         match &self.client_key {
             Some(key) => key,
-            None => self
-                .forwarding_key
-                .get_or_init(|| forwarding_key(self.node)),
+            None => self.forwarding_key.get_or_init(|| match &self.own_key {
+                Some(key) => key.clone(),
+                None => forwarding_key(self.node),
+            }),
         }
     }
 }
 
-fn now_ms() -> u64 {
+/// This node's clock, in milliseconds since the Unix epoch (0 before it).
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
@@ -183,7 +197,7 @@ mod tests {
         // forward's key, which the leader would have stamped on the same command (the
         // same fingerprint: the retry is recognized, not refused as another request).
         let attempts = WriteAttempts::new(put.clone(), None, 3);
-        assert_eq!(key_of(&attempts.entry()), None);
+        assert_eq!(key_of(&attempts.entry(now_ms())), None);
         let forwarded = attempts.forwarding_key().to_string();
         assert!(forwarded.starts_with("distraft-forward-3-"), "{forwarded}");
         assert_eq!(
@@ -191,7 +205,7 @@ mod tests {
             forwarded,
             "one key for every forward"
         );
-        let local = idempotency_of(&attempts.entry());
+        let local = idempotency_of(&attempts.entry(now_ms()));
         let at_leader = idempotency_of(&entry(&put, Some(&forwarded)));
         assert_eq!(local.as_ref().map(|i| &i.key), Some(&forwarded));
         assert_eq!(
@@ -200,8 +214,14 @@ mod tests {
         );
         // The client's key: every attempt carries it.
         let attempts = WriteAttempts::new(put, Some("client-1".into()), 3);
-        assert_eq!(key_of(&attempts.entry()).as_deref(), Some("client-1"));
+        assert_eq!(
+            key_of(&attempts.entry(now_ms())).as_deref(),
+            Some("client-1")
+        );
         assert_eq!(attempts.forwarding_key(), "client-1");
-        assert_eq!(key_of(&attempts.entry()).as_deref(), Some("client-1"));
+        assert_eq!(
+            key_of(&attempts.entry(now_ms())).as_deref(),
+            Some("client-1")
+        );
     }
 }

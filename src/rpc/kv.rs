@@ -489,7 +489,10 @@ impl pb::kv_server::Kv for KvService {
                 forwarded,
                 true,
                 || async {
-                    let committed = self.driver.propose(attempts.entry(), kind.clone()).await?;
+                    let committed = self
+                        .driver
+                        .propose(attempts.entry(idempotency::now_ms()), kind.clone())
+                        .await?;
                     let (index, applied, replayed) = settle(committed)?;
                     txn_response(index, applied, "a transaction").map(|r| (r, replayed))
                 },
@@ -612,7 +615,10 @@ impl pb::kv_server::Kv for KvService {
                         key: key.clone(),
                         value_bytes: value.len(),
                     };
-                    let committed = self.driver.propose(attempts.entry(), kind).await?;
+                    let committed = self
+                        .driver
+                        .propose(attempts.entry(idempotency::now_ms()), kind)
+                        .await?;
                     let (index, applied, replayed) = settle(committed)?;
                     match applied {
                         Applied::Put { versions } => Ok((
@@ -670,7 +676,7 @@ impl pb::kv_server::Kv for KvService {
                 || async {
                     let committed = self
                         .driver
-                        .propose(attempts.entry(), WriteKind::Delete)
+                        .propose(attempts.entry(idempotency::now_ms()), WriteKind::Delete)
                         .await?;
                     let (index, applied, replayed) = settle(committed)?;
                     match applied {
