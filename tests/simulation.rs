@@ -418,6 +418,8 @@ struct Node {
     /// The membership its core used when it last went down: its log still holds it
     /// (committed or not) and will use it again when it comes back.
     membership_when_down: Option<distraft::raft::Membership>,
+    /// Whether that membership was not yet committed, as far as the node knew.
+    change_pending_when_down: bool,
     /// The commit index up to which this node's log was checked against `committed`.
     seen_commit: Index,
 }
@@ -691,6 +693,7 @@ impl Sim {
             tick_skip: self.rng.random_range(0.0..0.4),
             wiped: false,
             membership_when_down: None,
+            change_pending_when_down: false,
             seen_commit: 0,
         };
         self.nodes.insert(id, node);
@@ -851,6 +854,7 @@ impl Sim {
         let current_end = node.live.as_ref().and_then(|l| l.driver.wal_end());
         if let Some(live) = &node.live {
             node.membership_when_down = Some(live.driver.core().membership().clone());
+            node.change_pending_when_down = members::holds_uncommitted_change(live.driver.core());
         }
         node.live = None;
         node.held.clear();
@@ -1192,11 +1196,13 @@ impl Sim {
         for (id, node) in &self.nodes {
             match &node.live {
                 Some(live) => {
+                    let core = live.driver.core();
                     let _ = write!(
                         out,
-                        "\n  n{id}: up {} {:?}",
+                        "\n  n{id}: up {} {:?} {:?}",
                         live.driver.is_up(),
-                        live.driver.core().status()
+                        core.status(),
+                        core.membership()
                     );
                 }
                 None => {

@@ -298,6 +298,13 @@ impl Sim {
     /// that log's node needs the wiped node's vote and the other cannot win without
     /// it, so no leader can ever be elected. docs/storage.md states the rule for
     /// operators.
+    ///
+    /// Nor while any node, up or down, holds a change it does not know committed: the
+    /// leader's own automatic promotion of a learner counts, which `pending` (the
+    /// changes asked here) does not see. Seed 3568 (after the clients changed in
+    /// session 12) wiped the third voter while a deposed leader, partitioned, held
+    /// its uncommitted promotion of a learner: it needed that learner's vote, whose
+    /// log was ahead of its own, and the other voter's log was behind it.
     pub(super) fn may_wipe(&self, _id: NodeId) -> bool {
         let three = |m: &Membership| m.voters.len() >= 3;
         self.sc.nodes > 1
@@ -305,6 +312,10 @@ impl Sim {
             // Nor while a change proposed may still commit (seed 3027: a leader's
             // removal of itself, deposed before it committed, still in its log).
             && self.members.pending.is_empty()
+            && self.nodes.values().all(|n| match &n.live {
+                Some(live) => !holds_uncommitted_change(live.driver.core()),
+                None => !n.change_pending_when_down,
+            })
             && self.nodes.values().all(|n| match &n.live {
                 Some(live) => three(live.driver.core().membership()),
                 None => n.membership_when_down.as_ref().is_none_or(three),
@@ -351,4 +362,9 @@ impl Sim {
             }
         }
     }
+}
+
+/// Whether the membership `core` uses is a change it does not know committed.
+pub(super) fn holds_uncommitted_change(core: &distraft::raft::RawNode) -> bool {
+    core.membership() != &core.membership_at(core.status().commit)
 }
