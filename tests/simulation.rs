@@ -112,6 +112,52 @@ fn write_outcome(client: u64, op: &KvOp, applied: Applied) -> Result<KvOutcome, 
     }
 }
 
+/// A write's command and what it does to the state's size, as the Kv service builds
+/// them: a put, a delete, a compare-and-set (a conditional put when `precondition` is
+/// set, else a transaction comparing the value) or a transaction; `None` for a read.
+fn write_command(op: &KvOp, precondition: Option<Precondition>) -> Option<(Command, WriteKind)> {
+    let put_kind = |key: &String, value: &String| WriteKind::Put {
+        key: key.clone(),
+        value_bytes: value.len(),
+    };
+    match op {
+        KvOp::Put { key, value } => Some((
+            Command::Put {
+                key: key.clone(),
+                value: value.clone(),
+                precondition: None,
+            },
+            put_kind(key, value),
+        )),
+        KvOp::Delete { key } => Some((
+            Command::Delete {
+                key: key.clone(),
+                precondition: None,
+            },
+            WriteKind::Delete,
+        )),
+        KvOp::Cas { key, new, .. } if precondition.is_some() => Some((
+            Command::Put {
+                key: key.clone(),
+                value: new.clone(),
+                precondition,
+            },
+            put_kind(key, new),
+        )),
+        KvOp::Cas { key, expected, new } => Some(txn_command(
+            &[(key.clone(), expected.clone())],
+            &[(key.clone(), Some(new.clone()))],
+            &[],
+        )),
+        KvOp::Txn {
+            compares,
+            success,
+            failure,
+        } => Some(txn_command(compares, success, failure)),
+        KvOp::Get { .. } | KvOp::List { .. } => None,
+    }
+}
+
 /// A transaction as the Kv service's Txn builds one: compares on the value (version 0
 /// for absent), then one branch of puts (deletes for `None`).
 fn txn_command(
@@ -1883,116 +1929,6 @@ impl Sim {
                 };
                 (event, Waiting::Read { at, answer })
             }
-            KvOp::Put { key, value } => {
-                let (reply, answer) = oneshot::channel();
-                let command = Command::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                    precondition: None,
-                };
-                let event = Event::Propose {
-                    data: pending.keys.entry(
-                        client,
-                        pending.call,
-                        pending.origin,
-                        at,
-                        &command,
-                        self.now,
-                    ),
-                    kind: WriteKind::Put {
-                        key: key.clone(),
-                        value_bytes: value.len(),
-                    },
-                    reply,
-                };
-                (event, Waiting::Write { at, answer })
-            }
-            KvOp::Delete { key } => {
-                let (reply, answer) = oneshot::channel();
-                let command = Command::Delete {
-                    key: key.clone(),
-                    precondition: None,
-                };
-                let event = Event::Propose {
-                    data: pending.keys.entry(
-                        client,
-                        pending.call,
-                        pending.origin,
-                        at,
-                        &command,
-                        self.now,
-                    ),
-                    kind: WriteKind::Delete,
-                    reply,
-                };
-                (event, Waiting::Write { at, answer })
-            }
-            // A transaction, as the Kv service's Txn builds one: compare the value (or
-            // version 0: absent), put on success, nothing on failure.
-            KvOp::Cas { key, new, .. } if pending.precondition.is_some() => {
-                let (reply, answer) = oneshot::channel();
-                let command = Command::Put {
-                    key: key.clone(),
-                    value: new.clone(),
-                    precondition: pending.precondition,
-                };
-                let event = Event::Propose {
-                    data: pending.keys.entry(
-                        client,
-                        pending.call,
-                        pending.origin,
-                        at,
-                        &command,
-                        self.now,
-                    ),
-                    kind: WriteKind::Put {
-                        key: key.clone(),
-                        value_bytes: new.len(),
-                    },
-                    reply,
-                };
-                (event, Waiting::Write { at, answer })
-            }
-            KvOp::Cas { key, expected, new } => {
-                let compares = [(key.clone(), expected.clone())];
-                let success = [(key.clone(), Some(new.clone()))];
-                let (command, kind) = txn_command(&compares, &success, &[]);
-                let (reply, answer) = oneshot::channel();
-                let event = Event::Propose {
-                    data: pending.keys.entry(
-                        client,
-                        pending.call,
-                        pending.origin,
-                        at,
-                        &command,
-                        self.now,
-                    ),
-                    kind,
-                    reply,
-                };
-                (event, Waiting::Write { at, answer })
-            }
-            KvOp::Txn {
-                compares,
-                success,
-                failure,
-            } => {
-                let (command, kind) = txn_command(compares, success, failure);
-                let (reply, answer) = oneshot::channel();
-                let event = Event::Propose {
-                    data: pending.keys.entry(
-                        client,
-                        pending.call,
-                        pending.origin,
-                        at,
-                        &command,
-                        self.now,
-                    ),
-                    kind,
-                    reply,
-                };
-                (event, Waiting::Write { at, answer })
-            }
             KvOp::List { prefix } => {
                 let (reply, answer) = oneshot::channel();
                 let query = ListQuery {
@@ -2007,6 +1943,22 @@ impl Sim {
                     stale: false,
                 };
                 (event, Waiting::List { at, answer })
+            }
+            write => {
+                let Some((command, kind)) = write_command(write, pending.precondition) else {
+                    return Err(format!("client {client}: {write:?} is not a write"));
+                };
+                let (reply, answer) = oneshot::channel();
+                let data = pending.keys.entry(
+                    client,
+                    pending.call,
+                    pending.origin,
+                    at,
+                    &command,
+                    self.now,
+                );
+                let event = Event::Propose { data, kind, reply };
+                (event, Waiting::Write { at, answer })
             }
         };
         pending.state = state;

@@ -420,9 +420,7 @@ fn validate(op: &Operation) -> Result<(), &'static str> {
         {
             return Err("a listing returned a key outside its prefix");
         }
-        let mut keys: Vec<&str> = found.iter().map(|(key, _)| key.as_str()).collect();
-        keys.sort_unstable();
-        if keys.windows(2).any(|pair| pair[0] == pair[1]) {
+        if names_a_key_twice(found) {
             return Err("a listing returned a key twice");
         }
     }
@@ -432,15 +430,10 @@ fn validate(op: &Operation) -> Result<(), &'static str> {
         failure,
     } = &op.op
     {
-        let twice = |pairs: &[(String, Option<String>)]| {
-            let mut keys: Vec<&str> = pairs.iter().map(|(key, _)| key.as_str()).collect();
-            keys.sort_unstable();
-            keys.windows(2).any(|pair| pair[0] == pair[1])
-        };
-        if twice(compares) {
+        if names_a_key_twice(compares) {
             return Err("a transaction compares a key twice");
         }
-        if twice(success) || twice(failure) {
+        if names_a_key_twice(success) || names_a_key_twice(failure) {
             return Err("a transaction's branch writes a key twice");
         }
         if success
@@ -451,6 +444,13 @@ fn validate(op: &Operation) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// Whether some key appears twice among `pairs` (key first).
+fn names_a_key_twice<V>(pairs: &[(String, V)]) -> bool {
+    let mut keys: Vec<&str> = pairs.iter().map(|(key, _)| key.as_str()).collect();
+    keys.sort_unstable();
+    keys.windows(2).any(|pair| pair[0] == pair[1])
 }
 
 /// A register value, interned per key; [`ABSENT`] is the absent key.
