@@ -107,15 +107,28 @@ pub async fn delete(
     send_write(request, &url, idempotency_key).await
 }
 
+/// The longest transaction `distraft txn -` reads from standard input.
+const MAX_TXN_INPUT_BYTES: u64 = 64 << 20;
+
 /// `distraft txn`: the transaction's JSON (or `-`: standard input), checked to be JSON
 /// here, and everything else by the node (400 with the reason); sent as a write
 /// ([`send_write`]).
 pub async fn txn(target: &Target, txn: &str, idempotency_key: &str) -> anyhow::Result<()> {
     let body = match txn {
         "-" => {
+            // Bounded: a node takes no request body past 3 values' worth (3 MiB with the
+            // default DISTRAFT_MAX_VALUE_BYTES); this is ample for any it could take.
             let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-                .context("reading the transaction from standard input")?;
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(std::io::stdin(), MAX_TXN_INPUT_BYTES + 1),
+                &mut text,
+            )
+            .context("reading the transaction from standard input")?;
+            if text.len() as u64 > MAX_TXN_INPUT_BYTES {
+                anyhow::bail!(
+                    "the transaction on standard input is longer than {MAX_TXN_INPUT_BYTES} bytes"
+                );
+            }
             text
         }
         text => text.to_string(),
