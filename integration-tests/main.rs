@@ -5,6 +5,7 @@
 
 mod access;
 mod api;
+mod backup;
 mod faults;
 mod idempotency;
 mod leadership;

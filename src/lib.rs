@@ -19,6 +19,7 @@
 //!   generator itself is the `distraft-bench` crate, in bench/);
 //! - [`plant`]: bugs planted on purpose (feature `plants`) to show the tests catch them.
 pub mod access;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod dashboard;

@@ -196,6 +196,16 @@ async fn open_data_dir(
             }
         }
         Identity::Joined(joined) => adopt(config, joined),
+        Identity::Derived { cluster_id, joined } => {
+            if let Some(joined) = joined {
+                adopt(config, joined);
+            }
+            info!(
+                cluster_id = format!("{cluster_id:016x}"),
+                "a cluster made from another's data (restored, or forced new)"
+            );
+            config.cluster_id = cluster_id;
+        }
         Identity::Unset => {
             let joined = crate::join::join(config).await?;
             identity::record_join(config, &config.data_dir, &joined)?;

@@ -6,6 +6,7 @@
 //! `certs` makes a development CA and certificates for a cluster with TLS; `bench` is the
 //! load generator (the `distraft-bench` crate) with distraft's and etcd's clients.
 
+mod backup;
 mod bench;
 mod certs;
 mod client;
@@ -108,6 +109,28 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Save a backup of the cluster's state into FILE (`GET /v1/backup`), as of an
+    /// index at least that of every write acknowledged before (unless --stale);
+    /// written atomically (FILE.part, checked, fsynced, renamed). With --check, only
+    /// check FILE (header, length, checksum, every pair), contacting no node.
+    Backup {
+        #[command(flatten)]
+        target: Target,
+        /// The backup file.
+        file: std::path::PathBuf,
+        /// Check FILE instead of making it.
+        #[arg(long)]
+        check: bool,
+        /// Any snapshot the node has, without asking the leader: may miss the latest
+        /// writes.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Make the data directory of one member of a NEW cluster from a backup (run it
+    /// for every member of DISTRAFT_CLUSTER, with the same backup, list and token,
+    /// then start them): a new cluster id, so it can never be taken for the original.
+    /// The file is checked before anything is written; the directories must be empty.
+    Restore(Box<RestoreArgs>),
     /// Leadership: `distraft leader transfer [--to NAME]`.
     #[command(subcommand)]
     Leader(LeaderCommand),
@@ -123,6 +146,17 @@ pub enum Command {
     /// Load-test a cluster (distraft over HTTP or gRPC, or etcd's v2 API), measure
     /// failover, or find the leader; see `distraft bench --help`.
     Bench(Box<bench::BenchArgs>),
+}
+
+/// `distraft restore FILE` and the new member's configuration (DISTRAFT_NAME,
+/// DISTRAFT_CLUSTER, DISTRAFT_CLUSTER_TOKEN, DISTRAFT_DATA_PATH, DISTRAFT_LOG_PATH, or
+/// their flags).
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    pub file: std::path::PathBuf,
+    #[command(flatten)]
+    pub node: crate::config::NodeArgs,
 }
 
 /// `distraft leader ...`
@@ -293,6 +327,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             count,
         } => watch::watch(&target, &key, prefix, index, count).await,
         Command::Txn { target, txn, retry } => client::txn(&target, &txn, &retry.key()).await,
+        Command::Backup {
+            target,
+            file,
+            check,
+            stale,
+        } => match check {
+            true => backup::check(&file),
+            false => backup::backup(&target, &file, stale).await,
+        },
+        Command::Restore(args) => backup::restore(&args.file, &args.node),
         Command::Leader(LeaderCommand::Transfer { target, to }) => {
             client::transfer_leader(&target, to.as_deref()).await
         }

@@ -80,7 +80,7 @@ pub struct Dashboard {
     /// This node's name.
     me: String,
     /// This node's Admin service, called in process.
-    own: Arc<dyn Admin>,
+    own: Arc<dyn Admin<BackupStream = crate::rpc::BackupChunks>>,
     /// The current members (see [`MemberList`]).
     members: Members,
     /// The API token (if set) to present to the other members for stop/start.
@@ -113,7 +113,7 @@ pub enum Action {
 impl Dashboard {
     pub fn new(
         me: String,
-        own: Arc<dyn Admin>,
+        own: Arc<dyn Admin<BackupStream = crate::rpc::BackupChunks>>,
         members: Members,
         bearer: Option<String>,
         stop: watch::Receiver<bool>,

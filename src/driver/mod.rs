@@ -13,6 +13,7 @@
 
 mod alarm;
 mod background;
+mod backups;
 mod lag;
 mod leadership;
 mod members;
@@ -49,6 +50,7 @@ use snapshots::SnapshotInFlight;
 use trigger::{SinceSnapshot, SnapshotTrigger};
 
 pub use background::{Background, Job, Threads};
+pub use backups::BackupSource;
 pub use members::{
     Assessment, ChangeError, ChangeOutcome, ChangeRequest, FaultTolerance, MemberChange,
     CAUGHT_UP_ENTRIES, UNSAFE_CHANGE_HINT,
@@ -354,6 +356,15 @@ impl DriverHandle {
         answer.await.unwrap_or(Err(RequestError::ShuttingDown))
     }
 
+    /// Opens a snapshot file for a backup: one at or after the index a linearizable
+    /// read would confirm now (any snapshot if `stale`), taking one if need be.
+    pub async fn backup(&self, stale: bool) -> Result<BackupSource, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        let read = Read::Backup { stale, reply };
+        self.post(Event::Read { read, stale })?;
+        answer.await.unwrap_or(Err(RequestError::ShuttingDown))
+    }
+
     pub async fn status(&self) -> Result<NodeStatus, RequestError> {
         let (reply, answer) = oneshot::channel();
         self.post(Event::Status { reply })?;
@@ -557,4 +568,6 @@ pub struct Driver<T> {
     ticks_since_promote_check: u64,
     /// The watch history and watchers (`watches.rs`).
     watches: crate::watch::Hub,
+    /// Backups waiting for a snapshot (`backups.rs`).
+    waiting_backups: Vec<backups::WaitingBackup>,
 }

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::backups::BackupReply;
 use super::{Committed, Driver, ListAnswer, ReadAnswer, RequestError, Transport, WriteKind};
 use crate::kv::{Kv, ListQuery};
 use crate::metrics::metrics;
@@ -37,11 +38,15 @@ pub enum Read {
         query: ListQuery,
         reply: oneshot::Sender<Result<ListAnswer, RequestError>>,
     },
+    /// A backup: a snapshot file holding at least the confirmed index (see
+    /// `backups.rs`); `stale`: any snapshot.
+    Backup { stale: bool, reply: BackupReply },
 }
 
 impl Read {
-    /// Answers from the state machine as it is, `applied` the last entry in it.
-    fn serve(self, kv: &Kv, applied: Index) {
+    /// Answers from the state machine as it is, `applied` the last entry in it; a
+    /// backup is handed back, for the driver to find it a snapshot.
+    fn serve(self, kv: &Kv, applied: Index) -> Option<(bool, BackupReply)> {
         match self {
             Read::Get { key, reply } => {
                 let found = kv.versioned(&key);
@@ -57,7 +62,9 @@ impl Read {
                     page,
                 }));
             }
+            Read::Backup { stale, reply } => return Some((stale, reply)),
         }
+        None
     }
 
     pub(super) fn fail(self, err: RequestError) {
@@ -68,6 +75,9 @@ impl Read {
             Read::List { reply, .. } => {
                 let _ = reply.send(Err(err));
             }
+            Read::Backup { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
         }
     }
 
@@ -76,6 +86,7 @@ impl Read {
         match self {
             Read::Get { reply, .. } => reply.is_closed(),
             Read::List { reply, .. } => reply.is_closed(),
+            Read::Backup { reply, .. } => reply.is_closed(),
         }
     }
 }
@@ -132,7 +143,7 @@ impl<T: Transport> Driver<T> {
             // applied: stale reads are served from it, linearizable ones are sent
             // elsewhere.
             match stale {
-                true => read.serve(&self.kv, self.applied),
+                true => self.serve_read(read),
                 false => read.fail(RequestError::NotLeader {
                     leader: self.read_elsewhere(),
                 }),
@@ -140,7 +151,7 @@ impl<T: Transport> Driver<T> {
         } else if !self.up {
             read.fail(RequestError::Stopped);
         } else if stale {
-            read.serve(&self.kv, self.applied);
+            self.serve_read(read);
         } else {
             let id = self.next_read_id;
             self.next_read_id += 1;
@@ -192,7 +203,14 @@ impl<T: Transport> Driver<T> {
             .partition(|(index, _)| *index <= applied);
         self.confirmed_reads = waiting;
         for (_, read) in due {
-            read.serve(&self.kv, applied);
+            self.serve_read(read);
+        }
+    }
+
+    /// Serves a read from the state machine as it is now.
+    fn serve_read(&mut self, read: Read) {
+        if let Some((stale, reply)) = read.serve(&self.kv, self.applied) {
+            self.on_backup(stale, reply);
         }
     }
 
@@ -203,6 +221,7 @@ impl<T: Transport> Driver<T> {
         self.confirmed_reads.retain(|(_, read)| !read.abandoned());
         self.replies.purge_abandoned();
         self.watches.sweep();
+        self.purge_abandoned_backups();
     }
 
     /// Fails every waiting client request and drops every waiting peer request.
@@ -223,5 +242,6 @@ impl<T: Transport> Driver<T> {
         }
         self.replies.clear();
         self.received_snapshots.clear();
+        self.fail_all_backups(err);
     }
 }

@@ -132,6 +132,7 @@ impl<T: Transport> Driver<T> {
             last_role: None,
             last_may_vote: true,
             snapshot_in_flight: None,
+            waiting_backups: Vec::new(),
             cleanup: None,
             next_snapshot_id: 1,
             leader,

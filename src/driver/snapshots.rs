@@ -107,6 +107,7 @@ impl<T: Transport> Driver<T> {
         };
         // The watch history does not cover the entries the snapshot jumped over.
         self.snapshot_installed();
+        self.answer_backups();
         // Proposals the snapshot jumped over may or may not be in it.
         let kept = self.proposals.split_off(&(meta.index + 1));
         for (_, proposal) in std::mem::replace(&mut self.proposals, kept) {
@@ -126,7 +127,9 @@ impl<T: Transport> Driver<T> {
     /// the snapshot thread writes it, and the log is compacted when it reports back
     /// (`snapshot_written`).
     pub(super) fn maybe_snapshot(&mut self) {
-        if self.snapshot_in_flight.is_some() || !self.trigger.is_due(&self.since_snapshot) {
+        if self.snapshot_in_flight.is_some()
+            || !(self.trigger.is_due(&self.since_snapshot) || self.backup_needs_snapshot())
+        {
             return;
         }
         let meta = SnapshotMeta {
@@ -144,7 +147,10 @@ impl<T: Transport> Driver<T> {
         match self.start_snapshot(meta.clone(), log_bytes) {
             Ok(job) => self.snapshot_in_flight = Some(job),
             // Not fatal: the log just grows until the next attempt.
-            Err(err) => error!(index = meta.index, "taking a snapshot failed: {err}"),
+            Err(err) => {
+                error!(index = meta.index, "taking a snapshot failed: {err}");
+                self.fail_backups(meta.index, RequestError::Storage(err.to_string()));
+            }
         }
     }
 
@@ -207,6 +213,7 @@ impl<T: Transport> Driver<T> {
         match adopted {
             Ok(Some((garbage, bytes))) => {
                 self.node.compact(index);
+                self.answer_backups();
                 self.delete_in_background(garbage);
                 self.since_snapshot.state_bytes = bytes;
                 let metrics = metrics();
@@ -225,13 +232,17 @@ impl<T: Transport> Driver<T> {
                     "took a snapshot"
                 );
             }
-            Ok(None) => info!(
-                index,
-                "dropped our snapshot: a newer one was installed meanwhile"
-            ),
+            Ok(None) => {
+                info!(
+                    index,
+                    "dropped our snapshot: a newer one was installed meanwhile"
+                );
+                self.answer_backups();
+            }
             // Not fatal, nothing lost: the log is kept, the next threshold retries.
             Err(err) => {
                 error!(index, "taking a snapshot failed: {err}");
+                self.fail_backups(index, RequestError::Storage(err.to_string()));
                 if matches!(&err, DriverError::Storage(err) if err.is_out_of_space()) {
                     self.raise_snapshot_no_space();
                 }

@@ -29,6 +29,7 @@
 //! allowed name (else 421), every route but `GET /` needs the API token when one is set
 //! (401 without, 403 with a wrong one), and CORS answers only the allowed origins.
 
+mod backup;
 mod body;
 mod conditions;
 mod dashboard;
@@ -112,7 +113,7 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct Backend {
     pub kv: Arc<dyn Kv<WatchStream = crate::rpc::WatchStream>>,
-    pub admin: Arc<dyn Admin>,
+    pub admin: Arc<dyn Admin<BackupStream = crate::rpc::BackupChunks>>,
     /// The dashboard at `/ui/`, with its view of the other members.
     pub dashboard: Arc<Dashboard>,
 }
@@ -147,6 +148,11 @@ pub fn routes(
         .or(txn_route(with_gateway.clone(), credentials.clone()))
         .unify()
         .or(watch::watch_route(with_gateway.clone(), authorized.clone()))
+        .unify()
+        .or(backup::backup_route(
+            with_gateway.clone(),
+            authorized.clone(),
+        ))
         .unify()
         .or(key_routes(with_gateway, authorized, credentials))
         .unify();
@@ -560,6 +566,7 @@ fn route_name(method: &Method, path: &str) -> &'static str {
         ("v1", true) if path == "/v1/keys" => "/v1/keys",
         ("v1", true) if path == "/v1/txn" => "/v1/txn",
         ("v1", true) if path == "/v1/watch" => "/v1/watch",
+        ("v1", true) if path == "/v1/backup" => "/v1/backup",
         (_, true) => "other",
         (name, false) if *method == Method::GET => match name {
             "stop" => "/stop",

@@ -166,6 +166,16 @@ impl Kv for Arc<FakeNode> {
 
 #[tonic::async_trait]
 impl Admin for Arc<FakeNode> {
+    type BackupStream = crate::rpc::BackupChunks;
+
+    // Backups are tested on real nodes (integration-tests/backup.rs).
+    async fn backup(
+        &self,
+        _: Request<crate::proto::v1::BackupRequest>,
+    ) -> Result<tonic::Response<crate::rpc::BackupChunks>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
     async fn stop(&self, _: Request<StopRequest>) -> Result<tonic::Response<StopResponse>, Status> {
         Ok(tonic::Response::new(StopResponse {}))
     }
@@ -275,7 +285,7 @@ impl Admin for Arc<FakeNode> {
 /// A fake node and the gateway's backend calling it.
 fn fake_node() -> (Arc<FakeNode>, Backend) {
     let node = Arc::new(FakeNode::default());
-    let admin: Arc<dyn Admin> = Arc::new(node.clone());
+    let admin: Arc<dyn Admin<BackupStream = crate::rpc::BackupChunks>> = Arc::new(node.clone());
     let (_, stopping) = tokio::sync::watch::channel(false);
     let no_others: crate::dashboard::Members = Arc::new(|| crate::dashboard::MemberList {
         others: Vec::new(),

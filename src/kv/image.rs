@@ -166,6 +166,115 @@ pub(super) fn read(input: impl Read) -> Result<Kv, KvError> {
     Ok(kv)
 }
 
+/// What [`copy_with_members`] found in an image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImageSummary {
+    pub keys: u64,
+    /// The key and value bytes of every pair (as `state_bytes` counts them).
+    pub state_bytes: u64,
+}
+
+/// Copies an image from `input` to `output` with its member table replaced by
+/// `members`, checking everything as [`read`] does (shape, order, digest, sections)
+/// but holding one pair at a time: a restore of a large state needs no more memory
+/// than its largest pair. An image of an older format is loaded whole and written
+/// anew (images 01 and 02 come only from old snapshots, which were small).
+pub fn copy_with_members(
+    input: impl Read,
+    output: impl Write,
+    members: &[Record],
+) -> Result<ImageSummary, KvError> {
+    let mut input = BufReader::with_capacity(256 * 1024, input);
+    let mut out = BufWriter::with_capacity(256 * 1024, output);
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic)?;
+    if &magic != IMAGE_MAGIC {
+        // The whole older image, as a state machine (a chained reader puts the magic
+        // back in front).
+        let mut kv = read(io::Cursor::new(magic).chain(input))?;
+        kv.members = members.iter().map(|r| (r.member.id, r.clone())).collect();
+        let summary = ImageSummary {
+            keys: kv.len() as u64,
+            state_bytes: kv.state_bytes(),
+        };
+        kv.capture().write(&mut out)?;
+        return Ok(summary);
+    }
+    out.write_all(IMAGE_MAGIC)?;
+    // The old table is checked, then replaced.
+    read_members(&mut input)?;
+    out.write_all(&(members.len() as u64).to_le_bytes())?;
+    for record in members {
+        out.write_all(&record.member.id.to_le_bytes())?;
+        write_field(&mut out, &String::from_utf8_lossy(&record.encode()))?;
+    }
+    let count = read_u64(&mut input)?;
+    out.write_all(&count.to_le_bytes())?;
+    let mut summary = ImageSummary::default();
+    let mut digest = 0u64;
+    let mut previous: Option<String> = None;
+    for _ in 0..count {
+        let key = read_field(&mut input)?;
+        let value = read_field(&mut input)?;
+        let versions = Versions {
+            create_index: read_varint(&mut input)?,
+            mod_index: read_varint(&mut input)?,
+            version: read_varint(&mut input)?,
+        };
+        // Written in key order: anything else is damage (a duplicate among them).
+        if previous.as_ref().is_some_and(|p| *p >= key) {
+            return Err(KvError::Malformed("keys out of order or twice".to_string()));
+        }
+        digest = digest.wrapping_add(super::pair_hash(&key, &value, versions));
+        summary.keys += 1;
+        summary.state_bytes += (key.len() + value.len()) as u64;
+        write_field(&mut out, &key)?;
+        write_field(&mut out, &value)?;
+        for number in [versions.create_index, versions.mod_index, versions.version] {
+            write_varint(&mut out, number)?;
+        }
+        previous = Some(key);
+    }
+    // The sections, checked by loading them into an empty state machine, then
+    // written as they came.
+    let mut sections = Vec::new();
+    let mut tee = TeeReader {
+        input: &mut input,
+        copy: &mut sections,
+    };
+    read_sections(&mut tee, &mut Kv::new())?;
+    out.write_all(&sections)?;
+    let stored = read_u64(&mut input)?;
+    if stored != digest {
+        return Err(KvError::Malformed(format!(
+            "digest {stored:016x} does not match the contents ({digest:016x})"
+        )));
+    }
+    out.write_all(&stored.to_le_bytes())?;
+    let mut rest = [0u8; 1];
+    if input.read(&mut rest)? != 0 {
+        return Err(KvError::Malformed(
+            "trailing bytes after the digest".to_string(),
+        ));
+    }
+    out.flush()?;
+    Ok(summary)
+}
+
+/// Reads through to `input`, keeping a copy of every byte read.
+struct TeeReader<'a, R> {
+    input: &'a mut R,
+    copy: &'a mut Vec<u8>,
+}
+
+impl<R: Read> Read for TeeReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.input.read(buf)?;
+        self.copy.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// The sections of an image, into `kv`: the idempotency table; any other tag is
 /// refused, as is a section twice.
 fn read_sections(input: &mut impl Read, kv: &mut Kv) -> Result<(), KvError> {

@@ -21,7 +21,7 @@ pub use command::{
     Command, Compare, Decoded, Format, Idempotency, Precondition, Target, Txn, TxnOp,
 };
 pub use idempotency::{Remembered, Seen};
-pub use image::KvImage;
+pub use image::{copy_with_members, ImageSummary, KvImage};
 
 use crate::raft::{ConfChange, NodeId};
 use crate::registry::Record;

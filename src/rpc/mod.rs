@@ -31,6 +31,7 @@ mod stop;
 mod watch;
 
 pub use admin::AdminService;
+pub use admin::BackupChunks;
 pub use instrument::GrpcMetricsLayer;
 pub use kv::{
     list_query, txn_command, KvService, MAX_LIST_LIMIT, MAX_TXN_COMPARES, MAX_TXN_WRITES,

@@ -30,6 +30,9 @@ pub const IDENTITY_FILE: &str = "cluster.id";
 /// binary can start on its data directory.
 const FORMAT_VERSION: u32 = 1;
 const FORMAT_VERSION_JOINED: u32 = 2;
+/// Format 3 adds `origin`: a cluster made from another's data (a restore, or a
+/// forced new cluster), whose id is not the one its member list derives.
+const FORMAT_VERSION_ORIGIN: u32 = 3;
 /// Far above any real member list; a larger file is damage, not an identity.
 const MAX_FILE_BYTES: u64 = 1 << 20;
 
@@ -64,6 +67,67 @@ struct StoredIdentity {
     /// Format 2: what the cluster told this node when it joined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     joined: Option<StoredJoin>,
+    /// Format 3: where this cluster's data came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<Origin>,
+}
+
+/// How a cluster was made from another's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OriginKind {
+    /// `distraft restore`: a new cluster from a backup.
+    Restore,
+    /// `distraft force-new-cluster`: a surviving member as a cluster of one.
+    ForceNewCluster,
+}
+
+/// Where a cluster's data came from: the cluster id it had, at which index, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub kind: OriginKind,
+    /// The cluster the data came from (16 hex digits in the file).
+    #[serde(with = "hex_id")]
+    pub from_cluster: u64,
+    pub index: u64,
+    /// The cluster id the node's configuration had before (derived from its list and
+    /// token, or adopted at a join): a later start must configure the same.
+    #[serde(with = "hex_id")]
+    pub base: u64,
+}
+
+mod hex_id {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &u64, out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(&format!("{id:016x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(input)?;
+        u64::from_str_radix(&text, 16).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The id of a cluster made from another's data: FNV-1a over the id the
+/// configuration had and the origin, so that every member made from the same backup
+/// with the same DISTRAFT_CLUSTER and token derives the same id, and it is never the
+/// original's (even with the very same member list and token). Never 0.
+pub fn derived_cluster_id(origin: &Origin) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let kind = match origin.kind {
+        OriginKind::Restore => "restore",
+        OriginKind::ForceNewCluster => "force-new-cluster",
+    };
+    let text = format!(
+        "distraft-origin-v1\n{:016x}\n{kind}\n{:016x}\n{}\n",
+        origin.base, origin.from_cluster, origin.index
+    );
+    let hash = text.bytes().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    });
+    hash.max(1)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +158,12 @@ pub enum Identity {
     Joined(Joined),
     /// No identity yet, and the node is to join (DISTRAFT_JOIN): nothing was written.
     Unset,
+    /// A member of a cluster made from another's data (`origin`): its cluster id is
+    /// the derived one; `joined` as for [`Identity::Joined`] if it had joined.
+    Derived {
+        cluster_id: u64,
+        joined: Option<Joined>,
+    },
     /// One of the bootstrap members, configured with another list than it was
     /// bootstrapped with: acceptable only if that list is the current membership,
     /// which the caller checks once storage is open. `bootstrap` is the stored list
@@ -111,6 +181,7 @@ impl StoredIdentity {
             version: FORMAT_VERSION,
             cluster_id: format!("{:016x}", config.cluster_id),
             joined: None,
+            origin: None,
             members: config
                 .members
                 .iter()
@@ -139,6 +210,7 @@ pub fn establish(
             write(data_dir, &wanted)?;
             Ok(Identity::Bootstrapped)
         }
+        Some(stored) if stored.origin.is_some() => derived_of(&stored, &wanted, path),
         Some(stored) if stored.joined.is_some() => {
             // The cluster id was adopted, not derived: only the list is compared.
             if stored.members != wanted.members {
@@ -173,6 +245,61 @@ pub fn establish(
             })
         }
     }
+}
+
+/// A derived identity, checked against the configuration: the same list, and (for a
+/// bootstrapped member) the same token.
+fn derived_of(
+    stored: &StoredIdentity,
+    wanted: &StoredIdentity,
+    path: PathBuf,
+) -> Result<Identity, IdentityError> {
+    let corrupt_here = |reason: String| IdentityError::Storage(corrupt(&path, reason));
+    let origin = stored
+        .origin
+        .ok_or_else(|| corrupt_here("no origin".into()))?;
+    let joined = match stored.joined {
+        Some(_) => Some(joined_of(stored).map_err(corrupt_here)?),
+        None => None,
+    };
+    let base_matches = joined.is_some() || format!("{:016x}", origin.base) == wanted.cluster_id;
+    if stored.members != wanted.members || !base_matches {
+        let mut was = stored.clone();
+        was.cluster_id = format!("{:016x}", origin.base);
+        return Err(IdentityError::Mismatch {
+            difference: difference(&was, wanted),
+            path,
+        });
+    }
+    let cluster_id = u64::from_str_radix(&stored.cluster_id, 16)
+        .map_err(|_| corrupt_here("a malformed cluster id".into()))?;
+    if cluster_id != derived_cluster_id(&origin) {
+        return Err(corrupt_here(
+            "the cluster id does not match its origin".into(),
+        ));
+    }
+    Ok(Identity::Derived { cluster_id, joined })
+}
+
+/// Durably records that this data directory now holds a cluster made from other
+/// data (`origin.base`: the id the configuration had): its identity keeps the member
+/// list and any join record, and takes the derived cluster id, which it returns.
+pub fn record_origin(
+    config: &Config,
+    data_dir: &Path,
+    origin: Origin,
+) -> Result<u64, IdentityError> {
+    let path = data_dir.join(IDENTITY_FILE);
+    let mut identity = match read(&path)? {
+        Some(stored) => stored,
+        None => StoredIdentity::of(config),
+    };
+    let cluster_id = derived_cluster_id(&origin);
+    identity.version = FORMAT_VERSION_ORIGIN;
+    identity.cluster_id = format!("{cluster_id:016x}");
+    identity.origin = Some(origin);
+    write(data_dir, &identity)?;
+    Ok(cluster_id)
 }
 
 /// The stored bootstrap list as members, with the ids their positions give.
@@ -314,16 +441,17 @@ fn read(path: &Path) -> Result<Option<StoredIdentity>, StorageError> {
     }
     let identity: StoredIdentity =
         serde_json::from_str(&body).map_err(|err| corrupt(path, format!("unreadable: {err}")))?;
-    let expected = match identity.joined {
-        None => FORMAT_VERSION,
-        Some(_) => FORMAT_VERSION_JOINED,
+    let expected = match (&identity.origin, &identity.joined) {
+        (Some(_), _) => FORMAT_VERSION_ORIGIN,
+        (None, None) => FORMAT_VERSION,
+        (None, Some(_)) => FORMAT_VERSION_JOINED,
     };
     if identity.version != expected {
         return Err(corrupt(
             path,
             format!(
-                "unsupported version {} (this distraft reads {FORMAT_VERSION} and \
-                 {FORMAT_VERSION_JOINED}): written by a newer distraft?",
+                "unsupported version {} (this distraft reads {FORMAT_VERSION} to \
+                 {FORMAT_VERSION_ORIGIN}): written by a newer distraft?",
                 identity.version
             ),
         ));

@@ -183,6 +183,20 @@ impl Cluster {
         tls: bool,
         node_env: impl Fn(usize, &Path) -> Vec<(String, String)>,
     ) -> Cluster {
+        let mut cluster = Cluster::assemble(size, tls, node_env).await;
+        for i in 0..size {
+            cluster.spawn(i, extra_env);
+        }
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    /// A cluster of `size` nodes, none started yet.
+    async fn assemble(
+        size: usize,
+        tls: bool,
+        node_env: impl Fn(usize, &Path) -> Vec<(String, String)>,
+    ) -> Cluster {
         let permit = RUNNING_CLUSTERS.acquire().await.unwrap();
         let ports = free_ports(size * 2);
         let dir = tempfile::tempdir().unwrap();
@@ -208,7 +222,7 @@ impl Cluster {
             })
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Cluster {
+        Cluster {
             nodes,
             cluster_spec,
             dir,
@@ -218,12 +232,31 @@ impl Cluster {
                 .unwrap(),
             certs,
             _permit: permit,
-        };
+        }
+    }
+
+    /// As [`Cluster::start`], but `prepare` runs first, on a cluster whose nodes are
+    /// not started yet (to make their data directories, e.g. with `distraft restore`
+    /// through [`Cluster::node_cli`]).
+    pub async fn start_prepared(size: usize, prepare: impl FnOnce(&Cluster)) -> Cluster {
+        let mut cluster = Cluster::assemble(size, false, |_, _| Vec::new()).await;
+        prepare(&cluster);
         for i in 0..size {
-            cluster.spawn(i, extra_env);
+            cluster.spawn(i, &[]);
         }
         cluster.wait_for_leader().await;
         cluster
+    }
+
+    /// Runs `distraft ARGS` with node `i`'s environment (name, cluster, directories):
+    /// a subcommand that works on the node's own files, such as `restore`.
+    pub fn node_cli(&self, i: usize, args: &[&str]) -> std::process::Output {
+        let node = &self.nodes[i];
+        self.node_command(i, node.raft_port, node.http_port, &[])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running distraft")
     }
 
     pub fn url(&self, i: usize) -> String {

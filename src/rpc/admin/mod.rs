@@ -1,7 +1,10 @@
 //! The Admin service: Stop, Start and Status of this node, leadership transfer, and
 //! the membership RPCs (`members.rs`).
 
+mod backup;
 mod members;
+
+pub use backup::BackupChunks;
 
 use std::sync::Arc;
 
@@ -144,6 +147,15 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    type BackupStream = BackupChunks;
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<BackupChunks>, Status> {
+        AdminService::backup(self, request).await
+    }
+
     async fn stop(
         &self,
         request: Request<pb::StopRequest>,

@@ -1,0 +1,81 @@
+//! A node streaming a backup: the header, then the snapshot image read from disk in
+//! chunks on a blocking thread, through a bounded channel (a slow reader holds at
+//! most a few chunks in memory, never the state).
+
+use std::io::{self, Read};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::format::BackupHeader;
+use crate::driver::BackupSource;
+
+/// Bytes per chunk: as a snapshot sent to a follower.
+const CHUNK_BYTES: usize = 1024 * 1024;
+/// Chunks read ahead of the reader.
+const CHUNKS_AHEAD: usize = 4;
+
+/// A backup on its way out: its header (size and index, for the answer's headers),
+/// and the file's bytes in order, the header's first. An `Err` ends it: what came
+/// before is not a backup.
+pub struct BackupStream {
+    pub header: BackupHeader,
+    pub chunks: mpsc::Receiver<io::Result<Bytes>>,
+}
+
+/// Streams `source` as a backup file of `cluster_id`.
+pub fn stream(cluster_id: u64, source: BackupSource) -> BackupStream {
+    let header = BackupHeader {
+        cluster_id,
+        index: source.meta.index,
+        term: source.meta.term,
+        created_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        image_len: source.image_len,
+        image_crc: source.image_crc,
+    };
+    let (tx, chunks) = mpsc::channel(CHUNKS_AHEAD);
+    let first = Bytes::copy_from_slice(&header.encode());
+    let mut image = source.image;
+    tokio::task::spawn_blocking(move || {
+        if tx.blocking_send(Ok(first)).is_err() {
+            return;
+        }
+        loop {
+            let mut buf = vec![0u8; CHUNK_BYTES];
+            let filled = match fill(&mut image, &mut buf) {
+                Ok(filled) => filled,
+                Err(err) => {
+                    let _ = tx.blocking_send(Err(err));
+                    return;
+                }
+            };
+            if filled == 0 {
+                return;
+            }
+            buf.truncate(filled);
+            // The reader went away: nobody wants the rest.
+            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                return;
+            }
+        }
+    });
+    BackupStream { header, chunks }
+}
+
+/// Reads until `buf` is full or the input ends (the image reader's final read checks
+/// the checksum, so the end is read too).
+fn fill(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}
