@@ -200,7 +200,7 @@ async fn a_damaged_or_truncated_backup_is_refused_before_anything_is_written() {
     let output = cluster.node_cli(0, &["restore", file.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        !output.status.success() && stderr.contains("not empty"),
+        !output.status.success() && stderr.contains("hold no distraft data"),
         "{stderr}"
     );
     assert!(data.exists());

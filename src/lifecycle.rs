@@ -161,6 +161,24 @@ async fn open_data_dir(
             &config.data_dir,
         ])?),
     };
+    if let Some(backup) = &config.restore_from {
+        match crate::backup::restore::holds_data(config)? {
+            Some(found) => info!(
+                "DISTRAFT_RESTORE_FROM is ignored: the node has data ({} exists)",
+                found.display()
+            ),
+            None => {
+                let restored = crate::backup::restore::restore_locked(backup, config)
+                    .context("DISTRAFT_RESTORE_FROM")?;
+                info!(
+                    backup = %backup.display(),
+                    index = restored.checked.header.index,
+                    keys = restored.checked.summary.keys,
+                    "restored from a backup: a new cluster"
+                );
+            }
+        }
+    }
     // Before anything touches the data directory (the reset included): refuse to
     // start on another cluster's data, or adopt the configured identity at the first
     // start.

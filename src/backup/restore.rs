@@ -77,6 +77,15 @@ pub struct Restored {
 
 /// Builds `config`'s data and log directories from the backup at `path`.
 pub fn restore(path: &Path, config: &Config) -> anyhow::Result<Restored> {
+    // Checked before the lock, which creates the directories.
+    check_empty(config)?;
+    let _lock = DirLock::acquire(&[&config.log_dir, &config.data_dir])?;
+    restore_locked(path, config)
+}
+
+/// [`restore`], by a process that holds the directories' lock already (a node
+/// started with DISTRAFT_RESTORE_FROM).
+pub fn restore_locked(path: &Path, config: &Config) -> anyhow::Result<Restored> {
     if !config.join.is_empty() {
         bail!(
             "DISTRAFT_JOIN is set: a restore builds a bootstrap member of a new cluster. \
@@ -85,17 +94,7 @@ pub fn restore(path: &Path, config: &Config) -> anyhow::Result<Restored> {
     }
     // Everything is checked before anything is written.
     let checked = check(path).with_context(|| format!("{} is refused", path.display()))?;
-    for dir in [&config.data_dir, &config.log_dir] {
-        if let Some(ours) = first_file_of_ours(dir)? {
-            bail!(
-                "{} is not empty ({} exists): a restore makes a new member, only into \
-                 directories that hold no distraft data",
-                dir.display(),
-                ours.display()
-            );
-        }
-    }
-    let _lock = DirLock::acquire(&[&config.log_dir, &config.data_dir])?;
+    check_empty(config)?;
     let (mut storage, _) = Storage::open(crate::driver::storage_options(config))
         .context("creating the new member's storage")?;
     let meta = SnapshotMeta {
@@ -121,6 +120,28 @@ pub fn restore(path: &Path, config: &Config) -> anyhow::Result<Restored> {
         cluster_id,
         data_dir: config.data_dir.clone(),
     })
+}
+
+/// Refuses directories that hold a node's files.
+fn check_empty(config: &Config) -> anyhow::Result<()> {
+    match holds_data(config)? {
+        Some(ours) => bail!(
+            "{} exists: a restore makes a new member, only into directories that hold \
+             no distraft data",
+            ours.display()
+        ),
+        None => Ok(()),
+    }
+}
+
+/// The first file of a node's in its data or log directory, if any.
+pub fn holds_data(config: &Config) -> anyhow::Result<Option<PathBuf>> {
+    for dir in [&config.data_dir, &config.log_dir] {
+        if let Some(ours) = first_file_of_ours(dir)? {
+            return Ok(Some(ours));
+        }
+    }
+    Ok(None)
 }
 
 /// A file a node keeps in `dir`, if there is one (a missing directory is empty).

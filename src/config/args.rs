@@ -154,6 +154,35 @@ pub struct NodeArgs {
     /// Mutual TLS: all three or none.
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Scheduled backups, and a restore at the first start.
+    #[command(flatten)]
+    pub backups: BackupArgs,
+}
+
+/// Scheduled backups (docs/operations.md, "Backups"), and the restore of a new
+/// member at its first start.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BackupArgs {
+    /// While this node leads, write a backup into this directory every
+    /// DISTRAFT_BACKUP_INTERVAL, keeping the newest DISTRAFT_BACKUP_KEEP (empty: no
+    /// scheduled backups).
+    #[arg(long, env = "DISTRAFT_BACKUP_DIR", default_value = "")]
+    pub backup_dir: String,
+    /// Seconds between scheduled backups.
+    #[arg(long, env = "DISTRAFT_BACKUP_INTERVAL", default_value = "3600")]
+    pub backup_interval: String,
+    /// How many scheduled backups to keep (the oldest are deleted).
+    #[arg(long, env = "DISTRAFT_BACKUP_KEEP", default_value = "7")]
+    pub backup_keep: String,
+    /// With DISTRAFT_BACKUP_DIR: the leader's /readyz fails once its newest backup is
+    /// older than this many seconds (empty: never), so that backups that stopped are
+    /// noticed.
+    #[arg(long, env = "DISTRAFT_BACKUP_MAX_AGE", default_value = "")]
+    pub backup_max_age: String,
+    /// At the first start (no data yet), make this node's data directory from this
+    /// backup file, as `distraft restore` does; ignored once the directory holds data.
+    #[arg(long, env = "DISTRAFT_RESTORE_FROM", default_value = "")]
+    pub restore_from: String,
 }
 
 /// The TLS files of a node (see `src/tls/mod.rs`): all three set, or none (plaintext).

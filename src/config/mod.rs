@@ -107,6 +107,59 @@ pub struct Config {
     pub limits: Limits,
     /// Mutual TLS on the gRPC port and HTTPS on the gateway; `None`: plaintext.
     pub tls: Option<Arc<NodeTls>>,
+    /// DISTRAFT_BACKUP_*: scheduled backups, if any.
+    pub backups: Option<BackupSchedule>,
+    /// DISTRAFT_RESTORE_FROM: a backup to make the data directory from at the first
+    /// start.
+    pub restore_from: Option<PathBuf>,
+}
+
+/// Scheduled backups: while a node leads, one every `interval` into `dir`.
+#[derive(Debug, Clone)]
+pub struct BackupSchedule {
+    pub dir: PathBuf,
+    pub interval: Duration,
+    pub keep: usize,
+    /// Readiness fails on the leader once its newest backup is older.
+    pub max_age: Option<Duration>,
+}
+
+/// The most backups a schedule may keep.
+const MAX_BACKUP_KEEP: u64 = 10_000;
+
+impl BackupSchedule {
+    fn from_args(args: &args::BackupArgs) -> Result<Option<BackupSchedule>, ConfigError> {
+        let dir = args.backup_dir.trim();
+        let interval = parse_seconds("DISTRAFT_BACKUP_INTERVAL", &args.backup_interval)?;
+        let keep = parse_positive("DISTRAFT_BACKUP_KEEP", &args.backup_keep)?;
+        if keep > MAX_BACKUP_KEEP {
+            return Err(ConfigError::new(
+                "DISTRAFT_BACKUP_KEEP",
+                &args.backup_keep,
+                format!("is more than {MAX_BACKUP_KEEP}"),
+            ));
+        }
+        let max_age = match args.backup_max_age.trim() {
+            "" => None,
+            raw => Some(parse_seconds("DISTRAFT_BACKUP_MAX_AGE", raw)?),
+        };
+        if dir.is_empty() {
+            if max_age.is_some() {
+                return Err(ConfigError::new(
+                    "DISTRAFT_BACKUP_MAX_AGE",
+                    &args.backup_max_age,
+                    "needs DISTRAFT_BACKUP_DIR (no backups are scheduled)",
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(Some(BackupSchedule {
+            dir: PathBuf::from(dir),
+            interval,
+            keep: keep as usize,
+            max_age,
+        }))
+    }
 }
 
 impl Config {
@@ -230,6 +283,10 @@ impl Config {
             access,
             limits,
             tls: parse_tls(&args.tls)?,
+            backups: BackupSchedule::from_args(&args.backups)?,
+            restore_from: Some(args.backups.restore_from.trim())
+                .filter(|path| !path.is_empty())
+                .map(PathBuf::from),
         })
     }
 
