@@ -236,3 +236,159 @@ async fn admin_backup_streams_a_checked_file_over_grpc() {
     assert_eq!(last_json(&output)["keys"], 10);
     assert_eq!(last_json(&output)["index"], index);
 }
+
+/// Node `i`'s scheduled-backup status (`backup` of `GET /`).
+async fn backup_status(cluster: &Cluster, i: usize) -> serde_json::Value {
+    cluster.status(i).await.unwrap()["backup"].clone()
+}
+
+fn backups_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".backup"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Only the leader writes scheduled backups, keeping the newest DISTRAFT_BACKUP_KEEP;
+/// after a leadership transfer the new leader takes over (in its own directory);
+/// each is a backup that checks out.
+#[tokio::test]
+async fn scheduled_backups_rotate_and_move_with_the_leader() {
+    let cluster = Cluster::start_with_node_env(
+        3,
+        &[
+            ("DISTRAFT_BACKUP_INTERVAL", "0.5"),
+            ("DISTRAFT_BACKUP_KEEP", "2"),
+        ],
+        |i, dir| {
+            let backups = dir.join(format!("backups{}", i + 1));
+            vec![("DISTRAFT_BACKUP_DIR".into(), backups.display().to_string())]
+        },
+    )
+    .await;
+    let dir = |i: usize| cluster.dir().join(format!("backups{}", i + 1));
+    let leader = cluster.wait_for_leader().await;
+    // Writes between backups, so that each backup has a new index.
+    let rounds = crate::harness::eventually(Duration::from_secs(20), || async {
+        cluster.put_eventually(leader, "tick", "x").await;
+        let status = backup_status(&cluster, leader).await;
+        match backups_in(&dir(leader)).len() >= 2 && status["newest_index"].as_u64() > Some(3) {
+            true => Ok(status),
+            false => Err(format!("not yet: {status}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(rounds["active"], true, "{rounds}");
+    // Kept: the newest two, even after several more rounds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.put_eventually(leader, "tick", "y").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kept = backups_in(&dir(leader));
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for name in &kept {
+        let path = dir(leader).join(name);
+        let (ok, output) = run_cli(&["backup", "--check", path.to_str().unwrap()]).await;
+        assert!(ok, "{name}: {output}");
+    }
+    for i in (0..3).filter(|&i| i != leader) {
+        assert!(backups_in(&dir(i)).is_empty(), "follower {i} wrote backups");
+        assert_eq!(backup_status(&cluster, i).await["active"], false);
+    }
+
+    // Leadership moves: the new leader's directory gets the backups.
+    let target = (leader + 1) % 3;
+    let name = cluster.nodes[target].name.clone();
+    let (ok, output) = run_cli(&[
+        "leader",
+        "transfer",
+        "--url",
+        &cluster.url(leader),
+        "--to",
+        &name,
+    ])
+    .await;
+    assert!(ok, "{output}");
+    crate::harness::eventually(Duration::from_secs(20), || async {
+        cluster.put_eventually(target, "tick", "z").await;
+        match backups_in(&dir(target)).len() {
+            0 => Err("no backup in the new leader's directory yet".to_string()),
+            _ => Ok(()),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(backup_status(&cluster, target).await["active"], true);
+    assert_eq!(backup_status(&cluster, leader).await["active"], false);
+}
+
+/// With DISTRAFT_BACKUP_MAX_AGE, a leader whose backups fail is not ready (saying
+/// why), while the followers are; the failures are counted and shown.
+#[tokio::test]
+async fn readiness_fails_on_the_leader_when_its_backups_stop() {
+    let blocker = tempfile::NamedTempFile::new().unwrap();
+    // A directory under a regular file can never be made: every backup fails.
+    let impossible = blocker.path().join("backups");
+    let cluster = Cluster::start_with(
+        3,
+        &[
+            ("DISTRAFT_BACKUP_DIR", impossible.to_str().unwrap()),
+            ("DISTRAFT_BACKUP_INTERVAL", "1"),
+            ("DISTRAFT_BACKUP_MAX_AGE", "1"),
+        ],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let readyz = |i: usize| {
+        let url = format!("{}/readyz?verbose", cluster.url(i));
+        let http = cluster.http().clone();
+        async move {
+            let answer = http.get(url).send().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((
+                answer.status().as_u16(),
+                answer.text().await.unwrap_or_default(),
+            ))
+        }
+    };
+    let (code, text) = crate::harness::eventually(Duration::from_secs(20), || async {
+        let (code, text) = readyz(leader).await?;
+        match code {
+            503 => Ok((code, text)),
+            _ => Err(format!("still ready: {text}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 503);
+    assert!(text.contains("[-]backup failed: no backup yet"), "{text}");
+    assert!(text.contains("DISTRAFT_BACKUP_MAX_AGE"), "{text}");
+    let status = backup_status(&cluster, leader).await;
+    assert_eq!(status["overdue"], true, "{status}");
+    assert!(
+        !status["last_error"].as_str().unwrap().is_empty(),
+        "{status}"
+    );
+    let metrics = cluster
+        .http()
+        .get(format!("{}/metrics", cluster.url(leader)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("distraft_backups_total{result=\"failed\"}"),
+        "{metrics}"
+    );
+    for i in (0..3).filter(|&i| i != leader) {
+        let (code, text) = readyz(i).await.unwrap();
+        assert_eq!(code, 200, "follower {i}: {text}");
+    }
+}

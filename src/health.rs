@@ -5,7 +5,8 @@
 //! - live: the process answers and its driver turns (it answered a status request in
 //!   time). A stopped node (`GET /stop`) is live: restarting its process would not help.
 //! - ready: live, and able to serve clients: taking part in Raft, a leader known,
-//!   applied within a small lag of the commit index, storage without alarm.
+//!   applied within a small lag of the commit index, storage without alarm; and, with
+//!   DISTRAFT_BACKUP_MAX_AGE, on the leader, a scheduled backup young enough.
 
 use crate::proto::v1::StatusResponse;
 
@@ -70,6 +71,23 @@ pub fn readiness(driver: DriverAnswer) -> Vec<Check> {
     checks.push(Check::new("storage", status.alarm.is_empty(), || {
         format!("alarm {}: the disk is full", status.alarm)
     }));
+    // Only with DISTRAFT_BACKUP_MAX_AGE, and only on the node that runs the schedule.
+    if let Some(backup) = status.backup.as_ref().filter(|b| b.max_age_seconds > 0.0) {
+        checks.push(Check::new("backup", !backup.overdue, || {
+            let newest = match backup.newest_file.is_empty() {
+                true => "no backup yet".to_string(),
+                false => format!("the newest is {:.0}s old", backup.newest_age_seconds),
+            };
+            let error = match backup.last_error.is_empty() {
+                true => String::new(),
+                false => format!("; last attempt: {}", backup.last_error),
+            };
+            format!(
+                "{newest}, more than DISTRAFT_BACKUP_MAX_AGE ({:.0}s){error}",
+                backup.max_age_seconds
+            )
+        }));
+    }
     checks
 }
 

@@ -61,6 +61,12 @@ pub async fn run_node(mut config: Config) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Ends when stop_rx turns true (at once without DISTRAFT_BACKUP_DIR).
+    tokio::spawn(crate::backup::schedule::run(
+        config.clone(),
+        driver.clone(),
+        stop_rx.clone(),
+    ));
     let (services, backend) = client_backend(&config, &driver, peers, &stop_rx);
     let mut grpc = tokio::spawn(rpc::serve(
         config.clone(),

@@ -54,6 +54,11 @@ pub struct Metrics {
     pub wal_fsync_seconds: Histogram,
     pub snapshot_save_seconds: Histogram,
     pub snapshot_bytes: IntGauge,
+    // --- scheduled backups ---
+    pub backups: IntCounterVec,
+    pub backup_newest_age_seconds: GaugeVec,
+    pub backup_newest_bytes: IntGauge,
+    pub backup_newest_index: IntGauge,
     // --- network ---
     pub peer_round_trip_seconds: HistogramVec,
     pub grpc_handled: IntCounterVec,
@@ -241,6 +246,24 @@ impl Metrics {
                 "distraft_snapshot_size_bytes",
                 "The size of the newest snapshot this node wrote.",
             ),
+            backups: counter_vec(
+                "distraft_backups_total",
+                "Scheduled backups this node attempted while it led, by result (ok, failed).",
+                &["result"],
+            ),
+            backup_newest_age_seconds: float_gauge_vec(
+                "distraft_backup_newest_age_seconds",
+                "Scheduled backups: the age of the newest backup in DISTRAFT_BACKUP_DIR (absent without one).",
+                &[],
+            ),
+            backup_newest_bytes: gauge(
+                "distraft_backup_newest_size_bytes",
+                "Scheduled backups: the size of the newest backup in DISTRAFT_BACKUP_DIR (0 without one).",
+            ),
+            backup_newest_index: gauge(
+                "distraft_backup_newest_index",
+                "Scheduled backups: the index the newest backup in DISTRAFT_BACKUP_DIR reflects (0 without one).",
+            ),
             peer_round_trip_seconds: histogram_vec(
                 "distraft_network_peer_round_trip_time_seconds",
                 "Leader only: time from sending an append or heartbeat to a peer to its answer (appends include the peer's fsync).",
@@ -316,6 +339,17 @@ impl Metrics {
             .set(saturating_i64(status.snapshot_index));
         self.keys.set(saturating_i64(status.keys));
         self.state_bytes.set(saturating_i64(status.state_bytes));
+        self.backup_newest_age_seconds.reset();
+        let backup = status.backup.as_ref().filter(|b| !b.newest_file.is_empty());
+        if let Some(backup) = backup {
+            self.backup_newest_age_seconds
+                .with_label_values(&[] as &[&str])
+                .set(backup.newest_age_seconds);
+        }
+        self.backup_newest_bytes
+            .set(saturating_i64(backup.map_or(0, |b| b.newest_bytes)));
+        self.backup_newest_index
+            .set(saturating_i64(backup.map_or(0, |b| b.newest_index)));
         self.alarm.reset();
         if !status.alarm.is_empty() {
             self.alarm

@@ -9,7 +9,7 @@ use crate::proto::v1::StatusResponse;
 /// The JSON `status` object of `GET /`: the original's fields and types, plus
 /// `snapshot_index`, `state_digest`, `cluster_id`, `voting`, `state_bytes`, `alarm`,
 /// `keys`, `followers`, `quorum_ack_ms`, `proposals_pending`, `reads_total`,
-/// `writes_total`, `learners` and `member_ids` (docs/api.md). `members` holds the
+/// `writes_total`, `learners`, `member_ids` and `backup` (docs/api.md). `members` holds the
 /// voters, `learners` the learners, in the original's shape.
 pub fn status_json(status: StatusResponse) -> Value {
     let followers: serde_json::Map<String, Value> = status
@@ -40,6 +40,19 @@ pub fn status_json(status: StatusResponse) -> Value {
         .chain(&status.learners)
         .map(|(name, m)| (name.clone(), json!(m.id)))
         .collect();
+    let backup = status.backup.as_ref().map(|b| {
+        json!({
+            "dir": b.dir,
+            "active": b.active,
+            "newest_file": b.newest_file,
+            "newest_index": b.newest_index,
+            "newest_bytes": b.newest_bytes,
+            "newest_age_seconds": b.newest_age_seconds,
+            "last_error": b.last_error,
+            "max_age_seconds": b.max_age_seconds,
+            "overdue": b.overdue,
+        })
+    });
     let members = shape(&status.members);
     let learners = shape(&status.learners);
     json!({
@@ -70,5 +83,6 @@ pub fn status_json(status: StatusResponse) -> Value {
         "proposals_pending": status.proposals_pending,
         "reads_total": status.reads_total,
         "writes_total": status.writes_total,
+        "backup": backup,
     })
 }

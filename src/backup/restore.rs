@@ -77,24 +77,35 @@ pub struct Restored {
 
 /// Builds `config`'s data and log directories from the backup at `path`.
 pub fn restore(path: &Path, config: &Config) -> anyhow::Result<Restored> {
-    // Checked before the lock, which creates the directories.
-    check_empty(config)?;
+    // Everything is checked before anything is written (the lock creates the
+    // directories).
+    let checked = check_all(path, config)?;
     let _lock = DirLock::acquire(&[&config.log_dir, &config.data_dir])?;
-    restore_locked(path, config)
+    write(path, config, checked)
 }
 
 /// [`restore`], by a process that holds the directories' lock already (a node
 /// started with DISTRAFT_RESTORE_FROM).
 pub fn restore_locked(path: &Path, config: &Config) -> anyhow::Result<Restored> {
+    let checked = check_all(path, config)?;
+    write(path, config, checked)
+}
+
+/// The configuration, the file and the directories, checked.
+fn check_all(path: &Path, config: &Config) -> anyhow::Result<Checked> {
     if !config.join.is_empty() {
         bail!(
             "DISTRAFT_JOIN is set: a restore builds a bootstrap member of a new cluster. \
              Restore every member of DISTRAFT_CLUSTER, start them, and let others join later"
         );
     }
-    // Everything is checked before anything is written.
     let checked = check(path).with_context(|| format!("{} is refused", path.display()))?;
     check_empty(config)?;
+    Ok(checked)
+}
+
+/// Writes the snapshot, then the identity.
+fn write(path: &Path, config: &Config, checked: Checked) -> anyhow::Result<Restored> {
     let (mut storage, _) = Storage::open(crate::driver::storage_options(config))
         .context("creating the new member's storage")?;
     let meta = SnapshotMeta {

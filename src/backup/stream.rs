@@ -24,9 +24,9 @@ pub struct BackupStream {
     pub chunks: mpsc::Receiver<io::Result<Bytes>>,
 }
 
-/// Streams `source` as a backup file of `cluster_id`.
-pub fn stream(cluster_id: u64, source: BackupSource) -> BackupStream {
-    let header = BackupHeader {
+/// The header of a backup of `source`, made now.
+pub fn header_of(cluster_id: u64, source: &BackupSource) -> BackupHeader {
+    BackupHeader {
         cluster_id,
         index: source.meta.index,
         term: source.meta.term,
@@ -35,7 +35,12 @@ pub fn stream(cluster_id: u64, source: BackupSource) -> BackupStream {
             .map_or(0, |d| d.as_millis() as u64),
         image_len: source.image_len,
         image_crc: source.image_crc,
-    };
+    }
+}
+
+/// Streams `source` as a backup file of `cluster_id`.
+pub fn stream(cluster_id: u64, source: BackupSource) -> BackupStream {
+    let header = header_of(cluster_id, &source);
     let (tx, chunks) = mpsc::channel(CHUNKS_AHEAD);
     let first = Bytes::copy_from_slice(&header.encode());
     let mut image = source.image;

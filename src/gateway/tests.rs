@@ -278,6 +278,7 @@ impl Admin for Arc<FakeNode> {
             proposals_pending: 0,
             reads_total: 10,
             writes_total: 4,
+            backup: None,
         }))
     }
 }

@@ -44,8 +44,14 @@ fn leader_status() -> StatusResponse {
 fn exercise(metrics: &Metrics) {
     metrics.observe_status(&StatusResponse {
         alarm: "NOSPACE".into(),
+        backup: Some(crate::proto::v1::BackupStatus {
+            newest_file: "/backups/distraft-1-2.backup".into(),
+            newest_age_seconds: 5.0,
+            ..Default::default()
+        }),
         ..leader_status()
     });
+    metrics.backups.with_label_values(&["ok"]).inc();
     metrics.leader_changed(4, "server1");
     metrics.proposals_failed.inc();
     metrics.wal_fsync_seconds.observe(0.001);

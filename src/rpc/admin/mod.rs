@@ -300,6 +300,7 @@ fn status_response(config: &Config, status: NodeStatus) -> pb::StatusResponse {
         // Counted by the services, not the driver: filled in by the caller.
         reads_total: 0,
         writes_total: 0,
+        backup: config.backup_state.status(config.backups.as_ref()),
     }
 }
 
