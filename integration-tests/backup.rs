@@ -392,3 +392,89 @@ async fn readiness_fails_on_the_leader_when_its_backups_stop() {
         assert_eq!(code, 200, "follower {i}: {text}");
     }
 }
+
+/// Losing a majority for good: 3 of 5 members gone with their data. While a quorum
+/// is still reachable the recovery is refused, naming who answered; once it is not,
+/// a survivor becomes a cluster of one with every committed key and a new cluster
+/// id, and grows back to three by joining.
+#[tokio::test]
+async fn a_survivor_of_a_lost_majority_keeps_every_key_and_grows_back() {
+    let mut cluster = Cluster::start(5).await;
+    let leader = cluster.wait_for_leader().await;
+    for i in 0..40 {
+        cluster
+            .put_eventually(leader, &format!("kept/{i}"), &format!("v{i}"))
+            .await;
+    }
+    let (_, before) = cluster.put(leader, "kept/last", "last").await;
+    let original_id = cluster.status(0).await.unwrap()["cluster_id"].clone();
+    let survivor = (leader + 1) % 5;
+    let other_survivor = (leader + 2) % 5;
+    // Refused while a quorum answers: the survivor is stopped, four others run.
+    cluster.terminate(survivor);
+    let output = cluster.node_cli(survivor, &["force-new-cluster"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "forced with a quorum up");
+    assert!(stderr.contains("still has a quorum"), "{stderr}");
+    assert!(stderr.contains(&cluster.nodes[leader].name), "{stderr}");
+
+    // Three members are lost with their data.
+    for lost in [leader, (leader + 3) % 5, (leader + 4) % 5] {
+        cluster.kill(lost);
+        let (log, data) = cluster.node_dirs(lost);
+        std::fs::remove_dir_all(log).unwrap();
+        std::fs::remove_dir_all(data).unwrap();
+    }
+    let output = cluster.node_cli(survivor, &["force-new-cluster"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let forced = last_json(&stdout);
+    assert!(
+        forced["index"].as_u64() >= before["mod_index"].as_u64(),
+        "{forced}"
+    );
+    assert_eq!(
+        forced["unreachable"].as_array().unwrap().len(),
+        3,
+        "{forced}"
+    );
+    cluster.restart(survivor);
+    cluster.wait_for_leader_among(&[survivor]).await;
+    assert_ne!(
+        cluster.status(survivor).await.unwrap()["cluster_id"],
+        original_id
+    );
+    for i in 0..40 {
+        cluster
+            .assert_value_eventually(survivor, &format!("kept/{i}"), &format!("v{i}"))
+            .await;
+    }
+    cluster.put_eventually(survivor, "after", "forced").await;
+
+    // The other survivor, still of the old cluster, is wiped and joins anew; so
+    // does a new member. The old one cannot talk to the new cluster meanwhile.
+    cluster.kill(other_survivor);
+    let (log, data) = cluster.node_dirs(other_survivor);
+    std::fs::remove_dir_all(log).unwrap();
+    std::fs::remove_dir_all(data).unwrap();
+    let six = cluster.join_node("node6", &[survivor], &[]);
+    let seven = cluster.join_node("node7", &[survivor], &[]);
+    crate::harness::eventually(Duration::from_secs(30), || async {
+        let status = cluster.status(survivor).await?;
+        let voters = status["members"].as_object().map_or(0, |m| m.len());
+        match voters {
+            3 => Ok(()),
+            n => Err(format!("{n} voters: {status}")),
+        }
+    })
+    .await
+    .unwrap();
+    for i in [six, seven] {
+        cluster.assert_value_eventually(i, "kept/39", "v39").await;
+        cluster.assert_value_eventually(i, "after", "forced").await;
+    }
+}

@@ -148,7 +148,7 @@ pub async fn run_node(mut config: Config) -> anyhow::Result<()> {
 /// DISTRAFT_RESET_LOGS: all before anything in the directory is read. A node that
 /// joined (or joins now: DISTRAFT_JOIN with no identity yet) takes the id, cluster id
 /// and bootstrap voters the cluster gave it.
-async fn open_data_dir(
+pub(crate) async fn open_data_dir(
     config: &mut Config,
 ) -> anyhow::Result<(Option<crate::storage::DirLock>, Option<ListCheck>)> {
     let me = config.me();
@@ -267,7 +267,7 @@ async fn open_data_dir(
 
 /// A DISTRAFT_CLUSTER other than the bootstrap list: it must be the current
 /// membership, which is known once storage is open.
-struct ListCheck {
+pub(crate) struct ListCheck {
     configured: Vec<crate::config::Member>,
     bootstrap: Vec<crate::config::Member>,
 }

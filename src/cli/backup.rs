@@ -105,6 +105,25 @@ pub fn restore(file: &Path, node: &NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `distraft force-new-cluster` with the member's configuration.
+pub async fn force_new_cluster(node: &NodeArgs) -> anyhow::Result<()> {
+    let config = Config::from_args(node)?;
+    let name = config.name.clone();
+    let forced = crate::backup::force::force_new_cluster(config).await?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "ok": true,
+            "name": name,
+            "index": forced.index,
+            "keys": forced.keys,
+            "new_cluster_id": format!("{:016x}", forced.cluster_id),
+            "unreachable": forced.lost,
+        })
+    );
+    Ok(())
+}
+
 fn summary_json(file: &Path, checked: &Checked) -> serde_json::Value {
     serde_json::json!({
         "ok": true,

@@ -131,6 +131,12 @@ pub enum Command {
     /// then start them): a new cluster id, so it can never be taken for the original.
     /// The file is checked before anything is written; the directories must be empty.
     Restore(Box<RestoreArgs>),
+    /// Disaster recovery after losing a majority for good: make this stopped member a
+    /// cluster of one that keeps its data (every entry its log holds), with a new
+    /// cluster id; then start it, and let new members join it with DISTRAFT_JOIN.
+    /// Refused while a quorum of the voters can still be reached (it names them).
+    /// Run with the member's own configuration (docs/operations.md).
+    ForceNewCluster(Box<NodeOnly>),
     /// Leadership: `distraft leader transfer [--to NAME]`.
     #[command(subcommand)]
     Leader(LeaderCommand),
@@ -155,6 +161,13 @@ pub enum Command {
 pub struct RestoreArgs {
     /// The backup file.
     pub file: std::path::PathBuf,
+    #[command(flatten)]
+    pub node: crate::config::NodeArgs,
+}
+
+/// A member's own configuration (DISTRAFT_NAME, DISTRAFT_CLUSTER, the paths...).
+#[derive(Debug, Args)]
+pub struct NodeOnly {
     #[command(flatten)]
     pub node: crate::config::NodeArgs,
 }
@@ -337,6 +350,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             false => backup::backup(&target, &file, stale).await,
         },
         Command::Restore(args) => backup::restore(&args.file, &args.node),
+        Command::ForceNewCluster(args) => backup::force_new_cluster(&args.node).await,
         Command::Leader(LeaderCommand::Transfer { target, to }) => {
             client::transfer_leader(&target, to.as_deref()).await
         }

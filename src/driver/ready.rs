@@ -8,7 +8,7 @@ use tracing::{error, warn};
 
 use super::{Committed, Driver, DriverError, RequestError, Transport};
 use crate::kv::Applied;
-use crate::raft::{Body, Entry, EntryKind, Index, LogReader, Message, Ready};
+use crate::raft::{Body, Entry, Index, LogReader, Message, Ready};
 use crate::storage::{Storage, StorageError};
 
 impl<T: Transport> Driver<T> {
@@ -125,13 +125,7 @@ impl<T: Transport> Driver<T> {
         }
         self.since_snapshot.entries += 1;
         self.since_snapshot.log_bytes += entry.size() as u64;
-        let applied = match entry.kind {
-            EntryKind::Normal => self.kv.apply(entry.index, &entry.data),
-            EntryKind::Noop => Applied::Noop,
-            // In force since it reached the log (`raft/node/conf.rs`); applying it
-            // keeps its member's record in the state machine's member table.
-            EntryKind::ConfChange => self.kv.apply_conf_change(&entry.data),
-        };
+        let applied = self.kv.apply_entry(&entry);
         self.watch_applied(entry.index);
         if let Applied::Rejected(reason) = &applied {
             warn!(

@@ -23,7 +23,7 @@ pub use command::{
 pub use idempotency::{Remembered, Seen};
 pub use image::{copy_with_members, ImageSummary, KvImage};
 
-use crate::raft::{ConfChange, NodeId};
+use crate::raft::{ConfChange, Entry, EntryKind, NodeId};
 use crate::registry::Record;
 
 /// The versions of a key, as etcd keeps them: the index of the entry that created it
@@ -444,6 +444,17 @@ impl Kv {
                 Applied::Membership
             }
             Err(reason) => Applied::Rejected(reason),
+        }
+    }
+
+    /// Applies a committed entry of any kind: a command, the no-op of a new leader, or
+    /// a membership change (whose member's record the member table keeps).
+    pub fn apply_entry(&mut self, entry: &Entry) -> Applied {
+        match entry.kind {
+            EntryKind::Normal => self.apply(entry.index, &entry.data),
+            EntryKind::Noop => Applied::Noop,
+            // In force since it reached the log (`raft/node/conf.rs`).
+            EntryKind::ConfChange => self.apply_conf_change(&entry.data),
         }
     }
 
