@@ -10,7 +10,15 @@
 #      then `distraft member remove` takes it out and its container and volume go;
 #   4. `docker-compose down` then `up` -> every key written is still there;
 #   5. mutual TLS: scripts/compose-certs.sh, `up` with docker-compose.tls.yml -> healthy
-#      over HTTPS, every key still there, a new write on all 5 nodes, plain HTTP refused.
+#      over HTTPS, every key still there, a new write on all 5 nodes, plain HTTP refused;
+#   6. backup and restore: `distraft backup` from a follower's published HTTPS port (then
+#      `distraft backup --check`, which must refuse a truncated copy); a key written after
+#      the backup; then a SECOND compose project (its own name, network and volumes) with
+#      docker-compose.restore.yml, whose 5 nodes restore from the file at their first start
+#      (DISTRAFT_RESTORE_FROM, the file's directory mounted read-only): exactly the keys
+#      written before the backup, with their values, on every node; the later key absent;
+#      another cluster id; a new write on all 5; a restarted node keeps its data (the
+#      variable is ignored once the volume holds data).
 #
 # Usage: scripts/compose-test.sh      (skips, exit 0, when no Docker engine is present)
 #
@@ -19,8 +27,9 @@
 # without Docker says so on purpose with DISTRAFT_SKIP_COMPOSE=1.
 #
 # It builds its own image tag with docker/build.sh, runs under its own compose project
-# name with Docker-chosen host ports (so it never touches a user's cluster or ports), and
-# removes its containers, network, volumes and image at the end, even on failure.
+# names (<name> and <name>-restored) with Docker-chosen host ports (so it never touches a
+# user's cluster or ports), and removes both projects' containers, networks and volumes,
+# its image and its files at the end, even on failure.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,6 +67,9 @@ project=distraft-compose-test-$$
 image=distraft:compose-test-$$
 certs_dir=$repo/target/compose-test-certs-$$
 binary_dir=$repo/target/compose-test-bin-$$
+# Part 6: the backup file, in a directory the restored project mounts read-only.
+restore_dir=$repo/target/compose-test-backup-$$
+restored_project=$project-restored
 network=${project}_default
 nodes=(server1 server2 server3 server4 server5)
 # Empty published ports: Docker picks free host ports (looked up with `docker port`).
@@ -65,8 +77,15 @@ for n in 1 2 3 4 5 6; do
     export "DISTRAFT_SERVER${n}_PORT=" "DISTRAFT_SERVER${n}_GRPC_PORT="
 done
 export DISTRAFT_IMAGE=$image
+# Read by docker-compose.restore.yml (part 6).
+export DISTRAFT_RESTORE_DIR=$restore_dir DISTRAFT_RESTORE_FILE=compose-test.backup
 
 compose() { "${compose_cmd[@]}" --project-name "$project" --file "$repo/docker-compose.yml" "$@"; }
+# The second cluster (part 6): restored from a backup of the first.
+compose_restored() {
+    "${compose_cmd[@]}" --project-name "$restored_project" --file "$repo/docker-compose.yml" \
+        --file "$repo/docker-compose.restore.yml" "$@"
+}
 
 cleanup() {
     local status=$?
@@ -74,11 +93,16 @@ cleanup() {
     if [ "$status" -ne 0 ]; then
         echo "---- last logs of each node (the test failed) ----" >&2
         compose logs --no-color --tail 30 >&2 2>&1 || true
+        if [ -n "$(docker ps --all --quiet --filter "label=com.docker.compose.project=$restored_project")" ]; then
+            echo "---- last logs of each restored node ----" >&2
+            compose_restored logs --no-color --tail 30 >&2 2>&1 || true
+        fi
     fi
-    step "cleaning up project $project and image $image"
+    step "cleaning up projects $project and $restored_project and image $image"
     compose --profile grow down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+    compose_restored --profile grow down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
     docker image rm "$image" >/dev/null 2>&1 || true
-    rm -rf "$certs_dir" "$binary_dir"
+    rm -rf "$certs_dir" "$binary_dir" "$restore_dir"
     exit "$status"
 }
 trap cleanup EXIT
@@ -100,9 +124,11 @@ wait_until() {
 }
 
 node_number() { echo "${1#server}"; }
+# The project the node helpers below look at: $project, then $restored_project (part 6).
+nodes_project=$project
 # The container of NODE (by compose's labels: `docker-compose ps` is slow to start).
 container() {
-    docker ps --all --quiet --filter "label=com.docker.compose.project=$project" \
+    docker ps --all --quiet --filter "label=com.docker.compose.project=$nodes_project" \
         --filter "label=com.docker.compose.service=$1"
 }
 
@@ -398,5 +424,107 @@ if answer=$(curl --silent --max-time 5 "http://127.0.0.1:${http_port[server1]}/"
     jq -e . <<<"$answer" >/dev/null 2>&1 && fail "plain HTTP was answered with TLS on: $answer"
 fi
 echo "    HTTPS with the CA: healthy, old keys read, a new write on all 5; plain HTTP refused"
+
+# --- 6. a backup, restored into a second compose project ---------------------------------
+
+wait_for_leader 30 "${nodes[@]}"
+mapfile -t followers < <(others "$leader")
+source_node=${followers[0]}
+original_id=$(status_of "$source_node" | jq -r .cluster_id)
+[[ "$original_id" =~ ^[0-9a-f]{16}$ ]] || fail "GET / on $source_node: no cluster_id ($original_id)"
+step "distraft backup from $source_node (a follower) over HTTPS, then distraft backup --check"
+# Readable by the nodes' user (uid 10001) whatever the umask: the directory is mounted
+# read-only into the restored nodes.
+mkdir -p "$restore_dir"
+chmod 755 "$restore_dir"
+backup_file=$restore_dir/$DISTRAFT_RESTORE_FILE
+made=$("$DISTRAFT_BINARY" backup --url "$(url "$source_node")" --cacert "$certs_dir/ca.pem" "$backup_file") ||
+    fail "distraft backup from $source_node failed"
+chmod 644 "$backup_file"
+backup_index=$(jq -er '.index' <<<"$made") && backup_bytes=$(jq -er '.bytes' <<<"$made") ||
+    fail "distraft backup printed $made"
+[ "$(jq -r .cluster_id <<<"$made")" = "$original_id" ] || fail "the backup names another cluster: $made"
+[ "$(stat -c %s "$backup_file")" = "$backup_bytes" ] || fail "the file is not the $backup_bytes bytes announced"
+[ ! -e "$backup_file.part" ] || fail "distraft backup left $backup_file.part"
+checked=$("$DISTRAFT_BINARY" backup --check "$backup_file") || fail "backup --check refused a fresh backup"
+jq -e --argjson index "$backup_index" --argjson keys "${#expected[@]}" \
+    '.ok == true and .index == $index and .keys == $keys' <<<"$checked" >/dev/null ||
+    fail "backup --check answered $checked (expected index $backup_index and ${#expected[@]} keys)"
+head -c $((backup_bytes - 7)) "$backup_file" >"$restore_dir/truncated.backup"
+if answer=$("$DISTRAFT_BINARY" backup --check "$restore_dir/truncated.backup" 2>&1); then
+    fail "backup --check accepted a truncated backup: $answer"
+fi
+grep -q truncated <<<"$answer" || fail "backup --check refused a truncated backup without saying so: $answer"
+echo "    index $backup_index, $backup_bytes bytes, ${#expected[@]} keys, cluster $original_id; a truncated copy refused"
+
+# Written after the backup: the restored cluster must not have it.
+put "$leader" after-backup "not in the backup"
+unset 'expected[after-backup]'
+compose down --timeout 10 # the first cluster's part is over: its CPU goes to the second
+
+step "docker-compose.restore.yml: project $restored_project, 5 nodes restored from the backup"
+compose_restored up -d || fail "docker-compose up of the restored project failed"
+nodes_project=$restored_project
+scheme=http
+curl_tls=()
+# A node that refuses the backup exits and its restart policy starts it again (no port
+# is published meanwhile): the ports are looked up once all are healthy, and a restart
+# fails the test at once.
+restored_healthy() {
+    local node
+    for node in "${nodes[@]}"; do
+        [ "$(docker inspect --format '{{.RestartCount}}' "${container_id[$node]}")" = 0 ] ||
+            fail "$node exited and was restarted: did it refuse the backup? (its logs below)"
+    done
+    all_healthy
+}
+for node in "${nodes[@]}"; do
+    container_id[$node]=$(container "$node")
+    [ -n "${container_id[$node]}" ] || fail "no container for $node"
+done
+wait_until 60 "every restored container healthy" restored_healthy
+refresh_nodes
+wait_for_leader 30 "${nodes[@]}"
+echo "    leader: $leader"
+restored_id=$(status_of "$leader" | jq -r .cluster_id)
+[[ "$restored_id" =~ ^[0-9a-f]{16}$ ]] || fail "GET / on $leader: no cluster_id ($restored_id)"
+[ "$restored_id" != "$original_id" ] || fail "the restored cluster kept the original's cluster id $original_id"
+for node in "${nodes[@]}"; do
+    [ "$(status_of "$node" | jq -r .cluster_id)" = "$restored_id" ] ||
+        fail "$node is in another cluster than $leader: $(status_of "$node")"
+done
+# Exactly the keys written before the backup, with their values: one linearizable
+# listing through each node, compared as a whole.
+wanted=$(for key in "${!expected[@]}"; do jq -nc --arg k "$key" --arg v "${expected[$key]}" '{($k): $v}'; done |
+    jq -scS add)
+for node in "${nodes[@]}"; do
+    listed=$(http "$node" "/v1/keys?limit=10000" | jq -cS 'select(.ok and .next == null) | [.keys[] | {(.key): .value}] | add')
+    [ "$listed" = "$wanted" ] || fail "the restored $node holds $listed, expected $wanted"
+done
+for node in "${nodes[@]}"; do
+    answer=$(http "$node" /after-backup)
+    jq -e '.ok == false' <<<"$answer" >/dev/null || fail "GET /after-backup on $node answered $answer"
+done
+answer=$(http "$leader" /after-restore -X POST --data-urlencode "value=new cluster")
+jq -e --argjson index "$backup_index" '.ok == true and .mod_index > $index' <<<"$answer" >/dev/null ||
+    fail "a write on the restored cluster answered $answer (the backup's index: $backup_index)"
+expected[after-restore]="new cluster"
+for node in "${nodes[@]}"; do
+    expect_value "$node" after-restore "new cluster"
+done
+echo "    cluster $restored_id (was $original_id): ${#expected[@]} keys on all 5, after-backup absent"
+
+# DISTRAFT_RESTORE_FROM stays set: once the volume holds data, it must be ignored.
+restarted=${nodes[0]}
+step "docker restart $restarted: it keeps its data, restores nothing again"
+docker restart --time 5 "${container_id[$restarted]}" >/dev/null
+refresh_nodes
+wait_until 30 "$restarted serving after its restart" has_value "$restarted" after-restore "new cluster" "?stale=true"
+[ "$(status_of "$restarted" | jq -r .cluster_id)" = "$restored_id" ] || fail "$restarted changed cluster id"
+logs=$(docker logs "${container_id[$restarted]}" 2>&1)
+[ "$(grep -c 'restored from a backup' <<<"$logs")" = 1 ] &&
+    grep -q 'DISTRAFT_RESTORE_FROM is ignored' <<<"$logs" ||
+    fail "$restarted did not restore once, then ignore DISTRAFT_RESTORE_FROM (see its logs below)"
+wait_until 20 "all 5 restored nodes converging" converged "${nodes[@]}"
 
 step "PASS: compose tests"
