@@ -99,7 +99,7 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_exactly_its_writes
     let checked = last_json(&output);
     assert_eq!(checked["index"], index);
 
-    let restored = Cluster::start_prepared(3, |fresh| restore_all(fresh, &file)).await;
+    let restored = Cluster::start_prepared(3, &[], |fresh| restore_all(fresh, &file)).await;
     let listed = restored
         .answer(
             restored
@@ -477,4 +477,42 @@ async fn a_survivor_of_a_lost_majority_keeps_every_key_and_grows_back() {
         cluster.assert_value_eventually(i, "kept/39", "v39").await;
         cluster.assert_value_eventually(i, "after", "forced").await;
     }
+}
+
+/// DISTRAFT_RESTORE_FROM restores a node at its first start; one whose earlier
+/// restore was cut short (its marker left, a log half made) starts it over instead of
+/// coming up empty; once restored, the variable is ignored.
+#[tokio::test]
+async fn restore_from_at_the_first_start_and_over_again_after_an_interrupted_one() {
+    let source = Cluster::start(1).await;
+    for i in 0..10 {
+        source.put_eventually(0, &format!("r{i}"), "v").await;
+    }
+    let file = source.dir().join("for-start.backup");
+    let (ok, output) = run_cli(&["backup", "--url", &source.url(0), file.to_str().unwrap()]).await;
+    assert!(ok, "{output}");
+    let file_env = file.to_str().unwrap().to_string();
+    let mut restored =
+        Cluster::start_prepared(2, &[("DISTRAFT_RESTORE_FROM", &file_env)], |fresh| {
+            // Node 2: an interrupted restore, as a full disk or a crash leaves it.
+            let (log, data) = fresh.node_dirs(1);
+            std::fs::create_dir_all(&log).unwrap();
+            std::fs::create_dir_all(&data).unwrap();
+            std::fs::write(data.join("restore.unfinished"), "").unwrap();
+            std::fs::write(log.join("00000000000000000001.wal"), "half").unwrap();
+        })
+        .await;
+    for i in 0..2 {
+        restored.assert_value_eventually(i, "r9", "v").await;
+    }
+    let (_, data) = restored.node_dirs(1);
+    assert!(!data.join("restore.unfinished").exists());
+    restored.put_eventually(0, "new", "w").await;
+    restored.kill(1);
+    restored.restart_with(1, &[("DISTRAFT_RESTORE_FROM", &file_env)]);
+    restored.wait_for_leader().await;
+    restored.assert_value_eventually(1, "new", "w").await;
+    assert!(restored
+        .output(1)
+        .contains("DISTRAFT_RESTORE_FROM is ignored"));
 }

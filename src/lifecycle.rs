@@ -168,6 +168,9 @@ pub(crate) async fn open_data_dir(
         ])?),
     };
     if let Some(backup) = &config.restore_from {
+        if crate::backup::restore::clear_unfinished(config)? {
+            warn!("DISTRAFT_RESTORE_FROM: an earlier restore did not finish; starting it over");
+        }
         match crate::backup::restore::holds_data(config)? {
             Some(found) => info!(
                 "DISTRAFT_RESTORE_FROM is ignored: the node has data ({} exists)",

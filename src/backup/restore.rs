@@ -10,7 +10,7 @@
 //! snapshot from a leader is; the identity file last.
 
 use std::fs::File;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -21,6 +21,9 @@ use crate::kv::{copy_with_members, ImageSummary, KvError};
 use crate::raft::{Membership, SnapshotMeta};
 use crate::storage::identity::{self, Origin, OriginKind};
 use crate::storage::{DirLock, Storage};
+
+/// In the data directory while a restore is under way.
+const UNFINISHED: &str = "restore.unfinished";
 
 /// The term of the restored snapshot: the new cluster's history begins at term 1, at
 /// the backup's index (which its versions and watches carry on from).
@@ -35,15 +38,15 @@ pub struct Checked {
 
 /// Reads the whole backup at `path` and checks it, holding one pair at a time.
 pub fn check(path: &Path) -> Result<Checked, BackupError> {
-    copy_image(path, io::sink())
+    copy_image(&mut File::open(path)?, io::sink())
 }
 
 /// Copies the image of the backup at `path` into `out` with an empty member table
 /// (the new cluster's members are its bootstrap list, as in a cluster just started),
 /// checking everything on the way.
-fn copy_image(path: &Path, out: impl io::Write) -> Result<Checked, BackupError> {
-    let file = File::open(path)?;
-    let mut input = BufReader::with_capacity(1024 * 1024, file);
+fn copy_image(file: &mut File, out: impl io::Write) -> Result<Checked, BackupError> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut input = BufReader::with_capacity(1024 * 1024, &*file);
     let header = BackupHeader::read(&mut input)?;
     let image = ImageReader::new(input, header);
     let summary = match copy_with_members(image, out, &[]) {
@@ -52,7 +55,7 @@ fn copy_image(path: &Path, out: impl io::Write) -> Result<Checked, BackupError> 
         // Damage shows as a malformed image before the checksum at its end is
         // reached: the checksum names it better.
         Err(KvError::Malformed(reason)) => {
-            checksum_only(path)?;
+            checksum_only(file)?;
             return Err(BackupError::Malformed(reason));
         }
     };
@@ -60,8 +63,9 @@ fn copy_image(path: &Path, out: impl io::Write) -> Result<Checked, BackupError> 
 }
 
 /// Reads the backup through, checking its header, length and checksum only.
-fn checksum_only(path: &Path) -> Result<(), BackupError> {
-    let mut input = BufReader::with_capacity(1024 * 1024, File::open(path)?);
+fn checksum_only(file: &mut File) -> Result<(), BackupError> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut input = BufReader::with_capacity(1024 * 1024, &*file);
     let header = BackupHeader::read(&mut input)?;
     io::copy(&mut ImageReader::new(input, header), &mut io::sink()).map_err(backup_error)?;
     Ok(())
@@ -79,33 +83,50 @@ pub struct Restored {
 pub fn restore(path: &Path, config: &Config) -> anyhow::Result<Restored> {
     // Everything is checked before anything is written (the lock creates the
     // directories).
-    let checked = check_all(path, config)?;
+    let (mut file, checked) = check_all(path, config)?;
     let _lock = DirLock::acquire(&[&config.log_dir, &config.data_dir])?;
-    write(path, config, checked)
+    write(&mut file, path, config, checked)
 }
 
 /// [`restore`], by a process that holds the directories' lock already (a node
 /// started with DISTRAFT_RESTORE_FROM).
 pub fn restore_locked(path: &Path, config: &Config) -> anyhow::Result<Restored> {
-    let checked = check_all(path, config)?;
-    write(path, config, checked)
+    let (mut file, checked) = check_all(path, config)?;
+    write(&mut file, path, config, checked)
 }
 
-/// The configuration, the file and the directories, checked.
-fn check_all(path: &Path, config: &Config) -> anyhow::Result<Checked> {
+/// The configuration, the file and the directories, checked; the file stays open,
+/// so that the copy reads what was checked even if the path is replaced meanwhile.
+fn check_all(path: &Path, config: &Config) -> anyhow::Result<(File, Checked)> {
     if !config.join.is_empty() {
         bail!(
             "DISTRAFT_JOIN is set: a restore builds a bootstrap member of a new cluster. \
              Restore every member of DISTRAFT_CLUSTER, start them, and let others join later"
         );
     }
-    let checked = check(path).with_context(|| format!("{} is refused", path.display()))?;
+    let refused = || format!("{} is refused", path.display());
+    let mut file = File::open(path).with_context(refused)?;
+    let checked = copy_image(&mut file, io::sink()).with_context(refused)?;
     check_empty(config)?;
-    Ok(checked)
+    Ok((file, checked))
 }
 
-/// Writes the snapshot, then the identity.
-fn write(path: &Path, config: &Config, checked: Checked) -> anyhow::Result<Restored> {
+/// Writes the snapshot, then the identity (last: a directory without it holds an
+/// unfinished restore, see [`clear_unfinished`]).
+fn write(
+    file: &mut File,
+    path: &Path,
+    config: &Config,
+    checked: Checked,
+) -> anyhow::Result<Restored> {
+    // Written first and deleted last: a restore cut short (a crash, a full disk) is
+    // started over by the next DISTRAFT_RESTORE_FROM, never taken for a member.
+    let marker = config.data_dir.join(UNFINISHED);
+    std::fs::create_dir_all(&config.data_dir)?;
+    File::create(&marker)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| File::open(&config.data_dir)?.sync_all())
+        .with_context(|| format!("creating {}", marker.display()))?;
     let (mut storage, _) = Storage::open(crate::driver::storage_options(config))
         .context("creating the new member's storage")?;
     let meta = SnapshotMeta {
@@ -114,7 +135,11 @@ fn write(path: &Path, config: &Config, checked: Checked) -> anyhow::Result<Resto
         membership: Membership::with_voters(config.members.iter().map(|m| m.id)),
     };
     let mut writer = storage.begin_snapshot(meta)?;
-    copy_image(path, &mut writer).with_context(|| format!("reading {}", path.display()))?;
+    let copied =
+        copy_image(file, &mut writer).with_context(|| format!("reading {}", path.display()))?;
+    if (copied.header, copied.summary) != (checked.header, checked.summary) {
+        bail!("{} changed while it was restored", path.display());
+    }
     storage
         .finish_snapshot(writer)
         .context("making the restored snapshot durable")?;
@@ -126,11 +151,30 @@ fn write(path: &Path, config: &Config, checked: Checked) -> anyhow::Result<Resto
         base: config.cluster_id,
     };
     let cluster_id = identity::record_origin(config, &config.data_dir, origin)?;
+    std::fs::remove_file(&marker)
+        .and_then(|()| File::open(&config.data_dir)?.sync_all())
+        .with_context(|| format!("deleting {}", marker.display()))?;
     Ok(Restored {
         checked,
         cluster_id,
         data_dir: config.data_dir.clone(),
     })
+}
+
+/// Deletes what an interrupted restore left (its marker file says so); returns
+/// whether there was anything.
+pub fn clear_unfinished(config: &Config) -> anyhow::Result<bool> {
+    let marker = config.data_dir.join(UNFINISHED);
+    if !marker.exists() {
+        return Ok(false);
+    }
+    for dir in [&config.data_dir, &config.log_dir] {
+        for ours in files_of_ours(dir)?.into_iter().filter(|f| *f != marker) {
+            std::fs::remove_file(&ours).with_context(|| format!("deleting {}", ours.display()))?;
+        }
+    }
+    std::fs::remove_file(&marker).with_context(|| format!("deleting {}", marker.display()))?;
+    Ok(true)
 }
 
 /// Refuses directories that hold a node's files.
@@ -157,11 +201,17 @@ pub fn holds_data(config: &Config) -> anyhow::Result<Option<PathBuf>> {
 
 /// A file a node keeps in `dir`, if there is one (a missing directory is empty).
 fn first_file_of_ours(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    Ok(files_of_ours(dir)?.into_iter().next())
+}
+
+/// The files a node keeps in `dir` (a missing directory has none).
+fn files_of_ours(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(err) => return Err(err).with_context(|| format!("reading {}", dir.display())),
     };
+    let mut found = Vec::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
         let name = entry.file_name();
@@ -169,9 +219,11 @@ fn first_file_of_ours(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
         if name == identity::IDENTITY_FILE
             || [".wal", ".snap", ".tmp"].iter().any(|s| name.ends_with(s))
             || name == "reset-term"
+            || name == UNFINISHED
         {
-            return Ok(Some(entry.path()));
+            found.push(entry.path());
         }
     }
-    Ok(None)
+    found.sort();
+    Ok(found)
 }

@@ -238,11 +238,15 @@ impl Cluster {
     /// As [`Cluster::start`], but `prepare` runs first, on a cluster whose nodes are
     /// not started yet (to make their data directories, e.g. with `distraft restore`
     /// through [`Cluster::node_cli`]).
-    pub async fn start_prepared(size: usize, prepare: impl FnOnce(&Cluster)) -> Cluster {
+    pub async fn start_prepared(
+        size: usize,
+        extra_env: &[(&str, &str)],
+        prepare: impl FnOnce(&Cluster),
+    ) -> Cluster {
         let mut cluster = Cluster::assemble(size, false, |_, _| Vec::new()).await;
         prepare(&cluster);
         for i in 0..size {
-            cluster.spawn(i, &[]);
+            cluster.spawn(i, extra_env);
         }
         cluster.wait_for_leader().await;
         cluster
