@@ -88,6 +88,7 @@ fn append(
     pb::AppendEntriesRequest {
         from_id: 0,
         to_id: 0,
+        wire_version: 0,
         from: seen.leader.clone(),
         term,
         cluster_id: seen.cluster_id,
@@ -120,6 +121,7 @@ fn first_chunk(
     pb::InstallSnapshotChunk {
         from_id: 0,
         to_id: 0,
+        wire_version: 0,
         from: from.to_string(),
         term,
         meta: Some(pb::SnapshotMeta {
@@ -373,6 +375,7 @@ async fn hostile_raft_traffic_is_refused_and_changes_nothing() {
     let vote = pb::VoteRequest {
         from_id: 0,
         to_id: 0,
+        wire_version: 0,
         from: seen.leader.clone(),
         term: u64::MAX,
         last_log_index: u64::MAX,
@@ -387,6 +390,7 @@ async fn hostile_raft_traffic_is_refused_and_changes_nothing() {
     let read = pb::ReadIndexRequest {
         from_id: 0,
         to_id: 0,
+        wire_version: 0,
         from: seen.leader.clone(),
         term: 0,
         id: 1,

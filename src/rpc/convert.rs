@@ -28,6 +28,27 @@ fn quoted(text: &str) -> String {
     format!("{short:?}")
 }
 
+/// What this build writes to the log and snapshots, as far as a peer must be able to
+/// read it: raised with every change a build of the version before could not read
+/// (or would read wrongly). A member refuses requests of a newer wire version, so in
+/// a cluster of mixed versions the older members never take in what they cannot read
+/// (docs/operations.md, "Upgrades"). 1: the formats of the KV API (versioned
+/// commands, idempotency keys, image 03); builds before it send 0.
+pub const WIRE_VERSION: u32 = 1;
+
+/// A request of a newer wire version than this build's is refused, before anything
+/// in it is read.
+fn check_wire_version(version: u32) -> Result<(), Status> {
+    if version > WIRE_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "the sender runs a newer distraft (wire version {version}) than this member \
+             (wire version {WIRE_VERSION}), which might not read what it sends: upgrade \
+             this member"
+        )));
+    }
+    Ok(())
+}
+
 /// A request must be meant for this cluster and this member: FAILED_PRECONDITION
 /// otherwise (a misconfigured cluster that lists our address, or a request routed to
 /// the wrong member).
@@ -316,6 +337,7 @@ trait Envelope {
     fn envelope(&self) -> (&str, &str, u64, Term);
     /// `(from_id, to_id)`.
     fn ids(&self) -> (NodeId, NodeId);
+    fn wire_version(&self) -> u32;
     fn address(&mut self, from: String, to: String, cluster_id: u64, term: Term);
     fn address_ids(&mut self, from_id: NodeId, to_id: NodeId);
 }
@@ -336,8 +358,12 @@ macro_rules! envelope {
             fn ids(&self) -> (NodeId, NodeId) {
                 (self.from_id, self.to_id)
             }
+            fn wire_version(&self) -> u32 {
+                self.wire_version
+            }
             fn address(&mut self, from: String, to: String, cluster_id: u64, term: Term) {
                 (self.from, self.to, self.cluster_id, self.term) = (from, to, cluster_id, term);
+                self.wire_version = WIRE_VERSION;
             }
             fn address_ids(&mut self, from_id: NodeId, to_id: NodeId) {
                 (self.from_id, self.to_id) = (from_id, to_id);
@@ -386,6 +412,7 @@ fn addressed<R: Envelope>(config: &Config, msg: &Message, mut request: R) -> R {
 fn open_request(config: &Config, request: &impl Envelope) -> Result<NodeId, Status> {
     let (from, to, cluster_id, term) = request.envelope();
     let (from_id, to_id) = request.ids();
+    check_wire_version(request.wire_version())?;
     check_addressee(config, cluster_id, to, to_id)?;
     check_term(term)?;
     sender_id(config, from, from_id)

@@ -610,6 +610,7 @@ impl LinkTask {
                 image_crc32c: file.data_crc(),
                 from_id: config.id,
                 to_id: peer,
+                wire_version: convert::WIRE_VERSION,
             };
             let (chunks, outgoing) = mpsc::channel(4);
             let (read_failed_tx, read_failed) = tokio::sync::oneshot::channel::<String>();

@@ -198,6 +198,7 @@ fn strangers_and_malformed_requests_are_refused() {
     let no_kind = pb::AppendEntriesRequest {
         from_id: 0,
         to_id: 0,
+        wire_version: 0,
         from: "b".into(),
         term: 1,
         kind: None,
@@ -250,6 +251,7 @@ fn append(
     pb::AppendEntriesRequest {
         from_id: 0,
         to_id: 0,
+        wire_version: 0,
         from: "b".into(),
         term,
         cluster_id: a.cluster_id,
@@ -343,6 +345,19 @@ fn hostile_appends_are_refused() {
     let mut myself = append(&a, 2, (0, 0), &[], 0);
     myself.from = "a".into();
     assert_eq!(code(myself), InvalidArgument, "from this node itself");
+    // A newer build's request is refused (it may hold what this one cannot read); an
+    // older build's, and this one's, are taken.
+    let mut newer = append(&a, 2, (0, 0), &[], 0);
+    newer.wire_version = WIRE_VERSION + 1;
+    assert_eq!(code(newer), FailedPrecondition, "a newer wire version");
+    for version in [0, WIRE_VERSION] {
+        let mut known = append(&a, 2, (0, 0), &[], 0);
+        known.wire_version = version;
+        assert!(
+            append_request_message(&a, known).is_ok(),
+            "wire version {version}"
+        );
+    }
 
     // A huge commit index is clamped to what the message shows.
     let msg =
@@ -384,6 +399,7 @@ fn snapshot_requests_are_checked() {
         |index, term, snapshot_term, voters: &[&str], image_bytes| pb::InstallSnapshotChunk {
             from_id: 0,
             to_id: 0,
+            wire_version: 0,
             from: "b".into(),
             term,
             meta: Some(pb::SnapshotMeta {
@@ -516,6 +532,7 @@ mod arbitrary_wire_messages {
                     Input::Vote(pb::VoteRequest {
                         from_id: 0,
                         to_id: 0,
+                        wire_version: 0,
                         from,
                         term,
                         last_log_index,
@@ -595,6 +612,7 @@ mod arbitrary_wire_messages {
                     Input::Append(pb::AppendEntriesRequest {
                         from_id: 0,
                         to_id: 0,
+                        wire_version: 0,
                         from,
                         term,
                         kind: Some(kind),
@@ -608,6 +626,7 @@ mod arbitrary_wire_messages {
                 Input::ReadIndex(pb::ReadIndexRequest {
                     from_id: 0,
                     to_id: 0,
+                    wire_version: 0,
                     from,
                     term,
                     id,
