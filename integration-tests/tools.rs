@@ -252,6 +252,23 @@ async fn grpcurl_lists_describes_and_calls() {
         &["-plaintext", address, "grpc.health.v1.Health/Check"],
     );
     assert!(health.contains("SERVING"), "{health}");
+    // A backup, as docs/api.md shows it: the first chunk says the size and index.
+    let backup = run_grpcurl(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            "{}",
+            address,
+            "distraft.v1.Admin/Backup",
+        ],
+    );
+    assert!(
+        backup.contains("\"totalBytes\"")
+            && backup.contains("\"index\"")
+            && backup.contains("\"data\""),
+        "{backup}"
+    );
     // What gRPC wrote, HTTP reads.
     assert_eq!(cluster.get(2, "from-grpcurl").await.1["value"], "hello");
 
