@@ -101,10 +101,17 @@ pub enum Plant {
     /// jump without resyncing the watchers, which silently miss the changes the
     /// snapshot jumped over.
     WatchSkipsEventAfterSnapshotInstall,
+    /// A linearizable backup is served from the newest snapshot even when it is older
+    /// than the read index: writes acknowledged before the backup began are missing.
+    BackupServesOlderSnapshot,
+    /// `force-new-cluster` runs while a quorum of the voters still answers.
+    ForceIgnoresReachableQuorum,
+    /// A member takes requests of a newer wire version than its own.
+    WireVersionUnchecked,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 33] = [
+    pub const ALL: [Plant; 36] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -138,6 +145,9 @@ impl Plant {
         Plant::LocalRetryForgetsForwardingKey,
         Plant::RetryAppliedTwice,
         Plant::WatchSkipsEventAfterSnapshotInstall,
+        Plant::BackupServesOlderSnapshot,
+        Plant::ForceIgnoresReachableQuorum,
+        Plant::WireVersionUnchecked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -174,6 +184,9 @@ impl Plant {
             Plant::TxnAppliesPartOfABranch => "txn-applies-part-of-a-branch",
             Plant::LocalRetryForgetsForwardingKey => "local-retry-forgets-forwarding-key",
             Plant::RetryAppliedTwice => "retry-applied-twice",
+            Plant::BackupServesOlderSnapshot => "backup-serves-older-snapshot",
+            Plant::ForceIgnoresReachableQuorum => "force-ignores-reachable-quorum",
+            Plant::WireVersionUnchecked => "wire-version-unchecked",
             Plant::WatchSkipsEventAfterSnapshotInstall => {
                 "watch-skips-event-after-snapshot-install"
             }

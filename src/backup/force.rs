@@ -27,6 +27,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::kv::Kv;
+use crate::plant::{self, Plant};
 use crate::raft::{Membership, NodeId, RawNode, SnapshotMeta};
 use crate::storage::identity::{self, Origin, OriginKind};
 use crate::storage::Storage;
@@ -81,7 +82,9 @@ pub async fn force_new_cluster(mut config: Config) -> anyhow::Result<Forced> {
     let (reached, lost) = probe(&config, &membership).await;
     let names =
         |ids: &[NodeId]| -> Vec<String> { ids.iter().map(|id| config.name_of(*id)).collect() };
-    if reached.len() + 1 >= membership.quorum() {
+    if reached.len() + 1 >= membership.quorum()
+        && !plant::active(Plant::ForceIgnoresReachableQuorum)
+    {
         bail!(
             "refused: {} of the {} voters can be reached ({}, and this member): the cluster \
              still has a quorum. Replace the lost members one by one instead (`distraft \

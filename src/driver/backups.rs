@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 use super::{Driver, RequestError, Transport};
+use crate::plant::{self, Plant};
 use crate::raft::{Index, SnapshotMeta};
 use crate::storage::SnapshotFile;
 
@@ -54,6 +55,7 @@ impl<T: Transport> Driver<T> {
             return;
         };
         let newest = storage.latest_snapshot().map(|s| s.meta.index);
+        let stale = stale || plant::active(Plant::BackupServesOlderSnapshot);
         let at_least = match (stale, newest) {
             (true, Some(index)) => index,
             _ => self.applied,
