@@ -7,18 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::harness::{run_cli, Cluster};
+use crate::harness::{last_json, run_cli, Cluster};
 use distraft::proto::v1::BackupRequest;
-
-/// The JSON line a CLI command printed last.
-fn last_json(output: &str) -> serde_json::Value {
-    let line = output
-        .lines()
-        .rev()
-        .find(|line| line.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON in {output}"));
-    serde_json::from_str(line).unwrap()
-}
 
 fn restore_all(cluster: &Cluster, backup: &Path) {
     for i in 0..cluster.nodes.len() {

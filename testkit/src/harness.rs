@@ -652,6 +652,16 @@ pub async fn run_cli(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// The JSON line a CLI command printed last (in [`run_cli`]'s output).
+pub fn last_json(output: &str) -> Value {
+    let line = output
+        .lines()
+        .rev()
+        .find(|line| line.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON in {output}"));
+    serde_json::from_str(line).unwrap()
+}
+
 /// The last `bytes` of a file, for failure reports.
 pub fn tail(path: &Path, bytes: u64) -> String {
     let Ok(mut file) = File::open(path) else {
