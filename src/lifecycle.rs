@@ -62,12 +62,14 @@ pub async fn run_node(mut config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Ends when stop_rx turns true (at once without DISTRAFT_BACKUP_DIR).
+    let backups = Arc::new(crate::backup::schedule::ScheduleState::default());
     tokio::spawn(crate::backup::schedule::run(
         config.clone(),
         driver.clone(),
+        backups.clone(),
         stop_rx.clone(),
     ));
-    let (services, backend) = client_backend(&config, &driver, peers, &stop_rx);
+    let (services, backend) = client_backend(&config, &driver, peers, backups, &stop_rx);
     let mut grpc = tokio::spawn(rpc::serve(
         config.clone(),
         driver.clone(),
@@ -334,6 +336,7 @@ fn client_backend(
     config: &Arc<Config>,
     driver: &driver::DriverHandle,
     peers: Peers,
+    backups: Arc<crate::backup::schedule::ScheduleState>,
     stop_rx: &watch::Receiver<bool>,
 ) -> (ClientServices, Backend) {
     let members: crate::dashboard::Members = {
@@ -361,7 +364,7 @@ fn client_backend(
             MemberList { others, learners }
         })
     };
-    let services = ClientServices::new(config.clone(), driver.clone(), peers);
+    let services = ClientServices::new(config.clone(), driver.clone(), peers, backups);
     let dashboard = Dashboard::new(
         config.name.clone(),
         services.admin.clone(),

@@ -97,11 +97,15 @@ impl ScheduleState {
 }
 
 /// Runs the schedule until `stop` turns true (returns at once without one).
-pub async fn run(config: Arc<Config>, driver: DriverHandle, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    config: Arc<Config>,
+    driver: DriverHandle,
+    state: Arc<ScheduleState>,
+    mut stop: watch::Receiver<bool>,
+) {
     let Some(schedule) = config.backups.clone() else {
         return;
     };
-    let state = config.backup_state.clone();
     info!(
         dir = %schedule.dir.display(),
         interval_s = schedule.interval.as_secs_f64(),

@@ -112,9 +112,6 @@ pub struct Config {
     /// DISTRAFT_RESTORE_FROM: a backup to make the data directory from at the first
     /// start.
     pub restore_from: Option<PathBuf>,
-    /// What the backup schedule knows (for Admin.Status); here, as the registry is,
-    /// because the layers that report it already hold the configuration.
-    pub backup_state: Arc<crate::backup::schedule::ScheduleState>,
 }
 
 /// Scheduled backups: while a node leads, one every `interval` into `dir`.
@@ -290,7 +287,6 @@ impl Config {
             restore_from: Some(args.backups.restore_from.trim())
                 .filter(|path| !path.is_empty())
                 .map(PathBuf::from),
-            backup_state: Arc::default(),
         })
     }
 

@@ -16,6 +16,7 @@ use super::kv::KvService;
 use super::peers::Peers;
 use super::raft::RaftService;
 pub use super::stop::stopped;
+use crate::backup::schedule::ScheduleState;
 use crate::config::Config;
 use crate::driver::DriverHandle;
 use crate::limits::{
@@ -34,7 +35,13 @@ pub struct ClientServices {
 }
 
 impl ClientServices {
-    pub fn new(config: Arc<Config>, driver: DriverHandle, peers: Peers) -> ClientServices {
+    /// `backups`: what the backup schedule knows, for Admin.Status.
+    pub fn new(
+        config: Arc<Config>,
+        driver: DriverHandle,
+        peers: Peers,
+        backups: Arc<ScheduleState>,
+    ) -> ClientServices {
         let forwarding = Arc::new(Semaphore::new(config.limits.max_forwarded_requests));
         ClientServices {
             kv: Arc::new(KvService::new(
@@ -43,7 +50,7 @@ impl ClientServices {
                 peers.clone(),
                 forwarding,
             )),
-            admin: Arc::new(AdminService::new(config, driver, peers)),
+            admin: Arc::new(AdminService::new(config, driver, peers, backups)),
         }
     }
 }

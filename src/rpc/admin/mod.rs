@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::backup::schedule::ScheduleState;
 use crate::config::Config;
 use crate::driver::{DriverHandle, NodeStatus, RequestError};
 use crate::metrics::metrics;
@@ -30,14 +31,22 @@ pub struct AdminService {
     driver: DriverHandle,
     /// To pass a transfer on to the leader.
     peers: Peers,
+    /// What the backup schedule knows (Status shows it).
+    backups: Arc<ScheduleState>,
 }
 
 impl AdminService {
-    pub(super) fn new(config: Arc<Config>, driver: DriverHandle, peers: Peers) -> AdminService {
+    pub(super) fn new(
+        config: Arc<Config>,
+        driver: DriverHandle,
+        peers: Peers,
+        backups: Arc<ScheduleState>,
+    ) -> AdminService {
         AdminService {
             config,
             driver,
             peers,
+            backups,
         }
     }
 
@@ -230,6 +239,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.driver.status().await.map_err(status_of)?;
         let mut response = status_response(&self.config, status);
+        response.backup = self.backups.status(self.config.backups.as_ref());
         let metrics = metrics();
         response.reads_total = counter_sum(&metrics.reads);
         response.writes_total = counter_sum(&metrics.writes);
@@ -300,7 +310,8 @@ fn status_response(config: &Config, status: NodeStatus) -> pb::StatusResponse {
         // Counted by the services, not the driver: filled in by the caller.
         reads_total: 0,
         writes_total: 0,
-        backup: config.backup_state.status(config.backups.as_ref()),
+        // The schedule's, not the driver's: filled in by the caller.
+        backup: None,
     }
 }
 
