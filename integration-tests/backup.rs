@@ -72,8 +72,16 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_exactly_its_writes
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let acknowledged_before = acknowledged.lock().unwrap().len();
+    let acknowledged_count = || acknowledged.lock().unwrap().len();
+    crate::harness::eventually(Duration::from_secs(10), || async {
+        match acknowledged_count() {
+            0 => Err("the load has not begun".to_string()),
+            _ => Ok(()),
+        }
+    })
+    .await
+    .unwrap();
+    let acknowledged_before = acknowledged_count();
     let file = cluster.dir().join("under-load.backup");
     let (ok, output) = run_cli(&[
         "backup",
@@ -84,10 +92,19 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_exactly_its_writes
     .await;
     assert!(ok, "backup: {output}");
     let made = last_json(&output);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let index = made["index"].as_u64().unwrap();
+    // The load goes on past the backup's index.
+    crate::harness::eventually(Duration::from_secs(10), || async {
+        let after = acknowledged.lock().unwrap().iter().any(|(_, i)| *i > index);
+        match after {
+            true => Ok(()),
+            false => Err(format!("no write acknowledged after index {index} yet")),
+        }
+    })
+    .await
+    .unwrap();
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
-    let index = made["index"].as_u64().unwrap();
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(
         acknowledged.iter().any(|(_, i)| *i > index),
@@ -287,12 +304,32 @@ async fn scheduled_backups_rotate_and_move_with_the_leader() {
     .await
     .unwrap();
     assert_eq!(rounds["active"], true, "{rounds}");
-    // Kept: the newest two, even after several more rounds.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.put_eventually(leader, "tick", "y").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let kept = backups_in(&dir(leader));
-    assert_eq!(kept.len(), 2, "{kept:?}");
+    // Kept: the newest two, once two more rounds were written (so that older ones
+    // had to go).
+    let mut newest = rounds["newest_index"].as_u64().unwrap_or(0);
+    for _ in 0..2 {
+        newest = crate::harness::eventually(Duration::from_secs(20), || async {
+            cluster.put_eventually(leader, "tick", "y").await;
+            let index = backup_status(&cluster, leader).await["newest_index"]
+                .as_u64()
+                .unwrap_or(0);
+            match index > newest {
+                true => Ok(index),
+                false => Err(format!("no backup after index {newest} yet")),
+            }
+        })
+        .await
+        .unwrap();
+    }
+    let kept = crate::harness::eventually(Duration::from_secs(10), || async {
+        let kept = backups_in(&dir(leader));
+        match kept.len() {
+            2 => Ok(kept),
+            _ => Err(format!("kept {kept:?}")),
+        }
+    })
+    .await
+    .unwrap();
     for name in &kept {
         let path = dir(leader).join(name);
         let (ok, output) = run_cli(&["backup", "--check", path.to_str().unwrap()]).await;

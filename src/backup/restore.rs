@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::kv::{copy_with_members, ImageSummary, KvError};
 use crate::raft::{Membership, SnapshotMeta};
 use crate::storage::identity::{self, Origin, OriginKind};
-use crate::storage::{DirLock, Storage};
+use crate::storage::{create_dir_durably, DirLock, Storage};
 
 /// In the data directory while a restore is under way.
 const UNFINISHED: &str = "restore.unfinished";
@@ -122,7 +122,7 @@ fn write(
     // Written first and deleted last: a restore cut short (a crash, a full disk) is
     // started over by the next DISTRAFT_RESTORE_FROM, never taken for a member.
     let marker = config.data_dir.join(UNFINISHED);
-    std::fs::create_dir_all(&config.data_dir)?;
+    create_dir_durably(&config.data_dir)?;
     File::create(&marker)
         .and_then(|f| f.sync_all())
         .and_then(|()| File::open(&config.data_dir)?.sync_all())

@@ -212,7 +212,8 @@ fn file_name(cluster_id: u64, index: u64) -> String {
 
 /// Writes the backup file durably: `.<name>.part`, fsync, rename, fsync the directory.
 fn write(dir: &Path, cluster_id: u64, source: BackupSource) -> anyhow::Result<Newest> {
-    fs::create_dir_all(dir)?;
+    // Durably: the directory's own entry must survive a crash with the file.
+    crate::storage::create_dir_durably(dir)?;
     let header = header_of(cluster_id, &source);
     let name = file_name(cluster_id, header.index);
     let part = dir.join(format!(".{name}.part"));
@@ -275,11 +276,17 @@ fn scan(dir: &Path, cluster_id: u64) -> io::Result<Vec<Newest>> {
             warn!(file = %entry.path().display(), "scheduled backups: not a readable backup");
             continue;
         };
+        // A creation time ahead of this node's clock (another node's, skewed) is
+        // taken as now: else the schedule would wait for that clock.
+        let now = SystemTime::now();
+        let created = UNIX_EPOCH
+            .checked_add(Duration::from_millis(header.created_unix_ms))
+            .map_or(now, |created| created.min(now));
         found.push(Newest {
             path: entry.path(),
             index,
             bytes: entry.metadata()?.len(),
-            created: UNIX_EPOCH + Duration::from_millis(header.created_unix_ms),
+            created,
         });
     }
     found.sort_by_key(|n| n.index);
@@ -335,5 +342,21 @@ mod tests {
         assert_eq!(scan(dir.path(), 2).unwrap().len(), 1);
         assert!(dir.path().join("notes.txt").exists());
         assert!(dir.path().join(file_name(1, 3)).exists());
+    }
+
+    #[test]
+    fn a_creation_time_ahead_of_the_clock_is_taken_as_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = BackupHeader {
+            cluster_id: 1,
+            index: 9,
+            term: 1,
+            created_unix_ms: u64::MAX,
+            image_len: 0,
+            image_crc: 0,
+        };
+        fs::write(dir.path().join(file_name(1, 9)), header.encode()).unwrap();
+        let found = scan(dir.path(), 1).unwrap();
+        assert!(found[0].created <= SystemTime::now());
     }
 }

@@ -5,7 +5,6 @@
 use std::io::{self, Read};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::format::BackupHeader;
@@ -21,7 +20,7 @@ const CHUNKS_AHEAD: usize = 4;
 /// before is not a backup.
 pub struct BackupStream {
     pub header: BackupHeader,
-    pub chunks: mpsc::Receiver<io::Result<Bytes>>,
+    pub chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
 }
 
 /// The header of a backup of `source`, made now.
@@ -42,7 +41,7 @@ pub fn header_of(cluster_id: u64, source: &BackupSource) -> BackupHeader {
 pub fn stream(cluster_id: u64, source: BackupSource) -> BackupStream {
     let header = header_of(cluster_id, &source);
     let (tx, chunks) = mpsc::channel(CHUNKS_AHEAD);
-    let first = Bytes::copy_from_slice(&header.encode());
+    let first = header.encode().to_vec();
     let mut image = source.image;
     tokio::task::spawn_blocking(move || {
         if tx.blocking_send(Ok(first)).is_err() {
@@ -62,7 +61,7 @@ pub fn stream(cluster_id: u64, source: BackupSource) -> BackupStream {
             }
             buf.truncate(filled);
             // The reader went away: nobody wants the rest.
-            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+            if tx.blocking_send(Ok(buf)).is_err() {
                 return;
             }
         }

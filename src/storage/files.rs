@@ -85,7 +85,7 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 
 /// Creates `dir` and any missing parents, fsyncing each new directory's parent so the
 /// directories themselves survive a crash.
-pub(super) fn create_dir_durably(dir: &Path) -> Result<(), StorageError> {
+pub fn create_dir_durably(dir: &Path) -> Result<(), StorageError> {
     let missing: Vec<&Path> = dir
         .ancestors()
         .take_while(|d| !d.as_os_str().is_empty() && !d.exists())

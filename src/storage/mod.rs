@@ -33,7 +33,8 @@ use tracing::warn;
 
 use crate::raft::{HardState, Index, Restored, SnapshotMeta};
 use error::io_error;
-use files::{create_dir_durably, list_numbered, remove_files, remove_if_present, sync_dir};
+pub use files::create_dir_durably;
+use files::{list_numbered, remove_files, remove_if_present, sync_dir};
 use replay::{repair_torn_tail, replay_wal};
 use snapshot::{SNAPSHOT_SUFFIX, TEMP_SUFFIX};
 use terms::{LogTerms, SnapshotFit};

@@ -58,7 +58,7 @@ impl AdminService {
                     false => (0, 0),
                 };
                 Ok(pb::BackupChunk {
-                    data: data.to_vec(),
+                    data,
                     total_bytes,
                     index,
                 })
