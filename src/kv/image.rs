@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 
-use super::idempotency::{Remembered, Table};
+use super::idempotency::{Frozen, Remembered, Table};
 use super::{unversioned_pair_hash, Applied, Kv, KvError, Pairs, TxnResult, Versioned, Versions};
 use crate::raft::NodeId;
 use crate::registry::Record;
@@ -46,7 +46,7 @@ pub struct KvImage {
     pub(super) map: Arc<Pairs>,
     digest: u64,
     members: Vec<Record>,
-    idempotency: Table,
+    idempotency: Frozen,
 }
 
 /// The tag of the idempotency table's section.
@@ -57,7 +57,7 @@ impl KvImage {
         map: Arc<Pairs>,
         digest: u64,
         members: Vec<Record>,
-        idempotency: Table,
+        idempotency: Frozen,
     ) -> KvImage {
         KvImage {
             map,
@@ -407,7 +407,7 @@ impl From<WireVersions> for Versions {
 }
 
 impl WireTable {
-    fn of(table: &Table) -> WireTable {
+    fn of(table: &Frozen) -> WireTable {
         let entries = table
             .entries()
             .map(|(key, remembered)| WireRemembered {

@@ -655,7 +655,7 @@ impl Kv {
             self.base.clone(),
             self.digest,
             self.members.values().cloned().collect(),
-            self.idempotency.clone(),
+            self.idempotency.freeze(),
         )
     }
 
