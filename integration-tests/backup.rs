@@ -255,6 +255,29 @@ async fn admin_backup_streams_a_checked_file_over_grpc() {
     assert_eq!(last_json(&output)["index"], index);
 }
 
+/// DISTRAFT_BACKUP_RATE paces a backup however fast its reader: 3 MiB at 1 MiB/s take
+/// at least 2 s (the first MiB goes at once), and the file is whole.
+#[tokio::test]
+async fn a_backup_keeps_the_nodes_pace() {
+    let cluster = Cluster::start_with(1, &[("DISTRAFT_BACKUP_RATE", "1")]).await;
+    let value = "v".repeat(128 * 1024);
+    for i in 0..24 {
+        cluster.put_eventually(0, &format!("big{i}"), &value).await;
+    }
+    let file = cluster.dir().join("paced.backup");
+    let started = std::time::Instant::now();
+    let (ok, output) = run_cli(&["backup", "--url", &cluster.url(0), file.to_str().unwrap()]).await;
+    let took = started.elapsed();
+    assert!(ok, "{output}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "3 MiB at 1 MiB/s took {took:?}"
+    );
+    let (ok, output) = run_cli(&["backup", "--check", file.to_str().unwrap()]).await;
+    assert!(ok, "{output}");
+    assert_eq!(last_json(&output)["keys"], 24);
+}
+
 /// Node `i`'s scheduled-backup status (`backup` of `GET /`).
 async fn backup_status(cluster: &Cluster, i: usize) -> serde_json::Value {
     cluster.status(i).await.unwrap()["backup"].clone()

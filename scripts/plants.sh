@@ -95,10 +95,12 @@ plants=(
   "local-retry-forgets-forwarding-key|--lib rpc::idempotency"
   # Backups and disaster recovery (#21): a backup from a snapshot older than the read
   # index misses writes acknowledged before it began; a forced new cluster while a
-  # quorum answers; a member taking a newer wire version's requests.
+  # quorum answers; a member taking a newer wire version's requests; a backup faster
+  # than DISTRAFT_BACKUP_RATE.
   "backup-serves-older-snapshot|--test integration a_backup_under_load"
   "force-ignores-reachable-quorum|--test integration a_survivor_of_a_lost_majority"
   "wire-version-unchecked|--lib rpc::convert"
+  "backup-ignores-pace|--test integration a_backup_keeps_the_nodes_pace"
   # A watcher on a follower that installs a snapshot misses the writes it jumped over.
   "watch-skips-event-after-snapshot-install|--test integration watch_on_a_follower_survives_a_snapshot_install"
   "writes-fail-internally|--test chaos -- --exact histories_under_faults_are_linearizable_and_replicas_converge"

@@ -62,7 +62,7 @@ pub async fn run_node(mut config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Ends when stop_rx turns true (at once without DISTRAFT_BACKUP_DIR).
-    let backups = Arc::new(crate::backup::schedule::ScheduleState::default());
+    let backups = Arc::new(crate::backup::Backups::new(&config));
     tokio::spawn(crate::backup::schedule::run(
         config.clone(),
         driver.clone(),
@@ -336,7 +336,7 @@ fn client_backend(
     config: &Arc<Config>,
     driver: &driver::DriverHandle,
     peers: Peers,
-    backups: Arc<crate::backup::schedule::ScheduleState>,
+    backups: Arc<crate::backup::Backups>,
     stop_rx: &watch::Receiver<bool>,
 ) -> (ClientServices, Backend) {
     let members: crate::dashboard::Members = {

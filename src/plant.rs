@@ -108,10 +108,12 @@ pub enum Plant {
     ForceIgnoresReachableQuorum,
     /// A member takes requests of a newer wire version than its own.
     WireVersionUnchecked,
+    /// A backup goes as fast as its reader, whatever DISTRAFT_BACKUP_RATE says.
+    BackupIgnoresPace,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 36] = [
+    pub const ALL: [Plant; 37] = [
         Plant::CommitByCountingOldTerms,
         Plant::VoteWithoutLogCheck,
         Plant::VoteNotPersisted,
@@ -148,6 +150,7 @@ impl Plant {
         Plant::BackupServesOlderSnapshot,
         Plant::ForceIgnoresReachableQuorum,
         Plant::WireVersionUnchecked,
+        Plant::BackupIgnoresPace,
     ];
 
     pub fn name(self) -> &'static str {
@@ -187,6 +190,7 @@ impl Plant {
             Plant::BackupServesOlderSnapshot => "backup-serves-older-snapshot",
             Plant::ForceIgnoresReachableQuorum => "force-ignores-reachable-quorum",
             Plant::WireVersionUnchecked => "wire-version-unchecked",
+            Plant::BackupIgnoresPace => "backup-ignores-pace",
             Plant::WatchSkipsEventAfterSnapshotInstall => {
                 "watch-skips-event-after-snapshot-install"
             }

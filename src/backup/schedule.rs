@@ -12,7 +12,7 @@
 //! of other clusters, are left alone.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,7 +21,9 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::format::{BackupHeader, HEADER_BYTES};
+use super::pace::Pace;
 use super::stream::header_of;
+use super::Backups;
 use crate::config::{BackupSchedule, Config};
 use crate::driver::{BackupSource, DriverHandle};
 use crate::proto::v1::BackupStatus;
@@ -33,6 +35,8 @@ const POLL: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// The longest a scheduled backup may wait for its snapshot.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(300);
+/// Bytes read and written at a time (and paced as one).
+const COPY_CHUNK: usize = 1024 * 1024;
 
 /// The newest backup in the directory.
 #[derive(Debug, Clone)]
@@ -100,9 +104,10 @@ impl ScheduleState {
 pub async fn run(
     config: Arc<Config>,
     driver: DriverHandle,
-    state: Arc<ScheduleState>,
+    backups: Arc<Backups>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let state = &backups.schedule;
     let Some(schedule) = config.backups.clone() else {
         return;
     };
@@ -145,10 +150,10 @@ pub async fn run(
                 ),
             }
         }
-        if !is_due(&state, &schedule) {
+        if !is_due(state, &schedule) {
             continue;
         }
-        match take(&config, &driver, &schedule).await {
+        match take(&config, &driver, &schedule, &backups.pace).await {
             Ok(newest) => {
                 info!(file = %newest.path.display(), index = newest.index, bytes = newest.bytes, "scheduled backup written");
                 crate::metrics::metrics()
@@ -198,12 +203,13 @@ async fn take(
     config: &Config,
     driver: &DriverHandle,
     schedule: &BackupSchedule,
+    pace: &Pace,
 ) -> anyhow::Result<Newest> {
     let source = tokio::time::timeout(SNAPSHOT_WAIT, driver.backup(false))
         .await
         .map_err(|_| anyhow::anyhow!("no snapshot within {}s", SNAPSHOT_WAIT.as_secs()))??;
-    let (dir, cluster_id) = (schedule.dir.clone(), config.cluster_id);
-    tokio::task::spawn_blocking(move || write(&dir, cluster_id, source)).await?
+    let (dir, cluster_id, pace) = (schedule.dir.clone(), config.cluster_id, pace.clone());
+    tokio::task::spawn_blocking(move || write(&dir, cluster_id, source, &pace)).await?
 }
 
 fn file_name(cluster_id: u64, index: u64) -> String {
@@ -211,7 +217,7 @@ fn file_name(cluster_id: u64, index: u64) -> String {
 }
 
 /// Writes the backup file durably: `.<name>.part`, fsync, rename, fsync the directory.
-fn write(dir: &Path, cluster_id: u64, source: BackupSource) -> anyhow::Result<Newest> {
+fn write(dir: &Path, cluster_id: u64, source: BackupSource, pace: &Pace) -> anyhow::Result<Newest> {
     // Durably: the directory's own entry must survive a crash with the file.
     crate::storage::create_dir_durably(dir)?;
     let header = header_of(cluster_id, &source);
@@ -219,17 +225,16 @@ fn write(dir: &Path, cluster_id: u64, source: BackupSource) -> anyhow::Result<Ne
     let part = dir.join(format!(".{name}.part"));
     let path = dir.join(&name);
     let written = (|| -> io::Result<()> {
-        let mut out = BufWriter::with_capacity(1024 * 1024, File::create(&part)?);
+        let mut out = File::create(&part)?;
         out.write_all(&header.encode())?;
         // The snapshot reader checks the image's checksum at its end.
         let mut image = source.image;
-        let copied = io::copy(&mut image, &mut out)?;
+        let copied = pace.copy(&mut image, &mut out, COPY_CHUNK)?;
         if copied != header.image_len {
             return Err(io::Error::other("the snapshot ended early"));
         }
-        let file = out.into_inner().map_err(|err| err.into_error())?;
-        file.sync_all()?;
-        drop(file);
+        out.sync_all()?;
+        drop(out);
         fs::rename(&part, &path)?;
         File::open(dir)?.sync_all()
     })();

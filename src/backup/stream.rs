@@ -1,13 +1,14 @@
 //! A node streaming a backup: the header, then the snapshot image read from disk in
 //! chunks on a blocking thread, through a bounded channel (a slow reader holds at
-//! most a few chunks in memory, never the state).
+//! most a few chunks in memory, never the state), at the node's backup pace.
 
-use std::io::{self, Read};
+use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
 use super::format::BackupHeader;
+use super::pace::{fill, Pace};
 use crate::driver::BackupSource;
 
 /// Bytes per chunk: as a snapshot sent to a follower.
@@ -37,8 +38,8 @@ pub fn header_of(cluster_id: u64, source: &BackupSource) -> BackupHeader {
     }
 }
 
-/// Streams `source` as a backup file of `cluster_id`.
-pub fn stream(cluster_id: u64, source: BackupSource) -> BackupStream {
+/// Streams `source` as a backup file of `cluster_id`, at `pace`.
+pub fn stream(cluster_id: u64, source: BackupSource, pace: Pace) -> BackupStream {
     let header = header_of(cluster_id, &source);
     let (tx, chunks) = mpsc::channel(CHUNKS_AHEAD);
     let first = header.encode().to_vec();
@@ -60,6 +61,7 @@ pub fn stream(cluster_id: u64, source: BackupSource) -> BackupStream {
                 return;
             }
             buf.truncate(filled);
+            pace.wait(filled);
             // The reader went away: nobody wants the rest.
             if tx.blocking_send(Ok(buf)).is_err() {
                 return;
@@ -67,19 +69,4 @@ pub fn stream(cluster_id: u64, source: BackupSource) -> BackupStream {
         }
     });
     BackupStream { header, chunks }
-}
-
-/// Reads until `buf` is full or the input ends (the image reader's final read checks
-/// the checksum, so the end is read too).
-fn fill(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match input.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(filled)
 }

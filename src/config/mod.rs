@@ -109,6 +109,8 @@ pub struct Config {
     pub tls: Option<Arc<NodeTls>>,
     /// DISTRAFT_BACKUP_*: scheduled backups, if any.
     pub backups: Option<BackupSchedule>,
+    /// DISTRAFT_BACKUP_RATE: bytes per second all backups share; `None`: no limit.
+    pub backup_rate: Option<u64>,
     /// DISTRAFT_RESTORE_FROM: a backup to make the data directory from at the first
     /// start.
     pub restore_from: Option<PathBuf>,
@@ -126,6 +128,28 @@ pub struct BackupSchedule {
 
 /// The most backups a schedule may keep.
 const MAX_BACKUP_KEEP: u64 = 10_000;
+/// The largest DISTRAFT_BACKUP_RATE, in MiB/s (faster than any disk here: 0 means no
+/// limit).
+const MAX_BACKUP_RATE_MIB: u64 = 1024 * 1024;
+
+/// DISTRAFT_BACKUP_RATE, MiB/s, into bytes per second (`None`: 0, no limit).
+fn parse_backup_rate(raw: &str) -> Result<Option<u64>, ConfigError> {
+    const VAR: &str = "DISTRAFT_BACKUP_RATE";
+    match raw.trim().parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(mib) if mib <= MAX_BACKUP_RATE_MIB => Ok(Some(mib * 1024 * 1024)),
+        Ok(_) => Err(ConfigError::new(
+            VAR,
+            raw,
+            format!("is more than {MAX_BACKUP_RATE_MIB} MiB/s (0: no limit)"),
+        )),
+        Err(_) => Err(ConfigError::new(
+            VAR,
+            raw,
+            "is not a whole number of MiB/s (0: no limit)",
+        )),
+    }
+}
 
 impl BackupSchedule {
     fn from_args(args: &args::BackupArgs) -> Result<Option<BackupSchedule>, ConfigError> {
@@ -284,6 +308,7 @@ impl Config {
             limits,
             tls: parse_tls(&args.tls)?,
             backups: BackupSchedule::from_args(&args.backups)?,
+            backup_rate: parse_backup_rate(&args.backups.backup_rate)?,
             restore_from: Some(args.backups.restore_from.trim())
                 .filter(|path| !path.is_empty())
                 .map(PathBuf::from),

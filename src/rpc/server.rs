@@ -16,7 +16,7 @@ use super::kv::KvService;
 use super::peers::Peers;
 use super::raft::RaftService;
 pub use super::stop::stopped;
-use crate::backup::schedule::ScheduleState;
+use crate::backup::Backups;
 use crate::config::Config;
 use crate::driver::DriverHandle;
 use crate::limits::{
@@ -40,7 +40,7 @@ impl ClientServices {
         config: Arc<Config>,
         driver: DriverHandle,
         peers: Peers,
-        backups: Arc<ScheduleState>,
+        backups: Arc<Backups>,
     ) -> ClientServices {
         let forwarding = Arc::new(Semaphore::new(config.limits.max_forwarded_requests));
         ClientServices {

@@ -40,7 +40,11 @@ impl AdminService {
                 }
                 other => status_of(other),
             })?;
-        Ok(stream(self.config().cluster_id, source))
+        Ok(stream(
+            self.config().cluster_id,
+            source,
+            self.backups.pace.clone(),
+        ))
     }
 
     pub(super) async fn backup(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::backup::schedule::ScheduleState;
+use crate::backup::Backups;
 use crate::config::Config;
 use crate::driver::{DriverHandle, NodeStatus, RequestError};
 use crate::metrics::metrics;
@@ -31,8 +31,8 @@ pub struct AdminService {
     driver: DriverHandle,
     /// To pass a transfer on to the leader.
     peers: Peers,
-    /// What the backup schedule knows (Status shows it).
-    backups: Arc<ScheduleState>,
+    /// What the backup schedule knows (Status shows it), and the backups' pace.
+    pub(super) backups: Arc<Backups>,
 }
 
 impl AdminService {
@@ -40,7 +40,7 @@ impl AdminService {
         config: Arc<Config>,
         driver: DriverHandle,
         peers: Peers,
-        backups: Arc<ScheduleState>,
+        backups: Arc<Backups>,
     ) -> AdminService {
         AdminService {
             config,
@@ -239,7 +239,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.driver.status().await.map_err(status_of)?;
         let mut response = status_response(&self.config, status);
-        response.backup = self.backups.status(self.config.backups.as_ref());
+        response.backup = self.backups.schedule.status(self.config.backups.as_ref());
         let metrics = metrics();
         response.reads_total = counter_sum(&metrics.reads);
         response.writes_total = counter_sum(&metrics.writes);
