@@ -38,7 +38,10 @@
 #
 # Settings (environment): STATE_MIB (1024), VALUE_SIZE (524288), RUNS (3), WRITE_RUNS
 # (3), DURATION (s per write run, 30), WRITE_CLIENTS (32), LIMIT_RATE (100M, curl's
-# --limit-rate), SYSTEMS ("distraft etcd"), BASE_PORT (27000; uses +1..3, +11..13 for
+# --limit-rate), BACKUP_RATE (the nodes' DISTRAFT_BACKUP_RATE, MiB/s: 100, the
+# default; 0 for backups at full speed), MODES (distraft's extra write-run kinds:
+# "discard stale limited"; empty for only none and back-to-back backups), SYSTEMS
+# ("distraft etcd"), BASE_PORT (27000; uses +1..3, +11..13 for
 # etcd, +101..103, +111..113 for distraft), OUT (results directory, with the nodes'
 # logs; default a new temporary one, kept).
 set -euo pipefail
@@ -52,6 +55,8 @@ WRITE_CLIENTS=${WRITE_CLIENTS:-32}
 SYSTEMS=${SYSTEMS:-"distraft etcd"}
 BASE_PORT=${BASE_PORT:-27000}
 LIMIT_RATE=${LIMIT_RATE:-100M}
+BACKUP_RATE=${BACKUP_RATE:-100}
+MODES=${MODES-"discard stale limited"}
 # Bounds: backups in one write run's loop, seconds to wait for a loop to end.
 MAX_LOOP_BACKUPS=200
 LOOP_END_WAIT=300
@@ -149,7 +154,7 @@ start_distraft() { # i
         DISTRAFT_CLIENT_HOST=127.0.0.1 DISTRAFT_TCP_PORT=$((BASE_PORT + 100 + i)) \
         DISTRAFT_CLUSTER="$DISTRAFT_CLUSTER" DISTRAFT_LOG_PATH="$WORK/distraft/log" \
         DISTRAFT_DATA_PATH="$WORK/distraft/state" DISTRAFT_LOG_LEVEL=INFO \
-        "$DISTRAFT" >>"$WORK/distraft/d$i.out" 2>&1 &
+        DISTRAFT_BACKUP_RATE="$BACKUP_RATE" "$DISTRAFT" >>"$WORK/distraft/d$i.out" 2>&1 &
     PID[distraft$i]=$!
 }
 
@@ -463,9 +468,7 @@ for system in $SYSTEMS; do
         write_run "$system" plain "$run"
         write_run "$system" backups "$run"
         if [[ $system == distraft ]]; then
-            write_run "$system" discard "$run"
-            write_run "$system" stale "$run"
-            write_run "$system" limited "$run"
+            for mode in $MODES; do write_run "$system" "$mode" "$run"; done
         fi
     done
     du -sm "$WORK/$system" >&2
@@ -567,7 +570,7 @@ TABLE=$OUT/results.md
     echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, load average before / after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)," \
         "$(etcd --version | head -1), distraft $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?');" \
         "MiB/s: median of $RUNS (min–max); writes: median of $WRITE_RUNS runs of $DURATION s per kind (min–max)," \
-        "runs alternating; CPU s per GiB: median."
+        "runs alternating; CPU s per GiB: median; distraft's DISTRAFT_BACKUP_RATE: $BACKUP_RATE MiB/s."
 } >"$TABLE"
 echo
 cat "$TABLE"
