@@ -38,7 +38,7 @@
 #
 # Settings (environment): STATE_MIB (1024), VALUE_SIZE (524288), RUNS (3), WRITE_RUNS
 # (3), DURATION (s per write run, 30), WRITE_CLIENTS (32), LIMIT_RATE (100M, curl's
-# --limit-rate), BACKUP_RATE (the nodes' DISTRAFT_BACKUP_RATE, MiB/s: 100, the
+# --limit-rate), BACKUP_RATE (the nodes' DISTRAFT_BACKUP_RATE, MiB/s: 50, the
 # default; 0 for backups at full speed), MODES (distraft's extra write-run kinds:
 # "discard stale limited"; empty for only none and back-to-back backups), SYSTEMS
 # ("distraft etcd"), BASE_PORT (27000; uses +1..3, +11..13 for
@@ -55,7 +55,7 @@ WRITE_CLIENTS=${WRITE_CLIENTS:-32}
 SYSTEMS=${SYSTEMS:-"distraft etcd"}
 BASE_PORT=${BASE_PORT:-27000}
 LIMIT_RATE=${LIMIT_RATE:-100M}
-BACKUP_RATE=${BACKUP_RATE:-100}
+BACKUP_RATE=${BACKUP_RATE:-50}
 MODES=${MODES-"discard stale limited"}
 # Bounds: backups in one write run's loop, seconds to wait for a loop to end.
 MAX_LOOP_BACKUPS=200

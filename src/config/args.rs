@@ -181,7 +181,7 @@ pub struct BackupArgs {
     pub backup_max_age: String,
     /// MiB/s that all backups this node streams or writes share (0: as fast as their
     /// readers take them), so that a backup leaves the machine to the writes.
-    #[arg(long, env = "DISTRAFT_BACKUP_RATE", default_value = "100")]
+    #[arg(long, env = "DISTRAFT_BACKUP_RATE", default_value = "50")]
     pub backup_rate: String,
     /// At the first start (no data yet), make this node's data directory from this
     /// backup file, as `distraft restore` does; ignored once the directory holds data.

@@ -317,7 +317,7 @@ fn a_multiline_value_still_gives_one_line() {
 #[test]
 fn the_backup_rate_is_mib_per_second_and_zero_lifts_it() {
     let rate = |extra: &[&str]| Config::from_args(&args(extra)).unwrap().backup_rate;
-    assert_eq!(rate(&[]), Some(100 * 1024 * 1024));
+    assert_eq!(rate(&[]), Some(50 * 1024 * 1024));
     assert_eq!(rate(&["--backup-rate", "0"]), None);
     assert_eq!(rate(&["--backup-rate", " 7 "]), Some(7 * 1024 * 1024));
     for bad in ["-1", "1.5", "fast", "", "2000000"] {
