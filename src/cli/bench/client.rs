@@ -222,13 +222,13 @@ pub enum Connection {
         /// `Bearer <token>` for the `authorization` metadata, if a token was given.
         authorization: Option<MetadataValue<Ascii>>,
     },
-    /// etcd's v3 API: one HTTP/2 connection, as for [`Connection::Grpc`].
+    /// etcd's v3 API: one HTTP/2 connection, as for [`Connection::Grpc`]. No token:
+    /// distraft's API token means nothing to etcd, whose v3 tokens come from its Auth
+    /// service (which the bench does not speak) and which would take an
+    /// `authorization` metadata for one of its own.
     Etcd {
         kv: EtcdKvClient<Channel>,
         timeout: Duration,
-        /// The token as for distraft; etcd ignores metadata it does not know (its own
-        /// auth tokens come from its Auth service, which the bench does not speak).
-        authorization: Option<MetadataValue<Ascii>>,
     },
 }
 
@@ -280,7 +280,6 @@ impl Connection {
             Api::EtcdV3 => Ok(Connection::Etcd {
                 kv: EtcdKvClient::new(lazy_channel(&base, tls, timeout)?),
                 timeout,
-                authorization: bearer.map(|b| b.parse()).transpose()?,
             }),
         }
     }
@@ -338,18 +337,14 @@ impl distraft_bench::Connection for Connection {
                 let request = crate::rpc::idempotency::with_key(request, &new_idempotency_key());
                 bounded(*timeout, kv.put(request)).await.map(drop)
             }
-            Connection::Etcd {
-                kv,
-                timeout,
-                authorization,
-            } => {
+            Connection::Etcd { kv, timeout } => {
                 let request = grpc_request(
                     etcd::PutRequest {
                         key: Bytes::from(key.to_string()),
                         value: value.raw.clone(),
                     },
                     *timeout,
-                    authorization.as_ref(),
+                    None,
                 );
                 bounded(*timeout, kv.put(request)).await.map(drop)
             }
@@ -387,11 +382,7 @@ impl distraft_bench::Connection for Connection {
             }
             // Linearizable: etcd's default, a ReadIndex on the leader before the read;
             // serializable: the member's own state, as distraft's stale reads.
-            Connection::Etcd {
-                kv,
-                timeout,
-                authorization,
-            } => {
+            Connection::Etcd { kv, timeout } => {
                 let request = grpc_request(
                     RangeRequest {
                         key: Bytes::from(key.to_string()),
@@ -399,7 +390,7 @@ impl distraft_bench::Connection for Connection {
                         ..RangeRequest::default()
                     },
                     *timeout,
-                    authorization.as_ref(),
+                    None,
                 );
                 let found = bounded(*timeout, kv.range(request)).await?;
                 if found.kvs.is_empty() {

@@ -88,7 +88,8 @@ pub struct TargetArgs {
     /// Seconds a single request may take before it counts as an error.
     #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
     pub request_timeout: f64,
-    /// The cluster's API token (DISTRAFT_API_TOKEN), sent as `Authorization: Bearer`.
+    /// The cluster's API token (DISTRAFT_API_TOKEN), sent as `Authorization: Bearer`
+    /// (to etcd v3 not at all: it means nothing there).
     #[arg(long, env = "DISTRAFT_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// For https:// URLs (a distraft cluster with TLS): --cacert, and for the gRPC
