@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
 # distraft and etcd side by side, on this machine, with the same load generator
-# (`distraft bench`, which speaks etcd's v2 HTTP API too).
+# (`distraft bench`, which speaks etcd's v2 HTTP API and its v3 gRPC API too), over
+# both kinds of API: distraft's HTTP gateway against etcd's v2 HTTP API, and distraft's
+# gRPC Kv service against etcd's v3 gRPC KV service.
 #
-#   bench/compare-etcd.sh            # the full run (about 15 minutes)
+#   bench/compare-etcd.sh            # the full run (about 30 minutes)
 #   DURATION=3 RUNS=1 TRIALS=2 bench/compare-etcd.sh   # a quick look
+#   APIS=http bench/compare-etcd.sh  # HTTP only, as before gRPC was compared
 #
 # It installs etcd from Debian's packages if missing (etcd-server, etcd-client), builds
 # distraft (release), starts a 3-node etcd 3.4 cluster (--enable-v2, fsync on, as
 # always) and a 3-node distraft cluster (fsync on, always) on 127.0.0.1, and for each
-# setting runs both clusters one after the other, RUNS times:
+# setting and each API runs both clusters one after the other, RUNS times:
 #   writes (16-byte values, distinct keys) with 1, 8, 32 and 128 connections;
 #   linearizable reads with 8 and 64 connections;
-#   the "ceiling": stale reads (the same HTTP stack, no replication) with 32 and 128;
+#   the "ceiling": stale reads (the same API stack, no replication) with 32 and 128
+#   (etcd v3: serializable ranges);
 # then peak RSS per node (VmHWM), then failover (kill -9 of the leader under light
-# write load, until a survivor acknowledges a write; TRIALS times each).
+# write load, until a survivor acknowledges a write; TRIALS times each, over each API).
 # Every client talks to the leader. It prints each figure (median of the runs, min–max)
 # and the ratio distraft/etcd, and writes a Markdown table and every raw JSON result
 # to $OUT. Everything it starts, it stops (by PID).
 #
-# Settings (environment): DURATION (s per run, 10), RUNS (3), TRIALS (5),
-# WRITE_CLIENTS ("1 8 32 128"), READ_CLIENTS ("8 64"), CEILING_CLIENTS ("32 128"),
+# Settings (environment): DURATION (s per run, 10), RUNS (3), TRIALS (5; 0 skips
+# failover), APIS ("http grpc": which pairs to compare, in this order within each run),
+# WRITE_CLIENTS ("1 8 32 128"), READ_CLIENTS ("8 64"), CEILING_CLIENTS ("32 128"; each
+# list may be empty to skip its loads),
 # BASE_PORT (22000; uses BASE_PORT+1..3, +11..13, +101..103, +111..113),
 # OUT (results directory; default a new temporary one).
 set -euo pipefail
@@ -27,11 +33,16 @@ set -euo pipefail
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
 TRIALS=${TRIALS:-5}
-WRITE_CLIENTS=${WRITE_CLIENTS:-"1 8 32 128"}
-READ_CLIENTS=${READ_CLIENTS:-"8 64"}
-CEILING_CLIENTS=${CEILING_CLIENTS:-"32 128"}
+APIS=${APIS:-"http grpc"}
+# Without the colon: an empty list is a choice (skip those loads), not a default.
+WRITE_CLIENTS=${WRITE_CLIENTS-"1 8 32 128"}
+READ_CLIENTS=${READ_CLIENTS-"8 64"}
+CEILING_CLIENTS=${CEILING_CLIENTS-"32 128"}
 BASE_PORT=${BASE_PORT:-22000}
 VALUE_SIZE=16
+for api in $APIS; do
+    [[ $api == http || $api == grpc ]] || { echo "APIS: $api is neither http nor grpc" >&2; exit 2; }
+done
 
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -91,14 +102,20 @@ for offset in 1 2 3 11 12 13 101 102 103 111 112 113; do
 done
 
 # --- the clusters ---------------------------------------------------------------------
-ETCD_URLS=() DISTRAFT_URLS=()
+# Each system's URLs for each API: etcd serves v2 HTTP and v3 gRPC on its client port;
+# distraft serves its gateway on its client port and its gRPC Kv service on the raft
+# port.
+ETCD_URLS=() DISTRAFT_URLS=() DISTRAFT_GRPC_URLS=()
 ETCD_CLUSTER="" DISTRAFT_CLUSTER=""
 for i in 1 2 3; do
     ETCD_URLS+=("http://127.0.0.1:$((BASE_PORT + i))")
     DISTRAFT_URLS+=("http://127.0.0.1:$((BASE_PORT + 100 + i))")
+    DISTRAFT_GRPC_URLS+=("http://127.0.0.1:$((BASE_PORT + 110 + i))")
     ETCD_CLUSTER+="${ETCD_CLUSTER:+,}e$i=http://127.0.0.1:$((BASE_PORT + 10 + i))"
     DISTRAFT_CLUSTER+="${DISTRAFT_CLUSTER:+,}d$i=127.0.0.1:$((BASE_PORT + 110 + i)):127.0.0.1:$((BASE_PORT + 100 + i))"
 done
+ETCD_HTTP_URLS=("${ETCD_URLS[@]}") ETCD_GRPC_URLS=("${ETCD_URLS[@]}")
+DISTRAFT_HTTP_URLS=("${DISTRAFT_URLS[@]}")
 mkdir -p "$WORK/etcd" "$WORK/distraft"
 
 start_etcd() { # i
@@ -125,15 +142,26 @@ start_distraft() { # i
     disown
 }
 
-# target_of system -> the bench's --target; urls_of system -> comma-separated URLs
-target_of() { [[ $1 == etcd ]] && echo etcd-v2 || echo distraft-http; }
+# target_of system api -> the bench's --target; urls_of system api -> comma-separated
+# URLs (api: http, the default, or grpc)
+target_of() {
+    case $1-${2:-http} in
+        etcd-http) echo etcd-v2 ;;
+        etcd-grpc) echo etcd-v3 ;;
+        distraft-http) echo distraft-http ;;
+        distraft-grpc) echo distraft-grpc ;;
+        *) die "no bench target for $1 over ${2:-http}" ;;
+    esac
+}
 urls_of() {
-    local -n urls="${1^^}_URLS"
+    local api=${2:-http}
+    local -n urls="${1^^}_${api^^}_URLS"
     (IFS=,; echo "${urls[*]}")
 }
+api_label() { [[ $1 == grpc ]] && echo "gRPC (etcd v3)" || echo "HTTP (etcd v2)"; }
 
-leader_of() { # system -> the leader's URL
-    "$DISTRAFT" bench leader --target "$(target_of "$1")" --urls "$(urls_of "$1")"
+leader_of() { # system api -> the leader's URL (among the api's URLs)
+    "$DISTRAFT" bench leader --target "$(target_of "$1" "$2")" --urls "$(urls_of "$1" "$2")"
 }
 
 # Waits (bounded) until a write through node i of the system is acknowledged.
@@ -171,42 +199,55 @@ summarize() {
 
 TABLE=$OUT/results.md
 {
-    echo "| load | etcd ops/s (min–max) | etcd p50 / p99 ms | distraft ops/s (min–max) | distraft p50 / p99 ms | distraft/etcd |"
-    echo "|---|---|---|---|---|---|"
+    echo "| API | load | etcd ops/s (min–max) | etcd p50 / p99 ms | distraft ops/s (min–max) | distraft p50 / p99 ms | distraft/etcd |"
+    echo "|---|---|---|---|---|---|---|"
 } >"$TABLE"
 
-# One setting: RUNS runs against each system in turn, then one table row.
+# One setting: RUNS runs, each against each API's pair of systems in turn (etcd, then
+# distraft), so that the two systems and the two APIs alternate; then one table row per
+# API. A key prefix may hold {api}, replaced by the API's name, so that the two APIs'
+# writes do not overwrite each other's keys.
 measure() { # name label bench-args...
-    local name=$1 label=$2 run system
+    local name=$1 label=$2 run system api
     shift 2
     for run in $(seq "$RUNS"); do
-        for system in etcd distraft; do
-            "$DISTRAFT" bench --target "$(target_of "$system")" --urls "$(urls_of "$system")" \
-                --leader --duration "$DURATION" --value-size "$VALUE_SIZE" \
-                --json "$OUT/$name-$system-$run.json" "$@" | sed "s/^/[$system run $run] /" >&2
+        for api in $APIS; do
+            for system in etcd distraft; do
+                "$DISTRAFT" bench --target "$(target_of "$system" "$api")" --urls "$(urls_of "$system" "$api")" \
+                    --leader --duration "$DURATION" --value-size "$VALUE_SIZE" \
+                    --json "$OUT/$name-$api-$system-$run.json" "${@//\{api\}/$api}" |
+                    sed "s/^/[$api $system run $run] /" >&2
+            done
         done
     done
+    for api in $APIS; do
+        row "$name-$api" "$(api_label "$api")" "$label"
+    done
+}
+
+row() { # results-prefix api-label label: a table row from $OUT/<prefix>-<system>-*.json
+    local prefix=$1 api=$2 label=$3 system
     local -A ops p50 p99
     for system in etcd distraft; do
-        ops[$system]=$(for f in "$OUT/$name-$system"-*.json; do json_number "$f" throughput; done | summarize)
-        p50[$system]=$(for f in "$OUT/$name-$system"-*.json; do json_number "$f" p50; done | summarize)
-        p99[$system]=$(for f in "$OUT/$name-$system"-*.json; do json_number "$f" p99; done | summarize)
+        ops[$system]=$(for f in "$OUT/$prefix-$system"-*.json; do json_number "$f" throughput; done | summarize)
+        p50[$system]=$(for f in "$OUT/$prefix-$system"-*.json; do json_number "$f" p50; done | summarize)
+        p99[$system]=$(for f in "$OUT/$prefix-$system"-*.json; do json_number "$f" p99; done | summarize)
     done
     local row
-    row=$(awk -v label="$label" -v e="${ops[etcd]}" -v d="${ops[distraft]}" \
+    row=$(awk -v api="$api" -v label="$label" -v e="${ops[etcd]}" -v d="${ops[distraft]}" \
         -v ep50="${p50[etcd]}" -v ep99="${p99[etcd]}" -v dp50="${p50[distraft]}" -v dp99="${p99[distraft]}" '
         BEGIN {
             split(e, E, " "); split(d, D, " "); split(ep50, E50, " "); split(ep99, E99, " ")
             split(dp50, D50, " "); split(dp99, D99, " ")
-            printf "| %s | %.0f (%.0f–%.0f) | %.2f / %.1f | %.0f (%.0f–%.0f) | %.2f / %.1f | %.2f× |\n",
-                label, E[1], E[2], E[3], E50[1], E99[1], D[1], D[2], D[3], D50[1], D99[1],
+            printf "| %s | %s | %.0f (%.0f–%.0f) | %.2f / %.1f | %.0f (%.0f–%.0f) | %.2f / %.1f | %.2f× |\n",
+                api, label, E[1], E[2], E[3], E50[1], E99[1], D[1], D[2], D[3], D50[1], D99[1],
                 (E[1] > 0 ? D[1] / E[1] : 0) }')
     echo "$row" >>"$TABLE"
     log "$row"
 }
 
 for c in $WRITE_CLIENTS; do
-    measure "write-c$c" "writes, $c conn" --clients "$c" --keys 1000000 --key-prefix "w$c-"
+    measure "write-c$c" "writes, $c conn" --clients "$c" --keys 1000000 --key-prefix "w$c-{api}-"
 done
 for c in $READ_CLIENTS; do
     measure "read-c$c" "linearizable reads, $c conn" --clients "$c" --read-percent 100 --keys 1000 --key-prefix r-
@@ -229,43 +270,46 @@ RSS_DISTRAFT=$(rss_line distraft)
 
 # --- failover ----------------------------------------------------------------------
 # Runs in this shell (not a subshell), so that PID keeps the restarted nodes.
-failover() { # system -> one failover time per trial, in $OUT/failover-<system>.txt
-    local system=$1 trial leader i survivors killed
-    local -n urls="${system^^}_URLS"
+failover() { # system api -> one time per trial, in $OUT/failover-<api>-<system>.txt
+    local system=$1 api=$2 trial leader i survivors killed
+    local -n urls="${system^^}_${api^^}_URLS"
     for trial in $(seq "$TRIALS"); do
-        leader=$(leader_of "$system")
+        leader=$(leader_of "$system" "$api")
         survivors="" killed=""
         for i in 1 2 3; do
             if [[ ${urls[i - 1]} == "$leader" ]]; then killed=$i; else survivors+="${survivors:+,}${urls[i - 1]}"; fi
         done
-        "$DISTRAFT" bench failover --target "$(target_of "$system")" --urls "$survivors" \
+        "$DISTRAFT" bench failover --target "$(target_of "$system" "$api")" --urls "$survivors" \
             --kill-pid "${PID[$system$killed]}" --request-timeout 5 \
-            --json "$OUT/failover-$system-$trial.json" | sed "s/^/[$system trial $trial] /" >&2
+            --json "$OUT/failover-$api-$system-$trial.json" | sed "s/^/[$api $system trial $trial] /" >&2
         # Gone (bash reaps it) before its ports are reused.
         for _ in $(seq 50); do kill -0 "${PID[$system$killed]}" 2>/dev/null || break; sleep 0.1; done
-        json_number "$OUT/failover-$system-$trial.json" failover_ms >>"$OUT/failover-$system.txt"
+        json_number "$OUT/failover-$api-$system-$trial.json" failover_ms >>"$OUT/failover-$api-$system.txt"
         "start_$system" "$killed"
         wait_writable "$system" "$killed"
     done
 }
-failover etcd
-failover distraft
-FAILOVER_ETCD=$(summarize <"$OUT/failover-etcd.txt")
-FAILOVER_DISTRAFT=$(summarize <"$OUT/failover-distraft.txt")
-
-awk -v e="$FAILOVER_ETCD" -v d="$FAILOVER_DISTRAFT" -v re="$RSS_ETCD" -v rd="$RSS_DISTRAFT" '
-    BEGIN {
-        split(e, E, " "); split(d, D, " ")
-        printf "| failover, kill -9 leader → first ack (ms) | %.0f (%.0f–%.0f) | | %.0f (%.0f–%.0f) | | %.2f× |\n",
-            E[1], E[2], E[3], D[1], D[2], D[3], (E[1] > 0 ? D[1] / E[1] : 0)
-        printf "| peak RSS per node (VmHWM) | %s | | %s | | |\n", re, rd
-    }' >>"$TABLE"
+if ((TRIALS > 0)); then
+    for api in $APIS; do
+        failover etcd "$api"
+        failover distraft "$api"
+        awk -v api="$(api_label "$api")" -v e="$(summarize <"$OUT/failover-$api-etcd.txt")" \
+            -v d="$(summarize <"$OUT/failover-$api-distraft.txt")" '
+            BEGIN {
+                split(e, E, " "); split(d, D, " ")
+                printf "| %s | failover, kill -9 leader → first ack (ms) | %.0f (%.0f–%.0f) | | %.0f (%.0f–%.0f) | | %.2f× |\n",
+                    api, E[1], E[2], E[3], D[1], D[2], D[3], (E[1] > 0 ? D[1] / E[1] : 0)
+            }' >>"$TABLE"
+    done
+fi
+echo "| | peak RSS per node (VmHWM) | $RSS_ETCD | | $RSS_DISTRAFT | | |" >>"$TABLE"
 
 {
     echo
     echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, load average before / after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)," \
         "$(etcd --version | head -1), distraft $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')," \
-        "$DURATION s per run, median of $RUNS runs (min–max), failover median of $TRIALS trials."
+        "$DURATION s per run, median of $RUNS runs (min–max), failover median of $TRIALS trials," \
+        "APIs: $APIS (each run alternates etcd and distraft over each)."
 } >>"$TABLE"
 echo
 cat "$TABLE"

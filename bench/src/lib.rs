@@ -8,8 +8,9 @@
 //!
 //! The caller plugs in a [`Protocol`] (how to reach a node, and ask it whether it leads)
 //! and its [`Connection`]s (put and get); `distraft` does so for its HTTP gateway, its
-//! gRPC Kv service and etcd's v2 API (in its `src/cli/bench/`). This crate knows none of
-//! them, so that the load generator and its dependencies stay out of the server.
+//! gRPC Kv service and etcd's v2 and v3 APIs (in its `src/cli/bench/`). This crate
+//! knows none of them, so that the load generator and its dependencies stay out of the
+//! server.
 
 pub mod failover;
 mod leader;
@@ -71,10 +72,10 @@ pub trait Connection: Clone + Send + 'static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReadMode {
-    /// distraft: ReadIndex; etcd v2: `?quorum=true`.
+    /// distraft: ReadIndex; etcd v2: `?quorum=true`; etcd v3: `serializable=false`.
     Linearizable,
     /// Served from the contacted node's own state: distraft `?stale=true`, etcd v2
-    /// without `quorum`.
+    /// without `quorum`, etcd v3 `serializable=true`.
     Stale,
 }
 

@@ -12,6 +12,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::{key_url, new_idempotency_key};
+use crate::proto::etcd::{
+    self, kv_client::KvClient as EtcdKvClient, maintenance_client::MaintenanceClient, RangeRequest,
+};
 use crate::proto::v1::{admin_client::AdminClient, kv_client::KvClient, GetRequest, PutRequest};
 use crate::tls::ClientTls;
 
@@ -26,6 +29,9 @@ pub enum Api {
     /// etcd's v2 HTTP API: `PUT /v2/keys/<key>` (form `value=`),
     /// `GET /v2/keys/<key>?quorum=true`.
     EtcdV2,
+    /// etcd's v3 gRPC API: `KV/Put`, `KV/Range` (`serializable=false`, or `true` for
+    /// stale reads).
+    EtcdV3,
 }
 
 /// Why one operation failed; its `Display` is the label errors are counted under.
@@ -41,6 +47,9 @@ pub enum OpError {
     Connect,
     #[error("transport error")]
     Transport,
+    /// etcd v3 answers a read of a missing key with no key rather than an error.
+    #[error("key not found")]
+    NotFound,
 }
 
 impl From<reqwest::Error> for OpError {
@@ -124,7 +133,7 @@ impl Protocol for Cluster {
     /// gRPC multiplexes its calls on one HTTP/2 connection.
     fn multiplexed(&self) -> bool {
         match self.api {
-            Api::DistraftGrpc => true,
+            Api::DistraftGrpc | Api::EtcdV3 => true,
             Api::DistraftHttp | Api::EtcdV2 => false,
         }
     }
@@ -140,11 +149,7 @@ impl Protocol for Cluster {
                 .await
                 .is_some_and(|stats| stats["state"] == "StateLeader"),
             Api::DistraftGrpc => {
-                let Ok(endpoint) = grpc_endpoint(base, &self.tls) else {
-                    return false;
-                };
-                let endpoint = endpoint.connect_timeout(PROBE_TIMEOUT);
-                let Ok(channel) = endpoint.connect().await else {
+                let Some(channel) = probe_channel(base, &self.tls).await else {
                     return false;
                 };
                 let mut request = tonic::Request::new(crate::proto::v1::StatusRequest {});
@@ -153,13 +158,49 @@ impl Protocol for Cluster {
                     .await
                     .is_ok_and(|status| status.is_leader)
             }
+            // A member leads when the leader it knows of is itself.
+            Api::EtcdV3 => {
+                let Some(channel) = probe_channel(base, &self.tls).await else {
+                    return false;
+                };
+                let mut request = tonic::Request::new(etcd::StatusRequest {});
+                request.set_timeout(PROBE_TIMEOUT);
+                bounded(
+                    PROBE_TIMEOUT,
+                    MaintenanceClient::new(channel).status(request),
+                )
+                .await
+                .is_ok_and(|status| {
+                    status.leader != 0
+                        && status.header.is_some_and(|h| h.member_id == status.leader)
+                })
+            }
         }
     }
 }
 
-/// A value as the APIs send it: as is (gRPC), and form-encoded (`value=...`, HTTP).
+/// A connection for one leader probe, or none if the node cannot be reached in time.
+async fn probe_channel(base: &str, tls: &ClientTls) -> Option<Channel> {
+    let endpoint = grpc_endpoint(base, tls)
+        .ok()?
+        .connect_timeout(PROBE_TIMEOUT);
+    endpoint.connect().await.ok()
+}
+
+/// A gRPC connection to `base`, made on the first call: one per client, or one shared
+/// by a node's clients (see [`Protocol::multiplexed`]).
+fn lazy_channel(base: &str, tls: &ClientTls, timeout: Duration) -> anyhow::Result<Channel> {
+    Ok(grpc_endpoint(base, tls)?
+        .tcp_nodelay(true)
+        .connect_timeout(timeout)
+        .connect_lazy())
+}
+
+/// A value as the APIs send it: as is (gRPC, a string for distraft's and bytes shared
+/// by every write for etcd's), and form-encoded (`value=...`, HTTP).
 pub struct FormValue {
     text: String,
+    raw: Bytes,
     form: Bytes,
 }
 
@@ -180,6 +221,14 @@ pub enum Connection {
         timeout: Duration,
         /// `Bearer <token>` for the `authorization` metadata, if a token was given.
         authorization: Option<MetadataValue<Ascii>>,
+    },
+    /// etcd's v3 API: one HTTP/2 connection, as for [`Connection::Grpc`]. No token:
+    /// distraft's API token means nothing to etcd, whose v3 tokens come from its Auth
+    /// service (which the bench does not speak) and which would take an
+    /// `authorization` metadata for one of its own.
+    Etcd {
+        kv: EtcdKvClient<Channel>,
+        timeout: Duration,
     },
 }
 
@@ -223,18 +272,15 @@ impl Connection {
                     .context("building the HTTP client")?;
                 Ok(Connection::Http { api, client, base })
             }
-            Api::DistraftGrpc => {
-                let channel = grpc_endpoint(&base, tls)?
-                    .tcp_nodelay(true)
-                    .connect_timeout(timeout)
-                    .connect_lazy();
-                let authorization = bearer.map(|b| b.parse()).transpose()?;
-                Ok(Connection::Grpc {
-                    kv: KvClient::new(channel),
-                    timeout,
-                    authorization,
-                })
-            }
+            Api::DistraftGrpc => Ok(Connection::Grpc {
+                kv: KvClient::new(lazy_channel(&base, tls, timeout)?),
+                timeout,
+                authorization: bearer.map(|b| b.parse()).transpose()?,
+            }),
+            Api::EtcdV3 => Ok(Connection::Etcd {
+                kv: EtcdKvClient::new(lazy_channel(&base, tls, timeout)?),
+                timeout,
+            }),
         }
     }
 }
@@ -248,6 +294,7 @@ impl distraft_bench::Connection for Connection {
             .context("encoding the value as a form")?;
         Ok(FormValue {
             text: value.to_string(),
+            raw: Bytes::copy_from_slice(value.as_bytes()),
             form: Bytes::from(form),
         })
     }
@@ -290,6 +337,17 @@ impl distraft_bench::Connection for Connection {
                 let request = crate::rpc::idempotency::with_key(request, &new_idempotency_key());
                 bounded(*timeout, kv.put(request)).await.map(drop)
             }
+            Connection::Etcd { kv, timeout } => {
+                let request = grpc_request(
+                    etcd::PutRequest {
+                        key: Bytes::from(key.to_string()),
+                        value: value.raw.clone(),
+                    },
+                    *timeout,
+                    None,
+                );
+                bounded(*timeout, kv.put(request)).await.map(drop)
+            }
         }
     }
 
@@ -321,6 +379,25 @@ impl distraft_bench::Connection for Connection {
                     authorization.as_ref(),
                 );
                 bounded(*timeout, kv.get(request)).await.map(drop)
+            }
+            // Linearizable: etcd's default, a ReadIndex on the leader before the read;
+            // serializable: the member's own state, as distraft's stale reads.
+            Connection::Etcd { kv, timeout } => {
+                let request = grpc_request(
+                    RangeRequest {
+                        key: Bytes::from(key.to_string()),
+                        serializable: stale,
+                        ..RangeRequest::default()
+                    },
+                    *timeout,
+                    None,
+                );
+                let found = bounded(*timeout, kv.range(request)).await?;
+                if found.kvs.is_empty() {
+                    Err(OpError::NotFound)
+                } else {
+                    Ok(())
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `distraft bench`: the load generator (the `distraft-bench` crate, in bench/) speaking
-//! distraft's HTTP gateway or its gRPC Kv service or, so that the two can be compared
-//! with the very same client, etcd's v2 HTTP API.
+//! distraft's HTTP gateway or its gRPC Kv service or, so that each can be compared with
+//! etcd's counterpart through the very same client, etcd's v2 HTTP API or its v3 gRPC
+//! API.
 //!
 //! - `distraft bench [OPTIONS]`: C concurrent clients for a duration or an op count, with
 //!   a read/write mix; prints throughput and latency percentiles, optionally as JSON.
@@ -66,13 +67,14 @@ pub struct FailoverArgs {
 /// Which cluster, over which API.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
-    /// The API to speak: distraft's HTTP gateway, distraft's gRPC Kv service, or etcd's
-    /// v2 HTTP API (`etcd --enable-v2`).
+    /// The API to speak: distraft's HTTP gateway, distraft's gRPC Kv service, etcd's v2
+    /// HTTP API (`etcd --enable-v2`) or etcd's v3 gRPC API.
     #[arg(long, value_enum, default_value_t = Api::DistraftHttp)]
     pub target: Api,
     /// The nodes' URLs, comma-separated: HTTP URLs (distraft's client port, etcd's
-    /// client URL) or, for distraft-grpc, the gRPC URLs (the raft port). Clients are
-    /// spread over them round-robin.
+    /// client URL) or, for distraft-grpc, the gRPC URLs (the raft port); for etcd-v3,
+    /// etcd's client URLs (it serves gRPC and HTTP on one port). Clients are spread over
+    /// them round-robin.
     #[arg(
         long,
         value_delimiter = ',',
@@ -86,7 +88,8 @@ pub struct TargetArgs {
     /// Seconds a single request may take before it counts as an error.
     #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
     pub request_timeout: f64,
-    /// The cluster's API token (DISTRAFT_API_TOKEN), sent as `Authorization: Bearer`.
+    /// The cluster's API token (DISTRAFT_API_TOKEN), sent as `Authorization: Bearer`
+    /// (to etcd v3 not at all: it means nothing there).
     #[arg(long, env = "DISTRAFT_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// For https:// URLs (a distraft cluster with TLS): --cacert, and for the gRPC

@@ -1,6 +1,7 @@
 //! The bench's clients against fake servers on loopback that record every request, so
 //! that what goes on the wire for each API (method, path, query, form body) is checked,
-//! as are the labels of errors and how each API says who leads. (The engine itself is
+//! as are the labels of errors and how each API says who leads. etcd's v3 API gets a
+//! fake gRPC server of its own, which records the calls and keeps what is put. (The engine itself is
 //! tested in the bench crate, bench/src/tests.rs.)
 
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,9 @@ use distraft_bench::{find_leader, load::Report};
 use warp::Filter;
 
 use super::{client::Api, BenchArgs, Mode, TargetArgs};
+use crate::proto::etcd::{
+    self, kv_server::KvServer, maintenance_server::MaintenanceServer, RangeRequest,
+};
 
 /// The requests a fake server saw, as `METHOD /path?query body`.
 type Seen = Arc<Mutex<Vec<String>>>;
@@ -247,6 +251,247 @@ async fn the_leader_is_found_among_the_nodes() {
         panic!("not the leader mode");
     };
     assert!(leader_of(&target, Duration::from_millis(200))
+        .await
+        .is_err());
+}
+
+/// A fake etcd member speaking the v3 API on an ephemeral loopback port: records each
+/// call as `Put key=value` or `Range key serializable=…`, keeps what is put, and names
+/// `leader` as the leader in its Status (itself when `leader == member_id`).
+#[derive(Clone, Default)]
+struct FakeEtcd {
+    seen: Seen,
+    stored: Arc<Mutex<std::collections::HashMap<Bytes, Bytes>>>,
+    member_id: u64,
+    leader: u64,
+}
+
+impl FakeEtcd {
+    fn header(&self) -> Option<etcd::ResponseHeader> {
+        Some(etcd::ResponseHeader {
+            member_id: self.member_id,
+            ..Default::default()
+        })
+    }
+
+    fn record(&self, call: String) {
+        self.seen.lock().unwrap().push(call);
+    }
+
+    /// Serves on loopback; the URL and what the member saw.
+    async fn start(self) -> (String, Seen) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = self.seen.clone();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(KvServer::new(self.clone()))
+                .add_service(MaintenanceServer::new(self))
+                .serve_with_incoming(incoming),
+        );
+        (url, seen)
+    }
+}
+
+#[tonic::async_trait]
+impl etcd::kv_server::Kv for FakeEtcd {
+    async fn range(
+        &self,
+        request: tonic::Request<RangeRequest>,
+    ) -> Result<tonic::Response<etcd::RangeResponse>, tonic::Status> {
+        let request = request.into_inner();
+        self.record(format!(
+            "Range {} serializable={}",
+            String::from_utf8_lossy(&request.key),
+            request.serializable
+        ));
+        let value = self.stored.lock().unwrap().get(&request.key).cloned();
+        let kvs: Vec<_> = value
+            .map(|value| etcd::KeyValue {
+                key: request.key,
+                value,
+                ..Default::default()
+            })
+            .into_iter()
+            .collect();
+        Ok(tonic::Response::new(etcd::RangeResponse {
+            header: self.header(),
+            count: kvs.len() as i64,
+            kvs,
+            more: false,
+        }))
+    }
+
+    async fn put(
+        &self,
+        request: tonic::Request<etcd::PutRequest>,
+    ) -> Result<tonic::Response<etcd::PutResponse>, tonic::Status> {
+        let request = request.into_inner();
+        self.record(format!(
+            "Put {}={}",
+            String::from_utf8_lossy(&request.key),
+            String::from_utf8_lossy(&request.value)
+        ));
+        self.stored
+            .lock()
+            .unwrap()
+            .insert(request.key, request.value);
+        Ok(tonic::Response::new(etcd::PutResponse {
+            header: self.header(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl etcd::maintenance_server::Maintenance for FakeEtcd {
+    async fn status(
+        &self,
+        _: tonic::Request<etcd::StatusRequest>,
+    ) -> Result<tonic::Response<etcd::StatusResponse>, tonic::Status> {
+        Ok(tonic::Response::new(etcd::StatusResponse {
+            header: self.header(),
+            leader: self.leader,
+            ..Default::default()
+        }))
+    }
+}
+
+#[tokio::test]
+async fn etcd_v3_writes_are_puts_to_distinct_keys() {
+    let (url, seen) = FakeEtcd::default().start().await;
+    let report = load_report(&[
+        "--target",
+        "etcd-v3",
+        "--urls",
+        &url,
+        "--ops",
+        "20",
+        "--clients",
+        "3",
+        "--value-size",
+        "5",
+    ])
+    .await;
+    assert_eq!((report.ok, report.errors), (20, 0));
+    let mut expected: Vec<String> = (0..20).map(|n| format!("Put bench-{n}=abcde")).collect();
+    expected.sort();
+    assert_eq!(sorted(&seen), expected);
+    assert_eq!(serde_json::to_value(&report).unwrap()["target"], "etcd-v3");
+}
+
+#[tokio::test]
+async fn etcd_v3_reads_are_ranges_serializable_only_when_stale() {
+    let (url, seen) = FakeEtcd::default().start().await;
+    let linearizable = load_report(&[
+        "--target",
+        "etcd-v3",
+        "--urls",
+        &url,
+        "--ops",
+        "10",
+        "--read-percent",
+        "100",
+        "--keys",
+        "3",
+        "--value-size",
+        "2",
+        "--key-prefix",
+        "k",
+    ])
+    .await;
+    assert_eq!((linearizable.ok, linearizable.errors), (10, 0));
+    let requests = sorted(&seen);
+    let prefill: Vec<_> = requests.iter().filter(|r| r.starts_with("Put")).collect();
+    assert_eq!(prefill, ["Put k0=ab", "Put k1=ab", "Put k2=ab"]);
+    let reads: Vec<_> = requests.iter().filter(|r| r.starts_with("Range")).collect();
+    assert_eq!(reads.len(), 10);
+    for read in reads {
+        assert!(
+            ["k0", "k1", "k2"]
+                .iter()
+                .any(|k| *read == format!("Range {k} serializable=false")),
+            "{read}"
+        );
+    }
+
+    seen.lock().unwrap().clear();
+    let stale = load_report(&[
+        "--target",
+        "etcd-v3",
+        "--urls",
+        &url,
+        "--ops",
+        "4",
+        "--read-percent",
+        "100",
+        "--reads",
+        "stale",
+        "--keys",
+        "1",
+        "--no-prefill",
+        "--key-prefix",
+        "k",
+    ])
+    .await;
+    assert_eq!((stale.ok, stale.errors), (4, 0));
+    assert_eq!(sorted(&seen), vec!["Range k0 serializable=true"; 4]);
+
+    // etcd answers a missing key with no kvs, not with an error status.
+    let missing = load_report(&[
+        "--target",
+        "etcd-v3",
+        "--urls",
+        &url,
+        "--ops",
+        "2",
+        "--read-percent",
+        "100",
+        "--no-prefill",
+        "--key-prefix",
+        "absent",
+    ])
+    .await;
+    assert_eq!((missing.ok, missing.errors), (0, 2));
+    assert_eq!(missing.error_kinds.get("key not found"), Some(&2));
+}
+
+#[tokio::test]
+async fn the_etcd_v3_leader_is_the_member_that_names_itself() {
+    let (follower, _) = FakeEtcd {
+        member_id: 1,
+        leader: 2,
+        ..Default::default()
+    }
+    .start()
+    .await;
+    let (leader, _) = FakeEtcd {
+        member_id: 2,
+        leader: 2,
+        ..Default::default()
+    }
+    .start()
+    .await;
+    // A member that knows no leader names none (0), which is not itself either.
+    let (lost, _) = FakeEtcd::default().start().await;
+    let urls = format!("{follower},{lost},{leader}");
+    let Some(Mode::Leader { target }) =
+        bench_args(&["leader", "--target", "etcd-v3", "--urls", &urls]).mode
+    else {
+        panic!("not the leader mode");
+    };
+    assert_eq!(
+        leader_of(&target, Duration::from_secs(2)).await.unwrap(),
+        leader
+    );
+
+    let urls = format!("{follower},{lost}");
+    let Some(Mode::Leader { target }) =
+        bench_args(&["leader", "--target", "etcd-v3", "--urls", &urls]).mode
+    else {
+        panic!("not the leader mode");
+    };
+    assert!(leader_of(&target, Duration::from_millis(300))
         .await
         .is_err());
 }
