@@ -55,6 +55,8 @@ pub struct Table {
     /// `skip` are forgotten.
     chunks: VecDeque<Arc<Vec<Slot>>>,
     skip: usize,
+    /// Those of the first chunk before this are freed (`None`): at most `skip`.
+    freed: usize,
     /// The sequence number of the first chunk's first slot.
     first_seq: u64,
     bytes: usize,
@@ -169,7 +171,7 @@ impl Table {
 
     /// Forgets the oldest keys while they are out of the window or over a bound.
     fn forget_old(&mut self) {
-        while let Some(first) = self.chunks.front() {
+        while let Some(first) = self.chunks.front_mut() {
             let Some(slot) = first.get(self.skip) else {
                 // Every slot of the first chunk is forgotten: drop it, unless it is the
                 // last one and still filling.
@@ -178,7 +180,7 @@ impl Table {
                 }
                 self.chunks.pop_front();
                 self.first_seq += CHUNK_SLOTS as u64;
-                self.skip = 0;
+                (self.skip, self.freed) = (0, 0);
                 continue;
             };
             if let Some((key, remembered)) = slot {
@@ -190,6 +192,15 @@ impl Table {
                 self.by_key.remove(key);
             }
             self.skip += 1;
+            // Forgotten slots are freed as soon as no snapshot holds their chunk: an
+            // outcome may hold a value of up to 1 MiB, and they would otherwise outlive
+            // MAX_BYTES until the chunk's last slot is forgotten.
+            if let Some(chunk) = Arc::get_mut(first) {
+                for slot in chunk.iter_mut().take(self.skip).skip(self.freed) {
+                    *slot = None;
+                }
+                self.freed = self.skip;
+            }
         }
     }
 
@@ -395,6 +406,28 @@ mod tests {
         assert_eq!(frozen.len(), before.len());
         // Only the full chunks still remembered are shared; the last one was copied.
         assert!(Arc::ptr_eq(&frozen.chunks[2], &table.chunks[0]));
+    }
+
+    #[test]
+    fn forgotten_writes_are_freed_unless_a_snapshot_holds_them() {
+        let mut table = Table::default();
+        for n in 0..4u64 {
+            table.remember(key(&format!("k{n}"), n, 1), n, put(n));
+        }
+        let frozen = table.freeze();
+        let past_window = key("new", 2 + WINDOW_MS, 1);
+        assert_eq!(table.check(&past_window), Seen::New);
+        // k0 and k1 fell out of the window: the frozen table still holds them (and the
+        // table copied its chunk on the way), the table no longer does.
+        assert_eq!(table.len(), 2);
+        assert_eq!(frozen.entries().count(), 4);
+        drop(frozen);
+        assert!(table.chunks[0].iter().take(2).all(Option::is_some));
+        // Once nothing else holds the chunk, the next forgetting frees all of them.
+        assert_eq!(table.check(&key("newer", 3 + WINDOW_MS, 1)), Seen::New);
+        assert_eq!((table.skip, table.freed), (3, 3));
+        assert!(table.chunks[0].iter().take(3).all(Option::is_none));
+        assert!(table.chunks[0].get(3).is_some_and(Option::is_some));
     }
 
     /// The table against the simplest model of it (a map and a queue), over random
